@@ -1,0 +1,73 @@
+"""The one settings object: read from `TELLER_*` environment variables (and `.env`) once."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Paths are resolved against the working directory."""
+
+    model_config = SettingsConfigDict(env_prefix="TELLER_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    """Database and session files."""
+    models_dir: Path = Path("models")
+    """Base-model cache and the adapter store."""
+    database_url: str = ""
+    """Any SQLAlchemy URL; empty means SQLite at `data_dir/teller.db`."""
+
+    base_model: str = ""
+    """Hub id, local folder or `.gguf` file; empty means the embedded default under `models_dir`."""
+    adapter: str = ""
+    """A LoRA adapter folder to attach at start (the registry manages adapters later)."""
+    engine: Literal["local", "remote"] = "local"
+    remote_url: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["nf4", "8bit", "none"] = "nf4"
+    """Applies on CUDA only; on CPU the model runs unquantized."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    allow_hub_downloads: bool = False
+    """Teller never contacts a model hub unless this is set."""
+
+    max_new_tokens: int = Field(512, ge=1, le=8192)
+    """Upper bound on answer length; requests may ask for less, never more."""
+    max_input_chars: int = Field(32_000, ge=1)
+    """A user message longer than this is refused with a clear message."""
+    max_context_tokens: int = Field(2048, ge=64)
+    """History is trimmed from the oldest turns to fit this many prompt tokens."""
+    default_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    default_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    system_prompt: str = (
+        "You are Teller, a careful assistant for finance professionals. "
+        "Answer precisely, show calculations step by step, and say when you are unsure."
+    )
+    cpu_threads: int = Field(0, ge=0)
+    """Torch intra-op threads on CPU; 0 lets Teller pick (all physical cores)."""
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> Settings:
+        if self.engine == "remote" and not self.remote_url:
+            raise ValueError("TELLER_ENGINE=remote needs TELLER_REMOTE_URL")
+        return self
+
+    @cached_property
+    def default_model_dir(self) -> Path:
+        return self.models_dir / DEFAULT_MODEL_DIRNAME
+
+    @property
+    def resolved_base_model(self) -> str:
+        return self.base_model or str(self.default_model_dir)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'teller.db').as_posix()}"

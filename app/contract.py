@@ -1,0 +1,190 @@
+"""What the trainer and the server must agree on: the prompt format and the adapter manifest.
+
+Both `training/` and `app/` import this module and nothing else from each other, so a model
+trained with one prompt layout is always served with the same layout, and an adapter package
+written by `teller train` is always readable by the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "teller.json"
+PEFT_CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class PromptFormat(StrEnum):
+    """How a conversation becomes model input text."""
+
+    CHAT_TEMPLATE = "chat_template"
+    """The tokenizer's own chat template (instruct models such as SmolLM2)."""
+    ALPACA = "alpaca"
+    """`### Instruction:` / `### Input:` / `### Response:` blocks, as Alpaca data is trained."""
+
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+ALPACA_STOP_STRINGS = ("### Instruction:", "### Input:", "### Response:")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One turn of a conversation as the engine sees it."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+def alpaca_prompt(instruction: str, input_text: str = "") -> str:
+    """The prompt for one Alpaca record; the response text follows it directly.
+
+    Training masks exactly this text out of the loss, so it must stay byte-identical to what
+    the server sends the model.
+    """
+    parts = [ALPACA_PREAMBLE, "", "### Instruction:", instruction.strip(), ""]
+    if input_text.strip():
+        parts += ["### Input:", input_text.strip(), ""]
+    parts += ["### Response:", ""]
+    return "\n".join(parts)
+
+
+def alpaca_conversation_prompt(messages: Sequence[ChatMessage]) -> str:
+    """A multi-turn conversation in Alpaca blocks, ending where the next response starts.
+
+    Earlier exchanges are written as completed instruction/response pairs so an adapter trained
+    on single-turn records still sees the layout it learned. System text becomes the preamble.
+    """
+    system = " ".join(m.content.strip() for m in messages if m.role == "system")
+    turns = [m for m in messages if m.role != "system"]
+    out: list[str] = [system or ALPACA_PREAMBLE, ""]
+    for message in turns:
+        if message.role == "user":
+            out += ["### Instruction:", message.content.strip(), ""]
+        else:
+            out += ["### Response:", message.content.strip(), ""]
+    out += ["### Response:", ""]
+    return "\n".join(out)
+
+
+def build_prompt(messages: Sequence[ChatMessage], prompt_format: PromptFormat, tokenizer: Any) -> str:
+    """The text the model continues, for either format.
+
+    Raises:
+        ValueError: the chat-template format was asked for but the tokenizer has none.
+    """
+    if prompt_format == PromptFormat.ALPACA:
+        return alpaca_conversation_prompt(messages)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template; use the 'alpaca' prompt format")
+    return tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+
+
+def stop_strings_for(prompt_format: PromptFormat) -> tuple[str, ...]:
+    """Strings that end an answer in this format (besides the tokenizer's end-of-sequence)."""
+    return ALPACA_STOP_STRINGS if prompt_format == PromptFormat.ALPACA else ()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so large weights don't fill memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class TrainingInfo:
+    """How an adapter was trained; empty for plain PEFT adapters imported without a manifest."""
+
+    dataset: str = ""
+    dataset_sha256: str = ""
+    examples: int = 0
+    eval_examples: int = 0
+    steps: int = 0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AdapterManifest:
+    """`teller.json`: everything the registry, the audit trail and the admin page show."""
+
+    name: str
+    base_model: str
+    prompt_format: PromptFormat = PromptFormat.ALPACA
+    version: int | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    training: TrainingInfo = field(default_factory=TrainingInfo)
+    metrics: dict[str, float] = field(default_factory=dict)
+    sha256: str = ""
+    """sha256 of `adapter_model.safetensors`."""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["prompt_format"] = str(self.prompt_format)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterManifest:
+        """Parse a manifest, refusing missing required fields and unknown prompt formats.
+
+        Raises:
+            ValueError: with the field that is wrong.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("teller.json must hold a JSON object")
+        for required in ("name", "base_model"):
+            if not isinstance(data.get(required), str) or not data[required].strip():
+                raise ValueError(f"teller.json: '{required}' must be a non-empty string")
+        try:
+            prompt_format = PromptFormat(data.get("prompt_format", PromptFormat.ALPACA))
+        except ValueError:
+            allowed = ", ".join(f.value for f in PromptFormat)
+            raise ValueError(f"teller.json: 'prompt_format' must be one of {allowed}") from None
+        training = data.get("training") or {}
+        if not isinstance(training, dict):
+            raise ValueError("teller.json: 'training' must be an object")
+        known = TrainingInfo.__dataclass_fields__
+        return cls(
+            name=data["name"].strip(),
+            base_model=data["base_model"].strip(),
+            prompt_format=prompt_format,
+            version=data.get("version"),
+            created_at=str(data.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")),
+            training=TrainingInfo(**{k: v for k, v in training.items() if k in known}),
+            metrics={k: float(v) for k, v in (data.get("metrics") or {}).items()},
+            sha256=str(data.get("sha256", "")),
+        )
+
+    @classmethod
+    def read(cls, folder: Path) -> AdapterManifest:
+        """The manifest of a package folder; derived from `adapter_config.json` when absent."""
+        manifest_path = folder / MANIFEST_FILE
+        if manifest_path.exists():
+            return cls.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+        peft_config = json.loads((folder / PEFT_CONFIG_FILE).read_text(encoding="utf-8"))
+        weights = folder / WEIGHTS_FILE
+        return cls(
+            name=folder.name,
+            base_model=str(peft_config.get("base_model_name_or_path") or ""),
+            sha256=sha256_file(weights) if weights.exists() else "",
+        )
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_FILE
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path

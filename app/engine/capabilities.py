@@ -1,0 +1,46 @@
+"""The one place that says which optional heavy pieces (CUDA, bitsandbytes, gguf) are here.
+
+Everything else asks these functions instead of importing optional packages itself, so a CPU
+install without bitsandbytes never fails at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+
+import torch
+
+
+@cache
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+@cache
+def has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+@cache
+def has_gguf() -> bool:
+    return importlib.util.find_spec("gguf") is not None
+
+
+def supports_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` picks the GPU when there is one.
+
+    Raises:
+        RuntimeError: `cuda` was asked for on a machine without CUDA.
+    """
+    if setting == "cuda" and not has_cuda():
+        raise RuntimeError("TELLER_DEVICE=cuda but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    if setting == "cpu" or (setting == "auto" and not has_cuda()):
+        return torch.device("cpu")
+    return torch.device("cuda")
