@@ -93,6 +93,16 @@ def build_prompt(messages: Sequence[ChatMessage], prompt_format: PromptFormat, t
     )
 
 
+def encode_prompt(tokenizer: Any, text: str, prompt_format: PromptFormat) -> list[int]:
+    """Token ids of a prompt, the same way at training and at serving time.
+
+    A chat template already writes its special tokens into the text; Alpaca text gets the
+    tokenizer's own BOS (when it adds one), as plain pretraining text does.
+    """
+    add_special = prompt_format == PromptFormat.ALPACA
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
 def stop_strings_for(prompt_format: PromptFormat) -> tuple[str, ...]:
     """Strings that end an answer in this format (besides the tokenizer's end-of-sequence)."""
     return ALPACA_STOP_STRINGS if prompt_format == PromptFormat.ALPACA else ()
