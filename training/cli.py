@@ -1,0 +1,158 @@
+"""`teller train` and `teller eval` entry points (app/cli.py calls these lazily).
+
+Bad input ends in one line on stderr and a non-zero exit, never a traceback: the people who
+run this are finance teams, and the line must say what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from app.engine.loader import ModelLoadError
+from training.config_io import ConfigError, load_config, preset_names
+from training.data_loading import DataError
+from training.model_build import SetupError
+from training.package import PackageError
+
+EXPECTED_ERRORS = (ConfigError, DataError, SetupError, ModelLoadError, PackageError)
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _fail(prog: str, exc: BaseException) -> int:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    sys.stderr.write(f"{prog}: error: {reason}\n")
+    return EXIT_FAILED if isinstance(exc, PackageError) else EXIT_BAD_INPUT
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+
+
+def _setup_logging(quiet: bool) -> None:
+    # bitsandbytes warns at import about optional CPU kernels that training never uses.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="teller train", description="Fine-tune a LoRA adapter.")
+    parser.add_argument("config", help=f"a preset ({', '.join(preset_names())}) or a YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields, e.g. lora.r=8",
+    )
+    parser.add_argument("--output", help="run folder (the adapter package lands in OUTPUT/adapter)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    return parser
+
+
+def train_main(argv: list[str]) -> int:
+    """Run `teller train`; returns the process exit code."""
+    args = _parse(train_parser(), argv)
+    if isinstance(args, int):
+        return args
+    _setup_logging(args.quiet)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.output:
+            config.output_dir = args.output
+        from training.recipe import TrainingRecipe
+
+        result = TrainingRecipe(config, resume=args.resume, progress=not args.quiet).run()
+    except EXPECTED_ERRORS as exc:
+        return _fail("teller train", exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("teller train: interrupted before training started; nothing saved\n")
+        return EXIT_INTERRUPTED
+    metrics = result.manifest.metrics
+    lines = [
+        f"adapter package: {result.adapter_dir}",
+        f"steps: {result.steps}  train examples: {result.manifest.training.examples}  "
+        f"eval examples: {result.manifest.training.eval_examples}",
+    ]
+    if "base_eval_loss" in metrics and "eval_loss" in metrics:
+        lines.append(
+            f"eval loss: {metrics['base_eval_loss']:.4f} (base) -> "
+            f"{metrics['eval_loss']:.4f} (adapter)"
+        )
+    lines.append(
+        f"metrics: {result.run_dir / 'metrics.jsonl'}  plot: {result.run_dir / 'loss.png'}"
+    )
+    if result.interrupted:
+        lines.append("interrupted: adapter saved; continue with --resume")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="teller eval", description="Score an adapter against its base.")
+    parser.add_argument("adapter", type=Path, help="adapter package folder")
+    parser.add_argument("--data", type=Path, required=True, help="held-out Alpaca records")
+    parser.add_argument("--base-model", default="", help="override the manifest's base model")
+    parser.add_argument("--models-dir", default="", help="where named base models live")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N records")
+    parser.add_argument("--max-checks", type=int, default=50, help="numeric records to generate")
+    parser.add_argument("--samples", type=int, default=3, help="sample generations to show")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    return parser
+
+
+def eval_main(argv: list[str]) -> int:
+    """Run `teller eval`; returns the process exit code."""
+    args = _parse(eval_parser(), argv)
+    if isinstance(args, int):
+        return args
+    _setup_logging(quiet=True)
+    from training.evaluate import evaluate_adapter, render_report, write_report_json
+
+    try:
+        report = evaluate_adapter(
+            args.adapter,
+            args.data,
+            base_model=args.base_model,
+            models_dir=args.models_dir,
+            device=args.device,
+            limit=args.limit,
+            max_checks=args.max_checks,
+            samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except EXPECTED_ERRORS as exc:
+        return _fail("teller eval", exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("teller eval: interrupted\n")
+        return EXIT_INTERRUPTED
+    sys.stdout.write(render_report(report))
+    if args.json:
+        write_report_json(report, args.json)
+        sys.stdout.write(f"report: {args.json}\n")
+    return 0
