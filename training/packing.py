@@ -1,12 +1,14 @@
 """Short examples packed into full rows without one example ever seeing another.
 
-Rows carry `position_ids` that restart at 0 for every example and no attention mask. In
-transformers 5, `masking_utils.find_packed_sequence_indices` turns each restart into a
-sequence boundary and builds a block-diagonal causal mask (sdpa and eager alike), so a packed
-row computes exactly what the examples would compute one by one — tests/training/test_packing.py
-proves it. Tail padding is one more "sequence" with labels IGNORE_INDEX, so padding needs no
-attention mask either. The first label of every example is a prompt token (IGNORE_INDEX), so
-the shifted loss never asks one example to predict the next one's first token.
+Rows carry `position_ids` that restart at 0 for every example. transformers 5.17 can turn such
+restarts into a block-diagonal mask by itself (`masking_utils.find_packed_sequence_indices`,
+used when no attention mask is given), but only for models whose `create_causal_mask` call
+receives `position_ids`: Llama/Mistral/Qwen pass them, Falcon does not, so a packed Falcon row
+would silently attend across examples. We therefore build that same block-diagonal causal
+mask here and pass it as a 4D mask, which `masking_utils` uses as-is for sdpa and eager alike;
+tests/training/test_packing.py proves packed == one-by-one for the tiny Llama and Falcon.
+Tail padding is one more "sequence" with labels IGNORE_INDEX. The first label of every example
+is masked, so the shifted loss never asks one example to predict the next one's first token.
 """
 
 from __future__ import annotations
@@ -72,10 +74,31 @@ def batch_rows(rows: list[Row], batch_size: int, seed: int) -> list[list[Row]]:
     return [[rows[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
 
 
-def collate(rows: list[Row], pad_id: int, pad_to: int = 0) -> dict[str, torch.Tensor]:
-    """Tensors for one micro-batch: input_ids, labels, position_ids, each (B, T).
+def block_causal_mask(position_ids: torch.Tensor, attention: str) -> torch.Tensor:
+    """The (B, 1, T, T) mask letting a token see only earlier tokens of its own example.
+
+    sdpa takes a boolean mask (True = attend); eager adds the mask to the scores, so it gets
+    0 / -inf-like floats instead.
+    """
+    segments = (position_ids == 0).cumsum(-1)  # (B, T): a new example starts at position 0
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    width = position_ids.shape[-1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (same & causal)[:, None]  # (B, 1, T, T)
+    if attention == "eager":
+        blocked = torch.finfo(torch.float32).min
+        return torch.zeros(allowed.shape).masked_fill_(~allowed, blocked)
+    return allowed
+
+
+def collate(
+    rows: list[Row], pad_id: int, pad_to: int = 0, attention: str | None = "sdpa"
+) -> dict[str, torch.Tensor]:
+    """Model inputs for one micro-batch: input_ids, labels, position_ids (B, T) and the mask.
 
     `pad_to` pads every row to a fixed length (the plain recipe); 0 pads to the longest row.
+    `attention` is the model's attention implementation: `sdpa`/`eager` get an explicit 4D
+    block-diagonal mask, anything else (flash attention) relies on position_ids alone.
     """
     width = max(pad_to, max(len(r) for r in rows))
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -91,7 +114,17 @@ def collate(rows: list[Row], pad_id: int, pad_to: int = 0) -> dict[str, torch.Te
             position_ids[b, start:end] = torch.arange(len(example))
             start = end
         position_ids[b, start:] = torch.arange(width - start)  # padding: its own sequence
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    packed = any(len(r.examples) > 1 for r in rows) or any(len(r) < width for r in rows)
+    if packed and attention in {"sdpa", "eager"}:
+        batch["attention_mask"] = block_causal_mask(position_ids, attention)
+    return batch
+
+
+def attention_of(model: object) -> str:
+    """The attention implementation the model runs (`sdpa`, `eager`, `flash_attention_2`)."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_attn_implementation", None) or "sdpa")
 
 
 def count_tokens(batch: dict[str, torch.Tensor], rows: list[Row]) -> tuple[int, int]:

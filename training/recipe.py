@@ -40,7 +40,7 @@ from training.model_build import (
     build_trainable_model,
 )
 from training.package import write_package
-from training.packing import Row, batch_rows, collate, count_tokens, make_rows
+from training.packing import Row, attention_of, batch_rows, collate, count_tokens, make_rows
 from training.run_log import MetricsLog, Progress, plot_loss
 from training.scoring import autocast_for, heldout_loss, perplexity
 
@@ -124,6 +124,7 @@ class TrainingRecipe:
         self.model = self.tm.model
         self.device = self.tm.loaded.device
         self.dtype = self.tm.loaded.dtype
+        self.attention = attention_of(self.model)
         tokenizer = self.tm.tokenizer
         self.pad_id = int(tokenizer.pad_token_id)
         self.eos_id = end_of_sequence_id(
@@ -208,7 +209,7 @@ class TrainingRecipe:
     # ---- train -------------------------------------------------------------------------
     def train_step(self, window: list[list[Row]]) -> tuple[float, int]:
         """One optimizer step over `grad_accum` micro-batches; (mean loss, useful tokens)."""
-        batches = [collate(rows, self.pad_id) for rows in window]
+        batches = [collate(rows, self.pad_id, attention=self.attention) for rows in window]
         counts = [count_tokens(b, rows) for b, rows in zip(batches, window, strict=True)]
         n_items = torch.tensor(sum(c[1] for c in counts), device=self.device)
         loss_sum = 0.0

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from training.packing import Row, collate, count_tokens
+from training.packing import Row, attention_of, collate, count_tokens
 
 _ANSWER = re.compile(r"Answer:\s*\**\s*[^\d\-+.]{0,8}?([-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+)")
 
@@ -48,7 +48,7 @@ def heldout_loss(
     total, tokens = 0.0, 0
     try:
         for chunk in _chunks(rows, batch_size):
-            batch = collate(chunk, pad_id)
+            batch = collate(chunk, pad_id, attention=attention_of(model))
             _, n = count_tokens(batch, chunk)
             if n == 0:
                 continue
