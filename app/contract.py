@@ -76,7 +76,9 @@ def alpaca_conversation_prompt(messages: Sequence[ChatMessage]) -> str:
     return "\n".join(out)
 
 
-def build_prompt(messages: Sequence[ChatMessage], prompt_format: PromptFormat, tokenizer: Any) -> str:
+def build_prompt(
+    messages: Sequence[ChatMessage], prompt_format: PromptFormat, tokenizer: Any
+) -> str:
     """The text the model continues, for either format.
 
     Raises:
@@ -174,7 +176,9 @@ class AdapterManifest:
             base_model=data["base_model"].strip(),
             prompt_format=prompt_format,
             version=data.get("version"),
-            created_at=str(data.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")),
+            created_at=str(
+                data.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
+            ),
             training=TrainingInfo(**{k: v for k, v in training.items() if k in known}),
             metrics={k: float(v) for k, v in (data.get("metrics") or {}).items()},
             sha256=str(data.get("sha256", "")),

@@ -153,7 +153,9 @@ def load_base_model(
                 f"TELLER_QUANTIZATION={quantization} needs bitsandbytes; install it or set none"
             )
         kwargs["quantization_config"] = quantization_config(quantization, torch_dtype)
-        kwargs["device_map"] = {"": (torch_device.index or 0) if torch_device.type == "cuda" else "cpu"}
+        kwargs["device_map"] = {
+            "": (torch_device.index or 0) if torch_device.type == "cuda" else "cpu"
+        }
         applied = quantization
     try:
         with falcon_linear_as_plain_linear():

@@ -1,0 +1,54 @@
+# Teller: `make run` serves the chat on http://127.0.0.1:8000, `make test` runs every test.
+# Both do their own set-up on a fresh clone: virtualenv, CPU torch where there is no GPU,
+# the embedded default model, and (for tests) Debian's chromium.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_INDEX := $(if $(HAS_GPU),,--extra-index-url https://download.pytorch.org/whl/cpu)
+CHROMIUM ?= /usr/bin/chromium
+PYTEST_ARGS ?=
+
+.PHONY: run test lint install model browser bench-cpu clean help
+
+help:
+	@echo "make run   - install what is missing, fetch the default model, serve on http://127.0.0.1:8000"
+	@echo "make test  - install what is missing and run the whole test suite"
+	@echo "make lint  - ruff"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet $(TORCH_INDEX) "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[train,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/teller fetch-default-model
+
+run: model
+	$(BIN)/teller serve
+
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for browser tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: model browser
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check app training tests bench
+
+bench-cpu: model
+	$(BIN)/python bench/cpu_generate.py
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,208 @@
+"""Chat pages, fragments and the answer stream. Thin: validate, call the service, render."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
+from fastapi.responses import RedirectResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.chat import service
+from app.chat.schemas import ChatInputError
+from app.deps import (
+    CurrentUser,
+    EngineDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StreamsDep,
+)
+from app.store import crud
+from app.store.models import Conversation, Message
+from app.web.csrf import verify_csrf
+from app.web.templating import is_htmx, render, render_fragment
+
+router = APIRouter(dependencies=[Depends(verify_csrf)])
+
+
+def _conversation_or_404(
+    session: SessionDep, user: CurrentUser, conversation_id: str
+) -> Conversation:
+    conversation = crud.get_conversation(
+        session=session, user_id=user.id, conversation_id=conversation_id
+    )
+    if conversation is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No such conversation.")
+    return conversation
+
+
+ConversationDep = Annotated[Conversation, Depends(_conversation_or_404)]
+
+
+def _redirect(request: Request, url: str) -> Response:
+    """HTMX follows `HX-Redirect` with a full page load; plain forms follow a 303."""
+    if is_htmx(request):
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _input_error(request: Request, exc: ChatInputError) -> Response:
+    return render(
+        request,
+        "partials/error.html",
+        {"error": str(exc)},
+        block="error",
+        status_code=status.HTTP_400_BAD_REQUEST,
+        headers={"HX-Retarget": "#composer-error", "HX-Reswap": "innerHTML"},
+    )
+
+
+@router.get("/")
+def index(request: Request, session: SessionDep, user: CurrentUser) -> Response:
+    conversations = crud.list_conversations(session=session, user_id=user.id)
+    return render(request, "chat.html", {"conversations": conversations, "conversation": None})
+
+
+@router.get("/c/{conversation_id}")
+def show_conversation(
+    request: Request, session: SessionDep, user: CurrentUser, conversation: ConversationDep
+) -> Response:
+    conversations = crud.list_conversations(session=session, user_id=user.id)
+    return render(
+        request,
+        "chat.html",
+        {"conversations": conversations, "conversation": conversation},
+        block="conversation",
+    )
+
+
+@router.post("/c")
+def new_conversation(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    content: Annotated[str, Form()],
+) -> Response:
+    try:
+        conversation, _, _ = service.start_turn(
+            session=session, user=user, conversation=None, content=content, settings=settings
+        )
+    except ChatInputError as exc:
+        return _input_error(request, exc)
+    return _redirect(request, f"/c/{conversation.id}")
+
+
+@router.post("/c/{conversation_id}/messages")
+def send_message(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    conversation: ConversationDep,
+    content: Annotated[str, Form()],
+) -> Response:
+    try:
+        _, question, answer = service.start_turn(
+            session=session,
+            user=user,
+            conversation=conversation,
+            content=content,
+            settings=settings,
+        )
+    except ChatInputError as exc:
+        return _input_error(request, exc)
+    if not is_htmx(request):
+        return _redirect(request, f"/c/{conversation.id}")
+    return render(
+        request,
+        "partials/turn.html",
+        {"conversation": conversation, "messages": [question, answer]},
+        block="turn",
+    )
+
+
+@router.get("/c/{conversation_id}/messages/{message_id}/stream")
+async def stream_message(
+    request: Request,
+    conversation: ConversationDep,
+    session: SessionDep,
+    session_factory: SessionFactoryDep,
+    engine: EngineDep,
+    streams: StreamsDep,
+    settings: SettingsDep,
+    message_id: int,
+) -> EventSourceResponse:
+    """SSE: `token` events carry escaped text to append; `done` carries the final message HTML."""
+    message = crud.get_message(session=session, conversation=conversation, message_id=message_id)
+    if message is None or message.role != "assistant":
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No such answer in this conversation.")
+    session.close()
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async for update in service.stream_answer(
+            session_factory=session_factory,
+            engine=engine,
+            streams=streams,
+            settings=settings,
+            message=message,
+        ):
+            if update.kind == "token":
+                yield ServerSentEvent(html.escape(update.text), event="token")
+            else:
+                yield ServerSentEvent(
+                    _message_html(request, conversation, update.message), event="done"
+                )
+
+    return EventSourceResponse(events(), ping=15, send_timeout=30)
+
+
+def _message_html(request: Request, conversation: Conversation, message: Message | None) -> str:
+    return render_fragment(
+        request, "partials/message.html", {"conversation": conversation, "message": message}
+    )
+
+
+@router.post("/c/{conversation_id}/messages/{message_id}/stop")
+def stop_message(conversation: ConversationDep, streams: StreamsDep, message_id: int) -> Response:
+    streams.stop(message_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/c/{conversation_id}/regenerate")
+def regenerate(request: Request, session: SessionDep, conversation: ConversationDep) -> Response:
+    try:
+        answer = service.regenerate(session=session, conversation=conversation)
+    except ChatInputError as exc:
+        return _input_error(request, exc)
+    if not is_htmx(request):
+        return _redirect(request, f"/c/{conversation.id}")
+    return render(
+        request,
+        "partials/turn.html",
+        {"conversation": conversation, "messages": [answer]},
+        block="turn",
+    )
+
+
+@router.post("/c/{conversation_id}/rename")
+def rename(
+    request: Request,
+    session: SessionDep,
+    conversation: ConversationDep,
+    title: Annotated[str, Form()],
+) -> Response:
+    cleaned = " ".join(title.split())[:200]
+    if not cleaned:
+        return _input_error(request, ChatInputError("The title is empty: type a name."))
+    crud.rename_conversation(session=session, conversation=conversation, title=cleaned)
+    return _redirect(request, f"/c/{conversation.id}")
+
+
+@router.post("/c/{conversation_id}/delete")
+def delete(request: Request, session: SessionDep, conversation: ConversationDep) -> Response:
+    crud.delete_conversation(session=session, conversation=conversation)
+    return _redirect(request, "/")

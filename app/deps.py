@@ -1,0 +1,52 @@
+"""One-line dependencies, as `Annotated` aliases routes can declare."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.chat.streams import ActiveStreams
+from app.config import Settings
+from app.engine.types import Engine
+from app.store import crud
+from app.store.models import User
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.session_factory
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+def get_engine(request: Request) -> Engine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "The model is still loading.")
+    return engine
+
+
+def get_streams(request: Request) -> ActiveStreams:
+    return request.app.state.streams
+
+
+def get_current_user(session: Annotated[Session, Depends(get_session)]) -> User:
+    """The local user who owns every conversation until sign-in exists."""
+    return crud.get_or_create_local_user(session=session)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
+CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -1,0 +1,248 @@
+"""The in-process engine: one worker thread owns the model and runs every request on it.
+
+Web code awaits an async stream of events; the worker thread does the tensor work and hands
+events back to the event loop with `call_soon_threadsafe`. Adapter loads and unloads run on
+the same thread, between requests, so they never race a forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.contract import ChatMessage, PromptFormat, build_prompt, encode_prompt, stop_strings_for
+from app.engine.generation import PreparedRequest, run_generation
+from app.engine.loader import LoadedModel
+from app.engine.types import (
+    EngineBusy,
+    EngineError,
+    EngineInfo,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+)
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"
+"""PEFT's name for "no adapter" inside a mixed-adapter forward."""
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    emit: Callable[[Event], None]
+
+
+@dataclass
+class _Control:
+    action: Callable[[], Any]
+    done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+_STOP = object()
+
+
+class LocalEngine:
+    """transformers + peft in this process, on CPU or one GPU."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_queue: int = 64,
+        max_context_tokens: int = 2048,
+        base_prompt_format: PromptFormat | None = None,
+    ) -> None:
+        self._loaded = loaded
+        self.model: Any = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self._max_context = max_context_tokens
+        self._base_format = base_prompt_format or (
+            PromptFormat.CHAT_TEMPLATE
+            if getattr(self.tokenizer, "chat_template", None)
+            else PromptFormat.ALPACA
+        )
+        self._adapter_formats: dict[str, PromptFormat] = {}
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._work, name="teller-engine", daemon=True)
+        self._thread.start()
+        self.active_streams = 0
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            model=self._loaded.source,
+            device=str(self._loaded.device),
+            dtype=str(self._loaded.dtype).removeprefix("torch."),
+            quantization=self._loaded.quantization,
+            adapters=tuple(self._adapter_formats),
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Queue a request now and return its event stream.
+
+        Raises:
+            EngineBusy: the queue is full (the caller answers 503 with Retry-After).
+            EngineError: the request names an adapter that is not loaded.
+        """
+        if request.adapter and request.adapter not in self._adapter_formats:
+            raise EngineError(f"adapter {request.adapter!r} is not loaded")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:
+                # The caller's event loop is gone: nobody is listening any more.
+                request.cancel.set()
+
+        try:
+            self._queue.put_nowait(_Job(request, emit))
+        except queue.Full:
+            raise EngineBusy(retry_after=5) from None
+        return self._stream(events, request)
+
+    async def _stream(
+        self, events: asyncio.Queue[Event], request: GenerationRequest
+    ) -> AsyncIterator[Event]:
+        self.active_streams += 1
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if isinstance(event, FinishEvent):
+                    return
+        finally:
+            # The consumer stopped reading (finished, disconnected or cancelled): stop the loop.
+            request.cancel.set()
+            self.active_streams -= 1
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_format(self, adapter: str | None) -> PromptFormat:
+        return (
+            self._adapter_formats.get(adapter, self._base_format) if adapter else self._base_format
+        )
+
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Prompt text → token ids, trimming the oldest turns to fit the context budget."""
+        fmt = self.prompt_format(request.adapter)
+        budget = max(16, self._max_context - request.sampling.max_new_tokens)
+        if request.prompt is not None:
+            ids = list(self.tokenizer(request.prompt)["input_ids"])[-budget:]
+        else:
+            messages = list(request.messages)
+            ids = encode_prompt(self.tokenizer, build_prompt(messages, fmt, self.tokenizer), fmt)
+            while len(ids) > budget and _drop_oldest_turn(messages):
+                ids = encode_prompt(
+                    self.tokenizer, build_prompt(messages, fmt, self.tokenizer), fmt
+                )
+            ids = ids[-budget:]
+        kwargs: dict[str, Any] = {}
+        if self._adapter_formats:
+            kwargs["adapter_names"] = [request.adapter or BASE_ADAPTER]
+        return PreparedRequest(
+            prompt_ids=ids,
+            sampling=request.sampling,
+            stop=tuple(request.sampling.stop) + stop_strings_for(fmt),
+            forward_kwargs=kwargs,
+            is_cancelled=request.cancel.is_set,
+        )
+
+    # ---- adapters -------------------------------------------------------------------------
+
+    async def load_adapter(self, name: str, path: Path, prompt_format: PromptFormat) -> None:
+        """Attach a LoRA adapter under `name`; requests may use it once this returns."""
+
+        def action() -> None:
+            from peft import PeftModel
+
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            self.model.eval()
+            self._adapter_formats[name] = prompt_format
+
+        await self._control(action)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Detach an adapter and free its weights."""
+
+        def action() -> None:
+            if name not in self._adapter_formats:
+                return
+            del self._adapter_formats[name]
+            if self._adapter_formats:
+                self.model.delete_adapter(name)
+            else:
+                self.model = self.model.unload()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+        await self._control(action)
+
+    async def _control(self, action: Callable[[], Any]) -> Any:
+        control = _Control(action)
+        self._queue.put(control)
+        return await asyncio.wrap_future(control.done)
+
+    # ---- worker ---------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, _Control):
+                try:
+                    item.done.set_result(item.action())
+                except Exception as exc:  # noqa: BLE001 - handed back to the awaiting caller
+                    item.done.set_exception(exc)
+                continue
+            self._run_job(item)
+
+    def _run_job(self, job: _Job) -> None:
+        if job.request.cancel.is_set():
+            job.emit(FinishEvent("cancelled", "", 0, 0))
+            return
+        try:
+            run_generation(self.model, self.tokenizer, self.prepare(job.request), job.emit)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.exception("out of memory during generation")
+            job.emit(FinishEvent("error", "", 0, 0, error="out of GPU memory"))
+        except Exception as exc:  # noqa: BLE001 - one request fails, the engine keeps serving
+            log.exception("generation failed")
+            job.emit(FinishEvent("error", "", 0, 0, error=str(exc)))
+
+    async def close(self) -> None:
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join, 30)
+
+
+def _drop_oldest_turn(messages: list[ChatMessage]) -> bool:
+    """Remove the oldest non-system message, keeping the last user turn; False if none left."""
+    for index, message in enumerate(messages[:-1]):
+        if message.role != "system":
+            del messages[index]
+            return True
+    return False

@@ -1,0 +1,106 @@
+"""The FastAPI application: lifespan (database, engine), middleware and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.chat.router import router as chat_router
+from app.chat.service import wait_for_streams
+from app.chat.streams import ActiveStreams
+from app.config import Settings
+from app.engine.factory import build_engine
+from app.ops.router import router as ops_router
+from app.store import crud
+from app.store.db import make_engine, make_session_factory, migrate
+from app.web.csrf import COOKIE as CSRF_COOKIE
+from app.web.templating import STATIC_DIR, is_htmx
+
+log = logging.getLogger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
+    "object-src 'none'"
+)
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    database = make_engine(settings.resolved_database_url)
+    migrate(database)
+    app.state.database = database
+    app.state.session_factory = make_session_factory(database)
+    with app.state.session_factory() as session:
+        interrupted = crud.mark_interrupted(session=session)
+        if interrupted:
+            log.info("%d answers interrupted by the last shutdown are marked stopped", interrupted)
+    app.state.streams = ActiveStreams()
+    engine = app.state.engine_override or await asyncio.to_thread(build_engine, settings)
+    app.state.engine = engine
+    try:
+        yield
+    finally:
+        await wait_for_streams(app.state.streams, SHUTDOWN_GRACE_SECONDS)
+        if app.state.engine_override is None:
+            await engine.close()
+        app.state.engine = None
+        database.dispose()
+
+
+def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # noqa: ANN001
+    """Build the app. `engine` replaces the configured one (tests inject a scripted engine)."""
+    app = FastAPI(title="Teller", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings or Settings()
+    app.state.engine_override = engine
+    app.state.engine = None
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(ops_router)
+    app.include_router(chat_router)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next) -> Response:  # noqa: ANN001
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        token = getattr(request.state, "csrf_token", None)
+        if token and request.cookies.get(CSRF_COOKIE) != token:
+            response.set_cookie(
+                CSRF_COOKIE,
+                token,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "body" for e in exc.errors())
+        message = f"The request is missing or has invalid fields: {fields}."
+        if is_htmx(request) or "text/html" in request.headers.get("accept", ""):
+            return PlainTextResponse(message, status_code=400)
+        return JSONResponse({"detail": message}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_htmx(request) or "text/html" in request.headers.get("accept", ""):
+            return PlainTextResponse(
+                str(exc.detail), status_code=exc.status_code, headers=exc.headers
+            )
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    return app

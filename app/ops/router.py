@@ -1,0 +1,33 @@
+"""Liveness and readiness, for load balancers, compose health checks and operators."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.store.db import ping
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive (says nothing about the model)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Ready to answer: the model is loaded and the database answers."""
+    model_ready = getattr(request.app.state, "engine", None) is not None
+    database = getattr(request.app.state, "database", None)
+    database_ready = database is not None and ping(database)
+    ready = model_ready and database_ready
+    return JSONResponse(
+        {
+            "status": "ready" if ready else "not ready",
+            "model": model_ready,
+            "database": database_ready,
+        },
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,1 @@
+"""Shared web plumbing: templates, markdown rendering, CSRF. Features import from here."""

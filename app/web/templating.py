@@ -1,0 +1,53 @@
+"""Jinja2 templates, and rendering one block of a page for HTMX requests.
+
+A page and its fragments come from the same template: with `HX-Request` only the named block
+is rendered, so the markup of a fragment can never drift from the full page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from app.web.csrf import csrf_token
+from app.web.markdown import render_markdown
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+templates.env.filters["markdown"] = render_markdown
+templates.env.globals["csrf_token"] = csrf_token
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    block: str | None = None,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """The whole page, or only `block` when HTMX asked for a fragment."""
+    context = {"request": request, **context}
+    if block and is_htmx(request):
+        template = templates.get_template(name)
+        html = "".join(template.blocks[block](template.new_context(context)))
+        return HTMLResponse(html, status_code=status_code, headers=headers)
+    return templates.TemplateResponse(
+        request, name, context, status_code=status_code, headers=headers
+    )
+
+
+def render_fragment(request: Request, name: str, context: dict[str, Any], **kwargs: Any) -> str:
+    """A partial template as a string (for SSE payloads)."""
+    return templates.get_template(name).render({"request": request, **context}, **kwargs)
