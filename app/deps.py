@@ -44,9 +44,17 @@ def get_current_user(session: Annotated[Session, Depends(get_session)]) -> User:
     return crud.get_or_create_local_user(session=session)
 
 
+def require_admin(user: Annotated[User, Depends(get_current_user)]) -> User:
+    """Admin pages and admin API routes; 403 for everyone else."""
+    if user.role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "This page is for administrators.")
+    return user
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
+AdminUser = Annotated[User, Depends(require_admin)]

@@ -70,6 +70,8 @@ class Conversation(Base):
 
 class Message(Base):
     __tablename__ = "messages"
+    # Ids are never reused after a delete: stream URLs and audit records point at them.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[str] = mapped_column(
