@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.admin.router import router as admin_router
 from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.chat.streams import ActiveStreams
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(ops_router)
     app.include_router(chat_router)
+    app.include_router(admin_router)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:  # noqa: ANN001

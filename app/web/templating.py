@@ -22,6 +22,12 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.filters["markdown"] = render_markdown
 templates.env.globals["csrf_token"] = csrf_token
+templates.env.globals["admin_pages"] = (
+    ("/admin/adapters", "Adapters"),
+    ("/admin/users", "Users"),
+    ("/admin/audit", "Audit"),
+    ("/admin/status", "Status"),
+)
 
 
 def is_htmx(request: Request) -> bool:

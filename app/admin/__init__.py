@@ -1,0 +1,1 @@
+"""Admin console: one router module per page (users, audit, adapters, status)."""
