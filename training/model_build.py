@@ -95,6 +95,23 @@ def check_quantization_possible(config: TrainConfig) -> None:
         raise SetupError(f"quantization={config.quantization} needs bitsandbytes installed")
 
 
+def keep_4bit_weights_trainable_on_cpu(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference during evaluation.
+
+    bitsandbytes 0.50 converts a `Linear4bit` weight to an AVX512-BF16 layout the first time it
+    runs in eval mode without grad, and never converts back; later training forwards then go
+    through `gemv_4bit`, which has no autograd, so gradients to earlier layers' adapters come
+    out silently wrong. Held-out evaluation during training would trigger exactly that.
+    Returns how many layers were switched.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
 def build_trainable_model(config: TrainConfig) -> TrainableModel:
     """Base model (quantized if asked) + LoRA, with only the adapter trainable.
 
@@ -117,6 +134,8 @@ def build_trainable_model(config: TrainConfig) -> TrainableModel:
     except (ModelLoadError, RuntimeError) as exc:
         raise SetupError(str(exc)) from None
     model = loaded.model
+    if loaded.quantization != "none" and loaded.device.type == "cpu":
+        keep_4bit_weights_trainable_on_cpu(model)
     checkpoint_kwargs = {"use_reentrant": False}
     if loaded.quantization != "none":
         # Freezes the base, upcasts norms/embeddings to fp32 for stable training, and turns

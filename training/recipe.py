@@ -38,6 +38,7 @@ from training.model_build import (
     build_optimizer,
     build_scheduler,
     build_trainable_model,
+    check_quantization_possible,
 )
 from training.package import write_package
 from training.packing import Row, attention_of, batch_rows, collate, count_tokens, make_rows
@@ -97,6 +98,7 @@ class TrainingRecipe:
             raise SetupError(
                 f"prompt_format must be alpaca or chat_template, got {cfg.prompt_format!r}"
             ) from None
+        check_quantization_possible(cfg)  # before any data download or model load
         if cfg.micro_batch_size < 1 or cfg.grad_accum < 1:
             raise SetupError("micro_batch_size and grad_accum must be at least 1")
         if cfg.report_to not in {"none", ""}:
