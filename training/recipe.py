@@ -41,9 +41,10 @@ from training.model_build import (
     check_quantization_possible,
 )
 from training.package import write_package
-from training.packing import Row, attention_of, batch_rows, collate, count_tokens, make_rows
+from training.packing import Row, attention_of, batch_rows, make_rows
 from training.run_log import MetricsLog, Progress, plot_loss
-from training.scoring import autocast_for, heldout_loss, perplexity
+from training.scoring import heldout_loss, perplexity
+from training.step import StepContext, train_step
 
 log = logging.getLogger(__name__)
 
@@ -211,25 +212,18 @@ class TrainingRecipe:
     # ---- train -------------------------------------------------------------------------
     def train_step(self, window: list[list[Row]]) -> tuple[float, int]:
         """One optimizer step over `grad_accum` micro-batches; (mean loss, useful tokens)."""
-        batches = [collate(rows, self.pad_id, attention=self.attention) for rows in window]
-        counts = [count_tokens(b, rows) for b, rows in zip(batches, window, strict=True)]
-        n_items = torch.tensor(sum(c[1] for c in counts), device=self.device)
-        loss_sum = 0.0
-        for batch in batches:
-            with autocast_for(self.device, self.dtype):
-                out = self.model(
-                    **{k: v.to(self.device) for k, v in batch.items()},
-                    use_cache=False,
-                    num_items_in_batch=n_items,
-                )
-            out.loss.backward()  # already divided by the window's response tokens
-            loss_sum += float(out.loss.detach())
-        if self.config.optim.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum, sum(c[0] for c in counts)
+        context = StepContext(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.trainable,
+            self.pad_id,
+            self.attention,
+            self.device,
+            self.dtype,
+            self.config.optim.max_grad_norm,
+        )
+        return train_step(context, window)
 
     def train(self) -> None:
         cfg = self.config

@@ -1,0 +1,26 @@
+"""bench/train_gpu.py --smoke runs the whole GPU benchmark script on CPU with the tiny Falcon."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_writes_both_sections(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("train_gpu", REPO / "bench" / "train_gpu.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "train-gpu.json"
+    assert module.main(["--smoke", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["smoke"] and results["linear_4bit"] == 8
+    for name in ("baseline", "teller"):
+        section = results[name]
+        assert section["steps"] == 3 and len(section["first_losses"]) == 3
+        assert section["useful_tokens_per_s"] > 0 and 0 < section["mfu"]
+        assert section["trainable_params"] == results["baseline"]["trainable_params"]
+    assert "SmolLM2 tokenizer" in results["data"]
