@@ -121,7 +121,7 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=0, help="score only the first N records")
     parser.add_argument("--max-checks", type=int, default=50, help="numeric records to generate")
     parser.add_argument("--samples", type=int, default=3, help="sample generations to show")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="worked answers run long")
     parser.add_argument("--json", type=Path, help="also write the report here")
     return parser
 

@@ -117,7 +117,7 @@ def evaluate_adapter(
     limit: int = 0,
     max_checks: int = 50,
     samples: int = 3,
-    max_new_tokens: int = 96,
+    max_new_tokens: int = 256,
     batch_size: int = 4,
 ) -> EvalReport:
     """Score base and adapter on `data_path`.
