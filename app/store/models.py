@@ -91,3 +91,52 @@ class Message(Base):
     finished_at: Mapped[datetime | None]
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class AuthSession(Base):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is stored."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """sha256 hex of the cookie token, so a leaked database holds no usable session."""
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+
+
+class AuditRecord(Base):
+    """One append-only audit row; `hash` covers its fields and the previous row's hash."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (Index("ix_audit_action_created", "action", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    actor_id: Mapped[int | None] = mapped_column(index=True)
+    """No foreign key on purpose: audit rows outlive what they mention."""
+    actor_name: Mapped[str | None] = mapped_column(String(64), index=True)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    adapter: Mapped[str | None] = mapped_column(String(128), index=True)
+    conversation_id: Mapped[str | None] = mapped_column(String(32))
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    """Canonical JSON (sorted keys), exactly the bytes the hash covers."""
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's single anchor row: the last id and hash, and where retention cut the start."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    base_id: Mapped[int] = mapped_column(default=0)
+    base_hash: Mapped[str] = mapped_column(String(64))

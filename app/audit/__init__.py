@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail: a hash-chained, append-only log of who did what."""
