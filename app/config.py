@@ -54,6 +54,24 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0)
     """Torch intra-op threads on CPU; 0 lets Teller pick (all physical cores)."""
 
+    # Accounts, limits and retention (app/auth, app/audit).
+    session_hours: int = Field(12, ge=1, le=24 * 90)
+    """A sign-in lasts this long without activity; each request extends it."""
+    cookie_secure: bool | None = None
+    """Send cookies only over HTTPS; None decides per request (https → secure)."""
+    login_max_failures: int = Field(5, ge=1)
+    login_window_minutes: int = Field(15, ge=1)
+    """After `login_max_failures` failed sign-ins for one name (or 4x that from one address)
+    within this window, sign-in is refused until the window passes."""
+    messages_per_minute: int = Field(20, ge=1)
+    """Per-user rate of new messages (chat and API); more gets 429 with Retry-After."""
+    max_concurrent_streams: int = Field(2, ge=1)
+    """Answers one user may have generating at once."""
+    retention_days: int = Field(0, ge=0)
+    """Conversations untouched this long are deleted (at start and daily); 0 keeps them."""
+    audit_retention_days: int = Field(0, ge=0)
+    """Audit records older than this are purged, the chain re-anchored; 0 keeps them."""
+
     @model_validator(mode="after")
     def _remote_needs_url(self) -> Settings:
         if self.engine == "remote" and not self.remote_url:
