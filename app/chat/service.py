@@ -8,6 +8,7 @@ a status that says which.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.audit import service as audit
 from app.chat.schemas import ChatInputError
 from app.chat.streams import ActiveStreams
 from app.config import Settings
@@ -83,6 +85,12 @@ def start_turn(
         content="",
         status=MessageStatus.PENDING,
     )
+    audit.record_event(
+        session=session,
+        action=audit.CHAT_PROMPT,
+        actor_id=user.id,
+        details={"conversation_id": conversation.id, "message_id": question.id, "text": text},
+    )
     return conversation, question, answer
 
 
@@ -148,6 +156,7 @@ async def stream_answer(
         session.commit()
     request = GenerationRequest(messages=history, sampling=sampling_for(settings))
     streams.register(message.id, request.cancel)
+    started, first_token_at = time.monotonic(), None
     parts: list[str] = []
     status, error = MessageStatus.STOPPED, None
     prompt_tokens = completion_tokens = None
@@ -156,6 +165,7 @@ async def stream_answer(
         async for event in engine.generate(request):
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
+                first_token_at = first_token_at or time.monotonic()
                 yield StreamUpdate("token", text=event.text)
                 if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
                     last_checkpoint = time.monotonic()
@@ -186,8 +196,42 @@ async def stream_answer(
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                 )
+                _audit_answer(session, stored, request, started, first_token_at)
                 message = stored
     yield StreamUpdate("done", message=message)
+
+
+def _audit_answer(
+    session: Session,
+    message: Message,
+    request: GenerationRequest,
+    started: float,
+    first_token_at: float | None,
+) -> None:
+    """One audit row per answer: who, where, which model and adapter, how, how long."""
+    audit.record_event(
+        session=session,
+        action=audit.CHAT_ANSWER,
+        actor_id=message.conversation.user_id,
+        details={
+            "conversation_id": message.conversation_id,
+            "message_id": message.id,
+            "model": message.model,
+            "adapter_name": message.adapter_name,
+            "adapter_version": message.adapter_version,
+            "adapter_sha256": message.adapter_sha256,
+            "sampling": dataclasses.asdict(request.sampling),
+            "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens,
+            "first_token_ms": (
+                None if first_token_at is None else round((first_token_at - started) * 1000)
+            ),
+            "total_ms": round((time.monotonic() - started) * 1000),
+            "status": message.status,
+            "error": message.error,
+            "text": message.content,
+        },
+    )
 
 
 def _checkpoint(session_factory: sessionmaker[Session], message_id: int, content: str) -> None:
