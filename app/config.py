@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     """Hub id, local folder or `.gguf` file; empty means the embedded default under `models_dir`."""
     adapter: str = ""
     """A LoRA adapter folder to attach at start (the registry manages adapters later)."""
+    adapter_max_rank: int = Field(64, ge=1)
+    """Uploaded adapters with a larger LoRA rank are refused."""
+    adapter_max_archive_bytes: int = Field(2 << 30, ge=1)
+    """Largest adapter upload (zip or folder), in bytes."""
+    adapter_max_file_bytes: int = Field(2 << 30, ge=1)
+    """Largest single file in an adapter package, in bytes."""
     engine: Literal["local", "remote"] = "local"
     remote_url: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"

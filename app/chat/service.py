@@ -16,6 +16,8 @@ from typing import Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.adapters.errors import AdapterError
+from app.adapters.service import AdapterService, Lease
 from app.audit import service as audit
 from app.chat.schemas import ChatInputError
 from app.chat.streams import ActiveStreams
@@ -65,6 +67,7 @@ def start_turn(
     conversation: Conversation | None,
     content: str,
     settings: Settings,
+    adapter: str | None = None,
 ) -> tuple[Conversation, Message, Message]:
     """Store the user's message and an empty pending answer (validated before anything is stored).
 
@@ -74,7 +77,9 @@ def start_turn(
     text = clean_content(content, settings)
     if conversation is None:
         title = text.splitlines()[0][:TITLE_CHARS]
-        conversation = crud.create_conversation(session=session, user_id=user.id, title=title)
+        conversation = crud.create_conversation(
+            session=session, user_id=user.id, title=title, adapter=adapter
+        )
     question = crud.add_message(
         session=session, conversation=conversation, role="user", content=text
     )
@@ -92,6 +97,24 @@ def start_turn(
         details={"conversation_id": conversation.id, "message_id": question.id, "text": text},
     )
     return conversation, question, answer
+
+
+def checked_adapter_choice(adapters: AdapterService, value: str) -> str | None:
+    """A picker value from the chat page as stored on a conversation (None: the default).
+
+    Raises:
+        ChatInputError: it names no installed adapter.
+    """
+    try:
+        return adapters.check_choice(value)
+    except AdapterError as exc:
+        raise ChatInputError(str(exc)) from None
+
+
+def choose_adapter(*, session: Session, conversation: Conversation, choice: str | None) -> None:
+    """Answers from now on use `choice`; earlier answers keep the adapter they recorded."""
+    conversation.adapter = choice
+    session.commit()
 
 
 def regenerate(*, session: Session, conversation: Conversation) -> Message:
@@ -140,6 +163,7 @@ async def stream_answer(
     streams: ActiveStreams,
     settings: Settings,
     message: Message,
+    adapters: AdapterService | None = None,
 ) -> AsyncIterator[StreamUpdate]:
     """Generate a pending answer, yielding tokens, then the stored message.
 
@@ -152,6 +176,7 @@ async def stream_answer(
             yield StreamUpdate("done", message=message)
             return
         history = _history(session, message, settings)
+        choice = message.conversation.adapter
         message.model = engine.info.model
         session.commit()
     request = GenerationRequest(messages=history, sampling=sampling_for(settings))
@@ -161,7 +186,12 @@ async def stream_answer(
     status, error = MessageStatus.STOPPED, None
     prompt_tokens = completion_tokens = None
     last_checkpoint = time.monotonic()
+    lease: Lease | None = None
     try:
+        if adapters is not None:
+            # Held until the answer ends: a newer version may load meanwhile, this one stays.
+            lease = await adapters.acquire(choice)
+            request.adapter = lease.engine_name
         async for event in engine.generate(request):
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
@@ -178,15 +208,21 @@ async def stream_answer(
                     status = MessageStatus.COMPLETE
     except EngineBusy as exc:
         status, error = MessageStatus.ERROR, str(exc)
-    except EngineError as exc:
+    except (EngineError, AdapterError) as exc:
         status, error = MessageStatus.ERROR, str(exc)
     finally:
         # Runs on normal end, Stop, client disconnect (CancelledError/GeneratorExit) alike.
         request.cancel.set()
         streams.unregister(message.id)
+        if lease is not None and adapters is not None:
+            adapters.release(lease)
         with session_factory() as session:
             stored = session.get(Message, message.id)
             if stored is not None:
+                if lease is not None and lease.version is not None:
+                    stored.adapter_name = lease.version.name
+                    stored.adapter_version = lease.version.version
+                    stored.adapter_sha256 = lease.version.sha256
                 crud.finish_message(
                     session=session,
                     message=stored,

@@ -1,0 +1,266 @@
+"""The registry at run time: which versions the engine holds, and who is using them.
+
+Engine-level adapter names carry the version (`finance@3`), so activating v4 loads it beside
+v3: a stream that started on v3 finishes on v3, and v3 is unloaded only when its last stream
+ends and no conversation resolves to it any more. Every request resolves its adapter through
+the registry's state file, so a change made by the CLI on the store is seen at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.adapters.archive import Limits
+from app.adapters.errors import AdapterError, AdapterNotFound
+from app.adapters.registry import AdapterVersion, Registry, parse_ref
+from app.config import Settings
+from app.contract import PromptFormat
+
+log = logging.getLogger(__name__)
+
+BASE_CHOICE = "base"
+"""A conversation's `adapter` value for the bare base model; None means the default."""
+
+
+class AdapterEngine(Protocol):
+    """What the service needs from an engine (the local engine has it)."""
+
+    async def load_adapter(self, name: str, path: Path, prompt_format: PromptFormat) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+
+def registry_for(settings: Settings) -> Registry:
+    """The store under `models_dir/adapters`, checked against the configured base model."""
+    return Registry(
+        settings.models_dir / "adapters",
+        served_base=settings.resolved_base_model,
+        limits=Limits(settings.adapter_max_archive_bytes, settings.adapter_max_file_bytes),
+        max_rank=settings.adapter_max_rank,
+    )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One running request's hold on a loaded adapter version (None: the bare base model)."""
+
+    version: AdapterVersion | None
+
+    @property
+    def engine_name(self) -> str | None:
+        return self.version.ref if self.version else None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An option of the chat page's adapter picker."""
+
+    value: str
+    label: str
+
+
+class AdapterService:
+    """Resolves conversation choices to versions and keeps the engine's adapters in step."""
+
+    def __init__(self, registry: Registry, engine: Any) -> None:
+        self.registry = registry
+        self.engine = engine
+        self._users: dict[str, int] = {}
+        self._loaded: set[str] = set()
+        self._lock = asyncio.Lock()
+        self.admin_token = ""
+        """Bearer token of the local admin API (see `admin_token.py`); set at server start."""
+        self.data_dir = Path()
+
+    @property
+    def loaded(self) -> set[str]:
+        return set(self._loaded)
+
+    # ---- resolving ----------------------------------------------------------------------
+
+    def resolve(self, choice: str | None) -> AdapterVersion | None:
+        """The version a choice means now: NAME, NAME@VERSION, "base" (None) or "" (default).
+
+        Raises:
+            AdapterNotFound: the chosen adapter was removed from the store.
+        """
+        if choice == BASE_CHOICE:
+            return None
+        if not choice:
+            return self.registry.default()
+        try:
+            return self.registry.get(*parse_ref(choice))
+        except AdapterNotFound:
+            raise AdapterNotFound(
+                f"the adapter {choice!r} chosen for this conversation is no longer installed; "
+                "pick another one for this conversation"
+            ) from None
+
+    def choices(self) -> list[Choice]:
+        """Default, base model, then every adapter name with the version it resolves to."""
+        default = self.registry.default()
+        state = self.registry.state()
+        options = [
+            Choice("", f"Default ({default.name} v{default.version})" if default else "Default"),
+            Choice(BASE_CHOICE, "Base model (no adapter)"),
+        ]
+        for name in self.registry.names():
+            version = state.current.get(name)
+            options.append(Choice(name, f"{name} v{version}" if version else name))
+        return options
+
+    def check_choice(self, choice: str | None) -> str | None:
+        """A picker value as stored on a conversation (None = default).
+
+        Raises:
+            AdapterError: the value names no installed adapter.
+        """
+        if not choice:
+            return None
+        if choice == BASE_CHOICE:
+            return BASE_CHOICE
+        if choice not in self.registry.names():
+            raise AdapterError(f"no adapter named {choice!r} is installed")
+        return choice
+
+    # ---- engine -------------------------------------------------------------------------
+
+    async def acquire(self, choice: str | None) -> Lease:
+        """Resolve a choice and hold its version loaded until `release`.
+
+        Raises:
+            AdapterNotFound: the choice names a removed adapter.
+        """
+        version = self.resolve(choice)
+        if version is None:
+            return Lease(None)
+        self._users[version.ref] = self._users.get(version.ref, 0) + 1
+        try:
+            await self._ensure_loaded(version)
+        except BaseException:
+            self._drop_user(version.ref)
+            raise
+        return Lease(version)
+
+    def release(self, lease: Lease) -> None:
+        """The request ended; unload its version if nothing needs it any more."""
+        if lease.version is None:
+            return
+        self._drop_user(lease.version.ref)
+        self._schedule_sweep()
+
+    def _drop_user(self, ref: str) -> None:
+        count = self._users.get(ref, 0) - 1
+        if count > 0:
+            self._users[ref] = count
+        else:
+            self._users.pop(ref, None)
+
+    async def _ensure_loaded(self, version: AdapterVersion) -> None:
+        async with self._lock:
+            if version.ref in self._loaded:
+                return
+            log.info("loading adapter %s from %s", version.ref, version.path)
+            await self.engine.load_adapter(
+                version.ref, version.path, version.manifest.prompt_format
+            )
+            self._loaded.add(version.ref)
+
+    def wanted(self) -> set[str]:
+        """Versions that stay loaded: each name's current version that is loaded, the default,
+        and whatever a running request holds."""
+        state = self.registry.state()
+        keep = {f"{name}@{version}" for name, version in state.current.items()}
+        keep &= self._loaded
+        if state.default:
+            keep.add(f"{state.default[0]}@{state.default[1]}")
+        return keep | set(self._users)
+
+    async def sweep(self) -> list[str]:
+        """Unload versions nothing needs (superseded, removed, and no running stream)."""
+        async with self._lock:
+            doomed = sorted(self._loaded - self.wanted())
+            for ref in doomed:
+                log.info("unloading adapter %s", ref)
+                await self.engine.unload_adapter(ref)
+                self._loaded.discard(ref)
+        return doomed
+
+    def _schedule_sweep(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self.sweep())
+        task.add_done_callback(_log_failure)
+
+    async def load_default(self) -> AdapterVersion | None:
+        """At start: load the default adapter so the first answer does not wait for it."""
+        version = self.registry.default()
+        if version is not None:
+            await self._ensure_loaded(version)
+        return version
+
+    # ---- admin actions (store + engine) -------------------------------------------------
+
+    async def activate(
+        self, name: str, version: int | None = None, *, actor: str = ""
+    ) -> tuple[AdapterVersion, str]:
+        """Load a version, then make it the default; returns it and "activate"/"rollback".
+
+        The load comes first: a version the engine cannot load never becomes the default.
+        """
+        target = self.registry.get(name, version) if version else self._latest(name)
+        await self._ensure_loaded(target)
+        result = self.registry.activate(target.name, target.version, actor=actor)
+        await self.sweep()
+        return result
+
+    def _latest(self, name: str) -> AdapterVersion:
+        versions = self.registry.versions(name) if (self.registry.root / name).is_dir() else []
+        if not versions:
+            raise AdapterNotFound(f"no adapter named {name!r} in the store")
+        return versions[-1]
+
+    async def deactivate(self, *, actor: str = "") -> None:
+        self.registry.deactivate(actor=actor)
+        await self.sweep()
+
+    async def remove(self, name: str, version: int, *, actor: str = "") -> AdapterVersion:
+        removed = self.registry.remove(name, version, actor=actor)
+        await self.sweep()
+        return removed
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("adapter unload failed", exc_info=task.exception())
+
+
+async def start_adapter_service(settings: Settings, engine: Any) -> AdapterService:
+    """At server start: the service, the default adapter loaded, a fresh local admin token.
+
+    A default that fails to load (files damaged outside Teller) is logged and the server
+    starts on the bare base model rather than not at all.
+    """
+    from app.adapters.admin_token import write_token
+
+    service = AdapterService(registry_for(settings), engine)
+    try:
+        await service.load_default()
+    except Exception:  # noqa: BLE001 - serve the base model; the admin page shows the error
+        log.exception("the default adapter could not be loaded; serving the base model")
+    service.admin_token = write_token(settings.data_dir)
+    service.data_dir = settings.data_dir
+    return service
+
+
+def stop_adapter_service(service: AdapterService | None) -> None:
+    from app.adapters.admin_token import remove_token
+
+    if service is not None and service.admin_token:
+        remove_token(service.data_dir, service.admin_token)

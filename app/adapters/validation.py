@@ -1,0 +1,201 @@
+"""What a package must satisfy before it is stored: config, manifest, weights, base model fit.
+
+Runs on a staged copy (see `archive.py`), after the file names and sizes were checked. Every
+check reads JSON or the safetensors header only; no tensor is loaded and nothing is executed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from app.adapters.base_shapes import LayerShape, base_layers
+from app.adapters.errors import AdapterError
+from app.adapters.safetensors_header import TensorInfo, read_header
+from app.contract import (
+    MANIFEST_FILE,
+    PEFT_CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterManifest,
+    sha256_file,
+)
+
+PEFT_PREFIX = "base_model.model."
+LORA_SUFFIXES = {
+    ".lora_A.weight": ("linear", "A"),
+    ".lora_B.weight": ("linear", "B"),
+    ".lora_embedding_A": ("embedding", "A"),
+    ".lora_embedding_B": ("embedding", "B"),
+}
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = {"base", "default", "none"}
+"""Words the chat page uses for "bare base model" and "the default adapter"."""
+
+
+@dataclass(frozen=True)
+class CheckedPackage:
+    manifest: AdapterManifest
+    rank: int
+    target_modules: list[str] | str
+    sha256: str
+
+
+def check_name(name: str) -> str:
+    """The adapter name as stored; letters, digits, `-` and `_` (PEFT forbids dots in names).
+
+    Raises:
+        AdapterError: the name is unusable.
+    """
+    name = name.strip()
+    if not NAME_RE.fullmatch(name) or name.lower() in RESERVED_NAMES:
+        raise AdapterError(
+            f"invalid adapter name {name!r}: use 1-64 letters, digits, '-' or '_', starting "
+            "with a letter or digit (not 'base', 'default' or 'none')"
+        )
+    return name
+
+
+def base_key(source: str) -> str:
+    """A base model reference reduced to its model name: `org/Falcon-7B/` → `falcon-7b`."""
+    return PurePosixPath(source.strip().replace("\\", "/").rstrip("/")).name.casefold()
+
+
+def same_base(trained_on: str, served: str) -> bool:
+    """True when both strings name the same model (hub id, folder or path, any case)."""
+    if not trained_on.strip():
+        return False
+    if base_key(trained_on) == base_key(served):
+        return True
+    try:
+        return Path(trained_on).expanduser().resolve() == Path(served).expanduser().resolve()
+    except OSError:
+        return False
+
+
+def _read_json(folder: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{name} must hold a JSON object")
+    return data
+
+
+def check_package(
+    folder: Path,
+    *,
+    served_base: str,
+    max_rank: int,
+    allow_base_mismatch: bool = False,
+) -> CheckedPackage:
+    """Check a staged package against the served base model.
+
+    Raises:
+        AdapterError: with the first problem found.
+    """
+    for required in (PEFT_CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / required).is_file():
+            raise AdapterError(f"{required} is missing from the package")
+    config = _read_json(folder, PEFT_CONFIG_FILE)
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(
+            f"adapter_config.json: peft_type is {config.get('peft_type')!r}; only LORA is served"
+        )
+    sha256 = sha256_file(folder / WEIGHTS_FILE)
+    if (folder / MANIFEST_FILE).is_file():
+        try:
+            manifest = AdapterManifest.from_dict(_read_json(folder, MANIFEST_FILE))
+        except (TypeError, ValueError) as exc:
+            raise AdapterError(str(exc)) from None
+        if manifest.sha256 and manifest.sha256 != sha256:
+            raise AdapterError(
+                "teller.json: sha256 does not match adapter_model.safetensors "
+                "(the weights were changed or damaged after packaging)"
+            )
+    else:
+        manifest = AdapterManifest(
+            name=folder.name, base_model=str(config.get("base_model_name_or_path") or "")
+        )
+    manifest.sha256 = sha256
+    if not allow_base_mismatch and not same_base(manifest.base_model, served_base):
+        trained_on = manifest.base_model or "(unknown)"
+        raise AdapterError(
+            f"base model mismatch: the adapter was trained on {trained_on!r} but this server "
+            f"serves {served_base!r}"
+        )
+    rank = _check_rank(config, max_rank)
+    layers = base_layers(served_base)
+    targets = config.get("target_modules")
+    _check_targets(targets, layers)
+    _check_tensors(read_header(folder / WEIGHTS_FILE), layers, config)
+    return CheckedPackage(manifest=manifest, rank=rank, target_modules=targets, sha256=sha256)
+
+
+def _check_rank(config: dict[str, Any], max_rank: int) -> int:
+    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    for rank in ranks:
+        if not isinstance(rank, int) or rank < 1:
+            raise AdapterError(f"adapter_config.json: rank r={rank!r} must be a positive integer")
+        if rank > max_rank:
+            raise AdapterError(
+                f"adapter rank r={rank} is above this server's limit of {max_rank} "
+                "(TELLER_ADAPTER_MAX_RANK)"
+            )
+    return int(config["r"])
+
+
+def _check_targets(targets: object, layers: dict[str, LayerShape]) -> None:
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return
+        try:
+            pattern = re.compile(targets)
+        except re.error:
+            raise AdapterError(
+                f"adapter_config.json: target_modules {targets!r} is not a valid regex"
+            ) from None
+        if not any(pattern.fullmatch(name) for name in layers):
+            raise AdapterError(
+                f"target_modules {targets!r} matches no layer of the served base model"
+            )
+        return
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise AdapterError("adapter_config.json: target_modules must be a non-empty list of names")
+    missing = [
+        t for t in targets if not any(name == t or name.endswith("." + t) for name in layers)
+    ]
+    if missing:
+        raise AdapterError(
+            f"target module {', '.join(sorted(missing))} does not exist in the served base model"
+        )
+
+
+def _check_tensors(
+    tensors: dict[str, TensorInfo], layers: dict[str, LayerShape], config: dict[str, Any]
+) -> None:
+    ranks = config.get("rank_pattern") or {}
+    for key, info in tensors.items():
+        kind_side = next(((k, v) for k, v in LORA_SUFFIXES.items() if key.endswith(k)), None)
+        if kind_side is None or not key.startswith(PEFT_PREFIX):
+            raise AdapterError(f"tensor {key!r} is not a LoRA weight; only LoRA A/B are served")
+        suffix, (kind, side) = kind_side
+        module = key[len(PEFT_PREFIX) : -len(suffix)]
+        layer = layers.get(module)
+        if layer is None:
+            raise AdapterError(f"tensor {key!r} targets {module!r}, which the base model lacks")
+        rank = next((r for p, r in ranks.items() if module.endswith(p)), config["r"])
+        expected = _expected_shape(layer, side, rank)
+        if layer.kind != kind or info.shape != expected:
+            raise AdapterError(
+                f"tensor {key!r} has shape {list(info.shape)} but the base model's "
+                f"{module} needs {list(expected)}"
+            )
+
+
+def _expected_shape(layer: LayerShape, side: str, rank: int) -> tuple[int, int]:
+    """LoRA A is (r, in), B is (out, r); for embeddings in/out are vocabulary/width."""
+    return (rank, layer.in_features) if side == "A" else (layer.out_features, rank)

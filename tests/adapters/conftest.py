@@ -1,0 +1,43 @@
+"""Fixtures for the registry tests: packages for the tiny Llama and a store in a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.adapters.archive import Limits
+from app.adapters.registry import Registry
+from tests.adapters.packages import make_package
+
+
+@pytest.fixture(scope="session")
+def packages_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("packages")
+
+
+@pytest.fixture(scope="session")
+def finance_v1(tiny_llama_dir: Path, packages_dir: Path) -> Path:
+    return make_package(tiny_llama_dir, packages_dir / "finance-v1", name="finance", seed=1)
+
+
+@pytest.fixture(scope="session")
+def finance_v2(tiny_llama_dir: Path, packages_dir: Path) -> Path:
+    return make_package(tiny_llama_dir, packages_dir / "finance-v2", name="finance", seed=2)
+
+
+@pytest.fixture(scope="session")
+def tax_v1(tiny_llama_dir: Path, packages_dir: Path) -> Path:
+    return make_package(
+        tiny_llama_dir, packages_dir / "tax-v1", name="tax", seed=3, targets=("o_proj", "up_proj")
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path, tiny_llama_dir: Path) -> Registry:
+    return Registry(
+        tmp_path / "models" / "adapters",
+        served_base=str(tiny_llama_dir),
+        limits=Limits(max_archive_bytes=4 << 20, max_file_bytes=2 << 20),
+        max_rank=16,
+    )
