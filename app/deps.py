@@ -8,11 +8,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth.access import NotSignedIn
+from app.auth.sessions import SignedIn, signed_in
 from app.chat.streams import ActiveStreams
 from app.config import Settings
 from app.engine.types import Engine
-from app.store import crud
 from app.store.models import User
+from app.web.csrf import verify_csrf
 
 
 def get_settings(request: Request) -> Settings:
@@ -39,9 +41,25 @@ def get_streams(request: Request) -> ActiveStreams:
     return request.app.state.streams
 
 
-def get_current_user(session: Annotated[Session, Depends(get_session)]) -> User:
-    """The local user who owns every conversation until sign-in exists."""
-    return crud.get_or_create_local_user(session=session)
+def require_signed_in(request: Request) -> SignedIn:
+    """Raises NotSignedIn (pages redirect to /login, the rest get 401) without a valid session."""
+    info = signed_in(request)
+    if info is None:
+        raise NotSignedIn()
+    return info
+
+
+def get_current_user(
+    info: Annotated[SignedIn, Depends(require_signed_in)],
+    _csrf: Annotated[None, Depends(verify_csrf)],
+    session: Annotated[Session, Depends(get_session)],
+) -> User:
+    """The signed-in user, attached to this request's session; CSRF checked after sign-in,
+    so every route that needs a user is also protected against cross-site requests."""
+    user = session.get(User, info.user_id)
+    if user is None or user.disabled:
+        raise NotSignedIn()
+    return user
 
 
 def require_admin(user: Annotated[User, Depends(get_current_user)]) -> User:

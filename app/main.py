@@ -13,7 +13,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.admin.audit import router as admin_audit_router
 from app.admin.router import router as admin_router
+from app.admin.users import router as admin_users_router
+from app.audit.retention import retention_loop
+from app.auth.access import NotSignedIn, not_signed_in
+from app.auth.router import router as auth_router
 from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.chat.streams import ActiveStreams
@@ -49,9 +54,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.streams = ActiveStreams()
     engine = app.state.engine_override or await asyncio.to_thread(build_engine, settings)
     app.state.engine = engine
+    retention = asyncio.create_task(retention_loop(settings, app.state.session_factory))
     try:
         yield
     finally:
+        retention.cancel()
         await wait_for_streams(app.state.streams, SHUTDOWN_GRACE_SECONDS)
         if app.state.engine_override is None:
             await engine.close()
@@ -69,6 +76,10 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(ops_router)
     app.include_router(chat_router)
     app.include_router(admin_router)
+    app.include_router(auth_router)
+    app.include_router(admin_users_router)
+    app.include_router(admin_audit_router)
+    app.add_exception_handler(NotSignedIn, not_signed_in)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:  # noqa: ANN001

@@ -9,7 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
+from app.auth.limits import limits_for, message_allowed
 from app.chat import service
 from app.chat.schemas import ChatInputError
 from app.deps import (
@@ -22,10 +24,10 @@ from app.deps import (
 )
 from app.store import crud
 from app.store.models import Conversation, Message
-from app.web.csrf import verify_csrf
 from app.web.templating import is_htmx, render, render_fragment
 
-router = APIRouter(dependencies=[Depends(verify_csrf)])
+# CSRF is checked by CurrentUser (every route here needs it), after the sign-in check.
+router = APIRouter()
 
 
 def _conversation_or_404(
@@ -79,7 +81,7 @@ def show_conversation(
     )
 
 
-@router.post("/c")
+@router.post("/c", dependencies=[Depends(message_allowed)])
 def new_conversation(
     request: Request,
     session: SessionDep,
@@ -96,7 +98,7 @@ def new_conversation(
     return _redirect(request, f"/c/{conversation.id}")
 
 
-@router.post("/c/{conversation_id}/messages")
+@router.post("/c/{conversation_id}/messages", dependencies=[Depends(message_allowed)])
 def send_message(
     request: Request,
     session: SessionDep,
@@ -141,6 +143,8 @@ async def stream_message(
     if message is None or message.role != "assistant":
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such answer in this conversation.")
     session.close()
+    limits = limits_for(request.app)
+    limits.acquire_stream(conversation.user_id)  # 429 when the user's slots are all busy
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         async for update in service.stream_answer(
@@ -157,7 +161,9 @@ async def stream_message(
                     _message_html(request, conversation, update.message), event="done"
                 )
 
-    return EventSourceResponse(events(), ping=15, send_timeout=30)
+    # The slot is released after the response ends, even if the stream never started.
+    release = BackgroundTask(limits.release_stream, conversation.user_id)
+    return EventSourceResponse(events(), ping=15, send_timeout=30, background=release)
 
 
 def _message_html(request: Request, conversation: Conversation, message: Message | None) -> str:
@@ -172,7 +178,7 @@ def stop_message(conversation: ConversationDep, streams: StreamsDep, message_id:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/c/{conversation_id}/regenerate")
+@router.post("/c/{conversation_id}/regenerate", dependencies=[Depends(message_allowed)])
 def regenerate(request: Request, session: SessionDep, conversation: ConversationDep) -> Response:
     try:
         answer = service.regenerate(session=session, conversation=conversation)

@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from app.auth.sessions import signed_in
 from app.web.csrf import csrf_token
 from app.web.markdown import render_markdown
 
@@ -22,6 +23,7 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.filters["markdown"] = render_markdown
 templates.env.globals["csrf_token"] = csrf_token
+templates.env.globals["signed_in"] = signed_in
 templates.env.globals["admin_pages"] = (
     ("/admin/adapters", "Adapters"),
     ("/admin/users", "Users"),

@@ -10,6 +10,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.main import create_app
 from tests.live import LiveServer, live_server
+from tests.web.conftest import sign_in_as_admin
 
 pytestmark = pytest.mark.browser
 
@@ -55,6 +56,7 @@ def page(browser: Browser) -> Iterator[Page]:
 def test_answer_streams_stop_keeps_partial_and_history_survives_reload(
     page: Page, slow_server: LiveServer
 ) -> None:
+    sign_in_as_admin(page, slow_server)
     page.goto(slow_server.url + "/")
     box = page.get_by_label("Message")
     box.fill("What is the time value of money?")
@@ -88,6 +90,7 @@ def test_answer_streams_stop_keeps_partial_and_history_survives_reload(
 
 
 def test_shift_enter_adds_a_newline_and_enter_sends(page: Page, server: LiveServer) -> None:
+    sign_in_as_admin(page, server)
     page.goto(server.url + "/")
     box = page.get_by_label("Message")
     box.type("Line one")
@@ -111,6 +114,7 @@ def test_shift_enter_adds_a_newline_and_enter_sends(page: Page, server: LiveServ
 
 
 def test_empty_message_shows_a_clear_error(page: Page, server: LiveServer) -> None:
+    sign_in_as_admin(page, server)
     page.goto(server.url + "/")
     page.get_by_role("button", name="Send").click()  # blocked by the browser: field required
     box = page.get_by_label("Message")
@@ -122,6 +126,7 @@ def test_empty_message_shows_a_clear_error(page: Page, server: LiveServer) -> No
 
 
 def test_markdown_answer_is_rendered_as_html(page: Page, server: LiveServer) -> None:
+    sign_in_as_admin(page, server)
     page.goto(server.url + "/")
     box = page.get_by_label("Message")
     box.fill("Table please:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n`code` and **bold**")
@@ -137,6 +142,7 @@ def test_phone_layout_hides_the_sidebar_behind_a_toggle(
 ) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 800})
     page = context.new_page()
+    sign_in_as_admin(page, server)
     page.goto(server.url + "/")
     expect(page.locator("nav.sidebar")).to_be_hidden()
     page.locator("label.nav-button").click()

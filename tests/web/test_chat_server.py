@@ -13,7 +13,7 @@ import pytest
 
 from app.main import create_app
 from tests.live import LiveServer, live_server, read_sse
-from tests.web.conftest import Browserless
+from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, Browserless, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 
@@ -64,8 +64,7 @@ def test_disconnect_mid_stream_stops_generation_and_keeps_partial_answer(
 ) -> None:
     settings = make_settings(max_new_tokens=4000, max_context_tokens=8192)
     with live_server(create_app(settings)) as server:
-        client = Browserless(server.url)
-        client.page("/")
+        client = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
         _, stream_url = start_chat(client, "Explain amortization in detail.")
         received = 0
         with client.http.stream("GET", stream_url) as response:
@@ -90,8 +89,7 @@ def test_disconnect_mid_stream_stops_generation_and_keeps_partial_answer(
 def test_stop_button_cancels_and_marks_answer_stopped(make_settings) -> None:  # noqa: ANN001
     settings = make_settings(max_new_tokens=4000, max_context_tokens=8192)
     with live_server(create_app(settings)) as server:
-        client = Browserless(server.url)
-        client.page("/")
+        client = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
         _, stream_url = start_chat(client, "Explain duration.")
         stop_url = stream_url.replace("/stream", "/stop")
         done = ""
@@ -112,18 +110,18 @@ def test_stop_button_cancels_and_marks_answer_stopped(make_settings) -> None:  #
 def test_conversation_survives_a_restart(make_settings) -> None:  # noqa: ANN001
     settings = make_settings()
     with live_server(create_app(settings)) as server:
-        client = Browserless(server.url)
-        client.page("/")
+        client = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
         conversation, stream_url = start_chat(client, "Define working capital.")
         with client.http.stream("GET", stream_url) as response:
             for event, _ in read_sse(response):
                 if event == "done":
                     break
     with live_server(create_app(settings)) as server:
-        page = httpx.get(server.url + conversation).text
+        client = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, create=False)
+        page = client.page(conversation).text
         assert "Define working capital." in page
         assert 'data-status="complete"' in page
-        assert "Define working capital." in httpx.get(server.url + "/").text
+        assert "Define working capital." in client.page("/").text
 
 
 @pytest.mark.parametrize(

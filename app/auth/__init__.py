@@ -1,0 +1,1 @@
+"""Accounts: users, passwords, server-side sessions, login throttling and per-user limits."""

@@ -1,0 +1,205 @@
+"""Account rules: creating users, signing in, passwords, disabling; each change audited."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth import passwords, throttle
+from app.auth.sessions import end_user_sessions
+from app.config import Settings
+from app.store.models import Role, User
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+class AccountError(ValueError):
+    """A user-fixable problem (bad name, taken name, weak password); the message says which."""
+
+
+class SignInRefused(Exception):
+    """Wrong name or password, or a disabled account; deliberately one vague message."""
+
+
+class SignInThrottled(Exception):
+    """Too many recent failures; `retry_after` seconds until the next try is allowed."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many failed sign-ins. Try again in {retry_after} seconds.")
+        self.retry_after = retry_after
+
+
+def clean_username(username: str) -> str:
+    name = username.strip()
+    if not USERNAME_RE.match(name):
+        raise AccountError(
+            "User names are 1-64 letters, digits or . _ @ - and start with a letter or digit."
+        )
+    return name
+
+
+def count_users(*, session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def get_user(*, session: Session, username: str) -> User | None:
+    return session.scalar(select(User).where(User.username == username.strip()))
+
+
+def list_users(*, session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def create_user(
+    *,
+    session: Session,
+    username: str,
+    password: str,
+    admin: bool = False,
+    actor_id: int | None = None,
+    only_if_first: bool = False,
+) -> User:
+    """Add an account. `only_if_first` (the setup page) refuses once any user exists.
+
+    Raises:
+        AccountError: bad or taken name, weak password, or setup already done.
+    """
+    name = clean_username(username)
+    try:
+        passwords.check_policy(password, username=name)
+    except passwords.PasswordPolicyError as exc:
+        raise AccountError(str(exc)) from None
+    session.commit()
+    user = User(
+        username=name,
+        password_hash=passwords.hash_password(password),
+        role=Role.ADMIN if admin else Role.USER,
+    )
+    session.add(user)
+    try:
+        session.flush()  # takes the write lock first, so the count below is current
+        if only_if_first and count_users(session=session) > 1:
+            raise AccountError("Setup is already done: sign in instead.")
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise AccountError(f"The user name {name!r} is taken.") from None
+    except AccountError:
+        session.rollback()
+        raise
+    audit.record_event(
+        session=session,
+        action=audit.SETUP_COMPLETED if only_if_first else audit.USER_CREATED,
+        actor_id=actor_id if actor_id is not None else user.id,
+        details={"user": user.username, "role": user.role},
+    )
+    return user
+
+
+def authenticate(
+    *, session: Session, settings: Settings, username: str, password: str, ip: str | None
+) -> User:
+    """Check a sign-in; record success or failure in the audit trail.
+
+    Raises:
+        SignInThrottled: too many recent failures for this name or address (no check made).
+        SignInRefused: wrong name or password, or the account is disabled.
+    """
+    name = username.strip()[:64]
+    wait = throttle.retry_after(session=session, settings=settings, username=name, ip=ip)
+    if wait:
+        audit.record_event(
+            session=session,
+            action=audit.SIGN_IN_THROTTLED,
+            details={"username": name, "ip": ip, "retry_after": wait},
+        )
+        raise SignInThrottled(wait)
+    user = get_user(session=session, username=name)
+    valid = passwords.verify_password(user.password_hash if user else None, password)
+    if user is None or not valid or user.disabled:
+        reason = "disabled" if (user is not None and valid) else "bad credentials"
+        audit.record_event(
+            session=session,
+            action=audit.SIGN_IN_FAILED,
+            details={"username": name, "ip": ip, "reason": reason},
+        )
+        raise SignInRefused("Wrong user name or password.")
+    if passwords.needs_rehash(user.password_hash or ""):
+        user.password_hash = passwords.hash_password(password)
+    audit.record_event(session=session, action=audit.SIGN_IN, actor_id=user.id, details={"ip": ip})
+    return user
+
+
+def change_password(
+    *,
+    session: Session,
+    user: User,
+    current: str,
+    new: str,
+    keep_session: str | None = None,
+) -> None:
+    """The signed-in user's own change: needs the current password; other sessions end.
+
+    Raises:
+        AccountError: the current password is wrong or the new one is unacceptable.
+    """
+    if not passwords.verify_password(user.password_hash, current):
+        raise AccountError("The current password is wrong.")
+    _set_password(session, user, new)
+    end_user_sessions(session=session, user_id=user.id, keep=keep_session)
+    audit.record_event(session=session, action=audit.PASSWORD_CHANGED, actor_id=user.id)
+
+
+def reset_password(*, session: Session, user: User, new: str, actor_id: int | None) -> None:
+    """An admin's (or the CLI's) reset: every session of that user ends.
+
+    Raises:
+        AccountError: the new password is unacceptable.
+    """
+    _set_password(session, user, new)
+    end_user_sessions(session=session, user_id=user.id)
+    audit.record_event(
+        session=session,
+        action=audit.USER_PASSWORD_RESET,
+        actor_id=actor_id,
+        details={"user": user.username},
+    )
+
+
+def _set_password(session: Session, user: User, new: str) -> None:
+    try:
+        passwords.check_policy(new, username=user.username)
+    except passwords.PasswordPolicyError as exc:
+        raise AccountError(str(exc)) from None
+    user.password_hash = passwords.hash_password(new)
+    session.commit()
+
+
+def set_disabled(*, session: Session, user: User, disabled: bool, actor_id: int | None) -> None:
+    """Disable (sessions end at once) or re-enable an account.
+
+    Raises:
+        AccountError: disabling the last enabled administrator would lock everyone out.
+    """
+    if disabled and user.role == Role.ADMIN and not user.disabled:
+        admins = session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.role == Role.ADMIN, User.disabled.is_(False))
+        )
+        if (admins or 0) <= 1:
+            raise AccountError("This is the last enabled administrator; add another first.")
+    user.disabled = disabled
+    session.commit()
+    if disabled:
+        end_user_sessions(session=session, user_id=user.id)
+    audit.record_event(
+        session=session,
+        action=audit.USER_DISABLED if disabled else audit.USER_ENABLED,
+        actor_id=actor_id,
+        details={"user": user.username},
+    )

@@ -1,0 +1,122 @@
+"""The audit chain: every edit or deletion is found; concurrent writers never fork it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.audit import service as audit
+from app.store.db import make_engine, make_session_factory
+from app.store.models import AuditRecord
+from tests.audit.conftest import tamper
+
+
+def fill(session_factory, count: int = 6) -> None:  # noqa: ANN001
+    with session_factory() as session:
+        for i in range(count):
+            audit.record_event(
+                session=session,
+                action=audit.CHAT_PROMPT,
+                details={"conversation_id": f"c{i}", "text": f"question {i}", "username": "ann"},
+            )
+
+
+def problems(session_factory) -> list[str]:  # noqa: ANN001
+    with session_factory() as session:
+        return audit.verify_chain(session=session).problems
+
+
+def test_intact_chain_verifies_and_rows_link(session_factory) -> None:  # noqa: ANN001
+    fill(session_factory)
+    assert problems(session_factory) == []
+    with session_factory() as session:
+        rows = list(session.scalars(select(AuditRecord).order_by(AuditRecord.id)))
+    assert [r.id for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0].prev_hash == audit.GENESIS
+    assert all(b.prev_hash == a.hash for a, b in zip(rows, rows[1:], strict=False))
+    assert rows[2].conversation_id == "c2" and rows[2].actor_name == "ann"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ('UPDATE audit_records SET details = \'{"text":"edited"}\' WHERE id = 3', "record 3 was"),
+        ("UPDATE audit_records SET actor_name = 'mallory' WHERE id = 1", "record 1 was"),
+        ("UPDATE audit_records SET created_at = '2020-01-01 00:00:00' WHERE id = 4", "record 4"),
+        ("UPDATE audit_records SET action = 'auth.sign_in' WHERE id = 6", "record 6 was"),
+        ("DELETE FROM audit_records WHERE id = 3", "missing"),
+        ("DELETE FROM audit_records WHERE id = 1", "missing"),
+        ("DELETE FROM audit_records WHERE id = 6", "newest records"),
+        ("DELETE FROM audit_records WHERE id >= 5", "newest records"),
+        ("DELETE FROM audit_records", "newest records"),
+        ("UPDATE audit_records SET hash = prev_hash WHERE id = 2", "record 2"),
+    ],
+)
+def test_any_edit_or_deletion_is_detected(
+    session_factory,  # noqa: ANN001
+    db_path: Path,
+    sql: str,
+    expected: str,
+) -> None:
+    fill(session_factory)
+    tamper(db_path, sql)
+    found = problems(session_factory)
+    assert found and any(expected in p for p in found), found
+
+
+def test_a_rewritten_row_with_a_recomputed_hash_is_still_detected(
+    session_factory,  # noqa: ANN001
+    db_path: Path,
+) -> None:
+    fill(session_factory)
+    with session_factory() as session:
+        row = session.get(AuditRecord, 3)
+        row.details = '{"text":"nothing to see"}'
+        new_hash = audit.compute_hash(row)
+    tamper(db_path, "UPDATE audit_records SET details=?, hash=? WHERE id=3", row.details, new_hash)
+    assert any("record 4 does not link" in p for p in problems(session_factory))
+
+
+def test_concurrent_threads_never_fork_the_chain(session_factory) -> None:  # noqa: ANN001
+    def writer(n: int) -> None:
+        for i in range(25):
+            with session_factory() as session:
+                audit.record_event(session=session, action=audit.API_CALL, details={"w": n, "i": i})
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with session_factory() as session:
+        report = audit.verify_chain(session=session)
+    assert report.ok, report.problems
+    assert report.checked == report.head_id == 150
+
+
+def _process_writer(url: str, n: int) -> None:
+    session_factory = make_session_factory(make_engine(url))
+    for i in range(20):
+        with session_factory() as session:
+            audit.record_event(session=session, action=audit.API_CALL, details={"p": n, "i": i})
+
+
+def test_concurrent_processes_never_fork_the_chain(session_factory, db_path: Path) -> None:  # noqa: ANN001
+    """Separate processes share no lock in memory: the database lock must serialize them."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_process_writer, args=(f"sqlite:///{db_path}", n)) for n in range(3)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    with session_factory() as session:
+        report = audit.verify_chain(session=session)
+    assert report.ok, report.problems
+    assert report.checked == 60

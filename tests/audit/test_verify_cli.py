@@ -1,0 +1,84 @@
+"""`teller audit verify` on a real data dir: exit 0 when intact, 2 and one line when not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from app.audit import service as audit
+from tests.audit.conftest import tamper
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def teller(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"TELLER_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_verify_passes_then_names_the_tampered_record(session_factory, db_path: Path) -> None:  # noqa: ANN001
+    with session_factory() as session:
+        for i in range(5):
+            audit.record_event(session=session, action=audit.CHAT_ANSWER, details={"i": i})
+    ok = teller(db_path.parent, "audit", "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "intact: 5 records" in ok.stdout
+
+    tamper(db_path, "UPDATE audit_records SET details = '{\"i\": 99}' WHERE id = 2")
+    broken = teller(db_path.parent, "audit", "verify")
+    assert broken.returncode == 2
+    assert (
+        broken.stderr.strip()
+        .splitlines()[-1]
+        .startswith("teller: audit chain broken: record 2 was modified")
+    )
+
+
+def test_verify_detects_a_deleted_last_record(session_factory, db_path: Path) -> None:  # noqa: ANN001
+    with session_factory() as session:
+        for i in range(3):
+            audit.record_event(session=session, action=audit.CHAT_ANSWER, details={"i": i})
+    tamper(db_path, "DELETE FROM audit_records WHERE id = 3")
+    broken = teller(db_path.parent, "audit", "verify")
+    assert broken.returncode == 2
+    assert "newest records were deleted" in broken.stderr
+
+
+def test_users_commands(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    added = teller(
+        data, "users", "add", "carol", "--admin", "--password-stdin", stdin="pw-carol-123\n"
+    )
+    assert added.returncode == 0, added.stderr
+    assert "added admin carol" in added.stdout
+    again = teller(data, "users", "add", "carol", "--password-stdin", stdin="another-pass-1\n")
+    assert again.returncode == 2 and "taken" in again.stderr.splitlines()[-1]
+    weak = teller(data, "users", "add", "dave", "--password-stdin", stdin="short\n")
+    assert weak.returncode == 2 and "at least 8" in weak.stderr.splitlines()[-1]
+    bad_name = teller(data, "users", "add", "a b", "--password-stdin", stdin="long-enough-1\n")
+    assert bad_name.returncode == 2 and "User names" in bad_name.stderr
+    missing = teller(data, "users", "disable", "nobody")
+    assert missing.returncode == 2 and "no user named 'nobody'" in missing.stderr
+    last_admin = teller(data, "users", "disable", "carol")
+    assert last_admin.returncode == 2 and "last enabled administrator" in last_admin.stderr
+    assert (
+        teller(data, "users", "add", "erin", "--password-stdin", stdin="pw-erin-1234\n").returncode
+        == 0
+    )
+    assert teller(data, "users", "disable", "erin").returncode == 0
+    assert teller(data, "users", "enable", "erin").returncode == 0
+    passwd = teller(data, "users", "passwd", "erin", "--password-stdin", stdin="pw-erin-5678\n")
+    assert passwd.returncode == 0, passwd.stderr
+    no_tty = teller(data, "users", "passwd", "erin")
+    assert no_tty.returncode == 2 and "--password-stdin" in no_tty.stderr
+    verify = teller(data, "audit", "verify")
+    assert verify.returncode == 0 and "intact: 5 records" in verify.stdout
