@@ -68,7 +68,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # noqa: ANN001
     """Build the app. `engine` replaces the configured one (tests inject a scripted engine)."""
-    app = FastAPI(title="Teller", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Teller", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.settings = settings or Settings()
     app.state.engine_override = engine
     app.state.engine = None

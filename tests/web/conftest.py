@@ -138,3 +138,20 @@ def user_client(server: LiveServer):  # noqa: ANN201
     yield make
     for browser in made:
         browser.http.close()
+
+
+@pytest.fixture
+def scripted_server(make_settings):  # noqa: ANN001, ANN201
+    """A factory for live servers whose engine answers with scripted text (no model load):
+    `with scripted_server(chunks=[...], delay=0.0, **settings) as live: ...`."""
+    import contextlib
+
+    from tests.web.scripted_engine import ScriptedEngine
+
+    @contextlib.contextmanager
+    def start(chunks=("Hello", " there."), delay: float = 0.0, **overrides: object):  # noqa: ANN001, ANN202
+        engine = ScriptedEngine(chunks, delay=delay)
+        with live_server(create_app(make_settings(**overrides), engine=engine)) as live:
+            yield live
+
+    return start
