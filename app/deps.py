@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.access import NotSignedIn
 from app.auth.sessions import SignedIn, signed_in
+from app.adapters.service import AdapterService
 from app.chat.streams import ActiveStreams
 from app.config import Settings
 from app.engine.types import Engine
@@ -39,6 +40,10 @@ def get_engine(request: Request) -> Engine:
 
 def get_streams(request: Request) -> ActiveStreams:
     return request.app.state.streams
+
+
+def get_adapters(request: Request) -> AdapterService:
+    return request.app.state.adapters
 
 
 def require_signed_in(request: Request) -> SignedIn:
@@ -74,5 +79,6 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
+AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(require_admin)]

@@ -13,6 +13,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.adapters.service import start_adapter_service, stop_adapter_service
+from app.admin.adapters import router as admin_adapters_router
+from app.admin.adapters_api import router as admin_adapters_api_router
 from app.admin.audit import router as admin_audit_router
 from app.admin.router import router as admin_router
 from app.admin.users import router as admin_users_router
@@ -54,11 +57,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.streams = ActiveStreams()
     engine = app.state.engine_override or await asyncio.to_thread(build_engine, settings)
     app.state.engine = engine
+    app.state.adapters = await start_adapter_service(settings, engine)
     retention = asyncio.create_task(retention_loop(settings, app.state.session_factory))
     try:
         yield
     finally:
         retention.cancel()
+        stop_adapter_service(app.state.adapters)
         await wait_for_streams(app.state.streams, SHUTDOWN_GRACE_SECONDS)
         if app.state.engine_override is None:
             await engine.close()
@@ -81,6 +86,8 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(auth_router)
     app.include_router(admin_users_router)
     app.include_router(admin_audit_router)
+    app.include_router(admin_adapters_router)
+    app.include_router(admin_adapters_api_router)
     app.add_exception_handler(NotSignedIn, not_signed_in)
 
     @app.middleware("http")

@@ -15,6 +15,7 @@ from app.auth.limits import limits_for, message_allowed
 from app.chat import service
 from app.chat.schemas import ChatInputError
 from app.deps import (
+    AdaptersDep,
     CurrentUser,
     EngineDep,
     SessionDep,
@@ -63,22 +64,57 @@ def _input_error(request: Request, exc: ChatInputError) -> Response:
 
 
 @router.get("/")
-def index(request: Request, session: SessionDep, user: CurrentUser) -> Response:
-    conversations = crud.list_conversations(session=session, user_id=user.id)
-    return render(request, "chat.html", {"conversations": conversations, "conversation": None})
-
-
-@router.get("/c/{conversation_id}")
-def show_conversation(
-    request: Request, session: SessionDep, user: CurrentUser, conversation: ConversationDep
+def index(
+    request: Request, session: SessionDep, user: CurrentUser, adapters: AdaptersDep
 ) -> Response:
     conversations = crud.list_conversations(session=session, user_id=user.id)
     return render(
         request,
         "chat.html",
-        {"conversations": conversations, "conversation": conversation},
+        {
+            "conversations": conversations,
+            "conversation": None,
+            "adapter_choices": adapters.choices(),
+        },
+    )
+
+
+@router.get("/c/{conversation_id}")
+def show_conversation(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    conversation: ConversationDep,
+    adapters: AdaptersDep,
+) -> Response:
+    conversations = crud.list_conversations(session=session, user_id=user.id)
+    return render(
+        request,
+        "chat.html",
+        {
+            "conversations": conversations,
+            "conversation": conversation,
+            "adapter_choices": adapters.choices(),
+        },
         block="conversation",
     )
+
+
+@router.post("/c/{conversation_id}/adapter")
+def choose_adapter(
+    request: Request,
+    session: SessionDep,
+    conversation: ConversationDep,
+    adapters: AdaptersDep,
+    adapter: Annotated[str, Form()] = "",
+) -> Response:
+    """The adapter (or bare base model) that answers this conversation from now on."""
+    try:
+        choice = service.checked_adapter_choice(adapters, adapter)
+    except ChatInputError as exc:
+        return _input_error(request, exc)
+    service.choose_adapter(session=session, conversation=conversation, choice=choice)
+    return _redirect(request, f"/c/{conversation.id}")
 
 
 @router.post("/c", dependencies=[Depends(message_allowed)])
@@ -87,11 +123,18 @@ def new_conversation(
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
+    adapters: AdaptersDep,
     content: Annotated[str, Form()],
+    adapter: Annotated[str, Form()] = "",
 ) -> Response:
     try:
         conversation, _, _ = service.start_turn(
-            session=session, user=user, conversation=None, content=content, settings=settings
+            session=session,
+            user=user,
+            conversation=None,
+            content=content,
+            settings=settings,
+            adapter=service.checked_adapter_choice(adapters, adapter),
         )
     except ChatInputError as exc:
         return _input_error(request, exc)
@@ -136,6 +179,7 @@ async def stream_message(
     engine: EngineDep,
     streams: StreamsDep,
     settings: SettingsDep,
+    adapters: AdaptersDep,
     message_id: int,
 ) -> EventSourceResponse:
     """SSE: `token` events carry escaped text to append; `done` carries the final message HTML."""
@@ -153,6 +197,7 @@ async def stream_message(
             streams=streams,
             settings=settings,
             message=message,
+            adapters=adapters,
         ):
             if update.kind == "token":
                 yield ServerSentEvent(html.escape(update.text), event="token")

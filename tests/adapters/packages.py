@@ -70,4 +70,6 @@ def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under `root` with its bytes: equal snapshots mean an unchanged store."""
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

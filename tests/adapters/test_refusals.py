@@ -1,0 +1,212 @@
+"""Every refusal of an upload, with its message, and the store byte-for-byte unchanged after."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from app.adapters.errors import AdapterError
+from app.adapters.registry import Registry
+from tests.adapters.packages import make_package, snapshot, zip_folder
+
+
+def copy_of(package: Path, tmp: Path) -> Path:
+    target = tmp / "candidate"
+    shutil.copytree(package, target)
+    return target
+
+
+def with_pickle(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    return folder
+
+
+def with_extra_file(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    (folder / "run.sh").write_text("echo hi\n")
+    return folder
+
+
+def with_symlink(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    (folder / "README.md").unlink()
+    os.symlink("/etc/passwd", folder / "README.md")
+    return folder
+
+
+def zip_with_entry(name: str, *, link: bool = False) -> Callable[[Path, Path], Path]:
+    def build(package: Path, tmp: Path) -> Path:
+        archive = zip_folder(package, tmp / "package.zip")
+        with zipfile.ZipFile(archive, "a") as bundle:
+            info = zipfile.ZipInfo(name)
+            if link:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            bundle.writestr(info, "/etc/passwd" if link else "x")
+        return archive
+
+    return build
+
+
+def not_a_zip(package: Path, tmp: Path) -> Path:
+    path = tmp / "package.zip"
+    path.write_bytes(b"this is not a zip")
+    return path
+
+
+def edited_config(**changes: object) -> Callable[[Path, Path], Path]:
+    def build(package: Path, tmp: Path) -> Path:
+        folder = copy_of(package, tmp)
+        path = folder / "adapter_config.json"
+        data = json.loads(path.read_text())
+        data.update(changes)
+        path.write_text(json.dumps(data))
+        return folder
+
+    return build
+
+
+def other_base(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    manifest = json.loads((folder / "teller.json").read_text())
+    manifest["base_model"] = "tiiuae/falcon-7b"
+    (folder / "teller.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def wrong_shape(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    key = next(k for k in sorted(weights) if k.endswith("q_proj.lora_A.weight"))
+    weights[key] = weights[key][:, :32].contiguous()
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    _fix_sha(folder)
+    return folder
+
+
+def unknown_tensor(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    weights["base_model.model.lm_head.weight"] = next(iter(weights.values())).clone()
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    _fix_sha(folder)
+    return folder
+
+
+def truncated_weights(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    path = folder / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    _fix_sha(folder)
+    return folder
+
+
+def tampered_weights(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    path = folder / "adapter_model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return folder
+
+
+def missing_config(package: Path, tmp: Path) -> Path:
+    folder = copy_of(package, tmp)
+    (folder / "adapter_config.json").unlink()
+    return folder
+
+
+def _fix_sha(folder: Path) -> None:
+    from app.contract import sha256_file
+
+    manifest = json.loads((folder / "teller.json").read_text())
+    manifest["sha256"] = sha256_file(folder / "adapter_model.safetensors")
+    (folder / "teller.json").write_text(json.dumps(manifest))
+
+
+REFUSALS = [
+    ("pickle", with_pickle, "adapter_model.bin: pickled weights are refused"),
+    ("extra file", with_extra_file, "unexpected file 'run.sh': a package holds only"),
+    ("symlink in folder", with_symlink, "README.md is a symbolic link; links are refused"),
+    ("absolute path", zip_with_entry("/etc/cron.d/x"), "has an absolute path; refused"),
+    ("dot-dot", zip_with_entry("../../evil.json"), "contains '..'; refused"),
+    ("zip symlink", zip_with_entry("README", link=True), "is a symbolic link; links are refused"),
+    ("not a zip", not_a_zip, "the upload is not a zip archive"),
+    ("base mismatch", other_base, "base model mismatch: the adapter was trained on"),
+    (
+        "missing target",
+        edited_config(target_modules=["q_proj", "query_key_value"]),
+        "target module query_key_value does not exist in the served base model",
+    ),
+    ("rank", edited_config(r=32), "adapter rank r=32 is above this server's limit of 16"),
+    ("not lora", edited_config(peft_type="PREFIX_TUNING"), "only LORA is served"),
+    ("shape", wrong_shape, "needs [4, 64]"),
+    ("unknown tensor", unknown_tensor, "is not a LoRA weight"),
+    ("truncated", truncated_weights, "points outside the file"),
+    ("tampered", tampered_weights, "teller.json: sha256 does not match"),
+    ("missing config", missing_config, "adapter_config.json is missing from the package"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_refused_package_leaves_the_store_unchanged(
+    registry: Registry, finance_v1: Path, tmp_path: Path, build, message: str
+) -> None:
+    registry.import_path(finance_v1)
+    registry.activate("finance", 1)
+    before = snapshot(registry.root)
+    candidate = build(finance_v1, tmp_path)
+    with pytest.raises(AdapterError) as refused:
+        registry.import_path(candidate, name="finance")
+    assert message in str(refused.value)
+    assert snapshot(registry.root) == before
+    assert not (registry.root / ".staging").exists()
+
+
+def test_archive_size_limit(registry: Registry, finance_v1: Path, tmp_path: Path) -> None:
+    registry.limits = type(registry.limits)(max_archive_bytes=2_000, max_file_bytes=1 << 20)
+    archive = zip_folder(finance_v1, tmp_path / "package.zip")
+    with pytest.raises(AdapterError, match=r"the archive is [\d,]+ bytes; the limit is 2,000"):
+        registry.import_path(archive)
+    assert snapshot(registry.root) == {}
+
+
+def test_file_size_limit(registry: Registry, finance_v1: Path) -> None:
+    registry.import_path(finance_v1)
+    before = snapshot(registry.root)
+    registry.limits = type(registry.limits)(max_archive_bytes=1 << 20, max_file_bytes=5_000)
+    with pytest.raises(
+        AdapterError, match="adapter_model.safetensors is larger than the limit of 5,000 bytes"
+    ):
+        registry.import_path(finance_v1, name="other")
+    assert snapshot(registry.root) == before
+
+
+def test_base_mismatch_can_be_overridden_explicitly(
+    registry: Registry, finance_v1: Path, tmp_path: Path
+) -> None:
+    candidate = other_base(finance_v1, tmp_path)
+    stored = registry.import_path(candidate, allow_base_mismatch=True)
+    assert stored.ref == "finance@1"
+    assert stored.manifest.base_model == "tiiuae/falcon-7b"
+
+
+def test_falcon_adapter_is_refused_for_a_llama_base(
+    registry: Registry, tiny_falcon_dir: Path, tmp_path: Path
+) -> None:
+    package = make_package(
+        tiny_falcon_dir, tmp_path / "falcon", targets=("query_key_value",), base_model="x"
+    )
+    with pytest.raises(AdapterError, match="target module query_key_value does not exist"):
+        registry.import_path(package, allow_base_mismatch=True)
+    assert snapshot(registry.root) == {}

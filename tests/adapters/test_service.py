@@ -1,0 +1,124 @@
+"""Hot loading on a real engine: versions load beside each other and unload when unused."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.adapters.errors import AdapterConflict, AdapterNotFound
+from app.adapters.registry import Registry
+from app.adapters.service import AdapterService
+from app.contract import ChatMessage
+from app.engine.loader import load_base_model
+from app.engine.local import LocalEngine
+from app.engine.types import FinishEvent, GenerationRequest, SamplingParams
+from tests.adapters.reference import greedy_answer
+
+QUESTION = [ChatMessage("user", "What is the present value of $100 due in one year at 5%?")]
+TOKENS = 24
+
+
+@pytest.fixture
+def engine(tiny_llama_dir: Path):  # noqa: ANN201
+    engine = LocalEngine(load_base_model(str(tiny_llama_dir), device="cpu"))
+    yield engine
+    asyncio.run(engine.close())
+
+
+async def answer(engine: LocalEngine, adapter: str | None) -> str:
+    request = GenerationRequest(
+        messages=QUESTION,
+        adapter=adapter,
+        sampling=SamplingParams(temperature=0.0, max_new_tokens=TOKENS),
+    )
+    async for event in engine.generate(request):
+        if isinstance(event, FinishEvent):
+            assert event.reason in ("stop", "length"), event
+            return event.text
+    raise AssertionError("no finish event")
+
+
+def test_activation_loads_beside_a_running_version_and_unloads_it_after(
+    registry: Registry, engine: LocalEngine, finance_v1: Path, finance_v2: Path
+) -> None:
+    registry.import_path(finance_v1)
+    registry.import_path(finance_v2)
+    registry.activate("finance", 1)
+    service = AdapterService(registry, engine)
+
+    async def scenario() -> None:
+        await service.load_default()
+        assert engine.info.adapters == ("finance@1",)
+        lease = await service.acquire(None)  # a stream starts on the default, v1
+        assert lease.engine_name == "finance@1"
+        target, action = await service.activate("finance", 2)
+        assert (target.ref, action) == ("finance@2", "activate")
+        # v1 stays while the stream holds it; new requests get v2.
+        assert set(engine.info.adapters) == {"finance@1", "finance@2"}
+        assert (await service.acquire(None)).engine_name == "finance@2"
+        service.release(lease)
+        await asyncio.sleep(0.2)
+        assert engine.info.adapters == ("finance@2",)
+
+    asyncio.run(scenario())
+
+
+def test_each_loaded_version_answers_like_a_single_adapter_run(
+    registry: Registry,
+    engine: LocalEngine,
+    tiny_llama_dir: Path,
+    finance_v1: Path,
+    tax_v1: Path,
+) -> None:
+    registry.import_path(finance_v1)
+    registry.import_path(tax_v1)
+    registry.activate("finance", 1)
+    service = AdapterService(registry, engine)
+
+    async def scenario() -> tuple[str, str]:
+        finance, tax = await service.acquire("finance"), await service.acquire("tax")
+        return await asyncio.gather(
+            answer(engine, finance.engine_name), answer(engine, tax.engine_name)
+        )
+
+    finance_text, tax_text = asyncio.run(scenario())
+    expected_finance = greedy_answer(tiny_llama_dir, finance_v1, QUESTION, max_new_tokens=TOKENS)
+    expected_tax = greedy_answer(tiny_llama_dir, tax_v1, QUESTION, max_new_tokens=TOKENS)
+    assert expected_finance != expected_tax
+    assert finance_text == expected_finance
+    assert tax_text == expected_tax
+
+
+def test_roll_back_and_remove(registry: Registry, finance_v1: Path, finance_v2: Path) -> None:
+    registry.import_path(finance_v1)
+    registry.import_path(finance_v2)
+    assert registry.activate("finance", 2)[1] == "activate"
+    assert registry.activate("finance", 1)[1] == "rollback"
+    assert registry.default().ref == "finance@1"
+    with pytest.raises(AdapterConflict, match="finance@1 is the default adapter; activate another"):
+        registry.remove("finance", 1)
+    registry.remove("finance", 2)
+    assert [v.ref for v in registry.versions()] == ["finance@1"]
+    with pytest.raises(AdapterNotFound, match="finance has no version 2"):
+        registry.activate("finance", 2)
+    actions = [(e["action"], e.get("version")) for e in registry.state().history]
+    assert actions == [
+        ("import", 1), ("import", 2), ("activate", 2), ("rollback", 1), ("remove", 2)
+    ]  # fmt: skip
+
+
+def test_zip_with_a_top_folder_imports_and_versions_count_up(
+    registry: Registry, finance_v1: Path, finance_v2: Path, tmp_path: Path
+) -> None:
+    from tests.adapters.packages import zip_folder
+
+    first = registry.import_path(zip_folder(finance_v1, tmp_path / "a.zip", prefix="pkg/"))
+    second = registry.import_path(finance_v2)
+    assert (first.ref, second.ref) == ("finance@1", "finance@2")
+    assert sorted(p.name for p in first.path.iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "teller.json"
+    ]  # fmt: skip
+    with pytest.raises(AdapterConflict, match=r"already stored as finance@1 \(same sha256\)"):
+        registry.import_path(finance_v1)
