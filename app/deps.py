@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.adapters.service import AdapterService
 from app.auth.access import NotSignedIn
 from app.auth.sessions import SignedIn, signed_in
-from app.adapters.service import AdapterService
 from app.chat.streams import ActiveStreams
 from app.config import Settings
 from app.engine.types import Engine
