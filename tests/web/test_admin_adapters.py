@@ -61,9 +61,7 @@ def admin(live: LiveServer) -> Iterator[Browserless]:
 
 def api(live: LiveServer) -> httpx.Client:
     token = read_token(live.app.state.settings.data_dir)
-    return httpx.Client(
-        base_url=live.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-    )
+    return httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
 def answer_rows(live: LiveServer) -> list[tuple]:
@@ -135,9 +133,7 @@ def test_activation_during_a_stream_leaves_the_stream_intact(
     assert activated and activated[0]["ref"] == "finance@2"
     assert text == expected(settings, tiny_llama_dir, finance_v1, question)
     # The next answer in the same conversation (on the default) uses v2.
-    page = admin.post(
-        stream_url.split("/messages/")[0] + "/messages", {"content": question}
-    )
+    page = admin.post(stream_url.split("/messages/")[0] + "/messages", {"content": question})
     assert page.status_code in (200, 303)
     conversation = admin.page(stream_url.split("/messages/")[0]).text
     second = read_answer(admin, STREAM_RE.search(conversation).group(1))
