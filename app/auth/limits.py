@@ -35,6 +35,27 @@ class LimitExceeded(HTTPException):
         self.retry_after = max(1, retry_after)
 
 
+def _busy(max_streams: int) -> LimitExceeded:
+    plural = "answer" if max_streams == 1 else "answers"
+    return LimitExceeded(
+        f"You already have {max_streams} {plural} being written; wait for one to finish "
+        "or stop it.",
+        retry_after=5,
+    )
+
+
+class StreamSlot:
+    """One held generation slot; `release` is idempotent, so every exit path may call it."""
+
+    def __init__(self, limits: UserLimits, user_id: int) -> None:
+        self._limits, self._user_id, self._held = limits, user_id, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._limits.release_stream(self._user_id)
+
+
 class UserLimits:
     """Sliding-window message counts and stream slots per user id (thread-safe)."""
 
@@ -56,12 +77,8 @@ class UserLimits:
         """
         now = time.monotonic()
         with self._lock:
-            if self._streams[user_id] >= self.max_streams:
-                raise LimitExceeded(
-                    f"You already have {self.max_streams} answers being written; "
-                    "wait for one to finish or stop it.",
-                    retry_after=5,
-                )
+            if self._streams.get(user_id, 0) >= self.max_streams:
+                raise _busy(self.max_streams)
             sent = self._sent[user_id]
             while sent and now - sent[0] >= self.WINDOW_SECONDS:
                 sent.popleft()
@@ -74,35 +91,34 @@ class UserLimits:
                 )
             sent.append(now)
 
-    def acquire_stream(self, user_id: int) -> None:
-        """Take a generation slot (release it with `release_stream`).
+    def acquire_stream(self, user_id: int) -> StreamSlot:
+        """Take a generation slot; the caller releases it when the answer ends.
 
         Raises:
             LimitExceeded: all of the user's slots are taken.
         """
         with self._lock:
-            if self._streams[user_id] >= self.max_streams:
-                raise LimitExceeded(
-                    f"You already have {self.max_streams} answers being written; "
-                    "wait for one to finish or stop it.",
-                    retry_after=5,
-                )
+            if self._streams.get(user_id, 0) >= self.max_streams:
+                raise _busy(self.max_streams)
             self._streams[user_id] += 1
+        return StreamSlot(self, user_id)
 
     def release_stream(self, user_id: int) -> None:
         with self._lock:
-            self._streams[user_id] = max(0, self._streams[user_id] - 1)
-            if not self._streams[user_id]:
-                del self._streams[user_id]
+            left = self._streams.get(user_id, 0) - 1
+            if left > 0:
+                self._streams[user_id] = left
+            else:
+                self._streams.pop(user_id, None)
 
     @contextmanager
     def stream(self, user_id: int) -> Iterator[None]:
         """A slot held for the duration of a block (API handlers that stream in one call)."""
-        self.acquire_stream(user_id)
+        slot = self.acquire_stream(user_id)
         try:
             yield
         finally:
-            self.release_stream(user_id)
+            slot.release()
 
     def active_streams(self, user_id: int) -> int:
         with self._lock:

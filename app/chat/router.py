@@ -187,8 +187,8 @@ async def stream_message(
     if message is None or message.role != "assistant":
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such answer in this conversation.")
     session.close()
-    limits = limits_for(request.app)
-    limits.acquire_stream(conversation.user_id)  # 429 when the user's slots are all busy
+    # 429 when all the user's generation slots are busy.
+    slot = limits_for(request.app).acquire_stream(conversation.user_id)
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         async for update in service.stream_answer(
@@ -202,12 +202,14 @@ async def stream_message(
             if update.kind == "token":
                 yield ServerSentEvent(html.escape(update.text), event="token")
             else:
+                slot.release()
                 yield ServerSentEvent(
                     _message_html(request, conversation, update.message), event="done"
                 )
 
-    # The slot is released after the response ends, even if the stream never started.
-    release = BackgroundTask(limits.release_stream, conversation.user_id)
+    # Released before "done" is sent, and in any case when the response ends (even if the
+    # stream never started).
+    release = BackgroundTask(slot.release)
     return EventSourceResponse(events(), ping=15, send_timeout=30, background=release)
 
 

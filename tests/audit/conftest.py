@@ -29,3 +29,6 @@ def tamper(db_path: Path, sql: str, *params: object) -> None:
     """Change the database directly, as someone with file access would."""
     with sqlite3.connect(db_path) as connection:
         connection.execute(sql, params)
+
+
+from tests.web.conftest import make_settings, scripted_server  # noqa: E402, F401

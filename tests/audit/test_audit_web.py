@@ -1,0 +1,106 @@
+"""What the audit trail holds after real use, and the admin page that reads it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+from tests.live import read_sse
+from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
+
+STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
+
+
+def db(server) -> Path:  # noqa: ANN001
+    return Path(server.app.state.settings.data_dir) / "teller.db"
+
+
+def audit_rows(server, action: str) -> list[dict]:  # noqa: ANN001
+    with sqlite3.connect(db(server)) as connection:
+        rows = connection.execute(
+            "SELECT actor_name, conversation_id, details FROM audit_records WHERE action=?"
+            " ORDER BY id",
+            (action,),
+        ).fetchall()
+    return [{"actor": a, "conversation": c, **json.loads(d)} for a, c, d in rows]
+
+
+def chat(client, question: str) -> str:  # noqa: ANN001
+    page = client.post("/c", {"content": question}, follow_redirects=True)
+    with client.http.stream("GET", STREAM_RE.search(page.text).group(1)) as response:
+        for event, _ in read_sse(response):
+            if event == "done":
+                break
+    return page.url.path.rsplit("/", 1)[1]
+
+
+def test_every_prompt_and_answer_is_audited(scripted_server) -> None:  # noqa: ANN001
+    with scripted_server(chunks=["Net ", "present ", "value."]) as server:
+        alice = signed_in_client(server, "alice", "alice-password-1")
+        conversation = chat(alice, "What is NPV?")
+        [prompt] = audit_rows(server, "chat.prompt")
+        assert prompt["actor"] == "alice" and prompt["conversation"] == conversation
+        assert prompt["text"] == "What is NPV?"
+        [answer] = audit_rows(server, "chat.answer")
+        assert answer["actor"] == "alice" and answer["conversation"] == conversation
+        assert answer["model"] == "scripted" and answer["status"] == "complete"
+        assert answer["text"] == "Net present value."
+        assert (answer["prompt_tokens"], answer["completion_tokens"]) == (3, 3)
+        assert answer["sampling"]["temperature"] == 0.0
+        assert answer["sampling"]["max_new_tokens"] == 64
+        assert answer["total_ms"] >= 0 and answer["first_token_ms"] is not None
+        for key in ("adapter_name", "adapter_version", "adapter_sha256", "message_id"):
+            assert key in answer
+        [sign_in] = audit_rows(server, "auth.sign_in")
+        assert sign_in["actor"] == "alice" and sign_in["ip"] == "127.0.0.1"
+
+
+def test_admin_filters_exports_and_verifies(scripted_server) -> None:  # noqa: ANN001
+    with scripted_server() as server:
+        admin = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
+        alice = signed_in_client(server, "alice", "alice-password-1")
+        chat(alice, "alice asks")
+        chat(admin, "admin asks")
+
+        page = admin.page("/admin/audit?user=alice&action=chat.prompt")
+        assert page.status_code == 200
+        assert "alice asks" in page.text and "admin asks" not in page.text
+        assert "No records match" in admin.page("/admin/audit?since=2999-01-01").text
+        bad = admin.page("/admin/audit?since=yesterday")
+        assert bad.status_code == 400 and "From must be a date" in bad.text
+
+        exported = admin.http.get("/admin/audit/export.csv?user=alice")
+        assert exported.status_code == 200
+        assert exported.headers["content-type"].startswith("text/csv")
+        assert "attachment" in exported.headers["content-disposition"]
+        rows = list(csv.DictReader(io.StringIO(exported.text)))
+        assert rows and {row["actor_name"] for row in rows} == {"alice"}
+        assert {"chat.prompt", "chat.answer", "auth.sign_in"} <= {row["action"] for row in rows}
+
+        lines = admin.http.get("/admin/audit/export.jsonl?action=chat.answer").text.splitlines()
+        records = [json.loads(line) for line in lines]
+        assert len(records) == 2 and all(r["details"]["status"] == "complete" for r in records)
+        assert [r["actor_name"] for r in records] == ["alice", ADMIN_NAME]
+        assert len(audit_rows(server, "audit.exported")) == 2
+
+        intact = admin.post("/admin/audit/verify")
+        assert intact.status_code == 200 and "Chain intact" in intact.text
+        with sqlite3.connect(db(server)) as connection:
+            connection.execute("UPDATE audit_records SET details='{}' WHERE action='chat.prompt'")
+        broken = admin.post("/admin/audit/verify")
+        assert broken.status_code == 409 and "was modified after it was written" in broken.text
+
+
+def test_csv_export_defuses_spreadsheet_formulas(scripted_server) -> None:  # noqa: ANN001
+    with scripted_server() as server:
+        admin = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
+        browser = signed_in_client(server, "eve", "eve-password-12")
+        browser.post("/logout")
+        browser.page("/login")
+        browser.post("/login", {"username": "=HYPERLINK(1)", "password": "whatever-1"})
+        text = admin.http.get("/admin/audit/export.csv?action=auth.sign_in_failed").text
+        assert "'=HYPERLINK(1)" in text
