@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from app.adapters.archive import Limits, _copy_limited, remove_tree, stage_folder, stage_zip
 from app.adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
-from app.adapters.validation import check_name, check_package
+from app.adapters.validation import NAME_RE, check_name, check_package
 from app.contract import WEIGHTS_FILE, AdapterManifest
 
 STATE_FILE = "registry.json"
@@ -132,7 +132,8 @@ class Registry:
         Raises:
             AdapterNotFound: no such adapter or version.
         """
-        versions = self.versions(name) if (self.root / name).is_dir() else []
+        known = NAME_RE.fullmatch(name) and (self.root / name).is_dir()
+        versions = self.versions(name) if known else []
         if not versions:
             raise AdapterNotFound(f"no adapter named {name!r} in the store")
         if version is None:
@@ -273,9 +274,7 @@ class Registry:
         Raises:
             AdapterNotFound: no such adapter or version.
         """
-        if version is None:
-            version = self.versions(name)[-1].version if (self.root / name).is_dir() else None
-        target = self.get(name, version)
+        target = self.get(name, version) if version else self.versions(self.get(name).name)[-1]
         with self._locked() as state:
             previous = state.current.get(name)
             older = previous is not None and target.version < previous

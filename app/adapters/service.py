@@ -221,10 +221,7 @@ class AdapterService:
         return result
 
     def _latest(self, name: str) -> AdapterVersion:
-        versions = self.registry.versions(name) if (self.registry.root / name).is_dir() else []
-        if not versions:
-            raise AdapterNotFound(f"no adapter named {name!r} in the store")
-        return versions[-1]
+        return self.registry.versions(self.registry.get(name).name)[-1]
 
     async def deactivate(self, *, actor: str = "") -> None:
         self.registry.deactivate(actor=actor)

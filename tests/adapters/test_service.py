@@ -27,6 +27,10 @@ def engine(tiny_llama_dir: Path):  # noqa: ANN201
     asyncio.run(engine.close())
 
 
+def lora_parameters(engine: LocalEngine) -> int:
+    return sum(p.numel() for n, p in engine.model.named_parameters() if "lora_" in n)
+
+
 async def answer(engine: LocalEngine, adapter: str | None) -> str:
     request = GenerationRequest(
         messages=QUESTION,
@@ -58,9 +62,11 @@ def test_activation_loads_beside_a_running_version_and_unloads_it_after(
         # v1 stays while the stream holds it; new requests get v2.
         assert set(engine.info.adapters) == {"finance@1", "finance@2"}
         assert (await service.acquire(None)).engine_name == "finance@2"
+        both = lora_parameters(engine)
         service.release(lease)
         await asyncio.sleep(0.2)
         assert engine.info.adapters == ("finance@2",)
+        assert lora_parameters(engine) == both // 2  # v1's weights are gone from the model
 
     asyncio.run(scenario())
 
@@ -107,6 +113,22 @@ def test_roll_back_and_remove(registry: Registry, finance_v1: Path, finance_v2: 
     assert actions == [
         ("import", 1), ("import", 2), ("activate", 2), ("rollback", 1), ("remove", 2)
     ]  # fmt: skip
+
+
+def test_a_removed_choice_is_reported_and_odd_names_are_not_found(
+    registry: Registry, finance_v1: Path, tax_v1: Path
+) -> None:
+    registry.import_path(finance_v1)
+    registry.import_path(tax_v1)
+    service = AdapterService(registry, engine=None)
+    assert service.resolve("tax").ref == "tax@1"
+    registry.remove("tax", 1)
+    with pytest.raises(AdapterNotFound, match="'tax' chosen for this conversation is no longer"):
+        service.resolve("tax")
+    for name in ("..", ".staging", "finance/1"):
+        with pytest.raises(AdapterNotFound, match="no adapter named"):
+            registry.get(name, 1)
+    assert [c.value for c in service.choices()] == ["", "base", "finance"]
 
 
 def test_zip_with_a_top_folder_imports_and_versions_count_up(

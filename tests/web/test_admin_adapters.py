@@ -225,6 +225,18 @@ def test_upload_page_stores_refuses_and_rolls_back(
     assert "finance@1 is the default adapter" in removal.text
     assert admin.post("/admin/adapters/finance/2/remove").status_code == 200
     assert [v.ref for v in registry_for(settings).versions()] == ["desk@1", "finance@1", "tax@1"]
+    path = Path(settings.data_dir) / "teller.db"
+    with sqlite3.connect(path) as connection:
+        audited = connection.execute(
+            "SELECT action, actor_name, adapter FROM audit_records "
+            "WHERE action LIKE 'adapter.%' ORDER BY id"
+        ).fetchall()
+    assert audited == [
+        ("adapter.uploaded", ADMIN_NAME, "desk"),
+        ("adapter.activated", ADMIN_NAME, "finance"),
+        ("adapter.rolled_back", ADMIN_NAME, "finance"),
+        ("adapter.removed", ADMIN_NAME, "finance"),
+    ]
 
 
 def test_non_admins_cannot_reach_the_adapter_pages(live: LiveServer, user_client) -> None:  # noqa: ANN001
