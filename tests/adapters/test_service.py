@@ -144,3 +144,18 @@ def test_zip_with_a_top_folder_imports_and_versions_count_up(
     ]  # fmt: skip
     with pytest.raises(AdapterConflict, match=r"already stored as finance@1 \(same sha256\)"):
         registry.import_path(finance_v1)
+
+
+def test_plain_peft_adapter_without_manifest_is_accepted(
+    registry: Registry, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    from tests.adapters.packages import make_package, zip_folder
+
+    package = make_package(tiny_llama_dir, tmp_path / "plain", manifest=False)
+    assert sorted(p.name for p in package.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors"
+    ]  # fmt: skip
+    stored = registry.import_path(zip_folder(package, tmp_path / "desk-notes.zip"))
+    assert stored.ref == "desk-notes@1"
+    assert stored.manifest.base_model == str(tiny_llama_dir)  # from adapter_config.json
+    assert (stored.path / "teller.json").is_file()  # the derived manifest is stored with it
