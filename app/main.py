@@ -22,6 +22,7 @@ from app.admin.users import router as admin_users_router
 from app.audit.retention import retention_loop
 from app.auth.access import NotSignedIn, not_signed_in
 from app.auth.router import router as auth_router
+from app.auth.sessions import COOKIE as SESSION_COOKIE
 from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.chat.streams import ActiveStreams
@@ -96,6 +97,10 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        if request.cookies.get(SESSION_COOKIE):
+            # Signed-in pages hold private conversations: never keep them in a shared cache or
+            # show them from the back button after sign-out.
+            response.headers.setdefault("Cache-Control", "no-store")
         token = getattr(request.state, "csrf_token", None)
         if token and request.cookies.get(CSRF_COOKIE) != token:
             response.set_cookie(

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.store.db import make_engine, make_session_factory, migrate
+from tests.web.conftest import make_settings, scripted_server  # noqa: F401
 
 
 @pytest.fixture
@@ -29,6 +30,3 @@ def tamper(db_path: Path, sql: str, *params: object) -> None:
     """Change the database directly, as someone with file access would."""
     with sqlite3.connect(db_path) as connection:
         connection.execute(sql, params)
-
-
-from tests.web.conftest import make_settings, scripted_server  # noqa: E402, F401

@@ -121,7 +121,9 @@ def test_sessions_survive_a_restart(scripted_server) -> None:  # noqa: ANN001
     with scripted_server() as server:
         alice = signed_in_client(server, "alice", "alice-password-1")
         cookies = alice.http.cookies
-        assert alice.page("/account").status_code == 200
+        account = alice.page("/account")
+        assert account.status_code == 200
+        assert account.headers["cache-control"] == "no-store", "private pages are never cached"
     with scripted_server() as restarted:
         again = httpx.Client(base_url=restarted.url, cookies=cookies)
         page = again.get("/account")
