@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     """Largest single file in an adapter package, in bytes."""
     engine: Literal["local", "remote"] = "local"
     remote_url: str = ""
+    """OpenAI-compatible upstream for `engine=remote` (vLLM or another Teller), e.g.
+    `http://gpu-host:8000` (see docs/remote-engine.md)."""
+    remote_api_key: str = ""
+    """Bearer key the upstream wants (another Teller's API key; vLLM's `--api-key`)."""
+    remote_model: str = ""
+    """The upstream's base model id; empty asks its `/v1/models` at start."""
+    remote_model_map: str = ""
+    """`NAME[@VERSION]=MODEL,...`: upstream model ids for adapters it serves as its own
+    models (merged checkpoints); unmapped adapters are pushed to vLLM or used by name."""
+    remote_adapter_root: str = ""
+    """Where the upstream sees this server's adapter store (`models_dir/adapters`), when
+    pushing adapters to vLLM from another machine; empty means the same path."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantization: Literal["nf4", "8bit", "none"] = "nf4"
     """Applies on CUDA only; on CPU the model runs unquantized."""

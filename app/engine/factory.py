@@ -28,7 +28,7 @@ def build_engine(settings: Settings) -> Engine:
         ModelLoadError: the model is missing or cannot be loaded as configured.
     """
     if settings.engine == "remote":
-        raise NotImplementedError("the remote engine is not available yet; use TELLER_ENGINE=local")
+        return build_remote_engine(settings)
     configure_cpu_threads(settings.cpu_threads)
     loaded = load_base_model(
         settings.resolved_base_model,
@@ -42,3 +42,27 @@ def build_engine(settings: Settings) -> Engine:
         loaded.source, loaded.device, loaded.dtype, loaded.quantization,
     )  # fmt: skip
     return LocalEngine(loaded, max_context_tokens=settings.max_context_tokens)
+
+
+def build_remote_engine(settings: Settings) -> Engine:
+    """An engine that forwards generation to `TELLER_REMOTE_URL` (no model loads here).
+
+    Raises:
+        ModelLoadError: the settings are malformed or the upstream cannot be asked its model.
+    """
+    from app.engine.loader import ModelLoadError
+    from app.engine.remote import RemoteEngine, UpstreamError, parse_model_map
+
+    try:
+        engine = RemoteEngine(
+            settings.remote_url,
+            api_key=settings.remote_api_key,
+            model=settings.remote_model,
+            model_map=parse_model_map(settings.remote_model_map),
+            adapter_root=settings.remote_adapter_root,
+            local_adapter_root=settings.models_dir / "adapters",
+        )
+    except (ValueError, UpstreamError) as exc:
+        raise ModelLoadError(str(exc)) from None
+    log.info("remote engine at %s serving %s", engine.url, engine.model)
+    return engine

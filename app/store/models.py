@@ -140,3 +140,18 @@ class AuditHead(Base):
     last_hash: Mapped[str] = mapped_column(String(64))
     base_id: Mapped[int] = mapped_column(default=0)
     base_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    """A bearer key for `/v1`. Only the key's SHA-256 is stored; `prefix` identifies it in lists."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

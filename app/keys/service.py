@@ -1,0 +1,119 @@
+"""API key rules: a key is shown once, stored as its SHA-256, and dies with its revocation.
+
+A key is `tlr_` + 43 URL-safe characters (256 random bits), so a plain SHA-256 is enough: no
+guessable input to slow down with argon2, and a lookup by hash stays one indexed query. The
+first characters are kept as a visible `prefix` so people can tell their keys apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.store.models import ApiKey, User, utcnow
+
+KEY_PREFIX = "tlr_"
+VISIBLE_CHARS = 12
+MAX_NAME_CHARS = 100
+LAST_USED_RESOLUTION_S = 60
+"""`last_used_at` is written at most this often per key, not on every call."""
+
+
+class ApiKeyError(ValueError):
+    """A user-fixable problem with a key request; the message says which."""
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly made key: `secret` exists only here, never in the database."""
+
+    key: ApiKey
+    secret: str
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def create_key(
+    *, session: Session, user: User, name: str = "", actor_id: int | None = None
+) -> NewKey:
+    """Make a key for `user`; the caller shows `secret` once.
+
+    Raises:
+        ApiKeyError: the name is too long, or the account is disabled.
+    """
+    label = " ".join(name.split())
+    if len(label) > MAX_NAME_CHARS:
+        raise ApiKeyError(f"Key names are at most {MAX_NAME_CHARS} characters.")
+    if user.disabled:
+        raise ApiKeyError(f"{user.username} is disabled; enable the account first.")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        user_id=user.id, name=label, prefix=secret[:VISIBLE_CHARS], key_hash=hash_key(secret)
+    )
+    session.add(key)
+    session.commit()
+    audit.record_event(
+        session=session,
+        action=audit.API_KEY_CREATED,
+        actor_id=actor_id if actor_id is not None else user.id,
+        details={"key_id": key.id, "owner": user.username, "prefix": key.prefix, "name": label},
+    )
+    return NewKey(key, secret)
+
+
+def list_keys(*, session: Session, user_id: int | None = None) -> list[ApiKey]:
+    """Keys of one user (or everyone's), newest first, revoked ones included."""
+    query = select(ApiKey).order_by(ApiKey.id.desc())
+    if user_id is not None:
+        query = query.where(ApiKey.user_id == user_id)
+    return list(session.scalars(query))
+
+
+def get_key(*, session: Session, key_id: int, user_id: int | None = None) -> ApiKey | None:
+    """The key, scoped to `user_id` when given (someone else's key is simply not found)."""
+    key = session.get(ApiKey, key_id)
+    if key is None or (user_id is not None and key.user_id != user_id):
+        return None
+    return key
+
+
+def revoke_key(*, session: Session, key: ApiKey, actor_id: int | None = None) -> bool:
+    """Revoke a key; the next request with it gets 401. False if it was already revoked."""
+    if key.revoked_at is not None:
+        return False
+    key.revoked_at = utcnow()
+    session.commit()
+    audit.record_event(
+        session=session,
+        action=audit.API_KEY_REVOKED,
+        actor_id=actor_id if actor_id is not None else key.user_id,
+        details={"key_id": key.id, "prefix": key.prefix, "owner_id": key.user_id},
+    )
+    return True
+
+
+def authenticate(*, session: Session, secret: str) -> tuple[User, ApiKey] | None:
+    """The owner and key for a bearer secret, or None (unknown, revoked, disabled owner)."""
+    if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+        return None
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+    if key is None or key.revoked_at is not None:
+        return None
+    user = session.get(User, key.user_id)
+    if user is None or user.disabled:
+        return None
+    now = utcnow()
+    if (
+        key.last_used_at is None
+        or (now - key.last_used_at).total_seconds() > LAST_USED_RESOLUTION_S
+    ):
+        key.last_used_at = now
+        session.commit()
+    return user, key

@@ -1,0 +1,300 @@
+"""`/v1/models`, `/v1/chat/completions`, `/v1/completions`: bearer keys, OpenAI's shapes.
+
+Thin: authenticate, validate, hand the call to the service, and write its events as one JSON
+body or as `data:` chunks ending with `data: [DONE]`. Bodies are validated here rather than by
+FastAPI so that every error, a malformed body included, comes back in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
+
+from app.auth.limits import limits_for
+from app.auth.sessions import client_ip
+from app.engine.types import TokenEvent
+from app.keys import service as keys
+from app.openai_api import service
+from app.openai_api.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    Completion,
+    CompletionRequest,
+    Delta,
+    ModelCard,
+    ModelList,
+    OpenAIError,
+    TextChoice,
+    Usage,
+    completion_id,
+    now,
+)
+from app.openai_api.service import ApiCall, ApiContext, Caller
+
+router = APIRouter(prefix="/v1")
+Body = TypeVar("Body", bound=BaseModel)
+DISCONNECT_POLL_S = 0.25
+
+
+async def openai_error_handler(request: Request, exc: Exception) -> Response:
+    """Registered in `app.main` for `OpenAIError`."""
+    assert isinstance(exc, OpenAIError)  # noqa: S101 - registered for this type only
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+def api_caller(request: Request) -> Caller:
+    """The key's owner, or 401 in OpenAI's shape (missing, unknown or revoked key)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise OpenAIError(
+            401,
+            "Missing API key: send 'Authorization: Bearer <key>' (create one at /settings/keys).",
+            code="invalid_api_key",
+        )
+    with request.app.state.session_factory() as session:
+        found = keys.authenticate(session=session, secret=secret.strip())
+        if found is None:
+            raise OpenAIError(401, "Invalid or revoked API key.", code="invalid_api_key")
+        user, key = found
+        return Caller(user.id, user.username, key.id, client_ip(request))
+
+
+def api_context(request: Request) -> ApiContext:
+    state = request.app.state
+    if getattr(state, "engine", None) is None:
+        raise OpenAIError(
+            503, "The model is still loading.", type="server_error", headers={"Retry-After": "5"}
+        )
+    return ApiContext(
+        settings=state.settings,
+        engine=state.engine,
+        adapters=getattr(state, "adapters", None),
+        limits=limits_for(request.app),
+        session_factory=state.session_factory,
+    )
+
+
+CallerDep = Annotated[Caller, Depends(api_caller)]
+ContextDep = Annotated[ApiContext, Depends(api_context)]
+
+
+async def parse_body(request: Request, model: type[Body]) -> Body:
+    """The JSON body as `model`, or 400 naming the first bad field."""
+    try:
+        data = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise OpenAIError(400, "The request body is not valid JSON.") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = f" ({param})" if param else ""
+        raise OpenAIError(400, f"Invalid request{where}: {message}.", param=param) from None
+
+
+# ---- models -------------------------------------------------------------------------------
+
+
+@router.get("/models")
+def list_models(caller: CallerDep, ctx: ContextDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=i) for i in service.model_ids(ctx.engine, ctx.adapters)])
+
+
+@router.get("/models/{model_id:path}")
+def get_model(model_id: str, caller: CallerDep, ctx: ContextDep) -> ModelCard:
+    service.resolve_model(model_id, ctx.engine, ctx.adapters)
+    return ModelCard(id=model_id)
+
+
+# ---- generation ---------------------------------------------------------------------------
+
+
+def _finish_reason(call: ApiCall) -> str:
+    return "length" if call.finish is not None and call.finish.reason == "length" else "stop"
+
+
+def _usage(call: ApiCall) -> Usage:
+    finish = call.finish
+    return Usage.of(
+        finish.prompt_tokens if finish else 0, finish.completion_tokens if finish else 0
+    )
+
+
+async def _collect(request: Request, call: ApiCall) -> None:
+    """Read the whole answer; a client that hangs up meanwhile cancels the generation."""
+
+    async def drain() -> None:
+        async for _ in call.events():
+            pass
+
+    task = asyncio.create_task(drain())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        call.close()
+    if call.error:
+        raise OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
+
+
+def _sse(payload: BaseModel | dict[str, Any]) -> str:
+    data = (
+        payload.model_dump_json(exclude_none=False)
+        if isinstance(payload, BaseModel)
+        else json.dumps(payload)
+    )
+    return f"data: {data}\n\n"
+
+
+def _error_chunk(call: ApiCall) -> str:
+    error = OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
+    return _sse(error.body())
+
+
+def _stream(call: ApiCall, chunks: AsyncIterator[str]) -> StreamingResponse:
+    """SSE response; the background task closes the call even if the body never started."""
+    return StreamingResponse(
+        chunks,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(call.close),
+    )
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
+    body = await parse_body(request, ChatCompletionRequest)
+    messages = service.chat_messages([(m.role, m.text()) for m in body.messages])
+    service.check_input_size([m.content for m in messages], ctx.settings)
+    call = await service.open_call(
+        ctx=ctx,
+        caller=caller,
+        endpoint="chat.completions",
+        model=body.model,
+        sampling=service.sampling_for(body, body.token_limit, ctx.settings),
+        stream=body.stream,
+        messages=messages,
+    )
+    ident, created = completion_id("chatcmpl"), now()
+    if not body.stream:
+        await _collect(request, call)
+        return JSONResponse(
+            ChatCompletion(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[
+                    ChatChoice(
+                        message=AssistantMessage(content="".join(call.parts)),
+                        finish_reason=_finish_reason(call),
+                    )
+                ],
+                usage=_usage(call),
+            ).model_dump()
+        )
+
+    def chunk(delta: Delta, finish_reason: str | None = None) -> str:
+        return _sse(
+            ChatCompletionChunk(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+            ).model_dump(exclude={"usage"} if not body.include_usage else set())
+        )
+
+    async def chunks() -> AsyncIterator[str]:
+        yield chunk(Delta(role="assistant", content=""))
+        async for event in call.events():
+            if isinstance(event, TokenEvent):
+                yield chunk(Delta(content=event.text))
+        if call.error:
+            yield _error_chunk(call)
+        else:
+            yield chunk(Delta(), _finish_reason(call))
+            if body.include_usage:
+                yield _sse(
+                    ChatCompletionChunk(
+                        id=ident, created=created, model=body.model, choices=[], usage=_usage(call)
+                    )
+                )
+        yield "data: [DONE]\n\n"
+
+    return _stream(call, chunks())
+
+
+@router.post("/completions")
+async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
+    body = await parse_body(request, CompletionRequest)
+    service.check_input_size([body.prompt_text], ctx.settings)
+    call = await service.open_call(
+        ctx=ctx,
+        caller=caller,
+        endpoint="completions",
+        model=body.model,
+        sampling=service.sampling_for(body, body.max_tokens, ctx.settings),
+        stream=body.stream,
+        prompt=body.prompt_text,
+    )
+    ident, created = completion_id("cmpl"), now()
+    if not body.stream:
+        await _collect(request, call)
+        return JSONResponse(
+            Completion(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[TextChoice(text="".join(call.parts), finish_reason=_finish_reason(call))],
+                usage=_usage(call),
+            ).model_dump()
+        )
+
+    def chunk(text: str, finish_reason: str | None = None) -> str:
+        return _sse(
+            Completion(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[TextChoice(text=text, finish_reason=finish_reason)],
+            ).model_dump(exclude={"usage"})
+        )
+
+    async def chunks() -> AsyncIterator[str]:
+        async for event in call.events():
+            if isinstance(event, TokenEvent):
+                yield chunk(event.text)
+        if call.error:
+            yield _error_chunk(call)
+        else:
+            yield chunk("", _finish_reason(call))
+            if body.include_usage:
+                yield _sse(
+                    Completion(
+                        id=ident, created=created, model=body.model, choices=[], usage=_usage(call)
+                    )
+                )
+        yield "data: [DONE]\n\n"
+
+    return _stream(call, chunks())
