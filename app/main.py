@@ -28,6 +28,10 @@ from app.chat.service import wait_for_streams
 from app.chat.streams import ActiveStreams
 from app.config import Settings
 from app.engine.factory import build_engine
+from app.keys.router import router as keys_router
+from app.openai_api.router import openai_error_handler
+from app.openai_api.router import router as openai_router
+from app.openai_api.schemas import OpenAIError
 from app.ops.router import router as ops_router
 from app.store import crud
 from app.store.db import make_engine, make_session_factory, migrate
@@ -89,7 +93,10 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(admin_audit_router)
     app.include_router(admin_adapters_router)
     app.include_router(admin_adapters_api_router)
+    app.include_router(keys_router)
+    app.include_router(openai_router)
     app.add_exception_handler(NotSignedIn, not_signed_in)
+    app.add_exception_handler(OpenAIError, openai_error_handler)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:  # noqa: ANN001
