@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from fastapi import HTTPException, Request, status
 
+from app.audit import service as audit
 from app.deps import CurrentUser
 
 
@@ -148,4 +149,14 @@ def message_allowed(request: Request, user: CurrentUser) -> None:
     Raises:
         LimitExceeded: 429 with Retry-After.
     """
-    limits_for(request.app).check_message(user.id)
+    try:
+        limits_for(request.app).check_message(user.id)
+    except LimitExceeded as exc:
+        with request.app.state.session_factory() as session:
+            audit.record_event(
+                session=session,
+                action=audit.RATE_LIMITED,
+                actor_id=user.id,
+                details={"endpoint": request.url.path, "reason": exc.detail},
+            )
+        raise

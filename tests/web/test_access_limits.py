@@ -36,6 +36,12 @@ def test_message_rate_limit_per_user(scripted_server) -> None:  # noqa: ANN001
         assert htmx.status_code == 429
         assert htmx.headers["HX-Retarget"] == "#composer-error"
         assert count_user_messages(server) == 2
+        path = Path(server.app.state.settings.data_dir) / "teller.db"
+        with sqlite3.connect(path) as connection:
+            limited = connection.execute(
+                "SELECT actor_name FROM audit_records WHERE action = 'limits.rate_limited'"
+            ).fetchall()
+        assert limited == [("alice",), ("alice",)]
         # Bob has his own allowance.
         assert bob.post("/c", {"content": "bob's first"}).status_code == 303
 
