@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     """Largest adapter upload (zip or folder), in bytes."""
     adapter_max_file_bytes: int = Field(2 << 30, ge=1)
     """Largest single file in an adapter package, in bytes."""
+    adapter_max_loaded: int = Field(8, ge=1)
+    """Adapters kept loaded at once; the least recently used idle ones are unloaded first."""
     engine: Literal["local", "remote"] = "local"
     remote_url: str = ""
     """OpenAI-compatible upstream for `engine=remote` (vLLM or another Teller), e.g.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,10 +67,13 @@ class Choice:
 class AdapterService:
     """Resolves conversation choices to versions and keeps the engine's adapters in step."""
 
-    def __init__(self, registry: Registry, engine: Any) -> None:
+    def __init__(self, registry: Registry, engine: Any, *, max_loaded: int = 8) -> None:
         self.registry = registry
         self.engine = engine
+        self.max_loaded = max_loaded
+        """Idle versions beyond this many are unloaded (the default and busy ones stay)."""
         self._users: dict[str, int] = {}
+        self._last_used: dict[str, float] = {}
         self._loaded: set[str] = set()
         self._lock = asyncio.Lock()
         self.admin_token = ""
@@ -139,6 +143,7 @@ class AdapterService:
         if version is None:
             return Lease(None)
         self._users[version.ref] = self._users.get(version.ref, 0) + 1
+        self._last_used[version.ref] = time.monotonic()
         try:
             await self._ensure_loaded(version)
         except BaseException:
@@ -171,14 +176,15 @@ class AdapterService:
             self._loaded.add(version.ref)
 
     def wanted(self) -> set[str]:
-        """Versions that stay loaded: each name's current version that is loaded, the default,
-        and whatever a running request holds."""
+        """Versions that stay loaded: the default, whatever a running request holds, and the
+        most recently used current versions of other names, up to `max_loaded` in all."""
         state = self.registry.state()
-        keep = {f"{name}@{version}" for name, version in state.current.items()}
-        keep &= self._loaded
+        keep = set(self._users)
         if state.default:
             keep.add(f"{state.default[0]}@{state.default[1]}")
-        return keep | set(self._users)
+        current = {f"{name}@{version}" for name, version in state.current.items()}
+        idle = sorted(current & self._loaded - keep, key=lambda r: -self._last_used.get(r, 0))
+        return keep | set(idle[: max(0, self.max_loaded - len(keep))])
 
     async def sweep(self) -> list[str]:
         """Unload versions nothing needs (superseded, removed, and no running stream)."""
@@ -246,7 +252,7 @@ async def start_adapter_service(settings: Settings, engine: Any) -> AdapterServi
     """
     from app.adapters.admin_token import write_token
 
-    service = AdapterService(registry_for(settings), engine)
+    service = AdapterService(registry_for(settings), engine, max_loaded=settings.adapter_max_loaded)
     try:
         await service.load_default()
     except Exception:  # noqa: BLE001 - serve the base model; the admin page shows the error

@@ -159,3 +159,26 @@ def test_plain_peft_adapter_without_manifest_is_accepted(
     assert stored.ref == "desk-notes@1"
     assert stored.manifest.base_model == str(tiny_llama_dir)  # from adapter_config.json
     assert (stored.path / "teller.json").is_file()  # the derived manifest is stored with it
+
+
+def test_idle_adapters_beyond_the_limit_are_unloaded_least_recently_used_first(
+    registry: Registry, engine: LocalEngine, finance_v1: Path, finance_v2: Path, tax_v1: Path
+) -> None:
+    registry.import_path(finance_v1)
+    registry.import_path(tax_v1)
+    registry.import_path(finance_v2, name="desk")
+    registry.activate("finance", 1)
+    service = AdapterService(registry, engine, max_loaded=2)
+
+    async def scenario() -> None:
+        for choice in ("finance", "tax", "desk"):
+            service.release(await service.acquire(choice))
+            await service.sweep()
+        # The default stays; of the idle ones only the most recently used fits.
+        assert set(engine.info.adapters) == {"finance@1", "desk@1"}
+        held = await service.acquire("tax")
+        await service.sweep()
+        assert set(engine.info.adapters) == {"finance@1", "tax@1"}  # busy beats idle
+        service.release(held)
+
+    asyncio.run(scenario())
