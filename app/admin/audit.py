@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
@@ -98,7 +99,7 @@ def export_records(
         details={"format": fmt, "filters": filters.as_query()},
     )
 
-    def body():  # noqa: ANN202 - a generator of text chunks
+    def body() -> Iterator[str]:
         with session_factory() as reader:
             writer = export.export_csv if fmt == "csv" else export.export_jsonl
             yield from writer(session=reader, filters=filters)

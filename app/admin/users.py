@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
 
 from app.auth import service
 from app.deps import AdminUser, SessionDep
@@ -22,7 +23,15 @@ NOTICES = {
 }
 
 
-def _page(request: Request, session, admin: User, *, error=None, notice=None, code=200):  # noqa: ANN001
+def _page(
+    request: Request,
+    session: Session,
+    admin: User,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    code: int = 200,
+) -> Response:
     return render(
         request,
         "admin/users.html",
@@ -36,7 +45,7 @@ def _page(request: Request, session, admin: User, *, error=None, notice=None, co
     )
 
 
-def _target(session, user_id: int) -> User:  # noqa: ANN001
+def _target(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such user.")
@@ -82,7 +91,9 @@ def enable_user(request: Request, session: SessionDep, admin: AdminUser, user_id
     return _set_disabled(request, session, admin, user_id, disabled=False)
 
 
-def _set_disabled(request, session, admin, user_id, *, disabled: bool) -> Response:  # noqa: ANN001
+def _set_disabled(
+    request: Request, session: Session, admin: User, user_id: int, *, disabled: bool
+) -> Response:
     user = _target(session, user_id)
     try:
         service.set_disabled(session=session, user=user, disabled=disabled, actor_id=admin.id)

@@ -20,7 +20,7 @@ def audit_verify(args: argparse.Namespace, settings: Settings) -> str:
     return f"audit chain intact: {report.checked} records, head {report.head_id} {report.head_hash}"
 
 
-def add_parser(commands: argparse._SubParsersAction, runner: Callable) -> None:  # noqa: ANN001
+def add_parser(commands: argparse._SubParsersAction, runner: Callable) -> None:
     audit = commands.add_parser("audit", help="check the audit trail")
     actions = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
     verify = actions.add_parser("verify", help="check that no audit record was edited or deleted")

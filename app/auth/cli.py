@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.auth import service
 from app.config import Settings
 from app.store.db import make_engine, make_session_factory, migrate
+from app.store.models import User
 
 
 class CliError(Exception):
@@ -45,7 +46,7 @@ def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     return first
 
 
-def _user(session: Session, name: str):  # noqa: ANN202
+def _user(session: Session, name: str) -> User:
     user = service.get_user(session=session, username=name)
     if user is None:
         raise CliError(f"no user named {name!r}")
@@ -89,7 +90,7 @@ def _disabled(value: bool) -> Callable[[argparse.Namespace, Settings], str]:
     return run
 
 
-def add_parser(commands: argparse._SubParsersAction, runner: Callable) -> None:  # noqa: ANN001
+def add_parser(commands: argparse._SubParsersAction, runner: Callable) -> None:
     """Register `teller users ...`; `runner(function)` adapts a function to the CLI's calling
     convention (settings, errors, exit status)."""
     users = commands.add_parser("users", help="add, disable or reset accounts")

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, Response, status
 from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth import service
@@ -20,7 +21,9 @@ from app.auth.sessions import (
     set_session_cookie,
     signed_in,
 )
+from app.config import Settings
 from app.deps import CurrentUser, SessionDep, SettingsDep
+from app.store.models import User
 from app.web.csrf import verify_csrf
 from app.web.templating import render
 
@@ -77,7 +80,9 @@ def login(
     return _start_session(request, session, settings, user, safe_next(next))
 
 
-def _start_session(request, session, settings, user, target: str) -> Response:  # noqa: ANN001
+def _start_session(
+    request: Request, session: Session, settings: Settings, user: User, target: str
+) -> Response:
     """A fresh session id on every sign-in (no fixation); the old one, if any, ends."""
     end_session(session=session, token=request.cookies.get(COOKIE))
     token = create_session(session=session, user=user, settings=settings, request=request)

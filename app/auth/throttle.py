@@ -10,7 +10,7 @@ import math
 from datetime import timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.audit import service as audit
 from app.config import Settings
@@ -20,7 +20,9 @@ IP_FACTOR = 4
 """One address may fail this many times more than one name (it may serve many people)."""
 
 
-def _retry_after(session: Session, column, value: str, limit: int, window: timedelta) -> int:  # noqa: ANN001
+def _retry_after(
+    session: Session, column: InstrumentedAttribute, value: str, limit: int, window: timedelta
+) -> int:
     since = utcnow() - window
     where = (
         AuditRecord.action == audit.SIGN_IN_FAILED,
