@@ -7,7 +7,7 @@ so an HTMX page navigates to the sign-in form instead of swapping an error in.
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import HTTPException, Request, status
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
@@ -43,9 +43,17 @@ def safe_next(target: str | None) -> str:
 
 
 def login_url(request: Request) -> str:
+    """Where to sign in, with `next` = the page to come back to: the requested page, or for
+    HTMX and form posts the page the person was on (a POST URL cannot be revisited)."""
     if not any_user(request):
         return "/setup"
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if wants_page(request):
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:
+        current = urlsplit(request.headers.get("HX-Current-URL", ""))
+        same_site = current.netloc == request.headers.get("host", "")
+        path = current.path + (f"?{current.query}" if current.query else "") if same_site else "/"
+    path = safe_next(path)
     return "/login" if path == "/" else f"/login?next={quote(path, safe='')}"
 
 

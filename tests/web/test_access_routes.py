@@ -98,6 +98,17 @@ def test_pages_send_anonymous_visitors_to_sign_in_and_back(scripted_server) -> N
         assert page.status_code == 303
         assert page.headers["location"] == "/login?next=%2Fadmin%2Fusers%3Fx%3D1"
         assert anonymous.get("/setup").headers["location"] == "/login"
+        # HTMX (say, a message sent after the session expired) comes back to the page it was on.
+        htmx = anonymous.post(
+            "/c/0/messages",
+            headers={"HX-Request": "true", "HX-Current-URL": f"{server.url}/c/0?x=1"},
+        )
+        assert htmx.status_code == 401
+        assert htmx.headers["HX-Redirect"] == "/login?next=%2Fc%2F0%3Fx%3D1"
+        elsewhere = anonymous.post(
+            "/c", headers={"HX-Request": "true", "HX-Current-URL": "https://evil.example/x"}
+        )
+        assert elsewhere.headers["HX-Redirect"] == "/login"
 
 
 def test_users_are_refused_every_admin_route(scripted_server) -> None:  # noqa: ANN001
