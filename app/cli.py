@@ -114,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     adapters = commands.add_parser(
         "adapters", help="import|list|activate|remove|merge adapters", add_help=False
     )
+    adapters.add_argument("-h", "--help", dest="help_first", action="store_true")
     adapters.add_argument("rest", nargs=argparse.REMAINDER)
-    adapters.set_defaults(run=_delegate("app.adapters.cli", "adapters_main"))
+    adapters_run = _delegate("app.adapters.cli", "adapters_main")
+    adapters.set_defaults(
+        run=lambda args: adapters_run(
+            argparse.Namespace(rest=["--help"] * args.help_first + args.rest)
+        )
+    )
 
     for name, function, help_text in (
         ("train", "train_main", "fine-tune an adapter: teller train PRESET_OR_YAML [--set k=v]"),
