@@ -9,6 +9,7 @@ the registry's state file, so a change made by the CLI on the store is seen at o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -170,9 +171,15 @@ class AdapterService:
             if version.ref in self._loaded:
                 return
             log.info("loading adapter %s from %s", version.ref, version.path)
-            await self.engine.load_adapter(
-                version.ref, version.path, version.manifest.prompt_format
-            )
+            try:
+                await self.engine.load_adapter(
+                    version.ref, version.path, version.manifest.prompt_format
+                )
+            except Exception as exc:  # noqa: BLE001 - reported to the admin or the answer
+                log.exception("loading adapter %s failed", version.ref)
+                with contextlib.suppress(Exception):
+                    await self.engine.unload_adapter(version.ref)
+                raise AdapterError(f"{version.ref} could not be loaded: {exc}") from None
             self._loaded.add(version.ref)
 
     def wanted(self) -> set[str]:

@@ -182,3 +182,26 @@ def test_idle_adapters_beyond_the_limit_are_unloaded_least_recently_used_first(
         service.release(held)
 
     asyncio.run(scenario())
+
+
+def test_a_version_that_fails_to_load_never_becomes_the_default(
+    registry: Registry, engine: LocalEngine, finance_v1: Path, finance_v2: Path
+) -> None:
+    from app.adapters.errors import AdapterError
+
+    registry.import_path(finance_v1)
+    broken = registry.import_path(finance_v2)
+    registry.activate("finance", 1)
+    # Damaged on disk after it was checked (a disk error, a hand edit).
+    (broken.path / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    service = AdapterService(registry, engine)
+
+    async def scenario() -> None:
+        await service.load_default()
+        with pytest.raises(AdapterError, match="finance@2 could not be loaded"):
+            await service.activate("finance", 2)
+        assert registry.default().ref == "finance@1"
+        assert engine.info.adapters == ("finance@1",)
+        assert (await service.acquire(None)).engine_name == "finance@1"
+
+    asyncio.run(scenario())
