@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import select
+
 from app.audit import service as audit
+from app.store.models import AuditHead, AuditRecord
 from tests.audit.conftest import tamper
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,3 +85,33 @@ def test_users_commands(tmp_path: Path) -> None:
     assert no_tty.returncode == 2 and "--password-stdin" in no_tty.stderr
     verify = teller(data, "audit", "verify")
     assert verify.returncode == 0 and "intact: 5 records" in verify.stdout
+
+
+def test_anchor_catches_a_chain_rebuilt_from_the_edit_onwards(
+    session_factory,  # noqa: ANN001
+    db_path: Path,
+) -> None:
+    """Someone with write access rewrites record 2 and recomputes every later hash and the
+    head: the chain is consistent again, but the head noted earlier no longer matches."""
+    with session_factory() as session:
+        for i in range(4):
+            audit.record_event(session=session, action=audit.CHAT_PROMPT, details={"i": i})
+    first = teller(db_path.parent, "audit", "verify")
+    anchor = first.stdout.split()[-1]
+    assert anchor.startswith("4:")
+
+    with session_factory() as session:
+        rows = list(session.scalars(select(AuditRecord).order_by(AuditRecord.id)))
+        rows[1].details = '{"i":"rewritten"}'
+        previous = rows[0].hash
+        for row in rows[1:]:
+            row.prev_hash = previous
+            row.hash = previous = audit.compute_hash(row)
+        session.get(AuditHead, audit.HEAD_ID).last_hash = previous
+        session.commit()
+    assert teller(db_path.parent, "audit", "verify").returncode == 0, "a full rewrite is consistent"
+    caught = teller(db_path.parent, "audit", "verify", "--anchor", anchor)
+    assert caught.returncode == 2
+    assert "record 4 no longer has the anchored hash" in caught.stderr
+    bad = teller(db_path.parent, "audit", "verify", "--anchor", "four")
+    assert bad.returncode == 2 and "--anchor takes ID:HASH" in bad.stderr
