@@ -45,7 +45,6 @@ from app.openai_api.service import ApiCall, ApiContext, Caller
 
 router = APIRouter(prefix="/v1")
 Body = TypeVar("Body", bound=BaseModel)
-DISCONNECT_POLL_S = 0.25
 
 
 async def openai_error_handler(request: Request, exc: Exception) -> Response:
@@ -136,25 +135,33 @@ def _usage(call: ApiCall) -> Usage:
 
 
 async def _collect(request: Request, call: ApiCall) -> None:
-    """Read the whole answer; a client that hangs up meanwhile cancels the generation."""
+    """Read the whole answer; a client that hangs up meanwhile cancels the generation.
+
+    The disconnect is awaited with a blocking `receive()` (as Starlette's streaming responses
+    do): a polling `is_disconnected()` never sees it behind an HTTP middleware.
+    """
 
     async def drain() -> None:
         async for _ in call.events():
             pass
 
-    task = asyncio.create_task(drain())
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    answer, listener = asyncio.create_task(drain()), asyncio.create_task(hang_up())
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()
-        await task
+        await asyncio.wait({answer, listener}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        for task in (answer, listener):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         call.close()
+    if answer.cancelled():
+        return
+    answer.result()
     if call.error:
         raise OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
 
