@@ -193,8 +193,12 @@ class ApiCall:
                 if isinstance(event, FinishEvent):
                     return
         finally:
-            await self.aclose_events()
-            self.close()
+            # Close first (sync: cancel, slot, lease, audit); awaiting the engine's cleanup
+            # may itself be cancelled when the client has gone.
+            try:
+                self.close()
+            finally:
+                await self.aclose_events()
 
     async def aclose_events(self) -> None:
         events, self._events = self._events, None

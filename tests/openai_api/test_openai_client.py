@@ -213,3 +213,20 @@ def test_rate_limit_is_429_with_retry_after(tmp_path: Path, tiny_llama_dir: Path
             client.completions.create(model=base, prompt="Cash", max_tokens=2)
         assert int(caught.value.response.headers["Retry-After"]) >= 1
         assert caught.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_stop_sequences_cut_the_answer_before_them(api: Api) -> None:
+    client = api.client()
+    full = (
+        client.completions.create(
+            model="finance", prompt="A balance sheet", max_tokens=24, temperature=0
+        )
+        .choices[0]
+        .text
+    )
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), full
+    cut = client.completions.create(
+        model="finance", prompt="A balance sheet", max_tokens=24, temperature=0, stop=[stop]
+    ).choices[0]
+    assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"

@@ -114,3 +114,31 @@ def test_the_second_serves_the_api_too(pair: tuple[Api, LiveServer]) -> None:
         if c.choices
     )
     assert streamed == first.api_calls()[-1]["text"]
+
+
+def test_activation_on_the_second_needs_the_upstream_to_serve_the_version(
+    pair: tuple[Api, LiveServer], tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """(Runs last: it changes the second's default adapter.)"""
+    import httpx
+
+    from app.adapters.admin_token import read_token
+    from app.adapters.service import registry_for
+    from tests.adapters.packages import make_package
+
+    first, second = pair
+    settings = second.app.state.settings
+    registry = registry_for(settings)
+    registry.import_path(make_package(tiny_llama_dir, tmp_path / "v2", name="finance", seed=5))
+    admin = httpx.Client(
+        base_url=second.url,
+        headers={"Authorization": f"Bearer {read_token(settings.data_dir)}"},
+        timeout=30,
+    )
+    refused = admin.post("/admin/api/adapters/activate", json={"ref": "finance@2"})
+    assert refused.status_code == 400 and "serves no model 'finance@2'" in refused.text
+    assert registry.state().default is None
+    activated = admin.post("/admin/api/adapters/activate", json={"ref": "finance@1"})
+    assert activated.status_code == 200, activated.text
+    assert registry.state().default == ("finance", 1)
+    assert second.app.state.engine.info.adapters == ("finance@1",)
