@@ -53,3 +53,12 @@ def test_conversation_routes_are_owner_only(scripted_server) -> None:  # noqa: A
         assert title == "Alice's secret question" and messages == 2
         # Alice still has everything.
         assert "Alice&#39;s secret question" in alice.page(f"/c/{conversation_id}").text
+
+
+def test_fixture_clients_have_the_roles_they_claim(client, user_client) -> None:  # noqa: ANN001
+    """`client` is an administrator and `user_client()` a plain user (other tests rely on it)."""
+    bob = user_client("bob")
+    assert client.page("/admin/users").status_code == 200
+    assert bob.page("/admin/users").status_code == 403
+    assert 'data-user="bob"' in client.page("/admin/users").text
+    assert bob.page("/").status_code == 200
