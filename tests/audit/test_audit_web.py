@@ -9,6 +9,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+from app.audit import service as audit
 from tests.live import read_sse
 from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
@@ -104,3 +105,21 @@ def test_csv_export_defuses_spreadsheet_formulas(scripted_server) -> None:  # no
         browser.post("/login", {"username": "=HYPERLINK(1)", "password": "whatever-1"})
         text = admin.http.get("/admin/audit/export.csv?action=auth.sign_in_failed").text
         assert "'=HYPERLINK(1)" in text
+
+
+def test_admin_filters_by_adapter_and_date(scripted_server) -> None:  # noqa: ANN001
+    with scripted_server() as server:
+        admin = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
+        with server.app.state.session_factory() as session:
+            for name, version in (("fin-qa", 1), ("fin-qa", 2), ("tax", 1)):
+                audit.record_event(
+                    session=session,
+                    action=audit.ADAPTER_ACTIVATED,
+                    details={"adapter_name": name, "version": version},
+                )
+        page = admin.page("/admin/audit?adapter=fin-qa@2&action=adapter.activated")
+        assert page.text.count("<td>fin-qa</td>") == 2 and "<td>tax</td>" not in page.text
+        today = admin.page("/admin/audit?adapter=tax&since=2000-01-01&until=2999-12-31")
+        assert today.text.count("<td>tax</td>") == 1
+        reversed_range = admin.page("/admin/audit?since=2030-01-02&until=2030-01-01")
+        assert reversed_range.status_code == 400 and "after the To date" in reversed_range.text
