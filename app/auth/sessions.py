@@ -22,6 +22,8 @@ from app.store.models import AuthSession, User, utcnow
 COOKIE = "teller_session"
 TOUCH_SECONDS = 60
 """Sliding expiry is written at most this often per session, not on every request."""
+MAX_AGE = timedelta(days=30)
+"""However active, a sign-in ends after this long (a stolen cookie does not live forever)."""
 _STATE_KEY = "teller_signed_in"
 _MISSING = object()
 
@@ -96,7 +98,7 @@ def _lookup(session: Session, token: str, settings: Settings) -> SignedIn | None
     if row is None:
         return None
     now = utcnow()
-    if row.expires_at < now:
+    if row.expires_at < now or now - row.created_at > MAX_AGE:
         session.delete(row)
         session.commit()
         return None

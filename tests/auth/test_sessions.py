@@ -179,6 +179,17 @@ def test_expired_sessions_are_refused(scripted_server) -> None:  # noqa: ANN001
         assert alice.http.get("/").status_code == 401
 
 
+def test_sessions_end_after_thirty_days_however_active(scripted_server) -> None:  # noqa: ANN001
+    with scripted_server() as server:
+        alice = signed_in_client(server, "alice", "alice-password-1")
+        with sqlite3.connect(db(server)) as connection:
+            connection.execute("UPDATE auth_sessions SET created_at = datetime('now', '-29 days')")
+        assert alice.http.get("/").status_code == 200
+        with sqlite3.connect(db(server)) as connection:
+            connection.execute("UPDATE auth_sessions SET created_at = datetime('now', '-31 days')")
+        assert alice.http.get("/").status_code == 401
+
+
 def test_password_change_ends_other_sessions_and_keeps_this_one(scripted_server) -> None:  # noqa: ANN001
     with scripted_server() as server:
         laptop = signed_in_client(server, "alice", "alice-password-1")
