@@ -29,8 +29,6 @@ def _settings() -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.engine.default_model import is_present
     from app.main import create_app
 
@@ -44,14 +42,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"no model at {settings.default_model_dir}: run 'teller fetch-default-model' "
             "(or set TELLER_BASE_MODEL)"
         )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=15,
-    )
-    return 0
+    from app.ops.serving import serve
+
+    # SIGTERM: stop accepting, end running answers and store them, exit 0 (app/ops/serving.py).
+    return serve(create_app(settings), settings)
 
 
 def cmd_fetch_default_model(args: argparse.Namespace) -> int:

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(0, ge=0)
     """Audit records older than this are purged, the chain re-anchored; 0 keeps them."""
 
+    # Operations (app/ops).
+    log_format: Literal["json", "text"] = "json"
+    """`json`: one object per line with a request id, for log shippers; `text` for a terminal."""
+    log_prompts: bool = False
+    """Put prompt and answer text in the logs (never by default: they may hold client data)."""
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
+    """On SIGTERM, running answers get this long to stop and be stored before the exit."""
+
     @model_validator(mode="after")
     def _remote_needs_url(self) -> Settings:
         if self.engine == "remote" and not self.remote_url:

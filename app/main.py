@@ -18,6 +18,7 @@ from app.admin.adapters import router as admin_adapters_router
 from app.admin.adapters_api import router as admin_adapters_api_router
 from app.admin.audit import router as admin_audit_router
 from app.admin.router import router as admin_router
+from app.admin.status import router as admin_status_router
 from app.admin.users import router as admin_users_router
 from app.audit.retention import retention_loop
 from app.auth.access import NotSignedIn, not_signed_in
@@ -32,6 +33,7 @@ from app.keys.router import router as keys_router
 from app.openai_api.router import openai_error_handler
 from app.openai_api.router import router as openai_router
 from app.openai_api.schemas import OpenAIError
+from app.ops.requests import RequestContextMiddleware
 from app.ops.router import router as ops_router
 from app.store import crud
 from app.store.db import make_engine, make_session_factory, migrate
@@ -45,7 +47,6 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
     "object-src 'none'"
 )
-SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 @asynccontextmanager
@@ -69,7 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         retention.cancel()
         stop_adapter_service(app.state.adapters)
-        await wait_for_streams(app.state.streams, SHUTDOWN_GRACE_SECONDS)
+        await wait_for_streams(app.state.streams, settings.shutdown_grace_seconds)
         if app.state.engine_override is None:
             await engine.close()
         app.state.engine = None
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(ops_router)
     app.include_router(chat_router)
     app.include_router(admin_router)
+    app.include_router(admin_status_router)
     app.include_router(auth_router)
     app.include_router(admin_users_router)
     app.include_router(admin_audit_router)
@@ -137,4 +139,6 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
 
+    # Outermost: request ids and timing cover every other middleware and route.
+    app.add_middleware(RequestContextMiddleware)
     return app

@@ -21,6 +21,7 @@ from app.adapters.errors import AdapterError, AdapterNotFound
 from app.adapters.registry import AdapterVersion, Registry, parse_ref
 from app.config import Settings
 from app.contract import PromptFormat
+from app.ops.metrics import record_adapter_load
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,12 @@ class AdapterService:
                 )
             except Exception as exc:  # noqa: BLE001 - reported to the admin or the answer
                 log.exception("loading adapter %s failed", version.ref)
+                record_adapter_load(ok=False)
                 with contextlib.suppress(Exception):
                     await self.engine.unload_adapter(version.ref)
                 raise AdapterError(f"{version.ref} could not be loaded: {exc}") from None
             self._loaded.add(version.ref)
+            record_adapter_load(ok=True)
 
     def wanted(self) -> set[str]:
         """Versions that stay loaded: the default, whatever a running request holds, and the

@@ -203,6 +203,9 @@ async def stream_message(
                 yield ServerSentEvent(html.escape(update.text), event="token")
             else:
                 slot.release()
+                if update.message is not None and update.message.status == "error":
+                    # Tell a failure (e.g. out of GPU memory) apart from an answer that ended.
+                    yield ServerSentEvent(html.escape(update.message.error or ""), event="error")
                 yield ServerSentEvent(
                     _message_html(request, conversation, update.message), event="done"
                 )

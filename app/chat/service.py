@@ -32,6 +32,7 @@ from app.engine.types import (
     SamplingParams,
     TokenEvent,
 )
+from app.ops import metrics
 from app.store import crud
 from app.store.models import Conversation, Message, MessageStatus, User
 
@@ -234,6 +235,16 @@ async def stream_answer(
                 )
                 _audit_answer(session, stored, request, started, first_token_at)
                 message = stored
+        metrics.record_answer(
+            surface="chat",
+            status=getattr(status, "value", str(status)),
+            completion_tokens=len(parts) if completion_tokens is None else completion_tokens,
+            first_token_seconds=None if first_token_at is None else first_token_at - started,
+            error=error,
+            log_text=settings.log_prompts,
+            prompt=history[-1].content if history else None,
+            answer="".join(parts),
+        )
     yield StreamUpdate("done", message=message)
 
 

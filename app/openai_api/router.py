@@ -42,6 +42,8 @@ from app.openai_api.schemas import (
     now,
 )
 from app.openai_api.service import ApiCall, ApiContext, Caller
+from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
+from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
 
 router = APIRouter(prefix="/v1")
 Body = TypeVar("Body", bound=BaseModel)
@@ -162,6 +164,14 @@ async def _collect(request: Request, call: ApiCall) -> None:
     if answer.cancelled():
         return
     answer.result()
+    if call.error and is_out_of_memory(call.error):
+        raise OpenAIError(
+            503,
+            OUT_OF_MEMORY_MESSAGE,
+            type="server_error",
+            code="out_of_memory",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if call.error:
         raise OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
 

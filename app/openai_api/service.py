@@ -36,6 +36,9 @@ from app.engine.types import (
     TokenEvent,
 )
 from app.openai_api.schemas import OpenAIError, _Sampling
+from app.ops import metrics
+from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
+from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +228,19 @@ class ApiCall:
             self._audit()
         except Exception:  # noqa: BLE001 - a failed audit write is logged, never silent
             log.exception("could not audit an API call")
+        finish = self.finish
+        metrics.record_answer(
+            surface="api",
+            status=self.status,
+            completion_tokens=finish.completion_tokens if finish else len(self.parts),
+            first_token_seconds=None
+            if self.first_token_at is None
+            else self.first_token_at - self.started,
+            error=self.error,
+            log_text=self.ctx.settings.log_prompts,
+            prompt=self.prompt_record,
+            answer="".join(self.parts),
+        )
 
     @property
     def status(self) -> str:
@@ -325,6 +341,20 @@ async def open_call(
             request.adapter = call.lease.engine_name
         call._events = ctx.engine.generate(request)
         await call.start()
+        first = call._first
+        if isinstance(first, FinishEvent) and first.reason == "error":
+            if is_out_of_memory(first.error):
+                # Nothing was sent yet: the caller gets a retryable 503, the server keeps on.
+                call.finish, call.error = first, first.error
+                await call.aclose_events()
+                call.close()
+                raise OpenAIError(
+                    503,
+                    OUT_OF_MEMORY_MESSAGE,
+                    type="server_error",
+                    code="out_of_memory",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
     except EngineBusy as exc:
         call.error = str(exc)
         await call.aclose_events()

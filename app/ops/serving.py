@@ -1,0 +1,75 @@
+"""Running uvicorn so that SIGTERM is an orderly stop with exit status 0.
+
+On SIGTERM uvicorn stops accepting connections and every running chat answer is told to stop at
+once: the engine ends it at its next token, the chat service stores the partial answer as
+`stopped` and sends the page its `done` event, so the stream ends cleanly rather than being cut
+(sse-starlette's own drain, which cancels streams before they can say `done`, is turned off).
+Requests still running after `shutdown_grace_seconds` are cancelled, and the lifespan stops
+whatever is left. Stock uvicorn then
+re-raises the signal so the process dies *by* SIGTERM (status 143); an orchestrator reads that
+as a crash. Here a handled SIGTERM exits 0, and Ctrl-C still exits 130 as shells expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from sse_starlette.sse import AppStatus
+
+from app.config import Settings
+from app.ops.logs import log_config
+
+SIGINT_STATUS = 130
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, minus the re-raise of the signal it already handled."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+        self.received: list[int] = []
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.received.append(sig)
+        super().handle_exit(sig, frame)
+        streams = getattr(self.app.state, "streams", None)
+        if streams is not None:
+            # Only sets threading.Events: safe inside a signal handler.
+            streams.stop_all()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def serve(app: FastAPI, settings: Settings) -> int:
+    """Serve until stopped; the exit status for the `teller serve` process."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=log_config(settings.log_format),
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
+    )
+    AppStatus.disable_automatic_graceful_drain()
+    server = GracefulServer(config, app)
+    server.run()
+    if signal.SIGINT in server.received:
+        return SIGINT_STATUS
+    return 0 if server.started else 1

@@ -1,0 +1,5 @@
+"""Ops tests use the web fixtures: a real app on a real uvicorn, signed-in clients."""
+
+from __future__ import annotations
+
+from tests.web.conftest import client, make_settings, server, user_client  # noqa: F401

@@ -1,0 +1,132 @@
+"""SIGTERM against a real `teller serve` process during a streaming answer.
+
+The process must stop accepting, end the running stream, store its partial answer as
+`stopped`, and exit 0 within the grace period; its JSON logs carry request ids and no prompt.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.live import free_port, read_sse
+from tests.web.conftest import Browserless, sign_in
+
+GRACE_SECONDS = 5
+STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
+SECRET_PROMPT = "Quarterly covenant for ACME-7731 in strict confidence"
+TELLER = [sys.executable, "-m", "app.cli"]
+
+
+def teller_env(tmp_path: Path, tiny_llama_dir: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELLER_")}
+    env.update(
+        TELLER_BASE_MODEL=str(tiny_llama_dir),
+        TELLER_DATA_DIR=str(tmp_path / "data"),
+        TELLER_MODELS_DIR=str(tmp_path / "models"),
+        TELLER_PORT=str(port),
+        TELLER_MAX_NEW_TOKENS="4000",
+        TELLER_MAX_CONTEXT_TOKENS="8192",
+        TELLER_DEFAULT_TEMPERATURE="0",
+        TELLER_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
+        TELLER_LOG_FORMAT="json",
+        TELLER_CPU_THREADS="1",
+        TQDM_DISABLE="1",
+    )
+    return env
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "teller serve exited before it was ready"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("teller serve did not become ready")
+
+
+def test_sigterm_stores_the_partial_answer_and_exits_0(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    port = free_port()
+    env = teller_env(tmp_path, tiny_llama_dir, port)
+    subprocess.run(
+        [*TELLER, "users", "add", "admin", "--admin", "--password-stdin"],
+        input="admin-password-1\n",
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [*TELLER, "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        client = Browserless(url)
+        sign_in(client, "admin", "admin-password-1")
+        page = client.post("/c", {"content": SECRET_PROMPT}, follow_redirects=True)
+        assert page.status_code == 200 and page.url.path != "/login"
+        stream_url = STREAM_RE.search(page.text).group(1)
+        received: list[str] = []
+        events: list[str] = []
+        with client.http.stream("GET", stream_url) as response:
+            request_id = response.headers["x-request-id"]
+            for event, data in read_sse(response):
+                events.append(event)
+                if event == "token":
+                    received.append(html.unescape(data))
+                if len(received) == 5 and not signalled(process):
+                    process.send_signal(signal.SIGTERM)
+                    sent_at = time.monotonic()
+        process.wait(timeout=GRACE_SECONDS + 30)
+        elapsed = time.monotonic() - sent_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert elapsed < GRACE_SECONDS, f"exit took {elapsed:.1f}s"
+    # The stream was ended, not cut mid-way: the page learns the answer stopped.
+    assert events[-1] == "done"
+
+    with sqlite3.connect(tmp_path / "data" / "teller.db") as db:
+        [(status, content, model)] = db.execute(
+            "SELECT status, content, model FROM messages WHERE role = 'assistant'"
+        ).fetchall()
+    assert status == "stopped"
+    assert content.startswith("".join(received)) and len(content) > 0
+    assert model == str(tiny_llama_dir)
+
+    # Every log line is JSON (transformers' progress bars are not logs: TQDM_DISABLE hides them).
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    stream_lines = [e for e in lines if e.get("path") == stream_url]
+    assert stream_lines and stream_lines[0]["request_id"] == request_id
+    assert {"ts", "level", "logger", "message"} <= set(lines[0])
+    # Prompt and answer text stay out of the logs unless TELLER_LOG_PROMPTS is set.
+    assert "ACME-7731" not in log_path.read_text()
+    assert any(e.get("message") == "answer stopped" for e in lines)
+
+
+def signalled(process: subprocess.Popen) -> bool:
+    return getattr(process, "_teller_signalled", False) or bool(
+        setattr(process, "_teller_signalled", True)
+    )
