@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +12,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from app.audit import service as audit
+from app.cli import main
 from app.store.models import AuditHead, AuditRecord
 from tests.audit.conftest import tamper
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def teller(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def teller_process(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The real entry point in its own process (exit status, stdout, stderr)."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         input=stdin,
@@ -28,16 +33,34 @@ def teller(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedP
     )
 
 
+def teller(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`teller ...` run in this process (same `main`, a second faster): env, stdin, output."""
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_stdin = os.environ.get("TELLER_DATA_DIR"), sys.stdin
+    os.environ["TELLER_DATA_DIR"] = str(data_dir)
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        sys.stdin = saved_stdin
+        if saved_env is None:
+            os.environ.pop("TELLER_DATA_DIR", None)
+        else:
+            os.environ["TELLER_DATA_DIR"] = saved_env
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def test_verify_passes_then_names_the_tampered_record(session_factory, db_path: Path) -> None:  # noqa: ANN001
     with session_factory() as session:
         for i in range(5):
             audit.record_event(session=session, action=audit.CHAT_ANSWER, details={"i": i})
-    ok = teller(db_path.parent, "audit", "verify")
+    ok = teller_process(db_path.parent, "audit", "verify")
     assert ok.returncode == 0, ok.stderr
     assert "intact: 5 records" in ok.stdout
 
     tamper(db_path, "UPDATE audit_records SET details = '{\"i\": 99}' WHERE id = 2")
-    broken = teller(db_path.parent, "audit", "verify")
+    broken = teller_process(db_path.parent, "audit", "verify")
     assert broken.returncode == 2
     assert (
         broken.stderr.strip()
