@@ -55,3 +55,26 @@ bench-cpu: model
 
 clean:
 	rm -rf $(VENV) data
+
+# ---- docker compose (docs/deployment.md) ------------------------------------------------------
+# make docker-build [VARIANT=cpu]; make docker-up; make docker-train PRESET=tiny; make docker-down
+VARIANT ?= cuda
+COMPOSE_FILES := -f docker/compose.yaml $(if $(filter cpu,$(VARIANT)),-f docker/compose.cpu.yaml)
+COMPOSE ?= TELLER_IMAGE=teller:$(VARIANT) TELLER_VARIANT=$(VARIANT) docker compose $(COMPOSE_FILES)
+PRESET ?= tiny
+.PHONY: docker-build docker-up docker-down docker-train
+
+docker/teller.env:
+	cp docker/teller.env.example docker/teller.env
+
+docker-build:
+	docker build -f docker/Dockerfile --build-arg VARIANT=$(VARIANT) -t teller:$(VARIANT) .
+
+docker-up: docker/teller.env
+	$(COMPOSE) up -d teller
+
+docker-down:
+	$(COMPOSE) down
+
+docker-train: docker/teller.env
+	$(COMPOSE) --profile train run --rm train $(PRESET)

@@ -117,9 +117,14 @@ def test_train_is_a_one_off_job_on_the_same_volumes() -> None:
     assert train["profiles"] == ["train"]
     assert train["entrypoint"][-2:] == ["teller", "train"]
     assert train["restart"] == "no" and "ports" not in train
-    assert train["volumes"] == teller["volumes"]
+    mounts = set(teller["volumes"][:2])
+    assert mounts <= set(train["volumes"]), "training sees the same data and models"
     assert train["deploy"] == teller["deploy"]
-    assert train["working_dir"].startswith(MODELS)
+    # The runs it writes are the ones the server can import from.
+    [runs_rw] = [v for v in train["volumes"] if v.startswith("teller-runs:")]
+    [runs_ro] = [v for v in teller["volumes"] if v.startswith("teller-runs:")]
+    assert runs_rw.split(":")[1] == train["working_dir"] + "/training/runs"
+    assert runs_ro.endswith(":ro")
 
 
 def test_postgres_is_optional_and_matches_the_documented_url() -> None:

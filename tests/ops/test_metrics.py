@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import httpx
 
@@ -58,6 +59,11 @@ def test_metrics_count_real_traffic(client: Browserless, server: LiveServer) -> 
     assert model == {server.app.state.settings.base_model}
     # No GPU on this machine: the GPU series exist but hold no samples.
     assert not [name for name, _ in after if name.startswith("teller_gpu_memory")]
+    # Operators find every exported family in the deployment guide.
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+    families = {re.sub(r"_(total|count|sum|bucket|created|info)$", "", n) for n, _ in after}
+    undocumented = sorted(f for f in families if f.startswith("teller_") and f not in guide)
+    assert not undocumented
 
 
 def test_every_response_carries_a_request_id(server: LiveServer) -> None:
