@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from app.audit import service as audit
-from app.store.db import make_engine, make_session_factory
 from app.store.models import AuditRecord
 from tests.audit.conftest import tamper
+from tests.audit.writer import append_from_process
 
 
 def fill(session_factory, count: int = 6) -> None:  # noqa: ANN001
@@ -98,18 +98,12 @@ def test_concurrent_threads_never_fork_the_chain(session_factory) -> None:  # no
     assert report.checked == report.head_id == 150
 
 
-def _process_writer(url: str, n: int) -> None:
-    session_factory = make_session_factory(make_engine(url))
-    for i in range(20):
-        with session_factory() as session:
-            audit.record_event(session=session, action=audit.API_CALL, details={"p": n, "i": i})
-
-
 def test_concurrent_processes_never_fork_the_chain(session_factory, db_path: Path) -> None:  # noqa: ANN001
     """Separate processes share no lock in memory: the database lock must serialize them."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_process_writer, args=(f"sqlite:///{db_path}", n)) for n in range(3)
+        context.Process(target=append_from_process, args=(f"sqlite:///{db_path}", n))
+        for n in range(3)
     ]
     for process in processes:
         process.start()
