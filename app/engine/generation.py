@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -29,6 +29,45 @@ class PreparedRequest:
     forward_kwargs: dict[str, Any]
     """Extra model kwargs, e.g. PEFT's `adapter_names` to pick this request's adapter."""
     is_cancelled: Callable[[], bool]
+    adapter: str | None = None
+    """This request's adapter name (None: the base model), for steppers that pick it themselves."""
+
+
+class Stepper(Protocol):
+    """One sequence's forward passes: the prompt first, then one chosen token at a time."""
+
+    def prefill(self, prompt_ids: list[int]) -> torch.Tensor:
+        """Logits (V,) for the token after the prompt."""
+        ...
+
+    def decode(self, token: int) -> torch.Tensor:
+        """Logits (V,) for the token after `token`."""
+        ...
+
+
+class TransformersStepper:
+    """Any transformers model with a `DynamicCache`: the path every architecture can take."""
+
+    def __init__(self, model: Any, forward_kwargs: dict[str, Any]) -> None:
+        from transformers import DynamicCache
+
+        self._model = model
+        self._kwargs = forward_kwargs
+        self._cache = DynamicCache()
+        self._device = next(model.parameters()).device
+
+    def _run(self, ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids], device=self._device)  # (1, T)
+        out = self._model(
+            input_ids=input_ids, past_key_values=self._cache, use_cache=True, **self._kwargs
+        )
+        return out.logits[0, -1]  # (V,)
+
+    def prefill(self, prompt_ids: list[int]) -> torch.Tensor:
+        return self._run(prompt_ids)
+
+    def decode(self, token: int) -> torch.Tensor:
+        return self._run([token])
 
 
 @dataclass
@@ -63,10 +102,13 @@ def run_generation(
     tokenizer: Any,
     request: PreparedRequest,
     emit: Callable[[Event], None],
+    stepper: Stepper | None = None,
 ) -> GenerationStats:
-    """Generate until EOS, a stop string, the token limit or cancellation; emit every event."""
-    from transformers import DynamicCache
+    """Generate until EOS, a stop string, the token limit or cancellation; emit every event.
 
+    Args:
+        stepper: runs the forward passes; the transformers path when None.
+    """
     started = time.perf_counter()
     device = next(model.parameters()).device
     params = request.sampling
@@ -74,7 +116,7 @@ def run_generation(
     generator = _make_generator(params.seed, device)
     detok = IncrementalDetokenizer(tokenizer, request.prompt_ids)
     stops = StopStringFilter(request.stop)
-    cache = DynamicCache()
+    stepper = stepper or TransformersStepper(model, request.forward_kwargs)
     text_parts: list[str] = []
     first_token_s: float | None = None
     completion = 0
@@ -89,10 +131,7 @@ def run_generation(
             text_parts.append(text)
             emit(TokenEvent(text))
 
-    input_ids = torch.tensor([request.prompt_ids], device=device)  # (1, T)
-    logits = model(
-        input_ids=input_ids, past_key_values=cache, use_cache=True, **request.forward_kwargs
-    ).logits[0, -1]  # (V,)
+    logits = stepper.prefill(request.prompt_ids)  # (V,)
     while completion < params.max_new_tokens:
         if request.is_cancelled():
             reason = "cancelled"
@@ -109,12 +148,7 @@ def run_generation(
             break
         if completion >= params.max_new_tokens:
             break
-        logits = model(
-            input_ids=torch.tensor([[token]], device=device),
-            past_key_values=cache,
-            use_cache=True,
-            **request.forward_kwargs,
-        ).logits[0, -1]
+        logits = stepper.decode(token)
     if not hit_stop_string:
         tail, stopped = stops.push(detok.flush())
         send(tail if stopped else tail + stops.flush())

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from app.contract import ChatMessage, PromptFormat, build_prompt, encode_prompt, stop_strings_for
-from app.engine.generation import PreparedRequest, run_generation
+from app.engine.fast_llama import FastLlama, FastStepper, unsupported_reason
+from app.engine.generation import PreparedRequest, Stepper, run_generation
 from app.engine.loader import LoadedModel
 from app.engine.types import (
     EngineBusy,
@@ -62,6 +63,7 @@ class LocalEngine:
         max_queue: int = 64,
         max_context_tokens: int = 2048,
         base_prompt_format: PromptFormat | None = None,
+        fast_path: bool = True,
     ) -> None:
         self._loaded = loaded
         self.model: Any = loaded.model
@@ -73,6 +75,10 @@ class LocalEngine:
             else PromptFormat.ALPACA
         )
         self._adapter_formats: dict[str, PromptFormat] = {}
+        self._fast_path = fast_path
+        self._fast: FastLlama | None = None
+        self._fast_off: str | None = None
+        """Built lazily on the worker thread; dropped whenever the adapter set changes."""
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._work, name="teller-engine", daemon=True)
         self._thread.start()
@@ -165,6 +171,7 @@ class LocalEngine:
             stop=tuple(request.sampling.stop) + stop_strings_for(fmt),
             forward_kwargs=kwargs,
             is_cancelled=request.cancel.is_set,
+            adapter=request.adapter,
         )
 
     # ---- adapters -------------------------------------------------------------------------
@@ -181,6 +188,7 @@ class LocalEngine:
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
             self.model.eval()
             self._adapter_formats[name] = prompt_format
+            self._fast, self._fast_off = None, None
 
         await self._control(action)
 
@@ -195,6 +203,7 @@ class LocalEngine:
                 self.model.delete_adapter(name)
             else:
                 self.model = self.model.unload()
+            self._fast, self._fast_off = None, None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
@@ -225,7 +234,9 @@ class LocalEngine:
             job.emit(FinishEvent("cancelled", "", 0, 0))
             return
         try:
-            run_generation(self.model, self.tokenizer, self.prepare(job.request), job.emit)
+            prepared = self.prepare(job.request)
+            stepper = self._stepper(prepared)
+            run_generation(self.model, self.tokenizer, prepared, job.emit, stepper)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.exception("out of memory during generation")
@@ -233,6 +244,19 @@ class LocalEngine:
         except Exception as exc:  # noqa: BLE001 - one request fails, the engine keeps serving
             log.exception("generation failed")
             job.emit(FinishEvent("error", "", 0, 0, error=str(exc)))
+
+    def _stepper(self, prepared: PreparedRequest) -> Stepper | None:
+        """The lean CPU forward when this model qualifies, else None (the transformers path)."""
+        if not self._fast_path or self._fast_off:
+            return None
+        if self._fast is None:
+            self._fast_off = unsupported_reason(self.model)
+            if self._fast_off is not None:
+                log.info("fast decode path off: %s", self._fast_off)
+                return None
+            self._fast = FastLlama(self.model, self._max_context)
+        total = len(prepared.prompt_ids) + prepared.sampling.max_new_tokens
+        return FastStepper(self._fast, prepared.adapter, total)
 
     async def close(self) -> None:
         self._queue.put(_STOP)
