@@ -138,8 +138,12 @@ class AppCollector(Collector):
         )
         gauge.add_metric([], float(active))
         yield gauge
-        if engine is not None:
-            info = engine.info
+        try:
+            info = engine.info if engine is not None else None
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the engine is odd
+            log.exception("reading the engine's info for /metrics failed")
+            info = None
+        if info is not None:
             model = InfoMetricFamily("teller_model", "The served model.")
             model.add_metric(
                 [],
