@@ -8,6 +8,7 @@ import os
 import torch
 
 from app.config import Settings
+from app.engine.capabilities import cpu_has_native_bf16
 from app.engine.loader import load_base_model
 from app.engine.local import LocalEngine
 from app.engine.types import Engine
@@ -41,7 +42,23 @@ def build_engine(settings: Settings) -> Engine:
         "model %s on %s (%s, quantization %s)",
         loaded.source, loaded.device, loaded.dtype, loaded.quantization,
     )  # fmt: skip
-    return LocalEngine(loaded, max_context_tokens=settings.max_context_tokens)
+    return LocalEngine(
+        loaded,
+        max_context_tokens=settings.max_context_tokens,
+        fast_dtype=cpu_fast_dtype(settings.dtype, loaded.dtype, loaded.device),
+    )
+
+
+def cpu_fast_dtype(
+    setting: str, model_dtype: torch.dtype, device: torch.device
+) -> torch.dtype | None:
+    """bf16 for the lean CPU path when the dtype was left on auto and the CPU runs bf16 natively.
+
+    An explicit `TELLER_DTYPE=float32` keeps decoding bit-identical to transformers' float32.
+    """
+    if setting == "auto" and device.type == "cpu" and model_dtype == torch.float32:
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return None
 
 
 def build_remote_engine(settings: Settings) -> Engine:

@@ -13,12 +13,14 @@ path in `generation.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 Lora = tuple[torch.Tensor, torch.Tensor, float]
@@ -88,21 +90,34 @@ class FastLlama:
 
     One instance serves one sequence at a time (the engine's worker thread owns it); `start`
     resets it for a new request.
+
+    Args:
+        model: the transformers (or PEFT-wrapped) Llama model; its weights are shared, not
+            copied, unless `dtype` differs.
+        max_tokens: initial cache length; grows when a longer request comes.
+        dtype: compute dtype. bfloat16 halves the bytes each decode step reads, which is what
+            bounds a small model on a CPU with native bf16 dot products (AVX512-BF16/AMX);
+            None keeps the model's own dtype and gives bit-identical results to it.
     """
 
-    def __init__(self, model: Any, max_tokens: int) -> None:
+    def __init__(self, model: Any, max_tokens: int, dtype: torch.dtype | None = None) -> None:
         base = _base_model(model)
+        self.dtype = dtype or next(base.parameters()).dtype
         config = base.config
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.eps = config.rms_norm_eps
         inner = base.model
-        self.embed = inner.embed_tokens.weight
-        self.final_norm = inner.norm.weight
-        self.lm_head = base.lm_head.weight
-        self.layers = [_read_layer(layer) for layer in inner.layers]
+        embed, head = inner.embed_tokens.weight, base.lm_head.weight
+        self.embed = self._cast(embed)
+        self.lm_head = self.embed if head is embed else self._cast(head)
+        self.final_norm = self._cast(inner.norm.weight)
+        self.layers = [_read_layer(layer, self._cast) for layer in inner.layers]
         self._rotary = inner.rotary_emb
+        self._source_layers = inner.layers
+        self._merged: tuple[str, list[dict[str, torch.Tensor]]] | None = None
+        """One adapter folded into a copy of the weights: (name, per-layer weights)."""
         self.max_tokens = 0
         self.length = 0
         self._grow(max_tokens)
@@ -112,9 +127,8 @@ class FastLlama:
         if max_tokens <= self.max_tokens:
             return
         shape = (len(self.layers), 1, self.n_kv, max_tokens, self.head_dim)
-        dtype = self.embed.dtype
-        self.k_cache = torch.zeros(shape, dtype=dtype)  # (L, 1, KV, T, D)
-        self.v_cache = torch.zeros(shape, dtype=dtype)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype)  # (L, 1, KV, T, D)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype)
         positions = torch.arange(max_tokens).unsqueeze(0)  # (1, T)
         cos, sin = self._rotary(self.embed[:1].unsqueeze(0), positions)  # (1, T, D)
         self.cos, self.sin = cos[0], sin[0]  # (T, D)
@@ -127,7 +141,31 @@ class FastLlama:
         peft = isinstance(model, PeftModel)
         base = _base_model(model)
         for layer, module in zip(self.layers, base.model.layers, strict=True):
-            layer.lora = _read_lora(module) if peft else {}
+            layer.lora = _read_lora(module, self._cast) if peft else {}
+
+    def merge(self, adapter: str | None) -> None:
+        """Fold `adapter` into a private copy of the weights so its requests run at base speed.
+
+        Unmerged LoRA adds two small matmuls per projection per step (210 more for SmolLM2),
+        which on a CPU cost as much as the base model; merging costs one pass over the weights
+        (tens of milliseconds), so one sequence at a time always gains by merging its adapter.
+        The sum is formed in float32 from the model's own weights, then cast once.
+        """
+        if adapter is None or (self._merged and self._merged[0] == adapter):
+            return
+        self._merged = None  # free the previous copy before building the next
+        merged: list[dict[str, torch.Tensor]] = []
+        for layer, module in zip(self.layers, self._source_layers, strict=True):
+            factors = _read_lora(module, lambda t: t.detach().float()).get(adapter, {})
+            weights = dict(layer.weights)
+            for name, (a, b, scale) in factors.items():
+                source = _plain_weight(_owner(module, name)).detach().float()
+                weights[name] = torch.addmm(source, b, a, alpha=scale).to(self.dtype)
+            merged.append(weights)
+        self._merged = (adapter, merged)
+
+    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to(self.dtype)
 
     def start(self, total_tokens: int) -> None:
         """Begin a new sequence that will hold at most `total_tokens` tokens."""
@@ -148,22 +186,26 @@ class FastLlama:
             raise ValueError(f"sequence of {end} tokens exceeds the cache ({self.max_tokens})")
         x = self.embed[torch.tensor(token_ids)].unsqueeze(0)  # (1, T, C)
         cos, sin = self.cos[start:end], self.sin[start:end]  # (T, D)
+        merged = self._merged[1] if self._merged and self._merged[0] == adapter else None
         for index, layer in enumerate(self.layers):
-            lora = layer.lora.get(adapter, {}) if adapter else {}
+            if merged is not None:
+                w, lora = merged[index], {}
+            else:
+                w, lora = layer.weights, layer.lora.get(adapter, {}) if adapter else {}
             h = self._norm(x, layer.input_norm)
-            x = x + self._attention(h, layer, lora, index, start, end, cos, sin)
+            x = x + self._attention(h, w, lora, index, start, end, cos, sin)
             h = self._norm(x, layer.post_norm)
-            gate = _linear(h, layer.weights["gate_proj"], lora.get("gate_proj"))
-            up = _linear(h, layer.weights["up_proj"], lora.get("up_proj"))
-            x = x + _linear(F.silu(gate) * up, layer.weights["down_proj"], lora.get("down_proj"))
+            gate = _linear(h, w["gate_proj"], lora.get("gate_proj"))
+            up = _linear(h, w["up_proj"], lora.get("up_proj"))
+            x = x + _linear(F.silu(gate) * up, w["down_proj"], lora.get("down_proj"))
         self.length = end
         last = self._norm(x[:, -1:], self.final_norm)  # (1, 1, C)
-        return F.linear(last, self.lm_head)[0, -1]  # (V,)
+        return F.linear(last, self.lm_head)[0, -1].float()  # (V,)
 
     def _attention(
         self,
         h: torch.Tensor,
-        layer: _Layer,
+        w: dict[str, torch.Tensor],
         lora: dict[str, Lora],
         index: int,
         start: int,
@@ -174,7 +216,6 @@ class FastLlama:
         count = end - start
         if count > 1 and start > 0:
             raise ValueError("a multi-token step must start an empty cache")
-        w = layer.weights
         q = _linear(h, w["q_proj"], lora.get("q_proj")).view(1, count, -1, self.head_dim)
         k = _linear(h, w["k_proj"], lora.get("k_proj")).view(1, count, -1, self.head_dim)
         v = _linear(h, w["v_proj"], lora.get("v_proj")).view(1, count, -1, self.head_dim)
@@ -213,22 +254,27 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def _plain_weight(module: Any) -> torch.Tensor:
     """A projection's base weight, under a PEFT LoRA wrapper or not."""
-    return getattr(module, "base_layer", module).weight.detach()
+    return getattr(module, "base_layer", module).weight
 
 
-def _read_layer(module: Any) -> _Layer:
-    attn, mlp = module.self_attn, module.mlp
-    owners = {"q_proj": attn, "k_proj": attn, "v_proj": attn, "o_proj": attn}
-    weights = {name: _plain_weight(getattr(owners.get(name, mlp), name)) for name in PROJECTIONS}
+def _owner(module: Any, name: str) -> Any:
+    """The projection module `name` of one decoder layer."""
+    return getattr(module.self_attn if name in ATTENTION else module.mlp, name)
+
+
+def _read_layer(module: Any, cast: Callable[[torch.Tensor], torch.Tensor]) -> _Layer:
+    weights = {name: cast(_plain_weight(_owner(module, name))) for name in PROJECTIONS}
     return _Layer(
         weights=weights,
-        input_norm=module.input_layernorm.weight.detach(),
-        post_norm=module.post_attention_layernorm.weight.detach(),
-        lora=_read_lora(module),
+        input_norm=cast(module.input_layernorm.weight),
+        post_norm=cast(module.post_attention_layernorm.weight),
+        lora=_read_lora(module, cast),
     )
 
 
-def _read_lora(module: Any) -> dict[str, dict[str, Lora]]:
+def _read_lora(
+    module: Any, cast: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, dict[str, Lora]]:
     from peft.tuners.lora import LoraLayer
 
     found: dict[str, dict[str, Lora]] = {}
@@ -239,8 +285,8 @@ def _read_lora(module: Any) -> dict[str, dict[str, Lora]]:
                 continue
             for adapter in proj.lora_A:
                 found.setdefault(adapter, {})[name] = (
-                    proj.lora_A[adapter].weight.detach(),
-                    proj.lora_B[adapter].weight.detach(),
+                    cast(proj.lora_A[adapter].weight),
+                    cast(proj.lora_B[adapter].weight),
                     float(proj.scaling[adapter]),
                 )
     return found
@@ -249,9 +295,13 @@ def _read_lora(module: Any) -> dict[str, dict[str, Lora]]:
 class FastStepper:
     """`generation.Stepper` over a `FastLlama`: one request, one adapter."""
 
-    def __init__(self, fast: FastLlama, adapter: str | None, total_tokens: int) -> None:
+    def __init__(
+        self, fast: FastLlama, adapter: str | None, total_tokens: int, *, merge: bool = True
+    ) -> None:
         self._fast = fast
         self._adapter = adapter
+        if merge:
+            fast.merge(adapter)
         fast.start(total_tokens)
 
     def prefill(self, prompt_ids: list[int]) -> torch.Tensor:

@@ -30,6 +30,7 @@ from app.engine.types import (
     Event,
     FinishEvent,
     GenerationRequest,
+    SamplingParams,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class LocalEngine:
         max_context_tokens: int = 2048,
         base_prompt_format: PromptFormat | None = None,
         fast_path: bool = True,
+        fast_dtype: torch.dtype | None = None,
     ) -> None:
         self._loaded = loaded
         self.model: Any = loaded.model
@@ -76,6 +78,8 @@ class LocalEngine:
         )
         self._adapter_formats: dict[str, PromptFormat] = {}
         self._fast_path = fast_path
+        self._fast_dtype = fast_dtype
+        """Compute dtype of the lean CPU path (None: the model's own, bit-identical to it)."""
         self._fast: FastLlama | None = None
         self._fast_off: str | None = None
         """Built lazily on the worker thread; dropped whenever the adapter set changes."""
@@ -217,6 +221,11 @@ class LocalEngine:
     # ---- worker ---------------------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._warm_up()
+        except Exception:  # noqa: BLE001 - the transformers path still serves
+            log.exception("fast path warm-up failed")
+            self._fast_path = False
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -245,6 +254,15 @@ class LocalEngine:
             log.exception("generation failed")
             job.emit(FinishEvent("error", "", 0, 0, error=str(exc)))
 
+    def _warm_up(self) -> None:
+        """Build the lean path (and let oneDNN pick its kernels) before the first user waits."""
+        stepper = self._stepper(
+            PreparedRequest([0] * 8, SamplingParams(max_new_tokens=2), (), {}, lambda: False)
+        )
+        if stepper is not None:
+            stepper.prefill([0] * 8)
+            stepper.decode(0)
+
     def _stepper(self, prepared: PreparedRequest) -> Stepper | None:
         """The lean CPU forward when this model qualifies, else None (the transformers path)."""
         if not self._fast_path or self._fast_off:
@@ -254,7 +272,7 @@ class LocalEngine:
             if self._fast_off is not None:
                 log.info("fast decode path off: %s", self._fast_off)
                 return None
-            self._fast = FastLlama(self.model, self._max_context)
+            self._fast = FastLlama(self.model, self._max_context, self._fast_dtype)
         total = len(prepared.prompt_ids) + prepared.sampling.max_new_tokens
         return FastStepper(self._fast, prepared.adapter, total)
 

@@ -53,6 +53,15 @@ def test_default_model_takes_the_fast_path_and_matches_generate(default_model_di
     assert answer(slow, None).text == expected
 
 
+def test_bf16_fast_path_keeps_the_first_32_greedy_tokens(default_model_dir: Path) -> None:
+    """The default on CPUs with native bf16: half the bytes per step, same opening answer."""
+    loaded = load_base_model(str(default_model_dir), device="cpu")
+    engine = LocalEngine(loaded, fast_dtype=torch.bfloat16)
+    prompt_ids = engine.prepare(GenerationRequest(messages=QUESTION)).prompt_ids
+    expected = reference(loaded.model, loaded.tokenizer, prompt_ids, 32)
+    assert answer(engine, None).text == expected
+
+
 def test_per_request_adapters_match_peft(tiny_llama_dir: Path, tmp_path: Path) -> None:
     """Two unmerged adapters and the bare base, each answering exactly as PEFT would."""
     from peft import PeftModel
