@@ -101,6 +101,11 @@ class TrainConfig:
     """Forward passes per optimizer step."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward: much less memory for about a third more time."""
+    memory_budget_gb: float = 0.0
+    """GPU memory to fit (e.g. 16): micro-batch, grad_accum and checkpointing are then chosen
+    for it (rows per optimizer step unchanged); 0 keeps the three as configured."""
+    chunked_loss: bool = True
+    """Compute the loss over labelled positions in vocabulary-head chunks (no full logits)."""
     cpu_threads: int = 0
     """Torch intra-op threads on CPU (0 = torch's default)."""
     log_every: int = 1

@@ -8,6 +8,7 @@ Trainer each needs a subclass or callback that hides them.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -32,6 +33,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.data_loading import LoadedData, load_data
 from training.encoding import Example, encode_records, end_of_sequence_id
+from training.fast import fixed_bytes, plan_memory, set_gradient_checkpointing
 from training.model_build import (
     SetupError,
     TrainableModel,
@@ -125,6 +127,8 @@ class TrainingRecipe:
         )
         self.tm: TrainableModel = build_trainable_model(cfg)
         self.model = self.tm.model
+        if cfg.memory_budget_gb > 0:
+            cfg = self.config = self._fit_budget(cfg)
         self.device = self.tm.loaded.device
         self.dtype = self.tm.loaded.dtype
         self.attention = attention_of(self.model)
@@ -209,6 +213,27 @@ class TrainingRecipe:
         )
         return loss
 
+    def _fit_budget(self, cfg: TrainConfig) -> TrainConfig:
+        """Micro-batch, grad_accum and checkpointing chosen for `memory_budget_gb`."""
+        try:
+            plan = plan_memory(
+                cfg.memory_budget_gb,
+                model_config=self.tm.loaded.model.config,
+                fixed=fixed_bytes(self.model, self.tm.trainable_params),
+                seq_len=cfg.data.max_seq_len,
+                rows_per_step=cfg.micro_batch_size * cfg.grad_accum,
+                attention=attention_of(self.model),
+            )
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        set_gradient_checkpointing(self.model, plan.gradient_checkpointing)
+        return dataclasses.replace(
+            cfg,
+            micro_batch_size=plan.micro_batch_size,
+            grad_accum=plan.grad_accum,
+            gradient_checkpointing=plan.gradient_checkpointing,
+        )
+
     # ---- train -------------------------------------------------------------------------
     def train_step(self, window: list[list[Row]]) -> tuple[float, int]:
         """One optimizer step over `grad_accum` micro-batches; (mean loss, useful tokens)."""
@@ -222,6 +247,7 @@ class TrainingRecipe:
             self.device,
             self.dtype,
             self.config.optim.max_grad_norm,
+            self.config.chunked_loss,
         )
         return train_step(context, window)
 

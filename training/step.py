@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from training import fast
 from training.packing import Row, collate, count_tokens
 from training.scoring import autocast_for
 
@@ -29,6 +30,8 @@ class StepContext:
     device: torch.device
     dtype: torch.dtype
     max_grad_norm: float = 0.0
+    chunked_loss: bool = False
+    """Use `training.fast.chunked_loss` (labelled positions only, no full fp32 logits)."""
 
 
 def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
@@ -39,13 +42,13 @@ def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
     loss_sum = 0.0
     for batch in batches:
         with autocast_for(ctx.device, ctx.dtype):
-            out = ctx.model(
-                **{k: v.to(ctx.device) for k, v in batch.items()},
-                use_cache=False,
-                num_items_in_batch=n_items,
-            )
-        out.loss.backward()  # already divided by the window's response tokens
-        loss_sum += float(out.loss.detach())
+            inputs = {k: v.to(ctx.device) for k, v in batch.items()}
+            if ctx.chunked_loss:
+                loss = fast.chunked_loss(ctx.model, inputs, n_items)
+            else:
+                loss = ctx.model(**inputs, use_cache=False, num_items_in_batch=n_items).loss
+        loss.backward()  # already divided by the window's response tokens
+        loss_sum += float(loss.detach())
     if ctx.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(ctx.trainable, ctx.max_grad_norm)
     ctx.optimizer.step()

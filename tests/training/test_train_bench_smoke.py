@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bench_smoke_writes_both_sections(tmp_path: Path) -> None:
+def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("train_gpu", REPO / "bench" / "train_gpu.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -18,7 +18,10 @@ def test_bench_smoke_writes_both_sections(tmp_path: Path) -> None:
     assert module.main(["--smoke", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["smoke"] and results["linear_4bit"] == 8
-    for name in ("baseline", "teller"):
+    assert results["loss_equality"]["steps_compared"] == 3
+    assert results["loss_equality"]["within_1pct"]  # same batches, same seed: same losses
+    assert results["teller_16gb"]["gradient_checkpointing"] in {True, False}
+    for name in ("baseline", "teller_equal", "teller", "teller_16gb"):
         section = results[name]
         assert section["steps"] == 3 and len(section["first_losses"]) == 3
         assert section["useful_tokens_per_s"] > 0 and 0 < section["mfu"]
