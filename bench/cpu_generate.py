@@ -37,6 +37,20 @@ QUESTION = [
     ChatMessage("user", "What is the net present value of a bond? Explain with an example.")
 ]
 NEW_TOKENS = 128
+REPEATS = 3
+NOTES = (
+    "Profile (torch.profiler, --profile, quiet 2-core box): a transformers fp32 decode step of "
+    "SmolLM2-135M is ~42 ms, of which aten::mm is ~33 ms (211 calls) and SDPA ~5 ms; module, "
+    "cache and mask overhead is only ~10%. The step is bound by reading ~540 MB of fp32 "
+    "weights (113 MB of them the tied embedding/lm_head). So the lean loop (preallocated KV "
+    "cache, plain ops) alone gains ~10-20%; bf16 weights on a CPU with AVX512-BF16 halve the "
+    "bytes and roughly double decode (standalone quiet run: fp32 30 tok/s, bf16 59 tok/s, "
+    "45-token prefill 31 ms). Unmerged LoRA (r=16 on 7 projections) adds 210 small matmuls "
+    "per step and nearly halved speed, hence the running request's adapter is merged into a "
+    "weight copy (one pass over the weights per adapter switch). torch.compile was not "
+    "adopted: the step is already matmul-bound, and compile time would land on startup. "
+    "Numbers below are best-of-3 on a box shared with other jobs: see load_average_before."
+)
 LONG_PROMPT = (
     "Summarise the main risks of holding long-dated government bonds when inflation is rising, "
     "covering duration, real yields, reinvestment, liquidity and currency effects. " * 8
@@ -55,7 +69,7 @@ def generate_baseline(loaded: Any, prompt_ids: list[int]) -> dict[str, Any]:
 
     timed(4)  # warm-up
     ttft = min(timed(1)[0] for _ in range(3))
-    total, out = timed(NEW_TOKENS)
+    total, out = min((timed(NEW_TOKENS) for _ in range(REPEATS)), key=lambda r: r[0])
     new = out[0, ids.shape[1] :]
     return {
         "ttft_ms": ttft * 1000,
@@ -95,7 +109,10 @@ def measure_engine(engine: LocalEngine, adapter: str | None) -> dict[str, Any]:
 
     async def run() -> dict[str, Any]:
         await _stream(engine, chat(8))  # warm-up
-        result = await _stream(engine, chat(NEW_TOKENS))
+        # Best of three: on a shared 2-core box other processes only ever slow a run down.
+        runs = [await _stream(engine, chat(NEW_TOKENS)) for _ in range(REPEATS)]
+        result = max(runs, key=lambda r: r["decode_tok_s"])
+        result["decode_tok_s_runs"] = [round(r["decode_tok_s"], 1) for r in runs]
         first32 = await _stream(engine, chat(32))
 
         def long() -> GenerationRequest:
@@ -257,6 +274,7 @@ def main() -> None:
             "torch": torch.__version__,
             "load_average_before": load_before,
         },
+        "notes": NOTES,
         "prompt_tokens": len(prompt_ids),
         "new_tokens": NEW_TOKENS,
         "results": results,

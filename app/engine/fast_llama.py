@@ -140,6 +140,7 @@ class FastLlama:
 
         peft = isinstance(model, PeftModel)
         base = _base_model(model)
+        self._merged = None
         for layer, module in zip(self.layers, base.model.layers, strict=True):
             layer.lora = _read_lora(module, self._cast) if peft else {}
 

@@ -265,7 +265,7 @@ class LocalEngine:
 
     def _stepper(self, prepared: PreparedRequest) -> Stepper | None:
         """The lean CPU forward when this model qualifies, else None (the transformers path)."""
-        if not self._fast_path or self._fast_off:
+        if not self._fast_path or self._fast_off or _has_forward_hooks(self.model):
             return None
         if self._fast is None:
             self._fast_off = unsupported_reason(self.model)
@@ -279,6 +279,11 @@ class LocalEngine:
     async def close(self) -> None:
         self._queue.put(_STOP)
         await asyncio.to_thread(self._thread.join, 30)
+
+
+def _has_forward_hooks(model: torch.nn.Module) -> bool:
+    """Hooks on the model's forward (instrumentation, fault injection) need the module path."""
+    return bool(model._forward_pre_hooks or model._forward_hooks)
 
 
 def _drop_oldest_turn(messages: list[ChatMessage]) -> bool:
