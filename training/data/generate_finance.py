@@ -7,7 +7,8 @@ answer, unit) that the tests recompute independently. The generator is determini
     python -m training.data.generate_finance
 
 and it rewrites `finance_train.jsonl` and `finance_eval.jsonl` byte for byte, so a change to a
-template or a concept text shows up as a reviewable diff of the data.
+template or a concept text shows up as a reviewable diff of the data. The formulas and number
+formatting live in finance_math.py, the prose (concepts and templates) in finance_concepts.yaml.
 """
 
 from __future__ import annotations
@@ -23,133 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.data import finance_math as fm
 from training.data.finance_concepts import (
     CALCULATION_TEMPLATES,
-    CONCEPT_TEMPLATES,
-    CONCEPTS,
-    Template,
+    GROWTH_SUBJECTS,
+    RATIO_REMARKS,
+    Record,
+    concept_records,
+    render,
 )
+from training.data.finance_math import COMPOUNDING, UNIT_FORMATS, describe, pct, plural, usd
 
 SEED = 20240611
 DATA_DIR = Path(__file__).resolve().parent
 TRAIN_FILE = "finance_train.jsonl"
 EVAL_FILE = "finance_eval.jsonl"
-PHRASINGS_PER_CONCEPT = 5  # one phrasing of each concept is held out, the others train
 CALCULATIONS_PER_CONCEPT_RECORD = 1.5  # 60% calculations, 40% concepts
 EVAL_SHARE_OF_CALCULATIONS = 0.2
-
-Record = dict[str, object]
-
-
-# --- formatting -------------------------------------------------------------------------------
-
-
-def usd(value: float) -> str:
-    """Dollars with cents, the form every USD answer line uses."""
-    return f"{'-' if value < 0 else ''}${abs(value):,.2f}"
-
-
-def money(value: float) -> str:
-    """Dollars without cents for whole amounts, the way a question would state them."""
-    return f"{'-' if value < 0 else ''}${abs(value):,.0f}" if value == int(value) else usd(value)
-
-
-def pct(value: float) -> str:
-    """A percentage given in percent units (7.25 -> '7.25%')."""
-    return f"{value:.2f}%"
-
-
-UNIT_FORMATS: dict[str, Callable[[float], str]] = {
-    "USD": usd,
-    "%": pct,
-    "x": lambda value: f"{value:.2f}x",  # a multiple: 1.8 -> '1.80x'
-}
-
-
-def plural(count: int, word: str) -> str:
-    """'1 year' / '7 years', so templates read naturally."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-# --- finance math (rates as decimals) ---------------------------------------------------------
-
-
-def compound_amount(principal: float, rate: float, years: int, periods_per_year: int) -> float:
-    """Future value of a lump sum with periodic compounding."""
-    return principal * (1 + rate / periods_per_year) ** (periods_per_year * years)
-
-
-def present_value(future_value: float, rate: float, years: int) -> float:
-    """Today's value of one future amount, discounted once a year."""
-    return future_value / (1 + rate) ** years
-
-
-def loan_payment(principal: float, rate: float, years: int, periods_per_year: int = 12) -> float:
-    """Level payment that fully amortizes a loan (annuity formula)."""
-    periodic = rate / periods_per_year
-    return principal * periodic / (1 - (1 + periodic) ** -(years * periods_per_year))
-
-
-def compound_growth_rate(begin: float, end: float, years: int) -> float:
-    """CAGR: the constant yearly rate that turns `begin` into `end`."""
-    return (end / begin) ** (1 / years) - 1
-
-
-def net_present_value(rate: float, cash_flows: Sequence[float]) -> float:
-    """Sum of cash flows discounted to t = 0 (cash_flows[0] is at t = 0)."""
-    return sum(cf / (1 + rate) ** t for t, cf in enumerate(cash_flows))
-
-
-def find_root(f: Callable[[float], float], low: float, high: float, tol: float = 1e-12) -> float:
-    """Safeguarded Newton: Newton steps when they stay inside the bracket, else bisection.
-
-    IRR and YTM have no closed form; plain Newton can jump out of the valid range (rates at or
-    below -100%), so the bracket keeps it honest while Newton keeps it fast.
-
-    Raises:
-        ValueError: if f(low) and f(high) have the same sign (no root is bracketed).
-    """
-    f_low = f(low)
-    if f_low * f(high) > 0:
-        raise ValueError("root not bracketed")
-    x = (low + high) / 2
-    for _ in range(500):
-        fx = f(x)
-        if fx == 0:
-            return x
-        if (fx < 0) == (f_low < 0):
-            low, f_low = x, fx
-        else:
-            high = x
-        h = 1e-7 * max(1.0, abs(x))
-        slope = (f(x + h) - f(x - h)) / (2 * h)
-        step = x - fx / slope if slope else math.nan
-        new_x = step if low < step < high else (low + high) / 2
-        if abs(new_x - x) < tol or high - low < tol:
-            return new_x
-        x = new_x
-    return x
-
-
-def internal_rate_of_return(cash_flows: Sequence[float]) -> float:
-    """The rate at which NPV is zero, searched between -99% and +1000%."""
-    return find_root(lambda r: net_present_value(r, cash_flows), -0.99, 10.0)
-
-
-def bond_price(face: float, coupon: float, ytm: float, years: int, freq: int) -> float:
-    """Present value of a plain bond's coupons and face value at a yield compounded `freq`/year."""
-    payment, periodic, n = face * coupon / freq, ytm / freq, years * freq
-    return sum(payment / (1 + periodic) ** t for t in range(1, n + 1)) + face / (1 + periodic) ** n
-
-
-def yield_to_maturity(price: float, face: float, coupon: float, years: int, freq: int) -> float:
-    """The annual yield (compounded `freq`/year) whose bond price equals the quoted price."""
-    return find_root(lambda y: bond_price(face, coupon, y, years, freq) - price, -0.5, 2.0)
-
-
-def effective_annual_rate(apr: float, periods_per_year: int) -> float:
-    """Annual yield once compounding within the year is counted."""
-    return (1 + apr / periods_per_year) ** periods_per_year - 1
 
 
 # --- calculation examples ---------------------------------------------------------------------
@@ -167,41 +58,12 @@ class Calculation:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-COMPOUNDING = {1: "annually", 2: "semiannually", 4: "quarterly", 12: "monthly", 365: "daily"}
-
-
-def describe(params: dict[str, Any]) -> dict[str, str]:
-    """Params as the phrases a question uses, chosen by key: *_pct, years, periods_per_year.
-
-    One naming convention instead of a hand-written phrase table per kind keeps the question
-    and the check in step: the template can only quote what the check recomputes.
-    """
-    fields: dict[str, str] = {}
-    for key, value in params.items():
-        if key.endswith("_pct"):
-            fields[key] = pct(value)
-        elif key == "years":
-            fields[key] = plural(value, "year")
-        elif key == "periods_per_year":
-            fields[key] = COMPOUNDING[value]
-        elif key == "cash_flows":
-            later = [f"{money(cf)} in year {t}" for t, cf in enumerate(value) if t > 0]
-            fields["cost"] = money(-value[0])
-            fields["flows_text"] = ", ".join(later[:-1]) + " and " + later[-1]
-            fields["flows_block"] = "\n".join(
-                f"Year {t}: {money(cf)}" for t, cf in enumerate(value)
-            )
-        else:
-            fields[key] = money(value)
-    return fields
-
-
 def make_compound_interest(rng: random.Random) -> Calculation:
     """Future value of a deposit, with all the usual compounding frequencies."""
     principal, rate = float(rng.randrange(10, 2001) * 100), rng.randrange(50, 1201, 5) / 100
     years, m = rng.randint(1, 40), rng.choice(sorted(COMPOUNDING))
     factor = (1 + rate / 100 / m) ** (m * years)
-    amount = compound_amount(principal, rate / 100, years, m)
+    amount = fm.compound_amount(principal, rate / 100, years, m)
     steps = [
         "Use the compound interest formula A = P × (1 + r/n)^(n × t).",
         f"Here P = {usd(principal)}, r = {pct(rate)} = {rate / 100:.4f}, n = {m} "
@@ -219,7 +81,7 @@ def make_present_value(rng: random.Random) -> Calculation:
     future, rate = float(rng.randrange(50, 10001) * 100), rng.randrange(100, 1001, 25) / 100
     years = rng.randint(1, 30)
     factor = (1 + rate / 100) ** years
-    value = present_value(future, rate / 100, years)
+    value = fm.present_value(future, rate / 100, years)
     steps = [
         "Discount the future amount with PV = FV / (1 + r)^t.",
         f"Here FV = {usd(future)}, r = {pct(rate)} = {rate / 100:.4f} and t = {years}.",
@@ -244,7 +106,7 @@ def make_loan_payment(rng: random.Random) -> Calculation:
     principal = float(rng.randrange(low * 2, high * 2 + 1) * 500)
     years, rate = rng.choice(terms), rng.randrange(rate_low, rate_high + 1, 5) / 100
     n, periodic = years * 12, rate / 100 / 12
-    payment = loan_payment(principal, rate / 100, years)
+    payment = fm.loan_payment(principal, rate / 100, years)
     steps = [
         "Use the amortizing loan payment formula PMT = P × r / (1 - (1 + r)^-n).",
         f"Monthly rate r = {pct(rate)} / 12 = {periodic:.8f}; number of payments "
@@ -258,15 +120,12 @@ def make_loan_payment(rng: random.Random) -> Calculation:
     return Calculation("loan_payment", params, payment, "USD", steps, {"loan": name})
 
 
-SUBJECTS = ("revenue", "portfolio value", "assets under management", "annual sales")
-
-
 def make_cagr(rng: random.Random) -> Calculation:
     """Growth rate implied by a start and end value (some paths shrink)."""
     begin, years = float(rng.randrange(10, 50001) * 100), rng.randint(2, 15)
     end = float(round(begin * (1 + rng.uniform(-0.08, 0.30)) ** years, -2))
     ratio = end / begin
-    rate = compound_growth_rate(begin, end, years) * 100
+    rate = fm.compound_growth_rate(begin, end, years) * 100
     steps = [
         "CAGR = (ending value / beginning value)^(1 / years) - 1.",
         f"Ratio: {usd(end)} / {usd(begin)} = {ratio:.8f}.",
@@ -274,7 +133,7 @@ def make_cagr(rng: random.Random) -> Calculation:
         f"CAGR = {ratio ** (1 / years):.8f} - 1 = {rate / 100:.8f} = {pct(rate)} a year.",
     ]
     params = {"begin": begin, "end": end, "years": years}
-    return Calculation("cagr", params, rate, "%", steps, {"subject": rng.choice(SUBJECTS)})
+    return Calculation("cagr", params, rate, "%", steps, {"subject": rng.choice(GROWTH_SUBJECTS)})
 
 
 def project_cash_flows(rng: random.Random) -> list[float]:
@@ -288,7 +147,7 @@ def make_npv(rng: random.Random) -> Calculation:
     """NPV of a project at a stated discount rate, term by term."""
     flows, rate = project_cash_flows(rng), rng.randrange(400, 1501, 25) / 100
     r = rate / 100
-    value = net_present_value(r, flows)
+    value = fm.net_present_value(r, flows)
     steps = [
         "NPV = Σ CF_t / (1 + r)^t, with the upfront cost as a negative flow at t = 0.",
         f"Discount rate r = {pct(rate)} = {r:.4f}. Year 0: {usd(flows[0])}.",
@@ -307,15 +166,15 @@ def make_irr(rng: random.Random) -> Calculation:
     flows = project_cash_flows(rng)
     while sum(flows[1:]) < -1.05 * flows[0]:
         flows = project_cash_flows(rng)
-    rate = internal_rate_of_return(flows) * 100
+    rate = fm.internal_rate_of_return(flows) * 100
     below, above = math.floor(rate), math.floor(rate) + 1
     steps = [
         "The IRR is the rate r that makes NPV = Σ CF_t / (1 + r)^t equal to zero. There is no "
         "closed form, so solve numerically: NPV falls as r rises, so bracket the root and narrow "
         "it down (bisection with Newton steps).",
         f"At r = 0% the NPV is simply the sum of the flows: {usd(sum(flows))}.",
-        f"At r = {below}% the NPV is {usd(net_present_value(below / 100, flows))}; at "
-        f"r = {above}% it is {usd(net_present_value(above / 100, flows))}, so the root lies "
+        f"At r = {below}% the NPV is {usd(fm.net_present_value(below / 100, flows))}; at "
+        f"r = {above}% it is {usd(fm.net_present_value(above / 100, flows))}, so the root lies "
         "between them.",
         f"Refining the bracket gives r = {rate / 100:.8f}, where the NPV is zero.",
     ]
@@ -348,7 +207,7 @@ def make_bond_price(rng: random.Random) -> Calculation:
     face, coupon, years, freq = terms.values()
     ytm = rng.randrange(100, 1001, 5) / 100
     i, n, c = ytm / 100 / freq, years * freq, face * coupon / 100 / freq
-    price = bond_price(face, coupon / 100, ytm / 100, years, freq)
+    price = fm.bond_price(face, coupon / 100, ytm / 100, years, freq)
     relation = "at a premium to" if price > face else "at a discount to" if price < face else "at"
     steps = bond_formula_steps(face, coupon, years, freq) + [
         f"i = {pct(ytm)} / {freq} = {i:.8f}.",
@@ -366,11 +225,11 @@ def make_bond_ytm(rng: random.Random) -> Calculation:
     terms = bond_terms(rng)
     face, coupon, years, freq = terms.values()
     true_yield = rng.randrange(500, 12001) / 100000
-    price = round(bond_price(face, coupon / 100, true_yield, years, freq), 2)
-    ytm = yield_to_maturity(price, face, coupon / 100, years, freq) * 100
+    price = round(fm.bond_price(face, coupon / 100, true_yield, years, freq), 2)
+    ytm = fm.yield_to_maturity(price, face, coupon / 100, years, freq) * 100
     low, high = math.floor(ytm), math.floor(ytm) + 1
     low_price, high_price = (
-        bond_price(face, coupon / 100, y / 100, years, freq) for y in (low, high)
+        fm.bond_price(face, coupon / 100, y / 100, years, freq) for y in (low, high)
     )
     cheap = price < face
     steps = bond_formula_steps(face, coupon, years, freq) + [
@@ -399,12 +258,6 @@ RATIOS = {  # kind: (numerator items, denominator, its range in $1,000s, ratio r
     ),
     "debt_to_equity": (("total debt",), "shareholders' equity", (100, 80000), (0.1, 3.0)),
     "interest_coverage": (("EBIT",), "interest expense", (20, 30000), (0.8, 15.0)),
-}
-RATIO_REMARKS = {
-    "current_ratio": "Current assets cover short-term obligations {:.2f} times.",
-    "quick_ratio": "Inventory is left out because it may not turn into cash quickly.",
-    "debt_to_equity": "Creditors fund ${:.2f} for every dollar of equity.",
-    "interest_coverage": "Operating profit covers the interest bill {:.2f} times.",
 }
 
 
@@ -465,7 +318,7 @@ def make_gross_margin(rng: random.Random) -> Calculation:
 def make_effective_annual_rate(rng: random.Random) -> Calculation:
     """APR to effective annual rate (APY)."""
     apr, m = rng.randrange(100, 2501, 5) / 100, rng.choice(sorted(COMPOUNDING)[1:])
-    ear = effective_annual_rate(apr / 100, m) * 100
+    ear = fm.effective_annual_rate(apr / 100, m) * 100
     steps = [
         "Effective annual rate = (1 + APR / n)^n - 1.",
         f"APR = {pct(apr)} = {apr / 100:.4f}, n = {m} ({COMPOUNDING[m]} compounding).",
@@ -495,11 +348,6 @@ MAKERS: dict[str, Callable[[random.Random], Calculation]] = {
 # --- records and splits -----------------------------------------------------------------------
 
 
-def render(template: Template, fields: dict[str, str]) -> tuple[str, str]:
-    """Fill an (instruction, input) template."""
-    return template[0].format(**fields), template[1].format(**fields)
-
-
 def calculation_record(rng: random.Random, calc: Calculation) -> Record:
     """An Alpaca record whose output shows the steps and ends with the formatted answer.
 
@@ -517,25 +365,6 @@ def calculation_record(rng: random.Random, calc: Calculation) -> Record:
 def prompt_key(record: Record) -> tuple[str, str]:
     """Instruction and input with whitespace collapsed, as the training loader deduplicates."""
     return " ".join(str(record["instruction"]).split()), " ".join(str(record["input"]).split())
-
-
-def concept_records(rng: random.Random) -> tuple[list[Record], list[Record]]:
-    """Several phrasings per concept: the first goes to the held-out split, the rest train.
-
-    Holding out a phrasing (not a whole concept) tests whether the model answers a question it
-    was not trained on verbatim, which is what the held-out loss is meant to show.
-    """
-    train: list[Record] = []
-    held_out: list[Record] = []
-    for term, explanation in CONCEPTS:
-        bare = term.removeprefix("the ").removeprefix("an ").removeprefix("a ")
-        fields = {"term": term, "bare": bare[0].upper() + bare[1:]}
-        chosen = rng.sample(CONCEPT_TEMPLATES, PHRASINGS_PER_CONCEPT)
-        for index, template in enumerate(chosen):
-            instruction, input_text = render(template, fields)
-            record = {"instruction": instruction, "input": input_text, "output": explanation}
-            (held_out if index == 0 else train).append(record)
-    return train, held_out
 
 
 def calculation_records(
