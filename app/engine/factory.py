@@ -9,11 +9,13 @@ import torch
 
 from app.config import Settings
 from app.engine.capabilities import cpu_has_native_bf16
-from app.engine.loader import load_base_model
+from app.engine.loader import LoadedModel, load_base_model
 from app.engine.local import LocalEngine
 from app.engine.types import Engine
 
 log = logging.getLogger(__name__)
+
+BF16_MIN_PARAMS = 50_000_000
 
 
 def configure_cpu_threads(requested: int) -> None:
@@ -45,20 +47,24 @@ def build_engine(settings: Settings) -> Engine:
     return LocalEngine(
         loaded,
         max_context_tokens=settings.max_context_tokens,
-        fast_dtype=cpu_fast_dtype(settings.dtype, loaded.dtype, loaded.device),
+        fast_dtype=cpu_fast_dtype(loaded, settings.dtype),
     )
 
 
-def cpu_fast_dtype(
-    setting: str, model_dtype: torch.dtype, device: torch.device
-) -> torch.dtype | None:
-    """bf16 for the lean CPU path when the dtype was left on auto and the CPU runs bf16 natively.
+def cpu_fast_dtype(loaded: LoadedModel, setting: str) -> torch.dtype | None:
+    """bf16 for the lean CPU path when the dtype was left on auto and it pays off.
 
-    An explicit `TELLER_DTYPE=float32` keeps decoding bit-identical to transformers' float32.
+    It pays off where reading the weights bounds each step (SmolLM2-135M: ~540 MB of float32
+    per token) on a CPU with native bf16; a model under `BF16_MIN_PARAMS` is bound by per-op
+    overhead instead, gains nothing and keeps exact float32 (tiny test models among them). An
+    explicit `TELLER_DTYPE=float32` keeps decoding bit-identical to transformers' float32.
     """
-    if setting == "auto" and device.type == "cpu" and model_dtype == torch.float32:
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    return None
+    if setting != "auto" or loaded.device.type != "cpu" or loaded.dtype != torch.float32:
+        return None
+    if not cpu_has_native_bf16():
+        return None
+    params = sum(p.numel() for p in loaded.model.parameters())
+    return torch.bfloat16 if params >= BF16_MIN_PARAMS else None
 
 
 def build_remote_engine(settings: Settings) -> Engine:

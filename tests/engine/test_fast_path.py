@@ -106,3 +106,17 @@ def test_unloading_the_last_adapter_returns_to_the_base(
     assert answer(engine, "growth").text != before
     asyncio.run(engine.unload_adapter("growth"))
     assert answer(engine, None).text == before
+
+
+def test_make_run_picks_bf16_only_where_it_pays(
+    default_model_dir: Path, tiny_llama_dir: Path
+) -> None:
+    """SmolLM2 decodes in bf16 on a CPU with native bf16; tiny models keep exact float32."""
+    from app.engine.capabilities import cpu_has_native_bf16
+    from app.engine.factory import cpu_fast_dtype
+
+    default = load_base_model(str(default_model_dir), device="cpu")
+    native = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert cpu_fast_dtype(default, "auto") == native
+    assert cpu_fast_dtype(default, "float32") is None
+    assert cpu_fast_dtype(load_base_model(str(tiny_llama_dir), device="cpu"), "auto") is None
