@@ -87,12 +87,15 @@ def answers(live: LiveServer) -> list[tuple]:
 
 
 def ask(page: Page, question: str) -> None:
+    """Send a question and wait for *its* answer: earlier answers on the page are already
+    complete, so wait for one more assistant message first."""
+    answers_on_page = page.locator("article.msg.assistant")
+    before = answers_on_page.count()
     box = page.get_by_label("Message")
     box.fill(question)
     box.press("Enter")
-    expect(page.locator("article.msg.assistant").last).to_have_attribute(
-        "data-status", "complete", timeout=WAIT
-    )
+    expect(answers_on_page).to_have_count(before + 1, timeout=WAIT)
+    expect(answers_on_page.last).to_have_attribute("data-status", "complete", timeout=WAIT)
 
 
 def test_upload_activate_chat_roll_back_and_compare(
