@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         "You are Teller, a careful assistant for finance professionals. "
         "Answer precisely, show calculations step by step, and say when you are unsure."
     )
+    scheduler: Literal["auto", "batch", "sequential"] = "auto"
+    """`batch`: continuous batching, many answers share each forward step (Falcon-family
+    models); `sequential`: one answer at a time; `auto`: batch on CUDA where the model allows."""
+    max_batch: int = Field(32, ge=1, le=256)
+    """Answers generated together by the batch scheduler (KV cache slots on the GPU)."""
+    max_queue: int = Field(64, ge=1)
+    """Requests waiting for the model; beyond this they get 503 with Retry-After."""
     cpu_threads: int = Field(0, ge=0)
     """Torch intra-op threads on CPU; 0 lets Teller pick (all physical cores)."""
 

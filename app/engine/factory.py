@@ -44,11 +44,54 @@ def build_engine(settings: Settings) -> Engine:
         "model %s on %s (%s, quantization %s)",
         loaded.source, loaded.device, loaded.dtype, loaded.quantization,
     )  # fmt: skip
+    if use_batch_scheduler(settings.scheduler, loaded):
+        from app.engine.batch_engine import BatchEngine
+
+        log.info("continuous batching, up to %d answers per step", settings.max_batch)
+        return BatchEngine(
+            loaded,
+            max_batch=settings.max_batch,
+            max_queue=settings.max_queue,
+            max_context_tokens=settings.max_context_tokens,
+            linear_override=nf4_override(loaded),
+        )
     return LocalEngine(
         loaded,
+        max_queue=settings.max_queue,
         max_context_tokens=settings.max_context_tokens,
         fast_dtype=cpu_fast_dtype(loaded, settings.dtype),
     )
+
+
+def use_batch_scheduler(setting: str, loaded: LoadedModel) -> bool:
+    """Whether this model runs on the batch scheduler.
+
+    Raises:
+        ModelLoadError: `batch` was asked for a model the batched path cannot run.
+    """
+    from app.engine.fast_falcon import unsupported_reason
+    from app.engine.loader import ModelLoadError
+
+    if setting == "sequential":
+        return False
+    reason = unsupported_reason(loaded.model)
+    if setting == "batch" and reason is not None:
+        raise ModelLoadError(f"TELLER_SCHEDULER=batch cannot run this model: {reason}")
+    if reason is not None:
+        log.info("batch scheduler off: %s", reason)
+        return False
+    return setting == "batch" or loaded.device.type == "cuda"
+
+
+def nf4_override(loaded: LoadedModel):  # noqa: ANN201 - FalconBatch's linear_override or None
+    """The Triton NF4 kernel for 4-bit projections on CUDA, when it is available."""
+    if loaded.device.type != "cuda" or loaded.quantization != "nf4":
+        return None
+    try:
+        from app.engine.nf4_matmul import linear_override, triton_available
+    except ImportError:
+        return None
+    return linear_override if triton_available(loaded.device) else None
 
 
 def cpu_fast_dtype(loaded: LoadedModel, setting: str) -> torch.dtype | None:

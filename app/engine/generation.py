@@ -96,6 +96,105 @@ def _make_generator(seed: int | None, device: torch.device) -> torch.Generator |
     return generator
 
 
+class SequenceDecoder:
+    """One request's token-by-token bookkeeping: sampling, EOS, stop strings, text, events.
+
+    Shared by the one-request loop below and the batch scheduler, which feeds each running
+    sequence its row of a batched forward's logits.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        request: PreparedRequest,
+        eos: set[int],
+        emit: Callable[[Event], None],
+        device: torch.device,
+    ) -> None:
+        self.request = request
+        self.started = time.perf_counter()
+        self.first_token_s: float | None = None
+        self.completion = 0
+        self.last_token: int | None = None
+        self.finished = False
+        self._eos = eos
+        self._emit = emit
+        self._generator = _make_generator(request.sampling.seed, device)
+        self._detok = IncrementalDetokenizer(tokenizer, request.prompt_ids)
+        self._stops = StopStringFilter(request.stop)
+        self._parts: list[str] = []
+        self._reason: FinishReason = "length"
+        self._hit_stop_string = False
+
+    @property
+    def wants_more(self) -> bool:
+        """True while another forward pass is needed for this sequence."""
+        return not self.finished and self.completion < self.request.sampling.max_new_tokens
+
+    def push(self, logits: torch.Tensor) -> bool:
+        """Pick the next token from `logits` (V,) and emit its text; True once finished."""
+        if self.request.is_cancelled():
+            return self.finish("cancelled")
+        return self.push_token(sample(logits, self.request.sampling, self._generator))
+
+    def push_token(self, token: int) -> bool:
+        """Take an already chosen token (a batch's argmax for greedy rows); True once finished."""
+        if self.request.is_cancelled():
+            return self.finish("cancelled")
+        self.completion += 1
+        self.last_token = token
+        if token in self._eos:
+            return self.finish("stop")
+        text, stopped = self._stops.push(self._detok.push(token))
+        self._send(text)
+        if stopped:
+            self._hit_stop_string = True
+            return self.finish("stop")
+        if self.completion >= self.request.sampling.max_new_tokens:
+            return self.finish("length")
+        return False
+
+    def finish(self, reason: FinishReason, error: str = "") -> bool:
+        """Flush held-back text and emit the one FinishEvent (later calls do nothing)."""
+        if self.finished:
+            return True
+        self.finished = True
+        self._reason = reason
+        if not self._hit_stop_string and not error:
+            tail, stopped = self._stops.push(self._detok.flush())
+            self._send(tail if stopped else tail + self._stops.flush())
+        self._emit(
+            FinishEvent(
+                reason=reason,
+                text="".join(self._parts),
+                prompt_tokens=len(self.request.prompt_ids),
+                completion_tokens=self.completion,
+                error=error,
+            )
+        )
+        return True
+
+    def stats(self) -> GenerationStats:
+        return GenerationStats(
+            prompt_tokens=len(self.request.prompt_ids),
+            completion_tokens=self.completion,
+            first_token_s=self.first_token_s,
+            total_s=time.perf_counter() - self.started,
+        )
+
+    def _send(self, text: str) -> None:
+        if text:
+            if self.first_token_s is None:
+                self.first_token_s = time.perf_counter() - self.started
+            self._parts.append(text)
+            self._emit(TokenEvent(text))
+
+
+def eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    """Token ids that end an answer: the tokenizer's and the generation config's EOS."""
+    return _eos_ids(tokenizer, model)
+
+
 @torch.inference_mode()
 def run_generation(
     model: Any,
@@ -109,60 +208,13 @@ def run_generation(
     Args:
         stepper: runs the forward passes; the transformers path when None.
     """
-    started = time.perf_counter()
     device = next(model.parameters()).device
-    params = request.sampling
-    eos = _eos_ids(tokenizer, model)
-    generator = _make_generator(params.seed, device)
-    detok = IncrementalDetokenizer(tokenizer, request.prompt_ids)
-    stops = StopStringFilter(request.stop)
+    decoder = SequenceDecoder(tokenizer, request, _eos_ids(tokenizer, model), emit, device)
+    if not decoder.wants_more:  # max_new_tokens of 0: nothing to generate
+        decoder.finish("length")
+        return decoder.stats()
     stepper = stepper or TransformersStepper(model, request.forward_kwargs)
-    text_parts: list[str] = []
-    first_token_s: float | None = None
-    completion = 0
-    reason: FinishReason = "length"
-    hit_stop_string = False
-
-    def send(text: str) -> None:
-        nonlocal first_token_s
-        if text:
-            if first_token_s is None:
-                first_token_s = time.perf_counter() - started
-            text_parts.append(text)
-            emit(TokenEvent(text))
-
     logits = stepper.prefill(request.prompt_ids)  # (V,)
-    while completion < params.max_new_tokens:
-        if request.is_cancelled():
-            reason = "cancelled"
-            break
-        token = sample(logits, params, generator)
-        completion += 1
-        if token in eos:
-            reason = "stop"
-            break
-        text, stopped = stops.push(detok.push(token))
-        send(text)
-        if stopped:
-            reason, hit_stop_string = "stop", True
-            break
-        if completion >= params.max_new_tokens:
-            break
-        logits = stepper.decode(token)
-    if not hit_stop_string:
-        tail, stopped = stops.push(detok.flush())
-        send(tail if stopped else tail + stops.flush())
-    emit(
-        FinishEvent(
-            reason=reason,
-            text="".join(text_parts),
-            prompt_tokens=len(request.prompt_ids),
-            completion_tokens=completion,
-        )
-    )
-    return GenerationStats(
-        prompt_tokens=len(request.prompt_ids),
-        completion_tokens=completion,
-        first_token_s=first_token_s,
-        total_s=time.perf_counter() - started,
-    )
+    while not decoder.push(logits):
+        logits = stepper.decode(decoder.last_token)  # type: ignore[arg-type]
+    return decoder.stats()

@@ -1,0 +1,278 @@
+"""Continuous batching: one worker thread owns the GPU and steps every running answer at once.
+
+A decode step of a 7B model reads all its weights whatever the batch size, so answering 32
+users together costs about what answering one does. The loop:
+
+1. run control actions (adapter loads/unloads) between steps, never during one;
+2. admit waiting requests into free slots: each prompt is prefilled on its own (prefill is
+   compute-bound, decode is memory-bound: mixing them would slow both) within a per-iteration
+   token budget, so running answers keep streaming while a long prompt waits its turn;
+3. one decode step for all running rows, each with its own adapter and sampling settings;
+4. rows that finished (EOS, stop string, length, cancelled, client gone) leave at once; the
+   last row moves into the hole so rows stay contiguous and decode reads one cache view.
+
+Requests beyond `max_batch` wait in a bounded queue; when that is full `generate` raises
+`EngineBusy` (the web layer answers 503 with Retry-After).
+
+transformers 5 ships its own continuous batching (`generate_batch`, paged attention), but it
+cannot give each request its own LoRA adapter, which is what Teller's per-conversation adapter
+picker needs, and it does not capture bitsandbytes NF4 steps in CUDA graphs; hence this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app.engine.decode_graphs import GraphedDecode
+from app.engine.fast_falcon import FalconBatch
+from app.engine.generation import PreparedRequest, SequenceDecoder, eos_ids
+from app.engine.loader import LoadedModel
+from app.engine.local import _STOP, LocalEngine, _Control, _Job
+from app.engine.types import EngineBusy, EngineError, FinishEvent, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+PREFILL_TOKEN_BUDGET = 4096
+"""Prompt tokens prefilled per loop iteration before running rows get their next step."""
+
+
+@dataclass
+class _Row:
+    decoder: SequenceDecoder
+    adapter: str | None
+    length: int
+    """Tokens in this row's cache; the next decoded token goes at this position."""
+
+
+class BatchEngine(LocalEngine):
+    """`LocalEngine`'s interface (adapters, prompt formats, events) with a batching loop.
+
+    Args:
+        max_batch: rows decoded together; also the KV cache's slot count.
+        max_queue: requests waiting for a slot before `generate` answers busy.
+        cuda_graphs: replay decode steps from CUDA graphs (None: whenever on CUDA).
+        linear_override: a faster kernel for the base projections (see `FalconBatch`).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 64,
+        max_context_tokens: int = 2048,
+        cuda_graphs: bool | None = None,
+        linear_override: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self._max_batch = max_batch
+        self._max_waiting = max_queue
+        self._graphs_wanted = loaded.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self._linear_override = linear_override
+        self._waiting: deque[_Job] = deque()
+        self._rows: list[_Row] = []
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._batch: FalconBatch | None = None
+        self._graphed: GraphedDecode | None = None
+        self._eos: set[int] = set()
+        self._broken = ""
+        self.ready = threading.Event()
+        super().__init__(
+            loaded,
+            max_queue=0,  # unbounded hand-over queue; `_max_waiting` bounds what waits
+            max_context_tokens=max_context_tokens,
+            fast_path=False,
+            **kwargs,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pending
+
+    @property
+    def _ready_batch(self) -> FalconBatch:
+        if self._batch is None:
+            raise EngineError("the batch engine has not started")
+        return self._batch
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    def generate(self, request: GenerationRequest):  # noqa: ANN201 - LocalEngine's stream
+        with self._pending_lock:
+            if self._pending >= self._max_waiting:
+                raise EngineBusy(retry_after=2)
+            self._pending += 1
+        try:
+            return super().generate(request)
+        except EngineError:
+            with self._pending_lock:
+                self._pending -= 1
+            raise
+
+    # ---- worker ---------------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Lay out the weights and cache, and capture the common decode graphs."""
+        self._batch = FalconBatch(
+            self.model,
+            slots=self._max_batch,
+            max_tokens=self._max_context,
+            linear_override=self._linear_override,
+        )
+        self._eos = eos_ids(self.tokenizer, self.model)
+        if self._graphs_wanted:
+            self._graphed = GraphedDecode(self._batch, self._max_batch)
+            self._graphed.warm_up()
+
+    def _work(self) -> None:
+        try:
+            self._warm_up()
+        except Exception as exc:  # noqa: BLE001 - every request then fails with the reason
+            log.exception("batch engine failed to start")
+            self._broken = f"the model could not be prepared: {exc}"
+        finally:
+            self.ready.set()
+        while True:
+            idle = not self._rows and not self._waiting
+            if not self._take_items(block=idle):
+                self._fail_all("the server is shutting down")
+                return
+            if self._broken:
+                self._fail_all(self._broken)
+                continue
+            try:
+                self._admit()
+                if self._rows:
+                    self._step()
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                log.exception("out of memory during a batch step")
+                self._fail_all("out of GPU memory")
+            except Exception as exc:  # noqa: BLE001 - fail these answers, keep serving
+                log.exception("batch step failed")
+                self._fail_all(str(exc))
+
+    def _take_items(self, *, block: bool) -> bool:
+        """Move queued jobs to the waiting list and run control actions; False on stop."""
+        while True:
+            try:
+                item = self._queue.get(block=block, timeout=None)
+            except queue.Empty:
+                return True
+            block = False
+            if item is _STOP:
+                return False
+            if isinstance(item, _Control):
+                self._run_control(item)
+            else:
+                self._waiting.append(item)
+
+    def _run_control(self, item: _Control) -> None:
+        try:
+            item.done.set_result(item.action())
+        except Exception as exc:  # noqa: BLE001 - handed back to the awaiting caller
+            item.done.set_exception(exc)
+        if self._batch is not None:
+            self._batch.set_adapters(self.model)
+        for row in list(self._rows):
+            if row.adapter is not None and row.adapter not in self._adapter_formats:
+                row.decoder.finish("error", error=f"adapter {row.adapter!r} was unloaded")
+        self._compact()
+
+    def _admit(self) -> None:
+        budget = PREFILL_TOKEN_BUDGET
+        while self._waiting and len(self._rows) < self._max_batch and budget > 0:
+            job = self._waiting.popleft()
+            with self._pending_lock:
+                self._pending -= 1
+            budget -= self._start(job)
+
+    def _start(self, job: _Job) -> int:
+        """Prefill one request into the next free slot; return the prompt tokens it cost."""
+        if job.request.cancel.is_set():
+            job.emit(FinishEvent("cancelled", "", 0, 0))
+            return 0
+        try:
+            prepared = self.prepare(job.request)
+        except Exception as exc:  # noqa: BLE001 - this request fails, others go on
+            job.emit(FinishEvent("error", "", 0, 0, error=str(exc)))
+            return 0
+        decoder = self._decoder(prepared, job)
+        if not decoder.wants_more:
+            decoder.finish("length")
+            return 0
+        if prepared.adapter and prepared.adapter not in self._adapter_formats:
+            decoder.finish("error", error=f"adapter {prepared.adapter!r} is not loaded")
+            return 0
+        slot = len(self._rows)
+        logits = self._ready_batch.prefill(slot, prepared.prompt_ids, prepared.adapter)
+        if not decoder.push(logits):
+            self._rows.append(_Row(decoder, prepared.adapter, len(prepared.prompt_ids)))
+        return len(prepared.prompt_ids)
+
+    def _decoder(self, prepared: PreparedRequest, job: _Job) -> SequenceDecoder:
+        device = self._ready_batch.device
+        return SequenceDecoder(self.tokenizer, prepared, self._eos, job.emit, device)
+
+    def _step(self) -> None:
+        """One token for every running row."""
+        rows = self._rows
+        tokens = [row.decoder.last_token or 0 for row in rows]
+        positions = [row.length for row in rows]
+        adapters = [row.adapter for row in rows]
+        logits = self._decode(tokens, positions, adapters)  # (B, V)
+        greedy = logits.argmax(dim=-1).tolist()
+        for index, row in enumerate(rows):
+            row.length += 1
+            if row.decoder.request.sampling.temperature <= 0:
+                row.decoder.push_token(greedy[index])
+            else:
+                row.decoder.push(logits[index])
+            if row.length >= self._ready_batch.max_tokens and not row.decoder.finished:
+                row.decoder.finish("length")
+        self._compact()
+
+    def _decode(
+        self, tokens: list[int], positions: list[int], adapters: list[str | None]
+    ) -> torch.Tensor:
+        if self._graphed is not None:
+            return self._graphed(tokens, positions, adapters)
+        device = self._ready_batch.device
+        return self._ready_batch.decode(
+            torch.tensor(tokens, device=device),
+            torch.tensor(positions, device=device),
+            max(positions) + 1,
+            adapters=adapters,
+        )
+
+    def _compact(self) -> None:
+        """Drop finished rows; move the last live row into each hole (and its cache slot)."""
+        index = 0
+        while index < len(self._rows):
+            if not self._rows[index].decoder.finished:
+                index += 1
+                continue
+            last = len(self._rows) - 1
+            if index != last:
+                self._ready_batch.move(last, index)
+                self._rows[index] = self._rows[last]
+            self._rows.pop()
+
+    def _fail_all(self, error: str) -> None:
+        for row in self._rows:
+            row.decoder.finish("error", error=error)
+        self._rows.clear()
+        while self._waiting:
+            self._waiting.popleft().emit(FinishEvent("error", "", 0, 0, error=error))
+            with self._pending_lock:
+                self._pending -= 1

@@ -1,0 +1,285 @@
+"""A lean, batched Falcon forward over a preallocated KV cache, for the batch scheduler.
+
+transformers' Falcon runs one request's tensors through cache objects, mask builders and
+PEFT's per-layer dispatch; on a GPU that is thousands of small launches per token and the card
+idles most of the time. This module keeps the maths (same ops as `modeling_falcon`) and drops
+the machinery:
+
+- the KV cache is one preallocated tensor per layer, one slot per running sequence; batch row
+  `i` always lives in slot `i`, so decode attends over a view of the cache, never a copy;
+- `prefill` runs one new sequence's prompt into its slot; `decode` runs one token for each of
+  the first B slots at their own positions, with fixed shapes a CUDA graph can capture;
+- the base projections are called as loaded (bitsandbytes NF4 `Linear4bit`, or plain linear
+  layers on CPU); LoRA factors come from a `LoraBank`, so each row may use its own adapter.
+
+Only the Falcon-7B/40B-style block qualifies (`unsupported_reason`): rotary positions, one
+shared layer norm feeding parallel attention and MLP, no biases, no ALiBi.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from app.engine.lora_bank import LoraBank, read_peft_factors
+
+PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+ATTENTION = ("query_key_value", "dense")
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+def base_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper, or the model itself."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why this model cannot take the batched Falcon path, or None when it can."""
+    config = base_model(model).config
+    if config.model_type != "falcon":
+        return f"architecture {config.model_type} has no batched path"
+    if config.new_decoder_architecture or not config.parallel_attn:
+        return "only the Falcon-7B block layout (parallel attention, one layer norm)"
+    if config.alibi or config.bias:
+        return "ALiBi or biases"
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        return f"rope type {rope.get('rope_type')}"
+    return _adapter_reason(model)
+
+
+def _adapter_reason(model: Any) -> str | None:
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        return None
+    for name, config in model.peft_config.items():
+        if getattr(config, "use_dora", False):
+            return f"adapter {name} uses DoRA"
+        if getattr(config, "modules_to_save", None):
+            return f"adapter {name} trains extra modules"
+    for module_name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            if module_name.rsplit(".", 1)[-1] not in PROJECTIONS:
+                return f"LoRA on {module_name}"
+            if module.lora_embedding_A or module.merged_adapters:
+                return f"merged or embedding LoRA on {module_name}"
+    return None
+
+
+@dataclass
+class _Layer:
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    linears: dict[str, Linear]
+    """Projection name → the base projection (LoRA is added separately)."""
+
+
+def _base_linear(module: torch.nn.Module) -> Linear:
+    """The projection without PEFT's wrapper: the loaded Linear4bit or plain linear itself."""
+    return getattr(module, "base_layer", module)
+
+
+class FalconBatch:
+    """The model's weights, a KV cache with `slots` sequence slots, and adapter factors.
+
+    Args:
+        model: transformers (optionally PEFT-wrapped) Falcon; weights are shared, not copied.
+        slots: most sequences running at once.
+        max_tokens: longest sequence (prompt + answer) a slot holds.
+        linear_override: replaces a base projection's forward (a faster NF4 kernel); gets the
+            module and returns the callable to use, or None to keep the module's own.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        slots: int,
+        max_tokens: int,
+        linear_override: Callable[[torch.nn.Module], Linear | None] | None = None,
+    ) -> None:
+        base = base_model(model)
+        config = base.config
+        transformer = base.transformer
+        self.device = transformer.word_embeddings.weight.device
+        self.dtype = transformer.word_embeddings.weight.dtype
+        self.n_heads = config.num_attention_heads
+        self.n_kv = 1 if config.multi_query else self.n_heads
+        self.head_dim = config.hidden_size // self.n_heads
+        self.eps = config.layer_norm_epsilon
+        self.embed = transformer.word_embeddings.weight
+        self.final_norm = transformer.ln_f
+        self.lm_head = base.lm_head
+        self.slots = slots
+        self.max_tokens = max_tokens
+        self._blocks = transformer.h
+        self.layers = [
+            _Layer(
+                norm_weight=block.input_layernorm.weight,
+                norm_bias=block.input_layernorm.bias,
+                linears={
+                    name: (linear_override and linear_override(_base_linear(module)))
+                    or _base_linear(module)
+                    for name, module in self._projections(block).items()
+                },
+            )
+            for block in transformer.h
+        ]
+        shape = (len(self.layers), slots, self.n_kv, max_tokens, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        positions = torch.arange(max_tokens, device=self.device).unsqueeze(0)
+        cos, sin = transformer.rotary_emb(self.embed[:1].unsqueeze(0), positions)  # (1, T, D)
+        self.cos, self.sin = cos[0], sin[0]  # (T, D)
+        self.lora = LoraBank(self.dtype, self.device)
+        self.set_adapters(model)
+
+    @staticmethod
+    def _projections(block: Any) -> dict[str, torch.nn.Module]:
+        attention, mlp = block.self_attention, block.mlp
+        return {
+            name: getattr(attention if name in ATTENTION else mlp, name) for name in PROJECTIONS
+        }
+
+    def set_adapters(self, model: Any) -> None:
+        """Re-read every loaded adapter's factors (after a load or unload)."""
+        self.lora.replace(read_peft_factors([self._projections(b) for b in self._blocks]))
+
+    # ---- forward pieces -----------------------------------------------------------------
+
+    def _project(
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        adapters: Sequence[str | None] | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        out = self.layers[index].linears[name](x)
+        if mask is not None:
+            return self.lora.add_masked(out, x, index, name, mask)
+        if adapters is not None:
+            return self.lora.add_grouped(out, x, index, name, adapters)
+        return out
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, S, (H+2KV)·D) fused projection → q (B, H, S, D), k and v (B, KV, S, D)."""
+        batch, length, _ = qkv.shape
+        if self.n_kv == 1:
+            fused = qkv.view(batch, length, self.n_heads + 2, self.head_dim)
+            q, k, v = fused[..., :-2, :], fused[..., -2:-1, :], fused[..., -1:, :]
+        else:
+            fused = qkv.view(batch, length, self.n_heads, 3, self.head_dim)
+            q, k, v = fused[..., 0, :], fused[..., 1, :], fused[..., 2, :]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _block(
+        self,
+        index: int,
+        x: torch.Tensor,
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        adapters: Sequence[str | None] | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One decoder block on (B, S, C): parallel attention and MLP off one layer norm."""
+        layer = self.layers[index]
+        h = F.layer_norm(x, (x.shape[-1],), layer.norm_weight, layer.norm_bias, self.eps)
+        q, k, v = self._split(self._project(h, index, "query_key_value", adapters, mask))
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        attn = attend(index, q, k, v)  # (B, H, S, D)
+        batch, _, length, _ = attn.shape
+        attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
+        attn = self._project(attn, index, "dense", adapters, mask)
+        mlp = F.gelu(self._project(h, index, "dense_h_to_4h", adapters, mask))
+        mlp = self._project(mlp, index, "dense_4h_to_h", adapters, mask)
+        return x + (mlp + attn)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.final_norm(x)).float()
+
+    # ---- public steps -------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, token_ids: Sequence[int], adapter: str | None) -> torch.Tensor:
+        """Run a new sequence's prompt into `slot`; return logits (V,) for the next token."""
+        length = len(token_ids)
+        if not 0 < length <= self.max_tokens:
+            raise ValueError(f"a prompt of {length} tokens does not fit ({self.max_tokens})")
+        ids = torch.tensor([list(token_ids)], device=self.device)
+        x = F.embedding(ids, self.embed)  # (1, S, C)
+        cos, sin = self.cos[:length], self.sin[:length]
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.k_cache[index, slot, :, :length] = k[0]
+            self.v_cache[index, slot, :, :length] = v[0]
+            return F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, enable_gqa=True)
+
+        adapters = [adapter] if adapter is not None else None
+        for index in range(len(self.layers)):
+            x = self._block(index, x, attend, cos, sin, adapters, None)
+        return self._logits(x[:, -1])[0]
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        context: int,
+        *,
+        adapters: Sequence[str | None] | None = None,
+        lora_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One token for each of slots 0..B-1; logits (B, V).
+
+        Args:
+            tokens: (B,) the token each row just chose.
+            positions: (B,) where that token goes in its row's sequence.
+            context: how much of the cache to attend over (≥ every position + 1); a graph
+                bucket's fixed size, or the longest row when run eagerly.
+            adapters: per-row adapter names, added the PEFT way (eager steps).
+            lora_mask: (B, S*R) from `LoraBank.row_mask`, for fixed-shape (graphed) steps.
+        """
+        batch = tokens.shape[0]
+        rows = torch.arange(batch, device=self.device)
+        x = F.embedding(tokens, self.embed).unsqueeze(1)  # (B, 1, C)
+        cos = self.cos[positions].unsqueeze(1).unsqueeze(1)  # (B, 1, 1, D)
+        sin = self.sin[positions].unsqueeze(1).unsqueeze(1)
+        visible = torch.arange(context, device=self.device) <= positions.unsqueeze(1)
+        visible = visible.view(batch, 1, 1, context)  # (B, 1, 1, T)
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.k_cache[index, rows, :, positions] = k[:, :, 0]
+            self.v_cache[index, rows, :, positions] = v[:, :, 0]
+            keys = self.k_cache[index, :batch, :, :context]  # (B, KV, T, D)
+            values = self.v_cache[index, :batch, :, :context]
+            return F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=visible, enable_gqa=True
+            )
+
+        if lora_mask is not None:
+            lora_mask = lora_mask.unsqueeze(1)  # (B, 1, S*R) against (B, 1, ·) activations
+        for index in range(len(self.layers)):
+            x = self._block(index, x, attend, cos, sin, adapters, lora_mask)
+        return self._logits(x[:, 0])
+
+    def move(self, source: int, target: int) -> None:
+        """Copy a sequence's cache from slot `source` to `target` (keeps rows contiguous)."""
+        self.k_cache[:, target] = self.k_cache[:, source]
+        self.v_cache[:, target] = self.v_cache[:, source]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -1,0 +1,178 @@
+"""Every loaded LoRA adapter's factors, laid out so that one batch can mix adapters by row.
+
+Two ways to add the adapters' updates to a base projection's output:
+
+- `add_grouped`: rows grouped by adapter, each group's update computed as PEFT does
+  (`(x @ A.T) @ B.T * scale`, same ops, same order). Shapes depend on the batch, so it is for
+  eager steps: prefill, and every step on CPU, where it keeps results equal to PEFT's.
+- `add_masked`: one fixed-shape pair of matmuls for any mix of adapters. The A factors of all
+  loaded adapters are stacked into one (S*R, in) matrix and the B factors, scale folded in, into
+  one (out, S*R) matrix; a per-row mask keeps only the row's own adapter's R columns. Shapes
+  depend only on the batch size, so a CUDA graph captured once serves every mix of adapters,
+  and each step reads each adapter's factors once however many rows use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+Factors = tuple[torch.Tensor, torch.Tensor, float]
+"""(A (r, in), B (out, r), scale) of one adapted projection."""
+
+
+@dataclass
+class _Stacked:
+    a: torch.Tensor
+    """(S*R, in): every adapter's A, zero-padded to rank R."""
+    b: torch.Tensor
+    """(out, S*R): every adapter's B times its scale, zero-padded to rank R."""
+
+
+@dataclass
+class LoraBank:
+    """Adapter name → per-layer, per-projection factors, plus their stacked layout."""
+
+    dtype: torch.dtype
+    device: torch.device
+    adapters: dict[str, list[dict[str, Factors]]] = field(default_factory=dict)
+    version: int = 0
+    """Bumped whenever the adapter set changes (graphs over the stacked layout are rebuilt)."""
+    _stacked: dict[tuple[int, str], _Stacked] = field(default_factory=dict)
+
+    def replace(self, adapters: dict[str, list[dict[str, Factors]]]) -> None:
+        """Take a new adapter set (factors cast once to the compute dtype)."""
+        self.adapters = {
+            name: [
+                {proj: (self._cast(a), self._cast(b), s) for proj, (a, b, s) in layer.items()}
+                for layer in layers
+            ]
+            for name, layers in adapters.items()
+        }
+        self._stacked.clear()
+        self.version += 1
+
+    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to(device=self.device, dtype=self.dtype)
+
+    @property
+    def names(self) -> list[str]:
+        """Loaded adapters in slot order (a row's mask selects its adapter's slot)."""
+        return list(self.adapters)
+
+    @property
+    def rank(self) -> int:
+        """R: the largest rank loaded; smaller ones are zero-padded in the stacked layout."""
+        ranks = [
+            a.shape[0]
+            for layers in self.adapters.values()
+            for projections in layers
+            for a, _, _ in projections.values()
+        ]
+        return max(ranks, default=0)
+
+    def row_mask(self, adapters: Sequence[str | None], rows: int) -> torch.Tensor:
+        """(rows, S*R) mask: ones over each row's adapter's R columns, zeros elsewhere.
+
+        Rows past `len(adapters)` (a graph bucket's padding) and base-model rows get zeros.
+        """
+        names, rank = self.names, self.rank
+        mask = torch.zeros(rows, len(names) * rank, dtype=self.dtype)
+        for row, adapter in enumerate(adapters):
+            if adapter is not None:
+                slot = names.index(adapter)
+                mask[row, slot * rank : (slot + 1) * rank] = 1
+        return mask.to(self.device, non_blocking=True)
+
+    def add_masked(
+        self, out: torch.Tensor, x: torch.Tensor, layer: int, proj: str, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """`out + Σ_adapter mask·(x A.T) B.T·scale` for (B, in) rows and a (B, S*R) mask."""
+        stacked = self._stacked_for(layer, proj)
+        if stacked is None:
+            return out
+        return out + F.linear(F.linear(x, stacked.a) * mask, stacked.b)
+
+    def add_grouped(
+        self,
+        out: torch.Tensor,
+        x: torch.Tensor,
+        layer: int,
+        proj: str,
+        adapters: Sequence[str | None],
+    ) -> torch.Tensor:
+        """`out` plus each row's own adapter's update, computed the way PEFT computes it.
+
+        Args:
+            out: (B, ..., out) base projection output, one entry per row of `x`.
+            x: (B, ..., in) projection input.
+            adapters: one adapter name (or None) per row.
+        """
+        distinct = {name for name in adapters if name is not None}
+        if not distinct:
+            return out
+        if len(distinct) == 1 and None not in adapters:
+            return out + _peft_update(x, self.adapters[distinct.pop()][layer].get(proj))
+        out = out.clone()
+        for name in distinct:
+            rows = [i for i, adapter in enumerate(adapters) if adapter == name]
+            out[rows] = out[rows] + _peft_update(x[rows], self.adapters[name][layer].get(proj))
+        return out
+
+    def _stacked_for(self, layer: int, proj: str) -> _Stacked | None:
+        key = (layer, proj)
+        if key not in self._stacked:
+            rank = self.rank
+            factors = [layers[layer].get(proj) for layers in self.adapters.values()]
+            present = next((f for f in factors if f is not None), None)
+            if present is None:
+                return None
+            a_rows, b_cols = [], []
+            (_, in_features), (out_features, _) = present[0].shape, present[1].shape
+            for factor in factors:
+                a = torch.zeros(rank, in_features, dtype=self.dtype, device=self.device)
+                b = torch.zeros(out_features, rank, dtype=self.dtype, device=self.device)
+                if factor is not None:
+                    r = factor[0].shape[0]
+                    a[:r] = factor[0]
+                    b[:, :r] = factor[1] * factor[2]
+                a_rows.append(a)
+                b_cols.append(b)
+            self._stacked[key] = _Stacked(torch.cat(a_rows), torch.cat(b_cols, dim=1))
+        return self._stacked[key]
+
+
+def _peft_update(x: torch.Tensor, factors: Factors | None) -> torch.Tensor | float:
+    if factors is None:
+        return 0.0
+    a, b, scale = factors
+    return F.linear(F.linear(x, a), b) * scale
+
+
+def read_peft_factors(
+    layer_modules: Sequence[dict[str, torch.nn.Module]],
+) -> dict[str, list[dict[str, Factors]]]:
+    """Every adapter's LoRA factors from PEFT-wrapped projections.
+
+    Args:
+        layer_modules: per decoder layer, projection name → the module in the model (a PEFT
+            `LoraLayer` when adapters are attached, else a plain linear that carries none).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    found: dict[str, list[dict[str, Factors]]] = {}
+    for index, modules in enumerate(layer_modules):
+        for proj, module in modules.items():
+            if not isinstance(module, LoraLayer):
+                continue
+            for adapter in module.lora_A:
+                layers = found.setdefault(adapter, [{} for _ in layer_modules])
+                layers[index][proj] = (
+                    module.lora_A[adapter].weight,
+                    module.lora_B[adapter].weight,
+                    float(module.scaling[adapter]),
+                )
+    return found

@@ -1,0 +1,203 @@
+"""The batch scheduler on a tiny Falcon: many answers per step, each with its own adapter,
+each exactly the answer plain transformers + PEFT `generate` gives for that request alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.contract import ChatMessage, PromptFormat
+from app.engine.batch_engine import BatchEngine
+from app.engine.fast_falcon import unsupported_reason
+from app.engine.loader import load_base_model
+from app.engine.types import EngineBusy, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from tests.adapters.packages import make_package
+
+FALCON_PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+QUESTIONS = [
+    "How do I compute the yield to maturity of a bond?",
+    "What is working capital?",
+    "Explain duration and convexity in two sentences.",
+    "Is EBITDA a cash flow measure?",
+    "What does a negative net present value mean for a project?",
+]
+
+
+def request(question: str, adapter: str | None, tokens: int) -> GenerationRequest:
+    return GenerationRequest(
+        messages=[ChatMessage("user", question)],
+        adapter=adapter,
+        sampling=SamplingParams(temperature=0, max_new_tokens=tokens),
+    )
+
+
+async def collect(engine: BatchEngine, req: GenerationRequest) -> tuple[FinishEvent, str]:
+    streamed = []
+    async for event in engine.generate(req):
+        if isinstance(event, TokenEvent):
+            streamed.append(event.text)
+        else:
+            return event, "".join(streamed)
+    raise AssertionError("no finish event")
+
+
+def peft_reference(model, tokenizer, prompt_ids: list[int], adapter: str | None, n: int) -> str:  # noqa: ANN001
+    """Plain PEFT: transformers `generate` with the adapter switched on (or all off)."""
+    ids = torch.tensor([prompt_ids])
+    kwargs = {"attention_mask": torch.ones_like(ids), "max_new_tokens": n, "do_sample": False}
+    if adapter is None:
+        with model.disable_adapter():
+            out = model.generate(ids, **kwargs)
+    else:
+        model.set_adapter(adapter)
+        out = model.generate(ids, **kwargs)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def packages(tiny_falcon_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("falcon-adapters")
+    return {
+        "growth": make_package(
+            tiny_falcon_dir, root / "growth", seed=1, targets=FALCON_PROJECTIONS
+        ),
+        "income": make_package(
+            tiny_falcon_dir, root / "income", seed=2, rank=8, targets=("query_key_value",)
+        ),
+    }
+
+
+def make_engine(tiny_falcon_dir: Path, **kwargs) -> BatchEngine:  # noqa: ANN003
+    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
+    assert unsupported_reason(loaded.model) is None
+    return BatchEngine(loaded, max_context_tokens=256, **kwargs)
+
+
+def test_mixed_adapters_in_one_batch_match_peft_alone(
+    tiny_falcon_dir: Path, packages: dict[str, Path]
+) -> None:
+    from peft import PeftModel
+
+    engine = make_engine(tiny_falcon_dir, max_batch=4)
+    plan = [
+        (QUESTIONS[0], "growth", 24),
+        (QUESTIONS[1], "income", 9),  # leaves early: a later request takes its slot
+        (QUESTIONS[2], None, 30),
+        (QUESTIONS[3], "growth", 5),
+        (QUESTIONS[4], "income", 20),  # waits for a slot (max_batch 4), joins mid-flight
+    ]
+
+    async def run() -> list[tuple[FinishEvent, str]]:
+        for name, path in packages.items():
+            await engine.load_adapter(name, path, PromptFormat.ALPACA)
+        try:
+            return await asyncio.gather(*(collect(engine, request(q, a, n)) for q, a, n in plan))
+        finally:
+            await engine.close()
+
+    results = asyncio.run(run())
+
+    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
+    reference_model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
+    reference_model.load_adapter(str(packages["income"]), adapter_name="income")
+    reference_model.eval()
+    for (question, adapter, tokens), (finish, streamed) in zip(plan, results, strict=True):
+        prompt_ids = engine.prepare(request(question, adapter, tokens)).prompt_ids
+        expected = peft_reference(reference_model, loaded.tokenizer, prompt_ids, adapter, tokens)
+        assert finish.reason in ("length", "stop"), finish
+        assert finish.text == streamed == expected, (question, adapter)
+    # The adapters really change the answers, so the equality above is about the right one.
+    assert results[0][1] != peft_reference(
+        reference_model, loaded.tokenizer, engine.prepare(request(*plan[0])).prompt_ids, None, 24
+    )
+
+
+def test_a_cancelled_answer_frees_its_slot_for_the_next(tiny_falcon_dir: Path) -> None:
+    engine = make_engine(tiny_falcon_dir, max_batch=1)
+
+    async def run() -> tuple[FinishEvent, FinishEvent]:
+        first = request(QUESTIONS[0], None, 200)
+        stream = engine.generate(first)
+        async for event in stream:  # one token in: the answer is running
+            assert isinstance(event, TokenEvent)
+            break
+        first.cancel.set()
+        await stream.aclose()
+        second, _ = await collect(engine, request(QUESTIONS[1], None, 6))
+        await engine.close()
+        return second, first
+
+    second, _ = asyncio.run(run())
+    assert second.reason in ("length", "stop")
+    assert second.completion_tokens >= 1
+
+
+def test_a_full_queue_answers_busy_and_the_queued_ones_still_finish(
+    tiny_falcon_dir: Path,
+) -> None:
+    engine = make_engine(tiny_falcon_dir, max_batch=1, max_queue=2)
+
+    async def run() -> tuple[list[FinishEvent], bool]:
+        engine.ready.wait(60)
+        streams, refused = [], False
+        for question in QUESTIONS[:4]:  # one running + two waiting fill it by the fourth
+            try:
+                streams.append(engine.generate(request(question, None, 12)))
+            except EngineBusy:
+                refused = True
+                break
+        finishes = []
+        for stream in streams:
+            async for event in stream:
+                if isinstance(event, FinishEvent):
+                    finishes.append(event)
+        await engine.close()
+        return finishes, refused
+
+    finishes, refused = asyncio.run(run())
+    assert refused
+    assert len(finishes) in (2, 3)
+    assert all(f.reason in ("length", "stop") for f in finishes)
+
+
+def test_asking_for_an_adapter_that_is_not_loaded_is_refused(tiny_falcon_dir: Path) -> None:
+    from app.engine.types import EngineError
+
+    engine = make_engine(tiny_falcon_dir)
+
+    async def run() -> None:
+        with pytest.raises(EngineError, match="not loaded"):
+            engine.generate(request(QUESTIONS[0], "missing", 4))
+        await engine.close()
+
+    asyncio.run(run())
+
+
+def test_masked_lora_layout_equals_per_adapter_updates(
+    tiny_falcon_dir: Path, packages: dict[str, Path]
+) -> None:
+    """The fixed-shape LoRA layout that CUDA graphs replay gives each row its own adapter."""
+    from peft import PeftModel
+
+    from app.engine.fast_falcon import FalconBatch
+
+    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
+    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
+    model.load_adapter(str(packages["income"]), adapter_name="income")
+    batch = FalconBatch(model, slots=4, max_tokens=64)
+    adapters = ["income", None, "growth", "growth"]
+    for slot, adapter in enumerate(adapters):
+        batch.prefill(slot, torch.randint(0, 1000, (5 + slot,)).tolist(), adapter)
+    tokens, positions = torch.randint(0, 1000, (4,)), torch.tensor([5, 6, 7, 8])
+    snapshot = (batch.k_cache.clone(), batch.v_cache.clone())
+    grouped = batch.decode(tokens, positions, 9, adapters=adapters)
+    batch.k_cache.copy_(snapshot[0])
+    batch.v_cache.copy_(snapshot[1])
+    masked = batch.decode(tokens, positions, 9, lora_mask=batch.lora.row_mask(adapters, 4))
+    bare = batch.decode(tokens, positions, 9)
+    assert torch.allclose(masked, grouped, atol=1e-4, rtol=1e-4)
+    for row, adapter in enumerate(adapters):  # rows with an adapter differ from the bare model
+        assert torch.equal(bare[row], grouped[row]) == (adapter is None)
