@@ -131,8 +131,12 @@ class BatchEngine(LocalEngine):
         )
         self._eos = eos_ids(self.tokenizer, self.model)
         if self._graphs_wanted:
-            self._graphed = GraphedDecode(self._batch, self._max_batch)
-            self._graphed.warm_up()
+            try:
+                self._graphed = GraphedDecode(self._batch, self._max_batch)
+                self._graphed.warm_up()
+            except Exception:  # noqa: BLE001 - eager steps give the same answers, slower
+                log.exception("CUDA graph capture failed; decoding without graphs")
+                self._graphed = None
 
     def _work(self) -> None:
         try:

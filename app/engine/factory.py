@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 
 from app.config import Settings
 from app.engine.capabilities import cpu_has_native_bf16
+from app.engine.fast_falcon import Linear
 from app.engine.loader import LoadedModel, load_base_model
 from app.engine.local import LocalEngine
 from app.engine.types import Engine
@@ -83,15 +85,37 @@ def use_batch_scheduler(setting: str, loaded: LoadedModel) -> bool:
     return setting == "batch" or loaded.device.type == "cuda"
 
 
-def nf4_override(loaded: LoadedModel):  # noqa: ANN201 - FalconBatch's linear_override or None
-    """The Triton NF4 kernel for 4-bit projections on CUDA, when it is available."""
+def nf4_override(loaded: LoadedModel) -> Callable[[torch.nn.Module], Linear | None] | None:
+    """`FalconBatch`'s linear override: Teller's NF4 kernel for 4-bit projections on CUDA.
+
+    bitsandbytes' 4-bit GEMV reads the weights at about a third of the card's bandwidth, and
+    for more than one row it dequantizes the whole weight to bf16 first; the Triton kernel in
+    `nf4_matmul` reads the packed weights once for up to a batch of rows. None (keep
+    bitsandbytes) off CUDA, without NF4, or where Triton is missing.
+    """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4":
         return None
     try:
-        from app.engine.nf4_matmul import linear_override, triton_available
+        from app.engine.nf4_matmul import nf4_matmul, pack_linear4bit, triton_available
     except ImportError:
         return None
-    return linear_override if triton_available(loaded.device) else None
+    if not triton_available(loaded.device):
+        return None
+
+    def override(module: torch.nn.Module) -> Linear | None:
+        import bitsandbytes as bnb
+
+        if not isinstance(module, bnb.nn.Linear4bit) or module.bias is not None:
+            return None
+        packed = pack_linear4bit(module)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, packed.in_features)
+            return nf4_matmul(flat, packed).view(*x.shape[:-1], packed.out_features)
+
+        return forward
+
+    return override
 
 
 def cpu_fast_dtype(loaded: LoadedModel, setting: str) -> torch.dtype | None:
