@@ -89,6 +89,11 @@ def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]
     return run
 
 
+def _with_help(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Pass a leading `-h/--help` on to a delegated command's own parser."""
+    return lambda args: run(argparse.Namespace(rest=["--help"] * args.help_first + args.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teller", description="Teller: a private finance GPT.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -122,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "eval_main", "evaluate an adapter: teller eval ADAPTER --data FILE"),
     ):
         sub = commands.add_parser(name, help=help_text, add_help=False)
+        # REMAINDER does not take a leading option, so `teller train --help` is caught here.
+        sub.add_argument("-h", "--help", dest="help_first", action="store_true")
         sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(run=_delegate("training.cli", function))
+        sub.set_defaults(run=_with_help(_delegate("training.cli", function)))
     return parser
 
 
