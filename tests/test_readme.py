@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import subprocess
 import typing
 from pathlib import Path
 
@@ -195,3 +196,25 @@ def test_relative_links_point_at_files_and_headings(path: Path) -> None:
         if anchor:
             headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
             assert anchor in {slug(h) for h in headings}, f"{path.name}: no heading #{anchor}"
+
+
+def committed_bench_scripts() -> set[str]:
+    """bench/*.py under version control (a colleague's uncommitted script is not yet due)."""
+    if not (REPO / ".git").exists():
+        return {f"bench/{path.name}" for path in (REPO / "bench").glob("*.py")}
+    listing = subprocess.run(  # noqa: S603
+        ["git", "ls-files", "bench/*.py"],  # noqa: S607
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line for line in listing.stdout.splitlines() if line.count("/") == 1}
+
+
+def test_every_benchmark_script_is_documented() -> None:
+    listed = set(table_rows(section(README, "Benchmarks"), re.compile(r"bench/[a-z0-9_]+\.py")))
+    scripts = committed_bench_scripts()
+    assert not scripts - listed, f"add to README.md's Benchmarks: {sorted(scripts - listed)}"
+    missing = [script for script in listed if not (REPO / script).is_file()]
+    assert not missing, f"no such script: {missing}"
