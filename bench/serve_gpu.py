@@ -12,8 +12,8 @@ random, non-zero LoRA adapters (r=64, every Falcon linear module) are saved as p
 
 - `baseline`: transformers `generate` over an unmerged PEFT adapter (the plain recipe):
   batch-1 decode, TTFT for a 512-token prompt, batch-8 aggregate; and the NF4 base alone.
-- `teller`: `BatchEngine` in process, for each kernel variant (`bnb`: bitsandbytes'
-  kernels; `triton`: Teller's NF4 kernel where present): batch-1 decode with an adapter and
+- `teller`: `BatchEngine` in process, for each NF4 kernel variant (`bnb`, `bnb_flat`,
+  `triton`, `hybrid`: see `app.engine.factory.nf4_override`): batch-1 decode with an adapter and
   without, TTFT for 512 prompt tokens, and 8/32/64 concurrent streams over the 4 adapters
   (aggregate output tokens/s, p50/p95 TTFT). Each level runs twice; the second (warm) counts.
 - `http`: the same engine behind the real app and uvicorn, 32 concurrent `/v1/chat/completions`
@@ -206,12 +206,21 @@ def check_logits(loaded: LoadedModel, adapter: Path, ids: list[int]) -> dict:
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a0").eval()
+    tensor = torch.tensor([ids], device=loaded.device)
+    lean = FalconBatch(model, slots=1, max_tokens=len(ids) + 1)
     with torch.inference_mode():
-        ref = model(torch.tensor([ids], device=loaded.device)).logits[0, -1].float()
-        lean = FalconBatch(model, slots=1, max_tokens=len(ids) + 1).prefill(0, ids, "a0")
+        ref = model(tensor).logits[0, -1].float()
+        got = lean.prefill(0, ids, "a0")
+        with model.disable_adapter():
+            ref_base = model(tensor).logits[0, -1].float()
+        got_base = lean.prefill(0, ids, None)
     loaded.model = model.unload()
-    error = float((lean - ref).norm() / ref.norm())
-    return {"prefill_logits_rel_l2": error, "same_argmax": bool(lean.argmax() == ref.argmax())}
+    return {
+        "prefill_logits_rel_l2": float((got - ref).norm() / ref.norm()),
+        "same_argmax": bool(got.argmax() == ref.argmax()),
+        "base_only_prefill_logits_rel_l2": float((got_base - ref_base).norm() / ref_base.norm()),
+        "base_only_same_argmax": bool(got_base.argmax() == ref_base.argmax()),
+    }
 
 
 def greedy_reference(loaded: LoadedModel, adapter: Path, ids: list[int], n: int) -> list[int]:
@@ -427,7 +436,7 @@ def print_table(results: dict) -> None:
     for name, decode, ttft, levels in rows:
         cells = [f"{levels.get(n) or 0:7.0f}" for n in (8, 32, 64)]
         print(f"{name:32} {decode or 0:9.1f} {ttft or 0:7.1f}ms {' '.join(cells)}")  # noqa: T201
-    if "http" in results:
+    if "aggregate_chunks_s" in results.get("http", {}):
         h = results["http"]
         print(f"HTTP/SSE x{h['streams']}: {h['aggregate_chunks_s']:.0f} chunks/s, TTFT p50 "
               f"{h['ttft_p50_ms']:.0f} ms p95 {h['ttft_p95_ms']:.0f} ms, ok {h['ok']}")  # fmt: skip # noqa: T201
@@ -440,7 +449,7 @@ def main() -> int:  # noqa: PLR0915
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")],
                         default=[8, 32, 64])  # fmt: skip
-    parser.add_argument("--variants", default="bnb,triton")
+    parser.add_argument("--variants", default="bnb,bnb_flat,triton,hybrid")
     parser.add_argument("--no-http", action="store_true")
     args = parser.parse_args()
     args.baseline_tokens = 8 if args.smoke else 48
@@ -469,9 +478,10 @@ def main() -> int:  # noqa: PLR0915
     results["teller"] = {}
     engine: BatchEngine | None = None
     for variant in args.variants.split(","):
-        override = nf4_override(loaded) if variant == "triton" else None
-        if variant == "triton" and override is None:
-            results["teller"][variant] = {"skipped": "Triton NF4 kernel not available here"}
+        try:
+            override = nf4_override(loaded, variant)
+        except ValueError as exc:
+            results["teller"][variant] = {"skipped": str(exc)}
             continue
         if engine is not None:
             asyncio.run(engine.close())

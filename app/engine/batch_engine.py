@@ -58,6 +58,9 @@ class BatchEngine(LocalEngine):
         max_batch: rows decoded together; also the KV cache's slot count.
         max_queue: requests waiting for a slot before `generate` answers busy.
         cuda_graphs: replay decode steps from CUDA graphs (None: whenever on CUDA).
+        batch_prefill: prefill requests that arrive together in one padded forward (None:
+            on CUDA, where one forward per prompt re-reads every weight; on CPU prefill is
+            bound by arithmetic and single prompts keep results equal to transformers').
         linear_override: a faster kernel for the base projections (see `FalconBatch`).
     """
 
@@ -70,12 +73,15 @@ class BatchEngine(LocalEngine):
         max_context_tokens: int = 2048,
         cuda_graphs: bool | None = None,
         linear_override: Any = None,
+        batch_prefill: bool | None = None,
         **kwargs: Any,
     ) -> None:
         self._max_batch = max_batch
         self._max_waiting = max_queue
         self._graphs_wanted = loaded.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self._linear_override = linear_override
+        on_cuda = loaded.device.type == "cuda"
+        self._batch_prefill = on_cuda if batch_prefill is None else batch_prefill
         self._waiting: deque[_Job] = deque()
         self._rows: list[_Row] = []
         self._pending = 0
@@ -194,35 +200,59 @@ class BatchEngine(LocalEngine):
         self._compact()
 
     def _admit(self) -> None:
+        """Prefill waiting requests into free slots, up to the token budget per iteration."""
         budget = PREFILL_TOKEN_BUDGET
-        while self._waiting and len(self._rows) < self._max_batch and budget > 0:
+        starting: list[tuple[SequenceDecoder, PreparedRequest]] = []
+        while self._waiting and len(self._rows) + len(starting) < self._max_batch and budget > 0:
             job = self._waiting.popleft()
             with self._pending_lock:
                 self._pending -= 1
-            budget -= self._start(job)
+            ready = self._prepare_job(job)
+            if ready is not None:
+                starting.append(ready)
+                budget -= len(ready[1].prompt_ids)
+        if not starting:
+            return
+        batch = self._ready_batch
+        first = len(self._rows)
+        if self._batch_prefill and len(starting) > 1:
+            logits = batch.prefill_many(
+                range(first, first + len(starting)),
+                [prepared.prompt_ids for _, prepared in starting],
+                [prepared.adapter for _, prepared in starting],
+            )
+        else:
+            logits = torch.stack(
+                [
+                    batch.prefill(first + i, prepared.prompt_ids, prepared.adapter)
+                    for i, (_, prepared) in enumerate(starting)
+                ]
+            )
+        for (decoder, prepared), row_logits in zip(starting, logits, strict=True):
+            # Rows join in slot order; one that ends at its first token leaves a hole that
+            # `_compact` fills, so the remaining rows and their cache slots stay aligned.
+            self._rows.append(_Row(decoder, prepared.adapter, len(prepared.prompt_ids)))
+            decoder.push(row_logits)
+        self._compact()
 
-    def _start(self, job: _Job) -> int:
-        """Prefill one request into the next free slot; return the prompt tokens it cost."""
+    def _prepare_job(self, job: _Job) -> tuple[SequenceDecoder, PreparedRequest] | None:
+        """A waiting request ready to prefill, or None when it already ended (with its event)."""
         if job.request.cancel.is_set():
             job.emit(FinishEvent("cancelled", "", 0, 0))
-            return 0
+            return None
         try:
             prepared = self.prepare(job.request)
         except Exception as exc:  # noqa: BLE001 - this request fails, others go on
             job.emit(FinishEvent("error", "", 0, 0, error=str(exc)))
-            return 0
+            return None
         decoder = self._decoder(prepared, job)
         if not decoder.wants_more:
             decoder.finish("length")
-            return 0
+            return None
         if prepared.adapter and prepared.adapter not in self._adapter_formats:
             decoder.finish("error", error=f"adapter {prepared.adapter!r} is not loaded")
-            return 0
-        slot = len(self._rows)
-        logits = self._ready_batch.prefill(slot, prepared.prompt_ids, prepared.adapter)
-        if not decoder.push(logits):
-            self._rows.append(_Row(decoder, prepared.adapter, len(prepared.prompt_ids)))
-        return len(prepared.prompt_ids)
+            return None
+        return decoder, prepared
 
     def _decoder(self, prepared: PreparedRequest, job: _Job) -> SequenceDecoder:
         device = self._ready_batch.device

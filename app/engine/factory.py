@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -85,16 +86,53 @@ def use_batch_scheduler(setting: str, loaded: LoadedModel) -> bool:
     return setting == "batch" or loaded.device.type == "cuda"
 
 
-def nf4_override(loaded: LoadedModel) -> Callable[[torch.nn.Module], Linear | None] | None:
-    """`FalconBatch`'s linear override: Teller's NF4 kernel for 4-bit projections on CUDA.
+NF4Kernel = Literal["auto", "bnb", "bnb_flat", "triton", "hybrid"]
 
-    bitsandbytes' 4-bit GEMV reads the weights at about a third of the card's bandwidth, and
-    for more than one row it dequantizes the whole weight to bf16 first; the Triton kernel in
-    `nf4_matmul` reads the packed weights once for up to a batch of rows. None (keep
-    bitsandbytes) off CUDA, without NF4, or where Triton is missing.
+
+def nf4_override(
+    loaded: LoadedModel, kernel: NF4Kernel = "auto"
+) -> Callable[[torch.nn.Module], Linear | None] | None:
+    """`FalconBatch`'s linear override: which NF4 kernel runs the 4-bit projections on CUDA.
+
+    - `bnb`: bitsandbytes as loaded (None: no override);
+    - `bnb_flat`: bitsandbytes with the double-quantized scales expanded once (`nf4_flat`);
+    - `triton`: Teller's kernel (`nf4_matmul`), which reads the packed weights once for a
+      whole batch of rows, where bitsandbytes dequantizes the full weight to bf16 first;
+    - `hybrid`: `bnb_flat` for one row (its GEMV), `triton` for more;
+    - `auto`: `hybrid` where Triton runs, else `bnb_flat`.
     """
-    if loaded.device.type != "cuda" or loaded.quantization != "nf4":
+    if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
         return None
+    from app.engine.nf4_flat import flat_nf4_linear
+
+    triton = _triton_linear_factory(loaded)
+    if kernel == "auto":
+        kernel = "hybrid" if triton is not None else "bnb_flat"
+    if kernel == "bnb_flat":
+        return flat_nf4_linear
+    if triton is None:
+        raise ValueError(f"NF4 kernel {kernel!r} needs Triton on CUDA")
+    if kernel == "triton":
+        return triton
+
+    def hybrid(module: torch.nn.Module) -> Linear | None:
+        one_row, many_rows = flat_nf4_linear(module), triton(module)
+        if one_row is None or many_rows is None:
+            return one_row or many_rows
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            # Row counts are fixed per captured graph, so this choice is made at capture.
+            return one_row(x) if x.numel() == x.shape[-1] else many_rows(x)
+
+        return forward
+
+    return hybrid
+
+
+LinearOverride = Callable[[torch.nn.Module], Linear | None]
+
+
+def _triton_linear_factory(loaded: LoadedModel) -> LinearOverride | None:
     try:
         from app.engine.nf4_matmul import nf4_matmul, pack_linear4bit, triton_available
     except ImportError:

@@ -232,6 +232,45 @@ class FalconBatch:
         return self._logits(x[:, -1])[0]
 
     @torch.inference_mode()
+    def prefill_many(
+        self,
+        slots: Sequence[int],
+        prompts: Sequence[Sequence[int]],
+        adapters: Sequence[str | None],
+    ) -> torch.Tensor:
+        """Several new sequences' prompts in one forward; logits (N, V), one row each.
+
+        Prompts are right-padded to the longest; a key mask hides each row's padding, whose
+        cache entries (past the row's length) are overwritten by decode before anything
+        reads them. One forward reads (and, under bitsandbytes, dequantizes) every weight
+        once for all N prompts, where N single prefills would each pay for it.
+        """
+        lengths = [len(p) for p in prompts]
+        longest = max(lengths)
+        if min(lengths) < 1 or longest > self.max_tokens:
+            raise ValueError(f"prompts must hold 1..{self.max_tokens} tokens")
+        padded = [list(p) + [0] * (longest - len(p)) for p in prompts]
+        ids = torch.tensor(padded, device=self.device)  # (N, S)
+        lengths_t = torch.tensor(lengths, device=self.device)
+        slots_t = torch.tensor(list(slots), device=self.device)
+        x = F.embedding(ids, self.embed)  # (N, S, C)
+        cos, sin = self.cos[:longest], self.sin[:longest]
+        position = torch.arange(longest, device=self.device)
+        causal = position.view(1, longest, 1) >= position.view(1, 1, longest)  # (1, S, S)
+        real_key = position.view(1, 1, longest) < lengths_t.view(-1, 1, 1)  # (N, 1, S)
+        visible = (causal & real_key).unsqueeze(1)  # (N, 1, S, S)
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.k_cache[index, slots_t, :, :longest] = k
+            self.v_cache[index, slots_t, :, :longest] = v
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
+
+        for index in range(len(self.layers)):
+            x = self._block(index, x, attend, cos, sin, list(adapters), None)
+        last = x[torch.arange(len(prompts), device=self.device), lengths_t - 1]  # (N, C)
+        return self._logits(last)
+
+    @torch.inference_mode()
     def decode(
         self,
         tokens: torch.Tensor,

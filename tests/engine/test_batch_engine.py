@@ -76,12 +76,13 @@ def make_engine(tiny_falcon_dir: Path, **kwargs) -> BatchEngine:  # noqa: ANN003
     return BatchEngine(loaded, max_context_tokens=256, **kwargs)
 
 
+@pytest.mark.parametrize("batch_prefill", [False, True], ids=["one-prefill", "batched-prefill"])
 def test_mixed_adapters_in_one_batch_match_peft_alone(
-    tiny_falcon_dir: Path, packages: dict[str, Path]
+    tiny_falcon_dir: Path, packages: dict[str, Path], batch_prefill: bool
 ) -> None:
     from peft import PeftModel
 
-    engine = make_engine(tiny_falcon_dir, max_batch=4)
+    engine = make_engine(tiny_falcon_dir, max_batch=4, batch_prefill=batch_prefill)
     plan = [
         (QUESTIONS[0], "growth", 24),
         (QUESTIONS[1], "income", 9),  # leaves early: a later request takes its slot
@@ -201,3 +202,25 @@ def test_masked_lora_layout_equals_per_adapter_updates(
     assert torch.allclose(masked, grouped, atol=1e-4, rtol=1e-4)
     for row, adapter in enumerate(adapters):  # rows with an adapter differ from the bare model
         assert torch.equal(bare[row], grouped[row]) == (adapter is None)
+
+
+def test_batched_prefill_gives_each_prompt_its_own_logits_and_cache(
+    tiny_falcon_dir: Path, packages: dict[str, Path]
+) -> None:
+    from peft import PeftModel
+
+    from app.engine.fast_falcon import FalconBatch
+
+    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
+    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
+    batch = FalconBatch(model, slots=6, max_tokens=64)
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 1000, (n,)).tolist() for n in (7, 1, 12)]
+    adapters = ["growth", None, "growth"]
+    together = batch.prefill_many([0, 1, 2], prompts, adapters)
+    for row, (prompt, adapter) in enumerate(zip(prompts, adapters, strict=True)):
+        alone = batch.prefill(3 + row, prompt, adapter)
+        assert torch.allclose(together[row], alone, atol=1e-4, rtol=1e-4)
+        n = len(prompt)
+        cached, reference = batch.k_cache[:, row, :, :n], batch.k_cache[:, 3 + row, :, :n]
+        assert torch.allclose(cached, reference, atol=1e-4, rtol=1e-4)
