@@ -1,0 +1,497 @@
+"""NF4 x activations in one pass over the packed 4-bit weights, for batched decode on CUDA.
+
+bitsandbytes' 4-bit GEMV reaches about a third of memory bandwidth, and for more than one row
+it dequantizes the whole weight to 16 bits and runs a GEMM: roughly eight times the bytes of the
+packed weight. Decode with up to 64 rows is memory-bound, so a kernel that reads each packed
+byte once and multiplies all rows against it is what sets the step time.
+
+The weight of a `bitsandbytes.nn.Linear4bit` is repacked once (`pack_linear4bit`) into a layout
+the kernel streams contiguously; `nf4_matmul` runs the Triton kernel on CUDA and a plain torch
+reference (dequantize, then matmul) everywhere else, so CPU serving and tests share the code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs: the torch reference path serves instead
+    triton = None
+
+# bitsandbytes' NF4 code (functional.get_4bit_type("nf4")): index -> value in [-1, 1].
+NF4_CODE = (
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+)
+_FMA_MAX_ROWS = 8  # the fma kernel keeps (rows, BLOCK_N, group/2) sums in registers
+_MAX_GROUP = 64  # k-elements per scale in the packed layout (one tl.dot's reduction length)
+_FP16_TINY = 2.0**-14  # below this fp16 goes subnormal and loses precision
+_FP16_BIG = 60000.0
+
+
+@dataclass(frozen=True)
+class PackedNF4:
+    """One Linear4bit's weight repacked for nf4_matmul.
+
+    Layout: the in_features axis is cut into groups of `group_size` (a power of two, at most
+    64) elements. `packed[g, n, j]` holds elements `g*group_size + 2j` (high nibble) and
+    `+ 2j + 1` (low nibble) of output row n, as NF4 indices; `scales[g, n]` is the absmax of
+    the bitsandbytes block they came from. Group-major order makes the kernel's tile for one
+    group a single contiguous run of bytes.
+    """
+
+    packed: torch.Tensor  # uint8 (K // group, N, group // 2)
+    scales: torch.Tensor  # fp16, or fp32 when fp16 would lose precision: (K // group, N)
+    out_features: int
+    in_features: int
+    blocksize: int  # bitsandbytes' absmax block size the weight was quantized with
+
+    @property
+    def group_size(self) -> int:
+        return self.in_features // self.packed.shape[0]
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape and launch parameters of the Triton kernel (see `pick_config`)."""
+
+    block_n: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    interleave: bool = True  # tensor-core kernel: one dot over the group, or two (even/odd k)
+    fma: bool = False  # CUDA-core kernel for a few rows: no tensor-core tile padding to 16
+    pair_lut: bool = False  # fma kernel: one 256-entry lookup per byte instead of two
+    prefetch: bool = False  # load group g+1's bytes before decoding group g
+
+
+@cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_available(device: torch.device) -> bool:
+    """True when the Triton kernel runs on `device` (CUDA and triton importable)."""
+    return device.type == "cuda" and torch.cuda.is_available() and _triton_importable()
+
+
+def pack_linear4bit(module) -> PackedNF4:
+    """Repack a bitsandbytes NF4 `Linear4bit` (double quant or not, any device) for nf4_matmul.
+
+    Copies what it needs and leaves the module untouched, so the same module still serves
+    bitsandbytes' own forward (LoRA training, fallbacks).
+
+    Raises:
+        ValueError: the weight is not NF4, not quantized yet, or in_features is not a
+            multiple of 32 (the kernel's smallest reduction group).
+    """
+    weight = module.weight
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        raise ValueError("the Linear4bit is not quantized yet (move it to its device first)")
+    if state.quant_type != "nf4":
+        raise ValueError(f"only NF4 weights can be packed, not {state.quant_type!r}")
+    out_features, in_features = (int(d) for d in state.shape)
+    blocksize = int(state.blocksize)
+    group = min(math.gcd(in_features, blocksize), _MAX_GROUP)
+    if group < 32:
+        raise ValueError(f"in_features={in_features} must be a multiple of 32")
+
+    data = weight.data
+    if data.dtype != torch.uint8:
+        data = data.view(torch.uint8)
+    if getattr(state, "packing_format_for_cpu", False):
+        codes = _unpack_cpu_format(data, out_features, in_features)
+        absmax = state.absmax.T.reshape(-1).float()
+    else:
+        codes = data.reshape(out_features, in_features // 2)
+        absmax = _absmax(state)
+
+    device = data.device
+    # (N, K/2) -> (K/group, N, group/2): group-major, one contiguous tile per group.
+    packed = codes.reshape(out_features, in_features // group, group // 2)
+    packed = packed.permute(1, 0, 2).contiguous()
+    # Every group sits inside one absmax block: group divides both blocksize and in_features.
+    starts = torch.arange(out_features, device=device)[None, :] * in_features
+    starts = starts + torch.arange(0, in_features, group, device=device)[:, None]
+    scales = absmax[starts // blocksize]  # (K/group, N)
+    nonzero = scales[scales != 0].abs()
+    fp16_ok = nonzero.numel() == 0 or (
+        nonzero.min().item() >= _FP16_TINY and nonzero.max().item() <= _FP16_BIG
+    )
+    scales = scales.to(torch.float16 if fp16_ok else torch.float32).contiguous()
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.int32):
+        _code_table(device, dtype)  # made now so nf4_matmul never copies host data (graphs)
+    return PackedNF4(packed, scales, out_features, in_features, blocksize)
+
+
+def _absmax(state) -> torch.Tensor:
+    """Per-block absmax in fp32, undoing bitsandbytes' double quantization when present."""
+    if not state.nested:
+        return state.absmax.float()
+    nested = state.state2  # 8-bit blockwise-quantized absmax, plus the mean removed first
+    values = nested.code.to(state.absmax.device)[state.absmax.long()]
+    per_block = torch.repeat_interleave(nested.absmax.float(), nested.blocksize)
+    return values * per_block[: values.numel()] + state.offset
+
+
+def _unpack_cpu_format(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Undo bitsandbytes' AVX512-BF16 CPU layout (set on a Linear4bit's first CPU forward).
+
+    Mirrors functional._convert_weight_packed_for_cpu_inverse for the weight bytes only;
+    that function also rewrites the module's quant_state, which we must not touch.
+    """
+    block_n = 32
+    rows = data.reshape(-1, 32)
+    nibbles = torch.cat([rows & 0xF, rows >> 4], dim=-1)  # 32 low, then 32 high
+    nibbles = nibbles.reshape(n // block_n, k // 2, block_n, 2).transpose(1, 2).reshape(n, k)
+    return (nibbles[:, ::2] << 4) | nibbles[:, 1::2]  # (N, K/2), high nibble first
+
+
+def dequantize_packed(weight: PackedNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (out_features, in_features) weight the packed bytes stand for."""
+    code = _code_table(weight.packed.device, torch.float32)
+    idx = torch.stack([weight.packed >> 4, weight.packed & 0xF], dim=-1).long()
+    values = code[idx].flatten(2) * weight.scales.float()[:, :, None]  # (K/g, N, g)
+    return values.permute(1, 0, 2).reshape(weight.out_features, weight.in_features).to(dtype)
+
+
+_CODE_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _code_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The NF4 code on `device`; dtype int32 gives the byte table (see `_pair_table`)."""
+    key = (torch.device(device), dtype)
+    if key not in _CODE_TABLES:
+        if dtype == torch.int32:
+            _CODE_TABLES[key] = _pair_table().to(device)
+        else:
+            _CODE_TABLES[key] = torch.tensor(NF4_CODE, dtype=dtype, device=device)
+    return _CODE_TABLES[key]
+
+
+def _pair_table() -> torch.Tensor:
+    """Byte -> both of its codes as bf16 bits in one int32 (high nibble's in the top half).
+
+    A bf16's bits shifted into the top of a 32-bit word are that value as fp32, so one
+    lookup and two bit operations decode two weights.
+    """
+    bits = torch.tensor(NF4_CODE).bfloat16().view(torch.int16).long() & 0xFFFF
+    byte = torch.arange(256)
+    word = (bits[byte >> 4] << 16) | bits[byte & 15]
+    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+
+
+def nf4_matmul(
+    x: torch.Tensor, weight: PackedNF4, *, config: KernelConfig | None = None
+) -> torch.Tensor:
+    """`x @ W.T` for the NF4 weight W, in x's dtype.
+
+    On CUDA with triton this is one kernel launch (plus a memset and a cast when the
+    reduction is split), safe to capture in a CUDA graph after one warm-up call; elsewhere
+    it dequantizes and multiplies in torch.
+
+    Args:
+        x: (M, in_features) activations, bf16, fp16 or fp32, on the weight's device.
+        weight: the packed weight from `pack_linear4bit`.
+        config: tile override for benchmarks; `pick_config` chooses otherwise.
+    """
+    if x.shape[-1] != weight.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight wants {weight.in_features}")
+    if not triton_available(x.device):
+        return x @ dequantize_packed(weight, x.dtype).T
+    return _launch(x, weight, config)
+
+
+def pick_config(m: int, n: int, k: int, group: int, sm_count: int) -> KernelConfig:
+    """Tiles for one (M, N, K): many programs per SM, so enough loads are in flight.
+
+    Up to 8 rows run on CUDA cores (a tensor-core tile would pad them to 16); more rows use
+    tensor cores with wide N tiles, which re-read each activation tile from L2 fewer times.
+    When the N tiles alone are too few, the K loop is split and partial sums are added
+    atomically.
+    """
+    fma = m <= _FMA_MAX_ROWS
+    block_n = 64 if fma or m <= 16 else 128
+    rows = triton.next_power_of_2(m) if fma else _block_m(m)
+    waves = 8 if fma else 4 if m <= 16 else 2
+    return KernelConfig(
+        block_n=block_n,
+        split_k=split_for(n, k, group, block_n, triton.cdiv(m, rows), waves * sm_count),
+        num_warps=4,
+        num_stages=2 if fma else 3,
+        fma=fma,
+    )
+
+
+def split_for(n: int, k: int, group: int, block_n: int, m_tiles: int, programs: int) -> int:
+    """K splits that bring the grid near `programs`, keeping at least two groups per split."""
+    tiles = triton.cdiv(n, block_n) * m_tiles
+    return max(1, min(k // group // 2, round(programs / tiles)))
+
+
+def _block_m(m: int) -> int:
+    return max(16, min(64, triton.next_power_of_2(m)))
+
+
+@cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _launch(x: torch.Tensor, weight: PackedNF4, config: KernelConfig | None) -> torch.Tensor:
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)  # (M, K)
+    m, n, group = x2.shape[0], weight.out_features, weight.group_size
+    if config is None:
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        config = pick_config(m, n, k, group, _sm_count(index))
+    block_m = _block_m(m)
+    per_split = triton.cdiv(k // group, config.split_k)
+    splits = triton.cdiv(k // group, per_split)  # no program without groups
+    split = splits > 1
+    if split:
+        out = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    else:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if config.fma:
+        block_m = triton.next_power_of_2(min(m, _FMA_MAX_ROWS))
+        table = _code_table(x.device, torch.int32 if config.pair_lut else torch.float32)
+        grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, block_m))
+        _nf4_fma_kernel[grid](
+            x2,
+            weight.packed,
+            weight.scales,
+            table,
+            out,
+            m,
+            n,
+            k,
+            x2.stride(0),
+            x2.stride(1),
+            GROUP=group,
+            BLOCK_N=config.block_n,
+            BLOCK_M=block_m,
+            SPLIT_K=splits,
+            PER_SPLIT=per_split,
+            PAIR_LUT=config.pair_lut,
+            PREFETCH=config.prefetch,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )
+        return (out.to(x.dtype) if split else out).reshape(*lead, n)
+    grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, block_m))
+    _nf4_matmul_kernel[grid](
+        x2,
+        weight.packed,
+        weight.scales,
+        _code_table(x.device, x.dtype),
+        out,
+        m,
+        n,
+        k,
+        x2.stride(0),
+        x2.stride(1),
+        GROUP=group,
+        BLOCK_N=config.block_n,
+        BLOCK_M=block_m,
+        SPLIT_K=splits,
+        PER_SPLIT=per_split,
+        INTERLEAVE=config.interleave,
+        PREFETCH=config.prefetch,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    if split:
+        out = out.to(x.dtype)
+    return out.reshape(*lead, n)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _nf4_matmul_kernel(
+        x_ptr,
+        w_ptr,
+        s_ptr,
+        code_ptr,
+        out_ptr,
+        M,
+        N,
+        K,
+        stride_xm,
+        stride_xk,
+        GROUP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        SPLIT_K: tl.constexpr,
+        PER_SPLIT: tl.constexpr,
+        INTERLEAVE: tl.constexpr,
+        PREFETCH: tl.constexpr,
+    ):
+        """out[m, n] (+)= sum_k x[m, k] * code[w[k, n]] * scale[k // GROUP, n].
+
+        Computed transposed, (BLOCK_N, BLOCK_M) per program, so the weight tile is the wide
+        operand of the tensor-core product and a handful of rows pad only to 16.
+        """
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        n_groups = K // GROUP
+        g_start = pid_k * PER_SPLIT
+
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_mask = offs_n < N
+        m_mask = offs_m < M
+        offs_b = tl.arange(0, GROUP // 2)
+        offs_k = tl.arange(0, GROUP)
+        w_ptrs = w_ptr + offs_n[:, None] * (GROUP // 2) + offs_b[None, :]  # (BN, G/2)
+        if INTERLEAVE:
+            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # (G, BM)
+        else:  # even k only; odd k is one element further
+            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + 2 * offs_b[:, None] * stride_xk
+        group_bytes = N * (GROUP // 2)
+
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        if PREFETCH:  # the first group's bytes; each iteration then loads the next one's
+            first = g_start < n_groups
+            w_next = tl.load(w_ptrs + g_start * group_bytes, mask=n_mask[:, None] & first, other=0)
+            s_next = tl.load(s_ptr + g_start * N + offs_n, mask=n_mask & first, other=0.0)
+        for i in range(0, PER_SPLIT):
+            g = g_start + i
+            in_k = g < n_groups  # the last split can run past K
+            if PREFETCH:
+                packed = w_next
+                scale = s_next
+                ahead = (g + 1 < n_groups) & (i + 1 < PER_SPLIT)
+                w_at = w_ptrs + (g + 1) * group_bytes
+                w_next = tl.load(w_at, mask=n_mask[:, None] & ahead, other=0)
+                s_next = tl.load(s_ptr + (g + 1) * N + offs_n, mask=n_mask & ahead, other=0.0)
+            else:
+                packed = tl.load(w_ptrs + g * group_bytes, mask=n_mask[:, None] & in_k, other=0)
+                scale = tl.load(s_ptr + g * N + offs_n, mask=n_mask & in_k, other=0.0)
+            x_mask = m_mask[None, :] & in_k
+            xt = tl.load(x_ptrs + g * GROUP * stride_xk, mask=x_mask, other=0.0)
+            idx = packed.to(tl.int32)
+            high = tl.load(code_ptr + (idx >> 4))  # even k
+            low = tl.load(code_ptr + (idx & 15))  # odd k
+            if INTERLEAVE:
+                w = tl.reshape(tl.join(high, low), (BLOCK_N, GROUP))  # (BN, G), k in order
+                part = tl.dot(w, xt)
+            else:
+                x_odd = tl.load(x_ptrs + g * GROUP * stride_xk + stride_xk, mask=x_mask, other=0.0)
+                part = tl.dot(high, xt) + tl.dot(low, x_odd)
+            acc += part * scale.to(tl.float32)[:, None]
+
+        out_ptrs = out_ptr + offs_m[None, :] * N + offs_n[:, None]  # (BN, BM) of (M, N)
+        mask = n_mask[:, None] & m_mask[None, :]
+        if SPLIT_K > 1:
+            tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")
+        else:
+            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _nf4_fma_kernel(
+        x_ptr,
+        w_ptr,
+        s_ptr,
+        lut_ptr,
+        out_ptr,
+        M,
+        N,
+        K,
+        stride_xm,
+        stride_xk,
+        GROUP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        SPLIT_K: tl.constexpr,
+        PER_SPLIT: tl.constexpr,
+        PAIR_LUT: tl.constexpr,
+        PREFETCH: tl.constexpr,
+    ):
+        """The same product on CUDA cores, for a few rows: per-lane sums, one reduction at the end.
+
+        Each lane keeps (row, n, byte) partial sums across the K loop, so the loop body is
+        lookups and FMAs only; nothing is padded to a 16-row tensor-core tile.
+        """
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        n_groups = K // GROUP
+        g_start = pid_k * PER_SPLIT
+
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_mask = offs_n < N
+        m_mask = offs_m < M
+        offs_b = tl.arange(0, GROUP // 2)
+        w_ptrs = w_ptr + offs_n[:, None] * (GROUP // 2) + offs_b[None, :]  # (BN, G/2)
+        x_rows = offs_m[:, None, None] * stride_xm
+        x_ptrs = x_ptr + x_rows + 2 * offs_b[None, None, :] * stride_xk  # (BM, 1, G/2), even k
+        group_bytes = N * (GROUP // 2)
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N, GROUP // 2), dtype=tl.float32)
+        if PREFETCH:  # the first group's bytes; each iteration then loads the next one's
+            first = g_start < n_groups
+            w_next = tl.load(w_ptrs + g_start * group_bytes, mask=n_mask[:, None] & first, other=0)
+            s_next = tl.load(s_ptr + g_start * N + offs_n, mask=n_mask & first, other=0.0)
+        for i in range(0, PER_SPLIT):
+            g = g_start + i
+            in_k = g < n_groups
+            if PREFETCH:
+                packed = w_next
+                scale = s_next
+                ahead = (g + 1 < n_groups) & (i + 1 < PER_SPLIT)
+                w_at = w_ptrs + (g + 1) * group_bytes
+                w_next = tl.load(w_at, mask=n_mask[:, None] & ahead, other=0)
+                s_next = tl.load(s_ptr + (g + 1) * N + offs_n, mask=n_mask & ahead, other=0.0)
+            else:
+                packed = tl.load(w_ptrs + g * group_bytes, mask=n_mask[:, None] & in_k, other=0)
+                scale = tl.load(s_ptr + g * N + offs_n, mask=n_mask & in_k, other=0.0)
+            idx = packed.to(tl.int32)
+            scale = scale.to(tl.float32)[:, None]
+            x_mask = m_mask[:, None, None] & in_k
+            x_at = x_ptrs + g * GROUP * stride_xk
+            x_even = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
+            x_odd = tl.load(x_at + stride_xk, mask=x_mask, other=0.0).to(tl.float32)
+            if PAIR_LUT:
+                pair = tl.load(lut_ptr + idx)
+                high = (pair & -65536).to(tl.float32, bitcast=True)
+                low = (pair << 16).to(tl.float32, bitcast=True)
+            else:
+                high = tl.load(lut_ptr + (idx >> 4))
+                low = tl.load(lut_ptr + (idx & 15))
+            high = high * scale
+            low = low * scale
+            acc += high[None, :, :] * x_even + low[None, :, :] * x_odd
+
+        total = tl.sum(acc, axis=2)  # (BM, BN)
+        out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
+        mask = m_mask[:, None] & n_mask[None, :]
+        if SPLIT_K > 1:
+            tl.atomic_add(out_ptrs, total, mask=mask, sem="relaxed")
+        else:
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,189 @@
+"""nf4_matmul computes x @ W.T for bitsandbytes' NF4 weights, on CPU and in the Triton kernel.
+
+The reference is always bitsandbytes' own dequantize_4bit, so a packing mistake (nibble
+order, absmax block mapping, double-quant offset) shows up as a large relative error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+bnb = pytest.importorskip("bitsandbytes")
+
+from app.engine.nf4_matmul import (  # noqa: E402
+    dequantize_packed,
+    nf4_matmul,
+    pack_linear4bit,
+    triton_available,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_linear4bit(n: int, k: int, *, double_quant: bool, blocksize: int = 64, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    module = bnb.nn.Linear4bit(
+        k, n, bias=False, compute_dtype=torch.bfloat16, compress_statistics=double_quant,
+        quant_type="nf4", device="meta",
+    )  # fmt: skip
+    weight = torch.randn(n, k, generator=generator) * 0.05
+    module.weight = bnb.nn.Params4bit(
+        weight, requires_grad=False, compress_statistics=double_quant, quant_type="nf4",
+        blocksize=blocksize,
+    ).to("cpu")  # fmt: skip
+    return module
+
+
+def bnb_dense(module) -> torch.Tensor:
+    weight = module.weight
+    return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+
+
+def bnb_dense_flat(module) -> torch.Tensor:
+    """bitsandbytes' generic dequantizer, which walks absmax blocks over the flattened weight.
+
+    That is how its quantizer (and its CUDA kernels) lay blocks out. Its AVX512 CPU kernel
+    restarts blocks at every row instead, which differs once a block straddles two rows.
+    """
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+
+    weight = module.weight
+    state = weight.quant_state
+    absmax = bnb.functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    code = bnb.functional.get_4bit_type("nf4", device="cpu")
+    flat = weight.data.reshape(-1)
+    return _dequantize_4bit_compute(flat, absmax, code, state.blocksize, state.shape, torch.float32)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 64, 128), (3, 4544, 96), (16, 320, 192)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_matches_bitsandbytes(double_quant: bool, m: int, k: int, n: int, dtype: torch.dtype):
+    module = make_linear4bit(n, k, double_quant=double_quant, seed=m + k)
+    x = torch.randn(m, k, dtype=dtype)
+    ref = x.float() @ bnb_dense(module).T
+
+    out = nf4_matmul(x, pack_linear4bit(module))
+
+    assert out.shape == (m, n) and out.dtype == dtype
+    assert rel_err(out, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-3)
+
+
+@pytest.mark.parametrize(("k", "blocksize"), [(4544, 256), (192, 128), (128, 32)])
+def test_absmax_blocks_that_straddle_rows(k: int, blocksize: int):
+    """A 256-block over 4544 columns spans two rows; every group must still find its block."""
+    module = make_linear4bit(64, k, double_quant=True, blocksize=blocksize, seed=blocksize)
+    packed = pack_linear4bit(module)
+
+    assert packed.blocksize == blocksize
+    dense = bnb_dense_flat(module)
+    assert rel_err(dequantize_packed(packed), dense) < 1e-3
+
+
+def test_packing_leaves_the_module_serving_as_before():
+    module = make_linear4bit(64, 128, double_quant=True)
+    before = module.weight.data.clone()
+    x = torch.randn(2, 128, dtype=torch.bfloat16)
+    expected = module(x)
+
+    pack_linear4bit(module)
+
+    assert torch.equal(module.weight.data, before)
+    assert torch.equal(module(x), expected)
+
+
+def test_packs_after_bitsandbytes_moved_the_weight_to_its_cpu_layout():
+    """A CPU forward in eval mode repacks the weight for AVX512-BF16 (where the CPU has it)."""
+    module = make_linear4bit(64, 256, double_quant=True).eval()
+    dense = bnb_dense(module)
+    with torch.no_grad():
+        module(torch.randn(1, 256, dtype=torch.bfloat16))
+
+    packed = pack_linear4bit(module)
+
+    assert rel_err(dequantize_packed(packed), dense) < 5e-3  # its absmax is bf16 now
+
+
+def test_refuses_what_the_kernel_cannot_run():
+    fp4 = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="fp4", device="meta")
+    fp4.weight = bnb.nn.Params4bit(torch.randn(64, 64), requires_grad=False, quant_type="fp4").to(
+        "cpu"
+    )
+    with pytest.raises(ValueError, match="NF4"):
+        pack_linear4bit(fp4)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pack_linear4bit(make_linear4bit(32, 48, double_quant=False))
+    packed = pack_linear4bit(make_linear4bit(32, 64, double_quant=False))
+    with pytest.raises(ValueError, match="features"):
+        nf4_matmul(torch.randn(2, 32), packed)
+
+
+def test_triton_is_only_used_on_cuda():
+    assert not triton_available(torch.device("cpu"))
+
+
+INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    sys.path.insert(0, {repo!r})
+    sys.path.insert(0, {tests!r})
+    from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
+    from app.engine.nf4_matmul import KernelConfig, _launch, pack_linear4bit
+
+    results = []
+    tensor_cores = [  # (m, k, n, double_quant, blocksize, KernelConfig, dtype)
+        (3, 192, 80, True, 64, KernelConfig(32, 2), torch.float16),
+        (1, 128, 64, False, 64, KernelConfig(64, 1, interleave=False), torch.float32),
+        (20, 256, 48, True, 256, KernelConfig(32, 3), torch.float32),
+        (5, 96, 32, False, 32, KernelConfig(32, 1), torch.float16),
+        (2, 192, 48, True, 64, KernelConfig(32, 2, interleave=False), torch.float16),
+        (4, 320, 40, True, 64, KernelConfig(32, 4, prefetch=True), torch.float16),
+    ]
+    cuda_cores = [  # bf16 runs here: this kernel never multiplies in bf16
+        (1, 192, 80, True, 64, KernelConfig(32, 2, fma=True), torch.bfloat16),
+        (3, 128, 64, False, 64, KernelConfig(64, 1, fma=True, pair_lut=True), torch.float32),
+        (11, 256, 48, True, 256, KernelConfig(32, 3, fma=True, pair_lut=True), torch.bfloat16),
+        (2, 96, 32, False, 32, KernelConfig(32, 1, fma=True), torch.float16),
+        (3, 320, 40, True, 64, KernelConfig(32, 4, fma=True, prefetch=True), torch.bfloat16),
+        (1, 256, 32, False, 64, KernelConfig(32, 1, fma=True, prefetch=True), torch.float32),
+    ]
+    for m, k, n, dq, bs, config, dtype in tensor_cores + cuda_cores:
+        module = make_linear4bit(n, k, double_quant=dq, blocksize=bs, seed=m)
+        x = torch.randn(m, k, dtype=dtype)
+        out = _launch(x, pack_linear4bit(module), config)
+        ref = x.float() @ bnb_dense(module).T
+        results.append([m, k, n, str(dtype), str(out.dtype), list(out.shape), rel_err(out, ref)])
+    print(json.dumps(results))
+    """
+)
+
+
+def test_triton_kernel_under_the_interpreter():
+    """The kernel itself, run by Triton's CPU interpreter: masks, split-K, M and N tails.
+
+    bf16 is left to the GPU benchmark: the 3.6 interpreter computes bf16 tl.dot wrongly.
+    """
+    pytest.importorskip("triton")
+    script = INTERPRETER_SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent))
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) == 12
+    for m, _k, n, dtype, out_dtype, shape, err in results:
+        assert out_dtype == dtype and shape == [m, n]
+        assert err < (1e-2 if dtype == "torch.bfloat16" else 5e-3), results
