@@ -92,24 +92,13 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def candidates(m: int, n: int, k: int, sms: int) -> list[KernelConfig]:
-    """The default first, then CUDA-core tiles for <= 8 rows and tensor-core tiles above."""
+    """The default first, then N tiles x K splits (in waves of SM count) x prefetch."""
     found = [pick_config(m, n, k, 64, sms)]
-    fma_tiles = triton.cdiv(m, triton.next_power_of_2(min(m, 8)))
-    dot_tiles = triton.cdiv(m, max(16, triton.next_power_of_2(m)))
-    if m <= 8:
-        for block_n in (32, 64, 128) if m < 8 else (32, 64):
-            for waves in (8, 16):
-                split = split_for(n, k, 64, block_n, fma_tiles, waves * sms)
-                for prefetch in (False, True):
-                    found.append(KernelConfig(block_n, split, 4, 2, fma=True, prefetch=prefetch))
-                if waves == 16:
-                    found.append(KernelConfig(block_n, split, 4, 2, True, True, True, True))
+    m_tiles = triton.cdiv(m, max(16, triton.next_power_of_2(m)))
     for block_n, warps in ((64, 4), (128, 4), (128, 8)):
         for waves in (2, 4, 8):
-            split = split_for(n, k, 64, block_n, dot_tiles, waves * sms)
+            split = split_for(n, k, 64, block_n, m_tiles, waves * sms)
             for prefetch in (False, True):
-                if m < 8 or (m == 8 and (waves != 4 or warps == 8 or not prefetch)):
-                    continue
                 if warps == 8 and (waves == 8 or not prefetch):
                     continue
                 found.append(KernelConfig(block_n, split, warps, 3, prefetch=prefetch))

@@ -8,6 +8,12 @@ byte once and multiplies all rows against it is what sets the step time.
 The weight of a `bitsandbytes.nn.Linear4bit` is repacked once (`pack_linear4bit`) into a layout
 the kernel streams contiguously; `nf4_matmul` runs the Triton kernel on CUDA and a plain torch
 reference (dequantize, then matmul) everywhere else, so CPU serving and tests share the code.
+
+Measured on an H200 (bench/results/nf4-matmul.json): 1.05-3.8x faster than bitsandbytes for
+2 to 64 rows, but at 11-19% of copy bandwidth, not near it; for a single row bitsandbytes'
+GEMV is faster (14.5 against 19 us on 4544x4544). Every tile, prefetch and CUDA-core variant
+tried landed within a few percent, which points at the per-weight NF4 table lookups (global
+loads) as the limit; a register-only decode (byte permutes) is the next step.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ NF4_CODE = (
     0.7229568362236023,
     1.0,
 )
-_FMA_MAX_ROWS = 8  # the fma kernel keeps (rows, BLOCK_N, group/2) sums in registers
 _MAX_GROUP = 64  # k-elements per scale in the packed layout (one tl.dot's reduction length)
 _FP16_TINY = 2.0**-14  # below this fp16 goes subnormal and loses precision
 _FP16_BIG = 60000.0
@@ -80,9 +85,6 @@ class KernelConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 3
-    interleave: bool = True  # tensor-core kernel: one dot over the group, or two (even/odd k)
-    fma: bool = False  # CUDA-core kernel for a few rows: no tensor-core tile padding to 16
-    pair_lut: bool = False  # fma kernel: one 256-entry lookup per byte instead of two
     prefetch: bool = False  # load group g+1's bytes before decoding group g
 
 
@@ -117,6 +119,8 @@ def pack_linear4bit(module) -> PackedNF4:
     group = min(math.gcd(in_features, blocksize), _MAX_GROUP)
     if group < 32:
         raise ValueError(f"in_features={in_features} must be a multiple of 32")
+    if out_features * in_features // 2 >= 2**31:
+        raise ValueError("the kernel indexes the packed weight with 32-bit offsets")
 
     data = weight.data
     if data.dtype != torch.uint8:
@@ -141,7 +145,7 @@ def pack_linear4bit(module) -> PackedNF4:
         nonzero.min().item() >= _FP16_TINY and nonzero.max().item() <= _FP16_BIG
     )
     scales = scales.to(torch.float16 if fp16_ok else torch.float32).contiguous()
-    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.int32):
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
         _code_table(device, dtype)  # made now so nf4_matmul never copies host data (graphs)
     return PackedNF4(packed, scales, out_features, in_features, blocksize)
 
@@ -181,26 +185,11 @@ _CODE_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
 def _code_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The NF4 code on `device`; dtype int32 gives the byte table (see `_pair_table`)."""
+    """The NF4 code on `device` in `dtype`, made once (a host copy cannot be graph-captured)."""
     key = (torch.device(device), dtype)
     if key not in _CODE_TABLES:
-        if dtype == torch.int32:
-            _CODE_TABLES[key] = _pair_table().to(device)
-        else:
-            _CODE_TABLES[key] = torch.tensor(NF4_CODE, dtype=dtype, device=device)
+        _CODE_TABLES[key] = torch.tensor(NF4_CODE, dtype=dtype, device=device)
     return _CODE_TABLES[key]
-
-
-def _pair_table() -> torch.Tensor:
-    """Byte -> both of its codes as bf16 bits in one int32 (high nibble's in the top half).
-
-    A bf16's bits shifted into the top of a 32-bit word are that value as fp32, so one
-    lookup and two bit operations decode two weights.
-    """
-    bits = torch.tensor(NF4_CODE).bfloat16().view(torch.int16).long() & 0xFFFF
-    byte = torch.arange(256)
-    word = (bits[byte >> 4] << 16) | bits[byte & 15]
-    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
 
 
 def nf4_matmul(
@@ -209,8 +198,9 @@ def nf4_matmul(
     """`x @ W.T` for the NF4 weight W, in x's dtype.
 
     On CUDA with triton this is one kernel launch (plus a memset and a cast when the
-    reduction is split), safe to capture in a CUDA graph after one warm-up call; elsewhere
-    it dequantizes and multiplies in torch.
+    reduction is split), safe to capture in a CUDA graph after a warm-up call: Triton
+    compiles one kernel per weight shape and row bucket (1-16, 17-32, 33-64 rows) on first
+    use. Elsewhere it dequantizes and multiplies in torch.
 
     Args:
         x: (M, in_features) activations, bf16, fp16 or fp32, on the weight's device.
@@ -225,24 +215,21 @@ def nf4_matmul(
 
 
 def pick_config(m: int, n: int, k: int, group: int, sm_count: int) -> KernelConfig:
-    """Tiles for one (M, N, K): many programs per SM, so enough loads are in flight.
+    """Tiles for one (M, N, K), from the H200 sweep in bench/results/nf4-matmul.json.
 
-    Up to 8 rows run on CUDA cores (a tensor-core tile would pad them to 16); more rows use
-    tensor cores with wide N tiles, which re-read each activation tile from L2 fewer times.
-    When the N tiles alone are too few, the K loop is split and partial sums are added
-    atomically.
+    What pays is many programs per SM (about 8 waves' worth), reached by splitting the K loop
+    and adding partial sums atomically. Up to 32 rows, 128-wide N tiles; above, 64-wide
+    tiles with the next group's bytes prefetched (each was within 3% of the best tried).
     """
-    fma = m <= _FMA_MAX_ROWS
-    block_n = 64 if fma or m <= 16 else 128
-    rows = triton.next_power_of_2(m) if fma else _block_m(m)
-    waves = 8 if fma else 4 if m <= 16 else 2
-    return KernelConfig(
-        block_n=block_n,
-        split_k=split_for(n, k, group, block_n, triton.cdiv(m, rows), waves * sm_count),
-        num_warps=4,
-        num_stages=2 if fma else 3,
-        fma=fma,
-    )
+    if m <= 16:
+        block_n, waves, prefetch = 128, 8, False
+    elif m <= 32:
+        block_n, waves, prefetch = 128, 2, False
+    else:
+        block_n, waves, prefetch = 64, 8, True
+    m_tiles = triton.cdiv(m, _block_m(m))
+    split_k = split_for(n, k, group, block_n, m_tiles, waves * sm_count)
+    return KernelConfig(block_n, split_k, num_warps=4, num_stages=3, prefetch=prefetch)
 
 
 def split_for(n: int, k: int, group: int, block_n: int, m_tiles: int, programs: int) -> int:
@@ -275,32 +262,6 @@ def _launch(x: torch.Tensor, weight: PackedNF4, config: KernelConfig | None) -> 
         out = torch.zeros((m, n), dtype=torch.float32, device=x.device)
     else:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if config.fma:
-        block_m = triton.next_power_of_2(min(m, _FMA_MAX_ROWS))
-        table = _code_table(x.device, torch.int32 if config.pair_lut else torch.float32)
-        grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, block_m))
-        _nf4_fma_kernel[grid](
-            x2,
-            weight.packed,
-            weight.scales,
-            table,
-            out,
-            m,
-            n,
-            k,
-            x2.stride(0),
-            x2.stride(1),
-            GROUP=group,
-            BLOCK_N=config.block_n,
-            BLOCK_M=block_m,
-            SPLIT_K=splits,
-            PER_SPLIT=per_split,
-            PAIR_LUT=config.pair_lut,
-            PREFETCH=config.prefetch,
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
-        )
-        return (out.to(x.dtype) if split else out).reshape(*lead, n)
     grid = (triton.cdiv(n, config.block_n), splits, triton.cdiv(m, block_m))
     _nf4_matmul_kernel[grid](
         x2,
@@ -318,7 +279,6 @@ def _launch(x: torch.Tensor, weight: PackedNF4, config: KernelConfig | None) -> 
         BLOCK_M=block_m,
         SPLIT_K=splits,
         PER_SPLIT=per_split,
-        INTERLEAVE=config.interleave,
         PREFETCH=config.prefetch,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
@@ -347,7 +307,6 @@ if triton is not None:
         BLOCK_M: tl.constexpr,
         SPLIT_K: tl.constexpr,
         PER_SPLIT: tl.constexpr,
-        INTERLEAVE: tl.constexpr,
         PREFETCH: tl.constexpr,
     ):
         """out[m, n] (+)= sum_k x[m, k] * code[w[k, n]] * scale[k // GROUP, n].
@@ -368,10 +327,7 @@ if triton is not None:
         offs_b = tl.arange(0, GROUP // 2)
         offs_k = tl.arange(0, GROUP)
         w_ptrs = w_ptr + offs_n[:, None] * (GROUP // 2) + offs_b[None, :]  # (BN, G/2)
-        if INTERLEAVE:
-            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # (G, BM)
-        else:  # even k only; odd k is one element further
-            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + 2 * offs_b[:, None] * stride_xk
+        x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # (G, BM)
         group_bytes = N * (GROUP // 2)
 
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -397,13 +353,9 @@ if triton is not None:
             idx = packed.to(tl.int32)
             high = tl.load(code_ptr + (idx >> 4))  # even k
             low = tl.load(code_ptr + (idx & 15))  # odd k
-            if INTERLEAVE:
-                w = tl.reshape(tl.join(high, low), (BLOCK_N, GROUP))  # (BN, G), k in order
-                part = tl.dot(w, xt)
-            else:
-                x_odd = tl.load(x_ptrs + g * GROUP * stride_xk + stride_xk, mask=x_mask, other=0.0)
-                part = tl.dot(high, xt) + tl.dot(low, x_odd)
-            acc += part * scale.to(tl.float32)[:, None]
+            w = tl.reshape(tl.join(high, low), (BLOCK_N, GROUP))  # (BN, G), k in order
+            # The group shares one scale, so it multiplies the (BN, BM) product, not the tile.
+            acc += tl.dot(w, xt) * scale.to(tl.float32)[:, None]
 
         out_ptrs = out_ptr + offs_m[None, :] * N + offs_n[:, None]  # (BN, BM) of (M, N)
         mask = n_mask[:, None] & m_mask[None, :]
@@ -411,87 +363,3 @@ if triton is not None:
             tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")
         else:
             tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _nf4_fma_kernel(
-        x_ptr,
-        w_ptr,
-        s_ptr,
-        lut_ptr,
-        out_ptr,
-        M,
-        N,
-        K,
-        stride_xm,
-        stride_xk,
-        GROUP: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        SPLIT_K: tl.constexpr,
-        PER_SPLIT: tl.constexpr,
-        PAIR_LUT: tl.constexpr,
-        PREFETCH: tl.constexpr,
-    ):
-        """The same product on CUDA cores, for a few rows: per-lane sums, one reduction at the end.
-
-        Each lane keeps (row, n, byte) partial sums across the K loop, so the loop body is
-        lookups and FMAs only; nothing is padded to a 16-row tensor-core tile.
-        """
-        pid_n = tl.program_id(0)
-        pid_k = tl.program_id(1)
-        pid_m = tl.program_id(2)
-        n_groups = K // GROUP
-        g_start = pid_k * PER_SPLIT
-
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        n_mask = offs_n < N
-        m_mask = offs_m < M
-        offs_b = tl.arange(0, GROUP // 2)
-        w_ptrs = w_ptr + offs_n[:, None] * (GROUP // 2) + offs_b[None, :]  # (BN, G/2)
-        x_rows = offs_m[:, None, None] * stride_xm
-        x_ptrs = x_ptr + x_rows + 2 * offs_b[None, None, :] * stride_xk  # (BM, 1, G/2), even k
-        group_bytes = N * (GROUP // 2)
-
-        acc = tl.zeros((BLOCK_M, BLOCK_N, GROUP // 2), dtype=tl.float32)
-        if PREFETCH:  # the first group's bytes; each iteration then loads the next one's
-            first = g_start < n_groups
-            w_next = tl.load(w_ptrs + g_start * group_bytes, mask=n_mask[:, None] & first, other=0)
-            s_next = tl.load(s_ptr + g_start * N + offs_n, mask=n_mask & first, other=0.0)
-        for i in range(0, PER_SPLIT):
-            g = g_start + i
-            in_k = g < n_groups
-            if PREFETCH:
-                packed = w_next
-                scale = s_next
-                ahead = (g + 1 < n_groups) & (i + 1 < PER_SPLIT)
-                w_at = w_ptrs + (g + 1) * group_bytes
-                w_next = tl.load(w_at, mask=n_mask[:, None] & ahead, other=0)
-                s_next = tl.load(s_ptr + (g + 1) * N + offs_n, mask=n_mask & ahead, other=0.0)
-            else:
-                packed = tl.load(w_ptrs + g * group_bytes, mask=n_mask[:, None] & in_k, other=0)
-                scale = tl.load(s_ptr + g * N + offs_n, mask=n_mask & in_k, other=0.0)
-            idx = packed.to(tl.int32)
-            scale = scale.to(tl.float32)[:, None]
-            x_mask = m_mask[:, None, None] & in_k
-            x_at = x_ptrs + g * GROUP * stride_xk
-            x_even = tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
-            x_odd = tl.load(x_at + stride_xk, mask=x_mask, other=0.0).to(tl.float32)
-            if PAIR_LUT:
-                pair = tl.load(lut_ptr + idx)
-                high = (pair & -65536).to(tl.float32, bitcast=True)
-                low = (pair << 16).to(tl.float32, bitcast=True)
-            else:
-                high = tl.load(lut_ptr + (idx >> 4))
-                low = tl.load(lut_ptr + (idx & 15))
-            high = high * scale
-            low = low * scale
-            acc += high[None, :, :] * x_even + low[None, :, :] * x_odd
-
-        total = tl.sum(acc, axis=2)  # (BM, BN)
-        out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
-        mask = m_mask[:, None] & n_mask[None, :]
-        if SPLIT_K > 1:
-            tl.atomic_add(out_ptrs, total, mask=mask, sem="relaxed")
-        else:
-            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)

@@ -140,26 +140,22 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
     from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
-    from app.engine.nf4_matmul import KernelConfig, _launch, pack_linear4bit
+    from app.engine.nf4_matmul import KernelConfig, _launch, pack_linear4bit, pick_config
 
     results = []
-    tensor_cores = [  # (m, k, n, double_quant, blocksize, KernelConfig, dtype)
+    cases = [  # (m, k, n, double_quant, blocksize, KernelConfig, dtype)
         (3, 192, 80, True, 64, KernelConfig(32, 2), torch.float16),
-        (1, 128, 64, False, 64, KernelConfig(64, 1, interleave=False), torch.float32),
+        (1, 128, 64, False, 64, KernelConfig(64, 1), torch.float32),
         (20, 256, 48, True, 256, KernelConfig(32, 3), torch.float32),
         (5, 96, 32, False, 32, KernelConfig(32, 1), torch.float16),
-        (2, 192, 48, True, 64, KernelConfig(32, 2, interleave=False), torch.float16),
         (4, 320, 40, True, 64, KernelConfig(32, 4, prefetch=True), torch.float16),
+        (2, 256, 32, False, 64, KernelConfig(32, 1, prefetch=True), torch.float32),
+        (70, 64, 32, True, 64, KernelConfig(32, 1), torch.float16),  # two row tiles
+        # the tiles nf4_matmul picks on its own, on a 2-SM "GPU" so they split K
+        (3, 320, 160, True, 64, pick_config(3, 160, 320, 64, 2), torch.float16),
+        (40, 256, 96, True, 64, pick_config(40, 96, 256, 64, 2), torch.float32),
     ]
-    cuda_cores = [  # bf16 runs here: this kernel never multiplies in bf16
-        (1, 192, 80, True, 64, KernelConfig(32, 2, fma=True), torch.bfloat16),
-        (3, 128, 64, False, 64, KernelConfig(64, 1, fma=True, pair_lut=True), torch.float32),
-        (11, 256, 48, True, 256, KernelConfig(32, 3, fma=True, pair_lut=True), torch.bfloat16),
-        (2, 96, 32, False, 32, KernelConfig(32, 1, fma=True), torch.float16),
-        (3, 320, 40, True, 64, KernelConfig(32, 4, fma=True, prefetch=True), torch.bfloat16),
-        (1, 256, 32, False, 64, KernelConfig(32, 1, fma=True, prefetch=True), torch.float32),
-    ]
-    for m, k, n, dq, bs, config, dtype in tensor_cores + cuda_cores:
+    for m, k, n, dq, bs, config, dtype in cases:
         module = make_linear4bit(n, k, double_quant=dq, blocksize=bs, seed=m)
         x = torch.randn(m, k, dtype=dtype)
         out = _launch(x, pack_linear4bit(module), config)
@@ -183,7 +179,7 @@ def test_triton_kernel_under_the_interpreter():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == 12
+    assert len(results) == 9
     for m, _k, n, dtype, out_dtype, shape, err in results:
         assert out_dtype == dtype and shape == [m, n]
-        assert err < (1e-2 if dtype == "torch.bfloat16" else 5e-3), results
+        assert err < 2e-3, results
