@@ -30,6 +30,7 @@ import asyncio
 import gc
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -320,8 +321,6 @@ def shared_prefix_tokens(tokenizer: Any, reference: list[int], text: str) -> int
 
 def run_http(engine: BatchEngine, folder: Path, adapters: list[Path], work: Path,
              args: argparse.Namespace) -> dict:  # fmt: skip
-    import httpx
-
     from app.adapters.service import registry_for
     from app.auth import service as accounts
     from app.config import Settings
@@ -337,53 +336,19 @@ def run_http(engine: BatchEngine, folder: Path, adapters: list[Path], work: Path
     registry = registry_for(settings)
     for path in adapters:
         registry.import_path(path)
-    tok = engine.tokenizer
-
-    async def stream(client: httpx.AsyncClient, key: str, index: int) -> dict:
-        body = {
-            "model": f"bench{index % ADAPTERS}", "stream": True, "temperature": 0,
-            "max_tokens": args.concurrent_tokens,
-            "messages": [{"role": "user",
-                          "content": tok.decode(prompt_ids(tok, 24 + index % 5 * 8, index))}],
-        }  # fmt: skip
-        start, first, chunks = time.perf_counter(), None, 0
-        headers = {"Authorization": f"Bearer {key}"}
-        async with client.stream("POST", "/v1/chat/completions", json=body,
-                                 headers=headers) as response:  # fmt: skip
-            if response.status_code != 200:
-                return {"error": f"{response.status_code} {await response.aread()!r}"[:200]}
-            async for line in response.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                choices = json.loads(line.removeprefix("data: "))["choices"]
-                if choices and choices[0]["delta"].get("content"):
-                    first = first or time.perf_counter()
-                    chunks += 1
-        return {"ttft": (first or time.perf_counter()) - start, "chunks": chunks}
-
-    async def level(url: str, key: str, streams: int) -> dict:
-        limits = httpx.Limits(max_connections=streams + 4)
-        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-            start = time.perf_counter()
-            results = await asyncio.gather(*(stream(client, key, i) for i in range(streams)))
-            wall = time.perf_counter() - start
-        ok = [r for r in results if "error" not in r]
-        ttfts = sorted(1000 * r["ttft"] for r in ok) or [float("nan")]
-        return {
-            "streams": streams, "ok": len(ok), "errors": [r["error"] for r in results
-                                                          if "error" in r][:3],
-            "content_chunks": sum(r["chunks"] for r in ok), "wall_s": wall,
-            "aggregate_chunks_s": sum(r["chunks"] for r in ok) / wall,
-            "ttft_p50_ms": _percentile(ttfts, 50), "ttft_p95_ms": _percentile(ttfts, 95),
-        }  # fmt: skip
-
     with live_server(create_app(settings, engine=engine), timeout=600) as live:
         with live.app.state.session_factory() as session:
             user = accounts.create_user(session=session, username="bench",
                                         password="bench-password-1")  # noqa: S106 # fmt: skip
             key = keys.create_key(session=session, user=user, name="bench").secret
-        asyncio.run(level(live.url, key, ADAPTERS))  # loads the four adapters
-        return asyncio.run(level(live.url, key, args.http_streams))
+        models = ",".join(f"bench{i}" for i in range(ADAPTERS))
+        command = [sys.executable, str(REPO / "bench" / "sse_load.py"), live.url, key,
+                   "--streams", str(args.http_streams), "--tokens", str(args.concurrent_tokens),
+                   "--models", models, "--warm"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            return {"failed": done.stderr[-500:], "streams": args.http_streams}
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ---- floor, table, main --------------------------------------------------------------------
@@ -436,9 +401,9 @@ def print_table(results: dict) -> None:
     for name, decode, ttft, levels in rows:
         cells = [f"{levels.get(n) or 0:7.0f}" for n in (8, 32, 64)]
         print(f"{name:32} {decode or 0:9.1f} {ttft or 0:7.1f}ms {' '.join(cells)}")  # noqa: T201
-    if "aggregate_chunks_s" in results.get("http", {}):
+    if "aggregate_tok_s" in results.get("http", {}):
         h = results["http"]
-        print(f"HTTP/SSE x{h['streams']}: {h['aggregate_chunks_s']:.0f} chunks/s, TTFT p50 "
+        print(f"HTTP/SSE x{h['streams']}: {h['aggregate_tok_s']:.0f} tok/s, TTFT p50 "
               f"{h['ttft_p50_ms']:.0f} ms p95 {h['ttft_p95_ms']:.0f} ms, ok {h['ok']}")  # fmt: skip # noqa: T201
 
 
@@ -455,7 +420,7 @@ def main() -> int:  # noqa: PLR0915
     args.baseline_tokens = 8 if args.smoke else 48
     args.decode_tokens = 16 if args.smoke else 256
     args.concurrent_tokens = 8 if args.smoke else 128
-    args.http_streams = 4 if args.smoke else 32
+    args.http_streams = 32
     if args.smoke:
         args.levels = [2, 4]
     device = torch.device("cpu" if args.smoke else "cuda")

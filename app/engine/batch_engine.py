@@ -265,7 +265,7 @@ class BatchEngine(LocalEngine):
         positions = [row.length for row in rows]
         adapters = [row.adapter for row in rows]
         logits = self._decode(tokens, positions, adapters)  # (B, V)
-        greedy = logits.argmax(dim=-1).tolist()
+        greedy = _to_host(logits.argmax(dim=-1))
         for index, row in enumerate(rows):
             row.length += 1
             if row.decoder.request.sampling.temperature <= 0:
@@ -310,3 +310,18 @@ class BatchEngine(LocalEngine):
             self._waiting.popleft().emit(FinishEvent("error", "", 0, 0, error=error))
             with self._pending_lock:
                 self._pending -= 1
+
+
+def _to_host(values: torch.Tensor) -> list[int]:
+    """A small device tensor's values, waiting for the GPU without holding the GIL.
+
+    `.tolist()` on a CUDA tensor blocks inside a call that keeps the interpreter lock, so the
+    web server's event loop thread stalls for the whole GPU step; an event wait releases it.
+    """
+    if values.device.type != "cuda":
+        return values.tolist()
+    host = values.to("cpu", non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return host.tolist()

@@ -86,6 +86,9 @@ def use_batch_scheduler(setting: str, loaded: LoadedModel) -> bool:
     return setting == "batch" or loaded.device.type == "cuda"
 
 
+TRITON_MAX_ROWS = 64
+"""Above this many rows (prefill) the matmul is compute-bound and cuBLAS wins."""
+
 NF4Kernel = Literal["auto", "bnb", "bnb_flat", "triton", "hybrid"]
 
 
@@ -98,7 +101,8 @@ def nf4_override(
     - `bnb_flat`: bitsandbytes with the double-quantized scales expanded once (`nf4_flat`);
     - `triton`: Teller's kernel (`nf4_matmul`), which reads the packed weights once for a
       whole batch of rows, where bitsandbytes dequantizes the full weight to bf16 first;
-    - `hybrid`: `bnb_flat` for one row (its GEMV), `triton` for more;
+    - `hybrid`: `triton` for decode batches of 2..`TRITON_MAX_ROWS` rows; `bnb_flat` for one
+      row (its GEMV is faster there) and for prompts (dequantize once, then a cuBLAS GEMM);
     - `auto`: `hybrid` where Triton runs, else `bnb_flat`.
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
@@ -122,7 +126,8 @@ def nf4_override(
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             # Row counts are fixed per captured graph, so this choice is made at capture.
-            return one_row(x) if x.numel() == x.shape[-1] else many_rows(x)
+            rows = x.numel() // x.shape[-1]
+            return many_rows(x) if 1 < rows <= TRITON_MAX_ROWS else one_row(x)
 
         return forward
 

@@ -1,0 +1,88 @@
+"""Concurrent `/v1/chat/completions` SSE streams against a running Teller, from its own process.
+
+Run by `serve_gpu.py` as a subprocess so the load generator never shares the server's Python
+interpreter lock (it would slow the server it measures); usable by hand too:
+
+    python bench/sse_load.py http://127.0.0.1:8000 KEY --streams 32 --models finance
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import httpx
+
+QUESTION = "How does free cash flow differ from net income? Walk through the adjustments. "
+
+
+async def one_stream(client: httpx.AsyncClient, key: str, body: dict) -> dict:
+    start, first, chunks, usage = time.perf_counter(), None, 0, None
+    headers = {"Authorization": f"Bearer {key}"}
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+        if r.status_code != 200:
+            return {"error": f"{r.status_code} {(await r.aread())[:160]!r}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            usage = chunk.get("usage") or usage
+            choices = chunk.get("choices") or []
+            if choices and choices[0]["delta"].get("content"):
+                first = first or time.perf_counter()
+                chunks += 1
+    tokens = usage["completion_tokens"] if usage else chunks
+    return {"ttft": (first or time.perf_counter()) - start, "chunks": chunks, "tokens": tokens}
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values) or [float("nan")]
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+async def run_level(url: str, key: str, streams: int, models: list[str], tokens: int) -> dict:
+    bodies = [
+        {
+            "model": models[i % len(models)], "stream": True, "temperature": 0,
+            "max_tokens": tokens, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"({i}) " + QUESTION * (1 + i % 3)}],
+        }  # fmt: skip
+        for i in range(streams)
+    ]
+    limits = httpx.Limits(max_connections=streams + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, key, b) for b in bodies))
+        wall = time.perf_counter() - start
+    ok = [r for r in results if "error" not in r]
+    output = sum(r["tokens"] for r in ok)
+    errors = [r["error"] for r in results if "error" in r]
+    return {
+        "streams": streams, "ok": len(ok), "errors": errors[:3],
+        "output_tokens": output, "wall_s": wall, "aggregate_tok_s": output / wall,
+        "ttft_p50_ms": percentile([1000 * r["ttft"] for r in ok], 50),
+        "ttft_p95_ms": percentile([1000 * r["ttft"] for r in ok], 95),
+    }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("key")
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--models", default="", help="comma-separated model ids to spread over")
+    parser.add_argument("--warm", action="store_true", help="one stream per model first")
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    if args.warm:
+        asyncio.run(run_level(args.url, args.key, len(models), models, 4))
+    result = asyncio.run(run_level(args.url, args.key, args.streams, models, args.tokens))
+    print(json.dumps(result))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
