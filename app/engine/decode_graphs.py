@@ -9,8 +9,10 @@ Graphs need fixed shapes and fixed memory, so:
 - the attended context is rounded up to a power of two (at least 256, at most the cache);
 - inputs are copied into static buffers the graph reads; the logits come back in a static
   output tensor that the next replay overwrites, so callers consume them before the next step;
-- "base" graphs skip LoRA entirely (every row on the bare model); "lora" graphs add every
-  loaded adapter through the bank's row mask, and are dropped when the adapter set changes.
+- "base" graphs skip LoRA entirely (every row on the bare model); "one:SLOT" graphs add one
+  adapter to every row (one user, or everyone on the default adapter), reading only its
+  factors; "lora" graphs add every loaded adapter through the bank's row mask. Graphs that
+  read adapter factors are dropped when the adapter set changes.
 
 Graphs are captured lazily, the first time a key is needed. Capture runs the step with the
 caller's real inputs (warm-up and capture both write the same K/V values the replay then
@@ -83,13 +85,15 @@ class GraphedDecode:
         rows = len(tokens)
         size = bucket_up(rows, self.batch_buckets)
         context = bucket_up(max(positions) + 1, self.context_buckets)
-        mode = "lora" if any(a is not None for a in adapters) else "base"
+        mode = self._mode(adapters)
         self._tokens.zero_()  # padding rows decode token 0 at position 0 of a free slot
         self._positions.zero_()
         self._tokens[:rows].copy_(torch.tensor(tokens), non_blocking=True)
         self._positions[:rows].copy_(torch.tensor(positions), non_blocking=True)
-        if mode == "lora":
-            self._set_mask(adapters)
+        if mode != "base":
+            self._follow_bank()
+        if mode == "lora" and self._mask is not None:
+            self._mask.copy_(self._batch.lora.row_mask(adapters, len(self._tokens)))
         key = (size, context, mode)
         if key not in self._graphs:
             self._graphs[key] = self._capture(size, context, mode)
@@ -97,20 +101,28 @@ class GraphedDecode:
         graph.replay()
         return logits[:rows]
 
-    def _set_mask(self, adapters: Sequence[str | None]) -> None:
+    def _mode(self, adapters: Sequence[str | None]) -> str:
+        """`base` (no adapter anywhere), `one:SLOT` (every row on one adapter) or `lora`."""
+        distinct = set(adapters)
+        if distinct == {None}:
+            return "base"
+        if len(distinct) == 1:
+            return f"one:{self._batch.lora.names.index(adapters[0])}"
+        return "lora"
+
+    def _follow_bank(self) -> None:
+        """After an adapter load or unload, drop the graphs that read the old layout."""
         bank = self._batch.lora
         if self._mask_version != bank.version:
-            # New stacked layout: graphs that read the old one must go.
-            self._graphs = {k: v for k, v in self._graphs.items() if k[2] != "lora"}
+            self._graphs = {k: v for k, v in self._graphs.items() if k[2] == "base"}
             self._mask = bank.row_mask([], len(self._tokens))
             self._mask_version = bank.version
-        if self._mask is not None:
-            self._mask.copy_(bank.row_mask(adapters, len(self._tokens)))
 
     def _step(self, size: int, context: int, mode: str) -> torch.Tensor:
         mask = self._mask[:size] if mode == "lora" and self._mask is not None else None
+        slot = int(mode.removeprefix("one:")) if mode.startswith("one:") else None
         return self._batch.decode(
-            self._tokens[:size], self._positions[:size], context, lora_mask=mask
+            self._tokens[:size], self._positions[:size], context, lora_mask=mask, lora_slot=slot
         )
 
     def _capture(

@@ -162,24 +162,38 @@ class FalconBatch:
         index: int,
         name: str,
         adapters: Sequence[str | None] | None,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | int | None,
     ) -> torch.Tensor:
         out = self.layers[index].linears[name](x)
+        if isinstance(mask, int):
+            return self.lora.add_one(out, x, index, name, mask)
         if mask is not None:
             return self.lora.add_masked(out, x, index, name, mask)
         if adapters is not None:
             return self.lora.add_grouped(out, x, index, name, adapters)
         return out
 
-    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, S, (H+2KV)·D) fused projection → q (B, H, S, D), k and v (B, KV, S, D)."""
+    def _split_rotated(
+        self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, S, (H+2KV)·D) fused projection → rotated q (B, H, S, D), rotated k and v
+        (B, KV, S, D).
+
+        With one KV head the H query heads and the key head sit side by side in the fused
+        output, so one rotation covers both (half the elementwise kernels of a decode step's
+        attention, the same arithmetic). `cos`/`sin` broadcast against (B, S, heads, D).
+        """
         batch, length, _ = qkv.shape
         if self.n_kv == 1:
             fused = qkv.view(batch, length, self.n_heads + 2, self.head_dim)
-            q, k, v = fused[..., :-2, :], fused[..., -2:-1, :], fused[..., -1:, :]
+            qk = fused[..., :-1, :]
+            qk = qk * cos + _rotate_half(qk) * sin
+            q, k, v = qk[..., :-1, :], qk[..., -1:, :], fused[..., -1:, :]
         else:
             fused = qkv.view(batch, length, self.n_heads, 3, self.head_dim)
             q, k, v = fused[..., 0, :], fused[..., 1, :], fused[..., 2, :]
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _block(
@@ -190,14 +204,13 @@ class FalconBatch:
         cos: torch.Tensor,
         sin: torch.Tensor,
         adapters: Sequence[str | None] | None,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | int | None,
     ) -> torch.Tensor:
         """One decoder block on (B, S, C): parallel attention and MLP off one layer norm."""
         layer = self.layers[index]
         h = F.layer_norm(x, (x.shape[-1],), layer.norm_weight, layer.norm_bias, self.eps)
-        q, k, v = self._split(self._project(h, index, "query_key_value", adapters, mask))
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        qkv = self._project(h, index, "query_key_value", adapters, mask)
+        q, k, v = self._split_rotated(qkv, cos, sin)
         attn = attend(index, q, k, v)  # (B, H, S, D)
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
@@ -219,7 +232,7 @@ class FalconBatch:
             raise ValueError(f"a prompt of {length} tokens does not fit ({self.max_tokens})")
         ids = torch.tensor([list(token_ids)], device=self.device)
         x = F.embedding(ids, self.embed)  # (1, S, C)
-        cos, sin = self.cos[:length], self.sin[:length]
+        cos, sin = self.cos[:length].unsqueeze(1), self.sin[:length].unsqueeze(1)  # (S, 1, D)
 
         def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             self.k_cache[index, slot, :, :length] = k[0]
@@ -254,7 +267,7 @@ class FalconBatch:
         lengths_t = torch.tensor(lengths, device=self.device)
         slots_t = torch.tensor(list(slots), device=self.device)
         x = F.embedding(ids, self.embed)  # (N, S, C)
-        cos, sin = self.cos[:longest], self.sin[:longest]
+        cos, sin = self.cos[:longest].unsqueeze(1), self.sin[:longest].unsqueeze(1)
         position = torch.arange(longest, device=self.device)
         causal = position.view(1, longest, 1) >= position.view(1, 1, longest)  # (1, S, S)
         real_key = position.view(1, 1, longest) < lengths_t.view(-1, 1, 1)  # (N, 1, S)
@@ -279,6 +292,7 @@ class FalconBatch:
         *,
         adapters: Sequence[str | None] | None = None,
         lora_mask: torch.Tensor | None = None,
+        lora_slot: int | None = None,
     ) -> torch.Tensor:
         """One token for each of slots 0..B-1; logits (B, V).
 
@@ -289,6 +303,8 @@ class FalconBatch:
                 bucket's fixed size, or the longest row when run eagerly.
             adapters: per-row adapter names, added the PEFT way (eager steps).
             lora_mask: (B, S*R) from `LoraBank.row_mask`, for fixed-shape (graphed) steps.
+            lora_slot: every row uses this one adapter (its slot in the bank): fixed shapes
+                that read only its factors.
         """
         batch = tokens.shape[0]
         rows = torch.arange(batch, device=self.device)
@@ -307,10 +323,11 @@ class FalconBatch:
                 q, keys, values, attn_mask=visible, enable_gqa=True
             )
 
+        lora: torch.Tensor | int | None = lora_slot
         if lora_mask is not None:
-            lora_mask = lora_mask.unsqueeze(1)  # (B, 1, S*R) against (B, 1, ·) activations
+            lora = lora_mask.unsqueeze(1)  # (B, 1, S*R) against (B, 1, ·) activations
         for index in range(len(self.layers)):
-            x = self._block(index, x, attend, cos, sin, adapters, lora_mask)
+            x = self._block(index, x, attend, cos, sin, adapters, lora)
         return self._logits(x[:, 0])
 
     def move(self, source: int, target: int) -> None:

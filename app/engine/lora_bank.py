@@ -96,6 +96,23 @@ class LoraBank:
             return out
         return out + F.linear(F.linear(x, stacked.a) * mask, stacked.b)
 
+    def add_one(
+        self, out: torch.Tensor, x: torch.Tensor, layer: int, proj: str, slot: int
+    ) -> torch.Tensor:
+        """`out + (x A.T) B.T·scale` for one adapter (by slot) on every row.
+
+        Reads only that adapter's columns of the stacked layout (views, no copies): the
+        common single-user case, where the mask over all loaded adapters would read and
+        multiply every adapter's factors for nothing.
+        """
+        stacked = self._stacked_for(layer, proj)
+        if stacked is None:
+            return out
+        rank = self.rank
+        a = stacked.a[slot * rank : (slot + 1) * rank]
+        b = stacked.b[:, slot * rank : (slot + 1) * rank]
+        return out + F.linear(F.linear(x, a), b)
+
     def add_grouped(
         self,
         out: torch.Tensor,

@@ -224,3 +224,27 @@ def test_batched_prefill_gives_each_prompt_its_own_logits_and_cache(
         n = len(prompt)
         cached, reference = batch.k_cache[:, row, :, :n], batch.k_cache[:, 3 + row, :, :n]
         assert torch.allclose(cached, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_single_adapter_layout_equals_per_adapter_updates(
+    tiny_falcon_dir: Path, packages: dict[str, Path]
+) -> None:
+    """The graph mode for a batch on one adapter reads only that adapter's slot."""
+    from peft import PeftModel
+
+    from app.engine.fast_falcon import FalconBatch
+
+    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
+    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
+    model.load_adapter(str(packages["income"]), adapter_name="income")
+    batch = FalconBatch(model, slots=2, max_tokens=64)
+    torch.manual_seed(5)
+    for slot in range(2):
+        batch.prefill(slot, torch.randint(0, 1000, (6,)).tolist(), "income")
+    tokens, positions = torch.randint(0, 1000, (2,)), torch.tensor([6, 6])
+    snapshot = (batch.k_cache.clone(), batch.v_cache.clone())
+    grouped = batch.decode(tokens, positions, 7, adapters=["income", "income"])
+    batch.k_cache.copy_(snapshot[0])
+    batch.v_cache.copy_(snapshot[1])
+    one = batch.decode(tokens, positions, 7, lora_slot=batch.lora.names.index("income"))
+    assert torch.allclose(one, grouped, atol=1e-4, rtol=1e-4)
