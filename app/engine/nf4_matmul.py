@@ -12,8 +12,10 @@ reference (dequantize, then matmul) everywhere else, so CPU serving and tests sh
 Measured on an H200 (bench/results/nf4-matmul.json): 1.05-3.8x faster than bitsandbytes for
 2 to 64 rows, but at 11-19% of copy bandwidth, not near it; for a single row bitsandbytes'
 GEMV is faster (14.5 against 19 us on 4544x4544). Every tile, prefetch and CUDA-core variant
-tried landed within a few percent, which points at the per-weight NF4 table lookups (global
-loads) as the limit; a register-only decode (byte permutes) is the next step.
+tried landed within a few percent. The compiled loop (sm_90 SASS) issues one 2-byte global
+load from the 16-entry code table per weight, plus its 64-bit address arithmetic, against two
+16-byte loads for 64 packed weights: those lookups are the likely limit, and a register-only
+decode (byte permutes, as Marlin-style kernels do) the next step.
 """
 
 from __future__ import annotations
