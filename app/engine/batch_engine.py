@@ -21,8 +21,10 @@ picker needs, and it does not capture bitsandbytes NF4 steps in CUDA graphs; hen
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -35,9 +37,12 @@ from app.engine.fast_falcon import FalconBatch
 from app.engine.generation import PreparedRequest, SequenceDecoder, eos_ids
 from app.engine.loader import LoadedModel
 from app.engine.local import _STOP, LocalEngine, _Control, _Job
-from app.engine.types import EngineBusy, EngineError, FinishEvent, GenerationRequest
+from app.engine.types import EngineBusy, EngineError, Event, FinishEvent, GenerationRequest
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.001
+"""How long a Python thread may hold the interpreter lock before others get a turn."""
 
 PREFILL_TOKEN_BUDGET = 4096
 """Prompt tokens prefilled per loop iteration before running rows get their next step."""
@@ -90,6 +95,10 @@ class BatchEngine(LocalEngine):
         self._graphed: GraphedDecode | None = None
         self._eos: set[int] = set()
         self._broken = ""
+        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Event], Any, Event]] = []
+        # The worker thread runs Python between GPU steps; the default 5 ms switch interval
+        # would let it keep the interpreter lock while requests wait on the web server's loop.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.ready = threading.Event()
         super().__init__(
             loaded,
@@ -114,16 +123,42 @@ class BatchEngine(LocalEngine):
         return len(self._rows)
 
     def generate(self, request: GenerationRequest):  # noqa: ANN201 - LocalEngine's stream
+        """Queue a request and return its event stream (see `LocalEngine.generate`).
+
+        Events go to an outbox that the worker hands to the caller's event loop once per
+        step, in one `call_soon_threadsafe` per loop: with 64 answers streaming, waking the
+        web server's loop once per token per answer would keep it (and the interpreter lock)
+        busy with wake-ups instead of serving requests.
+        """
+        if request.adapter and request.adapter not in self._adapter_formats:
+            raise EngineError(f"adapter {request.adapter!r} is not loaded")
         with self._pending_lock:
             if self._pending >= self._max_waiting:
                 raise EngineBusy(retry_after=2)
             self._pending += 1
-        try:
-            return super().generate(request)
-        except EngineError:
-            with self._pending_lock:
-                self._pending -= 1
-            raise
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            self._outbox.append((loop, events, request, event))
+
+        self._queue.put_nowait(_Job(request, emit))
+        return self._stream(events, request)
+
+    def _flush(self) -> None:
+        """Deliver this step's events, one hand-over per event loop."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outgoing]] = {}
+        for loop, events, request, event in self._outbox:
+            by_loop.setdefault(loop, []).append((events, request, event))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that loop is closed: nobody is listening any more
+                for _, request, _ in items:
+                    request.cancel.set()
 
     # ---- worker ---------------------------------------------------------------------------
 
@@ -153,24 +188,34 @@ class BatchEngine(LocalEngine):
         finally:
             self.ready.set()
         while True:
-            idle = not self._rows and not self._waiting
-            if not self._take_items(block=idle):
-                self._fail_all("the server is shutting down")
-                return
-            if self._broken:
-                self._fail_all(self._broken)
-                continue
             try:
-                self._admit()
-                if self._rows:
-                    self._step()
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                log.exception("out of memory during a batch step")
-                self._fail_all("out of GPU memory")
-            except Exception as exc:  # noqa: BLE001 - fail these answers, keep serving
-                log.exception("batch step failed")
-                self._fail_all(str(exc))
+                running = self._iterate()
+            finally:
+                self._flush()
+            if not running:
+                return
+
+    def _iterate(self) -> bool:
+        """One turn of the loop: controls, admissions, one decode step; False on stop."""
+        idle = not self._rows and not self._waiting
+        if not self._take_items(block=idle):
+            self._fail_all("the server is shutting down")
+            return False
+        if self._broken:
+            self._fail_all(self._broken)
+            return True
+        try:
+            self._admit()
+            if self._rows:
+                self._step()
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.exception("out of memory during a batch step")
+            self._fail_all("out of GPU memory")
+        except Exception as exc:  # noqa: BLE001 - fail these answers, keep serving
+            log.exception("batch step failed")
+            self._fail_all(str(exc))
+        return True
 
     def _take_items(self, *, block: bool) -> bool:
         """Move queued jobs to the waiting list and run control actions; False on stop."""
@@ -325,3 +370,12 @@ def _to_host(values: torch.Tensor) -> list[int]:
     done.record()
     done.synchronize()
     return host.tolist()
+
+
+_Outgoing = tuple["asyncio.Queue[Event]", Any, Event]
+
+
+def _deliver(items: list[_Outgoing]) -> None:
+    """On the caller's event loop: put each event on its stream's queue."""
+    for events, _, event in items:
+        events.put_nowait(event)
