@@ -239,10 +239,21 @@ class BatchEngine(LocalEngine):
             item.done.set_exception(exc)
         if self._batch is not None:
             self._batch.set_adapters(self.model)
+            self._recapture()
         for row in list(self._rows):
             if row.adapter is not None and row.adapter not in self._adapter_formats:
                 row.decoder.finish("error", error=f"adapter {row.adapter!r} was unloaded")
         self._compact()
+
+    def _recapture(self) -> None:
+        """Capture the mixed-adapter graphs for the new adapter set now, during the load,
+        rather than one bucket at a time in front of the next users' first tokens."""
+        if self._graphed is None or not self._adapter_formats:
+            return
+        try:
+            self._graphed.warm_up(modes=("lora",))
+        except Exception:  # noqa: BLE001 - they are captured on first use instead
+            log.exception("capturing adapter graphs failed")
 
     def _admit(self) -> None:
         """Prefill waiting requests into free slots, up to the token budget per iteration."""
