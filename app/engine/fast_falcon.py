@@ -26,18 +26,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine.lora_bank import LoraBank, read_peft_factors
+from app.engine.peft_layout import adapter_reason, base_model
 
 PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 ATTENTION = ("query_key_value", "dense")
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
-
-
-def base_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper, or the model itself."""
-    from peft import PeftModel
-
-    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -52,27 +46,7 @@ def unsupported_reason(model: Any) -> str | None:
     rope = getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         return f"rope type {rope.get('rope_type')}"
-    return _adapter_reason(model)
-
-
-def _adapter_reason(model: Any) -> str | None:
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(model, PeftModel):
-        return None
-    for name, config in model.peft_config.items():
-        if getattr(config, "use_dora", False):
-            return f"adapter {name} uses DoRA"
-        if getattr(config, "modules_to_save", None):
-            return f"adapter {name} trains extra modules"
-    for module_name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            if module_name.rsplit(".", 1)[-1] not in PROJECTIONS:
-                return f"LoRA on {module_name}"
-            if module.lora_embedding_A or module.merged_adapters:
-                return f"merged or embedding LoRA on {module_name}"
-    return None
+    return adapter_reason(model, PROJECTIONS)
 
 
 @dataclass

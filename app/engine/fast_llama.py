@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.peft_layout import adapter_reason, base_model
+
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -37,16 +39,9 @@ class _Layer:
     """Adapter name → projection name → its LoRA factors."""
 
 
-def _base_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper, or the model itself."""
-    from peft import PeftModel
-
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
 def unsupported_reason(model: Any) -> str | None:
     """Why the fast path cannot run this model, or None when it can."""
-    base = _base_model(model)
+    base = base_model(model)
     config = base.config
     if config.model_type != "llama":
         return f"architecture {config.model_type} has no fast path"
@@ -59,26 +54,7 @@ def unsupported_reason(model: Any) -> str | None:
     rope = getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         return f"rope type {rope.get('rope_type')}"
-    return _adapter_reason(model)
-
-
-def _adapter_reason(model: Any) -> str | None:
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(model, PeftModel):
-        return None
-    for name, config in model.peft_config.items():
-        if getattr(config, "use_dora", False):
-            return f"adapter {name} uses DoRA"
-        if getattr(config, "modules_to_save", None):
-            return f"adapter {name} trains extra modules"
-    for module_name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and module_name.rsplit(".", 1)[-1] not in PROJECTIONS:
-            return f"LoRA on {module_name}"
-        if isinstance(module, LoraLayer) and (module.lora_embedding_A or module.merged_adapters):
-            return f"merged or embedding LoRA on {module_name}"
-    return None
+    return adapter_reason(model, PROJECTIONS)
 
 
 def supports(model: Any) -> bool:
@@ -101,7 +77,7 @@ class FastLlama:
     """
 
     def __init__(self, model: Any, max_tokens: int, dtype: torch.dtype | None = None) -> None:
-        base = _base_model(model)
+        base = base_model(model)
         self.dtype = dtype or next(base.parameters()).dtype
         config = base.config
         self.n_heads = config.num_attention_heads
@@ -139,7 +115,7 @@ class FastLlama:
         from peft import PeftModel
 
         peft = isinstance(model, PeftModel)
-        base = _base_model(model)
+        base = base_model(model)
         self._merged = None
         for layer, module in zip(self.layers, base.model.layers, strict=True):
             layer.lora = _read_lora(module, self._cast) if peft else {}

@@ -177,10 +177,8 @@ def test_asking_for_an_adapter_that_is_not_loaded_is_refused(tiny_falcon_dir: Pa
     asyncio.run(run())
 
 
-def test_masked_lora_layout_equals_per_adapter_updates(
-    tiny_falcon_dir: Path, packages: dict[str, Path]
-) -> None:
-    """The fixed-shape LoRA layout that CUDA graphs replay gives each row its own adapter."""
+def two_adapter_batch(tiny_falcon_dir: Path, packages: dict[str, Path], slots: int):  # noqa: ANN201
+    """A `FalconBatch` over the tiny Falcon with both test adapters loaded."""
     from peft import PeftModel
 
     from app.engine.fast_falcon import FalconBatch
@@ -188,35 +186,56 @@ def test_masked_lora_layout_equals_per_adapter_updates(
     loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
     model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
     model.load_adapter(str(packages["income"]), adapter_name="income")
-    batch = FalconBatch(model, slots=4, max_tokens=64)
-    adapters = ["income", None, "growth", "growth"]
+    return FalconBatch(model, slots=slots, max_tokens=64)
+
+
+def decode_both_ways(batch, adapters: list[str | None], **fixed_shape) -> tuple:  # noqa: ANN001, ANN003
+    """One decode step for prefilled rows, the eager way (PEFT-ordered updates per adapter)
+    and a fixed-shape way, from the same cache; returns (eager, fixed) logits."""
+    rows = len(adapters)
+    torch.manual_seed(11)
     for slot, adapter in enumerate(adapters):
         batch.prefill(slot, torch.randint(0, 1000, (5 + slot,)).tolist(), adapter)
-    tokens, positions = torch.randint(0, 1000, (4,)), torch.tensor([5, 6, 7, 8])
+    tokens, positions = torch.randint(0, 1000, (rows,)), torch.arange(5, 5 + rows)
     snapshot = (batch.k_cache.clone(), batch.v_cache.clone())
-    grouped = batch.decode(tokens, positions, 9, adapters=adapters)
+    eager = batch.decode(tokens, positions, 5 + rows, adapters=adapters)
     batch.k_cache.copy_(snapshot[0])
     batch.v_cache.copy_(snapshot[1])
-    masked = batch.decode(tokens, positions, 9, lora_mask=batch.lora.row_mask(adapters, 4))
-    bare = batch.decode(tokens, positions, 9)
-    assert torch.allclose(masked, grouped, atol=1e-4, rtol=1e-4)
+    return eager, batch.decode(tokens, positions, 5 + rows, **fixed_shape)
+
+
+def test_masked_lora_layout_equals_per_adapter_updates(
+    tiny_falcon_dir: Path, packages: dict[str, Path]
+) -> None:
+    """The fixed-shape LoRA layout that CUDA graphs replay gives each row its own adapter."""
+    batch = two_adapter_batch(tiny_falcon_dir, packages, slots=4)
+    adapters = ["income", None, "growth", "growth"]
+    eager, masked = decode_both_ways(batch, adapters, lora_mask=batch.lora.row_mask(adapters, 4))
+    assert torch.allclose(masked, eager, atol=1e-4, rtol=1e-4)
+    bare = batch.decode(torch.zeros(4, dtype=torch.long), torch.arange(5, 9), 9)
+    eager_again = batch.decode(torch.zeros(4, dtype=torch.long), torch.arange(5, 9), 9,
+                               adapters=adapters)  # fmt: skip
     for row, adapter in enumerate(adapters):  # rows with an adapter differ from the bare model
-        assert torch.equal(bare[row], grouped[row]) == (adapter is None)
+        assert torch.equal(bare[row], eager_again[row]) == (adapter is None)
+
+
+def test_single_adapter_layout_equals_per_adapter_updates(
+    tiny_falcon_dir: Path, packages: dict[str, Path]
+) -> None:
+    """The graph mode for a batch on one adapter reads only that adapter's slot."""
+    batch = two_adapter_batch(tiny_falcon_dir, packages, slots=2)
+    slot = batch.lora.names.index("income")
+    eager, one = decode_both_ways(batch, ["income", "income"], lora_slot=slot)
+    assert torch.allclose(one, eager, atol=1e-4, rtol=1e-4)
 
 
 def test_batched_prefill_gives_each_prompt_its_own_logits_and_cache(
     tiny_falcon_dir: Path, packages: dict[str, Path]
 ) -> None:
-    from peft import PeftModel
-
-    from app.engine.fast_falcon import FalconBatch
-
-    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
-    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
-    batch = FalconBatch(model, slots=6, max_tokens=64)
+    batch = two_adapter_batch(tiny_falcon_dir, packages, slots=6)
     torch.manual_seed(3)
     prompts = [torch.randint(0, 1000, (n,)).tolist() for n in (7, 1, 12)]
-    adapters = ["growth", None, "growth"]
+    adapters = ["growth", None, "income"]
     together = batch.prefill_many([0, 1, 2], prompts, adapters)
     for row, (prompt, adapter) in enumerate(zip(prompts, adapters, strict=True)):
         alone = batch.prefill(3 + row, prompt, adapter)
@@ -224,27 +243,3 @@ def test_batched_prefill_gives_each_prompt_its_own_logits_and_cache(
         n = len(prompt)
         cached, reference = batch.k_cache[:, row, :, :n], batch.k_cache[:, 3 + row, :, :n]
         assert torch.allclose(cached, reference, atol=1e-4, rtol=1e-4)
-
-
-def test_single_adapter_layout_equals_per_adapter_updates(
-    tiny_falcon_dir: Path, packages: dict[str, Path]
-) -> None:
-    """The graph mode for a batch on one adapter reads only that adapter's slot."""
-    from peft import PeftModel
-
-    from app.engine.fast_falcon import FalconBatch
-
-    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
-    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
-    model.load_adapter(str(packages["income"]), adapter_name="income")
-    batch = FalconBatch(model, slots=2, max_tokens=64)
-    torch.manual_seed(5)
-    for slot in range(2):
-        batch.prefill(slot, torch.randint(0, 1000, (6,)).tolist(), "income")
-    tokens, positions = torch.randint(0, 1000, (2,)), torch.tensor([6, 6])
-    snapshot = (batch.k_cache.clone(), batch.v_cache.clone())
-    grouped = batch.decode(tokens, positions, 7, adapters=["income", "income"])
-    batch.k_cache.copy_(snapshot[0])
-    batch.v_cache.copy_(snapshot[1])
-    one = batch.decode(tokens, positions, 7, lora_slot=batch.lora.names.index("income"))
-    assert torch.allclose(one, grouped, atol=1e-4, rtol=1e-4)
