@@ -211,10 +211,10 @@ class BatchEngine(LocalEngine):
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.exception("out of memory during a batch step")
-            self._fail_all("out of GPU memory")
+            self._fail_running("out of GPU memory")
         except Exception as exc:  # noqa: BLE001 - fail these answers, keep serving
             log.exception("batch step failed")
-            self._fail_all(str(exc))
+            self._fail_running(str(exc))
         return True
 
     def _take_items(self, *, block: bool) -> bool:
@@ -271,6 +271,9 @@ class BatchEngine(LocalEngine):
             return
         batch = self._ready_batch
         first = len(self._rows)
+        # Rows join before their prefill runs, so a failed prefill fails them like any row.
+        for decoder, prepared in starting:
+            self._rows.append(_Row(decoder, prepared.adapter, len(prepared.prompt_ids)))
         if self._batch_prefill and len(starting) > 1:
             logits = batch.prefill_many(
                 range(first, first + len(starting)),
@@ -284,11 +287,10 @@ class BatchEngine(LocalEngine):
                     for i, (_, prepared) in enumerate(starting)
                 ]
             )
-        for (decoder, prepared), row_logits in zip(starting, logits, strict=True):
-            # Rows join in slot order; one that ends at its first token leaves a hole that
-            # `_compact` fills, so the remaining rows and their cache slots stay aligned.
-            self._rows.append(_Row(decoder, prepared.adapter, len(prepared.prompt_ids)))
-            decoder.push(row_logits)
+        for row, row_logits in zip(self._rows[first:], logits, strict=True):
+            # A row that ends at its first token leaves a hole that `_compact` fills, so the
+            # remaining rows and their cache slots stay aligned.
+            row.decoder.push(row_logits)
         self._compact()
 
     def _prepare_job(self, job: _Job) -> tuple[SequenceDecoder, PreparedRequest] | None:
@@ -358,10 +360,15 @@ class BatchEngine(LocalEngine):
                 self._rows[index] = self._rows[last]
             self._rows.pop()
 
-    def _fail_all(self, error: str) -> None:
+    def _fail_running(self, error: str) -> None:
+        """End every running answer with `error`; waiting requests keep their turn."""
         for row in self._rows:
             row.decoder.finish("error", error=error)
         self._rows.clear()
+
+    def _fail_all(self, error: str) -> None:
+        """End running and waiting requests alike (shutdown, an engine that cannot start)."""
+        self._fail_running(error)
         while self._waiting:
             self._waiting.popleft().emit(FinishEvent("error", "", 0, 0, error=error))
             with self._pending_lock:
