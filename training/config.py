@@ -115,9 +115,10 @@ class TrainConfig:
     save_every: int = 0
     """Steps between checkpoints that `--resume` restarts from (0 = none)."""
     output_dir: str = ""
-    """Run folder (adapter/, checkpoints/, metrics.jsonl, loss.png); empty = runs/<name>."""
+    """Run folder (adapter/, checkpoints/, metrics.jsonl, loss.png); empty means
+    training/runs/<name>."""
     report_to: str = "none"
-    """Extra metric sink besides JSONL: `none` or `tensorboard`."""
+    """Extra metric sink besides metrics.jsonl and loss.png; only `none` is available now."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """The adapter."""
     data: DataSettings = field(default_factory=DataSettings)

@@ -72,7 +72,9 @@ def stage_folder(source: Path, staging: Path, limits: Limits) -> Path:
     target.mkdir()
     entries = sorted(source.iterdir())
     if len(entries) > MAX_ENTRIES:
-        raise AdapterError(f"the folder holds {len(entries)} entries; a package holds at most 4")
+        raise AdapterError(
+            f"the folder holds {len(entries)} entries; a package holds at most {MAX_ENTRIES}"
+        )
     total = 0
     for entry in entries:
         if entry.is_symlink():
@@ -124,7 +126,9 @@ def stage_zip(archive: Path, staging: Path, limits: Limits) -> Path:
     with bundle:
         infos = bundle.infolist()
         if len(infos) > MAX_ENTRIES:
-            raise AdapterError(f"the archive holds {len(infos)} entries; a package holds at most 4")
+            raise AdapterError(
+                f"the archive holds {len(infos)} entries; a package holds at most {MAX_ENTRIES}"
+            )
         names = [_entry_name(info) for info in infos]
         files = [(n, i) for n, i in zip(names, infos, strict=True) if not i.is_dir()]
         folders = {PurePosixPath(n).parts[0] for n, _ in files if len(PurePosixPath(n).parts) > 1}

@@ -98,7 +98,8 @@ class BatchEngine(LocalEngine):
         self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Event], Any, Event]] = []
         # The worker thread runs Python between GPU steps; the default 5 ms switch interval
         # would let it keep the interpreter lock while requests wait on the web server's loop.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
         self.ready = threading.Event()
         super().__init__(
             loaded,
@@ -144,6 +145,11 @@ class BatchEngine(LocalEngine):
 
         self._queue.put_nowait(_Job(request, emit))
         return self._stream(events, request)
+
+    async def close(self) -> None:
+        """Stop the worker (running and waiting answers end with an error event)."""
+        await super().close()
+        sys.setswitchinterval(self._switch_interval)
 
     def _flush(self) -> None:
         """Deliver this step's events, one hand-over per event loop."""
