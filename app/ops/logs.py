@@ -72,5 +72,8 @@ def log_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
             "uvicorn": {"handlers": [], "propagate": True, "level": level},
             "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
+            # bitsandbytes warns at import on CPU that an optional kernel package is absent;
+            # Teller never runs 4-bit on CPU, so it would only alarm operators.
+            "bitsandbytes.backends.cpu.ops": {"level": "ERROR"},
         },
     }
