@@ -119,10 +119,6 @@ class BatchEngine(LocalEngine):
             raise EngineError("the batch engine has not started")
         return self._batch
 
-    @property
-    def running(self) -> int:
-        return len(self._rows)
-
     def generate(self, request: GenerationRequest):  # noqa: ANN201 - LocalEngine's stream
         """Queue a request and return its event stream (see `LocalEngine.generate`).
 

@@ -74,10 +74,6 @@ class GraphedDecode:
             size *= 2
         return (*sizes, max_tokens)
 
-    @property
-    def captured(self) -> int:
-        return len(self._graphs)
-
     def __call__(
         self, tokens: Sequence[int], positions: Sequence[int], adapters: Sequence[str | None]
     ) -> torch.Tensor:
