@@ -37,6 +37,7 @@ from app.engine.fast_falcon import FalconBatch
 from app.engine.generation import PreparedRequest, SequenceDecoder, eos_ids
 from app.engine.loader import LoadedModel
 from app.engine.local import _STOP, LocalEngine, _Control, _Job
+from app.engine.sampling import sample_rows
 from app.engine.types import EngineBusy, EngineError, Event, FinishEvent, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -325,16 +326,32 @@ class BatchEngine(LocalEngine):
         positions = [row.length for row in rows]
         adapters = [row.adapter for row in rows]
         logits = self._decode(tokens, positions, adapters)  # (B, V)
-        greedy = _to_host(logits.argmax(dim=-1))
+        chosen = _to_host(self._choose(logits, rows))
         for index, row in enumerate(rows):
             row.length += 1
-            if row.decoder.request.sampling.temperature <= 0:
-                row.decoder.push_token(greedy[index])
+            if row.decoder.request.sampling.seed is not None:
+                row.decoder.push(logits[index])  # its own generator: the answer repeats
             else:
-                row.decoder.push(logits[index])
+                row.decoder.push_token(chosen[index])
             if row.length >= self._ready_batch.max_tokens and not row.decoder.finished:
                 row.decoder.finish("length")
         self._compact()
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """(B,) next tokens: argmax for greedy rows, one batched draw for sampled ones."""
+        chosen = logits.argmax(dim=-1)
+        sampled = [
+            index
+            for index, row in enumerate(rows)
+            if row.decoder.request.sampling.temperature > 0
+            and row.decoder.request.sampling.seed is None
+        ]
+        if sampled:
+            params = [rows[index].decoder.request.sampling for index in sampled]
+            picks = torch.tensor(sampled, device=logits.device)
+            chosen[picks] = sample_rows(logits[picks], params)
+        return chosen
 
     def _decode(
         self, tokens: list[int], positions: list[int], adapters: list[str | None]

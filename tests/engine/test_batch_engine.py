@@ -243,3 +243,25 @@ def test_batched_prefill_gives_each_prompt_its_own_logits_and_cache(
         n = len(prompt)
         cached, reference = batch.k_cache[:, row, :, :n], batch.k_cache[:, 3 + row, :, :n]
         assert torch.allclose(cached, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_sampled_answers_share_a_batch_and_a_seeded_one_repeats(tiny_falcon_dir: Path) -> None:
+    engine = make_engine(tiny_falcon_dir, max_batch=4)
+
+    def sampled(seed: int | None) -> GenerationRequest:
+        return GenerationRequest(
+            messages=[ChatMessage("user", QUESTIONS[0])],
+            sampling=SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=12, seed=seed),
+        )
+
+    async def run() -> list[tuple[FinishEvent, str]]:
+        try:
+            first = await asyncio.gather(*(collect(engine, sampled(s)) for s in (7, None, None)))
+            again = await collect(engine, sampled(7))
+            return [*first, again]
+        finally:
+            await engine.close()
+
+    results = asyncio.run(run())
+    assert all(f.reason in ("length", "stop") and f.completion_tokens >= 1 for f, _ in results)
+    assert results[0][0].text == results[3][0].text  # the same seed, the same answer
