@@ -14,9 +14,16 @@ LONG = 1500
 """Far more tokens than the tests wait for: an answer that ran to the end would show."""
 
 
-@pytest.fixture
-def slow_api(tmp_path: Path, tiny_llama_dir: Path):  # noqa: ANN201
-    settings = settings_for(tmp_path, tiny_llama_dir, max_new_tokens=LONG, max_concurrent_streams=1)
+@pytest.fixture(params=["sequential", "batch"])
+def slow_api(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
+    """The sequential engine (tiny Llama) and the batch scheduler (tiny Falcon) alike."""
+    scheduler = request.param
+    base = request.getfixturevalue(
+        "tiny_llama_dir" if scheduler == "sequential" else "tiny_falcon_dir"
+    )
+    settings = settings_for(
+        tmp_path, base, max_new_tokens=LONG, max_concurrent_streams=1, scheduler=scheduler
+    )
     with start_api(settings) as running:
         yield running
 
