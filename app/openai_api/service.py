@@ -8,6 +8,7 @@ sets the request's cancel signal, so the engine stops generating at its next tok
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -196,10 +197,12 @@ class ApiCall:
                 if isinstance(event, FinishEvent):
                     return
         finally:
-            # Close first (sync: cancel, slot, lease, audit); awaiting the engine's cleanup
-            # may itself be cancelled when the client has gone.
+            # Release first (sync: cancel, slot, lease), then write the audit row on a worker
+            # thread: the write (a few ms) would otherwise stall every other stream on this
+            # event loop. Shielded, so a client that has gone cannot cancel the write.
             try:
-                self.close()
+                if self._release():
+                    await asyncio.shield(asyncio.to_thread(self._record))
             finally:
                 await self.aclose_events()
 
@@ -216,14 +219,23 @@ class ApiCall:
 
         Idempotent: the stream's `finally` and the response's background task both call it.
         """
+        if self._release():
+            self._record()
+
+    def _release(self) -> bool:
+        """Stop generating, give back the slot and the adapter lease; False if done before."""
         if self._closed:
-            return
+            return False
         self._closed = True
         self.request.cancel.set()
         if self.lease is not None and self.ctx.adapters is not None:
             self.ctx.adapters.release(self.lease)
         if self._slot_held:
             self.ctx.limits.release_stream(self.caller.user_id)
+        return True
+
+    def _record(self) -> None:
+        """The audit row and the answer's metrics (thread-safe: the audit chain has a lock)."""
         try:
             self._audit()
         except Exception:  # noqa: BLE001 - a failed audit write is logged, never silent
