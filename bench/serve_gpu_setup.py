@@ -1,0 +1,270 @@
+"""Setup and baseline for `serve_gpu.py`: the random-weight Falcon-7B in NF4, its LoRA
+adapters, the plain transformers + PEFT measurements, and the bandwidth floor.
+
+Not run on its own: part of `bench/serve_gpu.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.contract import AdapterManifest, PromptFormat, sha256_file
+from app.engine.fast_falcon import FalconBatch
+from app.engine.loader import LoadedModel
+from bench.train_gpu_recipes import FALCON_TARGETS
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_DIR = REPO / "models" / "SmolLM2-135M-Instruct"
+ADAPTERS = 4
+TEXT = (
+    "Explain how a company's free cash flow differs from its net income, and walk through "
+    "the adjustments for depreciation, working capital and capital expenditure. "
+)
+
+
+def falcon_config(smoke: bool) -> Any:
+    """Falcon-7B's architecture (the training bench's copy of the hub config), or a tiny one."""
+    from transformers import FalconConfig
+
+    from bench.train_gpu import falcon_7b_config
+
+    if not smoke:
+        return falcon_7b_config()
+    return FalconConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        multi_query=True,
+        parallel_attn=True,
+        new_decoder_architecture=False,
+        bias=False,
+        alibi=False,
+        bos_token_id=11,
+        eos_token_id=11,
+    )
+
+
+def quantize_in_place(model: Any) -> int:
+    """Replace every block projection with a bitsandbytes NF4 Linear4bit (double quant)."""
+    import bitsandbytes as bnb
+
+    count = 0
+    for block in model.transformer.h:
+        for owner in (block.self_attention, block.mlp):
+            for name, old in list(owner.named_children()):
+                if not isinstance(old, torch.nn.Linear):
+                    continue
+                new = bnb.nn.Linear4bit(
+                    old.in_features,
+                    old.out_features,
+                    bias=False,
+                    compute_dtype=torch.bfloat16,
+                    compress_statistics=True,
+                    quant_type="nf4",
+                    device="meta",
+                )
+                new.weight = bnb.nn.Params4bit(
+                    old.weight.data,
+                    requires_grad=False,
+                    compress_statistics=True,
+                    quant_type="nf4",
+                ).cuda()
+                setattr(owner, name, new)
+                count += 1
+    torch.cuda.empty_cache()
+    return count
+
+
+def build_model(smoke: bool, work: Path) -> tuple[LoadedModel, Path]:
+    """The random-weight model (NF4 on CUDA), and a folder with its config for the registry."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = falcon_config(smoke)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    folder = work / ("falcon-tiny-random" if smoke else "falcon-7b-random")
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    if smoke:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        return LoadedModel(
+            model, tokenizer, str(folder), torch.device("cpu"), torch.float32, "none"
+        ), folder
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    count = quantize_in_place(model)
+    loaded = LoadedModel(
+        model,
+        tokenizer,
+        str(folder),
+        torch.device("cuda"),
+        torch.bfloat16,
+        "nf4",
+        linear_4bit=count,
+    )
+    return loaded, folder
+
+
+def make_adapters(loaded: LoadedModel, folder: Path, work: Path, rank: int) -> list[Path]:
+    """Random non-zero LoRA packages (bf16 files), each with a Teller manifest."""
+    from peft import LoraConfig, get_peft_model
+
+    paths = []
+    model = loaded.model
+    for index in range(ADAPTERS):
+        torch.manual_seed(100 + index)
+        config = LoraConfig(
+            r=rank, lora_alpha=16, target_modules=FALCON_TARGETS, init_lora_weights=False
+        )
+        peft_model = get_peft_model(model, config)
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.data = (param.data * (0.1 if "lora_B" in name else 1.0)).to(loaded.dtype)
+        out = work / f"adapter-{index}"
+        peft_model.save_pretrained(out, safe_serialization=True)
+        AdapterManifest(
+            name=f"bench{index}",
+            base_model=str(folder),
+            prompt_format=PromptFormat.ALPACA,
+            sha256=sha256_file(out / "adapter_model.safetensors"),
+        ).write(out)
+        model = peft_model.unload()
+        paths.append(out)
+    loaded.model = model
+    return paths
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def prompt_ids(tokenizer: Any, length: int, shift: int = 0) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < length + shift:
+        ids += tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    return ids[shift : shift + length]
+
+
+# ---- baseline: transformers generate + PEFT ----------------------------------------------
+
+
+def timed_generate(model: Any, ids: torch.Tensor, new: int) -> float:
+    sync()
+    start = time.perf_counter()
+    model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    sync()
+    return time.perf_counter() - start
+
+
+def run_baseline(loaded: LoadedModel, adapter: Path, args: argparse.Namespace) -> dict:
+    from peft import PeftModel
+
+    device, tok = loaded.device, loaded.tokenizer
+    model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a0").eval()
+    short = torch.tensor([prompt_ids(tok, 16)], device=device)
+    long = torch.tensor([prompt_ids(tok, 512)], device=device)
+    n = args.baseline_tokens
+    timed_generate(model, short, 4)  # warm-up
+    out: dict[str, Any] = {"recipe": "transformers generate, unmerged PEFT LoRA, NF4 base"}
+    with torch.inference_mode():
+        one, many = timed_generate(model, short, 1), timed_generate(model, short, n + 1)
+        out["decode_tok_s"] = n / (many - one)
+        out["ttft_512_ms"] = 1000 * statistics.median(
+            timed_generate(model, long, 1) for _ in range(3)
+        )
+        batch = torch.tensor([prompt_ids(tok, 16, shift=i) for i in range(8)], device=device)
+        out["batch8_aggregate_tok_s"] = 8 * n / timed_generate(model, batch, n)
+        with model.disable_adapter():
+            one, many = timed_generate(model, short, 1), timed_generate(model, short, n + 1)
+            out["base_only_decode_tok_s"] = n / (many - one)
+    loaded.model = model.unload()
+    return out
+
+
+def check_logits(loaded: LoadedModel, adapter: Path, ids: list[int]) -> dict:
+    """Lean forward vs PEFT on one prompt: relative L2 error of the logits, same argmax."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a0").eval()
+    tensor = torch.tensor([ids], device=loaded.device)
+    lean = FalconBatch(model, slots=1, max_tokens=len(ids) + 1)
+    with torch.inference_mode():
+        ref = model(tensor).logits[0, -1].float()
+        got = lean.prefill(0, ids, "a0")
+        with model.disable_adapter():
+            ref_base = model(tensor).logits[0, -1].float()
+        got_base = lean.prefill(0, ids, None)
+    loaded.model = model.unload()
+    return {
+        "prefill_logits_rel_l2": float((got - ref).norm() / ref.norm()),
+        "same_argmax": bool(got.argmax() == ref.argmax()),
+        "base_only_prefill_logits_rel_l2": float((got_base - ref_base).norm() / ref_base.norm()),
+        "base_only_same_argmax": bool(got_base.argmax() == ref_base.argmax()),
+    }
+
+
+def greedy_reference(loaded: LoadedModel, adapter: Path, ids: list[int], n: int) -> list[int]:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a0").eval()
+    tensor = torch.tensor([ids], device=loaded.device)
+    with torch.inference_mode():
+        out = model.generate(
+            tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    loaded.model = model.unload()
+    return out[0, len(ids) :].tolist()
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (median of 20)."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    src = torch.randn(512 * 1024 * 1024 // 2, dtype=torch.bfloat16, device="cuda")  # 512 MiB
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(25):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * src.numel() * src.element_size() / statistics.median(times[5:])
+
+
+def decode_bytes(model: Any, adapter: Path) -> int:
+    """What one batch-1 decode step must read: every weight once (4-bit packed + scales,
+    embeddings row aside, lm_head), plus one adapter's factors."""
+    import bitsandbytes as bnb
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = module.weight.quant_state
+            total += module.weight.numel() * module.weight.element_size()
+            total += state.absmax.numel() * state.absmax.element_size()
+        elif isinstance(module, (torch.nn.LayerNorm, torch.nn.Linear)):
+            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+    return total + (adapter / "adapter_model.safetensors").stat().st_size

@@ -1,0 +1,31 @@
+"""bench/serve_gpu.py --smoke runs the whole GPU serving benchmark on CPU with a tiny Falcon:
+baseline, the batch engine at two concurrency levels, HTTP/SSE through the real app."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "serve-gpu.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "serve_gpu.py"), "--smoke", "--variants", "bnb",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["baseline"]["decode_tok_s"] > 0
+    teller = results["teller"]["bnb"]
+    assert teller["decode_tok_s"] > 0 and teller["ttft_512_ms"] > 0
+    assert [level["streams"] for level in teller["concurrency"]] == [2, 4]
+    assert all(not level["errors"] for level in teller["concurrency"])
+    assert results["correctness"]["greedy_shared_prefix_of_32"] == 32  # float32 on CPU
+    http = results["http"]
+    assert http["ok"] == http["streams"] == 32 and http["output_tokens"] > 0
+    assert set(results["floor"]) == {"copy_gb_s", "bytes_per_token", "tok_s"}
