@@ -255,6 +255,10 @@ class BatchEngine(LocalEngine):
             return
         try:
             self._graphed.warm_up(modes=("lora",))
+            # One user on one adapter (the default, typically): the single-row graph per
+            # adapter, so the first answer after a load does not wait for a capture.
+            slots = [f"one:{slot}" for slot in range(len(self._ready_batch.lora.names))]
+            self._graphed.warm_up(modes=slots, sizes=(1,))
         except Exception:  # noqa: BLE001 - they are captured on first use instead
             log.exception("capturing adapter graphs failed")
 

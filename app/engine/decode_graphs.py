@@ -135,18 +135,18 @@ class GraphedDecode:
             logits = self._step(size, context, mode)
         return graph, logits
 
-    def warm_up(self, modes: Sequence[str] = ("base",)) -> None:
+    def warm_up(self, modes: Sequence[str] = ("base",), sizes: Sequence[int] | None = None) -> None:
         """Capture the shortest-context graph of every batch bucket ahead of use.
 
         Runs at start and after an adapter load or unload, possibly while answers are
         running: the capture's warm-up passes write K/V at the cache's last position, which
         no running row has reached (a row writes a position before it ever reads it).
         """
-        if "lora" in modes:
+        if any(mode != "base" for mode in modes):
             self._follow_bank()
         self._tokens.zero_()
         self._positions.fill_(self._batch.max_tokens - 1)
-        for size in self.batch_buckets:
+        for size in sizes or self.batch_buckets:
             for mode in modes:
                 key = (size, self.context_buckets[0], mode)
                 if key not in self._graphs:
