@@ -7,8 +7,10 @@ Not run on its own: part of `bench/serve_gpu.py`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +31,17 @@ TEXT = (
 
 
 def falcon_config(smoke: bool) -> Any:
-    """Falcon-7B's architecture (the training bench's copy of the hub config), or a tiny one."""
-    from transformers import FalconConfig
-
+    """Falcon-7B's architecture (the training bench's copy of the hub config), or the same
+    block layout shrunk to 2 layers of width 64 for `--smoke`."""
     from bench.train_gpu import falcon_7b_config
 
-    if not smoke:
-        return falcon_7b_config()
-    return FalconConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        multi_query=True,
-        parallel_attn=True,
-        new_decoder_architecture=False,
-        bias=False,
-        alibi=False,
-        bos_token_id=11,
-        eos_token_id=11,
-    )
+    config = falcon_7b_config()
+    if smoke:
+        config.update(
+            {"vocab_size": 49152, "hidden_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4}
+        )  # fmt: skip
+    return config
 
 
 def quantize_in_place(model: Any) -> int:
@@ -157,10 +150,9 @@ def prompt_ids(tokenizer: Any, length: int, shift: int = 0) -> list[int]:
 # ---- baseline: transformers generate + PEFT ----------------------------------------------
 
 
-def timed_generate(model: Any, ids: torch.Tensor, new: int) -> float:
-    sync()
-    start = time.perf_counter()
-    model.generate(
+def greedy_generate(model: Any, ids: torch.Tensor, new: int) -> torch.Tensor:
+    """transformers `generate`, greedy, exactly `new` tokens (EOS cannot end it early)."""
+    return model.generate(
         ids,
         attention_mask=torch.ones_like(ids),
         max_new_tokens=new,
@@ -168,15 +160,36 @@ def timed_generate(model: Any, ids: torch.Tensor, new: int) -> float:
         do_sample=False,
         pad_token_id=0,
     )
+
+
+def timed_generate(model: Any, ids: torch.Tensor, new: int) -> float:
+    sync()
+    start = time.perf_counter()
+    greedy_generate(model, ids, new)
     sync()
     return time.perf_counter() - start
 
 
-def run_baseline(loaded: LoadedModel, adapter: Path, args: argparse.Namespace) -> dict:
+@contextlib.contextmanager
+def peft_adapter(loaded: LoadedModel, adapter: Path) -> Iterator[Any]:
+    """The base under PEFT with `adapter` as `a0`, unloaded again afterwards (so the next
+    step, or the engine, gets the bare base model back)."""
     from peft import PeftModel
 
-    device, tok = loaded.device, loaded.tokenizer
     model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a0").eval()
+    try:
+        yield model
+    finally:
+        loaded.model = model.unload()
+
+
+def run_baseline(loaded: LoadedModel, adapter: Path, args: argparse.Namespace) -> dict:
+    with peft_adapter(loaded, adapter) as model:
+        return _baseline(model, loaded, args)
+
+
+def _baseline(model: Any, loaded: LoadedModel, args: argparse.Namespace) -> dict:
+    device, tok = loaded.device, loaded.tokenizer
     short = torch.tensor([prompt_ids(tok, 16)], device=device)
     long = torch.tensor([prompt_ids(tok, 512)], device=device)
     n = args.baseline_tokens
@@ -193,24 +206,19 @@ def run_baseline(loaded: LoadedModel, adapter: Path, args: argparse.Namespace) -
         with model.disable_adapter():
             one, many = timed_generate(model, short, 1), timed_generate(model, short, n + 1)
             out["base_only_decode_tok_s"] = n / (many - one)
-    loaded.model = model.unload()
     return out
 
 
 def check_logits(loaded: LoadedModel, adapter: Path, ids: list[int]) -> dict:
     """Lean forward vs PEFT on one prompt: relative L2 error of the logits, same argmax."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a0").eval()
     tensor = torch.tensor([ids], device=loaded.device)
-    lean = FalconBatch(model, slots=1, max_tokens=len(ids) + 1)
-    with torch.inference_mode():
+    with peft_adapter(loaded, adapter) as model, torch.inference_mode():
+        lean = FalconBatch(model, slots=1, max_tokens=len(ids) + 1)
         ref = model(tensor).logits[0, -1].float()
         got = lean.prefill(0, ids, "a0")
         with model.disable_adapter():
             ref_base = model(tensor).logits[0, -1].float()
         got_base = lean.prefill(0, ids, None)
-    loaded.model = model.unload()
     return {
         "prefill_logits_rel_l2": float((got - ref).norm() / ref.norm()),
         "same_argmax": bool(got.argmax() == ref.argmax()),
@@ -220,20 +228,9 @@ def check_logits(loaded: LoadedModel, adapter: Path, ids: list[int]) -> dict:
 
 
 def greedy_reference(loaded: LoadedModel, adapter: Path, ids: list[int], n: int) -> list[int]:
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(loaded.model, str(adapter), adapter_name="a0").eval()
     tensor = torch.tensor([ids], device=loaded.device)
-    with torch.inference_mode():
-        out = model.generate(
-            tensor,
-            attention_mask=torch.ones_like(tensor),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    loaded.model = model.unload()
+    with peft_adapter(loaded, adapter) as model, torch.inference_mode():
+        out = greedy_generate(model, tensor, n)
     return out[0, len(ids) :].tolist()
 
 
