@@ -52,9 +52,11 @@ from bench.train_gpu_recipes import (  # noqa: E402
     attach_lora,
     run_baseline,
     run_teller,
+    teller_attention,
     teller_throughput,
 )
 from bench.train_gpu_report import (  # noqa: E402
+    attention_check,
     compare_losses,
     dequant_paths,
     matmul_tflops,
@@ -65,7 +67,8 @@ from training.data_loading import Record, read_records  # noqa: E402
 from training.encoding import IGNORE_INDEX, Example, encode_records  # noqa: E402
 from training.fast import fixed_bytes, keep_frozen_in, plan_memory  # noqa: E402
 from training.model_build import keep_4bit_weights_trainable_on_cpu  # noqa: E402
-from training.packing import attention_of, pack_rows  # noqa: E402
+from training.packing import pack_rows  # noqa: E402
+from training.varlen_attention import VARLEN  # noqa: E402
 
 FALCON_VOCAB = 65024
 TOKENIZER_DIR = REPO / "models" / "SmolLM2-135M-Instruct"
@@ -220,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         examples, data_note = load_examples(loaded.tokenizer, eos_id, args.seq_len, want)
         peak = matmul_tflops(device)
         dequant = dequant_paths(device)
+        attention = {**attention_check(device), "teller": teller_attention(base, device)}
 
         # (a) the plain recipe on the first loss_steps x batch_size examples, in order.
         keep = args.batch_size * args.loss_steps
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 fixed=fixed,
                 seq_len=args.seq_len,
                 rows_per_step=args.rows_per_step,
-                attention=attention_of(base),
+                attention=attention["teller"],
             )
         profile_to = out.parent / "profile.txt" if args.profile else None
         fast, fast_peak, plans["teller"] = teller_throughput(
@@ -276,8 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         "transformers Trainer, pad to max length, no packing, "
         "gradient checkpointing, paged AdamW 8-bit, bf16 autocast, fp32 frozen norms/head"
     )
+    packed_how = (
+        "flash varlen attention over the packed examples"
+        if attention["teller"] == VARLEN
+        else "block-diagonal mask"
+    )
     fast_recipe = (
-        "packed padding-free rows + block-diagonal mask, train_step with chunked loss over "
+        f"packed padding-free rows + {packed_how}, train_step with chunked loss over "
         "labelled positions, bf16 frozen weights, paged AdamW 8-bit, bf16 autocast"
     )
     sections["teller_equal"]["recipe"] = (
@@ -315,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "loss_equality": equality,
         "dequant_paths": dequant,
+        "attention": attention,
         **sections,
     }
     results["plans"] = {

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from training import varlen_attention
 from training.config import OptimSettings
 from training.encoding import IGNORE_INDEX, Example
 from training.fast import MemoryPlan, set_gradient_checkpointing
@@ -134,6 +135,12 @@ def run_baseline(base: Any, examples: list[Example], args: argparse.Namespace, d
     return base, result, peak
 
 
+def teller_attention(model: Any, device) -> str:
+    """What Teller's trainer runs: flash attention over packed examples where the kernel
+    runs (training/varlen_attention.py), else SDPA with the block-diagonal mask."""
+    return varlen_attention.choose(model, device) or attention_of(model)
+
+
 def teller_context(model: Any, args: argparse.Namespace, device, dtype, steps: int):
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = OptimSettings(optimizer="auto", lr=2e-4, scheduler="constant", warmup_ratio=0.0)
@@ -144,7 +151,7 @@ def teller_context(model: Any, args: argparse.Namespace, device, dtype, steps: i
         build_scheduler(optimizer, optim, steps),
         trainable,
         0,
-        attention_of(model),
+        teller_attention(model, device),
         device,
         dtype,
         0.3,

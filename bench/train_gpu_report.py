@@ -72,6 +72,26 @@ def dequant_paths(device) -> dict:
     return out
 
 
+def attention_check(device: torch.device, heads: int = 71, dim: int = 64) -> dict:
+    """Packed attention as training runs it (flash varlen on a GPU) against the per-example
+    SDPA reference in float32, on a random packed batch of Falcon-7B's head shape."""
+    from training import varlen_attention as va
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [[200, 37, 180, 95], [512], [64, 448]]
+    position_ids = torch.cat([torch.arange(n) for row in lengths for n in row]).view(3, 512)
+    q = torch.randn(3, heads, 512, dim, generator=generator)
+    k, v = (torch.randn(3, 1, 512, dim, generator=generator) for _ in range(2))
+    flat = [t.transpose(1, 2).reshape(3 * 512, -1, dim).double() for t in (q, k, v)]
+    reference = va._per_example(*flat, va.boundaries(position_ids), None).view(3, 512, heads, dim)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        moved = [t.to(device) for t in (q, k, v, position_ids)]
+        got = va.varlen_attention(*moved).double().cpu()
+    va._cached = None
+    error = float((got - reference).norm() / reference.norm())
+    return {"kernel": va.kernel_available(device), "rel_l2_vs_fp64": round(error, 5)}
+
+
 def summarize(
     times: list[float],
     useful: list[int],

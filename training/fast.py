@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch.utils.checkpoint import checkpoint
 
 from training.encoding import IGNORE_INDEX
+from training.varlen_attention import VARLEN
 
 CHUNK_TOKENS = 2048
 """Labelled positions per head/cross-entropy chunk: 2048 x 65K fp32 logits is 0.5 GB."""
@@ -96,7 +97,8 @@ def activation_bytes_per_token(
     12 x hidden + 4 x intermediate values of 2 bytes per layer. With checkpointing only each
     layer's input is kept, plus one layer recomputed at a time.
 
-    Unless the model runs flash attention, attention with an explicit (packed) mask stores
+    Unless the model runs flash attention (or `VARLEN`, flash attention's variable-length
+    form: training/varlen_attention.py), attention with an explicit (packed) mask stores
     fp32 probabilities of heads x seq_len per token and layer: on an H200, Falcon-7B at 16 x
     512 tokens peaked 32.6 GiB above the estimate without this term, 4.2 MB per token against
     the 4.65 MB it adds.
@@ -109,7 +111,7 @@ def activation_bytes_per_token(
     )
     layers = int(model_config.num_hidden_layers)
     per_layer = 2.0 * (12 * hidden + 4 * inter)
-    if not attention.startswith("flash"):
+    if not attention.startswith("flash") and attention != VARLEN:
         per_layer += 4.0 * int(model_config.num_attention_heads) * seq_len
     if checkpointing:
         return layers * 2.0 * hidden + per_layer

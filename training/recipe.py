@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from app.contract import AdapterManifest, PromptFormat, TrainingInfo
+from training import varlen_attention
 from training.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -127,11 +128,14 @@ class TrainingRecipe:
         )
         self.tm: TrainableModel = build_trainable_model(cfg)
         self.model = self.tm.model
+        # Flash attention over packed examples where it runs, else SDPA with the block mask.
+        self.attention = varlen_attention.choose(self.model, self.tm.loaded.device) or (
+            attention_of(self.model)
+        )
         if cfg.memory_budget_gb > 0:
             cfg = self.config = self._fit_budget(cfg)
         self.device = self.tm.loaded.device
         self.dtype = self.tm.loaded.dtype
-        self.attention = attention_of(self.model)
         tokenizer = self.tm.tokenizer
         self.pad_id = int(tokenizer.pad_token_id)
         self.eos_id = end_of_sequence_id(
@@ -222,7 +226,7 @@ class TrainingRecipe:
                 fixed=fixed_bytes(self.model, self.tm.trainable_params),
                 seq_len=cfg.data.max_seq_len,
                 rows_per_step=cfg.micro_batch_size * cfg.grad_accum,
-                attention=attention_of(self.model),
+                attention=self.attention,
             )
         except ValueError as exc:
             raise SetupError(str(exc)) from None

@@ -7,6 +7,7 @@ as one big batch would.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from training import fast
 from training.packing import Row, collate, count_tokens
 from training.scoring import autocast_for
+from training.varlen_attention import VARLEN, packed_attention
 
 
 @dataclass
@@ -40,15 +42,17 @@ def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
     counts = [count_tokens(b, rows) for b, rows in zip(batches, window, strict=True)]
     n_items = torch.tensor(sum(c[1] for c in counts), device=ctx.device)
     loss_sum = 0.0
-    for batch in batches:
-        with autocast_for(ctx.device, ctx.dtype):
-            inputs = {k: v.to(ctx.device) for k, v in batch.items()}
-            if ctx.chunked_loss:
-                loss = fast.chunked_loss(ctx.model, inputs, n_items)
-            else:
-                loss = ctx.model(**inputs, use_cache=False, num_items_in_batch=n_items).loss
-        loss.backward()  # already divided by the window's response tokens
-        loss_sum += float(loss.detach())
+    packed = packed_attention(ctx.model) if ctx.attention == VARLEN else nullcontext()
+    with packed:
+        for batch in batches:
+            with autocast_for(ctx.device, ctx.dtype):
+                inputs = {k: v.to(ctx.device) for k, v in batch.items()}
+                if ctx.chunked_loss:
+                    loss = fast.chunked_loss(ctx.model, inputs, n_items)
+                else:
+                    loss = ctx.model(**inputs, use_cache=False, num_items_in_batch=n_items).loss
+            loss.backward()  # already divided by the window's response tokens
+            loss_sum += float(loss.detach())
     if ctx.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(ctx.trainable, ctx.max_grad_norm)
     ctx.optimizer.step()
