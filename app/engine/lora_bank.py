@@ -94,7 +94,7 @@ class LoraBank:
         stacked = self._stacked_for(layer, proj)
         if stacked is None:
             return out
-        return out + F.linear(F.linear(x, stacked.a) * mask, stacked.b)
+        return _add_product(out, F.linear(x, stacked.a) * mask, stacked.b)
 
     def add_one(
         self, out: torch.Tensor, x: torch.Tensor, layer: int, proj: str, slot: int
@@ -111,7 +111,7 @@ class LoraBank:
         rank = self.rank
         a = stacked.a[slot * rank : (slot + 1) * rank]
         b = stacked.b[:, slot * rank : (slot + 1) * rank]
-        return out + F.linear(F.linear(x, a), b)
+        return _add_product(out, F.linear(x, a), b)
 
     def add_grouped(
         self,
@@ -160,6 +160,13 @@ class LoraBank:
                 b_cols.append(b)
             self._stacked[key] = _Stacked(torch.cat(a_rows), torch.cat(b_cols, dim=1))
         return self._stacked[key]
+
+
+def _add_product(out: torch.Tensor, low: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`out + low @ b.T` as one GEMM that accumulates into a copy of `out` (addmm): in a
+    graphed decode step every projection's separate add kernel is a launch of its own."""
+    flat = torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), b.t())
+    return flat.view(out.shape)
 
 
 def _peft_update(x: torch.Tensor, factors: Factors | None) -> torch.Tensor | float:
