@@ -1,0 +1,399 @@
+"""NF4 weight x ONE activation row (batch-1 decode) in one streaming pass, for CUDA.
+
+At one row a decode step is a chain of GEMVs that only have to read each packed byte once, so
+their speed is bytes per second. bitsandbytes' 4-bit GEMV reads Falcon-7B's weights at under a
+fifth of an H200's copy bandwidth, and `nf4_matmul` (tensor-core tiles of 16 rows) is slower
+still at one row: both look each weight up in a 16-entry table in global memory.
+
+This kernel has no tensor cores and no per-weight global lookup. The weight is repacked once
+(`pack_gemv` from a bitsandbytes `Linear4bit`) so that:
+
+- each output row's bytes are one contiguous run, read as int32 words (eight weights each),
+  in 16-byte vectors;
+- within a scale group of G weights (G = 64, or 32 for blocksize 32), word w holds weights
+  `g*G + p*(G/8) + w` at nibble p, so the activations a nibble position needs are contiguous
+  too (one vector load per position, not a stride-8 gather);
+- the group's scale is stored once (fp16 when that loses nothing that matters, else fp32) and
+  multiplies an 8-weight partial sum, not each weight.
+
+How a nibble becomes a value is the `decode` of `GemvConfig`, so the GPU bench can pick:
+``lut16`` loads from a 16-entry fp32 table (exact, the fp32 path), ``lut256`` loads one int32
+per byte from a 256-entry table of bf16 pairs (1 KB, L1-resident), and ``prmt`` looks the
+nibbles up in registers with PTX byte permutes (Marlin-style: the 16 bf16 codes' low and high
+bytes are immediates; no memory at all). ``lut256`` and ``prmt`` round the code to bf16, which
+is below bf16 activations' own rounding; fp32 activations always use ``lut16``. ``prmt`` is
+inline PTX, so it runs on NVIDIA GPUs only, never in Triton's CPU interpreter.
+
+Off CUDA (or without triton) `nf4_gemv` dequantizes and multiplies in torch, so CPU serving
+and tests share the API.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from app.engine.nf4_matmul import (
+    NF4_CODE,
+    _absmax,
+    _sm_count,
+    _unpack_cpu_format,
+    triton_available,
+)
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs: the torch reference path serves instead
+    triton = None
+
+DECODES = ("lut16", "lut256", "prmt")
+_FP16_TINY = 2.0**-14  # fp16 scales below this go subnormal
+_FP16_BIG = 60000.0
+
+
+@dataclass(frozen=True)
+class GemvNF4:
+    """One Linear4bit's weight repacked for nf4_gemv (see the module docstring for the layout).
+
+    `words[n, g*G/8 + w]` packs, at bits 4p..4p+3, the NF4 index of weight
+    `k = g*G + p*(G/8) + w` of output row n; `scales[n, g]` is that group's absmax.
+    """
+
+    words: torch.Tensor  # int32 (N, K // 8)
+    scales: torch.Tensor  # fp16 or fp32 (N, K // group)
+    out_features: int
+    in_features: int
+    group: int  # weights per scale: 64, or 32 when bitsandbytes' blocksize was 32
+    blocksize: int  # bitsandbytes' absmax block size the weight was quantized with
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one GEMV must read: packed weights plus scales."""
+        return self.words.numel() * 4 + self.scales.numel() * self.scales.element_size()
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Launch parameters of the kernel (see `pick_gemv_config`).
+
+    block_n output rows per program; groups_per_iter scale groups (of G weights) per row per
+    loop step; split_k > 1 splits the K loop over programs that add into an fp32 buffer.
+    """
+
+    block_n: int = 8
+    groups_per_iter: int = 4
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+    decode: str = "prmt"
+
+
+def pick_gemv_config(n: int, k: int, sm_count: int) -> GemvConfig:
+    """The default launch for a bf16 (1, K) x (N, K) GEMV. Edit after a GPU bench run.
+
+    A first guess for Falcon-7B's shapes on 132 SMs: enough programs to give every SM several
+    (N / block_n >= 4 waves), no split-K (its memset and cast are two more graph nodes) unless
+    N alone cannot fill the GPU.
+    """
+    block_n = 8
+    split_k = 1
+    programs = triton.cdiv(n, block_n) if triton is not None else n // block_n
+    if programs < 2 * sm_count and k >= 2048:
+        split_k = max(1, min(8, (4 * sm_count) // max(programs, 1)))
+    return GemvConfig(block_n=block_n, groups_per_iter=4, split_k=split_k, decode="prmt")
+
+
+def pack_gemv(module, *, scale_dtype: torch.dtype | None = None) -> GemvNF4:
+    """Repack a bitsandbytes NF4 `Linear4bit` (double quant or not, any device) for nf4_gemv.
+
+    Copies what it needs and leaves the module untouched (it still serves bitsandbytes' own
+    forward). Call it once at load: it costs a few ops per weight.
+
+    Args:
+        module: a quantized `bitsandbytes.nn.Linear4bit` with quant_type "nf4".
+        scale_dtype: fp16 or fp32 for the per-group scales; by default fp16 when every scale
+            sits in fp16's normal range (half the scale bytes), else fp32.
+
+    Raises:
+        ValueError: not NF4, not quantized yet, in_features not a multiple of 32, or a weight
+            too large for the kernel's 32-bit offsets.
+    """
+    weight = module.weight
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        raise ValueError("the Linear4bit is not quantized yet (move it to its device first)")
+    if state.quant_type != "nf4":
+        raise ValueError(f"only NF4 weights can be packed, not {state.quant_type!r}")
+    n, k = (int(d) for d in state.shape)
+    blocksize = int(state.blocksize)
+    group = min(math.gcd(k, blocksize), 64)
+    if group < 32:
+        raise ValueError(f"in_features={k} must be a multiple of 32")
+    if n * k // 8 >= 2**31:
+        raise ValueError("the kernel indexes the packed weight with 32-bit offsets")
+
+    data = weight.data if weight.data.dtype == torch.uint8 else weight.data.view(torch.uint8)
+    if getattr(state, "packing_format_for_cpu", False):
+        codes = _unpack_cpu_format(data, n, k)
+        absmax = state.absmax.T.reshape(-1).float()
+    else:
+        codes = data.reshape(n, k // 2)
+        absmax = _absmax(state)
+    device = data.device
+    wpg = group // 8
+    idx = torch.stack([codes >> 4, codes & 0xF], dim=-1).reshape(n, k // group, 8, wpg)
+    idx = idx.transpose(2, 3).to(torch.int64)  # (N, groups, w, p)
+    shifts = torch.arange(0, 32, 4, device=device, dtype=torch.int64)
+    words = (idx << shifts).sum(dim=-1)  # (N, groups, w), each < 2**32
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).reshape(n, k // 8)
+
+    starts = torch.arange(n, device=device)[:, None] * k
+    starts = starts + torch.arange(0, k, group, device=device)[None, :]
+    scales = absmax[starts // blocksize]  # (N, groups)
+    if scale_dtype is None:
+        nonzero = scales[scales != 0].abs()
+        fp16_ok = nonzero.numel() == 0 or (
+            nonzero.min().item() >= _FP16_TINY and nonzero.max().item() <= _FP16_BIG
+        )
+        scale_dtype = torch.float16 if fp16_ok else torch.float32
+    _tables(device)  # made now, so nf4_gemv never copies host data (CUDA graphs)
+    return GemvNF4(words.contiguous(), scales.to(scale_dtype).contiguous(), n, k, group, blocksize)
+
+
+def dequantize_gemv(weight: GemvNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (out_features, in_features) weight the packed words stand for."""
+    n, k, group = weight.out_features, weight.in_features, weight.group
+    shifts = torch.arange(0, 32, 4, device=weight.words.device, dtype=torch.int32)
+    idx = (weight.words[..., None] >> shifts) & 0xF  # (N, K/8, p)
+    idx = idx.reshape(n, k // group, group // 8, 8).transpose(2, 3)  # (N, groups, p, w)
+    code = torch.tensor(NF4_CODE, dtype=torch.float32, device=weight.words.device)
+    values = code[idx.long()].reshape(n, k // group, group) * weight.scales.float()[..., None]
+    return values.reshape(n, k).to(dtype)
+
+
+def nf4_gemv(x: torch.Tensor, weight: GemvNF4, *, config: GemvConfig | None = None) -> torch.Tensor:
+    """`x @ W.T` for ONE activation row x and the NF4 weight W, in x's dtype (fp32 accumulation).
+
+    On CUDA with triton it is one kernel launch (plus a memset and a cast when the K loop is
+    split), capturable in a CUDA graph after one warm-up call (which compiles it). Elsewhere it
+    dequantizes and multiplies in torch.
+
+    Args:
+        x: (1, in_features) or (in_features,) activations (any leading dims of product 1),
+            bf16, fp16 or fp32, on the weight's device. The result has x's leading dims.
+        weight: the packed weight from `pack_gemv`.
+        config: launch override for benchmarks; `pick_gemv_config` chooses otherwise.
+
+    Raises:
+        ValueError: x has the wrong width or more than one row.
+    """
+    if x.shape[-1] != weight.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight wants {weight.in_features}")
+    if x.numel() != weight.in_features:
+        raise ValueError(f"nf4_gemv takes one row, not {x.numel() // weight.in_features}")
+    lead = x.shape[:-1]
+    if not triton_available(x.device):
+        out = x.reshape(1, -1).float() @ dequantize_gemv(weight).T
+        return out.to(x.dtype).reshape(*lead, weight.out_features)
+    return _launch(x, weight, config).reshape(*lead, weight.out_features)
+
+
+def _launch(x: torch.Tensor, weight: GemvNF4, config: GemvConfig | None) -> torch.Tensor:
+    """Run the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1); returns (N,)."""
+    n, k, group = weight.out_features, weight.in_features, weight.group
+    if config is None:
+        index = x.device.index if x.device.index is not None else 0
+        config = pick_gemv_config(n, k, _sm_count(index) if x.is_cuda else 132)
+    if x.dtype == torch.float32 and config.decode != "lut16":
+        config = replace(config, decode="lut16")  # the bf16-rounding decodes would cost 1e-3
+    if config.decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, not {config.decode!r}")
+    xv = x.reshape(-1).contiguous()  # (K,)
+    iters = triton.cdiv(k // group, config.groups_per_iter)
+    per_split = triton.cdiv(iters, config.split_k)
+    splits = triton.cdiv(iters, per_split)  # no program without groups
+    if splits > 1:
+        out = torch.zeros(n, dtype=torch.float32, device=x.device)
+    else:
+        out = torch.empty(n, dtype=x.dtype, device=x.device)
+    tables = _tables(x.device)
+    lut = tables[1] if config.decode == "lut256" else tables[0]
+    grid = (triton.cdiv(n, config.block_n), splits)
+    _nf4_gemv_kernel[grid](
+        xv,
+        weight.words,
+        weight.scales,
+        lut,
+        out,
+        n,
+        K=k,
+        GROUP=group,
+        BLOCK_N=config.block_n,
+        GPI=config.groups_per_iter,
+        PER_SPLIT=per_split,
+        SPLIT_K=splits,
+        DECODE=DECODES.index(config.decode),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return out.to(x.dtype) if splits > 1 else out
+
+
+_TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _bf16_bits() -> list[int]:
+    """The 16 NF4 code values as bf16 bit patterns (0..65535)."""
+    bits = torch.tensor(NF4_CODE, dtype=torch.float32).to(torch.bfloat16).view(torch.int16)
+    return [int(b) & 0xFFFF for b in bits]
+
+
+def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(16-entry fp32 code, 256-entry int32 byte table) on `device`, made once per device.
+
+    Byte b of a word holds nibble 2i (low) and 2i+1 (high); its table entry holds the low
+    nibble's bf16 in bits 0-15 and the high nibble's in bits 16-31, so each half becomes an
+    fp32 by a shift or a mask.
+    """
+    key = torch.device(device)
+    if key not in _TABLES:
+        bits = _bf16_bits()
+        pairs = [(bits[b >> 4] << 16) | bits[b & 0xF] for b in range(256)]
+        pairs = [p - 2**32 if p >= 2**31 else p for p in pairs]
+        _TABLES[key] = (
+            torch.tensor(NF4_CODE, dtype=torch.float32, device=key),
+            torch.tensor(pairs, dtype=torch.int32, device=key),
+        )
+    return _TABLES[key]
+
+
+def _prmt_asm() -> str:
+    """PTX turning one int32 word ($8) into its 8 nibbles' code values as fp32 ($0..$7).
+
+    Per half-word (4 nibbles): prmt picks each nibble's byte from codes 0-7 and from codes
+    8-15 (selector = nibble & 7), a third prmt picks between the two by the nibble's bit 3;
+    done for the low and the high byte of the bf16 codes, then bytes are interleaved into
+    bf16 pairs and widened to fp32 by a shift or a mask.
+    """
+    bits = _bf16_bits()
+    lo = [b & 0xFF for b in bits]
+    hi = [b >> 8 for b in bits]
+
+    def word(values: list[int]) -> str:
+        return f"0x{values[0] | values[1] << 8 | values[2] << 16 | values[3] << 24:08X}"
+
+    lines = ["{", ".reg .b32 t<8>, sel, s, c, la, lb, lo, hi, pr;"]
+    for i in range(4):
+        lines.append(f"mov.b32 t{i}, {word(lo[4 * i : 4 * i + 4])};")
+        lines.append(f"mov.b32 t{4 + i}, {word(hi[4 * i : 4 * i + 4])};")
+    for half in range(2):
+        lines.append("mov.b32 sel, $8;" if half == 0 else "shr.u32 sel, $8, 16;")
+        lines += [
+            "and.b32 s, sel, 0x7777;",
+            "shr.u32 c, sel, 1;",
+            "and.b32 c, c, 0x4444;",
+            "or.b32 c, c, 0x3210;",
+            "prmt.b32 la, t0, t1, s;",
+            "prmt.b32 lb, t2, t3, s;",
+            "prmt.b32 lo, la, lb, c;",
+            "prmt.b32 la, t4, t5, s;",
+            "prmt.b32 lb, t6, t7, s;",
+            "prmt.b32 hi, la, lb, c;",
+        ]
+        for pair, selector in ((0, "0x5140"), (1, "0x7362")):
+            out = 4 * half + 2 * pair
+            lines += [
+                f"prmt.b32 pr, lo, hi, {selector};",
+                f"shl.b32 ${out}, pr, 16;",
+                f"and.b32 ${out + 1}, pr, 0xFFFF0000;",
+            ]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+if triton is not None:
+    _PRMT_ASM = tl.constexpr(_prmt_asm())
+
+    @triton.jit
+    def _nf4_gemv_kernel(
+        x_ptr,
+        w_ptr,
+        s_ptr,
+        lut_ptr,
+        out_ptr,
+        N,
+        K: tl.constexpr,
+        GROUP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        GPI: tl.constexpr,
+        PER_SPLIT: tl.constexpr,
+        SPLIT_K: tl.constexpr,
+        DECODE: tl.constexpr,
+    ):
+        """out[n] (+)= sum_g scale[n, g] * sum_{w, p} code[nib_p(word[n, g, w])] * x[g, p, w].
+
+        The tile is (BLOCK_N rows, GPI groups, G/8 words); per word, the 8 nibbles' products
+        are summed before the group's scale multiplies them.
+        """
+        WPG: tl.constexpr = GROUP // 8
+        K_WORDS: tl.constexpr = K // 8
+        N_GROUPS: tl.constexpr = K // GROUP
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        offs_g = tl.arange(0, GPI)
+        offs_w = tl.arange(0, WPG)
+        w_rows = w_ptr + offs_n[:, None, None] * K_WORDS + offs_w[None, None, :]  # (BN, 1, W)
+        s_rows = s_ptr + offs_n[:, None, None] * N_GROUPS  # (BN, 1, 1)
+
+        acc = tl.zeros((BLOCK_N, GPI, WPG), dtype=tl.float32)
+        for it in range(PER_SPLIT):
+            g3 = ((pid_k * PER_SPLIT + it) * GPI + offs_g)[None, :, None]  # (1, GPI, 1)
+            g_mask = g3 < N_GROUPS
+            mask = n_mask[:, None, None] & g_mask
+            words = tl.load(w_rows + g3 * WPG, mask=mask, other=0)  # (BN, GPI, W) int32
+            scale = tl.load(s_rows + g3, mask=mask, other=0.0).to(tl.float32)  # (BN, GPI, 1)
+            x_at = x_ptr + g3 * GROUP + offs_w[None, None, :]  # (1, GPI, W): nibble 0's k
+            x_mask = g_mask & (offs_w[None, None, :] < WPG)
+            dot = tl.zeros((BLOCK_N, GPI, WPG), dtype=tl.float32)
+            if DECODE == 2:  # prmt: all 8 nibbles in registers, one asm block per word
+                v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
+                    _PRMT_ASM,
+                    "=r,=r,=r,=r,=r,=r,=r,=r,r",
+                    [words],
+                    dtype=(tl.float32,) * 8,
+                    is_pure=True,
+                    pack=1,
+                )
+                dot += v0 * tl.load(x_at, mask=x_mask, other=0.0).to(tl.float32)
+                dot += v1 * tl.load(x_at + WPG, mask=x_mask, other=0.0).to(tl.float32)
+                dot += v2 * tl.load(x_at + 2 * WPG, mask=x_mask, other=0.0).to(tl.float32)
+                dot += v3 * tl.load(x_at + 3 * WPG, mask=x_mask, other=0.0).to(tl.float32)
+                dot += v4 * tl.load(x_at + 4 * WPG, mask=x_mask, other=0.0).to(tl.float32)
+                dot += v5 * tl.load(x_at + 5 * WPG, mask=x_mask, other=0.0).to(tl.float32)
+                dot += v6 * tl.load(x_at + 6 * WPG, mask=x_mask, other=0.0).to(tl.float32)
+                dot += v7 * tl.load(x_at + 7 * WPG, mask=x_mask, other=0.0).to(tl.float32)
+            elif DECODE == 1:  # lut256: one int32 (two bf16 codes) per byte
+                for i in tl.static_range(4):
+                    pair = tl.load(lut_ptr + ((words >> (8 * i)) & 0xFF))
+                    low = (pair << 16).to(tl.float32, bitcast=True)  # nibble 2i
+                    high = (pair & -65536).to(tl.float32, bitcast=True)  # nibble 2i + 1
+                    x_lo = tl.load(x_at + 2 * i * WPG, mask=x_mask, other=0.0).to(tl.float32)
+                    x_hi = tl.load(x_at + (2 * i + 1) * WPG, mask=x_mask, other=0.0)
+                    dot += low * x_lo + high * x_hi.to(tl.float32)
+            else:  # lut16: one fp32 code load per nibble (exact)
+                for p in tl.static_range(8):
+                    value = tl.load(lut_ptr + ((words >> (4 * p)) & 0xF))
+                    xp = tl.load(x_at + p * WPG, mask=x_mask, other=0.0).to(tl.float32)
+                    dot += value * xp
+            acc += dot * scale
+
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BN,)
+        if SPLIT_K > 1:
+            tl.atomic_add(out_ptr + offs_n, y, mask=n_mask, sem="relaxed")
+        else:
+            tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
