@@ -61,6 +61,28 @@ def test_keep_frozen_in_moves_only_frozen_float_weights(tiny_falcon_dir: Path) -
     assert keep_frozen_in(model, torch.float32) == 0
 
 
+def test_layer_norm_outputs_reach_the_projections_in_bf16(tiny_falcon_dir: Path) -> None:
+    """Under bf16 autocast the fused QKV projection (base layer and LoRA branch) gets the
+    norm's output once cast, not fp32 to cast again in each consumer, with the same loss."""
+    model = lora_model(tiny_falcon_dir)
+    model.eval()  # no LoRA dropout: the two runs must see the same operands
+    examples = make_examples(model.config.vocab_size, [(6, 6), (5, 8)])
+    batch = collate(pack_rows(examples, max_seq_len=32), pad_id=0, attention="sdpa")
+    seen: list[torch.dtype] = []
+    qkv = model.get_base_model().transformer.h[0].self_attention.query_key_value
+    qkv.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+
+    def loss() -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            return float(model(**batch, use_cache=False).loss)
+
+    before = loss()
+    keep_frozen_in(model, torch.bfloat16)
+    after = loss()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert after == pytest.approx(before, rel=2e-2)
+
+
 FALCON_7B = SimpleNamespace(
     hidden_size=4544, num_hidden_layers=32, ffn_hidden_size=18176, num_attention_heads=71
 )
