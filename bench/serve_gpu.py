@@ -13,7 +13,7 @@ random, non-zero LoRA adapters (r=64, every Falcon linear module) are saved as p
 - `baseline`: transformers `generate` over an unmerged PEFT adapter (the plain recipe):
   batch-1 decode, TTFT for a 512-token prompt, batch-8 aggregate; and the NF4 base alone.
 - `teller`: `BatchEngine` in process, for each NF4 kernel variant (`bnb`, `bnb_flat`,
-  `triton`, `hybrid`: see `app.engine.factory.nf4_override`): batch-1 decode with an adapter and
+  `triton`, `hybrid`: see `app.engine.nf4_routing.nf4_override`): batch-1 decode with an adapter and
   without, TTFT for 512 prompt tokens, and 8/32/64 concurrent streams over the 4 adapters
   (aggregate output tokens/s, p50/p95 TTFT). Each level runs twice; the second (warm) counts.
 - `http`: the same engine behind the real app and uvicorn, 32 concurrent `/v1/chat/completions`
@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from app.contract import PromptFormat  # noqa: E402
 from app.engine.batch_engine import BatchEngine  # noqa: E402
-from app.engine.factory import nf4_override  # noqa: E402
 from app.engine.loader import LoadedModel  # noqa: E402
+from app.engine.nf4_routing import nf4_override  # noqa: E402
 from app.engine.types import (  # noqa: E402
     FinishEvent,
     GenerationRequest,

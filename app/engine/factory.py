@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from typing import Literal
 
 import torch
 
 from app.config import Settings
 from app.engine.capabilities import cpu_has_native_bf16
-from app.engine.fast_falcon import Linear
 from app.engine.loader import LoadedModel, load_base_model
 from app.engine.local import LocalEngine
+from app.engine.nf4_routing import nf4_override
 from app.engine.types import Engine
 
 log = logging.getLogger(__name__)
@@ -84,81 +82,6 @@ def use_batch_scheduler(setting: str, loaded: LoadedModel) -> bool:
         log.info("batch scheduler off: %s", reason)
         return False
     return setting == "batch" or loaded.device.type == "cuda"
-
-
-TRITON_MAX_ROWS = 64
-"""Above this many rows (prefill) the matmul is compute-bound and cuBLAS wins."""
-
-NF4Kernel = Literal["auto", "bnb", "bnb_flat", "triton", "hybrid"]
-
-
-def nf4_override(
-    loaded: LoadedModel, kernel: NF4Kernel = "auto"
-) -> Callable[[torch.nn.Module], Linear | None] | None:
-    """`FalconBatch`'s linear override: which NF4 kernel runs the 4-bit projections on CUDA.
-
-    - `bnb`: bitsandbytes as loaded (None: no override);
-    - `bnb_flat`: bitsandbytes with the double-quantized scales expanded once (`nf4_flat`);
-    - `triton`: Teller's kernel (`nf4_matmul`), which reads the packed weights once for a
-      whole batch of rows, where bitsandbytes dequantizes the full weight to bf16 first;
-    - `hybrid`: `triton` for decode batches of 2..`TRITON_MAX_ROWS` rows; `bnb_flat` for one
-      row (its GEMV is faster there) and for prompts (dequantize once, then a cuBLAS GEMM);
-    - `auto`: `hybrid` where Triton runs, else `bnb_flat`.
-    """
-    if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
-        return None
-    from app.engine.nf4_flat import flat_nf4_linear
-
-    triton = _triton_linear_factory(loaded)
-    if kernel == "auto":
-        kernel = "hybrid" if triton is not None else "bnb_flat"
-    if kernel == "bnb_flat":
-        return flat_nf4_linear
-    if triton is None:
-        raise ValueError(f"NF4 kernel {kernel!r} needs Triton on CUDA")
-    if kernel == "triton":
-        return triton
-
-    def hybrid(module: torch.nn.Module) -> Linear | None:
-        one_row, many_rows = flat_nf4_linear(module), triton(module)
-        if one_row is None or many_rows is None:
-            return one_row or many_rows
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            # Row counts are fixed per captured graph, so this choice is made at capture.
-            rows = x.numel() // x.shape[-1]
-            return many_rows(x) if 1 < rows <= TRITON_MAX_ROWS else one_row(x)
-
-        return forward
-
-    return hybrid
-
-
-LinearOverride = Callable[[torch.nn.Module], Linear | None]
-
-
-def _triton_linear_factory(loaded: LoadedModel) -> LinearOverride | None:
-    try:
-        from app.engine.nf4_matmul import nf4_matmul, pack_linear4bit, triton_available
-    except ImportError:
-        return None
-    if not triton_available(loaded.device):
-        return None
-
-    def override(module: torch.nn.Module) -> Linear | None:
-        import bitsandbytes as bnb
-
-        if not isinstance(module, bnb.nn.Linear4bit) or module.bias is not None:
-            return None
-        packed = pack_linear4bit(module)
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            flat = x.reshape(-1, packed.in_features)
-            return nf4_matmul(flat, packed).view(*x.shape[:-1], packed.out_features)
-
-        return forward
-
-    return override
 
 
 def cpu_fast_dtype(loaded: LoadedModel, setting: str) -> torch.dtype | None:
