@@ -47,18 +47,25 @@ TOLERANCE = 1e-2  # relative L2 error in bf16
 
 
 def sweep_configs(default: GemvConfig) -> list[GemvConfig]:
-    """Launch configs around the default (its decode), nearest first so a cut sweep still
-    covers the likely winners."""
+    """Launch configs around the default (its decode), likeliest first so a cut sweep still
+    covers the winners of the last H200 run."""
     found = []
-    for block_n in (4, 8, 16, 32):
-        for gpi in (2, 4, 8):
-            found.append(replace(default, block_n=block_n, groups_per_iter=gpi))
-    for warps in (2, 8):
-        found.append(replace(default, num_warps=warps))
+    for block_n, gpi, warps in ((8, 8, 4), (8, 16, 8), (4, 8, 4), (16, 8, 4), (16, 16, 8)):
+        for prefetch in (True, False):
+            found.append(
+                replace(
+                    default,
+                    block_n=block_n,
+                    groups_per_iter=gpi,
+                    num_warps=warps,
+                    prefetch=prefetch,
+                    split_k=1,
+                )
+            )
     for split in (2, 4):
         found.append(replace(default, split_k=split))
-    found.append(replace(default, num_stages=1))
-    found.append(replace(default, num_stages=3))
+    for block_n, gpi, warps in ((32, 8, 8), (8, 4, 8), (32, 4, 4)):
+        found.append(replace(default, block_n=block_n, groups_per_iter=gpi, num_warps=warps))
     return [c for c in dict.fromkeys(found) if c != default]
 
 

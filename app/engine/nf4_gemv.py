@@ -89,21 +89,27 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 2
     decode: str = "prmt"
+    prefetch: bool = False  # load the next step's words before decoding this step's
 
 
 def pick_gemv_config(n: int, k: int, sm_count: int) -> GemvConfig:
     """The default launch for a bf16 (1, K) x (N, K) GEMV. Edit after a GPU bench run.
 
-    A first guess for Falcon-7B's shapes on 132 SMs: enough programs to give every SM several
-    (N / block_n >= 4 waves), no split-K (its memset and cast are two more graph nodes) unless
-    N alone cannot fill the GPU.
+    From the H200 sweep (bench/nf4_gemv_gpu.py, 2026-11-28): 8 rows x 8 groups (512 weights
+    a row) a step with the next step's words prefetched was best or within 5% on the
+    K = 4544 shapes; on K = 18176, 16 groups a step over 8 warps. Split-K did not pay at these
+    N (its memset and cast are two more graph nodes), so it is kept for narrow weights only.
+    Some tiles (2 warps, or more than 4 words a thread at 4 warps) make Triton shuttle the
+    decoded values through shared memory; the ones chosen here do not.
     """
-    block_n = 8
-    split_k = 1
-    programs = triton.cdiv(n, block_n) if triton is not None else n // block_n
-    if programs < 2 * sm_count and k >= 2048:
-        split_k = max(1, min(8, (4 * sm_count) // max(programs, 1)))
-    return GemvConfig(block_n=block_n, groups_per_iter=4, split_k=split_k, decode="prmt")
+    if k > 8192:
+        config = GemvConfig(block_n=8, groups_per_iter=16, num_warps=8, prefetch=True)
+    else:
+        config = GemvConfig(block_n=8, groups_per_iter=8, num_warps=4, prefetch=True)
+    programs = -(-n // config.block_n)
+    if programs < sm_count and k >= 2048:
+        config = replace(config, split_k=max(1, min(8, (4 * sm_count) // programs)))
+    return config
 
 
 def pack_gemv(module, *, scale_dtype: torch.dtype | None = None) -> GemvNF4:
@@ -236,6 +242,7 @@ def _launch(x: torch.Tensor, weight: GemvNF4, config: GemvConfig | None) -> torc
         PER_SPLIT=per_split,
         SPLIT_K=splits,
         DECODE=DECODES.index(config.decode),
+        PREFETCH=config.prefetch,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -285,30 +292,31 @@ def _prmt_asm() -> str:
     def word(values: list[int]) -> str:
         return f"0x{values[0] | values[1] << 8 | values[2] << 16 | values[3] << 24:08X}"
 
-    lines = ["{", ".reg .b32 t<8>, sel, s, c, la, lb, lo, hi, pr;"]
+    names = ("sel", "s", "c", "la", "lb", "lo", "hi", "pr")
+    lines = ["{", ".reg .b32 gv_t<8>;"] + [f".reg .b32 gv_{r};" for r in names]
     for i in range(4):
-        lines.append(f"mov.b32 t{i}, {word(lo[4 * i : 4 * i + 4])};")
-        lines.append(f"mov.b32 t{4 + i}, {word(hi[4 * i : 4 * i + 4])};")
+        lines.append(f"mov.b32 gv_t{i}, {word(lo[4 * i : 4 * i + 4])};")
+        lines.append(f"mov.b32 gv_t{4 + i}, {word(hi[4 * i : 4 * i + 4])};")
     for half in range(2):
-        lines.append("mov.b32 sel, $8;" if half == 0 else "shr.u32 sel, $8, 16;")
+        lines.append("mov.b32 gv_sel, $8;" if half == 0 else "shr.u32 gv_sel, $8, 16;")
         lines += [
-            "and.b32 s, sel, 0x7777;",
-            "shr.u32 c, sel, 1;",
-            "and.b32 c, c, 0x4444;",
-            "or.b32 c, c, 0x3210;",
-            "prmt.b32 la, t0, t1, s;",
-            "prmt.b32 lb, t2, t3, s;",
-            "prmt.b32 lo, la, lb, c;",
-            "prmt.b32 la, t4, t5, s;",
-            "prmt.b32 lb, t6, t7, s;",
-            "prmt.b32 hi, la, lb, c;",
+            "and.b32 gv_s, gv_sel, 0x7777;",
+            "shr.u32 gv_c, gv_sel, 1;",
+            "and.b32 gv_c, gv_c, 0x4444;",
+            "or.b32 gv_c, gv_c, 0x3210;",
+            "prmt.b32 gv_la, gv_t0, gv_t1, gv_s;",
+            "prmt.b32 gv_lb, gv_t2, gv_t3, gv_s;",
+            "prmt.b32 gv_lo, gv_la, gv_lb, gv_c;",
+            "prmt.b32 gv_la, gv_t4, gv_t5, gv_s;",
+            "prmt.b32 gv_lb, gv_t6, gv_t7, gv_s;",
+            "prmt.b32 gv_hi, gv_la, gv_lb, gv_c;",
         ]
         for pair, selector in ((0, "0x5140"), (1, "0x7362")):
             out = 4 * half + 2 * pair
             lines += [
-                f"prmt.b32 pr, lo, hi, {selector};",
-                f"shl.b32 ${out}, pr, 16;",
-                f"and.b32 ${out + 1}, pr, 0xFFFF0000;",
+                f"prmt.b32 gv_pr, gv_lo, gv_hi, {selector};",
+                f"shl.b32 ${out}, gv_pr, 16;",
+                f"and.b32 ${out + 1}, gv_pr, 0xFFFF0000;",
             ]
     lines.append("}")
     return "\n".join(lines)
@@ -332,6 +340,7 @@ if triton is not None:
         PER_SPLIT: tl.constexpr,
         SPLIT_K: tl.constexpr,
         DECODE: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         """out[n] (+)= sum_g scale[n, g] * sum_{w, p} code[nib_p(word[n, g, w])] * x[g, p, w].
 
@@ -351,11 +360,20 @@ if triton is not None:
         s_rows = s_ptr + offs_n[:, None, None] * N_GROUPS  # (BN, 1, 1)
 
         acc = tl.zeros((BLOCK_N, GPI, WPG), dtype=tl.float32)
+        if PREFETCH:  # the first step's words; each step then loads the next one's
+            g_first = (pid_k * PER_SPLIT * GPI + offs_g)[None, :, None]
+            m_first = n_mask[:, None, None] & (g_first < N_GROUPS)
+            w_next = tl.load(w_rows + g_first * WPG, mask=m_first, other=0)
         for it in range(PER_SPLIT):
             g3 = ((pid_k * PER_SPLIT + it) * GPI + offs_g)[None, :, None]  # (1, GPI, 1)
             g_mask = g3 < N_GROUPS
             mask = n_mask[:, None, None] & g_mask
-            words = tl.load(w_rows + g3 * WPG, mask=mask, other=0)  # (BN, GPI, W) int32
+            if PREFETCH:
+                words = w_next
+                ahead = n_mask[:, None, None] & (g3 + GPI < N_GROUPS) & (it + 1 < PER_SPLIT)
+                w_next = tl.load(w_rows + (g3 + GPI) * WPG, mask=ahead, other=0)
+            else:
+                words = tl.load(w_rows + g3 * WPG, mask=mask, other=0)  # (BN, GPI, W) int32
             scale = tl.load(s_rows + g3, mask=mask, other=0.0).to(tl.float32)  # (BN, GPI, 1)
             x_at = x_ptr + g3 * GROUP + offs_w[None, None, :]  # (1, GPI, W): nibble 0's k
             x_mask = g_mask & (offs_w[None, None, :] < WPG)

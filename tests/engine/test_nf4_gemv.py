@@ -137,6 +137,8 @@ INTERPRETER_SCRIPT = textwrap.dedent(
         (320, 40, False, 32, GemvConfig(8, 2, 2, decode="lut256"), torch.bfloat16),
         (4544, 24, True, 64, GemvConfig(16, 4, 3, decode="lut16"), torch.float32),
         (4544, 24, True, 64, GemvConfig(4, 8, 1, decode="lut256"), torch.bfloat16),
+        (4544, 24, True, 64, GemvConfig(8, 16, 2, decode="lut16", prefetch=True), torch.float32),
+        (320, 40, False, 32, GemvConfig(16, 4, 1, decode="lut256", prefetch=True), torch.bfloat16),
         (512, 36, True, 256, GemvConfig(32, 4, 1, decode="lut16"), torch.float32),
         (512, 36, True, 256, GemvConfig(32, 4, 4, decode="lut256"), torch.float16),
     ]
@@ -155,7 +157,8 @@ INTERPRETER_SCRIPT = textwrap.dedent(
 
 
 def test_triton_kernel_under_the_interpreter():
-    """The kernel itself on CPU: decode variants lut16 and lut256, N and K tails, split-K.
+    """The kernel itself on CPU: decode variants lut16 and lut256, N and K tails, split-K,
+    prefetch.
 
     fp32 activations must match to 1e-5 (lut16 is exact; fp32 always runs lut16), bf16 and
     fp16 to 1e-2 (lut256 rounds the code values to bf16). Outputs are fresh tensors from the
@@ -169,7 +172,7 @@ def test_triton_kernel_under_the_interpreter():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == 9
+    assert len(results) == 11
     for _k, n, _decode, dtype, out_dtype, shape, err in results:
         assert out_dtype == dtype and shape == [n]
         assert err < (1e-5 if dtype == "torch.float32" else 1e-2), results
