@@ -134,10 +134,25 @@ def short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:400]
 
 
-def try_config(cfg, x, packs, ref, timer) -> dict:
+class Packs:
+    """The weight copies packed per tile shape (a tile is fixed at pack time), made lazily."""
+
+    def __init__(self, modules: list):
+        self.modules = modules
+        self.by_tile: dict[tuple[int, int], list] = {}
+
+    def __call__(self, cfg: GemvConfig) -> list:
+        tile = (cfg.block_n, cfg.groups_per_iter)
+        if tile not in self.by_tile:
+            self.by_tile[tile] = [pack_gemv(m, tile=tile) for m in self.modules]
+        return self.by_tile[tile]
+
+
+def try_config(cfg, x, packs_for, ref, timer) -> dict:
     """Error and time of one launch config; a compile failure or wrong answer is a result."""
     entry = {"config": asdict(cfg)}
     try:
+        packs = packs_for(cfg)
         err = rel_err(nf4_gemv(x, packs[0], config=cfg), ref)
         entry["rel_err"] = err
         if not err < TOLERANCE:
@@ -163,16 +178,15 @@ def time_baseline(name: str, calls, x, ref, timer) -> dict:
 def measure_shape(k: int, n: int, device: str, timer: Timer, copy: float, sms: int) -> dict:
     started = time.monotonic()
     probe = make_linear(n, k, device)
-    probe_pack = pack_gemv(probe)
-    weight_bytes = probe_pack.nbytes
+    weight_bytes = pack_gemv(probe).nbytes
     copies = max(2, math.ceil(ROTATE_BYTES / weight_bytes)) if timer.cuda else 2
     modules = [probe] + [make_linear(n, k, device) for _ in range(copies - 1)]
-    packs = [probe_pack] + [pack_gemv(m) for m in modules[1:]]
+    packs = Packs(modules)
     x = torch.randn(1, k, device=device, dtype=torch.bfloat16)
     state = probe.weight.quant_state
     dense = bnb.functional.dequantize_4bit(probe.weight.data, state).float()
     ref = x.float() @ dense.T  # (1, N)
-    moved = weight_bytes + k * 2 + n * 2
+    moved = n * k // 2 + n * (k // 64) * 2 + k * 2 + n * 2  # unpadded, fp16 scales
 
     default = pick_gemv_config(n, k, sms)
     variants = [try_config(replace(default, decode=d), x, packs, ref, timer) for d in DECODES]
@@ -202,7 +216,7 @@ def measure_shape(k: int, n: int, device: str, timer: Timer, copy: float, sms: i
         "K": k,
         "N": n,
         "bytes": moved,
-        "weight_copies": len(packs),
+        "weight_copies": len(modules),
         "default_config": asdict(default),
         "variants": variants,
         "sweep": sweep,

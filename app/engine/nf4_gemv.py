@@ -58,16 +58,22 @@ _FP16_BIG = 60000.0
 class GemvNF4:
     """One Linear4bit's weight repacked for nf4_gemv (see the module docstring for the layout).
 
-    `words[n, g*G/8 + w]` packs, at bits 4p..4p+3, the NF4 index of weight
-    `k = g*G + p*(G/8) + w` of output row n; `scales[n, g]` is that group's absmax.
+    Logically `words[n, g, w]` packs, at bits 4p..4p+3, the NF4 index of weight
+    `k = g*G + p*(G/8) + w` of output row n, and `scales[n, g]` is that group's absmax. They
+    are stored tile-major: the (tile_n rows x tile_groups groups) tile that one program reads
+    in one loop step is one contiguous run, and a program's steps follow each other, so each
+    program streams one contiguous region. N and the groups are zero-padded to whole tiles
+    (zero scales: padding adds nothing).
     """
 
-    words: torch.Tensor  # int32 (N, K // 8)
-    scales: torch.Tensor  # fp16 or fp32 (N, K // group)
+    words: torch.Tensor  # int32 (N_pad/tn, groups_pad/tg, tn, tg, G/8), contiguous
+    scales: torch.Tensor  # fp16 or fp32 (N_pad/tn, groups_pad/tg, tn, tg), contiguous
     out_features: int
     in_features: int
     group: int  # weights per scale: 64, or 32 when bitsandbytes' blocksize was 32
     blocksize: int  # bitsandbytes' absmax block size the weight was quantized with
+    tile_n: int  # output rows per program
+    tile_groups: int  # scale groups per row per loop step
 
     @property
     def nbytes(self) -> int:
@@ -77,10 +83,11 @@ class GemvNF4:
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """Launch parameters of the kernel (see `pick_gemv_config`).
+    """Tile and launch parameters of the kernel (see `pick_gemv_config`).
 
-    block_n output rows per program; groups_per_iter scale groups (of G weights) per row per
-    loop step; split_k > 1 splits the K loop over programs that add into an fp32 buffer.
+    block_n output rows per program and groups_per_iter scale groups (of G weights) per row
+    per loop step are the tile, fixed when the weight is packed; split_k > 1 splits the K loop
+    over programs that add into an fp32 buffer.
     """
 
     block_n: int = 8
@@ -112,7 +119,9 @@ def pick_gemv_config(n: int, k: int, sm_count: int) -> GemvConfig:
     return config
 
 
-def pack_gemv(module, *, scale_dtype: torch.dtype | None = None) -> GemvNF4:
+def pack_gemv(
+    module, *, tile: tuple[int, int] | None = None, scale_dtype: torch.dtype | None = None
+) -> GemvNF4:
     """Repack a bitsandbytes NF4 `Linear4bit` (double quant or not, any device) for nf4_gemv.
 
     Copies what it needs and leaves the module untouched (it still serves bitsandbytes' own
@@ -120,6 +129,8 @@ def pack_gemv(module, *, scale_dtype: torch.dtype | None = None) -> GemvNF4:
 
     Args:
         module: a quantized `bitsandbytes.nn.Linear4bit` with quant_type "nf4".
+        tile: (rows, groups) a program reads per loop step, powers of two; by default
+            `pick_gemv_config`'s for this shape.
         scale_dtype: fp16 or fp32 for the per-group scales; by default fp16 when every scale
             sits in fp16's normal range (half the scale bytes), else fp32.
 
@@ -154,7 +165,7 @@ def pack_gemv(module, *, scale_dtype: torch.dtype | None = None) -> GemvNF4:
     idx = idx.transpose(2, 3).to(torch.int64)  # (N, groups, w, p)
     shifts = torch.arange(0, 32, 4, device=device, dtype=torch.int64)
     words = (idx << shifts).sum(dim=-1)  # (N, groups, w), each < 2**32
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).reshape(n, k // 8)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
     starts = torch.arange(n, device=device)[:, None] * k
     starts = starts + torch.arange(0, k, group, device=device)[None, :]
@@ -165,18 +176,45 @@ def pack_gemv(module, *, scale_dtype: torch.dtype | None = None) -> GemvNF4:
             nonzero.min().item() >= _FP16_TINY and nonzero.max().item() <= _FP16_BIG
         )
         scale_dtype = torch.float16 if fp16_ok else torch.float32
+    if tile is None:
+        default = pick_gemv_config(n, k, 132)
+        tile = (default.block_n, default.groups_per_iter)
+    tn, tg = tile
+    if tn < 1 or tg < 1 or tn & (tn - 1) or tg & (tg - 1):
+        raise ValueError(f"tile sizes must be powers of two, not {tile}")
     _tables(device)  # made now, so nf4_gemv never copies host data (CUDA graphs)
-    return GemvNF4(words.contiguous(), scales.to(scale_dtype).contiguous(), n, k, group, blocksize)
+    return GemvNF4(
+        _to_tiles(words, tn, tg), _to_tiles(scales.to(scale_dtype), tn, tg),
+        n, k, group, blocksize, tn, tg,
+    )  # fmt: skip
+
+
+def _to_tiles(rows: torch.Tensor, tn: int, tg: int) -> torch.Tensor:
+    """(N, groups, *rest) -> (N_pad/tn, groups_pad/tg, tn, tg, *rest), zero-padded."""
+    n, groups, rest = rows.shape[0], rows.shape[1], rows.shape[2:]
+    n_pad, g_pad = -(-n // tn) * tn, -(-groups // tg) * tg
+    padded = rows.new_zeros((n_pad, g_pad, *rest))
+    padded[:n, :groups] = rows
+    tiles = padded.reshape(n_pad // tn, tn, g_pad // tg, tg, *rest).transpose(1, 2)
+    return tiles.contiguous()
+
+
+def _from_tiles(tiles: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Inverse of `_to_tiles`: (N, groups, *rest)."""
+    nt, gt, tn, tg, *rest = tiles.shape
+    rows = tiles.transpose(1, 2).reshape(nt * tn, gt * tg, *rest)
+    return rows[:n, :groups]
 
 
 def dequantize_gemv(weight: GemvNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (out_features, in_features) weight the packed words stand for."""
     n, k, group = weight.out_features, weight.in_features, weight.group
-    shifts = torch.arange(0, 32, 4, device=weight.words.device, dtype=torch.int32)
-    idx = (weight.words[..., None] >> shifts) & 0xF  # (N, K/8, p)
-    idx = idx.reshape(n, k // group, group // 8, 8).transpose(2, 3)  # (N, groups, p, w)
-    code = torch.tensor(NF4_CODE, dtype=torch.float32, device=weight.words.device)
-    values = code[idx.long()].reshape(n, k // group, group) * weight.scales.float()[..., None]
+    words = _from_tiles(weight.words, n, k // group)  # (N, groups, w)
+    scales = _from_tiles(weight.scales, n, k // group).float()  # (N, groups)
+    shifts = torch.arange(0, 32, 4, device=words.device, dtype=torch.int32)
+    idx = ((words[..., None] >> shifts) & 0xF).transpose(2, 3)  # (N, groups, p, w)
+    code = torch.tensor(NF4_CODE, dtype=torch.float32, device=words.device)
+    values = code[idx.long()].reshape(n, k // group, group) * scales[..., None]
     return values.reshape(n, k).to(dtype)
 
 
@@ -217,6 +255,7 @@ def _launch(x: torch.Tensor, weight: GemvNF4, config: GemvConfig | None) -> torc
         config = replace(config, decode="lut16")  # the bf16-rounding decodes would cost 1e-3
     if config.decode not in DECODES:
         raise ValueError(f"decode must be one of {DECODES}, not {config.decode!r}")
+    config = replace(config, block_n=weight.tile_n, groups_per_iter=weight.tile_groups)
     xv = x.reshape(-1).contiguous()  # (K,)
     iters = triton.cdiv(k // group, config.groups_per_iter)
     per_split = triton.cdiv(iters, config.split_k)
@@ -348,36 +387,58 @@ if triton is not None:
         are summed before the group's scale multiplies them.
         """
         WPG: tl.constexpr = GROUP // 8
-        K_WORDS: tl.constexpr = K // 8
         N_GROUPS: tl.constexpr = K // GROUP
+        K_TILES: tl.constexpr = (N_GROUPS + GPI - 1) // GPI
+        TILE_WORDS: tl.constexpr = BLOCK_N * GPI * WPG
+        EVEN: tl.constexpr = PER_SPLIT * SPLIT_K == K_TILES  # no step past the last tile
+        X_EVEN: tl.constexpr = EVEN and N_GROUPS % GPI == 0  # no padded group either
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_r = tl.arange(0, BLOCK_N)
+        offs_n = pid_n * BLOCK_N + offs_r
         n_mask = offs_n < N
         offs_g = tl.arange(0, GPI)
         offs_w = tl.arange(0, WPG)
-        w_rows = w_ptr + offs_n[:, None, None] * K_WORDS + offs_w[None, None, :]  # (BN, 1, W)
-        s_rows = s_ptr + offs_n[:, None, None] * N_GROUPS  # (BN, 1, 1)
+        t0 = pid_k * PER_SPLIT  # this program's first k tile
+        # Tiles are indexed (group, row, word) so that Triton spreads a warp's threads over
+        # groups and words first and a thread keeps several rows: their x values are then
+        # loaded and widened once for all of them.
+        in_tile = offs_g[:, None, None] * WPG + offs_r[None, :, None] * (GPI * WPG)
+        w_at = w_ptr + (pid_n * K_TILES + t0) * TILE_WORDS + in_tile + offs_w[None, None, :]
+        s_at = s_ptr + (pid_n * K_TILES + t0) * (BLOCK_N * GPI)
+        s_at += offs_g[:, None, None] + offs_r[None, :, None] * GPI  # (GPI, BN, 1)
 
-        acc = tl.zeros((BLOCK_N, GPI, WPG), dtype=tl.float32)
+        acc = tl.zeros((GPI, BLOCK_N, WPG), dtype=tl.float32)
         if PREFETCH:  # the first step's words; each step then loads the next one's
-            g_first = (pid_k * PER_SPLIT * GPI + offs_g)[None, :, None]
-            m_first = n_mask[:, None, None] & (g_first < N_GROUPS)
-            w_next = tl.load(w_rows + g_first * WPG, mask=m_first, other=0)
+            if EVEN:
+                w_next = tl.load(w_at)
+            else:
+                w_next = tl.load(w_at, mask=t0 < K_TILES, other=0)
         for it in range(PER_SPLIT):
-            g3 = ((pid_k * PER_SPLIT + it) * GPI + offs_g)[None, :, None]  # (1, GPI, 1)
-            g_mask = g3 < N_GROUPS
-            mask = n_mask[:, None, None] & g_mask
+            t = t0 + it
             if PREFETCH:
                 words = w_next
-                ahead = n_mask[:, None, None] & (g3 + GPI < N_GROUPS) & (it + 1 < PER_SPLIT)
-                w_next = tl.load(w_rows + (g3 + GPI) * WPG, mask=ahead, other=0)
+                if EVEN:
+                    w_next = tl.load(w_at + (it + 1) * TILE_WORDS, mask=it + 1 < PER_SPLIT)
+                else:
+                    ahead = (it + 1 < PER_SPLIT) & (t + 1 < K_TILES)
+                    w_next = tl.load(w_at + (it + 1) * TILE_WORDS, mask=ahead, other=0)
+            elif EVEN:
+                words = tl.load(w_at + it * TILE_WORDS)  # (GPI, BN, W) int32
             else:
-                words = tl.load(w_rows + g3 * WPG, mask=mask, other=0)  # (BN, GPI, W) int32
-            scale = tl.load(s_rows + g3, mask=mask, other=0.0).to(tl.float32)  # (BN, GPI, 1)
-            x_at = x_ptr + g3 * GROUP + offs_w[None, None, :]  # (1, GPI, W): nibble 0's k
-            x_mask = g_mask & (offs_w[None, None, :] < WPG)
-            dot = tl.zeros((BLOCK_N, GPI, WPG), dtype=tl.float32)
+                words = tl.load(w_at + it * TILE_WORDS, mask=t < K_TILES, other=0)
+            if EVEN:
+                scale = tl.load(s_at + it * (BLOCK_N * GPI)).to(tl.float32)  # (GPI, BN, 1)
+            else:
+                scale = tl.load(s_at + it * (BLOCK_N * GPI), mask=t < K_TILES, other=0.0)
+                scale = scale.to(tl.float32)
+            g3 = (t * GPI + offs_g)[:, None, None]  # (GPI, 1, 1): global group index
+            if X_EVEN:
+                x_mask = offs_w[None, None, :] < WPG  # all true; keeps one code path below
+            else:
+                x_mask = (g3 < N_GROUPS) & (offs_w[None, None, :] < WPG)
+            x_at = x_ptr + g3 * GROUP + offs_w[None, None, :]  # (GPI, 1, W): nibble 0's k
+            dot = tl.zeros((GPI, BLOCK_N, WPG), dtype=tl.float32)
             if DECODE == 2:  # prmt: all 8 nibbles in registers, one asm block per word
                 v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
                     _PRMT_ASM,
@@ -410,7 +471,7 @@ if triton is not None:
                     dot += value * xp
             acc += dot * scale
 
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BN,)
+        y = tl.sum(tl.sum(acc, axis=2), axis=0)  # (BN,)
         if SPLIT_K > 1:
             tl.atomic_add(out_ptr + offs_n, y, mask=n_mask, sem="relaxed")
         else:

@@ -145,7 +145,8 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     for k, n, dq, bs, config, dtype in cases:
         module = make_linear4bit(n, k, double_quant=dq, blocksize=bs, seed=k + n)
         exact = dtype == torch.float32
-        packed = pack_gemv(module, scale_dtype=torch.float32 if exact else None)
+        tile = (config.block_n, config.groups_per_iter)
+        packed = pack_gemv(module, tile=tile, scale_dtype=torch.float32 if exact else None)
         x = torch.randn(1, k).to(dtype)
         out = _launch(x, packed, config)
         ref = x.float() @ bnb_dense(module).T
