@@ -50,7 +50,7 @@ def sweep_configs(default: GemvConfig) -> list[GemvConfig]:
     """Launch configs around the default (its decode), likeliest first so a cut sweep still
     covers the winners of the last H200 run."""
     found = []
-    for block_n, gpi, warps in ((8, 8, 4), (8, 16, 8), (4, 8, 4), (16, 8, 4), (16, 16, 8)):
+    for block_n, gpi, warps in ((2, 16, 1), (4, 16, 1), (4, 32, 2), (8, 16, 1), (2, 32, 1)):
         for prefetch in (True, False):
             found.append(
                 replace(
@@ -64,7 +64,7 @@ def sweep_configs(default: GemvConfig) -> list[GemvConfig]:
             )
     for split in (2, 4):
         found.append(replace(default, split_k=split))
-    for block_n, gpi, warps in ((32, 8, 8), (8, 4, 8), (32, 4, 4)):
+    for block_n, gpi, warps in ((8, 8, 4), (4, 8, 1), (16, 16, 1)):
         found.append(replace(default, block_n=block_n, groups_per_iter=gpi, num_warps=warps))
     return [c for c in dict.fromkeys(found) if c != default]
 

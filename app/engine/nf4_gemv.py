@@ -8,8 +8,9 @@ still at one row: both look each weight up in a 16-entry table in global memory.
 This kernel has no tensor cores and no per-weight global lookup. The weight is repacked once
 (`pack_gemv` from a bitsandbytes `Linear4bit`) so that:
 
-- each output row's bytes are one contiguous run, read as int32 words (eight weights each),
-  in 16-byte vectors;
+- the words (int32, eight weights each) a program reads in one loop step form one contiguous
+  tile, and its steps follow each other, so each program streams one contiguous region in
+  16-byte vectors;
 - within a scale group of G weights (G = 64, or 32 for blocksize 32), word w holds weights
   `g*G + p*(G/8) + w` at nibble p, so the activations a nibble position needs are contiguous
   too (one vector load per position, not a stride-8 gather);
@@ -100,19 +101,21 @@ class GemvConfig:
 
 
 def pick_gemv_config(n: int, k: int, sm_count: int) -> GemvConfig:
-    """The default launch for a bf16 (1, K) x (N, K) GEMV. Edit after a GPU bench run.
+    """The default tile and launch for a bf16 (1, K) x (N, K) GEMV. Edit after a GPU run.
 
-    From the H200 sweep (bench/nf4_gemv_gpu.py, 2026-11-28): 8 rows x 8 groups (512 weights
-    a row) a step with the next step's words prefetched was best or within 5% on the
-    K = 4544 shapes; on K = 18176, 16 groups a step over 8 warps. Split-K did not pay at these
-    N (its memset and cast are two more graph nodes), so it is kept for narrow weights only.
-    Some tiles (2 warps, or more than 4 words a thread at 4 warps) make Triton shuttle the
-    decoded values through shared memory; the ones chosen here do not.
+    From the H200 sweeps (bench/nf4_gemv_gpu.py, 2026-11-28): one warp per program holding
+    2-4 rows x 16 groups (so each thread widens its activations once for all its rows), the
+    next step's words prefetched: 11.7 us on 4544x4544, 32.3 us on 4544->18176; on
+    K = 18176, 4 rows x 32 groups over 2 warps (34.4 us). Larger tiles at 4 warps were 5-30%
+    slower, and several (2 warps, or more than 4 words a thread) make Triton move the decoded
+    values through shared memory. Split-K did not pay at these N (its memset and cast are two
+    more graph nodes), so it is kept for narrow weights only.
     """
     if k > 8192:
-        config = GemvConfig(block_n=8, groups_per_iter=16, num_warps=8, prefetch=True)
+        config = GemvConfig(block_n=4, groups_per_iter=32, num_warps=2, prefetch=True)
     else:
-        config = GemvConfig(block_n=8, groups_per_iter=8, num_warps=4, prefetch=True)
+        block_n = 4 if n >= 8192 else 2
+        config = GemvConfig(block_n=block_n, groups_per_iter=16, num_warps=1, prefetch=True)
     programs = -(-n // config.block_n)
     if programs < sm_count and k >= 2048:
         config = replace(config, split_k=max(1, min(8, (4 * sm_count) // programs)))

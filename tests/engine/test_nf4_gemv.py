@@ -104,6 +104,8 @@ def test_refuses_bad_weights_and_inputs():
         pack_gemv(fp4)
     with pytest.raises(ValueError, match="multiple of 32"):
         pack_gemv(make_linear4bit(32, 48, double_quant=False))
+    with pytest.raises(ValueError, match="powers of two"):
+        pack_gemv(make_linear4bit(32, 64, double_quant=False), tile=(3, 8))
     packed = pack_gemv(make_linear4bit(32, 64, double_quant=False))
     with pytest.raises(ValueError, match="features"):
         nf4_gemv(torch.randn(1, 32), packed)
