@@ -18,6 +18,7 @@ from training.fast import (
     activation_bytes_per_token,
     chunked_loss,
     keep_frozen_in,
+    norm_outputs_in,
     plan_memory,
 )
 from training.packing import collate, pack_rows
@@ -63,23 +64,32 @@ def test_keep_frozen_in_moves_only_frozen_float_weights(tiny_falcon_dir: Path) -
 
 def test_layer_norm_outputs_reach_the_projections_in_bf16(tiny_falcon_dir: Path) -> None:
     """Under bf16 autocast the fused QKV projection (base layer and LoRA branch) gets the
-    norm's output once cast, not fp32 to cast again in each consumer, with the same loss."""
+    norm's output once cast, not fp32 to cast again in each consumer, while the residual
+    stream between blocks stays fp32 as in the plain recipe; the loss is unchanged."""
     model = lora_model(tiny_falcon_dir)
     model.eval()  # no LoRA dropout: the two runs must see the same operands
     examples = make_examples(model.config.vocab_size, [(6, 6), (5, 8)])
     batch = collate(pack_rows(examples, max_seq_len=32), pad_id=0, attention="sdpa")
     seen: list[torch.dtype] = []
-    qkv = model.get_base_model().transformer.h[0].self_attention.query_key_value
-    qkv.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+    residual: list[torch.dtype] = []
+    block = model.get_base_model().transformer.h[1]
+    block.self_attention.query_key_value.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].dtype)
+    )
+    block.register_forward_pre_hook(lambda _m, args: residual.append(args[0].dtype))
 
     def loss() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
             return float(model(**batch, use_cache=False).loss)
 
     before = loss()
-    keep_frozen_in(model, torch.bfloat16)
+    embeddings = model.get_input_embeddings()
+    embeddings.weight.data = embeddings.weight.data.bfloat16()  # as keep_frozen_in leaves it
+    loss()
+    assert norm_outputs_in(model, torch.bfloat16) == 2 + 1 + 1  # 2 block norms, ln_f, embeddings
     after = loss()
-    assert seen == [torch.float32, torch.bfloat16]
+    assert seen == [torch.float32, torch.bfloat16, torch.bfloat16]
+    assert residual == [torch.float32, torch.bfloat16, torch.float32]  # fp32 again with hooks
     assert after == pytest.approx(before, rel=2e-2)
 
 
