@@ -27,6 +27,13 @@ inline PTX, so it runs on NVIDIA GPUs only, never in Triton's CPU interpreter.
 
 Off CUDA (or without triton) `nf4_gemv` dequantizes and multiplies in torch, so CPU serving
 and tests share the API.
+
+Measured on an H200 (bench/results/nf4-gemv.json, CUDA-graph replay over weight copies that
+outsize L2): 11.6 us on 4544x4544 against bitsandbytes' 14.4 (1.24x), 1.25-1.33x on the other
+Falcon-7B shapes, i.e. 22-32% of copy bandwidth, not the 50% aimed at. ``prmt`` is 2-3x
+faster than the two table decodes. The loop is issue-bound as much as memory-bound: ptxas
+emits about 7 SASS instructions per weight (nibble select and byte permutes, bf16 widening,
+FMA), about what an H200 can issue at 2 TB/s; a leaner decode is the next step.
 """
 
 from __future__ import annotations
@@ -105,17 +112,16 @@ def pick_gemv_config(n: int, k: int, sm_count: int) -> GemvConfig:
 
     From the H200 sweeps (bench/nf4_gemv_gpu.py, 2026-11-28): one warp per program holding
     2-4 rows x 16 groups (so each thread widens its activations once for all its rows), the
-    next step's words prefetched: 11.7 us on 4544x4544, 32.3 us on 4544->18176; on
-    K = 18176, 4 rows x 32 groups over 2 warps (34.4 us). Larger tiles at 4 warps were 5-30%
-    slower, and several (2 warps, or more than 4 words a thread) make Triton move the decoded
-    values through shared memory. Split-K did not pay at these N (its memset and cast are two
-    more graph nodes), so it is kept for narrow weights only.
+    next step's words prefetched: 11.6 us on 4544x4544, 32.2 us on 4544->18176; on
+    K = 18176, 4 rows x 32 groups over 2 warps with the K loop split 4 ways (32.0 us, memset
+    and cast included; 34.2 unsplit). Larger tiles at 4 warps were 5-30% slower, and several
+    (2 warps, or more than 4 words a thread) make Triton move the decoded values through
+    shared memory. On K = 4544 splitting cost 35%.
     """
     if k > 8192:
-        config = GemvConfig(block_n=4, groups_per_iter=32, num_warps=2, prefetch=True)
-    else:
-        block_n = 4 if n >= 8192 else 2
-        config = GemvConfig(block_n=block_n, groups_per_iter=16, num_warps=1, prefetch=True)
+        return GemvConfig(block_n=4, groups_per_iter=32, split_k=4, num_warps=2, prefetch=True)
+    block_n = 4 if n >= 8192 else 2
+    config = GemvConfig(block_n=block_n, groups_per_iter=16, num_warps=1, prefetch=True)
     programs = -(-n // config.block_n)
     if programs < sm_count and k >= 2048:
         config = replace(config, split_k=max(1, min(8, (4 * sm_count) // programs)))
