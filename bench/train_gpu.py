@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-step", type=int, default=0, help="teller rows per step")
     parser.add_argument("--budget-gb", type=float, default=16.0)
     parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.1, help="LoRA dropout")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="profile.txt next to --out")
     args = parser.parse_args(argv)
@@ -230,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         base, baseline, baseline_peak = run_baseline(
             base, examples[:keep], replace_steps(args, args.loss_steps), device, on_step
         )
+        # The same without LoRA dropout: its masks are drawn per dtype (a bf16 input gets
+        # other masks than an fp32 one from the same seed), so only this pair compares the
+        # arithmetic alone.
+        no_dropout = argparse.Namespace(**{**vars(args), "steps": args.loss_steps, "dropout": 0.0})
+        base, baseline_plain, _ = run_baseline(base, examples[:keep], no_dropout, device, on_step)
         # (b) Teller's step on exactly those batches, packed: the loss-equality run.
         keep_frozen_in(base, dtype)
         equal_windows = [
@@ -240,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             base, equal_windows, "teller_equal", args, device, dtype, on_step, False
         )
         equal.update(micro_batch_rows="1-2", gradient_checkpointing=False)
+        equal_plain, _ = run_teller(
+            base, equal_windows, "equal_no_dropout", no_dropout, device, dtype, on_step, False
+        )
         # (c) throughput: the layout planned for the whole card; (d) for a 16 GB budget.
         lora_probe = attach_lora(base, args.rank)
         trainable = sum(p.numel() for p in lora_probe.parameters() if p.requires_grad)
@@ -307,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         "base_params": n_base,
         "linear_4bit": loaded.linear_4bit,
         "quantization": "nf4 + double quant, bf16 compute" if not args.smoke else "nf4 (CPU)",
-        "lora": {"r": args.rank, "alpha": 16, "dropout": 0.1, "target_modules": FALCON_TARGETS},
+        "lora": {
+            "r": args.rank,
+            "alpha": 16,
+            "dropout": args.dropout,
+            "target_modules": FALCON_TARGETS,
+        },
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "teller_rows_per_step": args.rows_per_step,
@@ -323,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             2,
         ),
         "loss_equality": equality,
+        "loss_equality_no_dropout": compare_losses(baseline_plain["losses"], equal_plain["losses"]),
         "dequant_paths": dequant,
         "attention": attention,
         **sections,

@@ -44,7 +44,7 @@ def peak_memory_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
 
 
-def attach_lora(base: Any, rank: int) -> Any:
+def attach_lora(base: Any, rank: int, dropout: float = 0.1) -> Any:
     from peft import LoraConfig, get_peft_model
 
     if hasattr(base, "peft_config"):
@@ -53,7 +53,7 @@ def attach_lora(base: Any, rank: int) -> Any:
     config = LoraConfig(
         r=rank,
         lora_alpha=16,
-        lora_dropout=0.1,
+        lora_dropout=dropout,
         target_modules=FALCON_TARGETS,
         task_type="CAUSAL_LM",
     )
@@ -64,7 +64,7 @@ def run_baseline(base: Any, examples: list[Example], args: argparse.Namespace, d
     """(a) Trainer with examples padded to max length, batch 4, no packing."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    model = attach_lora(base, args.rank)
+    model = attach_lora(base, args.rank, args.dropout)
     pad = args.seq_len
     dataset = [
         {
@@ -171,7 +171,7 @@ def run_teller(
     profile_to: Path | None = None,
 ) -> tuple[dict, float]:
     """Teller's step (chunked loss, bf16 frozen weights) over `windows`, one per step."""
-    model = attach_lora(base, args.rank)
+    model = attach_lora(base, args.rank, args.dropout)
     model.train()
     set_gradient_checkpointing(model, checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -163,3 +163,5 @@ def print_table(results: dict) -> None:
         + "".join(f"{results[n]['useful_tokens_per_s'] / base:>15.2f}x" for n in names)
     )
     print(f"loss equality: {results['loss_equality']}")
+    if "loss_equality_no_dropout" in results:
+        print(f"loss equality without LoRA dropout: {results['loss_equality_no_dropout']}")
