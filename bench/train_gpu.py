@@ -65,7 +65,12 @@ from bench.train_gpu_report import (  # noqa: E402
 )
 from training.data_loading import Record, read_records  # noqa: E402
 from training.encoding import IGNORE_INDEX, Example, encode_records  # noqa: E402
-from training.fast import fixed_bytes, keep_frozen_in, plan_memory  # noqa: E402
+from training.fast import (  # noqa: E402
+    fixed_bytes,
+    keep_frozen_in,
+    norm_outputs_in,
+    plan_memory,
+)
 from training.model_build import keep_4bit_weights_trainable_on_cpu  # noqa: E402
 from training.packing import pack_rows  # noqa: E402
 from training.varlen_attention import VARLEN  # noqa: E402
@@ -171,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-gb", type=float, default=16.0)
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.1, help="LoRA dropout")
+    parser.add_argument(
+        "--bf16-activations", action="store_true", help="Teller runs with bf16_activations on"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="profile.txt next to --out")
     args = parser.parse_args(argv)
@@ -238,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         base, baseline_plain, _ = run_baseline(base, examples[:keep], no_dropout, device, on_step)
         # (b) Teller's step on exactly those batches, packed: the loss-equality run.
         keep_frozen_in(base, dtype)
+        if args.bf16_activations:
+            norm_outputs_in(base, dtype)
         equal_windows = [
             [pack_rows(examples[k * args.batch_size : (k + 1) * args.batch_size], args.seq_len)]
             for k in range(args.loss_steps)
@@ -297,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     fast_recipe = (
         f"packed padding-free rows + {packed_how}, train_step with chunked loss over "
         "labelled positions, bf16 frozen weights, paged AdamW 8-bit, bf16 autocast"
+        + ("; bf16 activations after every layer norm" if args.bf16_activations else "")
     )
     sections["teller_equal"]["recipe"] = (
         f"{fast_recipe}; the baseline's batches in its order, packed, no checkpointing"
@@ -336,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             / sections["baseline"]["useful_tokens_per_s"],
             2,
         ),
+        "bf16_activations": args.bf16_activations,
         "loss_equality": equality,
         "loss_equality_no_dropout": compare_losses(baseline_plain["losses"], equal_plain["losses"]),
         "dequant_paths": dequant,

@@ -106,6 +106,9 @@ class TrainConfig:
     for it (rows per optimizer step unchanged); 0 keeps the three as configured."""
     chunked_loss: bool = True
     """Compute the loss over labelled positions in vocabulary-head chunks (no full logits)."""
+    bf16_activations: bool = False
+    """On a GPU, keep activations in bf16 after each layer norm: ~25 % more tokens/s, but the
+    first steps' loss may move ~1.5 % from the fp32-activation QLoRA recipe's."""
     cpu_threads: int = 0
     """Torch intra-op threads on CPU (0 = torch's default)."""
     log_every: int = 1

@@ -19,7 +19,7 @@ from app.engine.capabilities import has_bitsandbytes, has_cuda
 from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
 from app.engine.tiny_models import ensure_tiny_model
 from training.config import OptimSettings, TrainConfig
-from training.fast import keep_frozen_in
+from training.fast import keep_frozen_in, norm_outputs_in
 from training.targets import target_modules_for
 
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
@@ -147,6 +147,8 @@ def build_trainable_model(config: TrainConfig) -> TrainableModel:
             gradient_checkpointing_kwargs=checkpoint_kwargs,
         )
         keep_frozen_in(model, loaded.dtype)  # bf16 frozen norms/embeddings/head on a GPU
+        if config.bf16_activations and loaded.device.type == "cuda":
+            norm_outputs_in(model, loaded.dtype)
     else:
         for param in model.parameters():
             param.requires_grad_(False)
