@@ -16,9 +16,7 @@ code on CPU (torch reference path, eager timing) so its logic is tested without 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -38,6 +36,7 @@ from app.engine.nf4_gemv import (  # noqa: E402
     pack_gemv,
     pick_gemv_config,
 )
+from bench.nf4_bench_common import make_linear, save  # noqa: E402
 
 SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N): qkv, dense, mlp
 SMOKE_SHAPES = [(256, 96), (192, 80)]
@@ -67,21 +66,6 @@ def sweep_configs(default: GemvConfig) -> list[GemvConfig]:
     for block_n, gpi, warps in ((8, 8, 4), (4, 8, 1), (16, 16, 1)):
         found.append(replace(default, block_n=block_n, groups_per_iter=gpi, num_warps=warps))
     return [c for c in dict.fromkeys(found) if c != default]
-
-
-def make_linear(n: int, k: int, device: str) -> torch.nn.Module:
-    """A Linear4bit as the QLoRA recipe loads one: NF4, double quant, bf16 compute."""
-    module = bnb.nn.Linear4bit(
-        k, n, bias=False, compute_dtype=torch.bfloat16, compress_statistics=True,
-        quant_type="nf4", device="meta",
-    )  # fmt: skip
-    weight = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
-    if device == "cpu":
-        weight = weight.float()
-    module.weight = bnb.nn.Params4bit(
-        weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
-    ).to(device)
-    return module
 
 
 def bnb_gemv(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
@@ -322,14 +306,6 @@ def main() -> None:
     save(result, args.out)
     print_table({"rows": [r for r in result["rows"] if "error" not in r]})
     print(f"total {result['seconds']:.0f}s; wrote {args.out}")
-
-
-def save(result: dict, path: str) -> None:
-    text = json.dumps(result, indent=1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], Path(path).name).write_text(text)
 
 
 if __name__ == "__main__":

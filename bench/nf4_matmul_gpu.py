@@ -12,9 +12,7 @@ few tile configurations per shape and reports the best next to the default `pick
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,30 +33,13 @@ from app.engine.nf4_matmul import (  # noqa: E402
     pick_config,
     split_for,
 )
+from bench.nf4_bench_common import make_linear, save  # noqa: E402
 
 SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N): qkv, dense, mlp
 ROWS = [1, 2, 4, 8, 16, 32, 64]
 SWEEP_ROWS = [1, 16, 64, 4, 8]  # in the order they are swept
 ROTATE_BYTES = 320 << 20  # weight copies per shape: several times H200's 60 MB L2
 SHAPE_SWEEP_SECONDS = 36  # per shape; past this only the defaults are measured
-
-
-def make_linear(n: int, k: int) -> torch.nn.Module:
-    """A Linear4bit as the QLoRA recipe loads one: NF4, double quant, bf16 compute."""
-    module = bnb.nn.Linear4bit(
-        k,
-        n,
-        bias=False,
-        compute_dtype=torch.bfloat16,
-        compress_statistics=True,
-        quant_type="nf4",
-        device="meta",
-    )
-    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-    module.weight = bnb.nn.Params4bit(
-        weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
-    ).to("cuda")
-    return module
 
 
 def bnb_matmul(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
@@ -262,14 +243,6 @@ def main() -> None:
             f"{r['gbps']:6.0f} {r['pct_copy']:5.0f} {r['bnb_us']:7.1f} {r['speedup_vs_bnb']:5.2f}"
         )
     print(f"all correct: {all(r['ok'] for r in result['rows'])}; {time.monotonic() - started:.0f}s")
-
-
-def save(result: dict, path: str) -> None:
-    text = json.dumps(result, indent=1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], Path(path).name).write_text(text)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ FMA), about what an H200 can issue at 2 TB/s; a leaner decode is the next step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -48,6 +47,7 @@ from app.engine.nf4_matmul import (
     _absmax,
     _sm_count,
     _unpack_cpu_format,
+    nf4_state,
     triton_available,
 )
 
@@ -148,18 +148,8 @@ def pack_gemv(
             too large for the kernel's 32-bit offsets.
     """
     weight = module.weight
-    state = getattr(weight, "quant_state", None)
-    if state is None:
-        raise ValueError("the Linear4bit is not quantized yet (move it to its device first)")
-    if state.quant_type != "nf4":
-        raise ValueError(f"only NF4 weights can be packed, not {state.quant_type!r}")
-    n, k = (int(d) for d in state.shape)
+    state, n, k, group = nf4_state(module, 64, per_word=8)
     blocksize = int(state.blocksize)
-    group = min(math.gcd(k, blocksize), 64)
-    if group < 32:
-        raise ValueError(f"in_features={k} must be a multiple of 32")
-    if n * k // 8 >= 2**31:
-        raise ValueError("the kernel indexes the packed weight with 32-bit offsets")
 
     data = weight.data if weight.data.dtype == torch.uint8 else weight.data.view(torch.uint8)
     if getattr(state, "packing_format_for_cpu", False):

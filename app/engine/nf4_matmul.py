@@ -24,6 +24,7 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import torch
 
@@ -111,18 +112,8 @@ def pack_linear4bit(module) -> PackedNF4:
             multiple of 32 (the kernel's smallest reduction group).
     """
     weight = module.weight
-    state = getattr(weight, "quant_state", None)
-    if state is None:
-        raise ValueError("the Linear4bit is not quantized yet (move it to its device first)")
-    if state.quant_type != "nf4":
-        raise ValueError(f"only NF4 weights can be packed, not {state.quant_type!r}")
-    out_features, in_features = (int(d) for d in state.shape)
+    state, out_features, in_features, group = nf4_state(module, _MAX_GROUP, per_word=2)
     blocksize = int(state.blocksize)
-    group = min(math.gcd(in_features, blocksize), _MAX_GROUP)
-    if group < 32:
-        raise ValueError(f"in_features={in_features} must be a multiple of 32")
-    if out_features * in_features // 2 >= 2**31:
-        raise ValueError("the kernel indexes the packed weight with 32-bit offsets")
 
     data = weight.data
     if data.dtype != torch.uint8:
@@ -150,6 +141,28 @@ def pack_linear4bit(module) -> PackedNF4:
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         _code_table(device, dtype)  # made now so nf4_matmul never copies host data (graphs)
     return PackedNF4(packed, scales, out_features, in_features, blocksize)
+
+
+def nf4_state(module, max_group: int, per_word: int) -> tuple[Any, int, int, int]:
+    """(quant state, out_features, in_features, weights per scale group) of an NF4
+    `Linear4bit`, checked for what the packing kernels need.
+
+    Raises:
+        ValueError: not quantized yet, not NF4, in_features not a multiple of 32, or more
+            packed words (of `per_word` weights) than 32-bit offsets reach.
+    """
+    state = getattr(module.weight, "quant_state", None)
+    if state is None:
+        raise ValueError("the Linear4bit is not quantized yet (move it to its device first)")
+    if state.quant_type != "nf4":
+        raise ValueError(f"only NF4 weights can be packed, not {state.quant_type!r}")
+    out_features, in_features = (int(d) for d in state.shape)
+    group = min(math.gcd(in_features, int(state.blocksize)), max_group)
+    if group < 32:
+        raise ValueError(f"in_features={in_features} must be a multiple of 32")
+    if out_features * in_features // per_word >= 2**31:
+        raise ValueError("the kernel indexes the packed weight with 32-bit offsets")
+    return state, out_features, in_features, group
 
 
 def _absmax(state) -> torch.Tensor:

@@ -1,0 +1,39 @@
+"""What the two NF4 kernel benches share: the weight they time and how they save results."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import bitsandbytes as bnb
+import torch
+
+
+def make_linear(n: int, k: int, device: str = "cuda") -> torch.nn.Module:
+    """A Linear4bit as the QLoRA recipe loads one: NF4, double quant, bf16 compute."""
+    module = bnb.nn.Linear4bit(
+        k,
+        n,
+        bias=False,
+        compute_dtype=torch.bfloat16,
+        compress_statistics=True,
+        quant_type="nf4",
+        device="meta",
+    )
+    weight = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
+    if device == "cpu":
+        weight = weight.float()  # bitsandbytes quantizes float32 on CPU
+    module.weight = bnb.nn.Params4bit(
+        weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
+    ).to(device)
+    return module
+
+
+def save(result: dict, path: str | Path) -> None:
+    """Write the JSON to `path`, and a copy into $OUT when the device tool sets it."""
+    text = json.dumps(result, indent=1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], Path(path).name).write_text(text)
