@@ -10,6 +10,7 @@ per step.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -18,10 +19,16 @@ import torch
 from app.engine.fast_falcon import Linear
 from app.engine.loader import LoadedModel
 
+log = logging.getLogger(__name__)
+
 TRITON_MAX_ROWS = 64
 """Above this many rows (prefill) the matmul is compute-bound and cuBLAS wins."""
 
-NF4Kernel = Literal["auto", "bnb", "bnb_flat", "triton", "hybrid"]
+NF4Kernel = Literal["auto", "bnb", "bnb_flat", "triton", "hybrid", "hybrid_bnb_gemv"]
+
+HEADROOM_BYTES = 4 << 30
+"""GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
+Falcon-7B), CUDA graphs, prefill activations and the allocator's slack."""
 LinearOverride = Callable[[torch.nn.Module], Linear | None]
 
 
@@ -34,7 +41,8 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     - `hybrid`: `nf4_gemv` for one row, `nf4_matmul` for 2..`TRITON_MAX_ROWS` rows, `bnb_flat`
       for prompts. Each kernel keeps its own repacked copy of the weights (about 2 x 3.6 GB
       more for Falcon-7B), the price of reading them at full speed at every batch size;
-    - `auto`: `hybrid` where Triton runs, else `bnb_flat`.
+    - `hybrid_bnb_gemv`: `hybrid` with bitsandbytes' GEMV for one row (one copy fewer);
+    - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
         return None
@@ -42,7 +50,9 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
 
     triton = _triton_linear_factory(loaded)
     if kernel == "auto":
-        kernel = "hybrid" if triton is not None else "bnb_flat"
+        free, _ = torch.cuda.mem_get_info(loaded.device)
+        kernel = kernel_for_memory(free, packed_bytes(loaded.model)) if triton else "bnb_flat"
+        log.info("NF4 kernels: %s (%.1f GiB free before repacking)", kernel, free / 2**30)
     if kernel == "bnb_flat":
         return flat_nf4_linear
     if triton is None:
@@ -50,8 +60,10 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     if kernel == "triton":
         return triton
 
+    single = _gemv if kernel == "hybrid" else flat_nf4_linear
+
     def hybrid(module: torch.nn.Module) -> Linear | None:
-        prompt, one_row, many_rows = flat_nf4_linear(module), _gemv(module), triton(module)
+        prompt, one_row, many_rows = flat_nf4_linear(module), single(module), triton(module)
         if prompt is None or one_row is None or many_rows is None:
             return prompt or many_rows
 
@@ -64,6 +76,26 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
         return forward
 
     return hybrid
+
+
+def kernel_for_memory(free_bytes: int, packed: int) -> NF4Kernel:
+    """The fastest routing whose repacked weight copies (`packed` bytes each) leave
+    `HEADROOM_BYTES` of `free_bytes`: a 7B model on a 16-24 GB card keeps bitsandbytes."""
+    copies = max(0, (free_bytes - HEADROOM_BYTES) // max(1, int(packed * 1.05)))
+    if copies >= 2:
+        return "hybrid"
+    return "hybrid_bnb_gemv" if copies == 1 else "bnb_flat"
+
+
+def packed_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's 4-bit weights as stored (packed nibbles), what one repack copies."""
+    import bitsandbytes as bnb
+
+    return sum(
+        m.weight.data.numel() * m.weight.data.element_size()
+        for m in model.modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    )
 
 
 def _triton_linear_factory(loaded: LoadedModel) -> LinearOverride | None:

@@ -1,0 +1,29 @@
+"""Which NF4 kernels serve: the fastest routing whose repacked copies fit the card."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import torch
+
+from app.engine.nf4_routing import HEADROOM_BYTES, kernel_for_memory, packed_bytes
+
+GIB = 2**30
+FALCON_7B_PACKED = int(3.45 * GIB)  # its 4-bit projections as stored
+
+
+def test_the_kernels_whose_copies_fit_are_chosen_and_the_headroom_stays() -> None:
+    assert kernel_for_memory(130 * GIB, FALCON_7B_PACKED) == "hybrid"  # H200 after loading
+    assert kernel_for_memory(12 * GIB, FALCON_7B_PACKED) == "hybrid"  # two copies + headroom
+    assert kernel_for_memory(9 * GIB, FALCON_7B_PACKED) == "hybrid_bnb_gemv"  # one copy fits
+    assert kernel_for_memory(6 * GIB, FALCON_7B_PACKED) == "bnb_flat"  # none does
+    assert kernel_for_memory(HEADROOM_BYTES, 1) == "bnb_flat"  # never eats the headroom
+
+
+def test_packed_bytes_counts_the_stored_nibbles() -> None:
+    model = torch.nn.Sequential(
+        bnb.nn.Linear4bit(128, 64, bias=False, quant_type="nf4"), torch.nn.Linear(64, 8)
+    )
+    model[0].weight = bnb.nn.Params4bit(
+        torch.randn(64, 128), requires_grad=False, quant_type="nf4"
+    ).to("cpu")
+    assert packed_bytes(model) == 64 * 128 // 2  # two weights a byte; the plain Linear is not
