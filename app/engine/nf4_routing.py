@@ -81,7 +81,7 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
 def kernel_for_memory(free_bytes: int, packed: int) -> NF4Kernel:
     """The fastest routing whose repacked weight copies (`packed` bytes each) leave
     `HEADROOM_BYTES` of `free_bytes`: a 7B model on a 16-24 GB card keeps bitsandbytes."""
-    copies = max(0, (free_bytes - HEADROOM_BYTES) // max(1, int(packed * 1.05)))
+    copies = max(0, (free_bytes - HEADROOM_BYTES) // max(1, int(packed * 1.1)))  # + scales
     if copies >= 2:
         return "hybrid"
     return "hybrid_bnb_gemv" if copies == 1 else "bnb_flat"
