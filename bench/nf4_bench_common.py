@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -28,6 +29,28 @@ def make_linear(n: int, k: int, device: str = "cuda") -> torch.nn.Module:
         weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
     ).to(device)
     return module
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 distance of `out` from `ref`, in float32, whatever `out`'s shape."""
+    return ((out.float().reshape(ref.shape) - ref).norm() / ref.norm()).item()
+
+
+def replay_check(call: Callable[[torch.Tensor], torch.Tensor], k: int, device: str) -> tuple:
+    """`call` on one bf16 row captured alone in a CUDA graph; (replay sees a new input and
+    matches eager, the graph, the input) so a caller can also time the replay."""
+    x = torch.randn(1, k, device=device, dtype=torch.bfloat16)
+    eager = call(x)  # warm-up: compile before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    fresh = call(x).float()
+    same = rel_err(out, fresh) < 1e-3 and rel_err(eager, fresh) > 0.1
+    return same, graph, x
 
 
 def save(result: dict, path: str | Path) -> None:

@@ -36,7 +36,7 @@ from app.engine.nf4_gemv import (  # noqa: E402
     pack_gemv,
     pick_gemv_config,
 )
-from bench.nf4_bench_common import make_linear, save  # noqa: E402
+from bench.nf4_bench_common import make_linear, rel_err, replay_check, save  # noqa: E402
 
 SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N): qkv, dense, mlp
 SMOKE_SHAPES = [(256, 96), (192, 80)]
@@ -108,10 +108,6 @@ class Timer:
         dst = torch.empty_like(src)
         ms = do_bench(lambda: dst.copy_(src), warmup=20, rep=100, return_mode="median")
         return 2 * (1 << 29) * 2 / (ms / 1000) / 1e9
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float().reshape(ref.shape) - ref).norm() / ref.norm()).item()
 
 
 def short(exc: BaseException) -> str:
@@ -221,17 +217,7 @@ def graph_check(device: str) -> dict:
     try:
         module = make_linear(4544, 4544, device)
         packed = pack_gemv(module)
-        x = torch.randn(1, 4544, device=device, dtype=torch.bfloat16)
-        eager = nf4_gemv(x, packed)  # warm-up: compile before capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = nf4_gemv(x, packed)
-        x.copy_(torch.randn_like(x))
-        graph.replay()
-        torch.cuda.synchronize()
-        fresh = nf4_gemv(x, packed)
-        same = rel_err(out, fresh.float()) < 1e-3 and rel_err(eager, fresh.float()) > 0.1
+        same, _, _ = replay_check(lambda x: nf4_gemv(x, packed), 4544, device)
         return {"replay_matches_eager": same}
     except Exception as exc:
         return {"error": short(exc)}

@@ -33,7 +33,7 @@ from app.engine.nf4_matmul import (  # noqa: E402
     pick_config,
     split_for,
 )
-from bench.nf4_bench_common import make_linear, save  # noqa: E402
+from bench.nf4_bench_common import make_linear, rel_err, replay_check, save  # noqa: E402
 
 SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N): qkv, dense, mlp
 ROWS = [1, 2, 4, 8, 16, 32, 64]
@@ -66,10 +66,6 @@ def copy_gbps() -> float:
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=20, rep=100, return_mode="median")
     return 2 * src.numel() * src.element_size() / (ms / 1000) / 1e9
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref).norm() / ref.norm()).item()
 
 
 def candidates(m: int, n: int, k: int, sms: int) -> list[KernelConfig]:
@@ -184,17 +180,7 @@ def graph_check() -> dict:
     """One nf4_matmul captured alone in a graph (M=1): replays match eager, and its time."""
     module = make_linear(4544, 4544)
     packed = pack_linear4bit(module)
-    x = torch.randn(1, 4544, device="cuda", dtype=torch.bfloat16)
-    eager = nf4_matmul(x, packed)  # warm-up: compile before capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = nf4_matmul(x, packed)
-    x.copy_(torch.randn_like(x))
-    graph.replay()
-    torch.cuda.synchronize()
-    fresh = nf4_matmul(x, packed)
-    same = rel_err(out, fresh.float()) < 1e-3 and rel_err(eager, fresh.float()) > 0.1
+    same, graph, x = replay_check(lambda x: nf4_matmul(x, packed), 4544, "cuda")
     replay_us = do_bench(graph.replay, warmup=5, rep=25, return_mode="median") * 1000
     eager_us = do_bench(lambda: nf4_matmul(x, packed), warmup=5, rep=25) * 1000
     print(f"graph M=1 4544x4544: replay right={same} {replay_us:.1f}us (eager {eager_us:.1f}us)")

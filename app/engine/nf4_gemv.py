@@ -44,9 +44,8 @@ import torch
 
 from app.engine.nf4_matmul import (
     NF4_CODE,
-    _absmax,
     _sm_count,
-    _unpack_cpu_format,
+    nf4_codes,
     nf4_state,
     triton_available,
 )
@@ -147,18 +146,11 @@ def pack_gemv(
         ValueError: not NF4, not quantized yet, in_features not a multiple of 32, or a weight
             too large for the kernel's 32-bit offsets.
     """
-    weight = module.weight
     state, n, k, group = nf4_state(module, 64, per_word=8)
     blocksize = int(state.blocksize)
 
-    data = weight.data if weight.data.dtype == torch.uint8 else weight.data.view(torch.uint8)
-    if getattr(state, "packing_format_for_cpu", False):
-        codes = _unpack_cpu_format(data, n, k)
-        absmax = state.absmax.T.reshape(-1).float()
-    else:
-        codes = data.reshape(n, k // 2)
-        absmax = _absmax(state)
-    device = data.device
+    codes, absmax = nf4_codes(module)
+    device = codes.device
     wpg = group // 8
     idx = torch.stack([codes >> 4, codes & 0xF], dim=-1).reshape(n, k // group, 8, wpg)
     idx = idx.transpose(2, 3).to(torch.int64)  # (N, groups, w, p)

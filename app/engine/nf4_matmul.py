@@ -111,21 +111,11 @@ def pack_linear4bit(module) -> PackedNF4:
         ValueError: the weight is not NF4, not quantized yet, or in_features is not a
             multiple of 32 (the kernel's smallest reduction group).
     """
-    weight = module.weight
     state, out_features, in_features, group = nf4_state(module, _MAX_GROUP, per_word=2)
     blocksize = int(state.blocksize)
 
-    data = weight.data
-    if data.dtype != torch.uint8:
-        data = data.view(torch.uint8)
-    if getattr(state, "packing_format_for_cpu", False):
-        codes = _unpack_cpu_format(data, out_features, in_features)
-        absmax = state.absmax.T.reshape(-1).float()
-    else:
-        codes = data.reshape(out_features, in_features // 2)
-        absmax = _absmax(state)
-
-    device = data.device
+    codes, absmax = nf4_codes(module)
+    device = codes.device
     # (N, K/2) -> (K/group, N, group/2): group-major, one contiguous tile per group.
     packed = codes.reshape(out_features, in_features // group, group // 2)
     packed = packed.permute(1, 0, 2).contiguous()
@@ -163,6 +153,22 @@ def nf4_state(module, max_group: int, per_word: int) -> tuple[Any, int, int, int
     if out_features * in_features // per_word >= 2**31:
         raise ValueError("the kernel indexes the packed weight with 32-bit offsets")
     return state, out_features, in_features, group
+
+
+def nf4_codes(module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, absmax) of a quantized NF4 `Linear4bit`: uint8 (N, K/2) with element 2j in the
+    high nibble, and fp32 per-block scales in flat order, whichever layout bitsandbytes keeps
+    (its CUDA one, or the CPU one it switches to after an AVX512 forward)."""
+    state = module.weight.quant_state
+    out_features, in_features = (int(d) for d in state.shape)
+    data = module.weight.data
+    if data.dtype != torch.uint8:
+        data = data.view(torch.uint8)
+    if getattr(state, "packing_format_for_cpu", False):
+        return _unpack_cpu_format(data, out_features, in_features), state.absmax.T.reshape(
+            -1
+        ).float()
+    return data.reshape(out_features, in_features // 2), _absmax(state)
 
 
 def _absmax(state) -> torch.Tensor:
