@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.peft_layout import base_model
+
 VARLEN = "teller_varlen"
 """The attention label: `collate` builds no mask for it, `plan_memory` counts no probabilities."""
 
@@ -155,7 +157,9 @@ def interface_attention(
     return varlen_attention(query, key, value, position_ids, scaling), None
 
 
-def _falcon_attention_class() -> type:
+@cache
+def _packed_falcon() -> type:
+    """The Falcon attention subclass, made once (transformers is imported lazily here)."""
     from transformers.models.falcon.modeling_falcon import FalconAttention, apply_rotary_pos_emb
 
     class PackedFalconAttention(FalconAttention):
@@ -189,11 +193,6 @@ def _falcon_attention_class() -> type:
     return PackedFalconAttention
 
 
-@cache
-def _packed_falcon() -> type:
-    return _falcon_attention_class()
-
-
 def _register() -> None:
     from transformers import AttentionInterface
 
@@ -203,7 +202,7 @@ def _register() -> None:
 def supports(model: Any) -> bool:
     """Whether `packed_attention` can serve this model: rotary Falcon, or a model that
     dispatches through transformers' attention interface."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     config = base.config
     if config.model_type == "falcon":
         return not getattr(config, "alibi", False) and not float(config.attention_dropout or 0)
@@ -225,14 +224,15 @@ def packed_attention(model: Any) -> Iterator[None]:
     """
     global _cached
     _register()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     config = base.config
     previous = config._attn_implementation
     swapped: list[tuple[torch.nn.Module, type]] = []
     if config.model_type == "falcon":
         packed = _packed_falcon()
+        (falcon_attention,) = packed.__bases__
         for module in base.modules():
-            if isinstance(module, packed.__mro__[1]) and type(module) is not packed:
+            if isinstance(module, falcon_attention) and type(module) is not packed:
                 swapped.append((module, type(module)))
                 module.__class__ = packed
     config._attn_implementation = VARLEN
