@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bf16-activations", action="store_true", help="Teller runs with bf16_activations on"
     )
+    parser.add_argument(
+        "--no-fused-mlp", action="store_true", help="Teller runs PEFT's MLP (fused_mlp=false)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="profile.txt next to --out")
     args = parser.parse_args(argv)
@@ -307,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     fast_recipe = (
         f"packed padding-free rows + {packed_how}, train_step with chunked loss over "
         "labelled positions, bf16 frozen weights, paged AdamW 8-bit, bf16 autocast"
+        + ("" if args.no_fused_mlp else "; 4-bit LoRA MLPs fused (training/fused_mlp.py)")
         + ("; bf16 activations after every layer norm" if args.bf16_activations else "")
     )
     sections["teller_equal"]["recipe"] = (
@@ -348,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             2,
         ),
         "bf16_activations": args.bf16_activations,
+        "fused_mlp": not args.no_fused_mlp,
         "loss_equality": equality,
         "loss_equality_no_dropout": compare_losses(baseline_plain["losses"], equal_plain["losses"]),
         "dequant_paths": dequant,

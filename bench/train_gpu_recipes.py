@@ -156,6 +156,7 @@ def teller_context(model: Any, args: argparse.Namespace, device, dtype, steps: i
         dtype,
         0.3,
         chunked_loss=True,
+        fused_mlp=not args.no_fused_mlp,
     )
 
 

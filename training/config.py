@@ -106,6 +106,10 @@ class TrainConfig:
     for it (rows per optimizer step unchanged); 0 keeps the three as configured."""
     chunked_loss: bool = True
     """Compute the loss over labelled positions in vocabulary-head chunks (no full logits)."""
+    fused_mlp: bool = True
+    """Run each 4-bit LoRA Falcon MLP as one autograd function with one elementwise kernel
+    each way (training/fused_mlp.py): the recipe's arithmetic with a fraction of the memory
+    traffic; a no-op for other models."""
     bf16_activations: bool = False
     """On a GPU, keep activations in bf16 after each layer norm: ~25 % more tokens/s, but the
     first steps' loss may move ~1.5 % from the fp32-activation QLoRA recipe's."""

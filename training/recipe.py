@@ -252,6 +252,7 @@ class TrainingRecipe:
             self.dtype,
             self.config.optim.max_grad_norm,
             self.config.chunked_loss,
+            self.config.fused_mlp,
         )
         return train_step(context, window)
 

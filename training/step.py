@@ -7,13 +7,14 @@ as one big batch would.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from training import fast
+from training.fused_mlp import fused_mlp
 from training.packing import Row, collate, count_tokens
 from training.scoring import autocast_for
 from training.varlen_attention import VARLEN, packed_attention
@@ -34,6 +35,8 @@ class StepContext:
     max_grad_norm: float = 0.0
     chunked_loss: bool = False
     """Use `training.fast.chunked_loss` (labelled positions only, no full fp32 logits)."""
+    fused_mlp: bool = False
+    """Run qualifying 4-bit LoRA MLPs through `training.fused_mlp.FusedLoraMLP`."""
 
 
 def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
@@ -42,8 +45,11 @@ def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
     counts = [count_tokens(b, rows) for b, rows in zip(batches, window, strict=True)]
     n_items = torch.tensor(sum(c[1] for c in counts), device=ctx.device)
     loss_sum = 0.0
-    packed = packed_attention(ctx.model) if ctx.attention == VARLEN else nullcontext()
-    with packed:
+    with ExitStack() as during_step:
+        if ctx.attention == VARLEN:
+            during_step.enter_context(packed_attention(ctx.model))
+        if ctx.fused_mlp:
+            during_step.enter_context(fused_mlp(ctx.model))
         for batch in batches:
             with autocast_for(ctx.device, ctx.dtype):
                 inputs = {k: v.to(ctx.device) for k, v in batch.items()}
