@@ -147,6 +147,24 @@ async def measure_engine(
     return out
 
 
+async def profile_one_stream(engine: BatchEngine, loaded: LoadedModel, out: Path) -> None:
+    """torch.profiler over one adapter stream's decode (graph replays included): the kernels
+    by GPU time, and the tokens they made, as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tok = loaded.tokenizer
+
+    def request() -> GenerationRequest:  # a fresh one each time: a finished one is spent
+        return text_request(tok, prompt_ids(tok, 16), "a0", 64)
+
+    await one_stream(engine, request())  # graphs for this context bucket exist
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = await one_stream(engine, request())
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=60)
+    tokens = result["finish"].completion_tokens
+    out.write_text(f"one stream, adapter a0, {tokens} tokens (prefill included)\n{table}\n")
+
+
 def shared_prefix_tokens(tokenizer: Any, reference: list[int], text: str) -> int:
     """How many leading reference tokens Teller's text reproduces."""
     count = 0
@@ -251,6 +269,9 @@ def main() -> int:  # noqa: PLR0915
     )
     parser.add_argument("--variants", default="bnb,bnb_flat,triton,hybrid")
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument(
+        "--profile", action="store_true", help="kernels of one-stream decode: profile-serve.txt"
+    )
     args = parser.parse_args()
     args.baseline_tokens = 8 if args.smoke else 48
     args.decode_tokens = 16 if args.smoke else 256
@@ -314,6 +335,10 @@ def main() -> int:  # noqa: PLR0915
 
         try:
             section.update(asyncio.run(load_and_measure()))
+            if args.profile:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                target = args.out.parent / f"profile-serve-{variant}.txt"
+                asyncio.run(profile_one_stream(engine, loaded, target))
         except Exception as exc:  # noqa: BLE001 - keep the other variants' numbers
             section["failed"] = repr(exc)[:500]
         results["teller"][variant] = section
