@@ -1,0 +1,292 @@
+"""NF4 weight x one bf16 row on tensor cores (CUDA C++ compiled at run time), for batch-1 decode.
+
+`nf4_gemv` (Triton, CUDA cores) spends about seven instructions per weight: decode a nibble to
+a value, widen it to fp32, one FMA. On an H200 that caps it near 2 TB/s, and it reached 22-32 %
+of copy bandwidth. Here each warp decodes its nibbles straight into the register layout of a
+tensor-core operand (`mma.sync.m16n8k16`, bf16 in, fp32 accumulate): byte permutes (`prmt`)
+turn four nibbles into two bf16 pairs in about eleven instructions, and one `mma` then
+multiplies 256 weights. The activation row is the mma's other operand (column 0 of 8; the rest
+zero), so the tensor cores do eight times the useful work, which they have to spare.
+
+Layout (`pack_mma` from a bitsandbytes `Linear4bit`): rows in tiles of 16, K in groups of 64
+(the NF4 scale block). For row tile r and group g, the 32 lanes of a warp each read 16 bytes:
+four words, one per 16-wide k step, each holding the lane's eight nibbles of the mma A fragment
+in register order (rows lane/4 and lane/4 + 8, columns 2(lane%4) + {0, 1, 8, 9}). So a warp
+streams 512 contiguous bytes per group, and a block (one row tile, its warps splitting K) reads
+one contiguous region. Scales: fp16, 16 per (tile, group).
+
+The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
+(no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
+multiplies in torch, and `dequantize_mma` undoes the layout, which is how the CPU tests check
+the packing against bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state
+
+TILE_ROWS = 16
+GROUP = 64  # k per scale: one lane's 16 bytes hold its four 16-wide k steps of a group
+_FP16_TINY = 2.0**-14
+_FP16_BIG = 60000.0
+
+
+@dataclass(frozen=True)
+class MmaNF4:
+    """One Linear4bit's weight in `nf4_mma_gemv`'s layout (module docstring)."""
+
+    words: torch.Tensor  # int32 (N/16, K/64, 32 lanes, 4 words), contiguous
+    scales: torch.Tensor  # fp16 (N/16, K/64, 16), contiguous
+    out_features: int
+    in_features: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one GEMV reads: packed weights plus scales."""
+        return self.words.numel() * 4 + self.scales.numel() * 2
+
+
+def mma_reason(module) -> str | None:
+    """Why `pack_mma` cannot take this Linear4bit, or None when it can."""
+    try:
+        _, n, k, group = nf4_state(module, GROUP, per_word=8)
+    except ValueError as exc:
+        return str(exc)
+    if getattr(module, "bias", None) is not None:
+        return "the layer has a bias"
+    if n % TILE_ROWS or k % GROUP or group != GROUP:
+        return f"needs out_features % {TILE_ROWS} == 0 and 64-weight scale blocks"
+    return None
+
+
+def pack_mma(module) -> MmaNF4 | None:
+    """Repack a bitsandbytes NF4 `Linear4bit` for `nf4_mma_gemv`, or None when its shape
+    (`mma_reason`) or its scales (outside fp16's normal range) do not fit the kernel.
+
+    Copies what it needs and leaves the module serving as before. Call it once at load.
+    """
+    if mma_reason(module) is not None:
+        return None
+    codes, absmax = nf4_codes(module)
+    n, k = codes.shape[0], codes.shape[1] * 2
+    blocksize = int(module.weight.quant_state.blocksize)
+    idx = torch.stack([codes >> 4, codes & 0xF], dim=-1).reshape(n, k).to(torch.int64)
+    # row = 16 r + 8 h + g, k = 64 q + 16 j + 8 c + 2 t + e  ->  lane 4 g + t, word j,
+    # nibble 4 c + 2 h + e (the mma A fragment's register order).
+    idx = idx.view(n // 16, 2, 8, k // 64, 4, 2, 4, 2)  # r h g q j c t e
+    nibbles = idx.permute(0, 3, 2, 6, 4, 5, 1, 7).reshape(n // 16, k // 64, 32, 4, 8)
+    shifts = torch.arange(0, 32, 4, device=idx.device, dtype=torch.int64)
+    words = (nibbles << shifts).sum(dim=-1)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+    starts = torch.arange(n, device=idx.device)[:, None] * k
+    starts = starts + torch.arange(0, k, GROUP, device=idx.device)[None, :]
+    scales = absmax[starts // blocksize]  # (N, K/64)
+    nonzero = scales[scales != 0].abs()
+    if nonzero.numel() and (nonzero.min() < _FP16_TINY or nonzero.max() > _FP16_BIG):
+        return None
+    scales = scales.view(n // 16, 16, k // 64).transpose(1, 2).to(torch.float16)
+    return MmaNF4(words.contiguous(), scales.contiguous(), n, k)
+
+
+def dequantize_mma(weight: MmaNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (out_features, in_features) weight the packed words stand for."""
+    n, k = weight.out_features, weight.in_features
+    shifts = torch.arange(0, 32, 4, device=weight.words.device, dtype=torch.int32)
+    nibbles = (weight.words[..., None] >> shifts) & 0xF  # (N/16, K/64, 32, 4, 8)
+    idx = nibbles.view(n // 16, k // 64, 8, 4, 4, 2, 2, 2)  # r q g t j c h e
+    idx = idx.permute(0, 6, 2, 1, 4, 5, 3, 7).reshape(n, k)
+    code = torch.tensor(NF4_CODE, dtype=torch.float32, device=idx.device)
+    scales = weight.scales.float().transpose(1, 2).reshape(n, k // GROUP)
+    values = code[idx.long()].view(n, k // GROUP, GROUP) * scales[..., None]
+    return values.view(n, k).to(dtype)
+
+
+def mma_available(device: torch.device) -> bool:
+    """True where the kernel runs: CUDA sm80+ with torch's NVRTC kernel compiler."""
+    return (
+        device.type == "cuda"
+        and torch.cuda.is_available()
+        and hasattr(torch.cuda, "_compile_kernel")
+        and torch.cuda.get_device_capability(device) >= (8, 0)
+    )
+
+
+def nf4_mma_gemv(x: torch.Tensor, weight: MmaNF4) -> torch.Tensor:
+    """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation).
+
+    On CUDA one kernel launch, capturable in a CUDA graph after the first call (which compiles
+    the kernel); elsewhere torch dequantizes and multiplies.
+
+    Raises:
+        ValueError: x is not one row of in_features values.
+    """
+    if x.shape[-1] != weight.in_features or x.numel() != weight.in_features:
+        raise ValueError(f"nf4_mma_gemv takes one row of {weight.in_features} values")
+    lead = x.shape[:-1]
+    if not mma_available(x.device):
+        out = x.reshape(1, -1).float() @ dequantize_mma(weight).T
+        return out.to(x.dtype).reshape(*lead, weight.out_features)
+    if x.dtype != torch.bfloat16:
+        raise ValueError("the tensor-core GEMV takes bf16 activations")
+    row = x.reshape(-1).contiguous()
+    out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
+    warps = warps_for(weight.out_features)
+    _kernel(x.device.index or 0, warps)(
+        grid=(weight.out_features // TILE_ROWS, 1, 1),
+        block=(32 * warps, 1, 1),
+        args=[weight.words, weight.scales, row, out, weight.in_features // GROUP],
+    )
+    return out.reshape(*lead, weight.out_features)
+
+
+def warps_for(out_features: int, sm_count: int = 132) -> int:
+    """Warps per block (per 16-row tile; they split K): 8, or 4 when that many blocks would
+    not all be resident at once (64 warps per SM)."""
+    tiles = math.ceil(out_features / TILE_ROWS)
+    return 8 if tiles * 8 <= sm_count * 64 else 4
+
+
+def _bf16_code_bytes() -> tuple[list[int], list[int]]:
+    bits = torch.tensor(NF4_CODE, dtype=torch.float32).to(torch.bfloat16).view(torch.int16)
+    values = [int(b) & 0xFFFF for b in bits]
+    return [v & 0xFF for v in values], [v >> 8 for v in values]
+
+
+def kernel_source(warps: int) -> str:
+    """The CUDA C++ of the kernel for `warps` warps per block (plain C++ and PTX, no headers)."""
+    lo, hi = _bf16_code_bytes()
+
+    def word(values: list[int]) -> str:
+        return f"0x{values[0] | values[1] << 8 | values[2] << 16 | values[3] << 24:08X}u"
+
+    tables = "\n".join(
+        f"#define LO{i} {word(lo[4 * i : 4 * i + 4])}\n#define HI{i} {word(hi[4 * i : 4 * i + 4])}"
+        for i in range(4)
+    )
+    return _SOURCE.replace("@TABLES@", tables).replace("@WARPS@", str(warps))
+
+
+@cache
+def _kernel(device_index: int, warps: int):
+    with torch.cuda.device(device_index):
+        return torch.cuda._compile_kernel(kernel_source(warps), "nf4_mma_gemv")
+
+
+_SOURCE = r"""
+@TABLES@
+#define WARPS @WARPS@
+
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
+  unsigned d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Four nibbles (low 16 bits of sel) -> their bf16 codes as two pairs: (n0, n1), (n2, n3).
+__device__ __forceinline__ void decode4(unsigned sel, unsigned &p0, unsigned &p1) {
+  unsigned s = sel & 0x7777u;                       // code & 7: byte within 8
+  unsigned c = ((sel >> 1) & 0x4444u) | 0x3210u;    // code & 8: which 8
+  unsigned lo = prmt(prmt(LO0, LO1, s), prmt(LO2, LO3, s), c);
+  unsigned hi = prmt(prmt(HI0, HI1, s), prmt(HI2, HI3, s), c);
+  p0 = prmt(lo, hi, 0x5140u);
+  p1 = prmt(lo, hi, 0x7362u);
+}
+
+__device__ __forceinline__ void mma(float &c0, float &c1, float &c2, float &c3, unsigned w,
+                                    unsigned b0, unsigned b1) {
+  unsigned a0, a1, a2, a3;
+  decode4(w, a0, a1);
+  decode4(w >> 16, a2, a3);
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void load16(const unsigned *p, unsigned &a, unsigned &b, unsigned &c,
+                                       unsigned &d) {
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
+}
+
+__device__ __forceinline__ float half_to_float(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+__device__ __forceinline__ unsigned short float_to_bf16(float f) {
+  unsigned short h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
+             const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups) {
+  const int tile = blockIdx.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const unsigned *w = words + ((long long)tile * groups * 32 + lane) * 4;
+  const unsigned short *s = scales + (long long)tile * groups * 16;
+  float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
+
+  int q = warp;
+  for (; q + WARPS < groups; q += 2 * WARPS) {  // two groups in flight per warp
+    unsigned u[8];
+    load16(w + (long long)q * 128, u[0], u[1], u[2], u[3]);
+    load16(w + (long long)(q + WARPS) * 128, u[4], u[5], u[6], u[7]);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int qi = q + i * WARPS;
+      unsigned b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (g == 0) {
+        const unsigned *xp = x + qi * 32 + t;  // bf16 pairs: k = 64 qi + 16 j + 2 t (+8)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
+      }
+      float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) mma(c0, c1, c2, c3, u[4 * i + j], b[2 * j], b[2 * j + 1]);
+      if (t == 0) {
+        acc0 += half_to_float(s[qi * 16 + g]) * c0;
+        acc1 += half_to_float(s[qi * 16 + g + 8]) * c2;
+      }
+    }
+  }
+  if (q < groups) {
+    unsigned u[4];
+    load16(w + (long long)q * 128, u[0], u[1], u[2], u[3]);
+    unsigned b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (g == 0) {
+      const unsigned *xp = x + q * 32 + t;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
+    }
+    float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) mma(c0, c1, c2, c3, u[j], b[2 * j], b[2 * j + 1]);
+    if (t == 0) {
+      acc0 += half_to_float(s[q * 16 + g]) * c0;
+      acc1 += half_to_float(s[q * 16 + g + 8]) * c2;
+    }
+  }
+
+  __shared__ float partial[WARPS][16];
+  if (t == 0) { partial[warp][g] = acc0; partial[warp][g + 8] = acc1; }
+  __syncthreads();
+  if (threadIdx.x < 16) {
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < WARPS; ++i) sum += partial[i][threadIdx.x];
+    out[tile * 16 + threadIdx.x] = float_to_bf16(sum);
+  }
+}
+"""

@@ -1,0 +1,112 @@
+"""Check and time the tensor-core NF4 GEMV (nf4_mma) against Teller's Triton GEMV and
+bitsandbytes on Falcon-7B's four projection shapes, one activation row.
+
+    python bench/nf4_mma_gpu.py [--out bench/results/nf4-mma.json]   # CUDA + bitsandbytes
+    python bench/nf4_mma_gpu.py --smoke                              # CPU, tiny shapes
+
+Per shape: each kernel's relative error against x @ dequantize_4bit(W).T in float32 and its
+median time, replayed from a CUDA graph over enough weight copies that L2 never holds them
+(bench/nf4_gemv_gpu.py's Timer); bandwidth against a measured device-to-device copy; and one
+decode step's worth (32 layers of the four shapes) per kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.engine.nf4_gemv import nf4_gemv, pack_gemv  # noqa: E402
+from app.engine.nf4_mma import nf4_mma_gemv, pack_mma, warps_for  # noqa: E402
+from bench.nf4_bench_common import make_linear, rel_err, replay_check, save  # noqa: E402
+from bench.nf4_gemv_gpu import Timer, bnb_gemv, short  # noqa: E402
+
+SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N) per layer
+SMOKE_SHAPES = [(256, 64), (128, 96)]
+ROTATE_BYTES = 256 << 20
+LAYERS = 32
+
+
+def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
+    probe = make_linear(n, k, device)
+    copies = max(2, math.ceil(ROTATE_BYTES / (n * k // 2))) if timer.cuda else 2
+    modules = [probe] + [make_linear(n, k, device) for _ in range(copies - 1)]
+    x = torch.randn(1, k, device=device, dtype=torch.bfloat16)
+    import bitsandbytes as bnb
+
+    dense = bnb.functional.dequantize_4bit(probe.weight.data, probe.weight.quant_state).float()
+    ref = x.float() @ dense.T
+    moved = n * k // 2 + n * (k // 64) * 2 + k * 2 + n * 2
+    row: dict = {"K": k, "N": n, "bytes": moved, "copies": copies, "warps": warps_for(n)}
+    kernels = {
+        "mma": (pack_mma, nf4_mma_gemv),
+        "triton_gemv": (pack_gemv, nf4_gemv),
+        "bnb": (lambda m: m, bnb_gemv_of),
+    }
+    for name, (pack, run) in kernels.items():
+        entry: dict = {}
+        try:
+            packs = [pack(m) for m in modules]
+            entry["rel_err"] = rel_err(run(x, packs[0]), ref)
+            entry["us"] = timer.time_us([lambda p=p, run=run: run(x, p) for p in packs])
+            entry["gbps"] = moved / entry["us"] / 1e3
+            entry["pct_copy"] = 100 * entry["gbps"] / copy if copy == copy else None
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails is a finding
+            entry["error"] = short(exc)
+        row[name] = entry
+    if timer.cuda and "error" not in row["mma"]:
+        packed = pack_mma(probe)
+        same, _, _ = replay_check(lambda v: nf4_mma_gemv(v, packed), k, device)
+        row["mma"]["graph_replay_ok"] = same
+    del modules
+    if timer.cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def bnb_gemv_of(x: torch.Tensor, module) -> torch.Tensor:
+    return bnb_gemv(x, module)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/nf4-mma.json"))
+    args = parser.parse_args()
+    device = "cpu" if args.smoke else "cuda"
+    timer = Timer(cuda=device == "cuda")
+    copy = timer.copy_gbps()
+    result: dict = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
+        "torch": torch.__version__,
+        "copy_gbps": copy,
+        "shapes": [
+            measure(k, n, device, timer, copy) for k, n in (SMOKE_SHAPES if args.smoke else SHAPES)
+        ],
+    }
+    step = {}
+    for name in ("mma", "triton_gemv", "bnb"):
+        times = [row[name].get("us") for row in result["shapes"]]
+        if all(t is not None for t in times):
+            step[name] = LAYERS * sum(times) / 1000
+    result["decode_step_ms"] = step  # 32 layers x the four projections, GEMVs only
+    save(result, args.out)
+    for row in result["shapes"]:
+        cells = [
+            f"{name} {row[name].get('us', float('nan')):7.1f} us "
+            f"({row[name].get('pct_copy') or 0:4.1f}%, err {row[name].get('rel_err', -1):.1e})"
+            if "error" not in row[name]
+            else f"{name} FAILED {row[name]['error'][:80]}"
+            for name in ("mma", "triton_gemv", "bnb")
+        ]
+        print(f"{row['K']:>6}x{row['N']:<6}", " | ".join(cells))  # noqa: T201
+    print("GEMV time of one decode step (ms):", step)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The tensor-core NF4 GEMV's packing holds bitsandbytes' weight in the mma operand layout.
+
+The CUDA kernel itself runs only on a GPU (bench/nf4_mma_gpu.py checks and times it there);
+here the layout is checked twice: by `dequantize_mma` and by reading the packed words the way
+the PTX ISA defines the m16n8k16 A fragment, lane by lane, independently of the packer.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+bnb = pytest.importorskip("bitsandbytes")
+
+from app.engine.nf4_matmul import NF4_CODE  # noqa: E402
+from app.engine.nf4_mma import (  # noqa: E402
+    dequantize_mma,
+    kernel_source,
+    mma_reason,
+    nf4_mma_gemv,
+    pack_mma,
+    warps_for,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize(("n", "k"), [(32, 128), (48, 320)])
+def test_packing_round_trips_bitsandbytes_weight(double_quant: bool, n: int, k: int):
+    module = make_linear4bit(n, k, double_quant=double_quant, seed=n + k)
+    packed = pack_mma(module)
+    assert packed is not None
+    assert packed.words.shape == (n // 16, k // 64, 32, 4)
+    assert rel_err(dequantize_mma(packed), bnb_dense(module)) < 1e-3  # fp16 scales
+
+
+def fragment_tile(words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The 16 x 64 weight tile of one (row tile, group), read as each lane's mma A fragment:
+    register i of lane (g, t) holds rows g / g+8 and columns 2t, 2t+1 / 2t+8, 2t+9, low half
+    first (PTX ISA, mma.m16n8k16 for .bf16), one word per 16-column k step."""
+    tile = torch.zeros(16, 64)
+    code = torch.tensor(NF4_CODE)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for step in range(4):
+            word = int(words[lane, step]) & 0xFFFFFFFF
+            nibbles = [(word >> (4 * p)) & 0xF for p in range(8)]
+            places = [(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)]
+            for register, (row, col) in enumerate(places):
+                for half in range(2):
+                    value = code[nibbles[2 * register + half]]
+                    tile[row, 16 * step + col + half] = value * float(scales[row])
+    return tile
+
+
+def test_words_are_mma_fragments():
+    module = make_linear4bit(32, 128, double_quant=True, seed=5)
+    packed = pack_mma(module)
+    dense = bnb_dense(module)
+    for tile in range(2):
+        for group in range(2):
+            got = fragment_tile(packed.words[tile, group], packed.scales[tile, group])
+            want = dense[16 * tile : 16 * tile + 16, 64 * group : 64 * group + 64]
+            assert rel_err(got, want) < 1e-3, (tile, group)
+
+
+def test_cpu_path_multiplies_like_bitsandbytes():
+    module = make_linear4bit(64, 256, double_quant=True, seed=2)
+    x = torch.randn(1, 256).bfloat16()
+    out = nf4_mma_gemv(x, pack_mma(module))
+    assert out.shape == (1, 64) and out.dtype == torch.bfloat16
+    assert rel_err(out, x.float() @ bnb_dense(module).T) < 1e-2
+    with pytest.raises(ValueError, match="one row"):
+        nf4_mma_gemv(torch.randn(2, 256).bfloat16(), pack_mma(module))
+
+
+def test_unsupported_shapes_say_why():
+    assert "out_features" in mma_reason(make_linear4bit(40, 128, double_quant=True, seed=1))
+    assert pack_mma(make_linear4bit(40, 128, double_quant=True, seed=1)) is None
+    assert mma_reason(make_linear4bit(32, 128, double_quant=True, blocksize=32, seed=1)) is not None
+
+
+def test_kernel_source_is_complete():
+    source = kernel_source(8)
+    assert "@" not in source and "#define WARPS 8" in source
+    assert source.count("#define LO") == 4 and "mma.sync.aligned.m16n8k16" in source
+    assert warps_for(4544) == 8 and warps_for(18176) == 4
