@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.nf4_gemv import nf4_gemv, pack_gemv  # noqa: E402
-from app.engine.nf4_mma import nf4_mma_gemv, pack_mma, warps_for  # noqa: E402
+from app.engine.nf4_mma import nf4_mma_gemv, pack_mma  # noqa: E402
 from bench.nf4_bench_common import make_linear, rel_err, replay_check, save  # noqa: E402
 from bench.nf4_gemv_gpu import Timer, bnb_gemv, short  # noqa: E402
 
@@ -30,6 +30,7 @@ SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N) pe
 SMOKE_SHAPES = [(256, 64), (128, 96)]
 ROTATE_BYTES = 256 << 20
 LAYERS = 32
+SWEEP = [(8, 1, 1), (8, 1, 0), (16, 1, 1), (8, 2, 1), (4, 1, 1)]
 
 
 def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
@@ -42,7 +43,7 @@ def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
     dense = bnb.functional.dequantize_4bit(probe.weight.data, probe.weight.quant_state).float()
     ref = x.float() @ dense.T
     moved = n * k // 2 + n * (k // 64) * 2 + k * 2 + n * 2
-    row: dict = {"K": k, "N": n, "bytes": moved, "copies": copies, "warps": warps_for(n)}
+    row: dict = {"K": k, "N": n, "bytes": moved, "copies": copies}
     kernels = {
         "mma": (pack_mma, nf4_mma_gemv),
         "triton_gemv": (pack_gemv, nf4_gemv),
@@ -60,6 +61,20 @@ def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
             entry["error"] = short(exc)
         row[name] = entry
     if timer.cuda and "error" not in row["mma"]:
+        mma_packs = [pack_mma(m) for m in modules]
+        row["mma_sweep"] = []
+        for config in SWEEP:
+            entry = dict(zip(("warps", "depth", "decode"), config, strict=True))
+            try:
+                out = nf4_mma_gemv(x, mma_packs[0], config=config)
+                entry["rel_err"] = rel_err(out, ref)
+                calls = [lambda p=p, c=config: nf4_mma_gemv(x, p, config=c) for p in mma_packs]
+                entry["us"] = timer.time_us(calls)
+                entry["pct_copy"] = 100 * moved / entry["us"] / 1e3 / copy
+            except Exception as exc:  # noqa: BLE001
+                entry["error"] = short(exc)
+            row["mma_sweep"].append(entry)
+        del mma_packs
         packed = pack_mma(probe)
         same, _, _ = replay_check(lambda v: nf4_mma_gemv(v, packed), k, device)
         row["mma"]["graph_replay_ok"] = same
@@ -94,9 +109,19 @@ def main() -> None:
         times = [row[name].get("us") for row in result["shapes"]]
         if all(t is not None for t in times):
             step[name] = LAYERS * sum(times) / 1000
+    best = [
+        min((e["us"] for e in r.get("mma_sweep", []) if "us" in e), default=None)
+        for r in result["shapes"]
+    ]
+    if all(b is not None for b in best):
+        step["mma_best_config"] = LAYERS * sum(best) / 1000
     result["decode_step_ms"] = step  # 32 layers x the four projections, GEMVs only
     save(result, args.out)
     for row in result["shapes"]:
+        sweep = [e for e in row.get("mma_sweep", []) if "us" in e]
+        if sweep:
+            best = min(sweep, key=lambda e: e["us"])
+            print(f"  best mma config {best}")  # noqa: T201
         cells = [
             f"{name} {row[name].get('us', float('nan')):7.1f} us "
             f"({row[name].get('pct_copy') or 0:4.1f}%, err {row[name].get('rel_err', -1):.1e})"

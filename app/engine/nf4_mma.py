@@ -11,9 +11,11 @@ zero), so the tensor cores do eight times the useful work, which they have to sp
 Layout (`pack_mma` from a bitsandbytes `Linear4bit`): rows in tiles of 16, K in groups of 64
 (the NF4 scale block). For row tile r and group g, the 32 lanes of a warp each read 16 bytes:
 four words, one per 16-wide k step, each holding the lane's eight nibbles of the mma A fragment
-in register order (rows lane/4 and lane/4 + 8, columns 2(lane%4) + {0, 1, 8, 9}). So a warp
-streams 512 contiguous bytes per group, and a block (one row tile, its warps splitting K) reads
-one contiguous region. Scales: fp16, 16 per (tile, group).
+in register order (rows lane/4 and lane/4 + 8, columns 2(lane%4) + {0, 1, 8, 9}): 512
+contiguous bytes per (group, tile). Groups are the outer dimension, so the blocks running at
+once (one row tile each, its warps splitting K) read neighbouring bytes, as a copy does; a
+tile-major order had thousands of warps each streaming its own distant region. Scales: fp16,
+16 per (group, tile).
 
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
@@ -23,7 +25,6 @@ the packing against bitsandbytes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -32,6 +33,8 @@ import torch
 from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state
 
 TILE_ROWS = 16
+DEPTH = 1  # groups each warp loads ahead
+WARPS = 8  # per block (one 16-row tile; they split K)
 GROUP = 64  # k per scale: one lane's 16 bytes hold its four 16-wide k steps of a group
 _FP16_TINY = 2.0**-14
 _FP16_BIG = 60000.0
@@ -41,8 +44,8 @@ _FP16_BIG = 60000.0
 class MmaNF4:
     """One Linear4bit's weight in `nf4_mma_gemv`'s layout (module docstring)."""
 
-    words: torch.Tensor  # int32 (N/16, K/64, 32 lanes, 4 words), contiguous
-    scales: torch.Tensor  # fp16 (N/16, K/64, 16), contiguous
+    words: torch.Tensor  # int32 (K/64, N/16, 32 lanes, 4 words), contiguous
+    scales: torch.Tensor  # fp16 (K/64, N/16, 16), contiguous
     out_features: int
     in_features: int
 
@@ -91,19 +94,19 @@ def pack_mma(module) -> MmaNF4 | None:
     nonzero = scales[scales != 0].abs()
     if nonzero.numel() and (nonzero.min() < _FP16_TINY or nonzero.max() > _FP16_BIG):
         return None
-    scales = scales.view(n // 16, 16, k // 64).transpose(1, 2).to(torch.float16)
-    return MmaNF4(words.contiguous(), scales.contiguous(), n, k)
+    scales = scales.view(n // 16, 16, k // 64).permute(2, 0, 1).to(torch.float16)
+    return MmaNF4(words.transpose(0, 1).contiguous(), scales.contiguous(), n, k)
 
 
 def dequantize_mma(weight: MmaNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (out_features, in_features) weight the packed words stand for."""
     n, k = weight.out_features, weight.in_features
     shifts = torch.arange(0, 32, 4, device=weight.words.device, dtype=torch.int32)
-    nibbles = (weight.words[..., None] >> shifts) & 0xF  # (N/16, K/64, 32, 4, 8)
+    nibbles = (weight.words.transpose(0, 1)[..., None] >> shifts) & 0xF  # (N/16, K/64, ...)
     idx = nibbles.view(n // 16, k // 64, 8, 4, 4, 2, 2, 2)  # r q g t j c h e
     idx = idx.permute(0, 6, 2, 1, 4, 5, 3, 7).reshape(n, k)
     code = torch.tensor(NF4_CODE, dtype=torch.float32, device=idx.device)
-    scales = weight.scales.float().transpose(1, 2).reshape(n, k // GROUP)
+    scales = weight.scales.float().permute(1, 2, 0).reshape(n, k // GROUP)
     values = code[idx.long()].view(n, k // GROUP, GROUP) * scales[..., None]
     return values.view(n, k).to(dtype)
 
@@ -118,11 +121,17 @@ def mma_available(device: torch.device) -> bool:
     )
 
 
-def nf4_mma_gemv(x: torch.Tensor, weight: MmaNF4) -> torch.Tensor:
+def nf4_mma_gemv(
+    x: torch.Tensor, weight: MmaNF4, *, config: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation).
 
     On CUDA one kernel launch, capturable in a CUDA graph after the first call (which compiles
     the kernel); elsewhere torch dequantizes and multiplies.
+
+    Args:
+        config: (warps per block, groups each warp loads ahead, decode 0 = byte permutes /
+            1 = shared-memory table) for benchmarks; by default `WARPS`, `DEPTH`, 1.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -137,20 +146,13 @@ def nf4_mma_gemv(x: torch.Tensor, weight: MmaNF4) -> torch.Tensor:
         raise ValueError("the tensor-core GEMV takes bf16 activations")
     row = x.reshape(-1).contiguous()
     out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
-    warps = warps_for(weight.out_features)
-    _kernel(x.device.index or 0, warps)(
+    warps, depth, decode = config or (WARPS, DEPTH, 1)
+    _kernel(x.device.index or 0, warps, depth, decode)(
         grid=(weight.out_features // TILE_ROWS, 1, 1),
         block=(32 * warps, 1, 1),
-        args=[weight.words, weight.scales, row, out, weight.in_features // GROUP],
+        args=[weight.words, weight.scales, row, out, weight.in_features // GROUP, _pairs(x.device)],
     )
     return out.reshape(*lead, weight.out_features)
-
-
-def warps_for(out_features: int, sm_count: int = 132) -> int:
-    """Warps per block (per 16-row tile; they split K): 8, or 4 when that many blocks would
-    not all be resident at once (64 warps per SM)."""
-    tiles = math.ceil(out_features / TILE_ROWS)
-    return 8 if tiles * 8 <= sm_count * 64 else 4
 
 
 def _bf16_code_bytes() -> tuple[list[int], list[int]]:
@@ -159,8 +161,9 @@ def _bf16_code_bytes() -> tuple[list[int], list[int]]:
     return [v & 0xFF for v in values], [v >> 8 for v in values]
 
 
-def kernel_source(warps: int) -> str:
-    """The CUDA C++ of the kernel for `warps` warps per block (plain C++ and PTX, no headers)."""
+def kernel_source(warps: int, depth: int = DEPTH, decode: int = 1) -> str:
+    """The CUDA C++ of the kernel for `warps` warps per block, each keeping `depth` groups'
+    loads in flight (plain C++ and PTX, no headers)."""
     lo, hi = _bf16_code_bytes()
 
     def word(values: list[int]) -> str:
@@ -170,18 +173,31 @@ def kernel_source(warps: int) -> str:
         f"#define LO{i} {word(lo[4 * i : 4 * i + 4])}\n#define HI{i} {word(hi[4 * i : 4 * i + 4])}"
         for i in range(4)
     )
-    return _SOURCE.replace("@TABLES@", tables).replace("@WARPS@", str(warps))
+    source = _SOURCE.replace("@TABLES@", tables).replace("@WARPS@", str(warps))
+    source = source.replace("@DEPTH@", str(depth))
+    return f"#define DECODE {decode}\n{source}"
 
 
 @cache
-def _kernel(device_index: int, warps: int):
+def _kernel(device_index: int, warps: int, depth: int, decode: int):
     with torch.cuda.device(device_index):
-        return torch.cuda._compile_kernel(kernel_source(warps), "nf4_mma_gemv")
+        return torch.cuda._compile_kernel(kernel_source(warps, depth, decode), "nf4_mma_gemv")
+
+
+@cache
+def _pairs(device: torch.device) -> torch.Tensor:
+    """(256,) int32: byte b -> bf16 codes of its low nibble (bits 0-15) and high (16-31)."""
+    lo, hi = _bf16_code_bytes()
+    bits = [lo[i] | hi[i] << 8 for i in range(16)]
+    pairs = [bits[b & 0xF] | bits[b >> 4] << 16 for b in range(256)]
+    values = [p - 2**32 if p >= 2**31 else p for p in pairs]
+    return torch.tensor(values, dtype=torch.int32, device=device)
 
 
 _SOURCE = r"""
 @TABLES@
 #define WARPS @WARPS@
+#define DEPTH @DEPTH@
 
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
   unsigned d;
@@ -199,11 +215,46 @@ __device__ __forceinline__ void decode4(unsigned sel, unsigned &p0, unsigned &p1
   p1 = prmt(lo, hi, 0x7362u);
 }
 
-__device__ __forceinline__ void mma(float &c0, float &c1, float &c2, float &c3, unsigned w,
-                                    unsigned b0, unsigned b1) {
-  unsigned a0, a1, a2, a3;
+#ifndef VARIANT
+#define VARIANT 0
+#endif
+#ifndef DECODE
+#define DECODE 1
+#endif
+
+__device__ __forceinline__ float as_float(unsigned v) {
+  float f;
+  asm("mov.b32 %0, %1;" : "=f"(f) : "r"(v));
+  return f;
+}
+
+// One word's eight nibbles -> the four bf16-pair registers of the A fragment.
+__device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, unsigned &a0,
+                                            unsigned &a1, unsigned &a2, unsigned &a3) {
+#if DECODE == 1  // shared-memory table of bf16 pairs per byte, one copy per lane (no conflicts)
+  a0 = lut[(w & 0xFFu) << 5];
+  a1 = lut[((w >> 8) & 0xFFu) << 5];
+  a2 = lut[((w >> 16) & 0xFFu) << 5];
+  a3 = lut[(w >> 24) << 5];
+#else  // byte permutes on register constants
   decode4(w, a0, a1);
   decode4(w >> 16, a2, a3);
+#endif
+}
+
+__device__ __forceinline__ void mma(float &c0, float &c1, float &c2, float &c3, unsigned w,
+                                    unsigned b0, unsigned b1, const unsigned *lut) {
+  unsigned a0, a1, a2, a3;
+#if VARIANT == 1
+  a0 = w; a1 = w ^ b0; a2 = w >> 16; a3 = w ^ b1;
+#elif VARIANT == 3
+  c0 += as_float(w & 0x3fffffff); return;
+#else
+  decode_word(w, lut, a0, a1, a2, a3);
+#endif
+#if VARIANT == 2
+  c0 += as_float((a0 ^ a1 ^ a2 ^ a3 ^ b0) & 0x3fffffff); return;
+#endif
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
@@ -228,64 +279,88 @@ __device__ __forceinline__ unsigned short float_to_bf16(float f) {
   return h;
 }
 
+// x fragments of one group for lanes with g == 0 (column 0 of B); other lanes multiply zeros.
+__device__ __forceinline__ void load_x(const unsigned *x, int q, int g, int t, unsigned *b) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) b[j] = 0u;
+  if (g == 0) {
+    const unsigned *xp = x + q * 32 + t;  // bf16 pairs: k = 64 q + 16 j + 2 t (+8)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
+  }
+}
+
+__device__ __forceinline__ void load_scales(const unsigned short *s, int g,
+                                            unsigned short *out) {
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(out[0]) : "l"(s + g));
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(out[1]) : "l"(s + g + 8));
+}
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
-             const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups) {
-  const int tile = blockIdx.x;
+             const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
+             const unsigned *__restrict__ pairs) {
+  __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
+  __shared__ float partial[WARPS * 16];
+  const int tile = blockIdx.x, tiles = gridDim.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const unsigned *w = words + ((long long)tile * groups * 32 + lane) * 4;
-  const unsigned short *s = scales + (long long)tile * groups * 16;
+  const unsigned *w = words + ((long long)tile * 32 + lane) * 4;  // + q * tiles * 128
+  const unsigned short *s = scales + tile * 16;  // + q * tiles * 16
+  const long long word_step = (long long)tiles * 128;
   float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
 
-  int q = warp;
-  for (; q + WARPS < groups; q += 2 * WARPS) {  // two groups in flight per warp
-    unsigned u[8];
-    load16(w + (long long)q * 128, u[0], u[1], u[2], u[3]);
-    load16(w + (long long)(q + WARPS) * 128, u[4], u[5], u[6], u[7]);
+  // DEPTH groups' words, x fragments and scales are loaded ahead of the group being
+  // multiplied (more than one in flight cost occupancy and was slower on an H200).
+  unsigned u[DEPTH][4], b[DEPTH][8];
+  unsigned short sc[DEPTH][2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int qi = q + i * WARPS;
-      unsigned b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      if (g == 0) {
-        const unsigned *xp = x + qi * 32 + t;  // bf16 pairs: k = 64 qi + 16 j + 2 t (+8)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
-      }
-      float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) mma(c0, c1, c2, c3, u[4 * i + j], b[2 * j], b[2 * j + 1]);
-      if (t == 0) {
-        acc0 += half_to_float(s[qi * 16 + g]) * c0;
-        acc1 += half_to_float(s[qi * 16 + g + 8]) * c2;
-      }
+  for (int d = 0; d < DEPTH; ++d) {
+    const int q = warp + d * WARPS;
+    if (q < groups) {
+      load16(w + q * word_step, u[d][0], u[d][1], u[d][2], u[d][3]);
+      load_x(x, q, g, t, b[d]);
+      load_scales(s + q * tiles * 16, g, sc[d]);
     }
   }
-  if (q < groups) {
-    unsigned u[4];
-    load16(w + (long long)q * 128, u[0], u[1], u[2], u[3]);
-    unsigned b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (g == 0) {
-      const unsigned *xp = x + q * 32 + t;
+  for (int i = threadIdx.x; i < 256 * 32; i += WARPS * 32) table[i] = pairs[i >> 5];
+  __syncthreads();
+  const unsigned *lut = table + lane;
+
+  for (int base = warp; base < groups; base += DEPTH * WARPS) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
-    }
-    float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+    for (int d = 0; d < DEPTH; ++d) {
+      const int q = base + d * WARPS;
+      if (q < groups) {
+        unsigned cur[4] = {u[d][0], u[d][1], u[d][2], u[d][3]};
+        unsigned xb[8];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) mma(c0, c1, c2, c3, u[j], b[2 * j], b[2 * j + 1]);
-    if (t == 0) {
-      acc0 += half_to_float(s[q * 16 + g]) * c0;
-      acc1 += half_to_float(s[q * 16 + g + 8]) * c2;
+        for (int j = 0; j < 8; ++j) xb[j] = b[d][j];
+        const float s0 = half_to_float(sc[d][0]), s1 = half_to_float(sc[d][1]);
+        const int ahead = q + DEPTH * WARPS;
+        if (ahead < groups) {
+          load16(w + ahead * word_step, u[d][0], u[d][1], u[d][2], u[d][3]);
+          load_x(x, ahead, g, t, b[d]);
+          load_scales(s + ahead * tiles * 16, g, sc[d]);
+        }
+        float c[4][4];  // four independent products: no chain of dependent mma latencies
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+          mma(c[j][0], c[j][1], c[j][2], c[j][3], cur[j], xb[2 * j], xb[2 * j + 1], lut);
+        }
+        acc0 += s0 * ((c[0][0] + c[1][0]) + (c[2][0] + c[3][0]));  // lanes with t == 0
+        acc1 += s1 * ((c[0][2] + c[1][2]) + (c[2][2] + c[3][2]));
+      }
     }
   }
 
-  __shared__ float partial[WARPS][16];
-  if (t == 0) { partial[warp][g] = acc0; partial[warp][g + 8] = acc1; }
+  if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
   __syncthreads();
   if (threadIdx.x < 16) {
     float sum = 0.f;
 #pragma unroll
-    for (int i = 0; i < WARPS; ++i) sum += partial[i][threadIdx.x];
+    for (int i = 0; i < WARPS; ++i) sum += partial[i * 16 + threadIdx.x];
     out[tile * 16 + threadIdx.x] = float_to_bf16(sum);
   }
 }
