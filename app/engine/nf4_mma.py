@@ -1,13 +1,18 @@
 """NF4 weight x one bf16 row on tensor cores (CUDA C++ compiled at run time), for batch-1 decode.
 
 `nf4_gemv` (Triton, CUDA cores) spends about seven instructions per weight: decode a nibble to
-a value, widen it to fp32, one FMA. On an H200 that caps it near 2 TB/s, and it reached 22-32 %
-of copy bandwidth. Here each warp decodes its nibbles straight into the register layout of a
-tensor-core operand (`mma.sync.m16n8k16`, bf16 in, fp32 accumulate): byte permutes (`prmt`)
-turn four nibbles into two bf16 pairs in about eleven instructions, and one `mma` then
-multiplies 256 weights. The activation row is the mma's other operand (column 0 of 8; the rest
-zero), so the tensor cores do eight times the useful work, which they have to spare.
+a value, widen it to fp32, one FMA; on an H200 it reaches 22-32 % of copy bandwidth. Here each
+warp decodes its nibbles straight into the register layout of a tensor-core operand
+(`mma.sync.m16n8k16`, bf16 in, fp32 accumulate): each byte (two nibbles) is one lookup in a
+shared-memory table of bf16 pairs, replicated per lane so a warp's 32 lookups never share a
+bank, and one `mma` multiplies 256 weights. The activation row is the mma's other operand
+(column 0 of 8; the rest zero), so the tensor cores do eight times the useful work, which they
+have to spare. Byte permutes on register constants (`prmt`, `decode=0`) were 10-35 % slower.
 
+Measured on an H200 (bench/results/nf4-mma.json): 10.6 us on 4544x4544 and 27-31 us on the
+MLP shapes, 0.9-1.2x of the Triton GEMV's time (2.5 against 2.8 ms per Falcon-7B token);
+24-39 % of copy bandwidth, where a plain read of the same bytes reaches 55-75 %. What is left is
+decode and mma issue: loads alone took 16 us of the 38 on 18176x4544 before the table.
 Layout (`pack_mma` from a bitsandbytes `Linear4bit`): rows in tiles of 16, K in groups of 64
 (the NF4 scale block). For row tile r and group g, the 32 lanes of a warp each read 16 bytes:
 four words, one per 16-wide k step, each holding the lane's eight nibbles of the mma A fragment
