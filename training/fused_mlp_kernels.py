@@ -146,24 +146,26 @@ def _backward_triton(grad_g, grad_dropped, keep, base, update, scale, p, act_dty
 if triton is not None:
 
     @triton.jit
-    def _h(base, update, scale, ROUND_ACT: tl.constexpr):
-        """h = base + bf16(update·scale), rounded to the compute dtype in bf16 activations."""
+    def _block_h(base_ptr, update_ptr, n, scale, ROUND_ACT: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's offsets, mask, base values and h = base + bf16(update·scale) in fp32
+        (rounded to the compute dtype first in bf16 activations)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        base = tl.load(base_ptr + offs, mask=mask, other=0.0)
+        update = tl.load(update_ptr + offs, mask=mask, other=0.0)
         scaled = (update.to(tl.float32) * scale).to(base.dtype).to(tl.float32)
         h = base.to(tl.float32) + scaled
         if ROUND_ACT:
             h = h.to(base.dtype).to(tl.float32)
-        return h
+        return offs, mask, base, h
 
     @triton.jit
     def _up_forward_kernel(
         base_ptr, update_ptr, g_ptr, dropped_ptr, keep_ptr, n, scale, p, inv_keep, seed,
         DROPOUT: tl.constexpr, ROUND_ACT: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        base = tl.load(base_ptr + offs, mask=mask, other=0.0)
+        offs, mask, base, h = _block_h(base_ptr, update_ptr, n, scale, ROUND_ACT, BLOCK)
         dtype = base.dtype
-        h = _h(base, tl.load(update_ptr + offs, mask=mask, other=0.0), scale, ROUND_ACT)
         gelu = h * 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))  # torch's order
         if ROUND_ACT:
             gelu = gelu.to(dtype).to(tl.float32)
@@ -180,11 +182,8 @@ if triton is not None:
         grad_update_ptr, n, scale, inv_keep,
         DROPOUT: tl.constexpr, ROUND_ACT: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        base = tl.load(base_ptr + offs, mask=mask, other=0.0)
+        offs, mask, base, h = _block_h(base_ptr, update_ptr, n, scale, ROUND_ACT, BLOCK)
         dtype = base.dtype
-        h = _h(base, tl.load(update_ptr + offs, mask=mask, other=0.0), scale, ROUND_ACT)
         from_lora = tl.load(grad_dropped_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if DROPOUT:
             keep = tl.load(keep_ptr + offs, mask=mask, other=0).to(tl.float32)
