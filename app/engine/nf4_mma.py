@@ -39,7 +39,7 @@ from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state
 
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
-WARPS = 8  # per block (one 16-row tile; they split K)
+WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
 GROUP = 64  # k per scale: one lane's 16 bytes hold its four 16-wide k steps of a group
 _FP16_TINY = 2.0**-14
 _FP16_BIG = 60000.0
@@ -127,14 +127,24 @@ def mma_available(device: torch.device) -> bool:
 
 
 def nf4_mma_gemv(
-    x: torch.Tensor, weight: MmaNF4, *, config: tuple[int, int, int] | None = None
+    x: torch.Tensor,
+    weight: MmaNF4,
+    *,
+    lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gelu: bool = False,
+    config: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation).
+    """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation), optionally plus a
+    LoRA update and through GELU, all before the one rounding.
 
     On CUDA one kernel launch, capturable in a CUDA graph after the first call (which compiles
     the kernel); elsewhere torch dequantizes and multiplies.
 
     Args:
+        lora: (t, b): the row's low-rank activations t = x A.T (R values, bf16) and B with
+            the scale folded in, (out_features, R) bf16 with unit column stride (a column
+            slice of `LoraBank`'s stacked B is fine): adds t B.T.
+        gelu: apply exact (erf) GELU to the result.
         config: (warps per block, groups each warp loads ahead, decode 0 = byte permutes /
             1 = shared-memory table) for benchmarks; by default `WARPS`, `DEPTH`, 1.
 
@@ -146,17 +156,29 @@ def nf4_mma_gemv(
     lead = x.shape[:-1]
     if not mma_available(x.device):
         out = x.reshape(1, -1).float() @ dequantize_mma(weight).T
+        if lora is not None:
+            out = out + lora[0].reshape(1, -1).float() @ lora[1].float().T
+        out = torch.nn.functional.gelu(out) if gelu else out
         return out.to(x.dtype).reshape(*lead, weight.out_features)
     if x.dtype != torch.bfloat16:
         raise ValueError("the tensor-core GEMV takes bf16 activations")
     row = x.reshape(-1).contiguous()
     out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
+    t, b, rank = row, row, 0  # placeholders the kernel never reads when rank is 0
+    if lora is not None:
+        t, b = lora[0].reshape(-1).contiguous(), lora[1]
+        rank = t.numel()
+        if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
+            raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
     warps, depth, decode = config or (WARPS, DEPTH, 1)
     _kernel(x.device.index or 0, warps, depth, decode)(
         grid=(weight.out_features // TILE_ROWS, 1, 1),
         block=(32 * warps, 1, 1),
-        args=[weight.words, weight.scales, row, out, weight.in_features // GROUP, _pairs(x.device)],
-    )
+        args=[
+            weight.words, weight.scales, row, out, weight.in_features // GROUP,
+            _pairs(x.device), t, b, rank, b.stride(0) if rank else 0, int(gelu),
+        ],
+    )  # fmt: skip
     return out.reshape(*lead, weight.out_features)
 
 
@@ -220,18 +242,10 @@ __device__ __forceinline__ void decode4(unsigned sel, unsigned &p0, unsigned &p1
   p1 = prmt(lo, hi, 0x7362u);
 }
 
-#ifndef VARIANT
-#define VARIANT 0
-#endif
 #ifndef DECODE
 #define DECODE 1
 #endif
 
-__device__ __forceinline__ float as_float(unsigned v) {
-  float f;
-  asm("mov.b32 %0, %1;" : "=f"(f) : "r"(v));
-  return f;
-}
 
 // One word's eight nibbles -> the four bf16-pair registers of the A fragment.
 __device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, unsigned &a0,
@@ -250,16 +264,7 @@ __device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, uns
 __device__ __forceinline__ void mma(float &c0, float &c1, float &c2, float &c3, unsigned w,
                                     unsigned b0, unsigned b1, const unsigned *lut) {
   unsigned a0, a1, a2, a3;
-#if VARIANT == 1
-  a0 = w; a1 = w ^ b0; a2 = w >> 16; a3 = w ^ b1;
-#elif VARIANT == 3
-  c0 += as_float(w & 0x3fffffff); return;
-#else
   decode_word(w, lut, a0, a1, a2, a3);
-#endif
-#if VARIANT == 2
-  c0 += as_float((a0 ^ a1 ^ a2 ^ a3 ^ b0) & 0x3fffffff); return;
-#endif
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
@@ -275,6 +280,12 @@ __device__ __forceinline__ void load16(const unsigned *p, unsigned &a, unsigned 
 __device__ __forceinline__ float half_to_float(unsigned short h) {
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+__device__ __forceinline__ float bf16_to_float(unsigned short h) {
+  float f;
+  asm("{ .reg .b32 t; cvt.u32.u16 t, %1; shl.b32 t, t, 16; mov.b32 %0, t; }" : "=f"(f) : "h"(h));
   return f;
 }
 
@@ -304,7 +315,8 @@ __device__ __forceinline__ void load_scales(const unsigned short *s, int g,
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
-             const unsigned *__restrict__ pairs) {
+             const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
+             const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu) {
   __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
   __shared__ float partial[WARPS * 16];
   const int tile = blockIdx.x, tiles = gridDim.x;
@@ -362,11 +374,23 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
 
   if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
   __syncthreads();
-  if (threadIdx.x < 16) {
-    float sum = 0.f;
+  // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
+  // folded into B) and GELU, in fp32, rounded once.
+  for (int r = warp; r < 16; r += WARPS) {
+    float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
+    const unsigned short *b_row = lora_b + (long long)(tile * 16 + r) * b_stride;
+    for (int i = lane; i < rank; i += 32) sum += bf16_to_float(lora_t[i]) * bf16_to_float(b_row[i]);
 #pragma unroll
-    for (int i = 0; i < WARPS; ++i) sum += partial[i * 16 + threadIdx.x];
-    out[tile * 16 + threadIdx.x] = float_to_bf16(sum);
+    for (int off = 16; off > 0; off >>= 1) {
+      float other;
+      asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
+                   : "=f"(other) : "f"(sum), "r"(off));
+      sum += other;
+    }
+    if (lane == 0) {
+      if (gelu) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
+      out[tile * 16 + r] = float_to_bf16(sum);
+    }
   }
 }
 """

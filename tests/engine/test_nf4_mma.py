@@ -79,6 +79,19 @@ def test_cpu_path_multiplies_like_bitsandbytes():
         nf4_mma_gemv(torch.randn(2, 256).bfloat16(), pack_mma(module))
 
 
+def test_lora_and_gelu_epilogue_on_cpu():
+    module = make_linear4bit(32, 128, double_quant=True, seed=4)
+    x = torch.randn(1, 128).bfloat16()
+    t = torch.randn(1, 8).bfloat16()
+    stacked_b = torch.randn(32, 24).bfloat16()  # three adapters' B side by side
+    b = stacked_b[:, 8:16]  # the second one's, a strided view as LoraBank hands it
+    want = torch.nn.functional.gelu(x.float() @ bnb_dense(module).T + t.float() @ b.float().T)
+    out = nf4_mma_gemv(x, pack_mma(module), lora=(t, b), gelu=True)
+    assert rel_err(out, want) < 1e-2
+    plain = nf4_mma_gemv(x, pack_mma(module))
+    assert rel_err(plain, want) > 0.1  # the epilogue did something
+
+
 def test_unsupported_shapes_say_why():
     assert "out_features" in mma_reason(make_linear4bit(40, 128, double_quant=True, seed=1))
     assert pack_mma(make_linear4bit(40, 128, double_quant=True, seed=1)) is None
