@@ -9,10 +9,12 @@ bank, and one `mma` multiplies 256 weights. The activation row is the mma's othe
 (column 0 of 8; the rest zero), so the tensor cores do eight times the useful work, which they
 have to spare. Byte permutes on register constants (`prmt`, `decode=0`) were 10-35 % slower.
 
-Measured on an H200 (bench/results/nf4-mma.json): 10.6 us on 4544x4544 and 27-31 us on the
-MLP shapes, 0.9-1.2x of the Triton GEMV's time (2.5 against 2.8 ms per Falcon-7B token);
-24-39 % of copy bandwidth, where a plain read of the same bytes reaches 55-75 %. What is left is
-decode and mma issue: loads alone took 16 us of the 38 on 18176x4544 before the table.
+Measured on two H200 hosts (bench/results/nf4-mma.json is the second): 10.6-11.3 us on
+4544x4544 and 26.5-32 us on the MLP shapes, 0.9-1.0x of the Triton GEMV's time (2.5-2.7
+against 2.8 ms of GEMVs per Falcon-7B token); 23-39 % of copy bandwidth, where a plain read of
+the same bytes reaches 55-75 %. What is left is decode and mma issue: loads alone took 16 us of
+the 38 on 18176x4544 before the table. The optional epilogue (LoRA update, GELU) costs 1-2 us
+and saves the 4-5 us of a separate addmm and GELU.
 Layout (`pack_mma` from a bitsandbytes `Linear4bit`): rows in tiles of 16, K in groups of 64
 (the NF4 scale block). For row tile r and group g, the 32 lanes of a warp each read 16 bytes:
 four words, one per 16-wide k step, each holding the lane's eight nibbles of the mma A fragment
