@@ -30,6 +30,8 @@ from app.engine.peft_layout import adapter_reason, base_model
 
 PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 ATTENTION = ("query_key_value", "dense")
+SHARED_INPUT = ("query_key_value", "dense_h_to_4h")
+"""The projections that read the same layer-norm output (parallel attention and MLP)."""
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
@@ -137,15 +139,55 @@ class FalconBatch:
         name: str,
         adapters: Sequence[str | None] | None,
         mask: torch.Tensor | int | None,
+        *,
+        gelu: bool = False,
+        low: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = self.layers[index].linears[name](x)
+        """The projection plus its LoRA update (then GELU when asked).
+
+        One row on one adapter (or none) goes through the kernel's fused epilogue where the
+        linear has one (`fused`, the tensor-core GEMV): the update and GELU are added before
+        its single rounding, two launches fewer. `low` is x A.T when the caller computed it
+        together with another projection's (`_block`).
+        """
+        linear = self.layers[index].linears[name]
+        fused = getattr(linear, "fused", None)
+        if fused is not None and adapters is None and not isinstance(mask, torch.Tensor):
+            if x.numel() == x.shape[-1]:
+                return fused(x, self._slot_update(x, index, name, mask, low), gelu)
+        out = linear(x)
         if isinstance(mask, int):
-            return self.lora.add_one(out, x, index, name, mask)
-        if mask is not None:
-            return self.lora.add_masked(out, x, index, name, mask)
-        if adapters is not None:
-            return self.lora.add_grouped(out, x, index, name, adapters)
-        return out
+            out = self.lora.add_one(out, x, index, name, mask)
+        elif mask is not None:
+            out = self.lora.add_masked(out, x, index, name, mask)
+        elif adapters is not None:
+            out = self.lora.add_grouped(out, x, index, name, adapters)
+        return F.gelu(out) if gelu else out
+
+    def _slot_update(
+        self, x: torch.Tensor, index: int, name: str, slot: int | None, low: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x A.T, B·scale) of the adapter in `slot` for a fused epilogue, or None."""
+        factors = None if slot is None else self.lora.slot_factors(index, name, slot)
+        if factors is None:
+            return None
+        return (F.linear(x, factors[0]) if low is None else low), factors[1]
+
+    def _shared_low(
+        self, h: torch.Tensor, index: int, mask: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """x A.T of the two projections that read the layer norm's output, from one GEMM,
+        when one row on one adapter takes the fused path; else (None, None)."""
+        if not isinstance(mask, int) or h.numel() != h.shape[-1]:
+            return None, None
+        linears = self.layers[index].linears
+        if not all(hasattr(linears[n], "fused") for n in SHARED_INPUT):
+            return None, None
+        stacked = self.lora.shared_a(index, SHARED_INPUT, mask)
+        if stacked is None:
+            return None, None
+        first, second = F.linear(h, stacked).chunk(2, dim=-1)
+        return first, second
 
     def _split_rotated(
         self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -183,13 +225,14 @@ class FalconBatch:
         """One decoder block on (B, S, C): parallel attention and MLP off one layer norm."""
         layer = self.layers[index]
         h = F.layer_norm(x, (x.shape[-1],), layer.norm_weight, layer.norm_bias, self.eps)
-        qkv = self._project(h, index, "query_key_value", adapters, mask)
+        low_qkv, low_up = self._shared_low(h, index, mask)
+        qkv = self._project(h, index, "query_key_value", adapters, mask, low=low_qkv)
         q, k, v = self._split_rotated(qkv, cos, sin)
         attn = attend(index, q, k, v)  # (B, H, S, D)
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
         attn = self._project(attn, index, "dense", adapters, mask)
-        mlp = F.gelu(self._project(h, index, "dense_h_to_4h", adapters, mask))
+        mlp = self._project(h, index, "dense_h_to_4h", adapters, mask, gelu=True, low=low_up)
         mlp = self._project(mlp, index, "dense_4h_to_h", adapters, mask)
         return x + (mlp + attn)
 

@@ -42,6 +42,9 @@ class LoraBank:
     version: int = 0
     """Bumped whenever the adapter set changes (graphs over the stacked layout are rebuilt)."""
     _stacked: dict[tuple[int, str], _Stacked] = field(default_factory=dict)
+    _shared_a: dict[tuple[int, tuple[str, ...], int], torch.Tensor | None] = field(
+        default_factory=dict
+    )
 
     def replace(self, adapters: dict[str, list[dict[str, Factors]]]) -> None:
         """Take a new adapter set (factors cast once to the compute dtype)."""
@@ -53,6 +56,7 @@ class LoraBank:
             for name, layers in adapters.items()
         }
         self._stacked.clear()
+        self._shared_a.clear()
         self.version += 1
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -105,13 +109,35 @@ class LoraBank:
         common single-user case, where the mask over all loaded adapters would read and
         multiply every adapter's factors for nothing.
         """
+        factors = self.slot_factors(layer, proj, slot)
+        if factors is None:
+            return out
+        return _add_product(out, F.linear(x, factors[0]), factors[1])
+
+    def slot_factors(
+        self, layer: int, proj: str, slot: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A (R, in), B·scale (out, R)) of the adapter in `slot`, as views of the stacked
+        layout (B's rows are strided), or None when no adapter touches this projection."""
         stacked = self._stacked_for(layer, proj)
         if stacked is None:
-            return out
+            return None
         rank = self.rank
-        a = stacked.a[slot * rank : (slot + 1) * rank]
-        b = stacked.b[:, slot * rank : (slot + 1) * rank]
-        return _add_product(out, F.linear(x, a), b)
+        return (
+            stacked.a[slot * rank : (slot + 1) * rank],
+            stacked.b[:, slot * rank : (slot + 1) * rank],
+        )
+
+    def shared_a(self, layer: int, projs: tuple[str, ...], slot: int) -> torch.Tensor | None:
+        """The slot's A factors of projections that read the same input, stacked (len(projs)
+        x R, in): one GEMM gives all their low-rank activations. None when one is missing.
+        Made once per adapter set."""
+        key = (layer, projs, slot)
+        if key not in self._shared_a:
+            factors = [self.slot_factors(layer, proj, slot) for proj in projs]
+            present = all(f is not None for f in factors)
+            self._shared_a[key] = torch.cat([f[0] for f in factors]) if present else None
+        return self._shared_a[key]
 
     def add_grouped(
         self,

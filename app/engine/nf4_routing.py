@@ -2,7 +2,8 @@
 
 A decode step's projections are memory-bound and the best kernel depends on how many rows
 share one read of the weights: one row wants a GEMV that streams the packed bytes once
-(`nf4_gemv`), 2-64 rows a kernel that multiplies all rows against each packed tile
+(`nf4_mma`'s tensor-core GEMV where NVRTC compiles it, whose epilogue also adds the LoRA update
+and GELU; else `nf4_gemv`), 2-64 rows a kernel that multiplies all rows against each packed tile
 (`nf4_matmul`), and a prompt is compute-bound, so bitsandbytes dequantizing once for a cuBLAS
 GEMM wins there. Row counts are fixed per captured CUDA graph, so the choice costs nothing
 per step.
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 TRITON_MAX_ROWS = 64
 """Above this many rows (prefill) the matmul is compute-bound and cuBLAS wins."""
 
-NF4Kernel = Literal["auto", "bnb", "bnb_flat", "triton", "hybrid", "hybrid_bnb_gemv"]
+NF4Kernel = Literal[
+    "auto", "bnb", "bnb_flat", "triton", "hybrid", "hybrid_triton_gemv", "hybrid_bnb_gemv"
+]
 
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
@@ -38,9 +41,11 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     - `bnb`: bitsandbytes as loaded (None: no override);
     - `bnb_flat`: bitsandbytes with the double-quantized scales expanded once (`nf4_flat`);
     - `triton`: `nf4_matmul` for every row count;
-    - `hybrid`: `nf4_gemv` for one row, `nf4_matmul` for 2..`TRITON_MAX_ROWS` rows, `bnb_flat`
-      for prompts. Each kernel keeps its own repacked copy of the weights (about 2 x 3.6 GB
-      more for Falcon-7B), the price of reading them at full speed at every batch size;
+    - `hybrid`: the tensor-core `nf4_mma_gemv` (with its LoRA/GELU epilogue) for one row,
+      `nf4_matmul` for 2..`TRITON_MAX_ROWS` rows, `bnb_flat` for prompts. Each kernel keeps its
+      own repacked copy of the weights (about 2 x 3.6 GB more for Falcon-7B), the price of
+      reading them at full speed at every batch size;
+    - `hybrid_triton_gemv`: `hybrid` with the Triton `nf4_gemv` for one row (no epilogue);
     - `hybrid_bnb_gemv`: `hybrid` with bitsandbytes' GEMV for one row (one copy fewer);
     - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
     """
@@ -60,7 +65,7 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     if kernel == "triton":
         return triton
 
-    single = _gemv if kernel == "hybrid" else flat_nf4_linear
+    single = {"hybrid": _mma_or_gemv, "hybrid_triton_gemv": _gemv}.get(kernel, flat_nf4_linear)
 
     def hybrid(module: torch.nn.Module) -> Linear | None:
         prompt, one_row, many_rows = flat_nf4_linear(module), single(module), triton(module)
@@ -73,6 +78,8 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
                 return one_row(x)
             return many_rows(x) if rows <= TRITON_MAX_ROWS else prompt(x)
 
+        if hasattr(one_row, "fused"):
+            forward.fused = one_row.fused  # FalconBatch's one-row path with the epilogue
         return forward
 
     return hybrid
@@ -127,6 +134,27 @@ def _gemv(module: torch.nn.Module) -> Linear | None:
         return None
     packed = pack_gemv(module)
     return lambda x: nf4_gemv(x, packed)
+
+
+def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
+    """The tensor-core GEMV (callable, plus `.fused(x, lora, gelu)`) where it compiles and the
+    shape fits it, else the Triton GEMV."""
+    from app.engine.nf4_mma import mma_available, nf4_mma_gemv, pack_mma
+
+    if not _plain_linear4bit(module) or not mma_available(module.weight.device):
+        return _gemv(module)
+    packed = pack_mma(module)
+    if packed is None:
+        return _gemv(module)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return nf4_mma_gemv(x, packed)
+
+    def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
+        return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu)
+
+    forward.fused = fused
+    return forward
 
 
 def _plain_linear4bit(module: torch.nn.Module) -> bool:
