@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from app.engine.lora_bank import LoraBank, read_peft_factors
 from app.engine.peft_layout import adapter_reason, base_model
+from app.engine.row_norm import layer_norm_row
 
 PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 ATTENTION = ("query_key_value", "dense")
@@ -224,7 +225,7 @@ class FalconBatch:
     ) -> torch.Tensor:
         """One decoder block on (B, S, C): parallel attention and MLP off one layer norm."""
         layer = self.layers[index]
-        h = F.layer_norm(x, (x.shape[-1],), layer.norm_weight, layer.norm_bias, self.eps)
+        h = layer_norm_row(x, layer.norm_weight, layer.norm_bias, self.eps)
         low_qkv, low_up = self._shared_low(h, index, mask)
         qkv = self._project(h, index, "query_key_value", adapters, mask, low=low_qkv)
         q, k, v = self._split_rotated(qkv, cos, sin)
@@ -237,7 +238,8 @@ class FalconBatch:
         return x + (mlp + attn)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.final_norm(x)).float()
+        norm = self.final_norm
+        return self.lm_head(layer_norm_row(x, norm.weight, norm.bias, norm.eps)).float()
 
     # ---- public steps -------------------------------------------------------------------
 
