@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine import rotary_cache
 from app.engine.lora_bank import LoraBank, read_peft_factors
 from app.engine.peft_layout import adapter_reason, base_model
 from app.engine.row_norm import layer_norm_row
@@ -217,19 +218,20 @@ class FalconBatch:
         self,
         index: int,
         x: torch.Tensor,
-        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        attend: Callable[[int, torch.Tensor], torch.Tensor],
         adapters: Sequence[str | None] | None,
         mask: torch.Tensor | int | None,
     ) -> torch.Tensor:
-        """One decoder block on (B, S, C): parallel attention and MLP off one layer norm."""
+        """One decoder block on (B, S, C): parallel attention and MLP off one layer norm.
+
+        `attend(index, qkv)` turns the fused projection into attention output (B, H, S, D):
+        rotation, cache write and attention, each step's own way.
+        """
         layer = self.layers[index]
         h = layer_norm_row(x, layer.norm_weight, layer.norm_bias, self.eps)
         low_qkv, low_up = self._shared_low(h, index, mask)
         qkv = self._project(h, index, "query_key_value", adapters, mask, low=low_qkv)
-        q, k, v = self._split_rotated(qkv, cos, sin)
-        attn = attend(index, q, k, v)  # (B, H, S, D)
+        attn = attend(index, qkv)  # (B, H, S, D)
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
         attn = self._project(attn, index, "dense", adapters, mask)
@@ -253,14 +255,15 @@ class FalconBatch:
         x = F.embedding(ids, self.embed)  # (1, S, C)
         cos, sin = self.cos[:length].unsqueeze(1), self.sin[:length].unsqueeze(1)  # (S, 1, D)
 
-        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def attend(index: int, qkv: torch.Tensor) -> torch.Tensor:
+            q, k, v = self._split_rotated(qkv, cos, sin)
             self.k_cache[index, slot, :, :length] = k[0]
             self.v_cache[index, slot, :, :length] = v[0]
             return F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, enable_gqa=True)
 
         adapters = [adapter] if adapter is not None else None
         for index in range(len(self.layers)):
-            x = self._block(index, x, attend, cos, sin, adapters, None)
+            x = self._block(index, x, attend, adapters, None)
         return self._logits(x[:, -1])[0]
 
     @torch.inference_mode()
@@ -292,13 +295,14 @@ class FalconBatch:
         real_key = position.view(1, 1, longest) < lengths_t.view(-1, 1, 1)  # (N, 1, S)
         visible = (causal & real_key).unsqueeze(1)  # (N, 1, S, S)
 
-        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def attend(index: int, qkv: torch.Tensor) -> torch.Tensor:
+            q, k, v = self._split_rotated(qkv, cos, sin)
             self.k_cache[index, slots_t, :, :longest] = k
             self.v_cache[index, slots_t, :, :longest] = v
             return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
 
         for index in range(len(self.layers)):
-            x = self._block(index, x, attend, cos, sin, list(adapters), None)
+            x = self._block(index, x, attend, list(adapters), None)
         last = x[torch.arange(len(prompts), device=self.device), lengths_t - 1]  # (N, C)
         return self._logits(last)
 
@@ -333,9 +337,18 @@ class FalconBatch:
         visible = torch.arange(context, device=self.device) <= positions.unsqueeze(1)
         visible = visible.view(batch, 1, 1, context)  # (B, 1, 1, T)
 
-        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.k_cache[index, rows, :, positions] = k[:, :, 0]
-            self.v_cache[index, rows, :, positions] = v[:, :, 0]
+        fused_rotary = rotary_cache.kernel_runs(x, self.n_kv)
+
+        def attend(index: int, qkv: torch.Tensor) -> torch.Tensor:
+            if fused_rotary:  # one launch: rotation, and K/V straight into the cache
+                q = rotary_cache.rotate_into_cache(
+                    qkv, self.cos, self.sin, positions, self.k_cache[index],
+                    self.v_cache[index], self.n_heads,
+                )  # fmt: skip
+            else:
+                q, k, v = self._split_rotated(qkv, cos, sin)
+                self.k_cache[index, rows, :, positions] = k[:, :, 0]
+                self.v_cache[index, rows, :, positions] = v[:, :, 0]
             keys = self.k_cache[index, :batch, :, :context]  # (B, KV, T, D)
             values = self.v_cache[index, :batch, :, :context]
             return F.scaled_dot_product_attention(
@@ -346,7 +359,7 @@ class FalconBatch:
         if lora_mask is not None:
             lora = lora_mask.unsqueeze(1)  # (B, 1, S*R) against (B, 1, ·) activations
         for index in range(len(self.layers)):
-            x = self._block(index, x, attend, cos, sin, adapters, lora)
+            x = self._block(index, x, attend, adapters, lora)
         return self._logits(x[:, 0])
 
     def move(self, source: int, target: int) -> None:
