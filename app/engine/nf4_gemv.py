@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from app.engine.nf4_gemv_decode import _prmt_asm, _tables
 from app.engine.nf4_matmul import (
     NF4_CODE,
     _sm_count,
@@ -209,34 +210,71 @@ def dequantize_gemv(weight: GemvNF4, dtype: torch.dtype = torch.float32) -> torc
     return values.reshape(n, k).to(dtype)
 
 
-def nf4_gemv(x: torch.Tensor, weight: GemvNF4, *, config: GemvConfig | None = None) -> torch.Tensor:
-    """`x @ W.T` for ONE activation row x and the NF4 weight W, in x's dtype (fp32 accumulation).
+def nf4_gemv(
+    x: torch.Tensor,
+    weight: GemvNF4,
+    *,
+    lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gelu: bool = False,
+    config: GemvConfig | None = None,
+) -> torch.Tensor:
+    """`x @ W.T` for ONE activation row x and the NF4 weight W, in x's dtype (fp32 accumulation),
+    optionally plus a LoRA update and then GELU, all before the single rounding.
 
     On CUDA with triton it is one kernel launch (plus a memset and a cast when the K loop is
     split), capturable in a CUDA graph after one warm-up call (which compiles it). Elsewhere it
-    dequantizes and multiplies in torch.
+    dequantizes and multiplies in torch. The epilogue saves batch-1 decode the LoRA B GEMM and
+    the GELU launch per projection (each ~3-6 us graphed, against the few ns it adds here).
 
     Args:
         x: (1, in_features) or (in_features,) activations (any leading dims of product 1),
             bf16, fp16 or fp32, on the weight's device. The result has x's leading dims.
         weight: the packed weight from `pack_gemv`.
+        lora: (t, b) adds `t @ b.T` in fp32: t the row's low-rank activations x A.T, R values
+            of any float dtype; b (out_features, R), the B factor with the scale folded in, in
+            any strides (a column slice of `LoraBank`'s stacked B is read in place). With the K
+            loop split only the first split's programs add it.
+        gelu: exact (erf) GELU of the sum, as `F.gelu`'s default. Split-K applies it in torch
+            to the fp32 sum before the cast (one launch more, the same single rounding).
         config: launch override for benchmarks; `pick_gemv_config` chooses otherwise.
 
     Raises:
-        ValueError: x has the wrong width or more than one row.
+        ValueError: x has the wrong width or more than one row, or lora's shapes do not fit.
     """
     if x.shape[-1] != weight.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the weight wants {weight.in_features}")
     if x.numel() != weight.in_features:
         raise ValueError(f"nf4_gemv takes one row, not {x.numel() // weight.in_features}")
+    if lora is not None:
+        lora = _check_lora(lora, weight.out_features)
     lead = x.shape[:-1]
     if not triton_available(x.device):
         out = x.reshape(1, -1).float() @ dequantize_gemv(weight).T
+        if lora is not None:
+            out = out + lora[0].reshape(1, -1).float() @ lora[1].float().T
+        out = torch.nn.functional.gelu(out) if gelu else out
         return out.to(x.dtype).reshape(*lead, weight.out_features)
-    return _launch(x, weight, config).reshape(*lead, weight.out_features)
+    return _launch(x, weight, config, lora, gelu).reshape(*lead, weight.out_features)
 
 
-def _launch(x: torch.Tensor, weight: GemvNF4, config: GemvConfig | None) -> torch.Tensor:
+def _check_lora(
+    lora: tuple[torch.Tensor, torch.Tensor], out_features: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(t as R values, b) after checking their shapes; None for rank 0 (nothing to add)."""
+    t, b = lora
+    rank = t.numel()
+    if b.dim() != 2 or b.shape != (out_features, rank):
+        raise ValueError(f"lora b must be ({out_features}, {rank}), not {tuple(b.shape)}")
+    return (t.reshape(-1), b) if rank else None
+
+
+def _launch(
+    x: torch.Tensor,
+    weight: GemvNF4,
+    config: GemvConfig | None,
+    lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gelu: bool = False,
+) -> torch.Tensor:
     """Run the Triton kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1); returns (N,)."""
     n, k, group = weight.out_features, weight.in_features, weight.group
     if config is None:
@@ -257,6 +295,8 @@ def _launch(x: torch.Tensor, weight: GemvNF4, config: GemvConfig | None) -> torc
         out = torch.empty(n, dtype=x.dtype, device=x.device)
     tables = _tables(x.device)
     lut = tables[1] if config.decode == "lut256" else tables[0]
+    t, b = lora if lora is not None else (xv, xv)  # placeholders: HAS_LORA=False never reads
+    rank = t.numel() if lora is not None else 1
     grid = (triton.cdiv(n, config.block_n), splits)
     _nf4_gemv_kernel[grid](
         xv,
@@ -265,6 +305,12 @@ def _launch(x: torch.Tensor, weight: GemvNF4, config: GemvConfig | None) -> torc
         lut,
         out,
         n,
+        t,
+        b,
+        rank,
+        t.stride(0),
+        b.stride(0) if lora is not None else 0,
+        b.stride(1) if lora is not None else 0,
         K=k,
         GROUP=group,
         BLOCK_N=config.block_n,
@@ -273,83 +319,15 @@ def _launch(x: torch.Tensor, weight: GemvNF4, config: GemvConfig | None) -> torc
         SPLIT_K=splits,
         DECODE=DECODES.index(config.decode),
         PREFETCH=config.prefetch,
+        HAS_LORA=lora is not None,
+        BLOCK_R=triton.next_power_of_2(rank),
+        GELU=gelu and splits == 1,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return out.to(x.dtype) if splits > 1 else out
-
-
-_TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _bf16_bits() -> list[int]:
-    """The 16 NF4 code values as bf16 bit patterns (0..65535)."""
-    bits = torch.tensor(NF4_CODE, dtype=torch.float32).to(torch.bfloat16).view(torch.int16)
-    return [int(b) & 0xFFFF for b in bits]
-
-
-def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(16-entry fp32 code, 256-entry int32 byte table) on `device`, made once per device.
-
-    Byte b of a word holds nibble 2i (low) and 2i+1 (high); its table entry holds the low
-    nibble's bf16 in bits 0-15 and the high nibble's in bits 16-31, so each half becomes an
-    fp32 by a shift or a mask.
-    """
-    key = torch.device(device)
-    if key not in _TABLES:
-        bits = _bf16_bits()
-        pairs = [(bits[b >> 4] << 16) | bits[b & 0xF] for b in range(256)]
-        pairs = [p - 2**32 if p >= 2**31 else p for p in pairs]
-        _TABLES[key] = (
-            torch.tensor(NF4_CODE, dtype=torch.float32, device=key),
-            torch.tensor(pairs, dtype=torch.int32, device=key),
-        )
-    return _TABLES[key]
-
-
-def _prmt_asm() -> str:
-    """PTX turning one int32 word ($8) into its 8 nibbles' code values as fp32 ($0..$7).
-
-    Per half-word (4 nibbles): prmt picks each nibble's byte from codes 0-7 and from codes
-    8-15 (selector = nibble & 7), a third prmt picks between the two by the nibble's bit 3;
-    done for the low and the high byte of the bf16 codes, then bytes are interleaved into
-    bf16 pairs and widened to fp32 by a shift or a mask.
-    """
-    bits = _bf16_bits()
-    lo = [b & 0xFF for b in bits]
-    hi = [b >> 8 for b in bits]
-
-    def word(values: list[int]) -> str:
-        return f"0x{values[0] | values[1] << 8 | values[2] << 16 | values[3] << 24:08X}"
-
-    names = ("sel", "s", "c", "la", "lb", "lo", "hi", "pr")
-    lines = ["{", ".reg .b32 gv_t<8>;"] + [f".reg .b32 gv_{r};" for r in names]
-    for i in range(4):
-        lines.append(f"mov.b32 gv_t{i}, {word(lo[4 * i : 4 * i + 4])};")
-        lines.append(f"mov.b32 gv_t{4 + i}, {word(hi[4 * i : 4 * i + 4])};")
-    for half in range(2):
-        lines.append("mov.b32 gv_sel, $8;" if half == 0 else "shr.u32 gv_sel, $8, 16;")
-        lines += [
-            "and.b32 gv_s, gv_sel, 0x7777;",
-            "shr.u32 gv_c, gv_sel, 1;",
-            "and.b32 gv_c, gv_c, 0x4444;",
-            "or.b32 gv_c, gv_c, 0x3210;",
-            "prmt.b32 gv_la, gv_t0, gv_t1, gv_s;",
-            "prmt.b32 gv_lb, gv_t2, gv_t3, gv_s;",
-            "prmt.b32 gv_lo, gv_la, gv_lb, gv_c;",
-            "prmt.b32 gv_la, gv_t4, gv_t5, gv_s;",
-            "prmt.b32 gv_lb, gv_t6, gv_t7, gv_s;",
-            "prmt.b32 gv_hi, gv_la, gv_lb, gv_c;",
-        ]
-        for pair, selector in ((0, "0x5140"), (1, "0x7362")):
-            out = 4 * half + 2 * pair
-            lines += [
-                f"prmt.b32 gv_pr, gv_lo, gv_hi, {selector};",
-                f"shl.b32 ${out}, gv_pr, 16;",
-                f"and.b32 ${out + 1}, gv_pr, 0xFFFF0000;",
-            ]
-    lines.append("}")
-    return "\n".join(lines)
+    if splits == 1:
+        return out
+    return (torch.nn.functional.gelu(out) if gelu else out).to(x.dtype)
 
 
 if triton is not None:
@@ -363,6 +341,12 @@ if triton is not None:
         lut_ptr,
         out_ptr,
         N,
+        t_ptr,
+        b_ptr,
+        R,
+        t_stride,
+        b_stride_n,
+        b_stride_r,
         K: tl.constexpr,
         GROUP: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -371,11 +355,15 @@ if triton is not None:
         SPLIT_K: tl.constexpr,
         DECODE: tl.constexpr,
         PREFETCH: tl.constexpr,
+        HAS_LORA: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        GELU: tl.constexpr,
     ):
         """out[n] (+)= sum_g scale[n, g] * sum_{w, p} code[nib_p(word[n, g, w])] * x[g, p, w].
 
         The tile is (BLOCK_N rows, GPI groups, G/8 words); per word, the 8 nibbles' products
-        are summed before the group's scale multiplies them.
+        are summed before the group's scale multiplies them. With HAS_LORA the first K split
+        also adds sum_r t[r] * b[n, r]; GELU (unsplit only) is applied before the store.
         """
         WPG: tl.constexpr = GROUP // 8
         N_GROUPS: tl.constexpr = K // GROUP
@@ -463,6 +451,15 @@ if triton is not None:
             acc += dot * scale
 
         y = tl.sum(tl.sum(acc, axis=2), axis=0)  # (BN,)
+        if HAS_LORA:  # masked off (no memory read) in the later K splits
+            offs_rk = tl.arange(0, BLOCK_R)
+            r_mask = (offs_rk < R) & (pid_k == 0)
+            low = tl.load(t_ptr + offs_rk * t_stride, mask=r_mask, other=0.0).to(tl.float32)
+            b_at = b_ptr + offs_n[:, None] * b_stride_n + offs_rk[None, :] * b_stride_r
+            b_tile = tl.load(b_at, mask=n_mask[:, None] & r_mask[None, :], other=0.0)
+            y += tl.sum(b_tile.to(tl.float32) * low[None, :], axis=1)
+        if GELU:
+            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
         if SPLIT_K > 1:
             tl.atomic_add(out_ptr + offs_n, y, mask=n_mask, sem="relaxed")
         else:

@@ -2,8 +2,8 @@
 
 A decode step's projections are memory-bound and the best kernel depends on how many rows
 share one read of the weights: one row wants a GEMV that streams the packed bytes once
-(`nf4_mma`'s tensor-core GEMV where NVRTC compiles it, whose epilogue also adds the LoRA update
-and GELU; else `nf4_gemv`), 2-64 rows a kernel that multiplies all rows against each packed tile
+(`nf4_mma`'s tensor-core GEMV where NVRTC compiles it, else `nf4_gemv`; both epilogues also add
+the LoRA update and GELU), 2-64 rows a kernel that multiplies all rows against each packed tile
 (`nf4_matmul`), and a prompt is compute-bound, so bitsandbytes dequantizing once for a cuBLAS
 GEMM wins there. Row counts are fixed per captured CUDA graph, so the choice costs nothing
 per step.
@@ -45,7 +45,7 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
       `nf4_matmul` for 2..`TRITON_MAX_ROWS` rows, `bnb_flat` for prompts. Each kernel keeps its
       own repacked copy of the weights (about 2 x 3.6 GB more for Falcon-7B), the price of
       reading them at full speed at every batch size;
-    - `hybrid_triton_gemv`: `hybrid` with the Triton `nf4_gemv` for one row (no epilogue);
+    - `hybrid_triton_gemv`: `hybrid` with the Triton `nf4_gemv` for one row (its epilogue too);
     - `hybrid_bnb_gemv`: `hybrid` with bitsandbytes' GEMV for one row (one copy fewer);
     - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
     """
@@ -128,12 +128,28 @@ def _triton_linear_factory(loaded: LoadedModel) -> LinearOverride | None:
 
 
 def _gemv(module: torch.nn.Module) -> Linear | None:
-    from app.engine.nf4_gemv import nf4_gemv, pack_gemv
-
+    """The Triton GEMV (callable, plus `.fused(x, lora, gelu)` for its epilogue)."""
     if not _plain_linear4bit(module):
         return None
+    return gemv_linear(module)
+
+
+def gemv_linear(module: torch.nn.Module) -> Linear:
+    """`nf4_gemv` over `module`'s repacked weight, with `.fused(x, lora=None, gelu=False)`:
+    FalconBatch's one-row path hands it the LoRA update and GELU (two launches fewer per
+    projection). The torch reference path serves off CUDA, so tests drive it on CPU."""
+    from app.engine.nf4_gemv import nf4_gemv, pack_gemv
+
     packed = pack_gemv(module)
-    return lambda x: nf4_gemv(x, packed)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return nf4_gemv(x, packed)
+
+    def fused(x: torch.Tensor, lora=None, gelu: bool = False) -> torch.Tensor:  # noqa: ANN001
+        return nf4_gemv(x, packed, lora=lora, gelu=gelu)
+
+    forward.fused = fused
+    return forward
 
 
 def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
