@@ -183,3 +183,21 @@ def test_falcon_decode_through_the_epilogue_equals_the_unfused_path(
     for adapter in ("growth", "income", None):
         assert rel_err(logits[True, adapter], logits[False, adapter]) < 1e-2, adapter
     assert rel_err(logits[True, "growth"], logits[True, None]) > 1e-2  # the adapter acts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the prmt decode runs on a GPU only")
+@pytest.mark.parametrize(("k", "n"), [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)])
+def test_epilogue_on_the_gpu_at_falcon_7b_shapes(k: int, n: int) -> None:
+    """The default launch (prmt decode; split-K on K = 18176) with a rank-64 update read from
+    slot 1 of a stacked B, on the GPU: bf16 within 1e-2 of torch."""
+    module = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    module.weight = bnb.nn.Params4bit(
+        torch.randn(n, k) * 0.02, requires_grad=False, quant_type="nf4", compress_statistics=True
+    ).to("cuda")
+    packed = pack_gemv(module)
+    x, t = torch.randn(1, k, device="cuda").bfloat16(), torch.randn(1, 64, device="cuda").bfloat16()
+    b = stacked_b(n, 64, slots=4).cuda()[:, 64:128]
+    for gelu in (False, True):
+        out = nf4_gemv(x, packed, lora=(t, b), gelu=gelu)
+        assert out.dtype == torch.bfloat16 and out.shape == (1, n)
+        assert rel_err(out, reference(x, module, t, b, gelu)) < 1e-2, gelu
