@@ -7,14 +7,17 @@ token (bench/results/profile-serve-hybrid.txt). `rotate_into_cache` does all of 
 Triton launch: one program per (row, head) rotates its 64 values, query heads go to a fresh
 (B, H, 1, D) tensor, the key head and the value head straight into the cache at the row's
 position. The arithmetic is written as `FalconBatch._split_rotated` does it (`q * cos` and
-`rotate_half(q) * sin` each rounded to the activation dtype, then their sum), but the compiled
-kernel does not round exactly alike: on an H200, 12.6 % of bf16 outputs differ from torch's by
-a step or two of the last bit (median 0.6 % relative, max 0.016 absolute), the size of bf16
-rounding itself; float32 agrees to rounding (tests/engine/test_rotary_cache.py). Where the
-kernel does not run (CPU, several KV heads), the torch path serves.
+`rotate_half(q) * sin` each rounded to the activation dtype, then their sum). Left alone, the
+compiler fused the second product and the sum into one bf16 FMA (one rounding fewer), and on an
+H200 12.6 % of bf16 outputs differed from torch's by a step or two of the last bit; `_product`'s
+`mul.rn` forbids that fusion, so the sm_90 PTX now rounds where torch does (checked on the PTX in
+tests/engine/test_rotary_cache.py, no GPU needed; bit-equality on a GPU is still to be measured).
+Where the kernel does not run (CPU, several KV heads), the torch path serves.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -54,6 +57,7 @@ def rotate_into_cache(
     _rotary_cache[(batch, n_heads + 2)](
         qkv, cos, sin, positions, q, k_cache, v_cache,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(2), H=n_heads, D=head_dim,
+        EXACT=os.environ.get("TRITON_INTERPRET") != "1",
     )  # fmt: skip
     return q
 
@@ -61,9 +65,25 @@ def rotate_into_cache(
 if triton is not None:
 
     @triton.jit
+    def _product(a, b, EXACT: tl.constexpr):
+        """a * b in fp32; with EXACT a `mul.rn`, which the compiler may not fuse into an FMA.
+
+        Left to itself the compiler turns `round(a * b) + other` into one bf16 FMA (PTX for
+        sm_90 showed `fma.rn.bf16`), skipping the rounding torch does after the product.
+        Triton's CPU interpreter runs no inline assembly, hence the plain product there.
+        """
+        if EXACT:
+            return tl.inline_asm_elementwise(
+                "mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True, pack=1
+            )
+        else:
+            return a * b
+
+    @triton.jit
     def _rotary_cache(
         qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         stride_row, stride_slot, stride_pos, H: tl.constexpr, D: tl.constexpr,
+        EXACT: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0)
         head = tl.program_id(1)  # 0..H-1 queries, H the key, H + 1 the value
@@ -79,8 +99,8 @@ if triton is not None:
             rotated = tl.where(i < D // 2, -partner, partner)  # rotate_half (exact in fp32)
             c = tl.load(cos_ptr + pos * D + i)
             s = tl.load(sin_ptr + pos * D + i)
-            first = (x.to(tl.float32) * c.to(tl.float32)).to(x.dtype)
-            second = (rotated * s.to(tl.float32)).to(x.dtype)
+            first = _product(x.to(tl.float32), c.to(tl.float32), EXACT).to(x.dtype)
+            second = _product(rotated, s.to(tl.float32), EXACT).to(x.dtype)
             out = (first.to(tl.float32) + second.to(tl.float32)).to(x.dtype)
             if head == H:
                 tl.store(k_ptr + cache_at, out)

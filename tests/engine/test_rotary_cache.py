@@ -70,3 +70,33 @@ def test_kernel_matches_the_torch_decode_path():
         assert found["q"] < tolerance and found["k"] < tolerance, (dtype, found)
         assert found["q_shape"] == [3, 4, 1, 16]
         assert found["v_equal"] and found["untouched"], (dtype, found)
+
+
+PTX = textwrap.dedent(
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from app.engine.rotary_cache import _rotary_cache
+    pointers = dict.fromkeys(["qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr", "v_ptr"], "*bf16")
+    signature = {**pointers, "pos_ptr": "*i64", "stride_row": "i32", "stride_slot": "i32",
+                 "stride_pos": "i32", "H": "constexpr", "D": "constexpr", "EXACT": "constexpr"}
+    source = ASTSource(_rotary_cache, signature, constexprs={"H": 71, "D": 64, "EXACT": True})
+    print(triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"])
+    """
+)
+
+
+def test_compiled_kernel_rounds_each_product_like_torch():
+    """Falcon-7B's shapes compiled for an H200 (no GPU needed): two rounded fp32 products and a
+    bf16 add, no FMA that would skip the product's rounding torch does."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TRITON_INTERPRET", None)
+    done = subprocess.run(
+        [sys.executable, "-c", PTX], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ptx = done.stdout
+    assert "fma" not in ptx
+    assert ptx.count("mul.rn.f32") == 2
+    assert ptx.count("cvt.rn.bf16.f32") == 2
