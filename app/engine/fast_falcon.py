@@ -351,11 +351,6 @@ class FalconBatch:
                 self.v_cache[index, rows, :, positions] = v[:, :, 0]
             keys = self.k_cache[index, :batch, :, :context]  # (B, KV, T, D)
             values = self.v_cache[index, :batch, :, :context]
-            if self.n_kv == 1:  # H queries of one head: no GQA expansion, a fused kernel may mask
-                out = F.scaled_dot_product_attention(
-                    q.transpose(1, 2), keys, values, attn_mask=visible
-                )  # (B, 1, H, D)
-                return out.transpose(1, 2)
             return F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=visible, enable_gqa=True
             )
