@@ -48,6 +48,7 @@ from app.engine.nf4_matmul import (
     _sm_count,
     nf4_codes,
     nf4_state,
+    reference_row,
     triton_available,
 )
 
@@ -249,11 +250,7 @@ def nf4_gemv(
         lora = _check_lora(lora, weight.out_features)
     lead = x.shape[:-1]
     if not triton_available(x.device):
-        out = x.reshape(1, -1).float() @ dequantize_gemv(weight).T
-        if lora is not None:
-            out = out + lora[0].reshape(1, -1).float() @ lora[1].float().T
-        out = torch.nn.functional.gelu(out) if gelu else out
-        return out.to(x.dtype).reshape(*lead, weight.out_features)
+        return reference_row(x, dequantize_gemv(weight), lora, gelu)
     return _launch(x, weight, config, lora, gelu).reshape(*lead, weight.out_features)
 
 

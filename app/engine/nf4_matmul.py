@@ -155,6 +155,22 @@ def nf4_state(module, max_group: int, per_word: int) -> tuple[Any, int, int, int
     return state, out_features, in_features, group
 
 
+def reference_row(
+    x: torch.Tensor,
+    dense: torch.Tensor,
+    lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gelu: bool = False,
+) -> torch.Tensor:
+    """What the one-row kernels compute, in torch (their CPU path): `x @ dense.T`, plus the
+    LoRA update `t @ B.T` and GELU when asked, in fp32, rounded once to x's dtype, with x's
+    leading dims."""
+    out = x.reshape(1, -1).float() @ dense.T
+    if lora is not None:
+        out = out + lora[0].reshape(1, -1).float() @ lora[1].float().T
+    out = torch.nn.functional.gelu(out) if gelu else out
+    return out.to(x.dtype).reshape(*x.shape[:-1], dense.shape[0])
+
+
 def nf4_codes(module) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes, absmax) of a quantized NF4 `Linear4bit`: uint8 (N, K/2) with element 2j in the
     high nibble, and fp32 per-block scales in flat order, whichever layout bitsandbytes keeps

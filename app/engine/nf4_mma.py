@@ -37,7 +37,7 @@ from functools import cache
 
 import torch
 
-from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state
+from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state, reference_row
 
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
@@ -157,11 +157,7 @@ def nf4_mma_gemv(
         raise ValueError(f"nf4_mma_gemv takes one row of {weight.in_features} values")
     lead = x.shape[:-1]
     if not mma_available(x.device):
-        out = x.reshape(1, -1).float() @ dequantize_mma(weight).T
-        if lora is not None:
-            out = out + lora[0].reshape(1, -1).float() @ lora[1].float().T
-        out = torch.nn.functional.gelu(out) if gelu else out
-        return out.to(x.dtype).reshape(*lead, weight.out_features)
+        return reference_row(x, dequantize_mma(weight), lora, gelu)
     if x.dtype != torch.bfloat16:
         raise ValueError("the tensor-core GEMV takes bf16 activations")
     row = x.reshape(-1).contiguous()
