@@ -10,9 +10,6 @@ NF4-quantized copies of the tiny Falcon's projections (torch reference path on C
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+
+from tests.subprocess_python import run_json
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -121,12 +120,7 @@ def test_triton_epilogue_under_the_interpreter() -> None:
     """
     pytest.importorskip("triton")
     script = INTERPRETER_SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent))
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_json(script, timeout=240)
     assert len(results) == 7
     for _k, n, _split, _gelu, dtype, out_dtype, shape, err, without in results:
         assert out_dtype == dtype and shape == [n]

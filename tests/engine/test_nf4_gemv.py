@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.subprocess_python import run_json
+
 bnb = pytest.importorskip("bitsandbytes")
 
 from app.engine.nf4_gemv import (  # noqa: E402
@@ -169,12 +171,7 @@ def test_triton_kernel_under_the_interpreter():
     """
     pytest.importorskip("triton")
     script = INTERPRETER_SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent))
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_json(script, timeout=240)
     assert len(results) == 11
     for _k, n, _decode, dtype, out_dtype, shape, err in results:
         assert out_dtype == dtype and shape == [n]

@@ -6,15 +6,13 @@ order, absmax block mapping, double-quant offset) shows up as a large relative e
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.subprocess_python import run_json
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -173,12 +171,7 @@ def test_triton_kernel_under_the_interpreter():
     """
     pytest.importorskip("triton")
     script = INTERPRETER_SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent))
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_json(script, timeout=240)
     assert len(results) == 9
     for m, _k, n, dtype, out_dtype, shape, err in results:
         assert out_dtype == dtype and shape == [m, n]

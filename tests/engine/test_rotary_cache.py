@@ -7,14 +7,9 @@ nearest, hence the bf16 tolerance; float32 agrees to rounding); FalconBatch's ow
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.subprocess_python import run_json, run_python
 
 CHECK = textwrap.dedent(
     """
@@ -59,12 +54,7 @@ CHECK = textwrap.dedent(
 
 
 def test_kernel_matches_the_torch_decode_path():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_json(CHECK)
     for dtype, found in report.items():
         tolerance = 1e-6 if "float32" in dtype else 1e-2
         assert found["q"] < tolerance and found["k"] < tolerance, (dtype, found)
@@ -90,13 +80,7 @@ PTX = textwrap.dedent(
 def test_compiled_kernel_rounds_each_product_like_torch():
     """Falcon-7B's shapes compiled for an H200 (no GPU needed): two rounded fp32 products and a
     bf16 add, no FMA that would skip the product's rounding torch does."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("TRITON_INTERPRET", None)
-    done = subprocess.run(
-        [sys.executable, "-c", PTX], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    ptx = done.stdout
+    ptx = run_python(PTX)
     assert "fma" not in ptx
     assert ptx.count("mul.rn.f32") == 2
     assert ptx.count("cvt.rn.bf16.f32") == 2

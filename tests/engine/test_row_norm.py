@@ -3,19 +3,13 @@ step under Triton's CPU interpreter (which truncates where the GPU rounds)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine.row_norm import layer_norm_row
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.subprocess_python import run_json
 
 CHECK = textwrap.dedent(
     """
@@ -36,12 +30,7 @@ CHECK = textwrap.dedent(
 
 
 def test_kernel_matches_torch_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_json(CHECK)
     for key, (rel, shape, dtype) in report.items():
         width, wanted = key.split("-", 1)
         assert shape == [1, 1, int(width)] and dtype == wanted

@@ -6,15 +6,13 @@ in a subprocess at the end). The reference is the model's own PEFT forward and a
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.subprocess_python import run_json
 
 pytest.importorskip("bitsandbytes")
 
@@ -25,8 +23,6 @@ from training.fused_mlp import fused_mlp, mlp_reason  # noqa: E402
 from training.fused_mlp_kernels import up_activation_backward, up_activation_forward  # noqa: E402
 from training.model_build import build_trainable_model  # noqa: E402
 from training.packing import Row, collate  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def build(model_dir: Path, data: Path, tmp_path: Path, *extra: str):
@@ -209,23 +205,16 @@ KERNEL_CHECK = textwrap.dedent(
 )
 
 
-def kernel_report(device: str, env: dict) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", KERNEL_CHECK, device],
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def kernel_report(device: str) -> dict:
+    """The kernels against the torch path on `device` (CPU: under Triton's interpreter)."""
+    return run_json(KERNEL_CHECK, device, interpret=device == "cpu")
 
 
 def test_triton_kernels_under_the_interpreter():
     """Indexing, masks and formulas of the kernels against the torch path. Triton's CPU
     interpreter truncates fp32 -> bf16 where the GPU rounds to nearest, so values agree to
     within a bf16 step here; the CUDA test below asks for the GPU's bit-level agreement."""
-    report = kernel_report("cpu", {"TRITON_INTERPRET": "1"})
+    report = kernel_report("cpu")
     assert len(report) == 4 * 3 + 2 * 2
     for key, value in report.items():
         if key.endswith("-kept"):
@@ -236,7 +225,7 @@ def test_triton_kernels_under_the_interpreter():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels' GPU arithmetic")
 def test_triton_kernels_on_cuda_round_like_torch():
-    report = kernel_report("cuda", {})
+    report = kernel_report("cuda")
     for key, value in report.items():
         if key.endswith("-kept"):
             assert 0.66 < value < 0.74, (key, value)
