@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from app.engine.nf4_gemv_decode import _prmt_asm, _tables
+from app.engine.nf4_gemv_decode import code_tables, prmt_asm
 from app.engine.nf4_matmul import (
     NF4_CODE,
     _sm_count,
@@ -175,7 +175,7 @@ def pack_gemv(
     tn, tg = tile
     if tn < 1 or tg < 1 or tn & (tn - 1) or tg & (tg - 1):
         raise ValueError(f"tile sizes must be powers of two, not {tile}")
-    _tables(device)  # made now, so nf4_gemv never copies host data (CUDA graphs)
+    code_tables(device)  # made now, so nf4_gemv never copies host data (CUDA graphs)
     return GemvNF4(
         _to_tiles(words, tn, tg), _to_tiles(scales.to(scale_dtype), tn, tg),
         n, k, group, blocksize, tn, tg,
@@ -290,7 +290,7 @@ def _launch(
         out = torch.zeros(n, dtype=torch.float32, device=x.device)
     else:
         out = torch.empty(n, dtype=x.dtype, device=x.device)
-    tables = _tables(x.device)
+    tables = code_tables(x.device)
     lut = tables[1] if config.decode == "lut256" else tables[0]
     t, b = lora if lora is not None else (xv, xv)  # placeholders: HAS_LORA=False never reads
     rank = t.numel() if lora is not None else 1
@@ -328,7 +328,7 @@ def _launch(
 
 
 if triton is not None:
-    _PRMT_ASM = tl.constexpr(_prmt_asm())
+    _PRMT_ASM = tl.constexpr(prmt_asm())
 
     @triton.jit
     def _nf4_gemv_kernel(

@@ -13,13 +13,13 @@ from app.engine.nf4_matmul import NF4_CODE
 _TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _bf16_bits() -> list[int]:
+def bf16_code_bits() -> list[int]:
     """The 16 NF4 code values as bf16 bit patterns (0..65535)."""
     bits = torch.tensor(NF4_CODE, dtype=torch.float32).to(torch.bfloat16).view(torch.int16)
     return [int(b) & 0xFFFF for b in bits]
 
 
-def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def code_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(16-entry fp32 code, 256-entry int32 byte table) on `device`, made once per device.
 
     Byte b of a word holds nibble 2i (low) and 2i+1 (high); its table entry holds the low
@@ -28,7 +28,7 @@ def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """
     key = torch.device(device)
     if key not in _TABLES:
-        bits = _bf16_bits()
+        bits = bf16_code_bits()
         pairs = [(bits[b >> 4] << 16) | bits[b & 0xF] for b in range(256)]
         pairs = [p - 2**32 if p >= 2**31 else p for p in pairs]
         _TABLES[key] = (
@@ -38,7 +38,7 @@ def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return _TABLES[key]
 
 
-def _prmt_asm() -> str:
+def prmt_asm() -> str:
     """PTX turning one int32 word ($8) into its 8 nibbles' code values as fp32 ($0..$7).
 
     Per half-word (4 nibbles): prmt picks each nibble's byte from codes 0-7 and from codes
@@ -46,7 +46,7 @@ def _prmt_asm() -> str:
     done for the low and the high byte of the bf16 codes, then bytes are interleaved into
     bf16 pairs and widened to fp32 by a shift or a mask.
     """
-    bits = _bf16_bits()
+    bits = bf16_code_bits()
     lo = [b & 0xFF for b in bits]
     hi = [b >> 8 for b in bits]
 

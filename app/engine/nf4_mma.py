@@ -37,6 +37,7 @@ from functools import cache
 
 import torch
 
+from app.engine.nf4_gemv_decode import bf16_code_bits, code_tables
 from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state, reference_row
 
 TILE_ROWS = 16
@@ -174,22 +175,17 @@ def nf4_mma_gemv(
         block=(32 * warps, 1, 1),
         args=[
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
-            _pairs(x.device), t, b, rank, b.stride(0) if rank else 0, int(gelu),
+            code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0, int(gelu),
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)
 
 
-def _bf16_code_bytes() -> tuple[list[int], list[int]]:
-    bits = torch.tensor(NF4_CODE, dtype=torch.float32).to(torch.bfloat16).view(torch.int16)
-    values = [int(b) & 0xFFFF for b in bits]
-    return [v & 0xFF for v in values], [v >> 8 for v in values]
-
-
 def kernel_source(warps: int, depth: int = DEPTH, decode: int = 1) -> str:
     """The CUDA C++ of the kernel for `warps` warps per block, each keeping `depth` groups'
     loads in flight (plain C++ and PTX, no headers)."""
-    lo, hi = _bf16_code_bytes()
+    bits = bf16_code_bits()
+    lo, hi = [b & 0xFF for b in bits], [b >> 8 for b in bits]
 
     def word(values: list[int]) -> str:
         return f"0x{values[0] | values[1] << 8 | values[2] << 16 | values[3] << 24:08X}u"
@@ -207,16 +203,6 @@ def kernel_source(warps: int, depth: int = DEPTH, decode: int = 1) -> str:
 def _kernel(device_index: int, warps: int, depth: int, decode: int):
     with torch.cuda.device(device_index):
         return torch.cuda._compile_kernel(kernel_source(warps, depth, decode), "nf4_mma_gemv")
-
-
-@cache
-def _pairs(device: torch.device) -> torch.Tensor:
-    """(256,) int32: byte b -> bf16 codes of its low nibble (bits 0-15) and high (16-31)."""
-    lo, hi = _bf16_code_bytes()
-    bits = [lo[i] | hi[i] << 8 for i in range(16)]
-    pairs = [bits[b & 0xF] | bits[b >> 4] << 16 for b in range(256)]
-    values = [p - 2**32 if p >= 2**31 else p for p in pairs]
-    return torch.tensor(values, dtype=torch.int32, device=device)
 
 
 _SOURCE = r"""
