@@ -75,16 +75,23 @@ class GraphedDecode:
         return (*sizes, max_tokens)
 
     def __call__(
-        self, tokens: Sequence[int], positions: Sequence[int], adapters: Sequence[str | None]
+        self,
+        tokens: Sequence[int] | torch.Tensor,
+        positions: Sequence[int],
+        adapters: Sequence[str | None],
     ) -> torch.Tensor:
-        """Logits (B, V) for B running rows; valid until the next call."""
+        """Logits (B, V) for B running rows; valid until the next call.
+
+        `tokens` may already be on the device (a step run ahead feeds the previous step's
+        choice without a round trip through the host).
+        """
         rows = len(tokens)
         size = bucket_up(rows, self.batch_buckets)
         context = bucket_up(max(positions) + 1, self.context_buckets)
         mode = self._mode(adapters)
         self._tokens.zero_()  # padding rows decode token 0 at position 0 of a free slot
         self._positions.zero_()
-        self._tokens[:rows].copy_(torch.tensor(tokens), non_blocking=True)
+        self._tokens[:rows].copy_(torch.as_tensor(tokens), non_blocking=True)
         self._positions[:rows].copy_(torch.tensor(positions), non_blocking=True)
         if mode != "base":
             self._follow_bank()

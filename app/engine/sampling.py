@@ -62,7 +62,7 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch
         keep_all = torch.tensor([k == 0 for k in top_k], device=device).unsqueeze(1)
         scores = scores.masked_fill((scores < kth) & ~keep_all, float("-inf"))
     top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
-    if bool((top_p < 1.0).any()):
+    if any(p.top_p < 1.0 for p in params):  # decided on the host: no wait for the device
         sorted_scores, order = torch.sort(scores, dim=1, descending=True)
         probs = torch.softmax(sorted_scores, dim=1)
         # Drop tokens once the mass before them already exceeds top_p (keep at least one).

@@ -76,13 +76,21 @@ def make_engine(tiny_falcon_dir: Path, **kwargs) -> BatchEngine:  # noqa: ANN003
     return BatchEngine(loaded, max_context_tokens=256, **kwargs)
 
 
-@pytest.mark.parametrize("batch_prefill", [False, True], ids=["one-prefill", "batched-prefill"])
+@pytest.mark.parametrize(
+    ("batch_prefill", "run_ahead"),
+    [(False, False), (True, False), (True, True)],
+    ids=["one-prefill", "batched-prefill", "run-ahead"],
+)
 def test_mixed_adapters_in_one_batch_match_peft_alone(
-    tiny_falcon_dir: Path, packages: dict[str, Path], batch_prefill: bool
+    tiny_falcon_dir: Path, packages: dict[str, Path], batch_prefill: bool, run_ahead: bool
 ) -> None:
+    """Rows leave early and join mid-flight; with run-ahead each step is queued from the
+    previous step's tokens before the host reads them, and the answers must not change."""
     from peft import PeftModel
 
-    engine = make_engine(tiny_falcon_dir, max_batch=4, batch_prefill=batch_prefill)
+    engine = make_engine(
+        tiny_falcon_dir, max_batch=4, batch_prefill=batch_prefill, run_ahead=run_ahead
+    )
     plan = [
         (QUESTIONS[0], "growth", 24),
         (QUESTIONS[1], "income", 9),  # leaves early: a later request takes its slot
@@ -100,6 +108,8 @@ def test_mixed_adapters_in_one_batch_match_peft_alone(
             await engine.close()
 
     results = asyncio.run(run())
+    # Most steps were queued ahead (all but those right after rows joined or left), or none.
+    assert (engine.steps_ahead > engine.steps // 2) if run_ahead else engine.steps_ahead == 0
 
     loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
     reference_model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
@@ -116,8 +126,11 @@ def test_mixed_adapters_in_one_batch_match_peft_alone(
     )
 
 
-def test_a_cancelled_answer_frees_its_slot_for_the_next(tiny_falcon_dir: Path) -> None:
-    engine = make_engine(tiny_falcon_dir, max_batch=1)
+@pytest.mark.parametrize("run_ahead", [False, True], ids=["in-step", "run-ahead"])
+def test_a_cancelled_answer_frees_its_slot_for_the_next(
+    tiny_falcon_dir: Path, run_ahead: bool
+) -> None:
+    engine = make_engine(tiny_falcon_dir, max_batch=1, run_ahead=run_ahead)
 
     async def run() -> tuple[FinishEvent, FinishEvent]:
         first = request(QUESTIONS[0], None, 200)
@@ -245,8 +258,11 @@ def test_batched_prefill_gives_each_prompt_its_own_logits_and_cache(
         assert torch.allclose(cached, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_sampled_answers_share_a_batch_and_a_seeded_one_repeats(tiny_falcon_dir: Path) -> None:
-    engine = make_engine(tiny_falcon_dir, max_batch=4)
+@pytest.mark.parametrize("run_ahead", [False, True], ids=["in-step", "run-ahead"])
+def test_sampled_answers_share_a_batch_and_a_seeded_one_repeats(
+    tiny_falcon_dir: Path, run_ahead: bool
+) -> None:
+    engine = make_engine(tiny_falcon_dir, max_batch=4, run_ahead=run_ahead)
 
     def sampled(seed: int | None) -> GenerationRequest:
         return GenerationRequest(
@@ -265,3 +281,24 @@ def test_sampled_answers_share_a_batch_and_a_seeded_one_repeats(tiny_falcon_dir:
     results = asyncio.run(run())
     assert all(f.reason in ("length", "stop") and f.completion_tokens >= 1 for f, _ in results)
     assert results[0][0].text == results[3][0].text  # the same seed, the same answer
+
+
+def test_run_ahead_stops_at_the_end_of_the_cache_with_the_same_answer(
+    tiny_falcon_dir: Path,
+) -> None:
+    """A row that fills its cache slot ends there, run ahead or not, with the same text."""
+
+    async def answer(run_ahead: bool) -> tuple[FinishEvent, int]:
+        engine = make_engine(tiny_falcon_dir, max_batch=2, run_ahead=run_ahead)
+        try:
+            finish, _ = await collect(engine, request(QUESTIONS[2], None, 1000))
+            return finish, engine.steps_ahead
+        finally:
+            await engine.close()
+
+    (plain, _), (ahead, steps_ahead) = asyncio.run(answer(False)), asyncio.run(answer(True))
+    assert plain.reason == ahead.reason == "length"
+    # Every token but the last went through the cache, which holds 256.
+    assert plain.prompt_tokens + plain.completion_tokens - 1 == 256
+    assert ahead.text == plain.text
+    assert steps_ahead > 0
