@@ -397,8 +397,7 @@ class BatchEngine(LocalEngine):
         ):
             return False
         return any(
-            row.decoder.completion + 1 < row.decoder.request.sampling.max_new_tokens
-            for row in rows
+            row.decoder.completion + 1 < row.decoder.request.sampling.max_new_tokens for row in rows
         )
 
     @staticmethod
