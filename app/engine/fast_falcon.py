@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine import rotary_cache
+from app.engine.low_rank_row import low_rank_row
 from app.engine.lora_bank import LoraBank, read_peft_factors
 from app.engine.peft_layout import adapter_reason, base_model
 from app.engine.row_norm import layer_norm_row
@@ -173,7 +174,7 @@ class FalconBatch:
         factors = None if slot is None else self.lora.slot_factors(index, name, slot)
         if factors is None:
             return None
-        return (F.linear(x, factors[0]) if low is None else low), factors[1]
+        return (low_rank_row(x, factors[0]) if low is None else low), factors[1]
 
     def _shared_low(
         self, h: torch.Tensor, index: int, mask: torch.Tensor | int | None
@@ -188,7 +189,7 @@ class FalconBatch:
         stacked = self.lora.shared_a(index, SHARED_INPUT, mask)
         if stacked is None:
             return None, None
-        first, second = F.linear(h, stacked).chunk(2, dim=-1)
+        first, second = low_rank_row(h, stacked).chunk(2, dim=-1)
         return first, second
 
     def _split_rotated(

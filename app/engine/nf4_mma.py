@@ -43,6 +43,7 @@ from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state, reference_row
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
+PER_SM = 0  # blocks per SM (0: one block per row tile, each filling its own table)
 GROUP = 64  # k per scale: one lane's 16 bytes hold its four 16-wide k steps of a group
 _FP16_TINY = 2.0**-14
 _FP16_BIG = 60000.0
@@ -135,7 +136,7 @@ def nf4_mma_gemv(
     *,
     lora: tuple[torch.Tensor, torch.Tensor] | None = None,
     gelu: bool = False,
-    config: tuple[int, int, int] | None = None,
+    config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation), optionally plus a
     LoRA update and through GELU, all before the one rounding.
@@ -149,7 +150,9 @@ def nf4_mma_gemv(
             slice of `LoraBank`'s stacked B is fine): adds t B.T.
         gelu: apply exact (erf) GELU to the result.
         config: (warps per block, groups each warp loads ahead, decode 0 = byte permutes /
-            1 = shared-memory table) for benchmarks; by default `WARPS`, `DEPTH`, 1.
+            1 = shared-memory table, blocks per SM: 0 = one block per row tile, else that
+            many blocks per SM each serving several tiles) for benchmarks; by default
+            `WARPS`, `DEPTH`, 1, `PER_SM`.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -169,13 +172,15 @@ def nf4_mma_gemv(
         rank = t.numel()
         if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
             raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
-    warps, depth, decode = config or (WARPS, DEPTH, 1)
+    warps, depth, decode, per_sm = config or (WARPS, DEPTH, 1, PER_SM)
+    tiles = weight.out_features // TILE_ROWS
+    blocks = min(tiles, per_sm * _sm_count(x.device)) if per_sm else tiles
     _kernel(x.device.index or 0, warps, depth, decode)(
-        grid=(weight.out_features // TILE_ROWS, 1, 1),
+        grid=(blocks, 1, 1),
         block=(32 * warps, 1, 1),
         args=[
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
-            code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0, int(gelu),
+            code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0, int(gelu), tiles,
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)
@@ -197,6 +202,11 @@ def kernel_source(warps: int, depth: int = DEPTH, decode: int = 1) -> str:
     source = _SOURCE.replace("@TABLES@", tables).replace("@WARPS@", str(warps))
     source = source.replace("@DEPTH@", str(depth))
     return f"#define DECODE {decode}\n{source}"
+
+
+@cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @cache
@@ -296,85 +306,106 @@ __device__ __forceinline__ void load_scales(const unsigned short *s, int g,
   asm("ld.global.nc.u16 %0, [%1];" : "=h"(out[1]) : "l"(s + g + 8));
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
-nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
-             const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
-             const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
-             const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu) {
-  __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
-  __shared__ float partial[WARPS * 16];
-  const int tile = blockIdx.x, tiles = gridDim.x;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int g = lane >> 2, t = lane & 3;
-  const unsigned *w = words + ((long long)tile * 32 + lane) * 4;  // + q * tiles * 128
-  const unsigned short *s = scales + tile * 16;  // + q * tiles * 16
-  const long long word_step = (long long)tiles * 128;
-  float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
-
-  // DEPTH groups' words, x fragments and scales are loaded ahead of the group being
-  // multiplied (more than one in flight cost occupancy and was slower on an H200).
-  unsigned u[DEPTH][4], b[DEPTH][8];
-  unsigned short sc[DEPTH][2];
+// DEPTH groups' words, x fragments and scales of one tile, loaded ahead of their use.
+__device__ __forceinline__ void preload(const unsigned *w, const unsigned short *s,
+                                        const unsigned *x, long long word_step, int tiles,
+                                        int first, int groups, int g, int t,
+                                        unsigned (*u)[4], unsigned (*b)[8],
+                                        unsigned short (*sc)[2]) {
 #pragma unroll
   for (int d = 0; d < DEPTH; ++d) {
-    const int q = warp + d * WARPS;
+    const int q = first + d * WARPS;
     if (q < groups) {
       load16(w + q * word_step, u[d][0], u[d][1], u[d][2], u[d][3]);
       load_x(x, q, g, t, b[d]);
       load_scales(s + q * tiles * 16, g, sc[d]);
     }
   }
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
+             const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
+             const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
+             const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu,
+             int tiles) {
+  __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
+  __shared__ float partial[WARPS * 16];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const long long word_step = (long long)tiles * 128;
+  // A block serves tiles blockIdx.x, + gridDim.x, ...: with fewer blocks than tiles the
+  // shared table is filled once for several tiles.
+  int tile = blockIdx.x;
+  // DEPTH groups' words, x fragments and scales are loaded ahead of the group being
+  // multiplied (more than one in flight cost occupancy and was slower on an H200); the
+  // first tile's are on their way while the table fills.
+  unsigned u[DEPTH][4], b[DEPTH][8];
+  unsigned short sc[DEPTH][2];
+  preload(words + ((long long)tile * 32 + lane) * 4, scales + tile * 16, x, word_step, tiles,
+          warp, groups, g, t, u, b, sc);
   for (int i = threadIdx.x; i < 256 * 32; i += WARPS * 32) table[i] = pairs[i >> 5];
   __syncthreads();
   const unsigned *lut = table + lane;
 
-  for (int base = warp; base < groups; base += DEPTH * WARPS) {
+  for (; tile < tiles; tile += gridDim.x) {
+    const unsigned *w = words + ((long long)tile * 32 + lane) * 4;  // + q * tiles * 128
+    const unsigned short *s = scales + tile * 16;  // + q * tiles * 16
+    float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
+    for (int base = warp; base < groups; base += DEPTH * WARPS) {
 #pragma unroll
-    for (int d = 0; d < DEPTH; ++d) {
-      const int q = base + d * WARPS;
-      if (q < groups) {
-        unsigned cur[4] = {u[d][0], u[d][1], u[d][2], u[d][3]};
-        unsigned xb[8];
+      for (int d = 0; d < DEPTH; ++d) {
+        const int q = base + d * WARPS;
+        if (q < groups) {
+          unsigned cur[4] = {u[d][0], u[d][1], u[d][2], u[d][3]};
+          unsigned xb[8];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) xb[j] = b[d][j];
-        const float s0 = half_to_float(sc[d][0]), s1 = half_to_float(sc[d][1]);
-        const int ahead = q + DEPTH * WARPS;
-        if (ahead < groups) {
-          load16(w + ahead * word_step, u[d][0], u[d][1], u[d][2], u[d][3]);
-          load_x(x, ahead, g, t, b[d]);
-          load_scales(s + ahead * tiles * 16, g, sc[d]);
+          for (int j = 0; j < 8; ++j) xb[j] = b[d][j];
+          const float s0 = half_to_float(sc[d][0]), s1 = half_to_float(sc[d][1]);
+          const int ahead = q + DEPTH * WARPS;
+          if (ahead < groups) {
+            load16(w + ahead * word_step, u[d][0], u[d][1], u[d][2], u[d][3]);
+            load_x(x, ahead, g, t, b[d]);
+            load_scales(s + ahead * tiles * 16, g, sc[d]);
+          }
+          float c[4][4];  // four independent products: no chain of dependent mma latencies
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+            mma(c[j][0], c[j][1], c[j][2], c[j][3], cur[j], xb[2 * j], xb[2 * j + 1], lut);
+          }
+          acc0 += s0 * ((c[0][0] + c[1][0]) + (c[2][0] + c[3][0]));  // lanes with t == 0
+          acc1 += s1 * ((c[0][2] + c[1][2]) + (c[2][2] + c[3][2]));
         }
-        float c[4][4];  // four independent products: no chain of dependent mma latencies
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
-          mma(c[j][0], c[j][1], c[j][2], c[j][3], cur[j], xb[2 * j], xb[2 * j + 1], lut);
-        }
-        acc0 += s0 * ((c[0][0] + c[1][0]) + (c[2][0] + c[3][0]));  // lanes with t == 0
-        acc1 += s1 * ((c[0][2] + c[1][2]) + (c[2][2] + c[3][2]));
       }
     }
-  }
+    const int next = tile + gridDim.x;  // the next tile's first loads fly during the epilogue
+    if (next < tiles)
+      preload(words + ((long long)next * 32 + lane) * 4, scales + next * 16, x, word_step,
+              tiles, warp, groups, g, t, u, b, sc);
 
-  if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
-  __syncthreads();
-  // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
-  // folded into B) and GELU, in fp32, rounded once.
-  for (int r = warp; r < 16; r += WARPS) {
-    float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
-    const unsigned short *b_row = lora_b + (long long)(tile * 16 + r) * b_stride;
-    for (int i = lane; i < rank; i += 32) sum += bf16_to_float(lora_t[i]) * bf16_to_float(b_row[i]);
+    if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
+    __syncthreads();
+    // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
+    // folded into B) and GELU, in fp32, rounded once.
+    for (int r = warp; r < 16; r += WARPS) {
+      float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
+      const unsigned short *b_row = lora_b + (long long)(tile * 16 + r) * b_stride;
+      for (int i = lane; i < rank; i += 32)
+        sum += bf16_to_float(lora_t[i]) * bf16_to_float(b_row[i]);
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      float other;
-      asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
-                   : "=f"(other) : "f"(sum), "r"(off));
-      sum += other;
+      for (int off = 16; off > 0; off >>= 1) {
+        float other;
+        asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
+                     : "=f"(other) : "f"(sum), "r"(off));
+        sum += other;
+      }
+      if (lane == 0) {
+        if (gelu) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
+        out[tile * 16 + r] = float_to_bf16(sum);
+      }
     }
-    if (lane == 0) {
-      if (gelu) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
-      out[tile * 16 + r] = float_to_bf16(sum);
-    }
+    __syncthreads();  // partial is rewritten by the next tile
   }
 }
 """
