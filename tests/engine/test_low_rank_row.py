@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -45,3 +46,15 @@ def test_torch_serves_off_cuda_and_for_several_rows():
     a = torch.randn(8, 64, dtype=torch.bfloat16)
     for x in (torch.randn(1, 64, dtype=torch.bfloat16), torch.randn(3, 64, dtype=torch.bfloat16)):
         assert torch.equal(low_rank_row(x, a), F.linear(x, a))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernel runs on a GPU only")
+@pytest.mark.parametrize(("rank", "width"), [(128, 4544), (64, 4544), (64, 18176)])
+def test_kernel_on_the_gpu_at_falcon_7b_shapes(rank: int, width: int) -> None:
+    """Compiled for the card (the interpreter test checks the logic, this the real launch)."""
+    x = torch.randn(1, 1, width, device="cuda").bfloat16()
+    a = (torch.randn(rank, width, device="cuda") / width**0.5).bfloat16()
+    got = low_rank_row(x, a)
+    want = F.linear(x.float(), a.float())
+    assert got.shape == (1, 1, rank) and got.dtype == torch.bfloat16
+    assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
