@@ -162,7 +162,24 @@ async def profile_one_stream(engine: BatchEngine, loaded: LoadedModel, out: Path
         result = await one_stream(engine, request())
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=60)
     tokens = result["finish"].completion_tokens
-    out.write_text(f"one stream, adapter a0, {tokens} tokens (prefill included)\n{table}\n")
+    text = f"one stream, adapter a0, {tokens} tokens (prefill included)\n{table}\n"
+
+    # Eight prompts over four adapters arriving together: one batched prefill and the first
+    # token, what the TTFT of a burst of users is made of. By host time: prefill is eager.
+    def burst() -> list[GenerationRequest]:
+        return [
+            text_request(tok, prompt_ids(tok, 32 + (i % 5) * 8, shift=i), f"a{i % ADAPTERS}", 1)
+            for i in range(8)
+        ]
+
+    await asyncio.gather(*(one_stream(engine, r) for r in burst()))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        await asyncio.gather(*(one_stream(engine, r) for r in burst()))
+        wall_ms = 1000 * (time.perf_counter() - started)
+    table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=40)
+    text += f"\neight prompts, four adapters, first token only: {wall_ms:.1f} ms\n{table}\n"
+    out.write_text(text)
 
 
 def shared_prefix_tokens(tokenizer: Any, reference: list[int], text: str) -> int:

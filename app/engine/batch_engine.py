@@ -307,11 +307,15 @@ class BatchEngine(LocalEngine):
                     for i, (_, prepared) in enumerate(starting)
                 ]
             )
-        for row, row_logits in zip(self._rows[first:], logits, strict=True):
+        rows = self._rows[first:]
+        chosen = LaunchedStep.start(rows, logits, self._choose(logits, rows)).tokens()
+        for index, row in enumerate(rows):
             # A row that ends at its first token leaves a hole that `_compact` fills, so the
             # remaining rows and their cache slots stay aligned.
-            row.decoder.push(row_logits)
+            _push(row, logits[index], chosen[index])
         self._compact()
+        # First tokens go out now, not after the decode step that follows in this turn.
+        self._flush()
 
     def _prepare_job(self, job: _Job) -> tuple[SequenceDecoder, PreparedRequest] | None:
         """A waiting request ready to prefill, or None when it already ended (with its event)."""
@@ -353,10 +357,7 @@ class BatchEngine(LocalEngine):
             if row.decoder.finished:  # ended while the step ran (its adapter was unloaded)
                 continue
             row.length += 1
-            if row.decoder.request.sampling.seed is not None:
-                row.decoder.push(launched.logits[index])  # its own generator: the answer repeats
-            else:
-                row.decoder.push_token(chosen[index])
+            _push(row, launched.logits[index], chosen[index])
             if row.length >= max_tokens and not row.decoder.finished:
                 row.decoder.finish("length")
         self._compact()
@@ -445,6 +446,8 @@ class BatchEngine(LocalEngine):
                 self._ready_batch.move(last, index)
                 self._rows[index] = self._rows[last]
             self._rows.pop()
+        if not self._rows:
+            self._ahead = None  # a step run ahead for rows that all ended: nobody reads it
 
     def _fail_running(self, error: str) -> None:
         """End every running answer with `error`; waiting requests keep their turn."""
@@ -460,6 +463,15 @@ class BatchEngine(LocalEngine):
             self._waiting.popleft().emit(FinishEvent("error", "", 0, 0, error=error))
             with self._pending_lock:
                 self._pending -= 1
+
+
+def _push(row: _Row, logits: torch.Tensor, chosen: int) -> None:
+    """Give a row its next token: the batch's choice, or for a seeded row a draw from its own
+    generator over its logits (so the same seed repeats the answer)."""
+    if row.decoder.request.sampling.seed is not None:
+        row.decoder.push(logits)
+    else:
+        row.decoder.push_token(chosen)
 
 
 _Outgoing = tuple["asyncio.Queue[Event]", Any, Event]

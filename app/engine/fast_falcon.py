@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine import rotary_cache
-from app.engine.low_rank_row import low_rank_row
 from app.engine.lora_bank import LoraBank, read_peft_factors
+from app.engine.low_rank_row import low_rank_row
 from app.engine.peft_layout import adapter_reason, base_model
 from app.engine.row_norm import layer_norm_row
 
@@ -273,6 +273,8 @@ class FalconBatch:
         slots: Sequence[int],
         prompts: Sequence[Sequence[int]],
         adapters: Sequence[str | None],
+        *,
+        stacked_lora: bool | None = None,
     ) -> torch.Tensor:
         """Several new sequences' prompts in one forward; logits (N, V), one row each.
 
@@ -280,6 +282,13 @@ class FalconBatch:
         cache entries (past the row's length) are overwritten by decode before anything
         reads them. One forward reads (and, under bitsandbytes, dequantizes) every weight
         once for all N prompts, where N single prefills would each pay for it.
+
+        Args:
+            stacked_lora: add mixed adapters through the stacked layout with a row mask (one
+                pair of GEMMs per projection) instead of PEFT's way per adapter (a gather,
+                two GEMMs and a scatter each). None: on CUDA, where a prefill is bound by
+                launching its kernels and that saves ~140 launches a layer with four
+                adapters; on CPU the per-adapter way keeps results equal to PEFT's.
         """
         lengths = [len(p) for p in prompts]
         longest = max(lengths)
@@ -302,8 +311,15 @@ class FalconBatch:
             self.v_cache[index, slots_t, :, :longest] = v
             return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
 
+        named = [a for a in adapters if a is not None]
+        if stacked_lora is None:
+            stacked_lora = self.device.type == "cuda" and len(set(adapters)) > 1
+        per_row: list[str | None] | None = list(adapters)
+        mask: torch.Tensor | None = None
+        if stacked_lora and named:
+            per_row, mask = None, self.lora.row_mask(adapters, len(prompts)).unsqueeze(1)
         for index in range(len(self.layers)):
-            x = self._block(index, x, attend, list(adapters), None)
+            x = self._block(index, x, attend, per_row, mask)
         last = x[torch.arange(len(prompts), device=self.device), lengths_t - 1]  # (N, C)
         return self._logits(last)
 

@@ -43,7 +43,8 @@ from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state, reference_row
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
-PER_SM = 0  # blocks per SM (0: one block per row tile, each filling its own table)
+PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
+# one block per tile by 1-13 % per Falcon-7B shape on an H200 (nf4-mma.json's sweep)
 GROUP = 64  # k per scale: one lane's 16 bytes hold its four 16-wide k steps of a group
 _FP16_TINY = 2.0**-14
 _FP16_BIG = 60000.0

@@ -242,14 +242,17 @@ def test_single_adapter_layout_equals_per_adapter_updates(
     assert torch.allclose(one, eager, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("stacked_lora", [False, True], ids=["per-adapter", "stacked"])
 def test_batched_prefill_gives_each_prompt_its_own_logits_and_cache(
-    tiny_falcon_dir: Path, packages: dict[str, Path]
+    tiny_falcon_dir: Path, packages: dict[str, Path], stacked_lora: bool
 ) -> None:
+    """Each prompt of a mixed batch gets what it gets alone, whether the adapters are added
+    per adapter (PEFT's way) or through the stacked layout with a row mask (CUDA's way)."""
     batch = two_adapter_batch(tiny_falcon_dir, packages, slots=6)
     torch.manual_seed(3)
     prompts = [torch.randint(0, 1000, (n,)).tolist() for n in (7, 1, 12)]
     adapters = ["growth", None, "income"]
-    together = batch.prefill_many([0, 1, 2], prompts, adapters)
+    together = batch.prefill_many([0, 1, 2], prompts, adapters, stacked_lora=stacked_lora)
     for row, (prompt, adapter) in enumerate(zip(prompts, adapters, strict=True)):
         alone = batch.prefill(3 + row, prompt, adapter)
         assert torch.allclose(together[row], alone, atol=1e-4, rtol=1e-4)
