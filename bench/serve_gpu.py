@@ -287,7 +287,9 @@ def main() -> int:  # noqa: PLR0915
     parser.add_argument("--variants", default="bnb,bnb_flat,triton,hybrid")
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument(
-        "--profile", action="store_true", help="kernels of one-stream decode: profile-serve.txt"
+        "--profile",
+        action="store_true",
+        help="kernels of one-stream decode and of a burst of 8 prompts: profile-serve-VARIANT.txt",
     )
     args = parser.parse_args()
     args.baseline_tokens = 8 if args.smoke else 48
@@ -352,6 +354,8 @@ def main() -> int:  # noqa: PLR0915
 
         try:
             section.update(asyncio.run(load_and_measure()))
+            # Decode steps queued before the previous step's tokens reached the host.
+            section["steps_run_ahead_share"] = engine.steps_ahead / max(1, engine.steps)
             if args.profile:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 target = args.out.parent / f"profile-serve-{variant}.txt"

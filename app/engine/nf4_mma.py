@@ -9,9 +9,10 @@ bank, and one `mma` multiplies 256 weights. The activation row is the mma's othe
 (column 0 of 8; the rest zero), so the tensor cores do eight times the useful work, which they
 have to spare. Byte permutes on register constants (`prmt`, `decode=0`) were 10-35 % slower.
 
-Measured on two H200 hosts (bench/results/nf4-mma.json is the second): 10.6-11.3 us on
-4544x4544 and 26.5-32 us on the MLP shapes, 0.9-1.0x of the Triton GEMV's time (2.5-2.7
-against 2.8 ms of GEMVs per Falcon-7B token); 23-39 % of copy bandwidth, where a plain read of
+Measured on H200 hosts (bench/results/nf4-mma.json is the latest): 11.3 us on 4544x4544 and
+25.8-31.1 us on the MLP shapes with two blocks per SM (`PER_SM`: each block fills the table
+once for several row tiles; one block per tile was 1-13 % slower), 2.55 against the Triton
+GEMV's 2.79 ms of GEMVs per Falcon-7B token; 23-40 % of copy bandwidth, where a plain read of
 the same bytes reaches 55-75 %. What is left is decode and mma issue: loads alone took 16 us of
 the 38 on 18176x4544 before the table. The optional epilogue (LoRA update, GELU) costs 1-2 us
 and saves the 4-5 us of a separate addmm and GELU.
