@@ -249,6 +249,10 @@ class BatchEngine(LocalEngine):
                 self._waiting.append(item)
 
     def _run_control(self, item: _Control) -> None:
+        if self._ahead is not None:
+            # The step queued ahead reads the adapter factors and graphs a load or unload
+            # replaces: let it finish first (its tokens stay to be read).
+            self._ahead.tokens()
         try:
             item.done.set_result(item.action())
         except Exception as exc:  # noqa: BLE001 - handed back to the awaiting caller
