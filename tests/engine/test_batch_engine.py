@@ -46,7 +46,7 @@ async def collect(engine: BatchEngine, req: GenerationRequest) -> tuple[FinishEv
 
 def peft_reference(model, tokenizer, prompt_ids: list[int], adapter: str | None, n: int) -> str:  # noqa: ANN001
     """Plain PEFT: transformers `generate` with the adapter switched on (or all off)."""
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
     kwargs = {"attention_mask": torch.ones_like(ids), "max_new_tokens": n, "do_sample": False}
     if adapter is None:
         with model.disable_adapter():
