@@ -30,9 +30,25 @@ SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N) pe
 SMOKE_SHAPES = [(256, 64), (128, 96)]
 ROTATE_BYTES = 256 << 20
 LAYERS = 32
-# (warps, depth, decode, blocks per SM): the default, then blocks that serve several tiles
-# and so fill their shared table once for all of them.
-SWEEP = [(16, 1, 1, 0), (16, 1, 1, 2), (16, 1, 1, 1), (16, 1, 1, 3), (8, 1, 1, 3)]
+# (warps, depth, decode, blocks per SM): the default, then deeper register pipelines at
+# finer block sizes (a block of 16 warps that needs more registers drops a whole block per SM).
+SWEEP = [
+    (16, 1, 1, 2), (16, 2, 1, 2), (16, 2, 1, 1), (8, 2, 1, 3), (8, 2, 1, 4),
+    (8, 3, 1, 3), (8, 4, 1, 3), (4, 2, 1, 6), (4, 4, 1, 6),
+]  # fmt: skip
+
+
+def kernel_registers(config: tuple[int, int, int, int]) -> int:
+    """Registers per thread of the compiled kernel (they bound how many blocks fit an SM)."""
+    import ctypes
+
+    from app.engine.nf4_mma import _kernel
+
+    function = _kernel(torch.cuda.current_device(), *config[:3]).func
+    count = ctypes.c_int()
+    runtime = torch.cuda._utils._get_gpu_runtime_library()
+    runtime.cuFuncGetAttribute(ctypes.byref(count), 4, function)  # CU_FUNC_ATTRIBUTE_NUM_REGS
+    return count.value
 
 
 def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
@@ -72,6 +88,7 @@ def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
                 entry["rel_err"] = rel_err(out, ref)
                 calls = [lambda p=p, c=config: nf4_mma_gemv(x, p, config=c) for p in mma_packs]
                 entry["us"] = timer.time_us(calls)
+                entry["registers"] = kernel_registers(config)
                 entry["pct_copy"] = 100 * moved / entry["us"] / 1e3 / copy
             except Exception as exc:  # noqa: BLE001
                 entry["error"] = short(exc)

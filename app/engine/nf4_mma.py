@@ -9,16 +9,19 @@ bank, and one `mma` multiplies 256 weights. The activation row is the mma's othe
 (column 0 of 8; the rest zero), so the tensor cores do eight times the useful work, which they
 have to spare. Byte permutes on register constants (`prmt`, `decode=0`) were 10-35 % slower.
 
-Measured on H200 hosts (bench/results/nf4-mma.json is the latest): 11.3 us on 4544x4544 and
-25.8-31.1 us on the MLP shapes with two blocks per SM (`PER_SM`: each block fills the table
-once for several row tiles; one block per tile was 1-13 % slower), 2.55 against the Triton
-GEMV's 2.79 ms of GEMVs per Falcon-7B token; 23-40 % of copy bandwidth, where a plain read of
+Measured on H200 hosts (bench/results/nf4-mma.json is the latest): 11.3-11.4 us on 4544x4544
+and 25.8-31.4 us on the MLP shapes with two blocks per SM (`PER_SM`: each block fills the
+table once for several row tiles; one block per tile was 1-13 % slower), 2.55-2.57 against the
+Triton GEMV's 2.79-2.81 ms of GEMVs per Falcon-7B token; 23-40 % of copy bandwidth (53
+registers a thread: no third block of 16 warps fits an SM's registers), where a plain read of
 the same bytes reaches 55-75 %. What is left is decode and mma issue: loads alone took 16 us of
 the 38 on 18176x4544 before the table. Nor is it latency: a variant (commit 0c7fd2a, reverted)
 that kept each warp's next six groups in flight as TMA bulk copies into shared memory gave the
 same answers but was 5-8 % slower than register loads at the same occupancy (one block of 16
-warps per SM: 15.4 against 14.7 us, 40.8 against 37.9). The optional epilogue (LoRA update,
-GELU) costs 1-2 us and saves the 4-5 us of a separate addmm and GELU.
+warps per SM: 15.4 against 14.7 us, 40.8 against 37.9); two groups ahead in registers at the
+same occupancy (64 registers) was 3 % slower, and deeper pipelines at 4-8 warps per block
+8-56 % slower. The optional epilogue (LoRA update, GELU) costs 1-2 us and saves the 4-5 us of
+a separate addmm and GELU.
 Layout (`pack_mma` from a bitsandbytes `Linear4bit`): rows in tiles of 16, K in groups of 64
 (the NF4 scale block). For row tile r and group g, the 32 lanes of a warp each read 16 bytes:
 four words, one per 16-wide k step, each holding the lane's eight nibbles of the mma A fragment
