@@ -76,6 +76,54 @@ def make_engine(tiny_falcon_dir: Path, **kwargs) -> BatchEngine:  # noqa: ANN003
     return BatchEngine(loaded, max_context_tokens=256, **kwargs)
 
 
+PLAN = [
+    (QUESTIONS[0], "growth", 24),
+    (QUESTIONS[1], "income", 9),  # leaves early: a later request takes its slot
+    (QUESTIONS[2], None, 30),
+    (QUESTIONS[3], "growth", 5),
+    (QUESTIONS[4], "income", 20),  # waits for a slot (max_batch 4), joins mid-flight
+]
+"""(question, adapter, new tokens) answered together by an engine of four slots."""
+
+
+def answer_plan(engine: BatchEngine, packages: dict[str, Path]) -> list[tuple[FinishEvent, str]]:
+    """Load the adapters, answer every request of `PLAN` at once, close the engine."""
+
+    async def run() -> list[tuple[FinishEvent, str]]:
+        for name, path in packages.items():
+            await engine.load_adapter(name, path, PromptFormat.ALPACA)
+        try:
+            return await asyncio.gather(*(collect(engine, request(q, a, n)) for q, a, n in PLAN))
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
+def peft_model(base: Path, packages: dict[str, Path], **load: str):  # noqa: ANN201
+    """The base with both adapters through PEFT, and its tokenizer: the reference."""
+    from peft import PeftModel
+
+    loaded = load_base_model(str(base), **load)
+    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
+    model.load_adapter(str(packages["income"]), adapter_name="income")
+    return model.eval(), loaded.tokenizer
+
+
+def assert_plan_matches_peft(
+    engine: BatchEngine,
+    results: list[tuple[FinishEvent, str]],
+    model,
+    tokenizer,  # noqa: ANN001
+) -> None:
+    """Each answer, streamed and final, is what PEFT `generate` gives its request alone."""
+    for (question, adapter, tokens), (finish, streamed) in zip(PLAN, results, strict=True):
+        prompt_ids = engine.prepare(request(question, adapter, tokens)).prompt_ids
+        expected = peft_reference(model, tokenizer, prompt_ids, adapter, tokens)
+        assert finish.reason in ("length", "stop"), finish
+        assert finish.text == streamed == expected, (question, adapter)
+
+
 @pytest.mark.parametrize(
     ("batch_prefill", "run_ahead"),
     [(False, False), (True, False), (True, True)],
@@ -86,43 +134,17 @@ def test_mixed_adapters_in_one_batch_match_peft_alone(
 ) -> None:
     """Rows leave early and join mid-flight; with run-ahead each step is queued from the
     previous step's tokens before the host reads them, and the answers must not change."""
-    from peft import PeftModel
-
     engine = make_engine(
         tiny_falcon_dir, max_batch=4, batch_prefill=batch_prefill, run_ahead=run_ahead
     )
-    plan = [
-        (QUESTIONS[0], "growth", 24),
-        (QUESTIONS[1], "income", 9),  # leaves early: a later request takes its slot
-        (QUESTIONS[2], None, 30),
-        (QUESTIONS[3], "growth", 5),
-        (QUESTIONS[4], "income", 20),  # waits for a slot (max_batch 4), joins mid-flight
-    ]
-
-    async def run() -> list[tuple[FinishEvent, str]]:
-        for name, path in packages.items():
-            await engine.load_adapter(name, path, PromptFormat.ALPACA)
-        try:
-            return await asyncio.gather(*(collect(engine, request(q, a, n)) for q, a, n in plan))
-        finally:
-            await engine.close()
-
-    results = asyncio.run(run())
+    results = answer_plan(engine, packages)
     # Most steps were queued ahead (all but those right after rows joined or left), or none.
     assert (engine.steps_ahead > engine.steps // 2) if run_ahead else engine.steps_ahead == 0
-
-    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
-    reference_model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
-    reference_model.load_adapter(str(packages["income"]), adapter_name="income")
-    reference_model.eval()
-    for (question, adapter, tokens), (finish, streamed) in zip(plan, results, strict=True):
-        prompt_ids = engine.prepare(request(question, adapter, tokens)).prompt_ids
-        expected = peft_reference(reference_model, loaded.tokenizer, prompt_ids, adapter, tokens)
-        assert finish.reason in ("length", "stop"), finish
-        assert finish.text == streamed == expected, (question, adapter)
+    reference_model, tokenizer = peft_model(tiny_falcon_dir, packages, device="cpu")
+    assert_plan_matches_peft(engine, results, reference_model, tokenizer)
     # The adapters really change the answers, so the equality above is about the right one.
     assert results[0][1] != peft_reference(
-        reference_model, loaded.tokenizer, engine.prepare(request(*plan[0])).prompt_ids, None, 24
+        reference_model, tokenizer, engine.prepare(request(*PLAN[0])).prompt_ids, None, 24
     )
 
 
@@ -192,13 +214,9 @@ def test_asking_for_an_adapter_that_is_not_loaded_is_refused(tiny_falcon_dir: Pa
 
 def two_adapter_batch(tiny_falcon_dir: Path, packages: dict[str, Path], slots: int):  # noqa: ANN201
     """A `FalconBatch` over the tiny Falcon with both test adapters loaded."""
-    from peft import PeftModel
-
     from app.engine.fast_falcon import FalconBatch
 
-    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
-    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
-    model.load_adapter(str(packages["income"]), adapter_name="income")
+    model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
     return FalconBatch(model, slots=slots, max_tokens=64)
 
 

@@ -10,14 +10,12 @@ without a trip through the host, the step queued ahead of its predecessor's toke
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.contract import PromptFormat
 from app.engine.batch_engine import BatchEngine
 from app.engine.loader import load_base_model
 from app.engine.tiny_models import build_tiny_model
@@ -27,10 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_batch_engine import (  # noqa: E402
     FALCON_PROJECTIONS,
-    QUESTIONS,
-    collect,
-    peft_reference,
-    request,
+    answer_plan,
+    assert_plan_matches_peft,
+    peft_model,
 )
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -53,37 +50,11 @@ def falcon_and_adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 def test_graphed_run_ahead_answers_equal_peft_on_the_gpu(
     falcon_and_adapters: tuple[Path, dict[str, Path]], device: str = "cuda"
 ) -> None:
-    from peft import PeftModel
-
     base, adapters = falcon_and_adapters
-    loaded = load_base_model(str(base), device=device, quantization="none", dtype="float32")
-    engine = BatchEngine(loaded, max_batch=4, max_context_tokens=256)
-    plan = [
-        (QUESTIONS[0], "growth", 24),
-        (QUESTIONS[1], "income", 9),  # leaves early: a later request takes its slot
-        (QUESTIONS[2], None, 30),
-        (QUESTIONS[3], "growth", 5),
-        (QUESTIONS[4], "income", 20),  # waits for a slot (max_batch 4), joins mid-flight
-    ]
-
-    async def run() -> list:
-        for name, path in adapters.items():
-            await engine.load_adapter(name, path, PromptFormat.ALPACA)
-        try:
-            return await asyncio.gather(*(collect(engine, request(q, a, n)) for q, a, n in plan))
-        finally:
-            await engine.close()
-
-    results = asyncio.run(run())
+    exact = {"device": device, "quantization": "none", "dtype": "float32"}
+    engine = BatchEngine(load_base_model(str(base), **exact), max_batch=4, max_context_tokens=256)
+    results = answer_plan(engine, adapters)
     assert engine._graphed is not None or device == "cpu", "no CUDA graphs were replayed"
     assert engine.steps_ahead > engine.steps // 2
-
-    reference = load_base_model(str(base), device=device, quantization="none", dtype="float32")
-    model = PeftModel.from_pretrained(reference.model, str(adapters["growth"]), "growth")
-    model.load_adapter(str(adapters["income"]), adapter_name="income")
-    model.eval()
-    for (question, adapter, tokens), (finish, streamed) in zip(plan, results, strict=True):
-        prompt_ids = engine.prepare(request(question, adapter, tokens)).prompt_ids
-        expected = peft_reference(model, reference.tokenizer, prompt_ids, adapter, tokens)
-        assert finish.reason in ("length", "stop"), finish
-        assert finish.text == streamed == expected, (question, adapter)
+    model, tokenizer = peft_model(base, adapters, **exact)
+    assert_plan_matches_peft(engine, results, model, tokenizer)
