@@ -19,11 +19,13 @@ shared layer norm feeding parallel attention and MLP, no biases, no ALiBi.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from app.engine import rotary_cache
 from app.engine.lora_bank import LoraBank, read_peft_factors
@@ -32,6 +34,17 @@ from app.engine.peft_layout import adapter_reason, base_model
 from app.engine.row_norm import layer_norm_row
 
 PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+
+PREFILL_ATTENTION: tuple[SDPBackend, ...] | None = (
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+)
+"""SDPA kernels a prefill may use on CUDA (None: torch's own choice, cuDNN first on Hopper).
+cuDNN's attention builds an execution plan for every new sequence length; prompts rarely
+repeat a length, so a prefill would pay for a plan most times (bench/serve_gpu.py measures
+time to first token over fresh lengths both ways). Decode steps keep torch's choice: their
+shapes are fixed by the graph buckets."""
 ATTENTION = ("query_key_value", "dense")
 SHARED_INPUT = ("query_key_value", "dense_h_to_4h")
 """The projections that read the same layer-norm output (parallel attention and MLP)."""
@@ -240,6 +253,12 @@ class FalconBatch:
         mlp = self._project(mlp, index, "dense_4h_to_h", adapters, mask)
         return x + (mlp + attn)
 
+    def _prefill_attention(self) -> AbstractContextManager[None]:
+        """The SDPA kernels `PREFILL_ATTENTION` allows, on CUDA (CPU keeps torch's choice)."""
+        if self.device.type != "cuda" or PREFILL_ATTENTION is None:
+            return nullcontext()
+        return sdpa_kernel(list(PREFILL_ATTENTION))
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.final_norm
         return self.lm_head(layer_norm_row(x, norm.weight, norm.bias, norm.eps)).float()
@@ -263,8 +282,9 @@ class FalconBatch:
             return F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, enable_gqa=True)
 
         adapters = [adapter] if adapter is not None else None
-        for index in range(len(self.layers)):
-            x = self._block(index, x, attend, adapters, None)
+        with self._prefill_attention():
+            for index in range(len(self.layers)):
+                x = self._block(index, x, attend, adapters, None)
         return self._logits(x[:, -1])[0]
 
     @torch.inference_mode()
@@ -318,8 +338,9 @@ class FalconBatch:
         mask: torch.Tensor | None = None
         if stacked_lora and named:
             per_row, mask = None, self.lora.row_mask(adapters, len(prompts)).unsqueeze(1)
-        for index in range(len(self.layers)):
-            x = self._block(index, x, attend, per_row, mask)
+        with self._prefill_attention():
+            for index in range(len(self.layers)):
+                x = self._block(index, x, attend, per_row, mask)
         last = x[torch.arange(len(prompts), device=self.device), lengths_t - 1]  # (N, C)
         return self._logits(last)
 
