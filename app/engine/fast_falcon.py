@@ -331,12 +331,11 @@ class FalconBatch:
             self.v_cache[index, slots_t, :, :longest] = v
             return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
 
-        named = [a for a in adapters if a is not None]
         if stacked_lora is None:
             stacked_lora = self.device.type == "cuda" and len(set(adapters)) > 1
         per_row: list[str | None] | None = list(adapters)
         mask: torch.Tensor | None = None
-        if stacked_lora and named:
+        if stacked_lora and any(a is not None for a in adapters):
             per_row, mask = None, self.lora.row_mask(adapters, len(prompts)).unsqueeze(1)
         with self._prefill_attention():
             for index in range(len(self.layers)):

@@ -61,8 +61,8 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch
         kth = values.gather(1, index)  # (B, 1)
         keep_all = torch.tensor([k == 0 for k in top_k], device=device).unsqueeze(1)
         scores = scores.masked_fill((scores < kth) & ~keep_all, float("-inf"))
-    top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
     if any(p.top_p < 1.0 for p in params):  # decided on the host: no wait for the device
+        top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
         sorted_scores, order = torch.sort(scores, dim=1, descending=True)
         probs = torch.softmax(sorted_scores, dim=1)
         # Drop tokens once the mass before them already exceeds top_p (keep at least one).

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from tests.engine.test_batch_engine import decode_both_ways, packages  # noqa: F401
+from tests.engine.test_batch_engine import decode_both_ways, packages, peft_model  # noqa: F401
 
 
 def reference_fused(calls: list) -> callable:
@@ -39,14 +39,9 @@ def reference_fused(calls: list) -> callable:
 
 
 def fused_batch(tiny_falcon_dir: Path, packages: dict[str, Path], calls: list):  # noqa: ANN201, F811
-    from peft import PeftModel
-
     from app.engine.fast_falcon import FalconBatch
-    from app.engine.loader import load_base_model
 
-    loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
-    model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
-    model.load_adapter(str(packages["income"]), adapter_name="income")
+    model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
     return FalconBatch(model, slots=2, max_tokens=64, linear_override=reference_fused(calls))
 
 

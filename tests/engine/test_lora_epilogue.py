@@ -28,7 +28,7 @@ from app.engine.nf4_routing import gemv_linear  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_batch_engine import decode_both_ways, packages  # noqa: E402, F401
+from test_batch_engine import decode_both_ways, packages, peft_model  # noqa: E402, F401
 from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
 
@@ -156,16 +156,11 @@ def test_falcon_decode_through_the_epilogue_equals_the_unfused_path(
     tiny_falcon_dir: Path,
     packages: dict[str, Path],  # noqa: F811
 ) -> None:
-    from peft import PeftModel
-
     from app.engine.fast_falcon import FalconBatch
-    from app.engine.loader import load_base_model
 
     logits = {}
     for fused in (False, True):
-        loaded = load_base_model(str(tiny_falcon_dir), device="cpu")
-        model = PeftModel.from_pretrained(loaded.model, str(packages["growth"]), "growth")
-        model.load_adapter(str(packages["income"]), adapter_name="income")
+        model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
         batch = FalconBatch(
             model, slots=2, max_tokens=64, linear_override=quantized_override(fused)
         )
