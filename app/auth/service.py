@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth import passwords, throttle
 from app.auth.sessions import end_user_sessions
+from app.auth.throttle import SignInThrottled
 from app.config import Settings
 from app.store.models import Role, User
 
@@ -25,14 +26,6 @@ class SignInRefused(Exception):
     """Wrong name or password, or a disabled account; deliberately one vague message."""
 
 
-class SignInThrottled(Exception):
-    """Too many recent failures; `retry_after` seconds until the next try is allowed."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"Too many failed sign-ins. Try again in {retry_after} seconds.")
-        self.retry_after = retry_after
-
-
 def clean_username(username: str) -> str:
     name = username.strip()
     if not USERNAME_RE.match(name):
@@ -42,12 +35,22 @@ def clean_username(username: str) -> str:
     return name
 
 
+def _taken(name: str, existing: str) -> str:
+    if name == existing:
+        return f"The user name {name!r} is taken: choose another."
+    return (
+        f"The user name {name!r} is taken by {existing!r}: user names ignore case, "
+        "so choose one that differs in more than case."
+    )
+
+
 def count_users(*, session: Session) -> int:
     return session.scalar(select(func.count()).select_from(User)) or 0
 
 
 def get_user(*, session: Session, username: str) -> User | None:
-    return session.scalar(select(User).where(User.username == username.strip()))
+    """The account named `username` in any case: "Alice" and "alice" are one person."""
+    return session.scalar(select(User).where(func.lower(User.username) == username.strip().lower()))
 
 
 def list_users(*, session: Session) -> list[User]:
@@ -74,6 +77,9 @@ def create_user(
     except passwords.PasswordPolicyError as exc:
         raise AccountError(str(exc)) from None
     session.commit()
+    taken = get_user(session=session, username=name)
+    if taken is not None:
+        raise AccountError(_taken(name, taken.username))
     user = User(
         username=name,
         password_hash=passwords.hash_password(password),
@@ -85,9 +91,9 @@ def create_user(
         if only_if_first and count_users(session=session) > 1:
             raise AccountError("Setup is already done: sign in instead.")
         session.commit()
-    except IntegrityError:
+    except IntegrityError:  # created meanwhile: the unique index on lower(username) held
         session.rollback()
-        raise AccountError(f"The user name {name!r} is taken.") from None
+        raise AccountError(_taken(name, name)) from None
     except AccountError:
         session.rollback()
         raise
@@ -110,24 +116,26 @@ def authenticate(
         SignInRefused: wrong name or password, or the account is disabled.
     """
     name = username.strip()[:64]
-    wait = throttle.retry_after(session=session, settings=settings, username=name, ip=ip)
-    if wait:
+    try:
+        slot = throttle.reserve(session=session, settings=settings, username=name, ip=ip)
+    except SignInThrottled as exc:
         audit.record_event(
             session=session,
             action=audit.SIGN_IN_THROTTLED,
-            details={"username": name, "ip": ip, "retry_after": wait},
+            details={"username": name, "ip": ip, "retry_after": exc.retry_after},
         )
-        raise SignInThrottled(wait)
-    user = get_user(session=session, username=name)
-    valid = passwords.verify_password(user.password_hash if user else None, password)
-    if user is None or not valid or user.disabled:
-        reason = "disabled" if (user is not None and valid) else "bad credentials"
-        audit.record_event(
-            session=session,
-            action=audit.SIGN_IN_FAILED,
-            details={"username": name, "ip": ip, "reason": reason},
-        )
-        raise SignInRefused("Wrong user name or password.")
+        raise
+    with slot:  # held until the outcome is in the audit trail, where the throttle counts it
+        user = get_user(session=session, username=name)
+        valid = passwords.verify_password(user.password_hash if user else None, password)
+        if user is None or not valid or user.disabled:
+            reason = "disabled" if (user is not None and valid) else "bad credentials"
+            audit.record_event(
+                session=session,
+                action=audit.SIGN_IN_FAILED,
+                details={"username": name, "ip": ip, "reason": reason},
+            )
+            raise SignInRefused("Wrong user name or password.")
     if passwords.needs_rehash(user.password_hash or ""):
         user.password_hash = passwords.hash_password(password)
     audit.record_event(session=session, action=audit.SIGN_IN, actor_id=user.id, details={"ip": ip})
