@@ -123,4 +123,6 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'teller.db').as_posix()}"
+        # SQLAlchemy decodes %XX in the path: escape `%` so `50%off/` stays that folder.
+        path = (self.data_dir / "teller.db").as_posix().replace("%", "%25")
+        return self.database_url or f"sqlite:///{path}"

@@ -2,25 +2,52 @@
 
 SQLite runs in WAL mode with a busy timeout so the streaming writer and page readers don't
 block each other; any other SQLAlchemy URL (PostgreSQL) works unchanged.
+
+The SQLite files hold every prompt, answer and password hash, so only Teller's own account may
+read them: the folder is created 0700 and the database file 0600 before SQLite opens it
+(SQLite gives its `-wal`, `-shm` and `-journal` files the database file's mode), and files an
+older version left readable by others are narrowed at every start.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create the database's folder and file private to this account, or make them so.
+
+    Only files are narrowed when they exist already: the folder may be one the operator shares
+    on purpose (TELLER_DATABASE_URL can point anywhere), and private files suffice there.
+    """
+    path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+    for candidate in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
+        try:
+            if candidate.stat().st_mode & 0o077:
+                candidate.chmod(PRIVATE_FILE)
+        except FileNotFoundError:
+            continue
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # The path as SQLAlchemy will open it (it decodes %XX escapes in the URL).
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            prepare_sqlite_file(Path(database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -40,10 +67,16 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def _ini_value(value: str) -> str:
+    """Alembic keeps options in a configparser, which reads `%` as interpolation: a URL with
+    an escaped password (`p%40ss`) or a path with `%` would crash start-up unescaped."""
+    return value.replace("%", "%%")
+
+
 def alembic_config(url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url)
+    config.set_main_option("script_location", _ini_value(str(MIGRATIONS_DIR)))
+    config.set_main_option("sqlalchemy.url", _ini_value(url))
     return config
 
 
