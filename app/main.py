@@ -37,7 +37,7 @@ from app.ops.requests import RequestContextMiddleware
 from app.ops.router import router as ops_router
 from app.store import crud
 from app.store.db import make_engine, make_session_factory, migrate
-from app.web.csrf import COOKIE as CSRF_COOKIE
+from app.web.csrf import set_csrf_cookie
 from app.web.templating import STATIC_DIR, is_htmx
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
             # Signed-in pages hold private conversations: never keep them in a shared cache or
             # show them from the back button after sign-out.
             response.headers.setdefault("Cache-Control", "no-store")
-        token = getattr(request.state, "csrf_token", None)
-        if token and request.cookies.get(CSRF_COOKIE) != token:
-            response.set_cookie(
-                CSRF_COOKIE,
-                token,
-                httponly=True,
-                samesite="strict",
-                secure=request.url.scheme == "https",
-            )
+        set_csrf_cookie(response, request)
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -13,10 +13,10 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app.auth.sessions import signed_in
+from app.auth.sessions import cookie_secure, signed_in
 
 COOKIE = "teller_csrf"
 HEADER = "X-CSRF-Token"
@@ -34,6 +34,23 @@ def csrf_token(request: Request) -> str:
         token = secrets.token_urlsafe(32)
     request.state.csrf_token = token
     return token
+
+
+def set_csrf_cookie(response: Response, request: Request) -> None:
+    """Send the pre-sign-in token as a cookie when this request made a new one.
+
+    HttpOnly and SameSite=Strict (only our own forms need it), and Secure by the same rule as
+    the session cookie (`TELLER_COOKIE_SECURE`), so behind a TLS proxy neither travels in clear.
+    """
+    token = getattr(request.state, "csrf_token", None)
+    if token and request.cookies.get(COOKIE) != token:
+        response.set_cookie(
+            COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=cookie_secure(request, request.app.state.settings),
+        )
 
 
 def same_origin(request: Request) -> bool:

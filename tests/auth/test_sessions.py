@@ -63,7 +63,12 @@ def test_sign_in_cookie_is_httponly_samesite_and_stored_hashed(scripted_server) 
         create_account(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
         browser = Browserless(server.url)
         browser.page("/login")
-        response = browser.post("/login", {"username": ADMIN_NAME, "password": ADMIN_PASSWORD})
+        # The CSRF cookie is Secure too: sent back as a browser behind a TLS proxy would.
+        response = httpx.post(
+            f"{server.url}/login",
+            data={"username": ADMIN_NAME, "password": ADMIN_PASSWORD, "csrf_token": browser.csrf},
+            headers={"Cookie": f"teller_csrf={browser.http.cookies['teller_csrf']}"},
+        )
         assert response.status_code == 303
         cookie = response.headers["set-cookie"]
         assert cookie.startswith("teller_session=")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.web.conftest import Browserless, signed_in_client
+import httpx
+import pytest
+
+from tests.web.conftest import Browserless, create_account, signed_in_client
 
 
 def titles(server) -> list[str]:  # noqa: ANN001
@@ -67,3 +70,27 @@ def test_login_form_needs_its_token_too(scripted_server) -> None:  # noqa: ANN00
         )
         assert forged.status_code == 403
         assert "teller_session" not in forged.headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_the_csrf_cookie_follows_cookie_secure_like_the_session_cookie(
+    scripted_server,  # noqa: ANN001
+    secure: bool,
+) -> None:
+    with scripted_server(cookie_secure=secure) as server:
+        create_account(server, "alice", "alice-password-1")
+        browser = Browserless(server.url)
+        login = browser.page("/login")
+        [csrf] = [c for c in login.headers.get_list("set-cookie") if c.startswith("teller_csrf=")]
+        assert ("; secure" in csrf.lower()) is secure
+        # Sent back as a browser behind a TLS proxy would (this test server speaks plain http).
+        signed = httpx.post(
+            f"{server.url}/login",
+            data={"username": "alice", "password": "alice-password-1", "csrf_token": browser.csrf},
+            headers={"Cookie": f"teller_csrf={browser.http.cookies['teller_csrf']}"},
+        )
+        assert signed.status_code == 303
+        [session] = [
+            c for c in signed.headers.get_list("set-cookie") if c.startswith("teller_session=")
+        ]
+        assert ("; secure" in session.lower()) is secure
