@@ -39,7 +39,7 @@ from app.engine.launched_step import LaunchedStep
 from app.engine.loader import LoadedModel
 from app.engine.local import _STOP, LocalEngine, _Control, _Job
 from app.engine.sampling import sample_rows
-from app.engine.types import EngineBusy, EngineError, Event, FinishEvent, GenerationRequest
+from app.engine.types import EngineError, Event, FinishEvent, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,12 @@ class BatchEngine(LocalEngine):
         **kwargs: Any,
     ) -> None:
         self._max_batch = max_batch
-        self._max_waiting = max_queue
         self._graphs_wanted = loaded.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self._linear_override = linear_override
         on_cuda = loaded.device.type == "cuda"
         self._batch_prefill = on_cuda if batch_prefill is None else batch_prefill
         self._waiting: deque[_Job] = deque()
         self._rows: list[_Row] = []
-        self._pending = 0
-        self._pending_lock = threading.Lock()
         self._batch: FalconBatch | None = None
         self._graphed: GraphedDecode | None = None
         self._run_ahead_wanted = run_ahead
@@ -115,15 +112,11 @@ class BatchEngine(LocalEngine):
         self.ready = threading.Event()
         super().__init__(
             loaded,
-            max_queue=0,  # unbounded hand-over queue; `_max_waiting` bounds what waits
+            max_queue=max_queue,
             max_context_tokens=max_context_tokens,
             fast_path=False,
             **kwargs,
         )
-
-    @property
-    def queue_depth(self) -> int:
-        return self._pending
 
     @property
     def _ready_batch(self) -> FalconBatch:
@@ -141,17 +134,13 @@ class BatchEngine(LocalEngine):
         """
         if request.adapter and request.adapter not in self._adapter_formats:
             raise EngineError(f"adapter {request.adapter!r} is not loaded")
-        with self._pending_lock:
-            if self._pending >= self._max_waiting:
-                raise EngineBusy(retry_after=2)
-            self._pending += 1
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:
             self._outbox.append((loop, events, request, event))
 
-        self._queue.put_nowait(_Job(request, emit))
+        self._submit(_Job(request, emit), retry_after=2)
         return self._stream(events, request)
 
     async def close(self) -> None:
@@ -285,8 +274,7 @@ class BatchEngine(LocalEngine):
         starting: list[tuple[SequenceDecoder, PreparedRequest]] = []
         while self._waiting and len(self._rows) + len(starting) < self._max_batch and budget > 0:
             job = self._waiting.popleft()
-            with self._pending_lock:
-                self._pending -= 1
+            self._taken()
             ready = self._prepare_job(job)
             if ready is not None:
                 starting.append(ready)
@@ -326,10 +314,9 @@ class BatchEngine(LocalEngine):
         if job.request.cancel.is_set():
             job.emit(FinishEvent("cancelled", "", 0, 0))
             return None
-        try:
-            prepared = self.prepare(job.request)
-        except Exception as exc:  # noqa: BLE001 - this request fails, others go on
-            job.emit(FinishEvent("error", "", 0, 0, error=str(exc)))
+        prepared = job.prepared
+        if prepared is None:
+            job.emit(job.failure or FinishEvent("error", "", 0, 0, error="no prompt"))
             return None
         decoder = self._decoder(prepared, job)
         if not decoder.wants_more:
@@ -465,8 +452,7 @@ class BatchEngine(LocalEngine):
         self._fail_running(error)
         while self._waiting:
             self._waiting.popleft().emit(FinishEvent("error", "", 0, 0, error=error))
-            with self._pending_lock:
-                self._pending -= 1
+            self._taken()
 
 
 def _push(row: _Row, logits: torch.Tensor, chosen: int) -> None:

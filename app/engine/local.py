@@ -3,6 +3,12 @@
 Web code awaits an async stream of events; the worker thread does the tensor work and hands
 events back to the event loop with `call_soon_threadsafe`. Adapter loads and unloads run on
 the same thread, between requests, so they never race a forward pass.
+
+A request's prompt is prepared (rendered, tokenised, trimmed to the context) on a small
+preparation pool before it reaches the worker's queue, so one request with a huge history
+never holds up answers already running or waiting, and a cancel stops its preparation.
+Nothing the event loop calls here waits on the worker: the queue is unbounded and a counter
+of waiting requests is what answers busy.
 """
 
 from __future__ import annotations
@@ -19,10 +25,16 @@ from typing import Any
 
 import torch
 
-from app.contract import ChatMessage, PromptFormat, build_prompt, encode_prompt, stop_strings_for
+from app.contract import PromptFormat, stop_strings_for
 from app.engine.fast_llama import FastLlama, FastStepper, unsupported_reason
 from app.engine.generation import PreparedRequest, Stepper, run_generation
 from app.engine.loader import LoadedModel
+from app.engine.prompt_fit import (
+    PreparationCancelled,
+    fit_completion_prompt,
+    fit_conversation,
+    max_token_chars,
+)
 from app.engine.types import (
     EngineBusy,
     EngineError,
@@ -39,10 +51,17 @@ BASE_ADAPTER = "__base__"
 """PEFT's name for "no adapter" inside a mixed-adapter forward."""
 
 
+PREPARATION_THREADS = 2
+"""Prompts prepared at once: a second one is served while a long history is being trimmed."""
+
+
 @dataclass
 class _Job:
     request: GenerationRequest
     emit: Callable[[Event], None]
+    prepared: PreparedRequest | None = None
+    failure: FinishEvent | None = None
+    """Set instead of `prepared` when preparation failed or was cancelled."""
 
 
 @dataclass
@@ -83,7 +102,14 @@ class LocalEngine:
         self._fast: FastLlama | None = None
         self._fast_off: str | None = None
         """Built lazily on the worker thread; dropped whenever the adapter set changes."""
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._char_bound = max_token_chars(self.tokenizer)
+        self._max_waiting = max_queue
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._preparer = concurrent.futures.ThreadPoolExecutor(
+            PREPARATION_THREADS, thread_name_prefix="teller-prepare"
+        )
+        self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="teller-engine", daemon=True)
         self._thread.start()
         self.active_streams = 0
@@ -100,7 +126,8 @@ class LocalEngine:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Requests accepted but not yet generating (being prepared or waiting for the model)."""
+        return self._pending
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -123,11 +150,36 @@ class LocalEngine:
                 # The caller's event loop is gone: nobody is listening any more.
                 request.cancel.set()
 
-        try:
-            self._queue.put_nowait(_Job(request, emit))
-        except queue.Full:
-            raise EngineBusy(retry_after=5) from None
+        self._submit(_Job(request, emit), retry_after=5)
         return self._stream(events, request)
+
+    def _submit(self, job: _Job, *, retry_after: int) -> None:
+        """Count the request as waiting and hand it to the preparation pool.
+
+        Raises:
+            EngineBusy: `max_queue` requests are already waiting.
+        """
+        with self._pending_lock:
+            if self._pending >= self._max_waiting:
+                raise EngineBusy(retry_after=retry_after)
+            self._pending += 1
+        self._preparer.submit(self._prepare_and_queue, job)
+
+    def _prepare_and_queue(self, job: _Job) -> None:
+        """On the preparation pool: the prompt ids (or why there are none), then the queue."""
+        try:
+            job.prepared = self.prepare(job.request)
+        except PreparationCancelled:
+            job.failure = FinishEvent("cancelled", "", 0, 0)
+        except Exception as exc:  # noqa: BLE001 - this request fails, others go on
+            log.exception("prompt preparation failed")
+            job.failure = FinishEvent("error", "", 0, 0, error=str(exc))
+        self._queue.put_nowait(job)
+
+    def _taken(self) -> None:
+        """A waiting request left the queue for the model (or ended there)."""
+        with self._pending_lock:
+            self._pending -= 1
 
     async def _stream(
         self, events: asyncio.Queue[Event], request: GenerationRequest
@@ -153,19 +205,24 @@ class LocalEngine:
         )
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Prompt text → token ids, trimming the oldest turns to fit the context budget."""
+        """Prompt text → token ids, trimming the oldest turns to fit the context budget.
+
+        Raises:
+            PreparationCancelled: the request was cancelled meanwhile.
+        """
         fmt = self.prompt_format(request.adapter)
         budget = max(16, self._max_context - request.sampling.max_new_tokens)
         if request.prompt is not None:
-            ids = list(self.tokenizer(request.prompt)["input_ids"])[-budget:]
+            ids = fit_completion_prompt(self.tokenizer, request.prompt, budget, self._char_bound)
         else:
-            messages = list(request.messages)
-            ids = encode_prompt(self.tokenizer, build_prompt(messages, fmt, self.tokenizer), fmt)
-            while len(ids) > budget and _drop_oldest_turn(messages):
-                ids = encode_prompt(
-                    self.tokenizer, build_prompt(messages, fmt, self.tokenizer), fmt
-                )
-            ids = ids[-budget:]
+            ids = fit_conversation(
+                self.tokenizer,
+                request.messages,
+                fmt,
+                budget,
+                char_bound=self._char_bound,
+                cancelled=request.cancel.is_set,
+            )
         kwargs: dict[str, Any] = {}
         if self._adapter_formats:
             kwargs["adapter_names"] = [request.adapter or BASE_ADAPTER]
@@ -214,8 +271,9 @@ class LocalEngine:
         await self._control(action)
 
     async def _control(self, action: Callable[[], Any]) -> Any:
+        """Run `action` on the worker between requests (the unbounded queue never blocks)."""
         control = _Control(action)
-        self._queue.put(control)
+        self._queue.put_nowait(control)
         return await asyncio.wrap_future(control.done)
 
     # ---- worker ---------------------------------------------------------------------------
@@ -239,11 +297,15 @@ class LocalEngine:
             self._run_job(item)
 
     def _run_job(self, job: _Job) -> None:
+        self._taken()
         if job.request.cancel.is_set():
             job.emit(FinishEvent("cancelled", "", 0, 0))
             return
+        if job.prepared is None:
+            job.emit(job.failure or FinishEvent("error", "", 0, 0, error="no prompt"))
+            return
+        prepared = job.prepared
         try:
-            prepared = self.prepare(job.request)
             stepper = self._stepper(prepared)
             run_generation(self.model, self.tokenizer, prepared, job.emit, stepper)
         except torch.OutOfMemoryError:
@@ -277,19 +339,11 @@ class LocalEngine:
         return FastStepper(self._fast, prepared.adapter, total)
 
     async def close(self) -> None:
-        self._queue.put(_STOP)
+        self._preparer.shutdown(wait=False)
+        self._queue.put_nowait(_STOP)
         await asyncio.to_thread(self._thread.join, 30)
 
 
 def _has_forward_hooks(model: torch.nn.Module) -> bool:
     """Hooks on the model's forward (instrumentation, fault injection) need the module path."""
     return bool(model._forward_pre_hooks or model._forward_hooks)
-
-
-def _drop_oldest_turn(messages: list[ChatMessage]) -> bool:
-    """Remove the oldest non-system message, keeping the last user turn; False if none left."""
-    for index, message in enumerate(messages[:-1]):
-        if message.role != "system":
-            del messages[index]
-            return True
-    return False
