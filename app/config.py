@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
     """A sign-in lasts this long without activity; each request extends it."""
     cookie_secure: bool | None = None
     """Send cookies only over HTTPS; None decides per request (https → secure)."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For
+    and X-Forwarded-Proto are believed; empty believes no one, so no client (a local process
+    included) can pose as another address or as https."""
     login_max_failures: int = Field(5, ge=1)
     login_window_minutes: int = Field(15, ge=1)
     """After `login_max_failures` failed sign-ins for one name (or 4x that from one address)
@@ -106,6 +111,20 @@ class Settings(BaseSettings):
     """Put prompt and answer text in the logs (never by default: they may hold client data)."""
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
     """On SIGTERM, running answers get this long to stop and be stored before the exit."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TELLER_TRUSTED_PROXIES: {item!r} is not an IP address or network; "
+                    "list them comma-separated, e.g. 10.0.0.5,172.16.0.0/12"
+                ) from None
+        return ",".join(items)
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> Settings:

@@ -28,10 +28,13 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(app: FastAPI, *, timeout: float = 120) -> Iterator[LiveServer]:
-    """Serve `app` on a free port until the block ends; waits for /readyz first."""
+def live_server(app: FastAPI, *, timeout: float = 120, **options: object) -> Iterator[LiveServer]:
+    """Serve `app` on a free port until the block ends; waits for /readyz first. `options`
+    go to `uvicorn.Config` (e.g. the proxy options `teller serve` uses)."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -14,7 +14,6 @@ from app.auth.access import safe_next
 from app.auth.sessions import (
     COOKIE,
     clear_session_cookie,
-    client_ip,
     create_session,
     end_session,
     forget_request_user,
@@ -23,6 +22,7 @@ from app.auth.sessions import (
 )
 from app.config import Settings
 from app.deps import CurrentUser, SessionDep, SettingsDep
+from app.ops.requests import client_ip
 from app.store.models import User
 from app.web.csrf import verify_csrf
 from app.web.templating import render

@@ -17,6 +17,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.ops.requests import client_ip
 from app.store.models import AuthSession, User, utcnow
 
 COOKIE = "teller_session"
@@ -45,10 +46,6 @@ class SignedIn:
 
 def token_id(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 def create_session(*, session: Session, user: User, settings: Settings, request: Request) -> str:

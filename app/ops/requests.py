@@ -7,12 +7,14 @@ counted and timed by route template — never by raw path, which would hold ids.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
 import uuid
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ops.logs import REQUEST_ID
@@ -24,6 +26,22 @@ HEADER = "X-Request-ID"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Probes and scrapes: counted, logged at debug level only."""
+
+
+def client_ip(request: Request) -> str | None:
+    """The caller's IP address, or None when there is no usable one.
+
+    It is the peer's, or a trusted proxy's X-Forwarded-For (`TELLER_TRUSTED_PROXIES`, applied
+    by uvicorn: app/ops/serving.py). Whatever the source, only a real address comes back, so a
+    header cannot write arbitrary text into the audit trail or mint throttle buckets.
+    """
+    host = request.client.host if request.client else None
+    if not host:
+        return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -58,6 +59,17 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy handling: X-Forwarded-For/-Proto believed only from `trusted_proxies`.
+
+    uvicorn's own default believes them from loopback, so any local process could pose as
+    another address (past the per-address sign-in throttle, into the audit trail) or as https.
+    """
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.trusted_proxies}
+
+
 def serve(app: FastAPI, settings: Settings) -> int:
     """Serve until stopped; the exit status for the `teller serve` process."""
     config = uvicorn.Config(
@@ -66,6 +78,7 @@ def serve(app: FastAPI, settings: Settings) -> int:
         port=settings.port,
         log_config=log_config(settings.log_format),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
+        **proxy_options(settings),
     )
     AppStatus.disable_automatic_graceful_drain()
     server = GracefulServer(config, app)
