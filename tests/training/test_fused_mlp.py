@@ -223,6 +223,7 @@ def test_triton_kernels_under_the_interpreter():
             assert value["rel_l2"] < 2e-2, (key, value)  # a wrong formula gives ~1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels' GPU arithmetic")
 def test_triton_kernels_on_cuda_round_like_torch():
     report = kernel_report("cuda")
