@@ -16,11 +16,12 @@ TORCH_INDEX := $(if $(HAS_GPU),,$(shell curl -s -o /dev/null --max-time 5 $(CPU_
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install model browser bench-cpu clean help
+.PHONY: run test test-gpu lint install model browser bench-cpu clean help
 
 help:
 	@echo "make run   - install what is missing, fetch the default model, serve on http://127.0.0.1:8000"
 	@echo "make test  - install what is missing and run the whole test suite"
+	@echo "make test-gpu - the tests marked gpu (they need a CUDA GPU; make test leaves them out)"
 	@echo "make lint  - ruff"
 
 $(STAMP): pyproject.toml
@@ -45,6 +46,10 @@ browser:
 
 test: model browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tests marked `gpu` (CUDA kernels, graphs): `make test` deselects them (pyproject addopts).
+test-gpu: model
+	$(BIN)/python -m pytest -m gpu -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
