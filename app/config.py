@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     """Conversations untouched this long are deleted (at start and daily); 0 keeps them."""
     audit_retention_days: int = Field(0, ge=0)
     """Audit records older than this are purged, the chain re-anchored; 0 keeps them."""
+    audit_head_log: str = ""
+    """File the server appends `TIME ID:HASH` of the audit head to (at start, every
+    `audit_head_every_minutes`, at shutdown) for shipping elsewhere; verification checks it.
+    Empty: the head goes to the log only (`audit head ID:HASH` at INFO)."""
+    audit_head_every_minutes: int = Field(15, ge=1, le=24 * 60)
+    """How often the audit head is logged (and appended to `audit_head_log`)."""
 
     # Operations (app/ops).
     log_format: Literal["json", "text"] = "json"

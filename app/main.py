@@ -20,6 +20,7 @@ from app.admin.audit import router as admin_audit_router
 from app.admin.router import router as admin_router
 from app.admin.status import router as admin_status_router
 from app.admin.users import router as admin_users_router
+from app.audit.head_log import export_at_shutdown, head_export_loop
 from app.audit.retention import retention_loop
 from app.auth.access import NotSignedIn, not_signed_in
 from app.auth.router import router as auth_router
@@ -65,12 +66,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.adapters = await start_adapter_service(settings, engine)
     retention = asyncio.create_task(retention_loop(settings, app.state.session_factory))
+    head_export = asyncio.create_task(head_export_loop(settings, app.state.session_factory))
     try:
         yield
     finally:
         retention.cancel()
+        head_export.cancel()
         stop_adapter_service(app.state.adapters)
         await wait_for_streams(app.state.streams, settings.shutdown_grace_seconds)
+        await export_at_shutdown(settings, app.state.session_factory)  # after answers are stored
         if app.state.engine_override is None:
             await engine.close()
         app.state.engine = None

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.audit import export
 from app.audit import service as audit
-from app.deps import AdminUser, SessionDep, SessionFactoryDep
+from app.audit.head_log import configured_anchors
+from app.audit.verify import AnchorError, parse_anchor, verify_chain
+from app.deps import AdminUser, SessionDep, SessionFactoryDep, SettingsDep
 from app.web.templating import render
 
 router = APIRouter(prefix="/admin/audit")
@@ -63,12 +66,33 @@ def audit_page(
 
 
 @router.post("/verify")
-def verify(request: Request, session: SessionDep, _: AdminUser) -> Response:
-    report = audit.verify_chain(session=session)
+def verify(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: AdminUser,
+    anchor: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """Checks the chain, the optional anchor (an `ID:HASH` noted earlier) and the heads in
+    TELLER_AUDIT_HEAD_LOG, as `teller audit verify --anchor` does."""
+    context = {"records": [], "filters": export.AuditFilter(), "anchor": anchor}
+    try:
+        anchors = [parse_anchor(anchor)] if anchor.strip() else []
+        anchors += configured_anchors(settings)
+    except AnchorError as exc:
+        return render(
+            request,
+            "admin/audit.html",
+            {**context, "error": str(exc), "report": None},
+            status_code=400,
+        )
+    report = verify_chain(
+        session=session, retention_days=settings.audit_retention_days, anchors=anchors
+    )
     return render(
         request,
         "admin/audit.html",
-        {"records": [], "filters": export.AuditFilter(), "error": None, "report": report},
+        {**context, "error": None, "report": report},
         status_code=200 if report.ok else 409,
     )
 

@@ -2,7 +2,8 @@
 
 Audit records outlive the conversations they describe unless `audit_retention_days` is set.
 Purging audit rows cuts the start of the chain, so the cut point (last purged id and hash) is
-written to the head row in the same transaction, and verification starts from there.
+written to the head row and named by an `audit.purged` record appended to the chain, in the same
+transaction; verification starts from there and accepts the cut only with that record.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit import service as audit
 from app.auth.sessions import purge_expired
 from app.config import Settings
-from app.store.models import AuditHead, AuditRecord, Conversation, Message, utcnow
+from app.store.models import AuditRecord, Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
 DAY_SECONDS = 24 * 3600
@@ -36,34 +37,37 @@ def purge_conversations(*, session: Session, days: int) -> int:
 
 
 def purge_audit(*, session: Session, days: int) -> int:
-    """Delete audit records older than `days` days and move the chain's anchor past them."""
+    """Delete audit records older than `days` days, move the chain's base past them, and append
+    an `audit.purged` record naming that base, all in one transaction under the append lock.
+
+    The record is what makes the cut provable: without it, deleting the oldest rows and moving
+    the head's base by hand would look the same (`app.audit.verify`).
+    """
     cutoff = utcnow() - timedelta(days=days)
-    session.commit()
-    with audit._append_lock:  # noqa: SLF001 - same serialization as appends
-        try:
-            session.execute(
-                update(AuditHead)
-                .where(AuditHead.id == audit.HEAD_ID)
-                .values(last_id=AuditHead.last_id)
-                .execution_options(synchronize_session=False)
-            )
-            last = session.scalar(
-                select(AuditRecord)
-                .where(AuditRecord.created_at < cutoff)
-                .order_by(AuditRecord.id.desc())
-                .limit(1)
-            )
-            if last is None:
-                session.rollback()
-                return 0
-            head = session.get(AuditHead, audit.HEAD_ID, populate_existing=True)
-            result = session.execute(delete(AuditRecord).where(AuditRecord.id <= last.id))
-            head.base_id, head.base_hash = last.id, last.hash
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-    return result.rowcount
+    with audit.appending(session) as head:
+        last = session.scalar(
+            select(AuditRecord)
+            .where(AuditRecord.created_at < cutoff)
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+        )
+        if last is None:
+            return 0
+        removed = session.execute(delete(AuditRecord).where(AuditRecord.id <= last.id)).rowcount
+        head.base_id, head.base_hash = last.id, last.hash
+        audit.append(
+            session=session,
+            head=head,
+            action=audit.AUDIT_PURGED,
+            details={
+                "base_id": last.id,
+                "base_hash": last.hash,
+                "cutoff": cutoff.isoformat(),
+                "retention_days": days,
+                "records": removed,
+            },
+        )
+    return removed
 
 
 def run_retention(*, settings: Settings, session_factory: sessionmaker[Session]) -> dict[str, int]:

@@ -1,8 +1,13 @@
-"""Appending to the audit chain, and checking it.
+"""Appending to the audit chain.
 
 Every row stores the SHA-256 of its own fields plus the previous row's hash, and the single
 `audit_head` row stores the last id and hash. Editing a row breaks its hash, deleting one breaks
 the next row's link (or the head, for the last row), so `teller audit verify` finds both.
+
+Who can write to the database can rewrite it, and an unkeyed hash chain cannot stop that: a
+consistent rewrite (or a cut tail with the head moved back) is caught only against a head kept
+outside the database (`app.audit.head_log`). What the chain itself proves is in
+`app.audit.verify`, including why a retention cut appends a record of its own.
 
 Appends are serialized twice: a process lock (threads of one server) and a write on the head
 row taken *before* the head is read (other processes: SQLite's write lock, PostgreSQL's row
@@ -15,7 +20,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import select, update
@@ -52,6 +57,10 @@ API_KEY_CREATED = "api.key_created"
 API_KEY_REVOKED = "api.key_revoked"
 AUDIT_EXPORTED = "audit.exported"
 RETENTION_PURGED = "retention.purged"
+AUDIT_PURGED = "audit.purged"
+"""Written by a retention cut in the same transaction: names the new base (details `base_id`,
+`base_hash`), the cut-off, the retention days and how many records went. Verification accepts
+a cut only with this record in the chain."""
 
 _append_lock = threading.Lock()
 
@@ -83,26 +92,15 @@ def _short(value: Any, limit: int) -> str | None:
     return None if value is None else str(value)[:limit]
 
 
-def record_event(
-    *,
-    session: Session,
-    action: str,
-    actor_id: int | None = None,
-    details: dict[str, Any] | None = None,
-) -> AuditRecord:
-    """Append one row to the chain and commit (the caller's pending changes commit first).
+@contextmanager
+def appending(session: Session) -> Iterator[AuditHead]:
+    """Hold the chain's write lock and yield its head; commit on leaving, roll back on error.
 
-    `details` is free-form JSON. A few keys are also copied into indexed columns so the admin
-    page can filter on them: `ip`, `conversation_id`, `adapter_name` (or `adapter`), and
-    `username` (the actor's name when `actor_id` is None, e.g. a failed sign-in).
+    Everything that moves the head (an append, a retention cut and the record naming it) runs
+    inside, so no other writer reads the head in between. The caller's pending changes commit
+    first: the head must be read inside the lock, not from an older snapshot.
     """
-    details = dict(details or {})
-    session.commit()  # end any read snapshot: the head must be read inside the write lock
-    actor_name = details.get("username")
-    if actor_id is not None:
-        user = session.get(User, actor_id)
-        actor_name = user.username if user is not None else actor_name
-    adapter = details.get("adapter_name") or details.get("adapter")
+    session.commit()
     with _append_lock:
         try:
             locked = session.execute(
@@ -118,40 +116,69 @@ def record_event(
                 )
                 session.add(head)
                 session.flush()
-            record = AuditRecord(
-                id=head.last_id + 1,
-                created_at=utcnow(),
-                action=action[:64],
-                actor_id=actor_id,
-                actor_name=_short(actor_name, 64),
-                ip=_short(details.get("ip"), 64),
-                adapter=_short(adapter, 128),
-                conversation_id=_short(details.get("conversation_id"), 32),
-                details=_canonical(details),
-                prev_hash=head.last_hash,
-            )
-            record.hash = compute_hash(record)
-            session.add(record)
-            head.last_id, head.last_hash = record.id, record.hash
+            yield head
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+
+def append(
+    *,
+    session: Session,
+    head: AuditHead,
+    action: str,
+    details: dict[str, Any],
+    actor_id: int | None = None,
+    actor_name: str | None = None,
+) -> AuditRecord:
+    """Add the next record after `head` and move the head to it (inside `appending`)."""
+    adapter = details.get("adapter_name") or details.get("adapter")
+    record = AuditRecord(
+        id=head.last_id + 1,
+        created_at=utcnow(),
+        action=action[:64],
+        actor_id=actor_id,
+        actor_name=_short(actor_name, 64),
+        ip=_short(details.get("ip"), 64),
+        adapter=_short(adapter, 128),
+        conversation_id=_short(details.get("conversation_id"), 32),
+        details=_canonical(details),
+        prev_hash=head.last_hash,
+    )
+    record.hash = compute_hash(record)
+    session.add(record)
+    head.last_id, head.last_hash = record.id, record.hash
     return record
 
 
-@dataclass
-class ChainReport:
-    """What `verify_chain` found; `problems` is empty when the chain is intact."""
+def record_event(
+    *,
+    session: Session,
+    action: str,
+    actor_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """Append one row to the chain and commit (the caller's pending changes commit first).
 
-    checked: int = 0
-    head_id: int = 0
-    head_hash: str = GENESIS
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
+    `details` is free-form JSON. A few keys are also copied into indexed columns so the admin
+    page can filter on them: `ip`, `conversation_id`, `adapter_name` (or `adapter`), and
+    `username` (the actor's name when `actor_id` is None, e.g. a failed sign-in).
+    """
+    details = dict(details or {})
+    actor_name = details.get("username")
+    if actor_id is not None:
+        user = session.get(User, actor_id)
+        actor_name = user.username if user is not None else actor_name
+    with appending(session) as head:
+        return append(
+            session=session,
+            head=head,
+            action=action,
+            details=details,
+            actor_id=actor_id,
+            actor_name=actor_name,
+        )
 
 
 def iter_records(session: Session, batch: int = 1000) -> Iterator[AuditRecord]:
@@ -165,39 +192,3 @@ def iter_records(session: Session, batch: int = 1000) -> Iterator[AuditRecord]:
         yield from rows
         last = rows[-1].id
         session.expunge_all()
-
-
-def verify_chain(*, session: Session, max_problems: int = 20) -> ChainReport:
-    """Recompute every hash and link; report edited, deleted, inserted or reordered rows."""
-    head = session.get(AuditHead, HEAD_ID)
-    report = ChainReport()
-    if head is None:
-        report.problems.append("the audit head row is missing")
-        return report
-    report.head_id, report.head_hash = head.last_id, head.last_hash
-    expected_id, expected_prev = head.base_id + 1, head.base_hash
-    base_id = head.base_id
-    head_id, head_hash = head.last_id, head.last_hash
-
-    def problem(text: str) -> None:
-        if len(report.problems) < max_problems:
-            report.problems.append(text)
-
-    for record in iter_records(session):
-        report.checked += 1
-        if record.id <= base_id:
-            problem(f"record {record.id} is older than the retention cut at {base_id}")
-            continue
-        if record.id != expected_id:
-            problem(f"records {expected_id}..{record.id - 1} are missing")
-        if record.prev_hash != expected_prev:
-            problem(f"record {record.id} does not link to the record before it")
-        if compute_hash(record) != record.hash:
-            problem(f"record {record.id} was modified after it was written")
-        expected_id, expected_prev = record.id + 1, record.hash
-    if expected_id - 1 != head_id or expected_prev != head_hash:
-        problem(
-            f"the chain ends at record {expected_id - 1} but the head says {head_id}: "
-            "the newest records were deleted or altered"
-        )
-    return report

@@ -123,3 +123,24 @@ def test_admin_filters_by_adapter_and_date(scripted_server) -> None:  # noqa: AN
         assert today.text.count("<td>tax</td>") == 1
         reversed_range = admin.page("/admin/audit?since=2030-01-02&until=2030-01-01")
         assert reversed_range.status_code == 400 and "after the To date" in reversed_range.text
+
+
+def test_admin_verify_checks_an_anchor(scripted_server) -> None:  # noqa: ANN001
+    with scripted_server() as server:
+        admin = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
+        page = admin.page("/admin/audit")
+        assert 'name="anchor"' in page.text
+        intact = admin.post("/admin/audit/verify")
+        assert intact.status_code == 200
+        head = re.search(r"head (\d+:[0-9a-f]{64})", intact.text).group(1)
+
+        matched = admin.post("/admin/audit/verify", {"anchor": head})
+        assert matched.status_code == 200 and "1 anchors matched" in matched.text
+        record_id = head.split(":")[0]
+        rewritten = admin.post("/admin/audit/verify", {"anchor": f"{record_id}:{'0' * 64}"})
+        assert rewritten.status_code == 409
+        assert f"record {record_id} no longer has the anchored hash" in rewritten.text
+        beyond = admin.post("/admin/audit/verify", {"anchor": f"99999:{'0' * 64}"})
+        assert beyond.status_code == 409 and "past the head" in beyond.text
+        garbage = admin.post("/admin/audit/verify", {"anchor": "yesterday's head"})
+        assert garbage.status_code == 400 and "is not an anchor: give ID:HASH" in garbage.text

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app.audit import service as audit
+from app.audit.verify import verify_chain
 from app.store.models import AuditRecord
 from tests.audit.conftest import tamper
 from tests.audit.writer import append_from_process
@@ -27,7 +28,7 @@ def fill(session_factory, count: int = 6) -> None:  # noqa: ANN001
 
 def problems(session_factory) -> list[str]:  # noqa: ANN001
     with session_factory() as session:
-        return audit.verify_chain(session=session).problems
+        return verify_chain(session=session, retention_days=0).problems
 
 
 def test_intact_chain_verifies_and_rows_link(session_factory) -> None:  # noqa: ANN001
@@ -93,7 +94,7 @@ def test_concurrent_threads_never_fork_the_chain(session_factory) -> None:  # no
     for thread in threads:
         thread.join()
     with session_factory() as session:
-        report = audit.verify_chain(session=session)
+        report = verify_chain(session=session, retention_days=0)
     assert report.ok, report.problems
     assert report.checked == report.head_id == 150
 
@@ -111,6 +112,6 @@ def test_concurrent_processes_never_fork_the_chain(session_factory, db_path: Pat
         process.join(120)
         assert process.exitcode == 0
     with session_factory() as session:
-        report = audit.verify_chain(session=session)
+        report = verify_chain(session=session, retention_days=0)
     assert report.ok, report.problems
     assert report.checked == 60

@@ -137,4 +137,34 @@ def test_anchor_catches_a_chain_rebuilt_from_the_edit_onwards(
     assert caught.returncode == 2
     assert "record 4 no longer has the anchored hash" in caught.stderr
     bad = teller(db_path.parent, "audit", "verify", "--anchor", "four")
-    assert bad.returncode == 2 and "--anchor takes ID:HASH" in bad.stderr
+    assert bad.returncode == 2 and "not an anchor: give ID:HASH" in bad.stderr
+
+
+def test_a_faked_retention_cut_fails_with_and_without_an_anchor(
+    session_factory,  # noqa: ANN001
+    db_path: Path,
+) -> None:
+    """Delete the oldest records, point the head's base at the last one deleted (retention
+    off): the chain used to verify with the same head, anchored or not."""
+    with session_factory() as session:
+        for i in range(6):
+            audit.record_event(session=session, action=audit.CHAT_PROMPT, details={"i": i})
+        hashes = {r.id: r.hash for r in session.scalars(select(AuditRecord))}
+    anchor = teller(db_path.parent, "audit", "verify").stdout.split()[-1]
+    tamper(db_path, "DELETE FROM audit_records WHERE id <= 3")
+    tamper(db_path, "UPDATE audit_head SET base_id = 3, base_hash = ?", hashes[3])
+
+    plain = teller(db_path.parent, "audit", "verify")
+    assert plain.returncode == 2
+    assert "records 1..3 are gone (the head says a retention cut), but no audit.purged" in (
+        plain.stderr
+    )
+    for anchored in (anchor, f"2:{hashes[2]}"):
+        caught = teller(db_path.parent, "audit", "verify", "--anchor", anchored)
+        assert caught.returncode == 2 and "records 1..3 are gone" in caught.stderr
+    os.environ["TELLER_AUDIT_RETENTION_DAYS"] = "30"
+    try:
+        with_retention = teller(db_path.parent, "audit", "verify", "--anchor", f"2:{hashes[2]}")
+    finally:
+        del os.environ["TELLER_AUDIT_RETENTION_DAYS"]
+    assert with_retention.returncode == 2 and "no audit.purged record" in with_retention.stderr
