@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -131,6 +132,39 @@ class TrainingInfo:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _metrics(metrics: object) -> dict[str, float]:
+    """Evaluation figures as finite numbers: the admin page compares and formats them."""
+    if not isinstance(metrics, dict):
+        raise ValueError("teller.json: 'metrics' must be an object such as {\"eval_loss\": 1.2}")
+    for key, value in metrics.items():
+        try:
+            finite = (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite:
+            raise ValueError(f"teller.json: metric {key!r} must be a finite number, not {value!r}")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _training_info(training: object) -> TrainingInfo:
+    """The training record, each known field of the type `TrainingInfo` gives it."""
+    if not isinstance(training, dict):
+        raise ValueError("teller.json: 'training' must be an object")
+    fields = TrainingInfo.__dataclass_fields__
+    kept = {k: v for k, v in training.items() if k in fields}
+    for key, value in kept.items():
+        kind = type(getattr(TrainingInfo(), key))
+        valid = _is_int(value) and value >= 0 if kind is int else isinstance(value, kind)
+        if not valid:
+            expected = {int: "a whole number >= 0", str: "a string", dict: "an object"}[kind]
+            raise ValueError(f"teller.json: 'training.{key}' must be {expected}")
+    return TrainingInfo(**kept)
+
+
 @dataclass
 class AdapterManifest:
     """`teller.json`: everything the registry, the audit trail and the admin page show."""
@@ -167,20 +201,19 @@ class AdapterManifest:
         except ValueError:
             allowed = ", ".join(f.value for f in PromptFormat)
             raise ValueError(f"teller.json: 'prompt_format' must be one of {allowed}") from None
-        training = data.get("training") or {}
-        if not isinstance(training, dict):
-            raise ValueError("teller.json: 'training' must be an object")
-        known = TrainingInfo.__dataclass_fields__
+        version = data.get("version")
+        if version is not None and not _is_int(version):
+            raise ValueError("teller.json: 'version' must be a whole number or null")
         return cls(
             name=data["name"].strip(),
             base_model=data["base_model"].strip(),
             prompt_format=prompt_format,
-            version=data.get("version"),
+            version=version,
             created_at=str(
                 data.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
             ),
-            training=TrainingInfo(**{k: v for k, v in training.items() if k in known}),
-            metrics={k: float(v) for k, v in (data.get("metrics") or {}).items()},
+            training=_training_info(data.get("training") or {}),
+            metrics=_metrics(data.get("metrics") or {}),
             sha256=str(data.get("sha256", "")),
         )
 

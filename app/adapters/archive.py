@@ -1,8 +1,10 @@
 """Copy an uploaded folder or zip into a staging folder, refusing anything unsafe on the way.
 
-Only the package's own files are accepted, each under a size limit that is enforced on the
-bytes actually written (a zip's declared sizes can lie). Zip entries with absolute paths,
-`..`, drive letters or symlink bits are refused before a byte is extracted, so nothing lands
+Only the package's own files are accepted, each under a size limit. A zip's declared
+(uncompressed) sizes are checked against the limits before a byte is extracted, so a zip bomb
+is refused without filling the disk; and since a declared size can lie, each entry is then
+copied with a running count that stops at what it declared. Zip entries with absolute paths,
+`..`, drive letters or symlink bits are refused before extraction too, so nothing lands
 outside the staging folder.
 """
 
@@ -52,14 +54,16 @@ def check_file_name(name: str) -> None:
         )
 
 
-def _copy_limited(source: BinaryIO, target: Path, name: str, limit: int) -> None:
+def _copy_limited(source: BinaryIO, target: Path, name: str, limit: int) -> int:
+    """Copy at most `limit` bytes (refusing more, never writing them); returns the count."""
     written = 0
     with target.open("xb") as out:
-        while chunk := source.read(CHUNK):
+        while chunk := source.read(min(CHUNK, limit - written + 1)):
             written += len(chunk)
             if written > limit:
                 raise AdapterError(f"{name} is larger than the limit of {limit:,} bytes")
             out.write(chunk)
+    return written
 
 
 def stage_folder(source: Path, staging: Path, limits: Limits) -> Path:
@@ -136,28 +140,59 @@ def stage_zip(archive: Path, staging: Path, limits: Limits) -> Path:
         nested = all(len(PurePosixPath(n).parts) == 2 for n, _ in files)
         if nested and len(folders) == 1:
             prefix = folders.pop() + "/"
+        entries = _package_entries(files, prefix, limits)
         target = staging / "package"
         target.mkdir()
-        total = 0
-        for name, info in files:
-            relative = name.removeprefix(prefix)
-            if "/" in relative:
-                raise AdapterError(f"zip entry {name!r} is in a sub-folder; a package is flat")
-            check_file_name(relative)
-            if (target / relative).exists():
-                raise AdapterError(f"zip entry {relative!r} appears twice")
+        for relative, info in entries:
             try:
                 with bundle.open(info) as handle:
-                    limit = _file_limit(relative, limits)
-                    _copy_limited(handle, target / relative, relative, limit)
+                    _copy_limited(handle, target / relative, relative, info.file_size)
             except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError) as exc:
-                raise AdapterError(f"zip entry {name!r} cannot be read: {exc}") from None
-            total += (target / relative).stat().st_size
-            if total > limits.max_archive_bytes:
+                raise AdapterError(f"zip entry {info.filename!r} cannot be read: {exc}") from None
+            except AdapterError:
                 raise AdapterError(
-                    f"the unpacked package is larger than {limits.max_archive_bytes:,} bytes"
-                )
+                    f"zip entry {info.filename!r} holds more than the {info.file_size:,} bytes "
+                    "it declares (a damaged or hostile archive)"
+                ) from None
     return target
+
+
+def _package_entries(
+    files: list[tuple[str, zipfile.ZipInfo]], prefix: str, limits: Limits
+) -> list[tuple[str, zipfile.ZipInfo]]:
+    """Each entry's name in the package, after checking every name and declared size.
+
+    Runs before anything is extracted: a refused archive writes nothing to staging.
+
+    Raises:
+        AdapterError: a name is refused, or a declared size exceeds a limit.
+    """
+    entries: list[tuple[str, zipfile.ZipInfo]] = []
+    seen: set[str] = set()
+    for name, info in files:
+        relative = name.removeprefix(prefix)
+        if "/" in relative:
+            raise AdapterError(f"zip entry {name!r} is in a sub-folder; a package is flat")
+        check_file_name(relative)
+        if relative in seen:
+            raise AdapterError(f"zip entry {relative!r} appears twice")
+        seen.add(relative)
+        entries.append((relative, info))
+    total = 0
+    for relative, info in entries:
+        limit = _file_limit(relative, limits)
+        if info.file_size > limit:
+            raise AdapterError(
+                f"zip entry {info.filename!r} unpacks to {info.file_size:,} bytes; the limit "
+                f"for {relative} is {limit:,} bytes"
+            )
+        total += info.file_size
+    if total > limits.max_archive_bytes:
+        raise AdapterError(
+            f"the archive unpacks to {total:,} bytes; the limit is "
+            f"{limits.max_archive_bytes:,} bytes (TELLER_ADAPTER_MAX_ARCHIVE_BYTES)"
+        )
+    return entries
 
 
 def remove_tree(path: Path) -> None:

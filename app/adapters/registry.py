@@ -247,12 +247,14 @@ class Registry:
         has_manifest = (package / "teller.json").is_file()
         chosen = check_name(name or (manifest.name if has_manifest else fallback))
         with self._locked() as state:
-            existing = self.versions(chosen) if (self.root / chosen).is_dir() else []
-            for item in existing:
+            # Under any name: one set of weights has one identity in the store and the audit.
+            for item in self.versions():
                 if item.sha256 == checked.sha256:
                     raise AdapterConflict(
-                        f"these weights are already stored as {item.ref} (same sha256)"
+                        f"these weights are already stored as {item.ref} (same sha256); "
+                        f"activate {item.ref} instead of importing them again"
                     )
+            existing = self.versions(chosen) if (self.root / chosen).is_dir() else []
             version = max((v.version for v in existing), default=0) + 1
             manifest.name, manifest.version = chosen, version
             manifest.write(package)

@@ -1,8 +1,9 @@
-"""Read and check a safetensors header without loading a tensor.
+"""Read and check a safetensors file: its header first, then its values.
 
 The header is 8 bytes of little-endian length, then JSON naming every tensor with its dtype,
 shape and byte range. Checking it first means a truncated, oversized or lying file is refused
-before any weight reaches the engine, and nothing in the file is ever executed.
+before any weight is read, and nothing in the file is ever executed. Only then are the values
+read, one tensor at a time, for NaN and infinity.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +94,21 @@ def _tensor_info(file_name: str, key: str, entry: object, data_size: int) -> Ten
     if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise AdapterError(f"{file_name}: tensor {key!r} byte size does not match its shape")
     return TensorInfo(dtype=dtype, shape=tuple(shape))
+
+
+def nonfinite_tensor(path: Path, keys: Iterable[str]) -> str | None:
+    """The first tensor (by name) holding NaN or an infinity, or None when all are finite.
+
+    One such value makes every answer through the adapter fail or print garbage, so it is
+    refused at import rather than found by users. Call after `read_header`: the byte ranges
+    are then known to be sound, the file size limits bound the work, and safetensors maps the
+    file so memory stays at one tensor.
+    """
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        for key in sorted(keys):
+            if not bool(torch.isfinite(handle.get_tensor(key)).all()):
+                return key
+    return None

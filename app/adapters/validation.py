@@ -1,7 +1,9 @@
 """What a package must satisfy before it is stored: config, manifest, weights, base model fit.
 
-Runs on a staged copy (see `archive.py`), after the file names and sizes were checked. Every
-check reads JSON or the safetensors header only; no tensor is loaded and nothing is executed.
+Runs on a staged copy (see `archive.py`), after the file names and sizes were checked. The
+checks read JSON, the safetensors header and then the tensors' values (NaN or infinity would
+make every answer fail); nothing is unpickled or executed, and no pattern from the package is
+matched before `peft_config.py` has bounded it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 from app.adapters.base_shapes import LayerShape, base_layers
 from app.adapters.errors import AdapterError
-from app.adapters.safetensors_header import TensorInfo, read_header
+from app.adapters.peft_config import ALL_LINEAR, check_peft_config, rank_for
+from app.adapters.safetensors_header import TensorInfo, nonfinite_tensor, read_header
 from app.contract import (
     MANIFEST_FILE,
     PEFT_CONFIG_FILE,
@@ -105,6 +108,7 @@ def check_package(
         raise AdapterError(
             f"adapter_config.json: peft_type is {config.get('peft_type')!r}; only LORA is served"
         )
+    check_peft_config(config)
     sha256 = sha256_file(folder / WEIGHTS_FILE)
     if (folder / MANIFEST_FILE).is_file():
         try:
@@ -131,15 +135,21 @@ def check_package(
     layers = base_layers(served_base)
     targets = config.get("target_modules")
     _check_targets(targets, layers)
-    _check_tensors(read_header(folder / WEIGHTS_FILE), layers, config)
+    tensors = read_header(folder / WEIGHTS_FILE)
+    _check_tensors(tensors, layers, config)
+    bad = nonfinite_tensor(folder / WEIGHTS_FILE, tensors)
+    if bad is not None:
+        raise AdapterError(
+            f"{WEIGHTS_FILE}: tensor {bad!r} holds NaN or infinite values (training diverged "
+            "or the file is damaged); every answer with this adapter would fail"
+        )
     return CheckedPackage(manifest=manifest, rank=rank, target_modules=targets, sha256=sha256)
 
 
 def _check_rank(config: dict[str, Any], max_rank: int) -> int:
-    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    """The config's rank, every `rank_pattern` rank within the limit (types already checked)."""
+    ranks = [config["r"], *(config.get("rank_pattern") or {}).values()]
     for rank in ranks:
-        if not isinstance(rank, int) or rank < 1:
-            raise AdapterError(f"adapter_config.json: rank r={rank!r} must be a positive integer")
         if rank > max_rank:
             raise AdapterError(
                 f"adapter rank r={rank} is above this server's limit of {max_rank} "
@@ -148,23 +158,17 @@ def _check_rank(config: dict[str, Any], max_rank: int) -> int:
     return int(config["r"])
 
 
-def _check_targets(targets: object, layers: dict[str, LayerShape]) -> None:
+def _check_targets(targets: list[str] | str, layers: dict[str, LayerShape]) -> None:
+    """Every target exists in the base (`check_peft_config` has bounded a pattern's cost)."""
     if isinstance(targets, str):
-        if targets == "all-linear":
+        if targets == ALL_LINEAR:
             return
-        try:
-            pattern = re.compile(targets)
-        except re.error:
-            raise AdapterError(
-                f"adapter_config.json: target_modules {targets!r} is not a valid regex"
-            ) from None
+        pattern = re.compile(targets)
         if not any(pattern.fullmatch(name) for name in layers):
             raise AdapterError(
                 f"target_modules {targets!r} matches no layer of the served base model"
             )
         return
-    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise AdapterError("adapter_config.json: target_modules must be a non-empty list of names")
     missing = [
         t for t in targets if not any(name == t or name.endswith("." + t) for name in layers)
     ]
@@ -177,7 +181,6 @@ def _check_targets(targets: object, layers: dict[str, LayerShape]) -> None:
 def _check_tensors(
     tensors: dict[str, TensorInfo], layers: dict[str, LayerShape], config: dict[str, Any]
 ) -> None:
-    ranks = config.get("rank_pattern") or {}
     for key, info in tensors.items():
         kind_side = next(((k, v) for k, v in LORA_SUFFIXES.items() if key.endswith(k)), None)
         if kind_side is None or not key.startswith(PEFT_PREFIX):
@@ -187,7 +190,7 @@ def _check_tensors(
         layer = layers.get(module)
         if layer is None:
             raise AdapterError(f"tensor {key!r} targets {module!r}, which the base model lacks")
-        rank = next((r for p, r in ranks.items() if module.endswith(p)), config["r"])
+        rank = rank_for(module, config)
         expected = _expected_shape(layer, side, rank)
         if layer.kind != kind or info.shape != expected:
             raise AdapterError(

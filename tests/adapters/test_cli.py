@@ -93,3 +93,25 @@ def test_commands_go_through_a_running_server(
     assert actions == [
         "adapter.uploaded", "adapter.uploaded", "adapter.activated", "adapter.removed"
     ]  # fmt: skip
+
+
+def test_import_refuses_a_backtracking_target_pattern_in_one_line(
+    env: Settings, capsys: pytest.CaptureFixture[str], finance_v1: Path, tmp_path: Path
+) -> None:
+    """`(\\w+\\.?)+q_proj!` takes minutes per Falcon layer name on Python's re; the command
+    refuses it from its shape at once and stores nothing."""
+    import shutil
+
+    package = tmp_path / "hostile"
+    shutil.copytree(finance_v1, package)
+    config = json.loads((package / "adapter_config.json").read_text())
+    config["target_modules"] = r"(\w+\.?)+q_proj!"
+    (package / "adapter_config.json").write_text(json.dumps(config))
+    code, out, err = run(capsys, "import", str(package))
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        r"teller adapters: error: adapter_config.json: target_modules '(\\w+\\.?)+q_proj!' is "
+        "refused: the group at character 1 is repeated"
+    )
+    assert err.count("\n") == 1
+    assert not (env.models_dir / "adapters" / "finance").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import zipfile
@@ -124,6 +125,33 @@ def missing_config(package: Path, tmp: Path) -> Path:
     return folder
 
 
+def edited_manifest(**changes: object) -> Callable[[Path, Path], Path]:
+    def build(package: Path, tmp: Path) -> Path:
+        folder = copy_of(package, tmp)
+        path = folder / "teller.json"
+        data = json.loads(path.read_text())
+        data.update(changes)
+        path.write_text(json.dumps(data))
+        return folder
+
+    return build
+
+
+def nonfinite_weights(value: float) -> Callable[[Path, Path], Path]:
+    """One value of one LoRA B tensor replaced, as a diverged training run leaves it."""
+
+    def build(package: Path, tmp: Path) -> Path:
+        folder = copy_of(package, tmp)
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        key = next(k for k in sorted(weights) if k.endswith("v_proj.lora_B.weight"))
+        weights[key][3, 1] = value
+        save_file(weights, str(folder / "adapter_model.safetensors"))
+        _fix_sha(folder)
+        return folder
+
+    return build
+
+
 def _fix_sha(folder: Path) -> None:
     from app.contract import sha256_file
 
@@ -153,6 +181,50 @@ REFUSALS = [
     ("truncated", truncated_weights, "points outside the file"),
     ("tampered", tampered_weights, "teller.json: sha256 does not match"),
     ("missing config", missing_config, "adapter_config.json is missing from the package"),
+    (
+        "redos target",
+        edited_config(target_modules="(a+)+$"),
+        "target_modules '(a+)+$' is refused: the group at character 1 is repeated",
+    ),
+    (
+        "slow target",
+        edited_config(target_modules=".*.*.*.*q_proj"),
+        "steps per module name to match (the limit is 2,000,000)",
+    ),
+    (
+        "redos rank key",
+        edited_config(rank_pattern={"(.*)+q_proj": 4}),
+        "rank_pattern key '(.*)+q_proj' is refused",
+    ),
+    (
+        "redos exclude",
+        edited_config(exclude_modules="(x|x)+y"),
+        "exclude_modules '(x|x)+y' is refused",
+    ),
+    (
+        "regex modules_to_save",
+        edited_config(modules_to_save=["(a+)+"]),
+        "modules_to_save must be a list of plain module names",
+    ),
+    (
+        "rank_pattern list",
+        edited_config(rank_pattern=["q_proj"]),
+        "rank_pattern must be an object mapping module names to ranks",
+    ),
+    (
+        "alpha_pattern text",
+        edited_config(alpha_pattern={"q_proj": "big"}),
+        "alpha_pattern must be an object mapping module names to alphas",
+    ),
+    ("rank bool", edited_config(r=True), "rank r=True must be a positive integer"),
+    ("target dict", edited_config(target_modules={"q": 1}), "target_modules must be a non-empty"),
+    ("metrics list", edited_manifest(metrics=[1.5]), "'metrics' must be an object"),
+    ("metrics text", edited_manifest(metrics={"eval_loss": "low"}), "metric 'eval_loss' must"),
+    ("metrics nan", edited_manifest(metrics={"eval_loss": float("nan")}), "a finite number"),
+    ("version text", edited_manifest(version="3"), "'version' must be a whole number or null"),
+    ("training type", edited_manifest(training={"steps": "ten"}), "'training.steps' must be a"),
+    ("nan weights", nonfinite_weights(float("nan")), "holds NaN or infinite values"),
+    ("inf weights", nonfinite_weights(float("-inf")), "v_proj.lora_B.weight' holds NaN"),
 ]
 
 
@@ -210,3 +282,60 @@ def test_falcon_adapter_is_refused_for_a_llama_base(
     with pytest.raises(AdapterError, match="target module query_key_value does not exist"):
         registry.import_path(package, allow_base_mismatch=True)
     assert snapshot(registry.root) == {}
+
+
+def test_identical_weights_are_refused_under_another_name(
+    registry: Registry, finance_v1: Path
+) -> None:
+    registry.import_path(finance_v1)
+    before = snapshot(registry.root)
+    with pytest.raises(AdapterError, match=r"already stored as finance@1 \(same sha256\)"):
+        registry.import_path(finance_v1, name="treasury")
+    assert snapshot(registry.root) == before
+    assert registry.names() == ["finance"]
+
+
+def test_a_hostile_target_pattern_is_never_matched(
+    registry: Registry, finance_v1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded work: the pattern is refused from its shape, before `re` compiles it (upload
+    and CLI import both end in `Registry._store`, the CLI test covers the command)."""
+    hostile = r"(\w+\.?)+q_proj!"  # seconds per name on Python's re
+    compiled: list[str] = []
+    real_compile = re.compile
+
+    def spy(pattern, flags=0):  # noqa: ANN001, ANN202 - stands in for re.compile
+        compiled.append(pattern)
+        return real_compile(pattern, flags)
+
+    monkeypatch.setattr(re, "compile", spy)
+    candidate = edited_config(target_modules=hostile)(finance_v1, tmp_path)
+    archive = zip_folder(candidate, tmp_path / "hostile.zip")
+    with archive.open("rb") as upload, pytest.raises(AdapterError) as refused:
+        registry.import_upload(upload, "hostile.zip")
+    assert "target_modules" in str(refused.value) and "repeated group" in str(refused.value)
+    assert hostile not in compiled
+    assert snapshot(registry.root) == {}
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r".*\.(q_proj|v_proj)$", r"(.*\.)?(q_proj|v_proj)", r"^(?!.*vision).*(?:q_proj|v_proj)"],
+)
+def test_target_patterns_trainers_write_are_imported(
+    registry: Registry, finance_v1: Path, tmp_path: Path, pattern: str
+) -> None:
+    candidate = edited_config(target_modules=pattern)(finance_v1, tmp_path)
+    assert registry.import_path(candidate).ref == "finance@1"
+
+
+def test_rank_pattern_is_read_as_peft_reads_it(
+    registry: Registry, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """A `rank_pattern` key is a regex PEFT anchors at a module boundary: `v_proj` at rank 8
+    with `r` 4 must be checked against rank-8 shapes, not the default rank."""
+    package = make_package(tiny_llama_dir, tmp_path / "mixed", rank=8, targets=("v_proj",))
+    config = json.loads((package / "adapter_config.json").read_text())
+    config.update(r=4, rank_pattern={r"layers\.\d+\.self_attn\.v_proj": 8})
+    (package / "adapter_config.json").write_text(json.dumps(config))
+    assert registry.import_path(package).ref == "finance@1"
