@@ -107,8 +107,8 @@ def verify_chain(
         report.problems.append("the audit head row is missing")
         return report
     report.head_id, report.head_hash, report.base_id = head.last_id, head.last_hash, head.base_id
-    walked, purge = _walk(session, head, report)
-    cut_problems, cut = _check_cut(head, purge, retention_days)
+    walked, purges = _walk(session, head, report)
+    cut_problems, cut = _check_cut(head, purges, retention_days)
     anchor_problems = _check_anchors(session, head, anchors, cut, report)
     report.problems = (cut_problems + anchor_problems + walked)[:max_problems]
     return report
@@ -116,12 +116,13 @@ def verify_chain(
 
 def _walk(
     session: Session, head: AuditHead, report: ChainReport
-) -> tuple[list[str], AuditRecord | None]:
-    """Every record in order: hashes, links, gaps; returns the problems and the newest purge."""
+) -> tuple[list[str], list[AuditRecord]]:
+    """Every record in order: hashes, links, gaps; returns the problems and the purge records
+    (one per retention pass that cut something: few)."""
     problems: list[str] = []
     expected_id, expected_prev = head.base_id + 1, head.base_hash
     head_id, head_hash, base_id = head.last_id, head.last_hash, head.base_id
-    purge = None
+    purges = []
     for record in iter_records(session):
         report.checked += 1
         if record.id <= base_id:
@@ -134,14 +135,14 @@ def _walk(
         if compute_hash(record) != record.hash:
             problems.append(f"record {record.id} was modified after it was written")
         if record.action == AUDIT_PURGED:
-            purge = record
+            purges.append(record)
         expected_id, expected_prev = record.id + 1, record.hash
     if expected_id - 1 != head_id or expected_prev != head_hash:
         problems.append(
             f"the chain ends at record {expected_id - 1} but the head says {head_id}: "
             "the newest records were deleted or altered"
         )
-    return problems, purge
+    return problems, purges
 
 
 def _purge_claim(record: AuditRecord) -> tuple[int, str, datetime, int] | None:
@@ -162,9 +163,13 @@ def _purge_claim(record: AuditRecord) -> tuple[int, str, datetime, int] | None:
 
 
 def _check_cut(
-    head: AuditHead, purge: AuditRecord | None, retention_days: int
+    head: AuditHead, purges: list[AuditRecord], retention_days: int
 ) -> tuple[list[str], _Cut | None]:
-    """A missing start of the chain is a retention cut only if a purge record proves it."""
+    """A missing start of the chain is a retention cut only if the newest purge record proves
+    it. The cut-off returned bounds every purged record's time: the latest of the purge records
+    still in the chain (an earlier one can be later when retention was lengthened since; those
+    cut away were written before the cut-off of the purge that removed them)."""
+    purge = purges[-1] if purges else None
     if head.base_id == 0:
         if head.base_hash != GENESIS:
             return ["the head says the chain starts at record 1 but not at the genesis hash"], None
@@ -199,7 +204,8 @@ def _check_cut(
     elif days < retention_days:
         problems.append(
             f"{AUDIT_PURGED} record {purge.id} kept only {days} days of records but "
-            f"TELLER_AUDIT_RETENTION_DAYS is {retention_days}: records too young were cut"
+            f"TELLER_AUDIT_RETENTION_DAYS is {retention_days}: records too young were cut (if "
+            "the setting was raised since, verify with the old value until a purge runs at it)"
         )
     if days < 1 or cutoff > purge.created_at - timedelta(days=days):
         problems.append(
@@ -208,7 +214,13 @@ def _check_cut(
         )
     if purge.created_at > utcnow() + CLOCK_SLACK:
         problems.append(f"{AUDIT_PURGED} record {purge.id} is dated in the future")
-    return problems, None if problems else _Cut(purge.id, cutoff)
+    if problems:
+        return problems, None
+    for earlier in purges[:-1]:
+        other = _purge_claim(earlier)
+        if other and other[2] > cutoff and other[2] <= earlier.created_at - timedelta(other[3]):
+            purge, cutoff = earlier, other[2]
+    return [], _Cut(purge.id, cutoff)
 
 
 def _recorded_hashes(session: Session, ids: Iterable[int]) -> dict[int, str]:

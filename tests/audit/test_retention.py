@@ -166,6 +166,35 @@ def test_a_forged_purge_record_is_caught_by_the_setting_or_by_the_head_log(
     assert "the cut was not retention's" in caught
 
 
+def test_an_earlier_purge_with_a_shorter_retention_bounds_the_anchor_times(
+    session_factory,  # noqa: ANN001
+    db_path: Path,
+) -> None:
+    """Retention lengthened from 30 to 90 days: the 30-day purge still in the chain cut records
+    younger than the 90-day one's cut-off, and anchors taken between are no forgery."""
+    hashes = fill(session_factory, 6)
+    fake_cut(db_path, 3, hashes[3])  # what the two purges deleted
+    with session_factory() as session:
+        for base, days in ((2, 30), (3, 90)):
+            with audit.appending(session) as head:
+                audit.append(
+                    session=session,
+                    head=head,
+                    action=audit.AUDIT_PURGED,
+                    details={
+                        "base_id": base,
+                        "base_hash": hashes[base],
+                        "cutoff": (utcnow() - timedelta(days=days)).isoformat(),
+                        "retention_days": days,
+                        "records": 1,
+                    },
+                )
+    between = Anchor(1, hashes[1], utcnow() - timedelta(days=45))
+    assert problems(session_factory, 90, [between]) == []
+    too_late = Anchor(1, hashes[1], utcnow() - timedelta(days=20))
+    assert "the cut was not retention's" in " ".join(problems(session_factory, 90, [too_late]))
+
+
 def test_a_moved_cut_point_after_a_real_purge_is_caught(
     session_factory,  # noqa: ANN001
     db_path: Path,
