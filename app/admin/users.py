@@ -20,6 +20,7 @@ NOTICES = {
     "disabled": "User disabled; their sessions ended.",
     "enabled": "User re-enabled.",
     "password": "Password reset; their sessions ended.",
+    "password-keys": "Password reset; their sessions ended and their API keys were revoked.",
 }
 
 
@@ -110,10 +111,16 @@ def reset_password(
     admin: AdminUser,
     user_id: int,
     password: Annotated[str, Form(max_length=4096)],
+    revoke_keys: Annotated[bool, Form()] = False,
 ) -> Response:
+    """The form's "and revoke their API keys" box is ticked by default (a reset is often
+    for a leaked password); unticked, the user's keys keep working."""
     user = _target(session, user_id)
     try:
-        service.reset_password(session=session, user=user, new=password, actor_id=admin.id)
+        service.reset_password(
+            session=session, user=user, new=password, revoke_keys=revoke_keys, actor_id=admin.id
+        )
     except service.AccountError as exc:
         return _page(request, session, admin, error=f"{user.username}: {exc}", code=400)
-    return RedirectResponse("/admin/users?done=password", status_code=303)
+    done = "password-keys" if revoke_keys else "password"
+    return RedirectResponse(f"/admin/users?done={done}", status_code=303)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import service
 from app.config import Settings
+from app.keys import service as api_keys
 from app.store.db import make_engine, make_session_factory, migrate
 from app.store.models import User
 
@@ -66,14 +67,32 @@ def users_add(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def users_passwd(args: argparse.Namespace, settings: Settings) -> str:
+    """A reset keeps API keys unless `--revoke-keys`; the reply says how many still work."""
     password = read_password(args, "New password: ")
     with open_session(settings) as session:
         user = _user(session, args.name)
         try:
-            service.reset_password(session=session, user=user, new=password, actor_id=None)
+            revoked = service.reset_password(
+                session=session,
+                user=user,
+                new=password,
+                revoke_keys=args.revoke_keys,
+                actor_id=None,
+            )
         except service.AccountError as exc:
             raise CliError(str(exc)) from None
-        return f"password changed for {user.username}; their sessions were ended"
+        done = f"password changed for {user.username}; their sessions were ended"
+        if args.revoke_keys:
+            return f"{done}; {_keys(revoked)} revoked"
+        live = api_keys.count_live_keys(session=session, user_id=user.id)
+        if live:
+            verb = "still works" if live == 1 else "still work"
+            return f"{done}; {_keys(live)} {verb} (add --revoke-keys to revoke them)"
+        return done
+
+
+def _keys(count: int) -> str:
+    return f"{count} API key{'' if count == 1 else 's'}"
 
 
 def _disabled(value: bool) -> Callable[[argparse.Namespace, Settings], str]:
@@ -103,6 +122,11 @@ def add_parser(commands: argparse._SubParsersAction, runner: Callable) -> None:
     passwd = actions.add_parser("passwd", help="set a new password: teller users passwd NAME")
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument(
+        "--revoke-keys",
+        action="store_true",
+        help="also revoke the user's API keys (whoever had the password could have made some)",
+    )
     passwd.set_defaults(run=runner(users_passwd))
     for name, value, text in (
         ("disable", True, "disable an account; its sessions end at once"),

@@ -146,9 +146,16 @@ def setup(
     return _start_session(request, session, settings, user, "/")
 
 
+NOTICES = {
+    "password": "Password changed; your other sessions were signed out.",
+    "password-keys": "Password changed; your other sessions were signed out and your API keys "
+    "were revoked.",
+}
+
+
 @router.get("/account")
 def account_page(request: Request, user: CurrentUser, done: str = "") -> Response:
-    notice = "Password changed; your other sessions were signed out." if done else None
+    notice = NOTICES.get(done)
     return render(request, "account.html", {"user": user, "error": None, "notice": notice})
 
 
@@ -160,16 +167,19 @@ def change_password(
     current: Annotated[str, Form(max_length=4096)],
     password: Annotated[str, Form(max_length=4096)],
     confirm: Annotated[str, Form(max_length=4096)],
+    revoke_keys: Annotated[bool, Form()] = False,
 ) -> Response:
+    """The form's "also revoke my API keys" box is ticked by default; unticked, keys stay."""
     info = signed_in(request)
     try:
         if password != confirm:
             raise service.AccountError("The two new passwords differ.")
-        service.change_password(
+        revoked = service.change_password(
             session=session,
             user=user,
             current=current,
             new=password,
+            revoke_keys=revoke_keys,
             keep_session=info.session_id if info else None,
         )
     except service.AccountError as exc:
@@ -179,4 +189,4 @@ def change_password(
             {"user": user, "error": str(exc), "notice": None},
             status_code=status.HTTP_400_BAD_REQUEST,
         )
-    return _see_other("/account?done=1")
+    return _see_other("/account?done=password-keys" if revoked else "/account?done=password")

@@ -13,6 +13,7 @@ from app.auth import passwords, throttle
 from app.auth.sessions import end_user_sessions
 from app.auth.throttle import SignInThrottled
 from app.config import Settings
+from app.keys import service as api_keys
 from app.store.models import Role, User
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -148,9 +149,14 @@ def change_password(
     user: User,
     current: str,
     new: str,
+    revoke_keys: bool,
     keep_session: str | None = None,
-) -> None:
+) -> int:
     """The signed-in user's own change: needs the current password; other sessions end.
+
+    `revoke_keys` is the user's choice: a password changed because it leaked may have been
+    used to make API keys, which a new password alone does not stop. Returns how many keys
+    were revoked.
 
     Raises:
         AccountError: the current password is wrong or the new one is unacceptable.
@@ -159,23 +165,45 @@ def change_password(
         raise AccountError("The current password is wrong.")
     _set_password(session, user, new)
     end_user_sessions(session=session, user_id=user.id, keep=keep_session)
-    audit.record_event(session=session, action=audit.PASSWORD_CHANGED, actor_id=user.id)
+    revoked = _revoke_keys(session, user, revoke_keys, actor_id=user.id)
+    audit.record_event(
+        session=session,
+        action=audit.PASSWORD_CHANGED,
+        actor_id=user.id,
+        details={"revoke_api_keys": revoke_keys, "api_keys_revoked": revoked},
+    )
+    return revoked
 
 
-def reset_password(*, session: Session, user: User, new: str, actor_id: int | None) -> None:
-    """An admin's (or the CLI's) reset: every session of that user ends.
+def reset_password(
+    *, session: Session, user: User, new: str, revoke_keys: bool, actor_id: int | None
+) -> int:
+    """An admin's (or the CLI's) reset: every session of that user ends, and their API keys
+    too when `revoke_keys`. Returns how many keys were revoked.
 
     Raises:
         AccountError: the new password is unacceptable.
     """
     _set_password(session, user, new)
     end_user_sessions(session=session, user_id=user.id)
+    revoked = _revoke_keys(session, user, revoke_keys, actor_id=actor_id)
     audit.record_event(
         session=session,
         action=audit.USER_PASSWORD_RESET,
         actor_id=actor_id,
-        details={"user": user.username},
+        details={
+            "user": user.username,
+            "revoke_api_keys": revoke_keys,
+            "api_keys_revoked": revoked,
+        },
     )
+    return revoked
+
+
+def _revoke_keys(session: Session, user: User, revoke: bool, *, actor_id: int | None) -> int:
+    if not revoke:
+        return 0
+    return api_keys.revoke_user_keys(session=session, user_id=user.id, actor_id=actor_id)
 
 
 def _set_password(session: Session, user: User, new: str) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -97,6 +97,26 @@ def revoke_key(*, session: Session, key: ApiKey, actor_id: int | None = None) ->
         details={"key_id": key.id, "prefix": key.prefix, "owner_id": key.user_id},
     )
     return True
+
+
+def revoke_user_keys(*, session: Session, user_id: int, actor_id: int | None = None) -> int:
+    """Revoke every live key of a user (after a password change or reset, when asked: whoever
+    had the password may have made keys); each revocation is audited. Returns how many."""
+    live = session.scalars(
+        select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+    ).all()
+    return sum(revoke_key(session=session, key=key, actor_id=actor_id) for key in live)
+
+
+def count_live_keys(*, session: Session, user_id: int) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ApiKey)
+            .where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        )
+        or 0
+    )
 
 
 def authenticate(*, session: Session, secret: str) -> tuple[User, ApiKey] | None:
