@@ -11,6 +11,7 @@ older version left readable by others are narrowed at every start.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
@@ -40,6 +42,8 @@ def prepare_sqlite_file(path: Path) -> None:
                 candidate.chmod(PRIVATE_FILE)
         except FileNotFoundError:
             continue
+        except PermissionError:  # another account's file: say so, SQLite decides if it opens
+            log.warning("%s is readable by other accounts and not ours to chmod", candidate)
 
 
 def make_engine(url: str) -> Engine:
