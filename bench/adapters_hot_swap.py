@@ -23,7 +23,7 @@ from app.adapters.registry import Registry
 from app.adapters.service import AdapterService
 from app.contract import AdapterManifest, ChatMessage, sha256_file
 from app.engine.loader import load_base_model
-from app.engine.local import LocalEngine
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,11 +52,11 @@ def make_package(folder: Path, seed: int) -> Path:
     return folder
 
 
-def lora_parameters(engine: LocalEngine) -> int:
+def lora_parameters(engine: SequentialEngine) -> int:
     return sum(p.numel() for n, p in engine.model.named_parameters() if "lora_" in n)
 
 
-async def stream(engine: LocalEngine, adapter: str, on_token=None) -> tuple[str, list[float]]:  # noqa: ANN001
+async def stream(engine: SequentialEngine, adapter: str, on_token=None) -> tuple[str, list[float]]:  # noqa: ANN001
     request = GenerationRequest(
         messages=QUESTION, adapter=adapter,
         sampling=SamplingParams(temperature=0.0, max_new_tokens=TOKENS),
@@ -85,7 +85,7 @@ async def main() -> dict:
         registry.import_path(package)
         import_s.append(time.perf_counter() - started)
     registry.activate("finance", 1)
-    engine = LocalEngine(load_base_model(str(BASE), device="cpu"))
+    engine = SequentialEngine(load_base_model(str(BASE), device="cpu"))
     service = AdapterService(registry, engine)
     started = time.perf_counter()
     await service.load_default()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from app.contract import ChatMessage, PromptFormat  # noqa: E402
 from app.engine.loader import load_base_model  # noqa: E402
-from app.engine.local import LocalEngine  # noqa: E402
+from app.engine.schedulers.sequential import SequentialEngine  # noqa: E402
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
 
 QUESTION = [
@@ -79,7 +79,7 @@ def generate_baseline(loaded: Any, prompt_ids: list[int]) -> dict[str, Any]:
     }
 
 
-async def _stream(engine: LocalEngine, request: GenerationRequest) -> dict[str, Any]:
+async def _stream(engine: SequentialEngine, request: GenerationRequest) -> dict[str, Any]:
     start = time.perf_counter()
     first: float | None = None
     async for event in engine.generate(request):
@@ -99,7 +99,7 @@ async def _stream(engine: LocalEngine, request: GenerationRequest) -> dict[str, 
     raise RuntimeError("no finish event")
 
 
-def measure_engine(engine: LocalEngine, adapter: str | None) -> dict[str, Any]:
+def measure_engine(engine: SequentialEngine, adapter: str | None) -> dict[str, Any]:
     def chat(tokens: int) -> GenerationRequest:
         return GenerationRequest(
             messages=QUESTION,
@@ -180,7 +180,7 @@ def profile_steps(step: Any, label: str) -> list[dict[str, Any]]:
 def profile(loaded: Any, prompt_ids: list[int]) -> dict[str, Any]:
     from transformers import DynamicCache
 
-    from app.engine.fast_llama import FastLlama
+    from app.engine.models.llama_cpu import FastLlama
 
     model = loaded.model
     cache = DynamicCache()
@@ -233,16 +233,16 @@ def main() -> None:
     load_before = os.getloadavg()
 
     loaded = load_base_model(args.model, device="cpu", dtype="float32")
-    engine = LocalEngine(loaded, fast_path=False)
+    engine = SequentialEngine(loaded, fast_path=False)
     prompt_ids = engine.prepare(GenerationRequest(messages=QUESTION)).prompt_ids
     global LONG_PROMPT
     LONG_PROMPT = long_prompt_ids(loaded.tokenizer)
     results: dict[str, Any] = {"transformers_generate": generate_baseline(loaded, prompt_ids)}
     results["teller_transformers_path"] = measure_engine(engine, None)
-    fp32 = LocalEngine(loaded)
+    fp32 = SequentialEngine(loaded)
     results["teller_fast_fp32"] = measure_engine(fp32, None)
     # Its own copy of the model: loading an adapter wraps the model it is given in place.
-    bf16 = LocalEngine(
+    bf16 = SequentialEngine(
         load_base_model(args.model, device="cpu", dtype="float32"), fast_dtype=torch.bfloat16
     )
     results["teller_fast_bf16"] = measure_engine(bf16, None)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bitsandbytes as bnb  # noqa: E402
 
-from app.engine.nf4_flat import flat_nf4_linear  # noqa: E402
-from app.engine.nf4_gemv import (  # noqa: E402
+from app.engine.kernels.nf4_flat import flat_nf4_linear  # noqa: E402
+from app.engine.kernels.nf4_gemv import (  # noqa: E402
     DECODES,
     GemvConfig,
     nf4_gemv,

@@ -25,7 +25,7 @@ import bitsandbytes as bnb  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from app.engine.nf4_matmul import (  # noqa: E402
+from app.engine.kernels.nf4_matmul import (  # noqa: E402
     KernelConfig,
     _sm_count,
     nf4_matmul,

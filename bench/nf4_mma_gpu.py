@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.engine.nf4_gemv import nf4_gemv, pack_gemv  # noqa: E402
-from app.engine.nf4_mma import nf4_mma_gemv, pack_mma  # noqa: E402
+from app.engine.kernels.nf4_gemv import nf4_gemv, pack_gemv  # noqa: E402
+from app.engine.kernels.nf4_mma import nf4_mma_gemv, pack_mma  # noqa: E402
 from bench.nf4_bench_common import make_linear, rel_err, replay_check, save  # noqa: E402
 from bench.nf4_gemv_gpu import Timer, bnb_gemv, short  # noqa: E402
 
@@ -42,7 +42,7 @@ def kernel_registers(config: tuple[int, int, int, int]) -> int:
     """Registers per thread of the compiled kernel (they bound how many blocks fit an SM)."""
     import ctypes
 
-    from app.engine.nf4_mma import _kernel
+    from app.engine.kernels.nf4_mma import _kernel
 
     function = _kernel(torch.cuda.current_device(), *config[:3]).func
     count = ctypes.c_int()

@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.engine.fast_falcon import FalconBatch  # noqa: E402
+from app.engine.models.falcon import FalconBatch  # noqa: E402
 from bench.train_gpu import falcon_7b_config  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "serve-bf16-error-cpu.json"

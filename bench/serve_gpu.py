@@ -13,9 +13,10 @@ random, non-zero LoRA adapters (r=64, every Falcon linear module) are saved as p
 - `baseline`: transformers `generate` over an unmerged PEFT adapter (the plain recipe):
   batch-1 decode, TTFT for a 512-token prompt, batch-8 aggregate; and the NF4 base alone.
 - `teller`: `BatchEngine` in process, for each NF4 kernel variant (`bnb`, `bnb_flat`,
-  `triton`, `hybrid`: see `app.engine.nf4_routing.nf4_override`): batch-1 decode with an adapter and
-  without, TTFT for 512 prompt tokens, and 8/32/64 concurrent streams over the 4 adapters
-  (aggregate output tokens/s, p50/p95 TTFT). Each level runs twice; the second (warm) counts.
+  `triton`, `hybrid`: see `app.engine.kernels.nf4_routing.nf4_override`): batch-1 decode with
+  an adapter and without, TTFT for 512 prompt tokens, and 8/32/64 concurrent streams over the
+  4 adapters (aggregate output tokens/s, p50/p95 TTFT). Each level runs twice; the second
+  (warm) counts.
 - `http`: the same engine behind the real app and uvicorn, 32 concurrent `/v1/chat/completions`
   SSE streams over the 4 adapters (imported through the adapter registry).
 - `correctness`: the lean forward's prefill logits against PEFT's (relative L2 error, same
@@ -43,9 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.contract import PromptFormat  # noqa: E402
-from app.engine.batch_engine import BatchEngine  # noqa: E402
+from app.engine.kernels.nf4_routing import nf4_override  # noqa: E402
 from app.engine.loader import LoadedModel  # noqa: E402
-from app.engine.nf4_routing import nf4_override  # noqa: E402
+from app.engine.schedulers.batch import BatchEngine  # noqa: E402
 from app.engine.types import (  # noqa: E402
     FinishEvent,
     GenerationRequest,
@@ -142,7 +143,7 @@ async def measure_engine(
     out["ttft_512_ms"] = statistics.median(ttfts[1:])
     # Real prompts seldom repeat a length: time to first token over lengths not seen before,
     # with prefill attention as the engine picks it and with torch's own choice (cuDNN first).
-    from app.engine import fast_falcon
+    from app.engine.models import falcon as fast_falcon
 
     chosen, lengths = fast_falcon.PREFILL_ATTENTION, iter(range(420, 520, 3))
     for key, backends in (("ttft_fresh_lengths_ms", chosen), ("ttft_fresh_torch_sdpa_ms", None)):

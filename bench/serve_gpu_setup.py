@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from app.contract import AdapterManifest, PromptFormat, sha256_file
-from app.engine.fast_falcon import FalconBatch
 from app.engine.loader import LoadedModel
+from app.engine.models.falcon import FalconBatch
 from bench.train_gpu_recipes import FALCON_TARGETS
 
 REPO = Path(__file__).resolve().parents[1]

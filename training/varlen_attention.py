@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from app.engine.peft_layout import base_model
+from app.engine.models.peft_layout import base_model
 
 VARLEN = "teller_varlen"
 """The attention label: `collate` builds no mask for it, `plan_memory` counts no probabilities."""

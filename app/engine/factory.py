@@ -9,9 +9,9 @@ import torch
 
 from app.config import Settings
 from app.engine.capabilities import cpu_has_native_bf16
+from app.engine.kernels.nf4_routing import nf4_override
 from app.engine.loader import LoadedModel, load_base_model
-from app.engine.local import LocalEngine
-from app.engine.nf4_routing import nf4_override
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import Engine
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def build_engine(settings: Settings) -> Engine:
         loaded.source, loaded.device, loaded.dtype, loaded.quantization,
     )  # fmt: skip
     if use_batch_scheduler(settings.scheduler, loaded):
-        from app.engine.batch_engine import BatchEngine
+        from app.engine.schedulers.batch import BatchEngine
 
         log.info("continuous batching, up to %d answers per step", settings.max_batch)
         return BatchEngine(
@@ -56,7 +56,7 @@ def build_engine(settings: Settings) -> Engine:
             max_context_tokens=settings.max_context_tokens,
             linear_override=nf4_override(loaded),
         )
-    return LocalEngine(
+    return SequentialEngine(
         loaded,
         max_queue=settings.max_queue,
         max_context_tokens=settings.max_context_tokens,
@@ -70,8 +70,8 @@ def use_batch_scheduler(setting: str, loaded: LoadedModel) -> bool:
     Raises:
         ModelLoadError: `batch` was asked for a model the batched path cannot run.
     """
-    from app.engine.fast_falcon import unsupported_reason
     from app.engine.loader import ModelLoadError
+    from app.engine.models.falcon import unsupported_reason
 
     if setting == "sequential":
         return False

@@ -12,7 +12,7 @@ from app.adapters.registry import Registry
 from app.adapters.service import AdapterService
 from app.contract import ChatMessage
 from app.engine.loader import load_base_model
-from app.engine.local import LocalEngine
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams
 from tests.adapters.reference import greedy_answer
 
@@ -22,16 +22,16 @@ TOKENS = 24
 
 @pytest.fixture
 def engine(tiny_llama_dir: Path):  # noqa: ANN201
-    engine = LocalEngine(load_base_model(str(tiny_llama_dir), device="cpu"))
+    engine = SequentialEngine(load_base_model(str(tiny_llama_dir), device="cpu"))
     yield engine
     asyncio.run(engine.close())
 
 
-def lora_parameters(engine: LocalEngine) -> int:
+def lora_parameters(engine: SequentialEngine) -> int:
     return sum(p.numel() for n, p in engine.model.named_parameters() if "lora_" in n)
 
 
-async def answer(engine: LocalEngine, adapter: str | None) -> str:
+async def answer(engine: SequentialEngine, adapter: str | None) -> str:
     request = GenerationRequest(
         messages=QUESTION,
         adapter=adapter,
@@ -45,7 +45,7 @@ async def answer(engine: LocalEngine, adapter: str | None) -> str:
 
 
 def test_activation_loads_beside_a_running_version_and_unloads_it_after(
-    registry: Registry, engine: LocalEngine, finance_v1: Path, finance_v2: Path
+    registry: Registry, engine: SequentialEngine, finance_v1: Path, finance_v2: Path
 ) -> None:
     registry.import_path(finance_v1)
     registry.import_path(finance_v2)
@@ -73,7 +73,7 @@ def test_activation_loads_beside_a_running_version_and_unloads_it_after(
 
 def test_each_loaded_version_answers_like_a_single_adapter_run(
     registry: Registry,
-    engine: LocalEngine,
+    engine: SequentialEngine,
     tiny_llama_dir: Path,
     finance_v1: Path,
     tax_v1: Path,
@@ -162,7 +162,7 @@ def test_plain_peft_adapter_without_manifest_is_accepted(
 
 
 def test_idle_adapters_beyond_the_limit_are_unloaded_least_recently_used_first(
-    registry: Registry, engine: LocalEngine, finance_v1: Path, finance_v2: Path, tax_v1: Path
+    registry: Registry, engine: SequentialEngine, finance_v1: Path, finance_v2: Path, tax_v1: Path
 ) -> None:
     registry.import_path(finance_v1)
     registry.import_path(tax_v1)
@@ -185,7 +185,7 @@ def test_idle_adapters_beyond_the_limit_are_unloaded_least_recently_used_first(
 
 
 def test_a_version_that_fails_to_load_never_becomes_the_default(
-    registry: Registry, engine: LocalEngine, finance_v1: Path, finance_v2: Path
+    registry: Registry, engine: SequentialEngine, finance_v1: Path, finance_v2: Path
 ) -> None:
     from app.adapters.errors import AdapterError
 

@@ -14,7 +14,7 @@ import pytest
 
 from app.contract import ChatMessage
 from app.engine.loader import LoadedModel, load_base_model
-from app.engine.local import LocalEngine
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import EngineBusy, FinishEvent, GenerationRequest, SamplingParams
 
 
@@ -34,7 +34,7 @@ def test_adapter_changes_do_not_block_the_event_loop_when_the_queue_is_full(
         gate.wait(20)
 
     handle = tiny.model.register_forward_pre_hook(hold)
-    engine = LocalEngine(tiny, max_queue=1)
+    engine = SequentialEngine(tiny, max_queue=1)
     sampling = SamplingParams(temperature=0, max_new_tokens=2)
 
     def request() -> GenerationRequest:

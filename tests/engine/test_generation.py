@@ -10,7 +10,7 @@ import torch
 
 from app.contract import ChatMessage
 from app.engine.loader import LoadedModel, load_base_model
-from app.engine.local import LocalEngine
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 
 QUESTION = [ChatMessage("user", "What is the net present value of a bond?")]
@@ -22,7 +22,7 @@ def tiny(request: pytest.FixtureRequest) -> LoadedModel:
     return load_base_model(str(path), device="cpu")
 
 
-def collect(engine: LocalEngine, request: GenerationRequest) -> tuple[list[str], FinishEvent]:
+def collect(engine: SequentialEngine, request: GenerationRequest) -> tuple[list[str], FinishEvent]:
     async def run() -> tuple[list[str], FinishEvent]:
         tokens: list[str] = []
         async for event in engine.generate(request):
@@ -44,7 +44,7 @@ def hf_greedy(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -
 
 
 def test_streamed_greedy_text_equals_transformers_generate(tiny: LoadedModel) -> None:
-    engine = LocalEngine(tiny)
+    engine = SequentialEngine(tiny)
     request = GenerationRequest(
         messages=QUESTION, sampling=SamplingParams(temperature=0, max_new_tokens=48)
     )
@@ -57,7 +57,7 @@ def test_streamed_greedy_text_equals_transformers_generate(tiny: LoadedModel) ->
 
 
 def test_max_new_tokens_holds(tiny: LoadedModel) -> None:
-    engine = LocalEngine(tiny)
+    engine = SequentialEngine(tiny)
     _, finish = collect(
         engine,
         GenerationRequest(
@@ -69,7 +69,7 @@ def test_max_new_tokens_holds(tiny: LoadedModel) -> None:
 
 
 def test_stop_string_ends_the_answer_and_is_not_shown(tiny: LoadedModel) -> None:
-    engine = LocalEngine(tiny)
+    engine = SequentialEngine(tiny)
     greedy = SamplingParams(temperature=0, max_new_tokens=40)
     full = collect(engine, GenerationRequest(messages=QUESTION, sampling=greedy))[1].text
     words = full.split()
@@ -86,7 +86,7 @@ def test_stop_string_ends_the_answer_and_is_not_shown(tiny: LoadedModel) -> None
 
 
 def test_cancel_stops_the_generation_loop(tiny: LoadedModel) -> None:
-    engine = LocalEngine(tiny)
+    engine = SequentialEngine(tiny)
     request = GenerationRequest(
         messages=QUESTION, sampling=SamplingParams(temperature=0, max_new_tokens=1500)
     )
@@ -109,7 +109,7 @@ def test_cancel_stops_the_generation_loop(tiny: LoadedModel) -> None:
 
 def test_abandoned_stream_stops_generating(tiny: LoadedModel) -> None:
     """A consumer that walks away (client disconnect) cancels the request on the worker."""
-    engine = LocalEngine(tiny)
+    engine = SequentialEngine(tiny)
     request = GenerationRequest(
         messages=QUESTION, sampling=SamplingParams(temperature=0, max_new_tokens=1500)
     )
@@ -127,7 +127,7 @@ def test_abandoned_stream_stops_generating(tiny: LoadedModel) -> None:
 
 
 def test_seed_repeats_a_sampled_answer(tiny: LoadedModel) -> None:
-    engine = LocalEngine(tiny)
+    engine = SequentialEngine(tiny)
 
     def sampled(seed: int) -> str:
         params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=20, seed=seed)

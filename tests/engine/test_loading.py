@@ -10,14 +10,14 @@ import pytest
 from app.contract import ChatMessage
 from app.engine.default_model import fetch_default_model
 from app.engine.loader import ModelLoadError, count_linear_4bit, load_base_model
-from app.engine.local import LocalEngine
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams
 
 
 def test_default_model_is_fetched_once_and_answers(default_model_dir: Path) -> None:
     assert fetch_default_model(default_model_dir) is False, "a second fetch must be a no-op"
     loaded = load_base_model(str(default_model_dir), device="cpu")
-    engine = LocalEngine(loaded)
+    engine = SequentialEngine(loaded)
     request = GenerationRequest(
         messages=[ChatMessage("user", "In one sentence, what is compound interest?")],
         sampling=SamplingParams(temperature=0, max_new_tokens=12),

@@ -16,13 +16,13 @@ import pytest
 
 from app.contract import ChatMessage, PromptFormat, build_prompt, encode_prompt
 from app.engine.loader import LoadedModel, load_base_model
-from app.engine.local import LocalEngine
 from app.engine.prompt_fit import (
     MAX_RENDERS,
     PreparationCancelled,
     fit_conversation,
     max_token_chars,
 )
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 
 BUDGET = 512
@@ -141,7 +141,7 @@ def test_a_waiting_request_is_served_while_a_hostile_one_is_prepared(tiny: Loade
     """The hostile request's preparation is held mid-way: the engine still answers another
     user, and cancelling the hostile one ends it without it ever reaching the model."""
     tokenizer = CountingTokenizer(tiny.tokenizer, hold_on="turn-0003")
-    engine = LocalEngine(
+    engine = SequentialEngine(
         LoadedModel(tiny.model, tokenizer, tiny.source, tiny.device, tiny.dtype, tiny.quantization)
     )
     sampling = SamplingParams(temperature=0, max_new_tokens=8)
@@ -178,7 +178,7 @@ def test_a_waiting_request_is_served_while_a_hostile_one_is_prepared(tiny: Loade
 
 def test_the_engine_prepares_a_long_history_in_bounded_work(tiny: LoadedModel) -> None:
     tokenizer = CountingTokenizer(tiny.tokenizer)
-    engine = LocalEngine(
+    engine = SequentialEngine(
         LoadedModel(tiny.model, tokenizer, tiny.source, tiny.device, tiny.dtype, tiny.quantization),
         max_context_tokens=BUDGET + 64,
     )

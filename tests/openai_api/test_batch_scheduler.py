@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.adapters.service import registry_for
-from app.engine.batch_engine import BatchEngine
+from app.engine.schedulers.batch import BatchEngine
 from tests.adapters.packages import make_package
 from tests.openai_api.conftest import settings_for, start_api
 

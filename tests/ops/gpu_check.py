@@ -19,13 +19,13 @@ import torch
 from prometheus_client import generate_latest
 
 from app.engine.loader import load_base_model
-from app.engine.local import LocalEngine
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from app.ops.gpu import gpu_memory
 from app.ops.metrics import registry_for
 
 
-async def answer(engine: LocalEngine) -> tuple[str, FinishEvent]:
+async def answer(engine: SequentialEngine) -> tuple[str, FinishEvent]:
     request = GenerationRequest(
         prompt="Net present value is", sampling=SamplingParams(temperature=0, max_new_tokens=16)
     )
@@ -40,7 +40,7 @@ async def answer(engine: LocalEngine) -> tuple[str, FinishEvent]:
 
 async def main(model_dir: str) -> dict:
     loaded = load_base_model(model_dir, device="cuda", quantization="none", dtype="bfloat16")
-    engine = LocalEngine(loaded)
+    engine = SequentialEngine(loaded)
     armed = {"on": True}
 
     def exhaust(module: torch.nn.Module, args: object) -> None:

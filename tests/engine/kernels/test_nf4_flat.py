@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.nf4_flat import flat_nf4_linear
+from app.engine.kernels.nf4_flat import flat_nf4_linear
 
 
 def linear4bit(double_quant: bool) -> torch.nn.Module:

@@ -14,8 +14,8 @@ from tests.subprocess_python import run_json, run_python
 CHECK = textwrap.dedent(
     """
     import json, types, torch
-    from app.engine.fast_falcon import FalconBatch
-    from app.engine.rotary_cache import rotate_into_cache
+    from app.engine.models.falcon import FalconBatch
+    from app.engine.kernels.rotary_cache import rotate_into_cache
     torch.manual_seed(0)
     heads, dim, slots, tokens = 4, 16, 4, 32
     report = {}
@@ -67,7 +67,7 @@ PTX = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from app.engine.rotary_cache import _rotary_cache
+    from app.engine.kernels.rotary_cache import _rotary_cache
     pointers = dict.fromkeys(["qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr", "v_ptr"], "*bf16")
     signature = {**pointers, "pos_ptr": "*i64", "stride_row": "i32", "stride_slot": "i32",
                  "stride_pos": "i32", "H": "constexpr", "D": "constexpr", "EXACT": "constexpr"}

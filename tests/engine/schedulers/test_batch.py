@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from app.contract import ChatMessage, PromptFormat
-from app.engine.batch_engine import BatchEngine
-from app.engine.fast_falcon import unsupported_reason
 from app.engine.loader import load_base_model
+from app.engine.models.falcon import unsupported_reason
+from app.engine.schedulers.batch import BatchEngine
 from app.engine.types import EngineBusy, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from tests.adapters.packages import make_package
 
@@ -214,7 +214,7 @@ def test_asking_for_an_adapter_that_is_not_loaded_is_refused(tiny_falcon_dir: Pa
 
 def two_adapter_batch(tiny_falcon_dir: Path, packages: dict[str, Path], slots: int):  # noqa: ANN201
     """A `FalconBatch` over the tiny Falcon with both test adapters loaded."""
-    from app.engine.fast_falcon import FalconBatch
+    from app.engine.models.falcon import FalconBatch
 
     model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
     return FalconBatch(model, slots=slots, max_tokens=64)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from tests.engine.test_batch_engine import decode_both_ways, packages, peft_model  # noqa: F401
+from tests.engine.schedulers.test_batch import decode_both_ways, packages, peft_model  # noqa: F401
 
 
 def reference_fused(calls: list) -> callable:
@@ -39,7 +39,7 @@ def reference_fused(calls: list) -> callable:
 
 
 def fused_batch(tiny_falcon_dir: Path, packages: dict[str, Path], calls: list):  # noqa: ANN201, F811
-    from app.engine.fast_falcon import FalconBatch
+    from app.engine.models.falcon import FalconBatch
 
     model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
     return FalconBatch(model, slots=2, max_tokens=64, linear_override=reference_fused(calls))

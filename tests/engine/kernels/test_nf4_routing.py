@@ -5,7 +5,7 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import torch
 
-from app.engine.nf4_routing import HEADROOM_BYTES, kernel_for_memory, packed_bytes
+from app.engine.kernels.nf4_routing import HEADROOM_BYTES, kernel_for_memory, packed_bytes
 
 GIB = 2**30
 FALCON_7B_PACKED = int(3.45 * GIB)  # its 4-bit projections as stored

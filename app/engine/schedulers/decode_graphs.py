@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from app.engine.fast_falcon import FalconBatch
+from app.engine.models.falcon import FalconBatch
 
 MIN_CONTEXT = 256
 

@@ -10,29 +10,28 @@ without a trip through the host, the step queued ahead of its predecessor's toke
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.engine.batch_engine import BatchEngine
 from app.engine.loader import load_base_model
+from app.engine.schedulers.batch import BatchEngine
 from app.engine.tiny_models import build_tiny_model
 from tests.adapters.packages import make_package
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_batch_engine import (  # noqa: E402
+from tests.engine.schedulers.test_batch import (  # noqa: E402
     FALCON_PROJECTIONS,
     answer_plan,
     assert_plan_matches_peft,
     peft_model,
 )
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TOKENIZER = REPO / "models" / "SmolLM2-135M-Instruct"  # only its tokenizer files are read
 
 

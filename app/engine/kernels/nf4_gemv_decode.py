@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from app.engine.nf4_matmul import NF4_CODE
+from app.engine.kernels.nf4_matmul import NF4_CODE
 
 _TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from app.engine.peft_layout import adapter_reason, base_model
+from app.engine.models.peft_layout import adapter_reason, base_model
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

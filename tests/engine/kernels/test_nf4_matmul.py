@@ -16,14 +16,14 @@ from tests.subprocess_python import run_json
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from app.engine.nf4_matmul import (  # noqa: E402
+from app.engine.kernels.nf4_matmul import (  # noqa: E402
     dequantize_packed,
     nf4_matmul,
     pack_linear4bit,
     triton_available,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def make_linear4bit(n: int, k: int, *, double_quant: bool, blocksize: int = 64, seed: int = 0):
@@ -138,7 +138,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
     from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
-    from app.engine.nf4_matmul import KernelConfig, _launch, pack_linear4bit, pick_config
+    from app.engine.kernels.nf4_matmul import KernelConfig, _launch, pack_linear4bit, pick_config
 
     results = []
     cases = [  # (m, k, n, double_quant, blocksize, KernelConfig, dtype)

@@ -8,13 +8,13 @@ import textwrap
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from app.engine.row_norm import layer_norm_row
+from app.engine.kernels.row_norm import layer_norm_row
 from tests.subprocess_python import run_json
 
 CHECK = textwrap.dedent(
     """
     import json, torch
-    from app.engine.row_norm import _launch
+    from app.engine.kernels.row_norm import _launch
     torch.manual_seed(0)
     report = {}
     for width, dtype in ((4544, torch.bfloat16), (64, torch.float32), (300, torch.bfloat16)):

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from app.engine.low_rank_row import low_rank_row
+from app.engine.kernels.low_rank_row import low_rank_row
 from tests.subprocess_python import run_json
 
 CHECK = textwrap.dedent(
     """
     import json, torch
-    from app.engine.low_rank_row import _launch
+    from app.engine.kernels.low_rank_row import _launch
     torch.manual_seed(0)
     report = {}
     # Falcon-7B's shapes (the stacked qkv + h4h factor, dense's, 4h->h's), a width that is
@@ -48,6 +48,7 @@ def test_torch_serves_off_cuda_and_for_several_rows():
         assert torch.equal(low_rank_row(x, a), F.linear(x, a))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernel runs on a GPU only")
 @pytest.mark.parametrize(("rank", "width"), [(128, 4544), (64, 4544), (64, 18176)])
 def test_kernel_on_the_gpu_at_falcon_7b_shapes(rank: int, width: int) -> None:

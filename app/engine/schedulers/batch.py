@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-from app.engine.decode_graphs import GraphedDecode
-from app.engine.fast_falcon import FalconBatch
 from app.engine.generation import PreparedRequest, SequenceDecoder, eos_ids
-from app.engine.launched_step import LaunchedStep
 from app.engine.loader import LoadedModel
-from app.engine.local import _STOP, LocalEngine, _Control, _Job
+from app.engine.models.falcon import FalconBatch
 from app.engine.sampling import sample_rows
+from app.engine.schedulers.decode_graphs import GraphedDecode
+from app.engine.schedulers.launched_step import LaunchedStep
+from app.engine.schedulers.sequential import _STOP, SequentialEngine, _Control, _Job
 from app.engine.types import EngineError, Event, FinishEvent, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ class _Row:
     """Tokens in this row's cache; the next decoded token goes at this position."""
 
 
-class BatchEngine(LocalEngine):
-    """`LocalEngine`'s interface (adapters, prompt formats, events) with a batching loop.
+class BatchEngine(SequentialEngine):
+    """`SequentialEngine`'s interface (adapters, prompt formats, events) with a batching loop.
 
     Args:
         max_batch: rows decoded together; also the KV cache's slot count.
@@ -124,8 +124,8 @@ class BatchEngine(LocalEngine):
             raise EngineError("the batch engine has not started")
         return self._batch
 
-    def generate(self, request: GenerationRequest):  # noqa: ANN201 - LocalEngine's stream
-        """Queue a request and return its event stream (see `LocalEngine.generate`).
+    def generate(self, request: GenerationRequest):  # noqa: ANN201 - SequentialEngine's stream
+        """Queue a request and return its event stream (see `SequentialEngine.generate`).
 
         Events go to an outbox that the worker hands to the caller's event loop once per
         step, in one `call_soon_threadsafe` per loop: with 64 answers streaming, waking the

@@ -44,8 +44,8 @@ from functools import cache
 
 import torch
 
-from app.engine.nf4_gemv_decode import bf16_code_bits, code_tables
-from app.engine.nf4_matmul import NF4_CODE, nf4_codes, nf4_state, reference_row
+from app.engine.kernels.nf4_gemv_decode import bf16_code_bits, code_tables
+from app.engine.kernels.nf4_matmul import NF4_CODE, nf4_codes, nf4_state, reference_row
 
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead

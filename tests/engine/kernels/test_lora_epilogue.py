@@ -10,7 +10,6 @@ NF4-quantized copies of the tiny Falcon's projections (torch reference path on C
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,14 +21,13 @@ from tests.subprocess_python import run_json
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from app.engine.nf4_gemv import nf4_gemv, pack_gemv  # noqa: E402
-from app.engine.nf4_routing import gemv_linear  # noqa: E402
+from app.engine.kernels.nf4_gemv import nf4_gemv, pack_gemv  # noqa: E402
+from app.engine.kernels.nf4_routing import gemv_linear  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).parent))
+REPO = Path(__file__).resolve().parents[3]
 
-from test_batch_engine import decode_both_ways, packages, peft_model  # noqa: E402, F401
-from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
+from tests.engine.kernels.test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
+from tests.engine.schedulers.test_batch import decode_both_ways, packages, peft_model  # noqa: E402, F401
 
 
 def stacked_b(n: int, rank: int, slots: int = 3, seed: int = 0) -> torch.Tensor:
@@ -79,7 +77,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
     from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
-    from app.engine.nf4_gemv import GemvConfig, _launch, pack_gemv
+    from app.engine.kernels.nf4_gemv import GemvConfig, _launch, pack_gemv
 
     results = []
     cases = [  # (k, n, rank, config, dtype, gelu): N and K tails, split-K
@@ -156,7 +154,7 @@ def test_falcon_decode_through_the_epilogue_equals_the_unfused_path(
     tiny_falcon_dir: Path,
     packages: dict[str, Path],  # noqa: F811
 ) -> None:
-    from app.engine.fast_falcon import FalconBatch
+    from app.engine.models.falcon import FalconBatch
 
     logits = {}
     for fused in (False, True):
@@ -174,6 +172,7 @@ def test_falcon_decode_through_the_epilogue_equals_the_unfused_path(
     assert rel_err(logits[True, "growth"], logits[True, None]) > 1e-2  # the adapter acts
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the prmt decode runs on a GPU only")
 @pytest.mark.parametrize(("k", "n"), [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)])
 def test_epilogue_on_the_gpu_at_falcon_7b_shapes(k: int, n: int) -> None:

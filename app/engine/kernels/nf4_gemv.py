@@ -42,8 +42,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from app.engine.nf4_gemv_decode import code_tables, prmt_asm
-from app.engine.nf4_matmul import (
+from app.engine.kernels.nf4_gemv_decode import code_tables, prmt_asm
+from app.engine.kernels.nf4_matmul import (
     NF4_CODE,
     _sm_count,
     nf4_codes,

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from app.contract import ChatMessage, PromptFormat
-from app.engine.fast_llama import unsupported_reason
 from app.engine.loader import load_base_model
-from app.engine.local import LocalEngine
+from app.engine.models.llama_cpu import unsupported_reason
+from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams
 from tests.adapters.packages import make_package
 
@@ -18,7 +18,7 @@ QUESTION = [ChatMessage("user", "How do I compute the yield to maturity of a bon
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def answer(engine: LocalEngine, adapter: str | None, tokens: int = 32) -> FinishEvent:
+def answer(engine: SequentialEngine, adapter: str | None, tokens: int = 32) -> FinishEvent:
     request = GenerationRequest(
         messages=QUESTION,
         adapter=adapter,
@@ -45,8 +45,8 @@ def reference(model: torch.nn.Module, tokenizer, prompt_ids: list[int], tokens: 
 def test_default_model_takes_the_fast_path_and_matches_generate(default_model_dir: Path) -> None:
     loaded = load_base_model(str(default_model_dir), device="cpu")
     assert unsupported_reason(loaded.model) is None
-    engine = LocalEngine(loaded)
-    slow = LocalEngine(loaded, fast_path=False)
+    engine = SequentialEngine(loaded)
+    slow = SequentialEngine(loaded, fast_path=False)
     prompt_ids = engine.prepare(GenerationRequest(messages=QUESTION)).prompt_ids
     expected = reference(loaded.model, loaded.tokenizer, prompt_ids, 32)
     assert answer(engine, None).text == expected
@@ -56,7 +56,7 @@ def test_default_model_takes_the_fast_path_and_matches_generate(default_model_di
 def test_bf16_fast_path_keeps_the_first_32_greedy_tokens(default_model_dir: Path) -> None:
     """The default on CPUs with native bf16: half the bytes per step, same opening answer."""
     loaded = load_base_model(str(default_model_dir), device="cpu")
-    engine = LocalEngine(loaded, fast_dtype=torch.bfloat16)
+    engine = SequentialEngine(loaded, fast_dtype=torch.bfloat16)
     prompt_ids = engine.prepare(GenerationRequest(messages=QUESTION)).prompt_ids
     expected = reference(loaded.model, loaded.tokenizer, prompt_ids, 32)
     assert answer(engine, None).text == expected
@@ -71,10 +71,10 @@ def test_per_request_adapters_match_peft(tiny_llama_dir: Path, tmp_path: Path) -
         tiny_llama_dir, tmp_path / "income", seed=2, targets=("q_proj", "down_proj")
     )
     # Each engine gets its own model: PEFT injects adapter layers into the model it wraps.
-    fast = LocalEngine(load_base_model(str(tiny_llama_dir), device="cpu"))
-    slow = LocalEngine(load_base_model(str(tiny_llama_dir), device="cpu"), fast_path=False)
+    fast = SequentialEngine(load_base_model(str(tiny_llama_dir), device="cpu"))
+    slow = SequentialEngine(load_base_model(str(tiny_llama_dir), device="cpu"), fast_path=False)
 
-    async def load(engine: LocalEngine) -> None:
+    async def load(engine: SequentialEngine) -> None:
         await engine.load_adapter("growth", first, PromptFormat.CHAT_TEMPLATE)
         await engine.load_adapter("income", second, PromptFormat.CHAT_TEMPLATE)
 
@@ -99,7 +99,7 @@ def test_unloading_the_last_adapter_returns_to_the_base(
     tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
     loaded = load_base_model(str(tiny_llama_dir), device="cpu")
-    engine = LocalEngine(loaded)
+    engine = SequentialEngine(loaded)
     before = answer(engine, None).text
     package = make_package(tiny_llama_dir, tmp_path / "growth", seed=3, targets=ALL_PROJECTIONS)
     asyncio.run(engine.load_adapter("growth", package, PromptFormat.CHAT_TEMPLATE))

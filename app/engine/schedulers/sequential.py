@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from app.contract import PromptFormat, stop_strings_for
-from app.engine.fast_llama import FastLlama, FastStepper, unsupported_reason
 from app.engine.generation import PreparedRequest, Stepper, run_generation
 from app.engine.loader import LoadedModel
+from app.engine.models.llama_cpu import FastLlama, FastStepper, unsupported_reason
 from app.engine.prompt_fit import (
     PreparationCancelled,
     fit_completion_prompt,
@@ -73,7 +73,7 @@ class _Control:
 _STOP = object()
 
 
-class LocalEngine:
+class SequentialEngine:
     """transformers + peft in this process, on CPU or one GPU."""
 
     def __init__(

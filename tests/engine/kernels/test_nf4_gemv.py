@@ -22,7 +22,7 @@ from tests.subprocess_python import run_json
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from app.engine.nf4_gemv import (  # noqa: E402
+from app.engine.kernels.nf4_gemv import (  # noqa: E402
     GemvConfig,
     dequantize_gemv,
     nf4_gemv,
@@ -30,10 +30,14 @@ from app.engine.nf4_gemv import (  # noqa: E402
     pick_gemv_config,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).parent))
+REPO = Path(__file__).resolve().parents[3]
 
-from test_nf4_matmul import bnb_dense, bnb_dense_flat, make_linear4bit, rel_err  # noqa: E402
+from tests.engine.kernels.test_nf4_matmul import (  # noqa: E402
+    bnb_dense,
+    bnb_dense_flat,
+    make_linear4bit,
+    rel_err,
+)
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
@@ -129,7 +133,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
     from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
-    from app.engine.nf4_gemv import GemvConfig, _launch, pack_gemv
+    from app.engine.kernels.nf4_gemv import GemvConfig, _launch, pack_gemv
 
     results = []
     cases = [  # (k, n, double_quant, blocksize, config, dtype)

@@ -7,26 +7,20 @@ the PTX ISA defines the m16n8k16 A fragment, lane by lane, independently of the 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from app.engine.nf4_matmul import NF4_CODE  # noqa: E402
-from app.engine.nf4_mma import (  # noqa: E402
+from app.engine.kernels.nf4_matmul import NF4_CODE  # noqa: E402
+from app.engine.kernels.nf4_mma import (  # noqa: E402
     dequantize_mma,
     kernel_source,
     mma_reason,
     nf4_mma_gemv,
     pack_mma,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
+from tests.engine.kernels.test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
 
 @pytest.mark.parametrize("double_quant", [False, True])

@@ -17,8 +17,8 @@ from typing import Literal
 
 import torch
 
-from app.engine.fast_falcon import Linear
 from app.engine.loader import LoadedModel
+from app.engine.models.falcon import Linear
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
         return None
-    from app.engine.nf4_flat import flat_nf4_linear
+    from app.engine.kernels.nf4_flat import flat_nf4_linear
 
     triton = _triton_linear_factory(loaded)
     if kernel == "auto":
@@ -107,7 +107,7 @@ def packed_bytes(model: torch.nn.Module) -> int:
 
 def _triton_linear_factory(loaded: LoadedModel) -> LinearOverride | None:
     try:
-        from app.engine.nf4_matmul import nf4_matmul, pack_linear4bit, triton_available
+        from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit, triton_available
     except ImportError:
         return None
     if not triton_available(loaded.device):
@@ -138,7 +138,7 @@ def gemv_linear(module: torch.nn.Module) -> Linear:
     """`nf4_gemv` over `module`'s repacked weight, with `.fused(x, lora=None, gelu=False)`:
     FalconBatch's one-row path hands it the LoRA update and GELU (two launches fewer per
     projection). The torch reference path serves off CUDA, so tests drive it on CPU."""
-    from app.engine.nf4_gemv import nf4_gemv, pack_gemv
+    from app.engine.kernels.nf4_gemv import nf4_gemv, pack_gemv
 
     packed = pack_gemv(module)
 
@@ -155,7 +155,7 @@ def gemv_linear(module: torch.nn.Module) -> Linear:
 def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
     """The tensor-core GEMV (callable, plus `.fused(x, lora, gelu)`) where it compiles and the
     shape fits it, else the Triton GEMV."""
-    from app.engine.nf4_mma import mma_available, nf4_mma_gemv, pack_mma
+    from app.engine.kernels.nf4_mma import mma_available, nf4_mma_gemv, pack_mma
 
     if not _plain_linear4bit(module) or not mma_available(module.weight.device):
         return _gemv(module)

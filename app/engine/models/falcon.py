@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from app.engine import rotary_cache
-from app.engine.lora_bank import LoraBank, read_peft_factors
-from app.engine.low_rank_row import low_rank_row
-from app.engine.peft_layout import adapter_reason, base_model
-from app.engine.row_norm import layer_norm_row
+from app.engine.kernels import rotary_cache
+from app.engine.kernels.low_rank_row import low_rank_row
+from app.engine.kernels.row_norm import layer_norm_row
+from app.engine.models.lora_bank import LoraBank, read_peft_factors
+from app.engine.models.peft_layout import adapter_reason, base_model
 
 PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 
