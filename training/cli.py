@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from pathlib import Path
 from typing import NoReturn
 
 from app.engine.loader import ModelLoadError
+from training.config import Device
 from training.config_io import ConfigError, load_config, preset_names
 from training.data_loading import DataError
 from training.model_build import SetupError
@@ -117,7 +119,7 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="held-out Alpaca records")
     parser.add_argument("--base-model", default="", help="override the manifest's base model")
     parser.add_argument("--models-dir", default="", help="where named base models live")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=typing.get_args(Device))
     parser.add_argument("--limit", type=int, default=0, help="score only the first N records")
     parser.add_argument("--max-checks", type=int, default=50, help="numeric records to generate")
     parser.add_argument("--samples", type=int, default=3, help="sample generations to show")

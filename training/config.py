@@ -2,11 +2,31 @@
 
 Presets (`training/presets/*.yaml`) and `--set key=value` overrides fill these; nothing else
 reads YAML, so a misspelt key fails here with its name instead of being silently ignored.
+Fields that take one of a fixed set of values are typed as such (a `Literal` below, or
+`PromptFormat`), and `training.config_io` refuses any other value naming the choices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from app.contract import PromptFormat
+
+Quantization = Literal["nf4", "8bit", "none"]
+"""4-bit NormalFloat with double quantization (QLoRA), bitsandbytes 8-bit, or full weights."""
+ComputeDtype = Literal["auto", "bfloat16", "float32"]
+"""`auto` is bf16 on a GPU that has it, else float32."""
+Device = Literal["auto", "cpu", "cuda"]
+"""`auto` picks the GPU when there is one."""
+LoraBias = Literal["none", "all", "lora_only"]
+"""PEFT's choice of biases that train with the adapter."""
+OptimizerName = Literal["auto", "paged_adamw_8bit", "adamw"]
+"""`auto` is paged 8-bit AdamW on CUDA with bitsandbytes, torch AdamW elsewhere."""
+ScheduleName = Literal["cosine", "linear", "constant"]
+"""Learning-rate decay after warmup."""
+MetricSink = Literal["none"]
+"""Extra metric sinks besides metrics.jsonl and loss.png (none yet)."""
 
 
 @dataclass
@@ -21,7 +41,7 @@ class LoraSettings:
     """Dropout on the adapter input; 0.1 for models up to 13B in the QLoRA paper."""
     target_modules: list[str] = field(default_factory=list)
     """Module names to adapt; empty picks them per architecture (see training/targets.py)."""
-    bias: str = "none"
+    bias: LoraBias = "none"
     """Which biases train alongside the adapter (`none`, `all`, `lora_only`)."""
 
 
@@ -55,13 +75,13 @@ class OptimSettings:
 
     lr: float = 2e-4
     """Peak learning rate after warmup."""
-    optimizer: str = "auto"
+    optimizer: OptimizerName = "auto"
     """`paged_adamw_8bit` (bitsandbytes, CUDA), `adamw` (torch), or `auto` to pick by device."""
     weight_decay: float = 0.0
     """Decoupled weight decay on adapter weights."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """Adam moment decay rates."""
-    scheduler: str = "cosine"
+    scheduler: ScheduleName = "cosine"
     """`cosine`, `linear` or `constant` decay after warmup."""
     warmup_ratio: float = 0.03
     """Share of the total steps spent warming the learning rate up from zero."""
@@ -79,15 +99,15 @@ class TrainConfig:
     """Local folder, name under `models_dir`, `.gguf` file or hub id; recorded as written."""
     models_dir: str = ""
     """Where named base models and tiny test models live; empty = $TELLER_MODELS_DIR or ./models."""
-    prompt_format: str = "alpaca"
+    prompt_format: PromptFormat = PromptFormat.ALPACA
     """`alpaca` or `chat_template`; recorded in teller.json so serving builds the same prompt."""
-    quantization: str = "none"
+    quantization: Quantization = "none"
     """`nf4` (QLoRA: 4-bit NormalFloat, double quant), `8bit` or `none`."""
     quantize_on_cpu: bool = False
     """Let bitsandbytes quantize on CPU; for tests of the 4-bit path, far too slow for real runs."""
-    dtype: str = "auto"
+    dtype: ComputeDtype = "auto"
     """Compute dtype: `auto` (bf16 on a GPU that has it, else float32), `bfloat16`, `float32`."""
-    device: str = "auto"
+    device: Device = "auto"
     """`auto`, `cpu` or `cuda`."""
     seed: int = 42
     """Seeds data order, the split, dropout and LoRA init, so a run repeats exactly."""
@@ -124,7 +144,7 @@ class TrainConfig:
     output_dir: str = ""
     """Run folder (adapter/, checkpoints/, metrics.jsonl, loss.png); empty means
     training/runs/<name>."""
-    report_to: str = "none"
+    report_to: MetricSink = "none"
     """Extra metric sink besides metrics.jsonl and loss.png; only `none` is available now."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """The adapter."""

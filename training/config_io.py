@@ -1,12 +1,14 @@
 """Presets, YAML files and `--set key=value` overrides into a checked `TrainConfig`.
 
 Every value passes through the dataclass field types, so `--set lora.r=8` becomes an int,
-`--set data.packing=no` a bool, and `--set lora.rank=8` fails naming the unknown key.
+`--set data.packing=no` a bool, `--set quantization=4bit` fails listing `nf4, 8bit, none`,
+and `--set lora.rank=8` fails naming the unknown key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import typing
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,27 @@ def resolve_preset(preset_or_yaml: str) -> Path:
     )
 
 
+def choices(annotation: Any) -> tuple[str, ...]:
+    """The values a `Literal` or string-`Enum` field accepts; empty for any other type."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(str(choice) for choice in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return tuple(str(member.value) for member in annotation)
+    return ()
+
+
+def _choose(value: Any, annotation: Any, key: str) -> Any:
+    allowed = choices(annotation)
+    text = "" if value is None else str(value).strip()
+    if isinstance(value, bool) or text not in allowed:
+        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    return annotation(text) if isinstance(annotation, type) else text
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Turn a YAML value or a command-line string into the field's declared type."""
+    if choices(annotation):
+        return _choose(value, annotation, key)
     origin = typing.get_origin(annotation)
     if origin is list:
         (item_type,) = typing.get_args(annotation)
@@ -174,5 +195,25 @@ def load_config(preset_or_yaml: str, overrides: list[str] | tuple[str, ...] = ()
     return config
 
 
+def check_choices(target: Any, prefix: str = "") -> None:
+    """Check every fixed-choice field of a config built in code (files and `--set` are checked
+    as they are read).
+
+    Raises:
+        ConfigError: a field holds a value outside its choices; the message names the key.
+    """
+    for name, annotation in _field_types(type(target)).items():
+        value = getattr(target, name)
+        if _is_section(annotation):
+            check_choices(value, prefix=f"{prefix}{name}.")
+        elif choices(annotation):
+            _choose(value, annotation, f"{prefix}{name}")
+
+
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """Plain values (enums as their strings), for YAML and the manifest's hyperparameters."""
+
+    def plain(value: Any) -> Any:
+        return value.value if isinstance(value, enum.Enum) else value
+
+    return dataclasses.asdict(config, dict_factory=lambda items: {k: plain(v) for k, v in items})

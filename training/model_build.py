@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,17 @@ import torch
 from app.engine.capabilities import has_bitsandbytes, has_cuda
 from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
 from app.engine.tiny_models import ensure_tiny_model
-from training.config import OptimSettings, TrainConfig
+from training.config import OptimizerName, OptimSettings, Quantization, ScheduleName, TrainConfig
 from training.fast import keep_frozen_in, norm_outputs_in
 from training.targets import target_modules_for
 
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+SCHEDULES: dict[ScheduleName, str] = {
+    "cosine": "cosine",
+    "linear": "linear",
+    "constant": "constant_with_warmup",
+}
+"""`optim.scheduler` to transformers' `get_scheduler` name (all warm up first)."""
 _TINY = re.compile(r"tiny-random-(llama|falcon)")
 
 
@@ -82,8 +89,9 @@ def check_quantization_possible(config: TrainConfig) -> None:
         SetupError: quantization asked for without CUDA (and without quantize_on_cpu), or
             without bitsandbytes.
     """
-    if config.quantization not in {"nf4", "8bit", "none"}:
-        raise SetupError(f"quantization must be nf4, 8bit or none, got {config.quantization!r}")
+    if config.quantization not in typing.get_args(Quantization):
+        allowed = ", ".join(typing.get_args(Quantization))
+        raise SetupError(f"quantization must be one of {allowed}, got {config.quantization!r}")
     if config.quantization == "none":
         return
     on_cuda = has_cuda() and config.device != "cpu"
@@ -192,7 +200,8 @@ def build_optimizer(
         )
     if choice == "adamw":
         return torch.optim.AdamW(params, lr=optim.lr, betas=betas, weight_decay=optim.weight_decay)
-    raise SetupError(f"optim.optimizer must be auto, paged_adamw_8bit or adamw, got {choice!r}")
+    allowed = ", ".join(typing.get_args(OptimizerName))
+    raise SetupError(f"optim.optimizer must be one of {allowed}, got {choice!r}")
 
 
 def build_scheduler(
@@ -205,12 +214,13 @@ def build_scheduler(
     """
     from transformers import get_scheduler
 
-    names = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-    if optim.scheduler not in names:
-        raise SetupError(
-            f"optim.scheduler must be cosine, linear or constant, got {optim.scheduler!r}"
-        )
+    if optim.scheduler not in SCHEDULES:
+        allowed = ", ".join(typing.get_args(ScheduleName))
+        raise SetupError(f"optim.scheduler must be one of {allowed}, got {optim.scheduler!r}")
     warmup = int(round(optim.warmup_ratio * total_steps))
     return get_scheduler(
-        names[optim.scheduler], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+        SCHEDULES[optim.scheduler],
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
     )

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig
+from training.config_io import check_choices, config_to_dict
 from training.data_loading import LoadedData, load_data
 from training.encoding import Example, encode_records, end_of_sequence_id
 from training.fast import fixed_bytes, plan_memory, set_gradient_checkpointing
@@ -96,19 +97,11 @@ class TrainingRecipe:
     def setup(self) -> None:
         """Seeds, data, model, tokenized rows, optimizer, schedule, and a resumed state."""
         cfg = self.config
-        try:
-            self.prompt_format = PromptFormat(cfg.prompt_format)
-        except ValueError:
-            raise SetupError(
-                f"prompt_format must be alpaca or chat_template, got {cfg.prompt_format!r}"
-            ) from None
+        check_choices(cfg)  # a config built in code; files and --set are checked as read
+        self.prompt_format = PromptFormat(cfg.prompt_format)
         check_quantization_possible(cfg)  # before any data download or model load
         if cfg.micro_batch_size < 1 or cfg.grad_accum < 1:
             raise SetupError("micro_batch_size and grad_accum must be at least 1")
-        if cfg.report_to not in {"none", ""}:
-            raise SetupError(
-                f"report_to={cfg.report_to!r} is not available here; use none (JSONL + PNG)"
-            )
         if not self.resume and list_checkpoints(self.run_dir):
             raise SetupError(
                 f"{self.run_dir} already holds checkpoints; pass --resume to continue "
@@ -169,7 +162,7 @@ class TrainingRecipe:
         if state is not None:
             self.step, self.tokens = state.step, state.tokens
         (self.run_dir / "config.yaml").write_text(
-            yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8"
+            yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8"
         )
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", append=state is not None)
         if state is None and self.eval_rows:
@@ -315,7 +308,7 @@ class TrainingRecipe:
             self.metrics["train_loss"] = sum(tail) / len(tail)
         self.metrics["train_tokens"] = float(self.tokens)
         self.metrics["interrupted"] = float(self.interrupted)
-        hyper = flatten(asdict(cfg))
+        hyper = flatten(config_to_dict(cfg))
         hyper["lora.target_modules"] = list(self.tm.target_modules)
         hyper.update(
             trainable_params=self.tm.trainable_params,

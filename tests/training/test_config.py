@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from training.config import TrainConfig
-from training.config_io import PRESETS_DIR, ConfigError, apply_override, load_config, preset_names
+from app.contract import PromptFormat
+from training.config import ScheduleName, TrainConfig
+from training.config_io import (
+    PRESETS_DIR,
+    ConfigError,
+    apply_override,
+    check_choices,
+    choices,
+    config_to_dict,
+    load_config,
+    preset_names,
+)
+from training.model_build import SCHEDULES
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_presets_exist_and_start_with_their_command() -> None:
@@ -66,6 +83,14 @@ def test_set_coerces_nested_values_to_field_types() -> None:
         ("optim.lr=fast", "optim.lr: expected a number"),
         ("lora=8", "lora is a section"),
         ("max_steps", "expects key=value"),
+        ("quantization=4bit", "quantization: expected one of nf4, 8bit, none, got '4bit'"),
+        ("dtype=float16", "dtype: expected one of auto, bfloat16, float32"),
+        ("device=tpu", "device: expected one of auto, cpu, cuda"),
+        ("prompt_format=chatml", "prompt_format: expected one of chat_template, alpaca"),
+        ("lora.bias=some", "lora.bias: expected one of none, all, lora_only"),
+        ("optim.optimizer=sgd", "optim.optimizer: expected one of auto, paged_adamw_8bit, adamw"),
+        ("optim.scheduler=step", "optim.scheduler: expected one of cosine, linear, constant"),
+        ("report_to=wandb", "report_to: expected one of none"),
     ],
 )
 def test_bad_overrides_name_the_key(assignment: str, message: str) -> None:
@@ -101,3 +126,66 @@ def test_every_field_has_a_docstring() -> None:
                 assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant), (
                     f"{node.name}.{stmt.target.id} has no docstring"
                 )
+
+
+def choice_fields(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Every fixed-choice field as `--set` spells it, with its choices."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, annotation in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(annotation):
+            found.update(choice_fields(annotation, f"{prefix}{name}."))
+        elif choices(annotation):
+            found[f"{prefix}{name}"] = choices(annotation)
+    return found
+
+
+def test_fixed_choices_are_typed_and_coerced() -> None:
+    assert set(choice_fields()) == {
+        "prompt_format",
+        "quantization",
+        "dtype",
+        "device",
+        "report_to",
+        "lora.bias",
+        "optim.optimizer",
+        "optim.scheduler",
+    }
+    config = load_config("tiny", ["prompt_format=chat_template", "quantization= 8bit "])
+    assert config.prompt_format is PromptFormat.CHAT_TEMPLATE
+    assert config.quantization == "8bit"
+
+
+def test_a_bad_choice_in_yaml_names_the_key_and_the_choices(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("base_model: x\noptim:\n  scheduler: true\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"optim\.scheduler: expected one of cosine, linear"):
+        load_config(str(path))
+
+
+def test_a_config_built_in_code_is_checked_too() -> None:
+    config = TrainConfig()
+    check_choices(config)
+    config.lora.bias = "every"  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match=r"lora\.bias: expected one of none, all, lora_only"):
+        check_choices(config)
+
+
+def test_config_to_dict_is_plain_yaml() -> None:
+    """The run folder's config.yaml and the manifest hold strings, not enum objects."""
+    data = config_to_dict(load_config("smollm2-cpu"))
+    assert type(data["prompt_format"]) is str and data["prompt_format"] == "chat_template"
+    assert yaml.safe_load(yaml.safe_dump(data))["lora"] == data["lora"]
+
+
+def test_every_schedule_maps_to_a_transformers_one() -> None:
+    assert set(SCHEDULES) == set(typing.get_args(ScheduleName))
+
+
+def test_training_doc_names_every_choice() -> None:
+    """docs/training.md's table: a fixed-choice field's meaning lists all its values."""
+    doc = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    for key, allowed in choice_fields().items():
+        row = re.search(rf"^\| `{re.escape(key)}` \|[^|]*\|(?P<meaning>.*)\|$", doc, re.M)
+        assert row, f"docs/training.md has no row for {key}"
+        named = set(re.findall(r"`([^`]+)`", row["meaning"]))
+        assert not set(allowed) - named, f"{key}: the docs must name {set(allowed) - named}"
