@@ -51,7 +51,12 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         raise AdapterError(f"{name} is not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise AdapterError(f"{name} is not a safetensors file (header is not an object)")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise AdapterError(f"{name}: __metadata__ must map strings to strings")
     data_size = size - 8 - header_len
     tensors: dict[str, TensorInfo] = {}
     ranges: list[tuple[int, int]] = []
@@ -105,10 +110,13 @@ def nonfinite_tensor(path: Path, keys: Iterable[str]) -> str | None:
     file so memory stays at one tensor.
     """
     import torch
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        for key in sorted(keys):
-            if not bool(torch.isfinite(handle.get_tensor(key)).all()):
-                return key
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in sorted(keys):
+                if not bool(torch.isfinite(handle.get_tensor(key)).all()):
+                    return key
+    except SafetensorError as exc:  # stricter than read_header somewhere it did not look
+        raise AdapterError(f"{path.name} cannot be read as safetensors: {exc}") from None
     return None

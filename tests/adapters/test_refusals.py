@@ -152,6 +152,18 @@ def nonfinite_weights(value: float) -> Callable[[Path, Path], Path]:
     return build
 
 
+def metadata_not_text(package: Path, tmp: Path) -> Path:
+    """A header whose `__metadata__` holds a number: safetensors itself cannot open it."""
+    folder = copy_of(package, tmp)
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    save_file(weights, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    path = folder / "adapter_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'"format":"pt"', b'"format":12345'))  # same length
+    _fix_sha(folder)
+    return folder
+
+
 def _fix_sha(folder: Path) -> None:
     from app.contract import sha256_file
 
@@ -224,6 +236,7 @@ REFUSALS = [
     ("version text", edited_manifest(version="3"), "'version' must be a whole number or null"),
     ("training type", edited_manifest(training={"steps": "ten"}), "'training.steps' must be a"),
     ("nan weights", nonfinite_weights(float("nan")), "holds NaN or infinite values"),
+    ("metadata", metadata_not_text, "__metadata__ must map strings to strings"),
     ("inf weights", nonfinite_weights(float("-inf")), "v_proj.lora_B.weight' holds NaN"),
 ]
 

@@ -20,7 +20,7 @@ from app.config import Settings
 from app.contract import ChatMessage
 from app.main import create_app
 from tests.adapters.fixtures import finance_v1, finance_v2, packages_dir, tax_v1
-from tests.adapters.packages import snapshot, zip_folder
+from tests.adapters.packages import make_package, snapshot, zip_folder
 from tests.adapters.reference import greedy_answer
 from tests.live import LiveServer, live_server, read_sse
 from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, Browserless, signed_in_client
@@ -190,7 +190,7 @@ def test_base_model_choice_and_switching_a_conversation(
 
 
 def test_upload_page_stores_refuses_and_rolls_back(
-    live: LiveServer, admin: Browserless, finance_v1: Path, tmp_path: Path
+    live: LiveServer, admin: Browserless, finance_v1: Path, tmp_path: Path, tiny_llama_dir: Path
 ) -> None:
     settings = live.app.state.settings
     root = settings.models_dir / "adapters"
@@ -210,11 +210,13 @@ def test_upload_page_stores_refuses_and_rolls_back(
         refused.text
     )
     assert snapshot(root) == before
-    # A good upload under a new name becomes v1 of that name.
+    # A good upload under a new name becomes v1 of that name (its own weights: the same
+    # weights under another name are refused, see tests/adapters/test_refusals.py).
+    desk = make_package(tiny_llama_dir, tmp_path / "desk", name="desk", seed=9)
     ok = admin.post(
         "/admin/adapters/upload",
         data={"name": "desk"},
-        files={"package": ("p.zip", zip_folder(finance_v1, tmp_path / "p.zip").read_bytes())},
+        files={"package": ("p.zip", zip_folder(desk, tmp_path / "p.zip").read_bytes())},
     )
     assert ok.status_code == 201 and "Stored desk@1" in ok.text
     assert admin.post("/admin/adapters/finance/2/activate").status_code == 200
