@@ -63,7 +63,13 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(512, ge=1, le=8192)
     """Upper bound on answer length; requests may ask for less, never more."""
     max_input_chars: int = Field(32_000, ge=1)
-    """A user message longer than this is refused with a clear message."""
+    """A user message longer than this is refused with a clear message; on `/v1` it bounds
+    all messages of a request together, each counted with a fixed overhead."""
+    max_messages: int = Field(256, ge=1)
+    """Messages one `/v1` request may carry (more get 400); chat sends at most this many turns."""
+    max_request_bytes: int = Field(1 << 20, ge=1024)
+    """Largest request body (adapter uploads excepted: they have their own limit); a larger
+    one gets 413 before the server reads it."""
     max_context_tokens: int = Field(2048, ge=64)
     """History is trimmed from the oldest turns to fit this many prompt tokens."""
     default_temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -117,6 +123,25 @@ class Settings(BaseSettings):
     """Put prompt and answer text in the logs (never by default: they may hold client data)."""
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
     """On SIGTERM, running answers get this long to stop and be stored before the exit."""
+
+    # Company knowledge (app/knowledge, docs/knowledge.md).
+    knowledge_max_file_bytes: int = Field(50 << 20, ge=1)
+    """Largest document one may upload; a larger one is refused with this setting named."""
+    knowledge_max_upload_files: int = Field(20, ge=1, le=1000)
+    """Files one upload (a form post) may carry."""
+    knowledge_max_expanded_bytes: int = Field(200 << 20, ge=1)
+    """A DOCX or XLSX (a zip package) that would unpack to more is refused as a zip bomb."""
+    knowledge_max_pages: int = Field(5000, ge=1)
+    """PDFs with more pages are refused."""
+    knowledge_max_sheet_rows: int = Field(100_000, ge=1)
+    """Rows read per spreadsheet sheet (and CSV file); the rest is left out with a note."""
+    knowledge_chunk_chars: int = Field(1200, ge=200, le=20_000)
+    """Target passage length in characters; tables are kept whole up to 4x this."""
+    knowledge_top_k: int = Field(5, ge=1, le=50)
+    """Passages given to the model for each question."""
+    embedding_model: str = ""
+    """A sentence-transformers model folder for dense retrieval fused with BM25 (needs the
+    `sentence-transformers` package); empty searches with BM25 alone."""
 
     @field_validator("trusted_proxies")
     @classmethod

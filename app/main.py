@@ -20,6 +20,7 @@ from app.admin.audit import router as admin_audit_router
 from app.admin.router import router as admin_router
 from app.admin.status import router as admin_status_router
 from app.admin.users import router as admin_users_router
+from app.answers.recovery import recover_interrupted
 from app.audit.head_log import export_at_shutdown, head_export_loop
 from app.audit.retention import retention_loop
 from app.auth.access import NotSignedIn, not_signed_in
@@ -34,9 +35,9 @@ from app.keys.router import router as keys_router
 from app.openai_api.router import openai_error_handler
 from app.openai_api.router import router as openai_router
 from app.openai_api.schemas import OpenAIError
+from app.ops.body_limit import UPLOAD_SLACK_BYTES, BodyLimitMiddleware
 from app.ops.requests import RequestContextMiddleware
 from app.ops.router import router as ops_router
-from app.store import crud
 from app.store.db import make_engine, make_session_factory, migrate
 from app.web.csrf import set_csrf_cookie
 from app.web.templating import STATIC_DIR, is_htmx
@@ -58,9 +59,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.database = database
     app.state.session_factory = make_session_factory(database)
     with app.state.session_factory() as session:
-        interrupted = crud.mark_interrupted(session=session)
-        if interrupted:
-            log.info("%d answers interrupted by the last shutdown are marked stopped", interrupted)
+        recover_interrupted(session=session)  # what a crash left open: audited, marked stopped
     app.state.streams = ActiveStreams()
     engine = app.state.engine_override or await asyncio.to_thread(build_engine, settings)
     app.state.engine = engine
@@ -103,6 +102,14 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(openai_router)
     app.add_exception_handler(NotSignedIn, not_signed_in)
     app.add_exception_handler(OpenAIError, openai_error_handler)
+
+    # Added first, so innermost of the middleware (see BodyLimitMiddleware).
+    upload_bytes = app.state.settings.adapter_max_archive_bytes + UPLOAD_SLACK_BYTES
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=app.state.settings.max_request_bytes,
+        by_path={"/admin/adapters/upload": upload_bytes, "/admin/api/adapters": upload_bytes},
+    )
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:  # noqa: ANN001

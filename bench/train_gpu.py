@@ -18,7 +18,8 @@ which leaves them unchanged, so the token-length distribution is that of the rea
     the baseline's batches, packed: same seed, LoRA init and data order, so the per-step losses
     compare one to one (`loss_equality`: max relative difference over the 50 steps).
 (c) teller: packed rows, 16 rows per optimizer step in the micro-batches / checkpointing that
-    `training.fast.plan_memory` picks for the whole card (halved on an out-of-memory error).
+    `training.fast.memory_plan.plan_memory` picks for the whole card (halved on an
+    out-of-memory error).
 (d) teller_16gb: the same with the plan for `--budget-gb` 16 (`memory_budget_gb=16`).
 `--profile` writes torch.profiler's top kernels of two (c) steps to profile.txt next to --out;
 `dequant_paths` times bitsandbytes' Linear4bit against dequantize_4bit + F.linear.
@@ -63,21 +64,17 @@ from bench.train_gpu_report import (  # noqa: E402
     print_table,
     section_of,
 )
-from training.data_loading import Record, read_records  # noqa: E402
-from training.encoding import IGNORE_INDEX, Example, encode_records  # noqa: E402
-from training.fast import (  # noqa: E402
-    fixed_bytes,
-    keep_frozen_in,
-    norm_outputs_in,
-    plan_memory,
-)
+from training.data.encoding import IGNORE_INDEX, Example, encode_records  # noqa: E402
+from training.data.loading import Record, read_records  # noqa: E402
+from training.data.packing import pack_rows  # noqa: E402
+from training.fast.memory_plan import fixed_bytes, plan_memory  # noqa: E402
+from training.fast.precision import keep_frozen_in, norm_outputs_in  # noqa: E402
+from training.fast.varlen_attention import VARLEN  # noqa: E402
 from training.model_build import keep_4bit_weights_trainable_on_cpu  # noqa: E402
-from training.packing import pack_rows  # noqa: E402
-from training.varlen_attention import VARLEN  # noqa: E402
 
 FALCON_VOCAB = 65024
 TOKENIZER_DIR = REPO / "models" / "SmolLM2-135M-Instruct"
-DATA_FILE = REPO / "training" / "data" / "finance_train.jsonl"
+DATA_FILE = REPO / "training" / "sample_data" / "finance_train.jsonl"
 RESULTS = REPO / "bench" / "results" / "train-gpu.json"
 
 
@@ -310,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     fast_recipe = (
         f"packed padding-free rows + {packed_how}, train_step with chunked loss over "
         "labelled positions, bf16 frozen weights, paged AdamW 8-bit, bf16 autocast"
-        + ("" if args.no_fused_mlp else "; 4-bit LoRA MLPs fused (training/fused_mlp.py)")
+        + ("" if args.no_fused_mlp else "; 4-bit LoRA MLPs fused (training/fast/fused_mlp.py)")
         + ("; bf16 activations after every layer norm" if args.bf16_activations else "")
     )
     sections["teller_equal"]["recipe"] = (

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from training import varlen_attention
 from training.config import OptimSettings
-from training.encoding import IGNORE_INDEX, Example
-from training.fast import MemoryPlan, set_gradient_checkpointing
+from training.data.encoding import IGNORE_INDEX, Example
+from training.data.packing import Row, attention_of, batch_rows, pack_rows
+from training.fast import varlen_attention
+from training.fast.memory_plan import MemoryPlan, set_gradient_checkpointing
 from training.model_build import build_optimizer, build_scheduler
-from training.packing import Row, attention_of, batch_rows, pack_rows
 from training.step import StepContext, train_step
 
 FALCON_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
@@ -137,7 +137,7 @@ def run_baseline(base: Any, examples: list[Example], args: argparse.Namespace, d
 
 def teller_attention(model: Any, device) -> str:
     """What Teller's trainer runs: flash attention over packed examples where the kernel
-    runs (training/varlen_attention.py), else SDPA with the block-diagonal mask."""
+    runs (training/fast/varlen_attention.py), else SDPA with the block-diagonal mask."""
     return varlen_attention.choose(model, device) or attention_of(model)
 
 

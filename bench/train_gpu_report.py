@@ -75,7 +75,7 @@ def dequant_paths(device) -> dict:
 def attention_check(device: torch.device, heads: int = 71, dim: int = 64) -> dict:
     """Packed attention as training runs it (flash varlen on a GPU) against the per-example
     SDPA reference in float32, on a random packed batch of Falcon-7B's head shape."""
-    from training import varlen_attention as va
+    from training.fast import varlen_attention as va
 
     generator = torch.Generator().manual_seed(0)
     lengths = [[200, 37, 180, 95], [512], [64, 448]]

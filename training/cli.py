@@ -16,7 +16,7 @@ from typing import NoReturn
 from app.engine.loader import ModelLoadError
 from training.config import Device
 from training.config_io import ConfigError, load_config, preset_names
-from training.data_loading import DataError
+from training.data.loading import DataError
 from training.model_build import SetupError
 from training.package import PackageError
 

@@ -128,7 +128,7 @@ class TrainConfig:
     """Compute the loss over labelled positions in vocabulary-head chunks (no full logits)."""
     fused_mlp: bool = True
     """Run each 4-bit LoRA Falcon MLP as one autograd function with one elementwise kernel
-    each way (training/fused_mlp.py): the recipe's arithmetic with a fraction of the memory
+    each way (training/fast/fused_mlp.py): the recipe's arithmetic with a fraction of the memory
     traffic; a no-op for other models."""
     bf16_activations: bool = False
     """On a GPU, keep activations in bf16 after each layer norm: ~25 % more tokens/s, but the

@@ -19,10 +19,10 @@ from app.contract import AdapterManifest, PromptFormat, encode_prompt, stop_stri
 from app.engine.capabilities import has_cuda
 from app.engine.loader import ModelLoadError, load_base_model
 from training.config import TrainConfig
-from training.data_loading import DataError, Record, read_records
-from training.encoding import encode_records, end_of_sequence_id, prompt_text
+from training.data.encoding import encode_records, end_of_sequence_id, prompt_text
+from training.data.loading import DataError, Record, read_records
+from training.data.packing import pack_rows
 from training.model_build import SetupError, resolve_base_model
-from training.packing import pack_rows
 from training.scoring import heldout_loss, is_close, parse_answer, perplexity
 
 

@@ -20,7 +20,7 @@ from app.engine.capabilities import has_bitsandbytes, has_cuda
 from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
 from app.engine.tiny_models import ensure_tiny_model
 from training.config import OptimizerName, OptimSettings, Quantization, ScheduleName, TrainConfig
-from training.fast import keep_frozen_in, norm_outputs_in
+from training.fast.precision import keep_frozen_in, norm_outputs_in
 from training.targets import target_modules_for
 
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"

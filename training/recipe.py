@@ -24,7 +24,6 @@ import torch
 import yaml
 
 from app.contract import AdapterManifest, PromptFormat, TrainingInfo
-from training import varlen_attention
 from training.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -33,9 +32,11 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig
 from training.config_io import check_choices, config_to_dict
-from training.data_loading import LoadedData, load_data
-from training.encoding import Example, encode_records, end_of_sequence_id
-from training.fast import fixed_bytes, plan_memory, set_gradient_checkpointing
+from training.data.encoding import Example, encode_records, end_of_sequence_id
+from training.data.loading import LoadedData, load_data
+from training.data.packing import Row, attention_of, batch_rows, make_rows
+from training.fast import varlen_attention
+from training.fast.memory_plan import fixed_bytes, plan_memory, set_gradient_checkpointing
 from training.model_build import (
     SetupError,
     TrainableModel,
@@ -45,7 +46,6 @@ from training.model_build import (
     check_quantization_possible,
 )
 from training.package import write_package
-from training.packing import Row, attention_of, batch_rows, make_rows
 from training.run_log import MetricsLog, Progress, plot_loss
 from training.scoring import heldout_loss, perplexity
 from training.step import StepContext, train_step

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from training.packing import Row, attention_of, collate, count_tokens
+from training.data.packing import Row, attention_of, collate, count_tokens
 
 _ANSWER = re.compile(r"Answer:\s*\**\s*[^\d\-+.]{0,8}?([-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+)")
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from training import fast
-from training.fused_mlp import fused_mlp
-from training.packing import Row, collate, count_tokens
+from training.data.packing import Row, collate, count_tokens
+from training.fast.chunked_loss import chunked_loss
+from training.fast.fused_mlp import fused_mlp
+from training.fast.varlen_attention import VARLEN, packed_attention
 from training.scoring import autocast_for
-from training.varlen_attention import VARLEN, packed_attention
 
 
 @dataclass
@@ -36,7 +36,7 @@ class StepContext:
     chunked_loss: bool = False
     """Use `training.fast.chunked_loss` (labelled positions only, no full fp32 logits)."""
     fused_mlp: bool = False
-    """Run qualifying 4-bit LoRA MLPs through `training.fused_mlp.FusedLoraMLP`."""
+    """Run qualifying 4-bit LoRA MLPs through `training.fast.fused_mlp.FusedLoraMLP`."""
 
 
 def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
@@ -54,7 +54,7 @@ def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
             with autocast_for(ctx.device, ctx.dtype):
                 inputs = {k: v.to(ctx.device) for k, v in batch.items()}
                 if ctx.chunked_loss:
-                    loss = fast.chunked_loss(ctx.model, inputs, n_items)
+                    loss = chunked_loss(ctx.model, inputs, n_items)
                 else:
                     loss = ctx.model(**inputs, use_cache=False, num_items_in_batch=n_items).loss
             loss.backward()  # already divided by the window's response tokens

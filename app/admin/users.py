@@ -100,6 +100,9 @@ def _set_disabled(
         service.set_disabled(session=session, user=user, disabled=disabled, actor_id=admin.id)
     except service.AccountError as exc:
         return _page(request, session, admin, error=str(exc), code=400)
+    if disabled:
+        # Their running answers end now (a CLI disable reaches them at their next checkpoint).
+        request.app.state.streams.stop_user(user.id)
     done = "disabled" if disabled else "enabled"
     return RedirectResponse(f"/admin/users?done={done}", status_code=303)
 

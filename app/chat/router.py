@@ -223,8 +223,13 @@ def _message_html(request: Request, conversation: Conversation, message: Message
 
 
 @router.post("/c/{conversation_id}/messages/{message_id}/stop")
-def stop_message(conversation: ConversationDep, streams: StreamsDep, message_id: int) -> Response:
-    streams.stop(message_id)
+def stop_message(
+    session: SessionDep, conversation: ConversationDep, streams: StreamsDep, message_id: int
+) -> Response:
+    """Stop an answer in one of the caller's conversations; a message of another is a 404."""
+    if crud.get_message(session=session, conversation=conversation, message_id=message_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No such answer in this conversation.")
+    streams.stop(conversation_id=conversation.id, message_id=message_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -248,17 +253,28 @@ def regenerate(request: Request, session: SessionDep, conversation: Conversation
 def rename(
     request: Request,
     session: SessionDep,
+    user: CurrentUser,
     conversation: ConversationDep,
     title: Annotated[str, Form()],
 ) -> Response:
-    cleaned = " ".join(title.split())[:200]
-    if not cleaned:
-        return _input_error(request, ChatInputError("The title is empty: type a name."))
-    crud.rename_conversation(session=session, conversation=conversation, title=cleaned)
+    try:
+        service.rename_conversation(
+            session=session, conversation=conversation, title=title, actor_id=user.id
+        )
+    except ChatInputError as exc:
+        return _input_error(request, exc)
     return _redirect(request, f"/c/{conversation.id}")
 
 
 @router.post("/c/{conversation_id}/delete")
-def delete(request: Request, session: SessionDep, conversation: ConversationDep) -> Response:
-    crud.delete_conversation(session=session, conversation=conversation)
+def delete(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    streams: StreamsDep,
+    conversation: ConversationDep,
+) -> Response:
+    service.delete_conversation(
+        session=session, conversation=conversation, streams=streams, actor_id=user.id
+    )
     return _redirect(request, "/")

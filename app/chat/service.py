@@ -1,8 +1,10 @@
 """Chat rules: a message in → history → prompt → engine → a persisted answer.
 
 The answer is generated while its SSE stream is read. Whatever ends the stream — the model
-finishing, Stop, a client that disconnects, server shutdown — the text so far is stored with
-a status that says which.
+finishing, Stop, a client that disconnects, server shutdown, the owner's account being
+disabled — the text so far is stored with a status that says which. Its audit trail has a row
+when generation starts and one when it ends, so an answer cut by a crash still shows
+(`app.answers.recovery` adds the missing end at the next start).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.errors import AdapterError
 from app.adapters.service import AdapterService, Lease
+from app.answers.input_limits import newest_turns
+from app.answers.owner import owner_disabled
+from app.answers.recovery import CHAT_ANSWER_STARTED
 from app.audit import service as audit
 from app.chat.schemas import ChatInputError
-from app.chat.streams import ActiveStreams
+from app.chat.streams import ActiveStreams, Running
 from app.config import Settings
 from app.contract import ChatMessage
 from app.engine.types import (
@@ -38,7 +43,10 @@ from app.store.models import Conversation, Message, MessageStatus, User
 
 TITLE_CHARS = 60
 CHECKPOINT_SECONDS = 2.0
-"""How often a streaming answer is written to the database, so a crash loses little."""
+"""How often a streaming answer is written to the database, so a crash loses little (and the
+owner's account is checked, so a disabled user's answer stops)."""
+
+CONVERSATION_RENAMED = "chat.conversation_renamed"
 
 
 @dataclass(frozen=True)
@@ -148,10 +156,15 @@ def sampling_for(settings: Settings) -> SamplingParams:
 
 
 def _history(session: Session, message: Message, settings: Settings) -> list[ChatMessage]:
-    turns = [
-        ChatMessage(m.role, m.content)
-        for m in crud.history_before(session=session, message=message)
-    ]
+    """The turns the engine is given: the newest within the input limits (each turn was
+    within them when sent, but a long conversation is not), after the system prompt."""
+    turns = newest_turns(
+        [
+            ChatMessage(m.role, m.content)
+            for m in crud.history_before(session=session, message=message)
+        ],
+        settings,
+    )
     return (
         [ChatMessage("system", settings.system_prompt), *turns] if settings.system_prompt else turns
     )
@@ -178,10 +191,25 @@ async def stream_answer(
             return
         history = _history(session, message, settings)
         choice = message.conversation.adapter
+        owner_id = message.conversation.user_id
         message.model = engine.info.model
         session.commit()
-    request = GenerationRequest(messages=history, sampling=sampling_for(settings))
-    streams.register(message.id, request.cancel)
+        request = GenerationRequest(messages=history, sampling=sampling_for(settings))
+        audit.record_event(
+            session=session,
+            action=CHAT_ANSWER_STARTED,
+            actor_id=owner_id,
+            details={
+                "conversation_id": message.conversation_id,
+                "message_id": message.id,
+                "model": message.model,
+                "adapter": choice,
+                "sampling": dataclasses.asdict(request.sampling),
+            },
+        )
+    running = streams.register(
+        Running(owner_id, request.cancel, message.conversation_id, message.id)
+    )
     started, first_token_at = time.monotonic(), None
     parts: list[str] = []
     status, error = MessageStatus.STOPPED, None
@@ -200,7 +228,8 @@ async def stream_answer(
                 yield StreamUpdate("token", text=event.text)
                 if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
                     last_checkpoint = time.monotonic()
-                    _checkpoint(session_factory, message.id, "".join(parts))
+                    if not _checkpoint(session_factory, message.id, "".join(parts), owner_id):
+                        request.cancel.set()  # stored as stopped, like Stop
             elif isinstance(event, FinishEvent):
                 prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
                 if event.reason == "error":
@@ -214,7 +243,7 @@ async def stream_answer(
     finally:
         # Runs on normal end, Stop, client disconnect (CancelledError/GeneratorExit) alike.
         request.cancel.set()
-        streams.unregister(message.id)
+        streams.unregister(running)
         if lease is not None and adapters is not None:
             adapters.release(lease)
         with session_factory() as session:
@@ -281,12 +310,56 @@ def _audit_answer(
     )
 
 
-def _checkpoint(session_factory: sessionmaker[Session], message_id: int, content: str) -> None:
+def _checkpoint(
+    session_factory: sessionmaker[Session], message_id: int, content: str, owner_id: int
+) -> bool:
+    """Store the text so far; False when the owner's account was disabled meanwhile (maybe by
+    `teller users disable` in another process), so the answer must stop."""
     with session_factory() as session:
         stored = session.get(Message, message_id)
         if stored is not None:
             stored.content = content
             session.commit()
+        return not owner_disabled(session=session, user_id=owner_id)
+
+
+def rename_conversation(
+    *, session: Session, conversation: Conversation, title: str, actor_id: int
+) -> None:
+    """Give a conversation a new title (audited: titles often say whom it is about).
+
+    Raises:
+        ChatInputError: the title is empty once spaces are folded.
+    """
+    cleaned = " ".join(title.split())[:200]
+    if not cleaned:
+        raise ChatInputError("The title is empty: type a name.")
+    old = conversation.title
+    crud.rename_conversation(session=session, conversation=conversation, title=cleaned)
+    audit.record_event(
+        session=session,
+        action=CONVERSATION_RENAMED,
+        actor_id=actor_id,
+        details={"conversation_id": conversation.id, "old_title": old, "title": cleaned},
+    )
+
+
+def delete_conversation(
+    *, session: Session, conversation: Conversation, streams: ActiveStreams, actor_id: int
+) -> None:
+    """Delete a conversation and its messages, stopping an answer still being written there.
+
+    The audit row keeps what was deleted by whom (prompts and answers stay in their own rows).
+    """
+    streams.stop_conversation(conversation.id)
+    conversation_id, title = conversation.id, conversation.title
+    removed = crud.delete_conversation(session=session, conversation=conversation)
+    audit.record_event(
+        session=session,
+        action=audit.CONVERSATION_DELETED,
+        actor_id=actor_id,
+        details={"conversation_id": conversation_id, "title": title, "messages": removed},
+    )
 
 
 async def wait_for_streams(streams: ActiveStreams, timeout: float) -> None:

@@ -42,6 +42,7 @@ from app.openai_api.schemas import (
     now,
 )
 from app.openai_api.service import ApiCall, ApiContext, Caller
+from app.ops.body_limit import BodyTooLarge
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
 from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
 
@@ -85,6 +86,7 @@ def api_context(request: Request) -> ApiContext:
         adapters=getattr(state, "adapters", None),
         limits=limits_for(request.app),
         session_factory=state.session_factory,
+        streams=state.streams,
     )
 
 
@@ -93,11 +95,14 @@ ContextDep = Annotated[ApiContext, Depends(api_context)]
 
 
 async def parse_body(request: Request, model: type[Body]) -> Body:
-    """The JSON body as `model`, or 400 naming the first bad field."""
+    """The JSON body as `model`, 400 naming the first bad field, or 413 for a body over the
+    server's limit (refused by `app.ops.body_limit` before it is read)."""
     try:
         data = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
         raise OpenAIError(400, "The request body is not valid JSON.") from None
+    except BodyTooLarge as exc:
+        raise OpenAIError(413, exc.detail, code="request_too_large") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -265,7 +270,7 @@ async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep)
 @router.post("/completions")
 async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
     body = await parse_body(request, CompletionRequest)
-    service.check_input_size([body.prompt_text], ctx.settings)
+    service.check_input_size([body.prompt_text], ctx.settings, param="prompt")
     call = await service.open_call(
         ctx=ctx,
         caller=caller,

@@ -63,7 +63,8 @@ class _Sampling(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    """OpenAI's range (int64); a larger one would overflow the engine's generator."""
     n: int | None = 1
     stream: bool = False
     stream_options: StreamOptions | None = None

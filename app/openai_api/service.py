@@ -1,9 +1,15 @@
-"""`/v1` rules: model ids → adapters, limits, the engine call, and one audit row per call.
+"""`/v1` rules: model ids → adapters, limits, the engine call, and its audit rows.
 
 A call holds three things while it runs — one of the user's generation slots, a lease on its
 adapter version, and the engine request — and `ApiCall.close` gives all three back whatever
 ended it: the answer finishing, an error, or a client that disconnected mid-stream (which also
-sets the request's cancel signal, so the engine stops generating at its next token).
+sets the request's cancel signal, so the engine stops generating at its next token). It is
+registered in `ActiveStreams` meanwhile, so shutdown and disabling its owner end it too.
+
+Audit: `api.call_started` (who, key, address, model, prompt) is written before generation
+starts and `api.call` (the result) when the call ends, both carrying the same `call_id`; a
+call cut by a crash keeps its first row and gets `api.call_interrupted` at the next start
+(`app.answers.recovery`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -21,8 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.errors import AdapterError
 from app.adapters.service import BASE_CHOICE, AdapterService, Lease
+from app.answers.input_limits import InputTooLong, TooManyMessages, check_input
+from app.answers.owner import OWNER_CHECK_SECONDS, owner_disabled
+from app.answers.recovery import API_CALL_STARTED
 from app.audit import service as audit
 from app.auth.limits import LimitExceeded, UserLimits
+from app.chat.streams import ActiveStreams, Running
 from app.config import Settings
 from app.contract import ChatMessage
 from app.engine.remote import UpstreamError
@@ -63,6 +74,7 @@ class ApiContext:
     adapters: AdapterService | None
     limits: UserLimits
     session_factory: sessionmaker[Session]
+    streams: ActiveStreams
 
 
 # ---- model ids ----------------------------------------------------------------------------
@@ -126,16 +138,15 @@ def sampling_for(params: _Sampling, token_limit: int | None, settings: Settings)
     )
 
 
-def check_input_size(texts: Sequence[str], settings: Settings) -> None:
-    """Raises OpenAIError (400) when the prompt is longer than the server accepts."""
-    total = sum(len(text) for text in texts)
-    if total > settings.max_input_chars:
-        raise OpenAIError(
-            400,
-            f"The input is {total:,} characters long; the limit is {settings.max_input_chars:,}.",
-            param="messages",
-            code="context_length_exceeded",
-        )
+def check_input_size(texts: Sequence[str], settings: Settings, *, param: str = "messages") -> None:
+    """Raises OpenAIError (400) when there are more messages, or more input, than the server
+    accepts (every message counts, an empty one too: see `app.answers.input_limits`)."""
+    try:
+        check_input(texts, settings, noun=param)
+    except TooManyMessages as exc:
+        raise OpenAIError(400, str(exc), param=param, code="array_above_max_length") from None
+    except InputTooLong as exc:
+        raise OpenAIError(400, str(exc), param=param, code="context_length_exceeded") from None
 
 
 # ---- one call -----------------------------------------------------------------------------
@@ -158,6 +169,9 @@ class ApiCall:
     _slot_held: bool = False
     _closed: bool = False
     started: float = field(default_factory=time.monotonic)
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    running: Running | None = None
+    owner_checked: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     parts: list[str] = field(default_factory=list)
     finish: FinishEvent | None = None
@@ -189,6 +203,7 @@ class ApiCall:
                 if isinstance(event, TokenEvent):
                     self.first_token_at = self.first_token_at or time.monotonic()
                     self.parts.append(event.text)
+                    await self._stop_if_owner_disabled()
                 elif isinstance(event, FinishEvent):
                     self.finish = event
                     if event.reason == "error":
@@ -205,6 +220,18 @@ class ApiCall:
                     await asyncio.shield(asyncio.to_thread(self._record))
             finally:
                 await self.aclose_events()
+
+    async def _stop_if_owner_disabled(self) -> None:
+        """Every OWNER_CHECK_SECONDS: a disabled owner's call ends (stored as stopped)."""
+        if time.monotonic() - self.owner_checked < OWNER_CHECK_SECONDS:
+            return
+        self.owner_checked = time.monotonic()
+        if await asyncio.to_thread(self._owner_disabled):
+            self.request.cancel.set()
+
+    def _owner_disabled(self) -> bool:
+        with self.ctx.session_factory() as session:
+            return owner_disabled(session=session, user_id=self.caller.user_id)
 
     async def aclose_events(self) -> None:
         events, self._events = self._events, None
@@ -228,6 +255,8 @@ class ApiCall:
             return False
         self._closed = True
         self.request.cancel.set()
+        if self.running is not None:
+            self.ctx.streams.unregister(self.running)
         if self.lease is not None and self.ctx.adapters is not None:
             self.ctx.adapters.release(self.lease)
         if self._slot_held:
@@ -262,6 +291,26 @@ class ApiCall:
             return "stopped"
         return "complete"
 
+    def audit_start(self) -> None:
+        """The call's first audit row, before generation starts: a crash cannot lose it."""
+        with self.ctx.session_factory() as session:
+            audit.record_event(
+                session=session,
+                action=API_CALL_STARTED,
+                actor_id=self.caller.user_id,
+                details={
+                    "call_id": self.call_id,
+                    "endpoint": self.endpoint,
+                    "key_id": self.caller.key_id,
+                    "ip": self.caller.ip,
+                    "model": self.model,
+                    "served_model": self.ctx.engine.info.model,
+                    "stream": self.stream,
+                    "sampling": dataclasses.asdict(self.request.sampling),
+                    "prompt": self.prompt_record,
+                },
+            )
+
     def _audit(self) -> None:
         version = self.lease.version if self.lease is not None else None
         finish = self.finish
@@ -271,6 +320,7 @@ class ApiCall:
                 action=audit.API_CALL,
                 actor_id=self.caller.user_id,
                 details={
+                    "call_id": self.call_id,
                     "endpoint": self.endpoint,
                     "key_id": self.caller.key_id,
                     "ip": self.caller.ip,
@@ -347,7 +397,10 @@ async def open_call(
         prompt if prompt is not None else [{"role": m.role, "content": m.content} for m in messages]
     )
     call = ApiCall(ctx, caller, endpoint, model, request, prompt_record, stream, _slot_held=True)
+    call.running = ctx.streams.register(Running(caller.user_id, request.cancel))
     try:
+        # Before anything is generated (on a worker thread: the write must not stall streams).
+        await asyncio.shield(asyncio.to_thread(call.audit_start))
         if ctx.adapters is not None:
             call.lease = await ctx.adapters.acquire(choice)
             request.adapter = call.lease.engine_name

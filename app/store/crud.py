@@ -55,10 +55,12 @@ def rename_conversation(*, session: Session, conversation: Conversation, title: 
     session.commit()
 
 
-def delete_conversation(*, session: Session, conversation: Conversation) -> None:
-    session.execute(delete(Message).where(Message.conversation_id == conversation.id))
+def delete_conversation(*, session: Session, conversation: Conversation) -> int:
+    """Delete a conversation and its messages; how many messages went with it."""
+    result = session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     session.delete(conversation)
     session.commit()
+    return result.rowcount
 
 
 def add_message(

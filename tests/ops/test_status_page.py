@@ -59,8 +59,8 @@ def test_a_running_answer_shows_as_an_active_stream(
     seen["active"] = field(fragment.text, "active-streams")
     # HTMX refreshes only the status block, not the whole page.
     assert "<html" not in fragment.text and 'id="server-status"' in fragment.text
-    [message_id] = re.findall(r"/messages/(\d+)/stream", stream_url)
-    server.app.state.streams.stop(int(message_id))
+    [(conversation_id, message_id)] = re.findall(r"/c/(\w+)/messages/(\d+)/stream", stream_url)
+    server.app.state.streams.stop(conversation_id=conversation_id, message_id=int(message_id))
     reader.join(30)
     assert seen["active"] == "1"
 

@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from tests.training.samples import finance_records, write_jsonl
 from training.config import TrainConfig
 from training.config_io import load_config
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def finance_records(n: int = 48) -> list[dict]:
-    """Short, repetitive finance Q&A so a tiny model's loss falls within a few steps."""
-    records = []
-    for i in range(n):
-        rate = 2 + i % 9
-        principal = 100 * (1 + i % 7)
-        interest = principal * rate / 100
-        records.append(
-            {
-                "instruction": f"Simple interest on ${principal} at {rate}% for one year?",
-                "input": "",
-                "output": f"{principal} x {rate}% = {interest:.2f}. Answer: {interest:.2f}",
-                "check": {
-                    "kind": "simple_interest",
-                    "params": {"p": principal, "r": rate},
-                    "answer": interest,
-                    "unit": "USD",
-                },
-            }
-        )
-        if i % 3 == 0:
-            records.append(
-                {
-                    "instruction": "Define liquidity.",
-                    "input": f"Audience {i}",
-                    "output": "How fast an asset turns into cash at a fair price.",
-                }
-            )
-    return records
 
 
 @pytest.fixture(scope="session")

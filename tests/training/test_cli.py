@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import write_jsonl
+from tests.training.samples import write_jsonl
 from training.cli import eval_main, train_main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from training.config_io import load_config
-from training.encoding import Example
+from training.data.encoding import Example
+from training.data.packing import Row, attention_of, collate
 from training.model_build import SetupError, build_trainable_model, check_quantization_possible
-from training.packing import Row, attention_of, collate
 from training.recipe import TrainingRecipe
 
 

@@ -17,12 +17,12 @@ from tests.subprocess_python import run_json
 pytest.importorskip("bitsandbytes")
 
 from training.config_io import load_config  # noqa: E402
-from training.encoding import Example  # noqa: E402
-from training.fast import chunked_loss  # noqa: E402
-from training.fused_mlp import fused_mlp, mlp_reason  # noqa: E402
-from training.fused_mlp_kernels import up_activation_backward, up_activation_forward  # noqa: E402
+from training.data.encoding import Example  # noqa: E402
+from training.data.packing import Row, collate  # noqa: E402
+from training.fast.chunked_loss import chunked_loss  # noqa: E402
+from training.fast.fused_mlp import fused_mlp, mlp_reason  # noqa: E402
+from training.fast.fused_mlp_kernels import up_activation_backward, up_activation_forward  # noqa: E402
 from training.model_build import build_trainable_model  # noqa: E402
-from training.packing import Row, collate  # noqa: E402
 
 
 def build(model_dir: Path, data: Path, tmp_path: Path, *extra: str):
@@ -167,7 +167,7 @@ def test_other_models_keep_their_forward(tiny_llama_dir, tiny_falcon_dir, financ
 KERNEL_CHECK = textwrap.dedent(
     """
     import json, sys, torch
-    from training import fused_mlp_kernels as k
+    from training.fast import fused_mlp_kernels as k
     device = sys.argv[1]
     torch.manual_seed(0)
     base, update, grad_g, grad_d = (

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "training" / "data"
+REPO = Path(__file__).resolve().parents[3]
+DATA = REPO / "training" / "sample_data"
 TRAIN, HELD_OUT = "finance_train.jsonl", "finance_eval.jsonl"
 
 
@@ -196,7 +196,7 @@ def test_calculation_answers_are_right(splits: dict[str, list[dict[str, Any]]]) 
 
 def test_generator_reproduces_committed_files(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "training.data.generate_finance", "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "training.sample_data.generate_finance", "--out-dir", str(tmp_path)],
         cwd=REPO,
         check=True,
         capture_output=True,

@@ -15,10 +15,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tests.training.test_packing import make_examples
-from training.fast import activation_bytes_per_token
-from training.packing import collate, pack_rows
-from training.varlen_attention import VARLEN, boundaries, packed_attention, supports
+from tests.training.samples import make_examples
+from training.data.packing import collate, pack_rows
+from training.fast.memory_plan import activation_bytes_per_token
+from training.fast.varlen_attention import VARLEN, boundaries, packed_attention, supports
 
 
 @pytest.fixture(params=["llama", "falcon"])

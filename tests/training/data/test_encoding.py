@@ -8,8 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from app.contract import PromptFormat, alpaca_prompt, encode_prompt
-from training.data_loading import Record
-from training.encoding import IGNORE_INDEX, encode_record, end_of_sequence_id, prompt_text
+from training.data.encoding import IGNORE_INDEX, encode_record, end_of_sequence_id, prompt_text
+from training.data.loading import Record
 
 RECORD = Record(
     "What is the current ratio?", "Assets 200, liabilities 100.", "It is 2.0. Answer: 2"

@@ -6,7 +6,7 @@ used when no attention mask is given), but only for models whose `create_causal_
 receives `position_ids`: Llama/Mistral/Qwen pass them, Falcon does not, so a packed Falcon row
 would silently attend across examples. We therefore build that same block-diagonal causal
 mask here and pass it as a 4D mask, which `masking_utils` uses as-is for sdpa and eager alike;
-tests/training/test_packing.py proves packed == one-by-one for the tiny Llama and Falcon.
+tests/training/data/test_packing.py proves packed == one-by-one for the tiny Llama and Falcon.
 Tail padding is one more "sequence" with labels IGNORE_INDEX. The first label of every example
 is masked, so the shifted loss never asks one example to predict the next one's first token.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.encoding import IGNORE_INDEX, Example
+from training.data.encoding import IGNORE_INDEX, Example
 
 
 @dataclass(frozen=True)

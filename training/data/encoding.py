@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.contract import ChatMessage, PromptFormat, alpaca_prompt, build_prompt, encode_prompt
-from training.data_loading import Record
+from training.data.loading import Record
 
 IGNORE_INDEX = -100
 

@@ -8,18 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from training.encoding import IGNORE_INDEX, Example
-from training.packing import Row, collate, pack_rows
-
-
-def make_examples(vocab: int, lengths: list[tuple[int, int]], seed: int = 0) -> list[Example]:
-    generator = torch.Generator().manual_seed(seed)
-    examples = []
-    for prompt_len, response_len in lengths:
-        ids = torch.randint(5, vocab, (prompt_len + response_len,), generator=generator).tolist()
-        labels = [IGNORE_INDEX] * prompt_len + ids[prompt_len:]
-        examples.append(Example(ids, labels))
-    return examples
+from tests.training.samples import make_examples
+from training.data.encoding import IGNORE_INDEX, Example
+from training.data.packing import Row, collate, pack_rows
 
 
 def separate_loss(model, examples: list[Example], pad_id: int) -> tuple[float, list[torch.Tensor]]:

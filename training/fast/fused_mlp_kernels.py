@@ -8,7 +8,7 @@ backward runs as many. On Falcon-7B that is a third of a training step's memory 
 
 `up_activation_forward` / `up_activation_backward` compute the same values with one read of
 their inputs and one write of their outputs. The arithmetic is the recipe's, rounding for
-rounding (module docstring of training/fused_mlp.py lists it); `act_dtype` is the dtype the
+rounding (module docstring of training/fast/fused_mlp.py lists it); `act_dtype` is the dtype the
 recipe's activations have: fp32 (norm outputs in fp32, the default) or the compute dtype
 (`bf16_activations`), which rounds h, the gradient sums and GELU's gradient to it as autograd
 would. Dropout masks come from Triton's Philox (torch's stream on CPU): another draw than

@@ -7,7 +7,7 @@ the scaled update, GELU, the down projection's dropout in fp32, and as many in b
 H200 those elementwise passes, not the GEMMs, were the largest cost of a Falcon-7B step after
 attention was fixed. `FusedLoraMLP` runs the same GEMMs (bitsandbytes' own 4-bit matmul and its
 backward, cuBLAS for LoRA) and does everything between them in one kernel each way
-(training/fused_mlp_kernels.py).
+(training/fast/fused_mlp_kernels.py).
 
 The values are the recipe's, rounding for rounding: with fp32 norm outputs (the default) h =
 fp32(base) + fp32(bf16(update·s)) and GELU run in fp32, the down projection gets bf16(GELU(h)),
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from training.fused_mlp_kernels import up_activation_backward, up_activation_forward
+from training.fast.fused_mlp_kernels import up_activation_backward, up_activation_forward
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import write_jsonl
-from training.data_loading import DataError, deduplicate, load_data, read_records, split
+from tests.training.samples import write_jsonl
+from training.data.loading import DataError, deduplicate, load_data, read_records, split
 
 GOOD = {"instruction": "Define EBITDA.", "input": "", "output": "Earnings before interest..."}
 
@@ -99,7 +99,7 @@ def test_check_field_is_kept_and_extra_fields_ignored(tmp_path: Path) -> None:
 
 
 def test_dedup_and_seeded_split() -> None:
-    from training.data_loading import Record
+    from training.data.loading import Record
 
     records = [Record(f"q{i}", "", f"a{i}") for i in range(40)]
     records += [Record("q1", " ", "a1 "), Record("q2", "", "a2")]  # whitespace-only repeats

@@ -1,10 +1,10 @@
-"""Seeded generator for Teller's finance sample dataset (Alpaca JSONL under training/data/).
+"""Seeded generator for Teller's finance sample dataset (Alpaca JSONL under training/sample_data/).
 
 The numbers in every calculation example are computed here rather than typed, so the model is
 never trained on a wrong figure, and each such record carries a `check` object (kind, params,
 answer, unit) that the tests recompute independently. The generator is deterministic: run
 
-    python -m training.data.generate_finance
+    python -m training.sample_data.generate_finance
 
 and it rewrites `finance_train.jsonl` and `finance_eval.jsonl` byte for byte, so a change to a
 template or a concept text shows up as a reviewable diff of the data. The formulas and number
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.data import finance_math as fm
-from training.data.finance_concepts import (
+from training.sample_data import finance_math as fm
+from training.sample_data.finance_concepts import (
     CALCULATION_TEMPLATES,
     GROWTH_SUBJECTS,
     RATIO_REMARKS,
@@ -33,7 +33,7 @@ from training.data.finance_concepts import (
     concept_records,
     render,
 )
-from training.data.finance_math import COMPOUNDING, UNIT_FORMATS, describe, pct, plural, usd
+from training.sample_data.finance_math import COMPOUNDING, UNIT_FORMATS, describe, pct, plural, usd
 
 SEED = 20240611
 DATA_DIR = Path(__file__).resolve().parent
@@ -413,7 +413,7 @@ def write_jsonl(path: Path, records: Sequence[Record]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write both files (to training/data/ unless --out-dir says otherwise)."""
+    """Write both files (to training/sample_data/ unless --out-dir says otherwise)."""
     parser = argparse.ArgumentParser(description="Generate Teller's finance sample dataset.")
     parser.add_argument("--out-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--seed", type=int, default=SEED)

@@ -1,0 +1,1 @@
+"""Rules every answering surface (chat, `/v1`) shares: input limits, owner checks, recovery."""

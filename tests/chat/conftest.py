@@ -1,0 +1,5 @@
+"""Chat tests use the web fixtures: a real app on a real uvicorn, signed-in clients."""
+
+from __future__ import annotations
+
+from tests.web.conftest import client, make_settings, scripted_server, server, user_client  # noqa: F401

@@ -1,0 +1,54 @@
+"""Precision of what stays frozen: bf16 frozen weights, and opt-in bf16 activations.
+
+- `keep_frozen_in`: `prepare_model_for_kbit_training` upcasts every non-quantized weight
+  (norms, embeddings, a tied 65K x 4544 head) to fp32. Frozen weights gain nothing from fp32
+  under bf16 autocast (layer norm upcasts internally) but cost memory and casts every forward.
+- `norm_outputs_in`: layer-norm outputs cast to bf16 where they are made (`bf16_activations`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def keep_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Cast frozen fp32 floating-point weights (not 4-bit ones) to `dtype`; how many moved."""
+    if dtype == torch.float32:
+        return 0
+    moved = 0
+    for param in model.parameters():
+        if not param.requires_grad and param.dtype == torch.float32:
+            param.data = param.data.to(dtype)
+            moved += 1
+    return moved
+
+
+def norm_outputs_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Cast every `nn.LayerNorm`'s output to `dtype` where it is made (`bf16_activations`);
+    how many norms were hooked.
+
+    Autocast runs layer norm in fp32 and returns fp32. In a Falcon block that output feeds
+    the fused QKV and the MLP's up projection, two 4-bit layers and two LoRA branches: each
+    casts it to bf16 again, each LoRA dropout runs on it in fp32, and bitsandbytes casts its
+    outputs back to the input's fp32, so the 4x-wide MLP and the residual stream run in fp32.
+    Cast once at the norm, everything after it stays bf16: on an H200 (Falcon-7B, 16 x 512
+    tokens) 12,360 instead of 9,940 useful tokens/s, MFU 44.9 % instead of 36.2 %.
+
+    It is not the plain recipe's arithmetic, though: the first steps' loss moved up to 1.44 %
+    from it (mean over 50 steps 0.1 %), with or without LoRA dropout and also with the
+    residual stream kept in fp32, where the default path stays within 0.07 %. Hence opt-in.
+    Only meaningful under CUDA autocast (on CPU layer norm returns its input's dtype).
+    """
+    hooked = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm) and not hasattr(module, "_teller_out_dtype"):
+            module._teller_out_dtype = dtype
+            module.register_forward_hook(_cast_output)
+            hooked += 1
+    return hooked
+
+
+def _cast_output(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.to(module._teller_out_dtype)
