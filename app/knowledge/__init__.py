@@ -1,0 +1,1 @@
+"""Company knowledge: documents in, passages out, cited in answers (docs/knowledge.md)."""

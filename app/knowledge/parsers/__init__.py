@@ -1,0 +1,1 @@
+"""One parser per format; `app.knowledge.parsers.registry.parse` picks the right one."""
