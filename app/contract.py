@@ -136,30 +136,44 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _metrics(metrics: object) -> dict[str, float]:
-    """Evaluation figures as finite numbers: the admin page compares and formats them."""
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _metrics(metrics: object, *, strict: bool) -> dict[str, float]:
+    """Evaluation figures as finite numbers: the admin page and the gate compare them."""
     if not isinstance(metrics, dict):
-        raise ValueError("teller.json: 'metrics' must be an object such as {\"eval_loss\": 1.2}")
+        if strict:
+            raise ValueError(
+                "teller.json: 'metrics' must be an object such as {\"eval_loss\": 1.2}"
+            )
+        return {}
     for key, value in metrics.items():
-        try:
-            finite = (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))
-        except OverflowError:  # an integer beyond any float
-            finite = False
-        if not finite:
+        if strict and not _is_finite_number(value):
             raise ValueError(f"teller.json: metric {key!r} must be a finite number, not {value!r}")
-    return {k: float(v) for k, v in metrics.items()}
+    return {k: float(v) for k, v in metrics.items() if _is_finite_number(v)}
 
 
-def _training_info(training: object) -> TrainingInfo:
+def _training_info(training: object, *, strict: bool) -> TrainingInfo:
     """The training record, each known field of the type `TrainingInfo` gives it."""
     if not isinstance(training, dict):
-        raise ValueError("teller.json: 'training' must be an object")
+        if strict:
+            raise ValueError("teller.json: 'training' must be an object")
+        return TrainingInfo()
     fields = TrainingInfo.__dataclass_fields__
-    kept = {k: v for k, v in training.items() if k in fields}
-    for key, value in kept.items():
+    kept: dict[str, Any] = {}
+    for key, value in training.items():
+        if key not in fields:
+            continue
         kind = type(getattr(TrainingInfo(), key))
-        valid = _is_int(value) and value >= 0 if kind is int else isinstance(value, kind)
-        if not valid:
+        if _is_int(value) and value >= 0 if kind is int else isinstance(value, kind):
+            kept[key] = value
+        elif strict:
             expected = {int: "a whole number >= 0", str: "a string", dict: "an object"}[kind]
             raise ValueError(f"teller.json: 'training.{key}' must be {expected}")
     return TrainingInfo(**kept)
@@ -185,8 +199,15 @@ class AdapterManifest:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AdapterManifest:
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = True) -> AdapterManifest:
         """Parse a manifest, refusing missing required fields and unknown prompt formats.
+
+        Args:
+            data: the parsed `teller.json`.
+            strict: refuse a wrongly typed `version`, `metrics` or `training` field (an
+                import). Off for a manifest already in the store: older versions of Teller
+                stored non-finite metrics and loosely typed training fields, and one such
+                file must not make every stored adapter unreadable; those values are dropped.
 
         Raises:
             ValueError: with the field that is wrong.
@@ -203,7 +224,9 @@ class AdapterManifest:
             raise ValueError(f"teller.json: 'prompt_format' must be one of {allowed}") from None
         version = data.get("version")
         if version is not None and not _is_int(version):
-            raise ValueError("teller.json: 'version' must be a whole number or null")
+            if strict:
+                raise ValueError("teller.json: 'version' must be a whole number or null")
+            version = None
         return cls(
             name=data["name"].strip(),
             base_model=data["base_model"].strip(),
@@ -212,17 +235,21 @@ class AdapterManifest:
             created_at=str(
                 data.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
             ),
-            training=_training_info(data.get("training") or {}),
-            metrics=_metrics(data.get("metrics") or {}),
+            training=_training_info(data.get("training") or {}, strict=strict),
+            metrics=_metrics(data.get("metrics") or {}, strict=strict),
             sha256=str(data.get("sha256", "")),
         )
 
     @classmethod
     def read(cls, folder: Path) -> AdapterManifest:
-        """The manifest of a package folder; derived from `adapter_config.json` when absent."""
+        """The manifest of a package folder; derived from `adapter_config.json` when absent.
+
+        Reads leniently (see `from_dict`): the folder was checked when it was stored.
+        """
         manifest_path = folder / MANIFEST_FILE
         if manifest_path.exists():
-            return cls.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+            return cls.from_dict(data, strict=False)
         peft_config = json.loads((folder / PEFT_CONFIG_FILE).read_text(encoding="utf-8"))
         weights = folder / WEIGHTS_FILE
         return cls(

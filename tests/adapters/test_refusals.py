@@ -352,3 +352,21 @@ def test_rank_pattern_is_read_as_peft_reads_it(
     config.update(r=4, rank_pattern={r"layers\.\d+\.self_attn\.v_proj": 8})
     (package / "adapter_config.json").write_text(json.dumps(config))
     assert registry.import_path(package).ref == "finance@1"
+
+
+def test_a_manifest_stored_by_an_older_teller_still_lists(
+    registry: Registry, finance_v1: Path, tax_v1: Path
+) -> None:
+    """Import is strict; the store is read leniently, so one manifest an older version
+    stored (NaN metric, a loosely typed training field) does not hide every adapter."""
+    stored = registry.import_path(finance_v1)
+    registry.import_path(tax_v1)
+    path = stored.path / "teller.json"
+    data = json.loads(path.read_text())
+    data["metrics"] = {"eval_loss": float("nan"), "train_loss": 1.25}
+    data["training"]["steps"] = "ten"
+    path.write_text(json.dumps(data))
+    assert [v.ref for v in registry.versions()] == ["finance@1", "tax@1"]
+    manifest = registry.get("finance", 1).manifest
+    assert manifest.metrics == {"train_loss": 1.25}
+    assert manifest.training.steps == 0
