@@ -9,12 +9,15 @@ PEFT matches them again on the engine thread each time the adapter loads.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from app.adapters.errors import AdapterError
 from app.adapters.patterns import GUIDE, UnsafePattern, check_pattern, is_plain_name
+from app.contract import PEFT_CONFIG_FILE
 
 ALL_LINEAR = "all-linear"
 """PEFT's shorthand for every linear layer but the output head."""
@@ -68,6 +71,24 @@ def check_peft_config(config: dict[str, Any]) -> None:
     base = config.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
         raise AdapterError("adapter_config.json: base_model_name_or_path must be a string")
+
+
+def check_stored_config(folder: Path) -> None:
+    """Check a stored version's config again just before the engine loads it.
+
+    Versions stored before these checks existed, or edited on disk since, would otherwise
+    reach PEFT's regex matching on the engine thread unchecked.
+
+    Raises:
+        AdapterError: the config is unreadable or refused.
+    """
+    try:
+        config = json.loads((folder / PEFT_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{PEFT_CONFIG_FILE} cannot be read: {exc}") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{PEFT_CONFIG_FILE} must hold a JSON object")
+    check_peft_config(config)
 
 
 def rank_for(module: str, config: dict[str, Any]) -> int:

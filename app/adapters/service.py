@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from app.adapters.archive import Limits
 from app.adapters.errors import AdapterError, AdapterNotFound
+from app.adapters.peft_config import check_stored_config
 from app.adapters.registry import AdapterVersion, Registry, parse_ref
 from app.config import Settings
 from app.contract import PromptFormat
@@ -173,6 +174,7 @@ class AdapterService:
                 return
             log.info("loading adapter %s from %s", version.ref, version.path)
             try:
+                check_stored_config(version.path)  # PEFT matches its patterns on the engine
                 await self.engine.load_adapter(
                     version.ref, version.path, version.manifest.prompt_format
                 )

@@ -205,3 +205,41 @@ def test_a_version_that_fails_to_load_never_becomes_the_default(
         assert (await service.acquire(None)).engine_name == "finance@1"
 
     asyncio.run(scenario())
+
+
+def test_a_stored_config_with_a_hostile_pattern_never_reaches_the_engine(
+    registry: Registry,
+    engine: SequentialEngine,
+    finance_v1: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A version stored before patterns were bounded (or edited on disk) is checked again
+    before PEFT would match its pattern on the engine thread."""
+    import json
+    import re
+
+    from app.adapters.errors import AdapterError
+
+    stored = registry.import_path(finance_v1)
+    hostile = r"(\w+\.?)+q_proj!"
+    config_path = stored.path / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = hostile
+    config_path.write_text(json.dumps(config))
+    compiled: list[str] = []
+    real_compile = re.compile
+
+    def spy(pattern, flags=0):  # noqa: ANN001, ANN202 - stands in for re.compile
+        compiled.append(pattern)
+        return real_compile(pattern, flags)
+
+    monkeypatch.setattr(re, "compile", spy)
+    service = AdapterService(registry, engine)
+
+    async def scenario() -> None:
+        with pytest.raises(AdapterError, match=r"finance@1 could not be loaded: .*is refused"):
+            await service.acquire("finance")
+
+    asyncio.run(scenario())
+    assert engine.info.adapters == ()
+    assert hostile not in compiled
