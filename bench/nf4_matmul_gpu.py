@@ -25,9 +25,9 @@ import bitsandbytes as bnb  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
+from app.engine.kernels.availability import sm_count  # noqa: E402
 from app.engine.kernels.nf4_matmul import (  # noqa: E402
     KernelConfig,
-    _sm_count,
     nf4_matmul,
     pack_linear4bit,
     pick_config,
@@ -84,7 +84,7 @@ def candidates(m: int, n: int, k: int, sms: int) -> list[KernelConfig]:
 
 def measure_shape(k: int, n: int, args, copy: float) -> list[dict]:
     started = time.monotonic()
-    sms = _sm_count(torch.cuda.current_device())
+    sms = sm_count(torch.cuda.current_device())
     probe = make_linear(n, k)
     weight_bytes = pack_bytes(pack_linear4bit(probe))
     copies = max(2, math.ceil(ROTATE_BYTES / weight_bytes))

@@ -16,7 +16,14 @@ import torch
 from app.engine.detokenize import IncrementalDetokenizer
 from app.engine.sampling import sample
 from app.engine.stopping import StopStringFilter
-from app.engine.types import Event, FinishEvent, FinishReason, SamplingParams, TokenEvent
+from app.engine.types import (
+    EngineError,
+    Event,
+    FinishEvent,
+    FinishReason,
+    SamplingParams,
+    TokenEvent,
+)
 
 
 @dataclass
@@ -154,7 +161,9 @@ class SequenceDecoder:
             return self.finish("length")
         return False
 
-    def finish(self, reason: FinishReason, error: str = "") -> bool:
+    def finish(
+        self, reason: FinishReason, error: str = "", failure: EngineError | None = None
+    ) -> bool:
         """Flush held-back text and emit the one FinishEvent (later calls do nothing)."""
         if self.finished:
             return True
@@ -170,6 +179,7 @@ class SequenceDecoder:
                 prompt_tokens=len(self.request.prompt_ids),
                 completion_tokens=self.completion,
                 error=error,
+                failure=failure,
             )
         )
         return True

@@ -41,6 +41,7 @@ from app.engine.types import (
     FinishReason,
     GenerationRequest,
     TokenEvent,
+    UpstreamError,
 )
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.1
 CHARS_PER_TOKEN = 4
 """`count_tokens` estimate: the tokenizer lives upstream."""
-
-
-class UpstreamError(EngineError):
-    """The upstream could not be reached or answered with an error."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +128,8 @@ class RemoteEngine:
         self._can_push: bool | None = None
         """None until the first push tells whether the upstream loads adapters."""
         self.active_streams = 0
+        self.queue_depth = 0
+        """Requests wait upstream, not here."""
 
     @property
     def info(self) -> EngineInfo:
@@ -310,7 +309,10 @@ class RemoteEngine:
                         reason = "cancelled"
                         break
                     if kind == "error":
-                        yield FinishEvent("error", "".join(parts), 0, len(parts), error=payload)
+                        yield FinishEvent(
+                            "error", "".join(parts), 0, len(parts), error=payload,
+                            failure=UpstreamError(payload),
+                        )  # fmt: skip
                         return
                     text, finish, chunk_usage = payload
                     usage = chunk_usage or usage

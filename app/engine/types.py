@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
-from app.contract import ChatMessage
+from app.contract import ChatMessage, PromptFormat
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -36,6 +37,37 @@ class GenerationRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
+class EngineError(RuntimeError):
+    """A generation could not run (bad request for this model, device failure)."""
+
+
+class EngineBusy(EngineError):
+    """The queue is full; the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__("the model is busy; try again shortly")
+        self.retry_after = retry_after
+
+
+class UpstreamError(EngineError):
+    """The remote engine's upstream could not be reached or answered with an error."""
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory for this answer; other answers go on, and a retry once
+    they end usually succeeds (the web layer answers 503, not 500)."""
+
+    MESSAGE = "out of GPU memory"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+    @classmethod
+    def finish_event(cls) -> FinishEvent:
+        """The event that ends an answer this failure stopped."""
+        return FinishEvent("error", "", 0, 0, error=cls.MESSAGE, failure=cls())
+
+
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
     """New text; may cover several tokens when bytes of one character were held back."""
@@ -52,6 +84,9 @@ class FinishEvent:
     prompt_tokens: int
     completion_tokens: int
     error: str = ""
+    failure: EngineError | None = None
+    """What kind of failure ended an errored answer (`OutOfMemory`, `UpstreamError`, ...),
+    where the engine knows it; `error` is its text for people."""
 
 
 Event = TokenEvent | FinishEvent
@@ -66,25 +101,39 @@ class EngineInfo:
     adapters: tuple[str, ...] = ()
 
 
-class EngineError(RuntimeError):
-    """A generation could not run (bad request for this model, device failure)."""
-
-
-class EngineBusy(EngineError):
-    """The queue is full; the caller should retry after `retry_after` seconds."""
-
-    def __init__(self, retry_after: int = 5) -> None:
-        super().__init__("the model is busy; try again shortly")
-        self.retry_after = retry_after
-
-
 class Engine(Protocol):
-    """What the web layer may use: submit a request, read its events."""
+    """Everything callers may use of an engine (local schedulers and the remote engine alike).
 
-    info: EngineInfo
+    Failures are typed: `generate` raises `EngineBusy` (retry later) or `EngineError` (an
+    adapter that is not loaded; `UpstreamError` from a remote engine); a stream that fails
+    mid-way ends with a `FinishEvent` whose `failure` says what kind (`OutOfMemory`, ...).
+    """
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests accepted but not generating yet."""
+        ...
+
+    @property
+    def active_streams(self) -> int:
+        """Event streams a caller is reading now."""
+        ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    async def load_adapter(self, name: str, path: Path, prompt_format: PromptFormat) -> None:
+        """Make adapter `name` (a PEFT folder at `path`) usable by requests.
+
+        Raises:
+            EngineError: the engine cannot load it (`UpstreamError`: the upstream refused).
+        """
+        ...
+
+    async def unload_adapter(self, name: str) -> None: ...
 
     async def close(self) -> None: ...

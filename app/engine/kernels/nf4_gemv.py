@@ -42,15 +42,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from app.engine.kernels.nf4_gemv_decode import code_tables, prmt_asm
-from app.engine.kernels.nf4_matmul import (
-    NF4_CODE,
-    _sm_count,
-    nf4_codes,
-    nf4_state,
-    reference_row,
-    triton_available,
-)
+from app.engine.kernels.availability import sm_count, triton_available
+from app.engine.kernels.nf4_format import NF4_CODE, code_tables, nf4_codes, nf4_state, reference_row
+from app.engine.kernels.nf4_gemv_decode import prmt_asm
 
 try:
     import triton
@@ -276,7 +270,7 @@ def _launch(
     n, k, group = weight.out_features, weight.in_features, weight.group
     if config is None:
         index = x.device.index if x.device.index is not None else 0
-        config = pick_gemv_config(n, k, _sm_count(index) if x.is_cuda else 132)
+        config = pick_gemv_config(n, k, sm_count(index) if x.is_cuda else 132)
     if x.dtype == torch.float32 and config.decode != "lut16":
         config = replace(config, decode="lut16")  # the bf16-rounding decodes would cost 1e-3
     if config.decode not in DECODES:

@@ -1,41 +1,13 @@
-"""How nf4_gemv turns nibbles into values: the code tables and the PTX byte-permute decode.
+"""nf4_gemv's `prmt` decode: the PTX that looks nibbles up in registers with byte permutes.
 
 Kept apart from the kernel so that nf4_gemv.py holds the layout, the launch and the kernel
-(and stays under the project's module size). See nf4_gemv's docstring for the decodes.
+(and stays under the project's module size); the code tables are in `nf4_format`. See
+nf4_gemv's docstring for the decodes.
 """
 
 from __future__ import annotations
 
-import torch
-
-from app.engine.kernels.nf4_matmul import NF4_CODE
-
-_TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def bf16_code_bits() -> list[int]:
-    """The 16 NF4 code values as bf16 bit patterns (0..65535)."""
-    bits = torch.tensor(NF4_CODE, dtype=torch.float32).to(torch.bfloat16).view(torch.int16)
-    return [int(b) & 0xFFFF for b in bits]
-
-
-def code_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(16-entry fp32 code, 256-entry int32 byte table) on `device`, made once per device.
-
-    Byte b of a word holds nibble 2i (low) and 2i+1 (high); its table entry holds the low
-    nibble's bf16 in bits 0-15 and the high nibble's in bits 16-31, so each half becomes an
-    fp32 by a shift or a mask.
-    """
-    key = torch.device(device)
-    if key not in _TABLES:
-        bits = bf16_code_bits()
-        pairs = [(bits[b >> 4] << 16) | bits[b & 0xF] for b in range(256)]
-        pairs = [p - 2**32 if p >= 2**31 else p for p in pairs]
-        _TABLES[key] = (
-            torch.tensor(NF4_CODE, dtype=torch.float32, device=key),
-            torch.tensor(pairs, dtype=torch.int32, device=key),
-        )
-    return _TABLES[key]
+from app.engine.kernels.nf4_format import bf16_code_bits
 
 
 def prmt_asm() -> str:

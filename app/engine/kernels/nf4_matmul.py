@@ -20,13 +20,12 @@ decode (byte permutes, as Marlin-style kernels do) the next step.
 
 from __future__ import annotations
 
-import importlib.util
-import math
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
 
 import torch
+
+from app.engine.kernels.availability import sm_count, triton_available
+from app.engine.kernels.nf4_format import FP16_BIG, FP16_TINY, code_table, nf4_codes, nf4_state
 
 try:
     import triton
@@ -34,28 +33,7 @@ try:
 except ImportError:  # CPU installs: the torch reference path serves instead
     triton = None
 
-# bitsandbytes' NF4 code (functional.get_4bit_type("nf4")): index -> value in [-1, 1].
-NF4_CODE = (
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-)
 _MAX_GROUP = 64  # k-elements per scale in the packed layout (one tl.dot's reduction length)
-_FP16_TINY = 2.0**-14  # below this fp16 goes subnormal and loses precision
-_FP16_BIG = 60000.0
 
 
 @dataclass(frozen=True)
@@ -91,16 +69,6 @@ class KernelConfig:
     prefetch: bool = False  # load group g+1's bytes before decoding group g
 
 
-@cache
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def triton_available(device: torch.device) -> bool:
-    """True when the Triton kernel runs on `device` (CUDA and triton importable)."""
-    return device.type == "cuda" and torch.cuda.is_available() and _triton_importable()
-
-
 def pack_linear4bit(module) -> PackedNF4:
     """Repack a bitsandbytes NF4 `Linear4bit` (double quant or not, any device) for nf4_matmul.
 
@@ -125,108 +93,20 @@ def pack_linear4bit(module) -> PackedNF4:
     scales = absmax[starts // blocksize]  # (K/group, N)
     nonzero = scales[scales != 0].abs()
     fp16_ok = nonzero.numel() == 0 or (
-        nonzero.min().item() >= _FP16_TINY and nonzero.max().item() <= _FP16_BIG
+        nonzero.min().item() >= FP16_TINY and nonzero.max().item() <= FP16_BIG
     )
     scales = scales.to(torch.float16 if fp16_ok else torch.float32).contiguous()
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        _code_table(device, dtype)  # made now so nf4_matmul never copies host data (graphs)
+        code_table(device, dtype)  # made now so nf4_matmul never copies host data (graphs)
     return PackedNF4(packed, scales, out_features, in_features, blocksize)
-
-
-def nf4_state(module, max_group: int, per_word: int) -> tuple[Any, int, int, int]:
-    """(quant state, out_features, in_features, weights per scale group) of an NF4
-    `Linear4bit`, checked for what the packing kernels need.
-
-    Raises:
-        ValueError: not quantized yet, not NF4, in_features not a multiple of 32, or more
-            packed words (of `per_word` weights) than 32-bit offsets reach.
-    """
-    state = getattr(module.weight, "quant_state", None)
-    if state is None:
-        raise ValueError("the Linear4bit is not quantized yet (move it to its device first)")
-    if state.quant_type != "nf4":
-        raise ValueError(f"only NF4 weights can be packed, not {state.quant_type!r}")
-    out_features, in_features = (int(d) for d in state.shape)
-    group = min(math.gcd(in_features, int(state.blocksize)), max_group)
-    if group < 32:
-        raise ValueError(f"in_features={in_features} must be a multiple of 32")
-    if out_features * in_features // per_word >= 2**31:
-        raise ValueError("the kernel indexes the packed weight with 32-bit offsets")
-    return state, out_features, in_features, group
-
-
-def reference_row(
-    x: torch.Tensor,
-    dense: torch.Tensor,
-    lora: tuple[torch.Tensor, torch.Tensor] | None = None,
-    gelu: bool = False,
-) -> torch.Tensor:
-    """What the one-row kernels compute, in torch (their CPU path): `x @ dense.T`, plus the
-    LoRA update `t @ B.T` and GELU when asked, in fp32, rounded once to x's dtype, with x's
-    leading dims."""
-    out = x.reshape(1, -1).float() @ dense.T
-    if lora is not None:
-        out = out + lora[0].reshape(1, -1).float() @ lora[1].float().T
-    out = torch.nn.functional.gelu(out) if gelu else out
-    return out.to(x.dtype).reshape(*x.shape[:-1], dense.shape[0])
-
-
-def nf4_codes(module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, absmax) of a quantized NF4 `Linear4bit`: uint8 (N, K/2) with element 2j in the
-    high nibble, and fp32 per-block scales in flat order, whichever layout bitsandbytes keeps
-    (its CUDA one, or the CPU one it switches to after an AVX512 forward)."""
-    state = module.weight.quant_state
-    out_features, in_features = (int(d) for d in state.shape)
-    data = module.weight.data
-    if data.dtype != torch.uint8:
-        data = data.view(torch.uint8)
-    if getattr(state, "packing_format_for_cpu", False):
-        return _unpack_cpu_format(data, out_features, in_features), state.absmax.T.reshape(
-            -1
-        ).float()
-    return data.reshape(out_features, in_features // 2), _absmax(state)
-
-
-def _absmax(state) -> torch.Tensor:
-    """Per-block absmax in fp32, undoing bitsandbytes' double quantization when present."""
-    if not state.nested:
-        return state.absmax.float()
-    nested = state.state2  # 8-bit blockwise-quantized absmax, plus the mean removed first
-    values = nested.code.to(state.absmax.device)[state.absmax.long()]
-    per_block = torch.repeat_interleave(nested.absmax.float(), nested.blocksize)
-    return values * per_block[: values.numel()] + state.offset
-
-
-def _unpack_cpu_format(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Undo bitsandbytes' AVX512-BF16 CPU layout (set on a Linear4bit's first CPU forward).
-
-    Mirrors functional._convert_weight_packed_for_cpu_inverse for the weight bytes only;
-    that function also rewrites the module's quant_state, which we must not touch.
-    """
-    block_n = 32
-    rows = data.reshape(-1, 32)
-    nibbles = torch.cat([rows & 0xF, rows >> 4], dim=-1)  # 32 low, then 32 high
-    nibbles = nibbles.reshape(n // block_n, k // 2, block_n, 2).transpose(1, 2).reshape(n, k)
-    return (nibbles[:, ::2] << 4) | nibbles[:, 1::2]  # (N, K/2), high nibble first
 
 
 def dequantize_packed(weight: PackedNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (out_features, in_features) weight the packed bytes stand for."""
-    code = _code_table(weight.packed.device, torch.float32)
+    code = code_table(weight.packed.device, torch.float32)
     idx = torch.stack([weight.packed >> 4, weight.packed & 0xF], dim=-1).long()
     values = code[idx].flatten(2) * weight.scales.float()[:, :, None]  # (K/g, N, g)
     return values.permute(1, 0, 2).reshape(weight.out_features, weight.in_features).to(dtype)
-
-
-_CODE_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _code_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The NF4 code on `device` in `dtype`, made once (a host copy cannot be graph-captured)."""
-    key = (torch.device(device), dtype)
-    if key not in _CODE_TABLES:
-        _CODE_TABLES[key] = torch.tensor(NF4_CODE, dtype=dtype, device=device)
-    return _CODE_TABLES[key]
 
 
 def nf4_matmul(
@@ -279,18 +159,13 @@ def _block_m(m: int) -> int:
     return max(16, min(64, triton.next_power_of_2(m)))
 
 
-@cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _launch(x: torch.Tensor, weight: PackedNF4, config: KernelConfig | None) -> torch.Tensor:
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)  # (M, K)
     m, n, group = x2.shape[0], weight.out_features, weight.group_size
     if config is None:
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        config = pick_config(m, n, k, group, _sm_count(index))
+        config = pick_config(m, n, k, group, sm_count(index))
     block_m = _block_m(m)
     per_split = triton.cdiv(k // group, config.split_k)
     splits = triton.cdiv(k // group, per_split)  # no program without groups
@@ -304,7 +179,7 @@ def _launch(x: torch.Tensor, weight: PackedNF4, config: KernelConfig | None) -> 
         x2,
         weight.packed,
         weight.scales,
-        _code_table(x.device, x.dtype),
+        code_table(x.device, x.dtype),
         out,
         m,
         n,

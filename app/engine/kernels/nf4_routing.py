@@ -107,7 +107,8 @@ def packed_bytes(model: torch.nn.Module) -> int:
 
 def _triton_linear_factory(loaded: LoadedModel) -> LinearOverride | None:
     try:
-        from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit, triton_available
+        from app.engine.kernels.availability import triton_available
+        from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit
     except ImportError:
         return None
     if not triton_available(loaded.device):
@@ -155,7 +156,8 @@ def gemv_linear(module: torch.nn.Module) -> Linear:
 def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
     """The tensor-core GEMV (callable, plus `.fused(x, lora, gelu)`) where it compiles and the
     shape fits it, else the Triton GEMV."""
-    from app.engine.kernels.nf4_mma import mma_available, nf4_mma_gemv, pack_mma
+    from app.engine.kernels.availability import mma_available
+    from app.engine.kernels.nf4_mma import nf4_mma_gemv, pack_mma
 
     if not _plain_linear4bit(module) or not mma_available(module.weight.device):
         return _gemv(module)

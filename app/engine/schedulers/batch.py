@@ -23,23 +23,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.contract import PromptFormat
 from app.engine.generation import PreparedRequest, SequenceDecoder, eos_ids
 from app.engine.loader import LoadedModel
 from app.engine.models.falcon import FalconBatch
 from app.engine.sampling import sample_rows
 from app.engine.schedulers.decode_graphs import GraphedDecode
 from app.engine.schedulers.launched_step import LaunchedStep
-from app.engine.schedulers.sequential import _STOP, SequentialEngine, _Control, _Job
-from app.engine.types import EngineError, Event, FinishEvent, GenerationRequest
+from app.engine.schedulers.worker import STOP, Control, Job, ServedModel, Worker
+from app.engine.types import (
+    EngineError,
+    EngineInfo,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    OutOfMemory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +66,8 @@ class _Row:
     """Tokens in this row's cache; the next decoded token goes at this position."""
 
 
-class BatchEngine(SequentialEngine):
-    """`SequentialEngine`'s interface (adapters, prompt formats, events) with a batching loop.
+class BatchEngine:
+    """The batching loop over a `ServedModel`, fed by a `Worker` (as the sequential one is).
 
     Args:
         max_batch: rows decoded together; also the KV cache's slot count.
@@ -85,14 +93,18 @@ class BatchEngine(SequentialEngine):
         linear_override: Any = None,
         batch_prefill: bool | None = None,
         run_ahead: bool | None = None,
-        **kwargs: Any,
+        base_prompt_format: PromptFormat | None = None,
     ) -> None:
+        self.served = ServedModel(
+            loaded, max_context_tokens=max_context_tokens, base_prompt_format=base_prompt_format
+        )
+        self._max_context = max_context_tokens
         self._max_batch = max_batch
         self._graphs_wanted = loaded.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self._linear_override = linear_override
         on_cuda = loaded.device.type == "cuda"
         self._batch_prefill = on_cuda if batch_prefill is None else batch_prefill
-        self._waiting: deque[_Job] = deque()
+        self._waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
         self._batch: FalconBatch | None = None
         self._graphed: GraphedDecode | None = None
@@ -110,13 +122,47 @@ class BatchEngine(SequentialEngine):
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
         self.ready = threading.Event()
-        super().__init__(
-            loaded,
-            max_queue=max_queue,
-            max_context_tokens=max_context_tokens,
-            fast_path=False,
-            **kwargs,
-        )
+        self._worker = Worker(self.served, max_queue=max_queue)
+        self._worker.start(self._work)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.served.info
+
+    @property
+    def model(self) -> Any:
+        return self.served.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.served.tokenizer
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests accepted but not decoding yet (being prepared or waiting for a slot)."""
+        return self._worker.queue_depth
+
+    @property
+    def active_streams(self) -> int:
+        return self._worker.active_streams
+
+    def count_tokens(self, text: str) -> int:
+        return self.served.count_tokens(text)
+
+    def prompt_format(self, adapter: str | None) -> PromptFormat:
+        return self.served.prompt_format(adapter)
+
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """See `ServedModel.prepare`."""
+        return self.served.prepare(request)
+
+    async def load_adapter(self, name: str, path: Path, prompt_format: PromptFormat) -> None:
+        """Attach a LoRA adapter between steps; the bank and graphs follow (`_run_control`)."""
+        await self._worker.control(lambda: self.served.attach_adapter(name, path, prompt_format))
+
+    async def unload_adapter(self, name: str) -> None:
+        """Detach an adapter between steps; rows still using it end with an error."""
+        await self._worker.control(lambda: self.served.detach_adapter(name))
 
     @property
     def _ready_batch(self) -> FalconBatch:
@@ -124,28 +170,27 @@ class BatchEngine(SequentialEngine):
             raise EngineError("the batch engine has not started")
         return self._batch
 
-    def generate(self, request: GenerationRequest):  # noqa: ANN201 - SequentialEngine's stream
-        """Queue a request and return its event stream (see `SequentialEngine.generate`).
+    def generate(self, request: GenerationRequest) -> Any:
+        """Queue a request and return its event stream (an async iterator of events).
 
         Events go to an outbox that the worker hands to the caller's event loop once per
         step, in one `call_soon_threadsafe` per loop: with 64 answers streaming, waking the
         web server's loop once per token per answer would keep it (and the interpreter lock)
         busy with wake-ups instead of serving requests.
         """
-        if request.adapter and request.adapter not in self._adapter_formats:
-            raise EngineError(f"adapter {request.adapter!r} is not loaded")
+        self.served.check_adapter(request.adapter)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:
             self._outbox.append((loop, events, request, event))
 
-        self._submit(_Job(request, emit), retry_after=2)
-        return self._stream(events, request)
+        self._worker.submit(Job(request, emit), retry_after=2)
+        return self._worker.stream(events, request)
 
     async def close(self) -> None:
         """Stop the worker (running and waiting answers end with an error event)."""
-        await super().close()
+        await self._worker.close()
         sys.setswitchinterval(self._switch_interval)
 
     def _flush(self) -> None:
@@ -216,48 +261,44 @@ class BatchEngine(SequentialEngine):
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.exception("out of memory during a batch step")
-            self._fail_running("out of GPU memory")
+            self._fail_running(OutOfMemory())
         except Exception as exc:  # noqa: BLE001 - fail these answers, keep serving
             log.exception("batch step failed")
-            self._fail_running(str(exc))
+            self._fail_running(EngineError(str(exc)))
         return True
 
     def _take_items(self, *, block: bool) -> bool:
         """Move queued jobs to the waiting list and run control actions; False on stop."""
         while True:
-            try:
-                item = self._queue.get(block=block, timeout=None)
-            except queue.Empty:
+            item = self._worker.take(block=block)
+            if item is None:
                 return True
             block = False
-            if item is _STOP:
+            if item is STOP:
                 return False
-            if isinstance(item, _Control):
+            if isinstance(item, Control):
                 self._run_control(item)
             else:
                 self._waiting.append(item)
 
-    def _run_control(self, item: _Control) -> None:
+    def _run_control(self, item: Control) -> None:
         if self._ahead is not None:
             # The step queued ahead reads the adapter factors and graphs a load or unload
             # replaces: let it finish first (its tokens stay to be read).
             self._ahead.tokens()
-        try:
-            item.done.set_result(item.action())
-        except Exception as exc:  # noqa: BLE001 - handed back to the awaiting caller
-            item.done.set_exception(exc)
+        item.run()
         if self._batch is not None:
             self._batch.set_adapters(self.model)
             self._recapture()
         for row in list(self._rows):
-            if row.adapter is not None and row.adapter not in self._adapter_formats:
+            if row.adapter is not None and row.adapter not in self.served.adapter_formats:
                 row.decoder.finish("error", error=f"adapter {row.adapter!r} was unloaded")
         self._compact()
 
     def _recapture(self) -> None:
         """Capture the mixed-adapter graphs for the new adapter set now, during the load,
         rather than one bucket at a time in front of the next users' first tokens."""
-        if self._graphed is None or not self._adapter_formats:
+        if self._graphed is None or not self.served.adapter_formats:
             return
         try:
             self._graphed.warm_up(modes=("lora",))
@@ -274,7 +315,7 @@ class BatchEngine(SequentialEngine):
         starting: list[tuple[SequenceDecoder, PreparedRequest]] = []
         while self._waiting and len(self._rows) + len(starting) < self._max_batch and budget > 0:
             job = self._waiting.popleft()
-            self._taken()
+            self._worker.taken()
             ready = self._prepare_job(job)
             if ready is not None:
                 starting.append(ready)
@@ -309,25 +350,23 @@ class BatchEngine(SequentialEngine):
         # First tokens go out now, not after the decode step that follows in this turn.
         self._flush()
 
-    def _prepare_job(self, job: _Job) -> tuple[SequenceDecoder, PreparedRequest] | None:
+    def _prepare_job(self, job: Job) -> tuple[SequenceDecoder, PreparedRequest] | None:
         """A waiting request ready to prefill, or None when it already ended (with its event)."""
-        if job.request.cancel.is_set():
-            job.emit(FinishEvent("cancelled", "", 0, 0))
+        refusal = job.refusal()
+        if refusal is not None or job.prepared is None:
+            job.emit(refusal or FinishEvent("error", "", 0, 0, error="no prompt"))
             return None
         prepared = job.prepared
-        if prepared is None:
-            job.emit(job.failure or FinishEvent("error", "", 0, 0, error="no prompt"))
-            return None
         decoder = self._decoder(prepared, job)
         if not decoder.wants_more:
             decoder.finish("length")
             return None
-        if prepared.adapter and prepared.adapter not in self._adapter_formats:
+        if prepared.adapter and prepared.adapter not in self.served.adapter_formats:
             decoder.finish("error", error=f"adapter {prepared.adapter!r} is not loaded")
             return None
         return decoder, prepared
 
-    def _decoder(self, prepared: PreparedRequest, job: _Job) -> SequenceDecoder:
+    def _decoder(self, prepared: PreparedRequest, job: Job) -> SequenceDecoder:
         device = self._ready_batch.device
         return SequenceDecoder(self.tokenizer, prepared, self._eos, job.emit, device)
 
@@ -440,19 +479,19 @@ class BatchEngine(SequentialEngine):
         if not self._rows:
             self._ahead = None  # a step run ahead for rows that all ended: nobody reads it
 
-    def _fail_running(self, error: str) -> None:
-        """End every running answer with `error`; waiting requests keep their turn."""
+    def _fail_running(self, failure: EngineError) -> None:
+        """End every running answer with `failure`; waiting requests keep their turn."""
         self._ahead = None
         for row in self._rows:
-            row.decoder.finish("error", error=error)
+            row.decoder.finish("error", error=str(failure), failure=failure)
         self._rows.clear()
 
     def _fail_all(self, error: str) -> None:
         """End running and waiting requests alike (shutdown, an engine that cannot start)."""
-        self._fail_running(error)
+        self._fail_running(EngineError(error))
         while self._waiting:
             self._waiting.popleft().emit(FinishEvent("error", "", 0, 0, error=error))
-            self._taken()
+            self._worker.taken()
 
 
 def _push(row: _Row, logits: torch.Tensor, chosen: int) -> None:

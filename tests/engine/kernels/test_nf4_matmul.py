@@ -16,11 +16,11 @@ from tests.subprocess_python import run_json
 
 bnb = pytest.importorskip("bitsandbytes")
 
+from app.engine.kernels.availability import triton_available  # noqa: E402
 from app.engine.kernels.nf4_matmul import (  # noqa: E402
     dequantize_packed,
     nf4_matmul,
     pack_linear4bit,
-    triton_available,
 )
 
 REPO = Path(__file__).resolve().parents[3]

@@ -12,7 +12,7 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from app.engine.kernels.nf4_matmul import NF4_CODE  # noqa: E402
+from app.engine.kernels.nf4_format import NF4_CODE  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
     dequantize_mma,
     kernel_source,

@@ -1,0 +1,196 @@
+// nf4_mma_gemv: NF4 weight x one bf16 row on tensor cores (see nf4_mma.py's docstring).
+// A template: nf4_mma.kernel_source fills in the code tables, warps and depth (the marked
+// names below) and prepends DECODE; compiled at run time by NVRTC (torch.cuda._compile_kernel),
+// so plain C++ and PTX, no headers.
+@TABLES@
+#define WARPS @WARPS@
+#define DEPTH @DEPTH@
+
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
+  unsigned d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Four nibbles (low 16 bits of sel) -> their bf16 codes as two pairs: (n0, n1), (n2, n3).
+__device__ __forceinline__ void decode4(unsigned sel, unsigned &p0, unsigned &p1) {
+  unsigned s = sel & 0x7777u;                       // code & 7: byte within 8
+  unsigned c = ((sel >> 1) & 0x4444u) | 0x3210u;    // code & 8: which 8
+  unsigned lo = prmt(prmt(LO0, LO1, s), prmt(LO2, LO3, s), c);
+  unsigned hi = prmt(prmt(HI0, HI1, s), prmt(HI2, HI3, s), c);
+  p0 = prmt(lo, hi, 0x5140u);
+  p1 = prmt(lo, hi, 0x7362u);
+}
+
+#ifndef DECODE
+#define DECODE 1
+#endif
+
+
+// One word's eight nibbles -> the four bf16-pair registers of the A fragment.
+__device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, unsigned &a0,
+                                            unsigned &a1, unsigned &a2, unsigned &a3) {
+#if DECODE == 1  // shared-memory table of bf16 pairs per byte, one copy per lane (no conflicts)
+  a0 = lut[(w & 0xFFu) << 5];
+  a1 = lut[((w >> 8) & 0xFFu) << 5];
+  a2 = lut[((w >> 16) & 0xFFu) << 5];
+  a3 = lut[(w >> 24) << 5];
+#else  // byte permutes on register constants
+  decode4(w, a0, a1);
+  decode4(w >> 16, a2, a3);
+#endif
+}
+
+__device__ __forceinline__ void mma(float &c0, float &c1, float &c2, float &c3, unsigned w,
+                                    unsigned b0, unsigned b1, const unsigned *lut) {
+  unsigned a0, a1, a2, a3;
+  decode_word(w, lut, a0, a1, a2, a3);
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void load16(const unsigned *p, unsigned &a, unsigned &b, unsigned &c,
+                                       unsigned &d) {
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
+}
+
+__device__ __forceinline__ float half_to_float(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+__device__ __forceinline__ float bf16_to_float(unsigned short h) {
+  float f;
+  asm("{ .reg .b32 t; cvt.u32.u16 t, %1; shl.b32 t, t, 16; mov.b32 %0, t; }" : "=f"(f) : "h"(h));
+  return f;
+}
+
+__device__ __forceinline__ unsigned short float_to_bf16(float f) {
+  unsigned short h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+
+// x fragments of one group for lanes with g == 0 (column 0 of B); other lanes multiply zeros.
+__device__ __forceinline__ void load_x(const unsigned *x, int q, int g, int t, unsigned *b) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) b[j] = 0u;
+  if (g == 0) {
+    const unsigned *xp = x + q * 32 + t;  // bf16 pairs: k = 64 q + 16 j + 2 t (+8)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
+  }
+}
+
+__device__ __forceinline__ void load_scales(const unsigned short *s, int g,
+                                            unsigned short *out) {
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(out[0]) : "l"(s + g));
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(out[1]) : "l"(s + g + 8));
+}
+
+// DEPTH groups' words, x fragments and scales of one tile, loaded ahead of their use.
+__device__ __forceinline__ void preload(const unsigned *w, const unsigned short *s,
+                                        const unsigned *x, long long word_step, int tiles,
+                                        int first, int groups, int g, int t,
+                                        unsigned (*u)[4], unsigned (*b)[8],
+                                        unsigned short (*sc)[2]) {
+#pragma unroll
+  for (int d = 0; d < DEPTH; ++d) {
+    const int q = first + d * WARPS;
+    if (q < groups) {
+      load16(w + q * word_step, u[d][0], u[d][1], u[d][2], u[d][3]);
+      load_x(x, q, g, t, b[d]);
+      load_scales(s + q * tiles * 16, g, sc[d]);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
+             const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
+             const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
+             const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu,
+             int tiles) {
+  __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
+  __shared__ float partial[WARPS * 16];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const long long word_step = (long long)tiles * 128;
+  // A block serves tiles blockIdx.x, + gridDim.x, ...: with fewer blocks than tiles the
+  // shared table is filled once for several tiles.
+  int tile = blockIdx.x;
+  // DEPTH groups' words, x fragments and scales are loaded ahead of the group being
+  // multiplied (more than one in flight cost occupancy and was slower on an H200); the
+  // first tile's are on their way while the table fills.
+  unsigned u[DEPTH][4], b[DEPTH][8];
+  unsigned short sc[DEPTH][2];
+  preload(words + ((long long)tile * 32 + lane) * 4, scales + tile * 16, x, word_step, tiles,
+          warp, groups, g, t, u, b, sc);
+  for (int i = threadIdx.x; i < 256 * 32; i += WARPS * 32) table[i] = pairs[i >> 5];
+  __syncthreads();
+  const unsigned *lut = table + lane;
+
+  for (; tile < tiles; tile += gridDim.x) {
+    const unsigned *w = words + ((long long)tile * 32 + lane) * 4;  // + q * tiles * 128
+    const unsigned short *s = scales + tile * 16;  // + q * tiles * 16
+    float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
+    for (int base = warp; base < groups; base += DEPTH * WARPS) {
+#pragma unroll
+      for (int d = 0; d < DEPTH; ++d) {
+        const int q = base + d * WARPS;
+        if (q < groups) {
+          unsigned cur[4] = {u[d][0], u[d][1], u[d][2], u[d][3]};
+          unsigned xb[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) xb[j] = b[d][j];
+          const float s0 = half_to_float(sc[d][0]), s1 = half_to_float(sc[d][1]);
+          const int ahead = q + DEPTH * WARPS;
+          if (ahead < groups) {
+            load16(w + ahead * word_step, u[d][0], u[d][1], u[d][2], u[d][3]);
+            load_x(x, ahead, g, t, b[d]);
+            load_scales(s + ahead * tiles * 16, g, sc[d]);
+          }
+          float c[4][4];  // four independent products: no chain of dependent mma latencies
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+            mma(c[j][0], c[j][1], c[j][2], c[j][3], cur[j], xb[2 * j], xb[2 * j + 1], lut);
+          }
+          acc0 += s0 * ((c[0][0] + c[1][0]) + (c[2][0] + c[3][0]));  // lanes with t == 0
+          acc1 += s1 * ((c[0][2] + c[1][2]) + (c[2][2] + c[3][2]));
+        }
+      }
+    }
+    const int next = tile + gridDim.x;  // the next tile's first loads fly during the epilogue
+    if (next < tiles)
+      preload(words + ((long long)next * 32 + lane) * 4, scales + next * 16, x, word_step,
+              tiles, warp, groups, g, t, u, b, sc);
+
+    if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
+    __syncthreads();
+    // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
+    // folded into B) and GELU, in fp32, rounded once.
+    for (int r = warp; r < 16; r += WARPS) {
+      float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
+      const unsigned short *b_row = lora_b + (long long)(tile * 16 + r) * b_stride;
+      for (int i = lane; i < rank; i += 32)
+        sum += bf16_to_float(lora_t[i]) * bf16_to_float(b_row[i]);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        float other;
+        asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
+                     : "=f"(other) : "f"(sum), "r"(off));
+        sum += other;
+      }
+      if (lane == 0) {
+        if (gelu) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
+        out[tile * 16 + r] = float_to_bf16(sum);
+      }
+    }
+    __syncthreads();  // partial is rewritten by the next tile
+  }
+}
