@@ -16,12 +16,10 @@ from typing import Protocol
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
-SQLITE_SEARCH = text(
-    "SELECT c.id, -bm25(knowledge_fts, 0.5, 1.0, 1.0) AS score "
-    "FROM knowledge_fts JOIN knowledge_chunks c ON c.id = knowledge_fts.rowid "
-    "WHERE knowledge_fts MATCH :match AND c.knowledge_base_id IN :bases "
-    "ORDER BY score DESC LIMIT :limit"
-).bindparams(bindparam("bases", expanding=True))
+SQLITE_SEARCH = (
+    "SELECT rowid, -bm25(knowledge_fts, 0.5, 1.0, 1.0, 0.0) AS score FROM knowledge_fts "
+    "WHERE knowledge_fts MATCH :match ORDER BY score DESC LIMIT :limit"
+)
 
 POSTGRES_SEARCH = text(
     "SELECT c.id, ts_rank_cd(c.search, q, 1) AS score "
@@ -46,11 +44,38 @@ class LexicalIndex(Protocol):
     ) -> list[tuple[int, float]]: ...
 
 
+SQLITE_COUNT = text("SELECT count(*) FROM knowledge_fts WHERE knowledge_fts MATCH :match")
+SQLITE_ROWS = text("SELECT max(rowid) FROM knowledge_fts")
+TEXT_COLUMNS = "{title section text}"
+COMMON_SHARE = 0.2
+"""Terms found in more than this share of passages are left out of the candidate query."""
+
+
 class SqliteFts:
     """FTS5 with the Porter stemmer; BM25 with the title weighted down (it is in every
-    passage of a document, so it only separates documents)."""
+    passage of a document, so it only separates documents).
+
+    BM25 is computed for every row the query matches, so an OR over a word found in most
+    passages ("2022" in a 2022 filing) costs a pass over the whole index. Such words carry
+    almost no weight in BM25 anyway: they are left out of the query (not of the ranking that
+    follows, `app.knowledge.ranking`), which keeps a 10,000-page search fast.
+    """
 
     name = "sqlite-fts5-bm25"
+
+    def selective(self, session: Session, words: Sequence[str]) -> list[str]:
+        """`words` less the common ones; the two rarest when every one is common."""
+        rows = session.scalar(SQLITE_ROWS) or 0
+        if rows < 200:
+            return list(words)
+        counts = {
+            w: session.scalar(SQLITE_COUNT, {"match": f'{TEXT_COLUMNS} : "{w}"'}) or 0
+            for w in words
+        }
+        kept = [w for w in words if 0 < counts[w] <= COMMON_SHARE * rows]
+        if not kept:
+            kept = sorted((w for w in words if counts[w]), key=counts.__getitem__)[:2]
+        return kept
 
     def search(
         self,
@@ -62,10 +87,12 @@ class SqliteFts:
     ) -> list[tuple[int, float]]:
         if not words or not knowledge_base_ids:
             return []
-        match = " OR ".join(f'"{word}"' for word in words)
-        rows = session.execute(
-            SQLITE_SEARCH, {"match": match, "bases": list(knowledge_base_ids), "limit": limit}
-        )
+        words = self.selective(session, words)
+        if not words:
+            return []
+        bases = " OR ".join(f'base : "kb{int(i)}"' for i in knowledge_base_ids)
+        match = f"{TEXT_COLUMNS} : (" + " OR ".join(f'"{w}"' for w in words) + f") AND ({bases})"
+        rows = session.execute(text(SQLITE_SEARCH), {"match": match, "limit": limit})
         return [(int(chunk_id), float(score)) for chunk_id, score in rows]
 
 

@@ -331,11 +331,10 @@ def retrieve(
     chunks = store.get_chunks(session=session, chunk_ids=order)
     documents = {
         d.id: d
-        for d in (
-            store.get_document(session=session, document_id=i)
-            for i in {c.document_id for c in chunks.values()}
+        for d in store.get_documents(
+            session=session, document_ids={c.document_id for c in chunks.values()}
         )
-        if d is not None and d.state == DocumentState.INDEXED
+        if d.state == DocumentState.INDEXED
     }
     dense_ids = {cid for cid, score in dense if score >= 0.3}
     candidates = []

@@ -114,6 +114,13 @@ def get_document(*, session: Session, document_id: int) -> KnowledgeDocument | N
     return session.get(KnowledgeDocument, document_id, populate_existing=True)
 
 
+def get_documents(*, session: Session, document_ids: Iterable[int]) -> list[KnowledgeDocument]:
+    ids = list(document_ids)
+    if not ids:
+        return []
+    return list(session.scalars(select(KnowledgeDocument).where(KnowledgeDocument.id.in_(ids))))
+
+
 def find_document(
     *, session: Session, knowledge_base_id: int, sha256: str
 ) -> KnowledgeDocument | None:

@@ -19,6 +19,7 @@ from app.knowledge.parsers.model import Block, DocumentRefused, Limits, Parsed, 
 NUMBER = re.compile(r"^\(?[$€£¥]?\s*\(?[-–—]?\s*[\d][\d,]*(\.\d+)?\s*%?\)?%?$|^[-–—]+$|^\$$")
 CURRENCY = {"$", "€", "£", "¥"}
 CLOSERS = {")", "%", ")%", "%)"}
+WORD_GAP = 2.0
 COLUMN_GAP = 6.0
 """Points of white space that separate table columns (a word space is 2-3)."""
 YEAR = re.compile(r"^(19|20)\d\d$")
@@ -33,6 +34,8 @@ class Segment:
     top: float
     bottom: float
     text: str
+    spaced: bool = True
+    """The raw text ended or began with white space (a word break at the segment's edge)."""
 
     @property
     def numeric(self) -> bool:
@@ -44,9 +47,11 @@ def _lines(textpage: pdfium.PdfTextPage) -> list[list[Segment]]:
     segments = []
     for index in range(textpage.count_rects()):
         left, bottom, right, top = textpage.get_rect(index)
-        text = " ".join(textpage.get_text_bounded(left, bottom, right, top).split())
+        raw = textpage.get_text_bounded(left, bottom, right, top)
+        text = " ".join(raw.split())
         if text:
-            segments.append(Segment(left, right, top, bottom, text))
+            spaced = raw[:1].isspace() or raw[-1:].isspace()
+            segments.append(Segment(left, right, top, bottom, text, spaced))
     segments.sort(key=lambda s: (-s.top, s.x0))
     lines: list[list[Segment]] = []
     for segment in segments:
@@ -158,6 +163,15 @@ def _tidy(rows: list[list[str]]) -> list[list[str]]:
     return [[row[j] if j < len(row) else "" for j in keep] for row in rows]
 
 
+def _join(line: list[Segment]) -> str:
+    """A line's text: segments that touch are one word ("34" + ".6 %"), others get a space."""
+    text = line[0].text
+    for before, segment in zip(line, line[1:], strict=False):
+        joined = segment.x0 - before.x1 < WORD_GAP and not (before.spaced or segment.spaced)
+        text += ("" if joined else " ") + segment.text
+    return text
+
+
 def _page_blocks(lines: list[list[Segment]], page: int) -> list[Block]:
     while lines and PAGE_FURNITURE.match(" ".join(s.text for s in lines[-1])):
         lines = lines[:-1]
@@ -174,7 +188,7 @@ def _page_blocks(lines: list[list[Segment]], page: int) -> list[Block]:
     index = 0
     while index < len(lines):
         line = lines[index]
-        text = " ".join(s.text for s in line)
+        text = _join(line)
         if _is_row(line):
             table, first, end = _table(lines, index)
             if table is not None:
