@@ -163,7 +163,7 @@ def evaluate_adapter(
         system=system,
     )
     rows = pack_rows(examples, max_seq_len)
-    score = dict(
+    score: dict[str, Any] = dict(
         batch_size=batch_size,
         pad_id=int(tokenizer.pad_token_id),
         device=loaded.device,

@@ -116,7 +116,8 @@ def keep_4bit_weights_trainable_on_cpu(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+            layer: Any = module  # a bitsandbytes Linear4bit
+            layer.support_avx512bf16_for_cpu = False
             count += 1
     return count
 

@@ -165,7 +165,7 @@ def mlp_reason(mlp: Any) -> str | None:
     act = getattr(mlp.act, "act", mlp.act)
     if act is not F.gelu and not (isinstance(act, torch.nn.GELU) and act.approximate == "none"):
         return "the activation is not exact GELU"
-    dtypes = set()
+    dtypes: set[torch.dtype | None] = set()
     for name in ("dense_h_to_4h", "dense_4h_to_h"):
         layer = getattr(mlp, name)
         if not isinstance(layer, LoraLayer) or _adapter(layer) is None:

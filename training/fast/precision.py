@@ -44,11 +44,12 @@ def norm_outputs_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
     hooked = 0
     for module in model.modules():
         if isinstance(module, torch.nn.LayerNorm) and not hasattr(module, "_teller_out_dtype"):
-            module._teller_out_dtype = dtype
-            module.register_forward_hook(_cast_output)
+            norm: Any = module  # carries an attribute of Teller's own
+            norm._teller_out_dtype = dtype
+            norm.register_forward_hook(_cast_output)
             hooked += 1
     return hooked
 
 
-def _cast_output(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+def _cast_output(module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
     return output.to(module._teller_out_dtype)

@@ -29,7 +29,7 @@ import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -114,6 +114,8 @@ def varlen_attention(
 
 def _flash(q, k, v, cu: torch.Tensor, width: int, scale: float | None) -> torch.Tensor:
     kernel = _varlen_kernel()
+    if kernel is None:
+        raise RuntimeError("flash attention's variable-length kernel is not in this torch")
     grouped = k.shape[1] != q.shape[1]
     extra: dict[str, Any] = {"scale": scale, "window_size": (-1, 0)}  # (-1, 0): causal
     if grouped and _kernel_has_gqa():
@@ -177,11 +179,18 @@ def _packed_falcon() -> type:
             position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
             **kwargs: Any,
         ) -> tuple[torch.Tensor, None]:
-            if alibi is not None or layer_past is not None or position_ids is None:
+            if (
+                alibi is not None
+                or layer_past is not None
+                or position_ids is None
+                or position_embeddings is None
+            ):
                 raise ValueError("packed attention serves training forwards with position_ids")
             query, key, value = self._split_heads(self.query_key_value(hidden_states))
             batch, width = query.shape[:2]
-            kv_heads = self.num_heads if self.new_decoder_architecture else self.num_kv_heads
+            kv_heads = cast(int, self.num_kv_heads)
+            if self.new_decoder_architecture:
+                kv_heads = self.num_heads
             query = query.transpose(1, 2).reshape(batch, self.num_heads, width, self.head_dim)
             key = key.transpose(1, 2).reshape(batch, kv_heads, width, self.head_dim)
             value = value.transpose(1, 2).reshape(batch, kv_heads, width, self.head_dim)
@@ -230,7 +239,7 @@ def packed_attention(model: Any) -> Iterator[None]:
     swapped: list[tuple[torch.nn.Module, type]] = []
     if config.model_type == "falcon":
         packed = _packed_falcon()
-        (falcon_attention,) = packed.__bases__
+        falcon_attention: type[torch.nn.Module] = packed.__bases__[0]
         for module in base.modules():
             if isinstance(module, falcon_attention) and type(module) is not packed:
                 swapped.append((module, type(module)))

@@ -76,6 +76,10 @@ def concept_records(rng: random.Random) -> tuple[list[Record], list[Record]]:
         chosen = rng.sample(CONCEPT_TEMPLATES, PHRASINGS_PER_CONCEPT)
         for index, template in enumerate(chosen):
             instruction, input_text = render(template, fields)
-            record = {"instruction": instruction, "input": input_text, "output": explanation}
+            record: Record = {
+                "instruction": instruction,
+                "input": input_text,
+                "output": explanation,
+            }
             (held_out if index == 0 else train).append(record)
     return train, held_out
