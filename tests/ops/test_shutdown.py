@@ -130,3 +130,62 @@ def signalled(process: subprocess.Popen) -> bool:
     return getattr(process, "_teller_signalled", False) or bool(
         setattr(process, "_teller_signalled", True)
     )
+
+
+def add_user_with_key(tmp_path: Path, username: str = "analyst") -> str:
+    """An account and an API key in the server's database, before the server starts."""
+    from app.auth import service as accounts
+    from app.config import Settings
+    from app.keys import service as keys
+    from app.store.db import make_engine, make_session_factory, migrate
+
+    database = make_engine(Settings(data_dir=tmp_path / "data").resolved_database_url)
+    migrate(database)
+    try:
+        with make_session_factory(database)() as session:
+            user = accounts.create_user(session=session, username=username, password="pw-1234567")
+            return keys.create_key(session=session, user=user, name="tests").secret
+    finally:
+        database.dispose()
+
+
+def test_sigterm_ends_a_v1_stream_with_its_final_chunk(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Once cut without a final event: an OpenAI client saw a broken stream, not an answer."""
+    port = free_port()
+    env = teller_env(tmp_path, tiny_llama_dir, port)
+    key = add_user_with_key(tmp_path)
+    process = subprocess.Popen(
+        [*TELLER, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    payloads: list[str] = []
+    try:
+        wait_ready(url, process)
+        body = {
+            "model": tiny_llama_dir.name,
+            "messages": [{"role": "user", "content": "Explain duration at length."}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    payloads.append(line[6:])
+                if len(payloads) == 6 and not signalled(process):
+                    process.send_signal(signal.SIGTERM)
+        process.wait(timeout=GRACE_SECONDS + 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert payloads[-1] == "[DONE]", payloads[-3:]
+    *chunks, usage = [json.loads(p) for p in payloads[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert 0 < usage["usage"]["completion_tokens"] < 4000, "stopped, not run to the end"
