@@ -107,3 +107,15 @@ def test_each_path_gets_its_bound(path: str, declared: int, status: int) -> None
     asyncio.run(limited(scope, receive, send))
     assert sent[0]["status"] == status
     assert pulled == (1 if status == 200 else 0)
+
+
+def test_the_larger_bounds_name_real_upload_routes() -> None:
+    """A renamed upload route would fall back to the 1 MiB default: fail here instead."""
+    from app.config import Settings
+    from app.main import create_app
+    from tests.web.test_access_routes import routes
+
+    app = create_app(Settings())
+    [limit] = [m for m in app.user_middleware if m.cls is BodyLimitMiddleware]
+    posts = {path for method, path, _ in routes(app) if method == "POST"}
+    assert limit.kwargs["by_path"] and set(limit.kwargs["by_path"]) <= posts
