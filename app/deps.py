@@ -9,9 +9,9 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.service import AdapterService
+from app.answers.streams import ActiveStreams
 from app.auth.access import NotSignedIn
 from app.auth.sessions import SignedIn, signed_in
-from app.chat.streams import ActiveStreams
 from app.config import Settings
 from app.engine.types import Engine
 from app.store.models import User

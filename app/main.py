@@ -21,6 +21,7 @@ from app.admin.router import router as admin_router
 from app.admin.status import router as admin_status_router
 from app.admin.users import router as admin_users_router
 from app.answers.recovery import recover_interrupted
+from app.answers.streams import ActiveStreams
 from app.audit.head_log import export_at_shutdown, head_export_loop
 from app.audit.retention import retention_loop
 from app.auth.access import NotSignedIn, not_signed_in
@@ -28,7 +29,6 @@ from app.auth.router import router as auth_router
 from app.auth.sessions import COOKIE as SESSION_COOKIE
 from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
-from app.chat.streams import ActiveStreams
 from app.config import Settings
 from app.engine.factory import build_engine
 from app.keys.router import router as keys_router

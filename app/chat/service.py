@@ -23,9 +23,9 @@ from app.adapters.service import AdapterService, Lease
 from app.answers.input_limits import newest_turns
 from app.answers.owner import owner_disabled
 from app.answers.recovery import CHAT_ANSWER_STARTED
+from app.answers.streams import ActiveStreams, Running
 from app.audit import service as audit
 from app.chat.schemas import ChatInputError
-from app.chat.streams import ActiveStreams, Running
 from app.config import Settings
 from app.contract import ChatMessage
 from app.engine.types import (

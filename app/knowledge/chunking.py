@@ -104,11 +104,9 @@ def chunk(parsed: Parsed, *, target: int = 1200) -> list[Draft]:
             headings.append((block.level, block.text[:120]))
             continue
         if block.kind == "table":
-            parts = _table_parts(block, 4 * target)
-            first = parts[0]
-            caption_fits = size <= target // 2 and size + len(first) <= 4 * target
-            if pieces and not caption_fits:
-                flush()
+            if pieces and size > target // 2:
+                flush()  # too much text before it to be its caption
+            parts = _table_parts(block, 4 * target - size)
             for index, part in enumerate(parts):
                 if index:
                     flush()

@@ -85,27 +85,29 @@ def ingest_next(
             return None
         try:
             _ingest(session, settings, document, embedder, should_stop)
-        except Interrupted:
+        except (Interrupted, DocumentRefused, Exception) as exc:  # noqa: BLE001 - one bad
+            # document must not stop the worker
             session.rollback()
-            store.clear_chunks(session=session, document_id=document.id)
-            store.set_document_progress(
-                session=session,
-                document=document,
-                state=DocumentState.QUEUED,
-                attempts=max(0, document.attempts - 1),
-                pages_done=0,
-            )
-        except DocumentRefused as exc:
-            session.rollback()
-            _fail(session, document, str(exc))
-        except Exception as exc:  # noqa: BLE001 - one bad document must not stop the worker
-            log.exception("knowledge: ingesting document %s failed", document.id)
-            session.rollback()
-            _fail(
-                session,
-                document,
-                f"internal error while indexing ({type(exc).__name__}); see the server log",
-            )
+            if store.get_document(session=session, document_id=document.id) is None:
+                return document  # deleted while it was being read: nothing to record
+            if isinstance(exc, Interrupted):
+                store.clear_chunks(session=session, document_id=document.id)
+                store.set_document_progress(
+                    session=session,
+                    document=document,
+                    state=DocumentState.QUEUED,
+                    attempts=max(0, document.attempts - 1),
+                    pages_done=0,
+                )
+            elif isinstance(exc, DocumentRefused):
+                _fail(session, document, str(exc))
+            else:
+                log.exception("knowledge: ingesting document %s failed", document.id)
+                _fail(
+                    session,
+                    document,
+                    f"internal error while indexing ({type(exc).__name__}); see the server log",
+                )
         return document
 
 

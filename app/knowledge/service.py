@@ -178,6 +178,7 @@ def add_upload(
     data: bytes,
     actor_id: int | None,
     via: str,
+    size: int | None = None,
 ) -> UploadResult:
     """Check one file and queue it for ingestion; a refusal stores nothing.
 
@@ -186,7 +187,7 @@ def add_upload(
     """
     filename = PurePath(filename.replace("\\", "/")).name.strip()[:255] or "unnamed"
     try:
-        kind = check_upload(filename, data, limits=limits(settings))
+        kind = check_upload(filename, data, limits=limits(settings), size=size)
     except DocumentRefused as exc:
         return UploadResult(filename, "refused", f"{filename}: {exc}")
     sha256 = hashlib.sha256(data).hexdigest()

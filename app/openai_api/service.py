@@ -31,9 +31,9 @@ from app.adapters.service import BASE_CHOICE, AdapterService, Lease
 from app.answers.input_limits import InputTooLong, TooManyMessages, check_input
 from app.answers.owner import OWNER_CHECK_SECONDS, owner_disabled
 from app.answers.recovery import API_CALL_STARTED
+from app.answers.streams import ActiveStreams, Running
 from app.audit import service as audit
 from app.auth.limits import LimitExceeded, UserLimits
-from app.chat.streams import ActiveStreams, Running
 from app.config import Settings
 from app.contract import ChatMessage
 from app.engine.remote import UpstreamError

@@ -77,19 +77,28 @@ def format_of_content(data: bytes) -> str | None:
     return None
 
 
-def check_upload(filename: str, data: bytes, *, limits: Limits) -> str:
+def readable_size(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size:,} bytes"
+
+
+def check_upload(filename: str, data: bytes, *, limits: Limits, size: int | None = None) -> str:
     """The document's format, or the reason it is refused before it is stored.
 
     Raises:
         DocumentRefused: empty, too large, an unsupported type, or content that is not what
             the name says.
+
+    Args:
+        size: the file's full size when `data` holds only its first bytes (an upload read
+            no further than the limit).
     """
     if not data:
         raise DocumentRefused("the file is empty (0 bytes)")
-    if len(data) > limits.max_file_bytes:
+    size = max(size or 0, len(data))
+    if size > limits.max_file_bytes:
         raise DocumentRefused(
-            f"the file is {len(data) / 2**20:,.1f} MiB; the limit is "
-            f"{limits.max_file_bytes / 2**20:,.1f} MiB (TELLER_KNOWLEDGE_MAX_FILE_BYTES)"
+            f"the file is {readable_size(size)}; the limit is "
+            f"{readable_size(limits.max_file_bytes)} (TELLER_KNOWLEDGE_MAX_FILE_BYTES)"
         )
     named = format_of_name(filename)
     found = format_of_content(data)
