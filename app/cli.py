@@ -13,6 +13,7 @@ from app.audit import cli as audit_cli
 from app.auth import cli as auth_cli
 from app.config import Settings
 from app.keys import cli as keys_cli
+from app.knowledge import cli as knowledge_cli
 
 
 class CommandError(Exception):
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     auth_cli.add_parser(commands, _with_settings)
     audit_cli.add_parser(commands, _with_settings)
     keys_cli.add_parser(commands, _with_settings)
+    knowledge_cli.add_parser(commands, _with_settings)
 
     adapters = commands.add_parser(
         "adapters", help="import|list|activate|remove|merge adapters", add_help=False

@@ -32,6 +32,9 @@ from app.chat.service import wait_for_streams
 from app.config import Settings
 from app.engine.factory import build_engine
 from app.keys.router import router as keys_router
+from app.knowledge.router import UPLOAD_PATH as KNOWLEDGE_UPLOAD_PATH
+from app.knowledge.router import router as knowledge_router
+from app.knowledge.worker import start_knowledge, stop_knowledge
 from app.openai_api.router import openai_error_handler
 from app.openai_api.router import router as openai_router
 from app.openai_api.schemas import OpenAIError
@@ -64,6 +67,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = app.state.engine_override or await asyncio.to_thread(build_engine, settings)
     app.state.engine = engine
     app.state.adapters = await start_adapter_service(settings, engine)
+    # Documents queued or left half-indexed by a crash are picked up by the ingestion worker.
+    app.state.knowledge = await asyncio.to_thread(
+        start_knowledge, settings, app.state.session_factory
+    )
     retention = asyncio.create_task(retention_loop(settings, app.state.session_factory))
     head_export = asyncio.create_task(head_export_loop(settings, app.state.session_factory))
     try:
@@ -72,6 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retention.cancel()
         head_export.cancel()
         stop_adapter_service(app.state.adapters)
+        stop_knowledge(app.state.knowledge)
         await wait_for_streams(app.state.streams, settings.shutdown_grace_seconds)
         await export_at_shutdown(settings, app.state.session_factory)  # after answers are stored
         if app.state.engine_override is None:
@@ -99,16 +107,25 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(admin_adapters_router)
     app.include_router(admin_adapters_api_router)
     app.include_router(keys_router)
+    app.include_router(knowledge_router)
     app.include_router(openai_router)
     app.add_exception_handler(NotSignedIn, not_signed_in)
     app.add_exception_handler(OpenAIError, openai_error_handler)
 
     # Added first, so innermost of the middleware (see BodyLimitMiddleware).
     upload_bytes = app.state.settings.adapter_max_archive_bytes + UPLOAD_SLACK_BYTES
+    knowledge_bytes = (
+        app.state.settings.knowledge_max_file_bytes * app.state.settings.knowledge_max_upload_files
+        + UPLOAD_SLACK_BYTES
+    )
     app.add_middleware(
         BodyLimitMiddleware,
         default=app.state.settings.max_request_bytes,
-        by_path={"/admin/adapters/upload": upload_bytes, "/admin/api/adapters": upload_bytes},
+        by_path={
+            "/admin/adapters/upload": upload_bytes,
+            "/admin/api/adapters": upload_bytes,
+            KNOWLEDGE_UPLOAD_PATH: knowledge_bytes,
+        },
     )
 
     @app.middleware("http")

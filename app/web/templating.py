@@ -26,6 +26,7 @@ templates.env.globals["csrf_token"] = csrf_token
 templates.env.globals["signed_in"] = signed_in
 templates.env.globals["admin_pages"] = (
     ("/admin/adapters", "Adapters"),
+    ("/admin/knowledge", "Knowledge"),
     ("/admin/users", "Users"),
     ("/admin/audit", "Audit"),
     ("/admin/status", "Status"),

@@ -80,7 +80,7 @@ def test_xlsx_sheets_are_tables_with_their_header_and_row_numbers() -> None:
 
 
 def test_csv_with_semicolons() -> None:
-    data = "Metric;FY2022;FY2021\nRevenue;17,606;15,785\nNet income;4,756;4,822\n".encode()
+    data = b"Metric;FY2022;FY2021\nRevenue;17,606;15,785\nNet income;4,756;4,822\n"
     drafts = chunk(read("csv", data))
     assert drafts[0].text.splitlines()[0] == "| Metric | FY2022 | FY2021 |"
     assert "| Net income | 4,756 | 4,822 |" in drafts[0].text
@@ -88,13 +88,13 @@ def test_csv_with_semicolons() -> None:
 
 def test_html_keeps_text_headings_and_tables_and_drops_scripts() -> None:
     page = (
-        "<html><head><title>Board pack</title><script>var leaked = 1;</script></head><body>"
-        "<h1>Liquidity</h1><p>Cash was <b>strong</b> at year end.</p>"
-        "<script>alert('x')</script><style>p { color: red }</style>"
-        "<noscript>enable javascript</noscript><iframe src='https://evil.example'>frame</iframe>"
-        "<table><tr><th>Item</th><th>Amount</th></tr><tr><td>Cash</td><td>1,200</td></tr></table>"
-        '<p onclick="steal()">Escaped &lt;b&gt; text</p></body></html>'
-    ).encode()
+        b"<html><head><title>Board pack</title><script>var leaked = 1;</script></head><body>"
+        b"<h1>Liquidity</h1><p>Cash was <b>strong</b> at year end.</p>"
+        b"<script>alert('x')</script><style>p { color: red }</style>"
+        b"<noscript>enable javascript</noscript><iframe src='https://evil.example'>frame</iframe>"
+        b"<table><tr><th>Item</th><th>Amount</th></tr><tr><td>Cash</td><td>1,200</td></tr></table>"
+        b'<p onclick="steal()">Escaped &lt;b&gt; text</p></body></html>'
+    )
     parsed = read("html", page)
     assert parsed.title == "Board pack"
     text = "\n".join(d.text for d in chunk(parsed))
@@ -108,9 +108,9 @@ def test_html_keeps_text_headings_and_tables_and_drops_scripts() -> None:
 
 def test_markdown_sections_tables_and_code() -> None:
     data = (
-        "# Close checklist\n\nIntro line.\n\n## Accruals\n\n| Step | Owner |\n|---|---|\n"
-        "| Book accruals | AP |\n| Review | Controller |\n\n```\n# not a heading\n```\n"
-    ).encode()
+        b"# Close checklist\n\nIntro line.\n\n## Accruals\n\n| Step | Owner |\n|---|---|\n"
+        b"| Book accruals | AP |\n| Review | Controller |\n\n```\n# not a heading\n```\n"
+    )
     drafts = chunk(read("markdown", data))
     table = next(d for d in drafts if d.has_table)
     assert table.section == "Close checklist › Accruals"
