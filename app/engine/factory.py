@@ -45,7 +45,7 @@ def build_engine(settings: Settings) -> Engine:
         "model %s on %s (%s, quantization %s)",
         loaded.source, loaded.device, loaded.dtype, loaded.quantization,
     )  # fmt: skip
-    if use_batch_scheduler(settings.scheduler, loaded):
+    if use_batch_scheduler(settings.scheduler, loaded, settings.max_context_tokens):
         from app.engine.schedulers.batch import BatchEngine
 
         log.info("continuous batching, up to %d answers per step", settings.max_batch)
@@ -64,18 +64,18 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
-def use_batch_scheduler(setting: str, loaded: LoadedModel) -> bool:
-    """Whether this model runs on the batch scheduler.
+def use_batch_scheduler(setting: str, loaded: LoadedModel, max_tokens: int | None = None) -> bool:
+    """Whether this model runs on the batch scheduler (Falcon- and Llama-family models).
 
     Raises:
         ModelLoadError: `batch` was asked for a model the batched path cannot run.
     """
     from app.engine.loader import ModelLoadError
-    from app.engine.models.falcon import unsupported_reason
+    from app.engine.models.families import unsupported_reason
 
     if setting == "sequential":
         return False
-    reason = unsupported_reason(loaded.model)
+    reason = unsupported_reason(loaded.model, max_tokens)
     if setting == "batch" and reason is not None:
         raise ModelLoadError(f"TELLER_SCHEDULER=batch cannot run this model: {reason}")
     if reason is not None:

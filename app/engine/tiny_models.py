@@ -12,12 +12,29 @@ from typing import Literal
 
 import torch
 
-Architecture = Literal["llama", "falcon"]
+Architecture = Literal["llama", "falcon", "llama3", "qwen2", "mistral"]
+"""`llama` is SmolLM2's block (grouped-query attention, tied embeddings); `llama3` adds
+Llama 3.1's RoPE scaling and untied embeddings; `qwen2` has q/k/v biases; `mistral` is
+Mistral's block. The engine tests run the batched Llama path over each."""
 
 
 def _config(architecture: Architecture, vocab_size: int, eos_id: int, bos_id: int):  # noqa: ANN202
-    from transformers import FalconConfig, LlamaConfig
+    from transformers import FalconConfig, LlamaConfig, MistralConfig, Qwen2Config
 
+    shape = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+    )  # fmt: skip
+    if architecture == "llama3":
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 256}  # fmt: skip
+        return LlamaConfig(**shape, tie_word_embeddings=False, rope_parameters=rope)
+    if architecture == "qwen2":
+        return Qwen2Config(**shape, tie_word_embeddings=False)
+    if architecture == "mistral":
+        return MistralConfig(**shape, head_dim=16, sliding_window=None, tie_word_embeddings=False)
     if architecture == "llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

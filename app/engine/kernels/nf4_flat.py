@@ -21,7 +21,7 @@ def flat_nf4_linear(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.T
     import bitsandbytes as bnb
     from bitsandbytes.functional import QuantState, dequantize_blockwise
 
-    if not isinstance(module, bnb.nn.Linear4bit) or module.bias is not None:
+    if not isinstance(module, bnb.nn.Linear4bit):
         return None
     state = module.weight.quant_state
     if state is None or not state.nested:
@@ -37,8 +37,9 @@ def flat_nf4_linear(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.T
     )
     weight = module.weight
     compute_dtype = module.compute_dtype or state.dtype
+    bias = None if module.bias is None else module.bias.to(compute_dtype)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return bnb.matmul_4bit(x.to(compute_dtype), weight.t(), quant_state=flat)
+        return bnb.matmul_4bit(x.to(compute_dtype), weight.t(), bias=bias, quant_state=flat)
 
     return forward

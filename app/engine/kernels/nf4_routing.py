@@ -1,4 +1,4 @@
-"""Which NF4 kernel runs each 4-bit projection of the batched Falcon forward, by row count.
+"""Which NF4 kernel runs each 4-bit projection of the batched forwards, by row count.
 
 A decode step's projections are memory-bound and the best kernel depends on how many rows
 share one read of the weights: one row wants a GEMV that streams the packed bytes once
@@ -6,19 +6,19 @@ share one read of the weights: one row wants a GEMV that streams the packed byte
 the LoRA update and GELU), 2-64 rows a kernel that multiplies all rows against each packed tile
 (`nf4_matmul`), and a prompt is compute-bound, so bitsandbytes dequantizing once for a cuBLAS
 GEMM wins there. Row counts are fixed per captured CUDA graph, so the choice costs nothing
-per step.
+per step. A projection with a bias (Qwen2's q/k/v) gets it added after the kernel, and no
+fused epilogue (which would add the LoRA update before the bias).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 
 from app.engine.loader import LoadedModel
-from app.engine.models.falcon import Linear
+from app.engine.models.projections import Linear, LinearOverride
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,10 @@ NF4Kernel = Literal[
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
 Falcon-7B), CUDA graphs, prefill activations and the allocator's slack."""
-LinearOverride = Callable[[torch.nn.Module], Linear | None]
 
 
 def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverride | None:
-    """`FalconBatch`'s linear override: which NF4 kernel runs the 4-bit projections on CUDA.
+    """The batched forwards' linear override: which NF4 kernel runs the 4-bit projections on CUDA.
 
     - `bnb`: bitsandbytes as loaded (None: no override);
     - `bnb_flat`: bitsandbytes with the double-quantized scales expanded once (`nf4_flat`);
@@ -63,26 +62,44 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     if triton is None:
         raise ValueError(f"NF4 kernel {kernel!r} needs Triton on CUDA")
     if kernel == "triton":
-        return triton
+        return lambda module: _with_bias(module, triton(module))
 
     single = {"hybrid": _mma_or_gemv, "hybrid_triton_gemv": _gemv}.get(kernel, flat_nf4_linear)
+    single_adds_bias = single is flat_nf4_linear
 
     def hybrid(module: torch.nn.Module) -> Linear | None:
         prompt, one_row, many_rows = flat_nf4_linear(module), single(module), triton(module)
         if prompt is None or one_row is None or many_rows is None:
-            return prompt or many_rows
+            return prompt or _with_bias(module, many_rows)
+        bias = module.bias
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             rows = x.numel() // x.shape[-1]
+            if rows > TRITON_MAX_ROWS:
+                return prompt(x)
             if rows == 1:
-                return one_row(x)
-            return many_rows(x) if rows <= TRITON_MAX_ROWS else prompt(x)
+                out = one_row(x)
+                return out if bias is None or single_adds_bias else out + bias
+            out = many_rows(x)
+            return out if bias is None else out + bias
 
-        if hasattr(one_row, "fused"):
-            forward.fused = one_row.fused  # FalconBatch's one-row path with the epilogue
+        if hasattr(one_row, "fused") and bias is None:
+            forward.fused = one_row.fused  # the one-row path with the epilogue (Projections)
         return forward
 
     return hybrid
+
+
+def _with_bias(module: torch.nn.Module, linear: Linear | None) -> Linear | None:
+    """`linear` (a kernel computing x W.T alone) plus the module's bias, if it has one."""
+    bias = getattr(module, "bias", None)
+    if linear is None or bias is None:
+        return linear
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return linear(x) + bias
+
+    return forward
 
 
 def kernel_for_memory(free_bytes: int, packed: int) -> NF4Kernel:
@@ -176,6 +193,7 @@ def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
 
 
 def _plain_linear4bit(module: torch.nn.Module) -> bool:
+    """A bitsandbytes 4-bit linear (its bias, if any, is added by the caller)."""
     import bitsandbytes as bnb
 
-    return isinstance(module, bnb.nn.Linear4bit) and module.bias is None
+    return isinstance(module, bnb.nn.Linear4bit)

@@ -19,37 +19,32 @@ shared layer norm feeding parallel attention and MLP, no biases, no ALiBi.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from app.engine.kernels import rotary_cache
-from app.engine.kernels.low_rank_row import low_rank_row
 from app.engine.kernels.row_norm import layer_norm_row
 from app.engine.models.lora_bank import LoraBank, read_peft_factors
 from app.engine.models.peft_layout import adapter_reason, base_model
+from app.engine.models.projections import (
+    KVCache,
+    Linear,
+    LinearOverride,
+    LoraRows,
+    Projections,
+    decode_visibility,
+    prefill_attention,
+    prefill_visibility,
+    rotate_half,
+)
 
 PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
-
-PREFILL_ATTENTION: tuple[SDPBackend, ...] | None = (
-    SDPBackend.FLASH_ATTENTION,
-    SDPBackend.EFFICIENT_ATTENTION,
-    SDPBackend.MATH,
-)
-"""SDPA kernels a prefill may use on CUDA (None: torch's own choice, cuDNN first on Hopper).
-cuDNN's attention builds an execution plan for every new sequence length; prompts rarely
-repeat a length, so a prefill would pay for a plan most times (bench/serve_gpu.py measures
-time to first token over fresh lengths both ways). Decode steps keep torch's choice: their
-shapes are fixed by the graph buckets."""
 ATTENTION = ("query_key_value", "dense")
 SHARED_INPUT = ("query_key_value", "dense_h_to_4h")
 """The projections that read the same layer-norm output (parallel attention and MLP)."""
-
-Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -72,12 +67,7 @@ class _Layer:
     norm_weight: torch.Tensor
     norm_bias: torch.Tensor
     linears: dict[str, Linear]
-    """Projection name → the base projection (LoRA is added separately)."""
-
-
-def _base_linear(module: torch.nn.Module) -> Linear:
-    """The projection without PEFT's wrapper: the loaded Linear4bit or plain linear itself."""
-    return getattr(module, "base_layer", module)
+    """Projection name → the base projection (LoRA is added by `Projections`)."""
 
 
 class FalconBatch:
@@ -97,7 +87,7 @@ class FalconBatch:
         *,
         slots: int,
         max_tokens: int,
-        linear_override: Callable[[torch.nn.Module], Linear | None] | None = None,
+        linear_override: LinearOverride | None = None,
     ) -> None:
         base = base_model(model)
         config = base.config
@@ -114,25 +104,22 @@ class FalconBatch:
         self.slots = slots
         self.max_tokens = max_tokens
         self._blocks = transformer.h
+        self.lora = LoraBank(self.dtype, self.device)
+        self.projections = Projections(
+            [self._projections(block) for block in transformer.h], self.lora, linear_override
+        )
         self.layers = [
-            _Layer(
-                norm_weight=block.input_layernorm.weight,
-                norm_bias=block.input_layernorm.bias,
-                linears={
-                    name: (linear_override and linear_override(_base_linear(module)))
-                    or _base_linear(module)
-                    for name, module in self._projections(block).items()
-                },
-            )
-            for block in transformer.h
+            _Layer(block.input_layernorm.weight, block.input_layernorm.bias, linears)
+            for block, linears in zip(transformer.h, self.projections.linears, strict=True)
         ]
-        shape = (len(self.layers), slots, self.n_kv, max_tokens, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.cache = KVCache(
+            layers=len(self.layers), slots=slots, heads=self.n_kv, max_tokens=max_tokens,
+            head_dim=self.head_dim, dtype=self.dtype, device=self.device,
+        )  # fmt: skip
+        self.k_cache, self.v_cache = self.cache.k, self.cache.v
         positions = torch.arange(max_tokens, device=self.device).unsqueeze(0)
         cos, sin = transformer.rotary_emb(self.embed[:1].unsqueeze(0), positions)  # (1, T, D)
         self.cos, self.sin = cos[0], sin[0]  # (T, D)
-        self.lora = LoraBank(self.dtype, self.device)
         self.set_adapters(model)
 
     @staticmethod
@@ -148,63 +135,6 @@ class FalconBatch:
 
     # ---- forward pieces -----------------------------------------------------------------
 
-    def _project(
-        self,
-        x: torch.Tensor,
-        index: int,
-        name: str,
-        adapters: Sequence[str | None] | None,
-        mask: torch.Tensor | int | None,
-        *,
-        gelu: bool = False,
-        low: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The projection plus its LoRA update (then GELU when asked).
-
-        One row on one adapter (or none) goes through the kernel's fused epilogue where the
-        linear has one (`fused`, the tensor-core GEMV): the update and GELU are added before
-        its single rounding, two launches fewer. `low` is x A.T when the caller computed it
-        together with another projection's (`_block`).
-        """
-        linear = self.layers[index].linears[name]
-        fused = getattr(linear, "fused", None)
-        if fused is not None and adapters is None and not isinstance(mask, torch.Tensor):
-            if x.numel() == x.shape[-1]:
-                return fused(x, self._slot_update(x, index, name, mask, low), gelu)
-        out = linear(x)
-        if isinstance(mask, int):
-            out = self.lora.add_one(out, x, index, name, mask)
-        elif mask is not None:
-            out = self.lora.add_masked(out, x, index, name, mask)
-        elif adapters is not None:
-            out = self.lora.add_grouped(out, x, index, name, adapters)
-        return F.gelu(out) if gelu else out
-
-    def _slot_update(
-        self, x: torch.Tensor, index: int, name: str, slot: int | None, low: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(x A.T, B·scale) of the adapter in `slot` for a fused epilogue, or None."""
-        factors = None if slot is None else self.lora.slot_factors(index, name, slot)
-        if factors is None:
-            return None
-        return (low_rank_row(x, factors[0]) if low is None else low), factors[1]
-
-    def _shared_low(
-        self, h: torch.Tensor, index: int, mask: torch.Tensor | int | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """x A.T of the two projections that read the layer norm's output, from one GEMM,
-        when one row on one adapter takes the fused path; else (None, None)."""
-        if not isinstance(mask, int) or h.numel() != h.shape[-1]:
-            return None, None
-        linears = self.layers[index].linears
-        if not all(hasattr(linears[n], "fused") for n in SHARED_INPUT):
-            return None, None
-        stacked = self.lora.shared_a(index, SHARED_INPUT, mask)
-        if stacked is None:
-            return None, None
-        first, second = low_rank_row(h, stacked).chunk(2, dim=-1)
-        return first, second
-
     def _split_rotated(
         self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -219,13 +149,13 @@ class FalconBatch:
         if self.n_kv == 1:
             fused = qkv.view(batch, length, self.n_heads + 2, self.head_dim)
             qk = fused[..., :-1, :]
-            qk = qk * cos + _rotate_half(qk) * sin
+            qk = qk * cos + rotate_half(qk) * sin
             q, k, v = qk[..., :-1, :], qk[..., -1:, :], fused[..., -1:, :]
         else:
             fused = qkv.view(batch, length, self.n_heads, 3, self.head_dim)
             q, k, v = fused[..., 0, :], fused[..., 1, :], fused[..., 2, :]
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _block(
@@ -234,7 +164,7 @@ class FalconBatch:
         x: torch.Tensor,
         attend: Callable[[int, torch.Tensor], torch.Tensor],
         adapters: Sequence[str | None] | None,
-        mask: torch.Tensor | int | None,
+        mask: LoraRows,
     ) -> torch.Tensor:
         """One decoder block on (B, S, C): parallel attention and MLP off one layer norm.
 
@@ -242,22 +172,17 @@ class FalconBatch:
         rotation, cache write and attention, each step's own way.
         """
         layer = self.layers[index]
+        project = self.projections.project
         h = layer_norm_row(x, layer.norm_weight, layer.norm_bias, self.eps)
-        low_qkv, low_up = self._shared_low(h, index, mask)
-        qkv = self._project(h, index, "query_key_value", adapters, mask, low=low_qkv)
+        low_qkv, low_up = self.projections.shared_low(h, index, SHARED_INPUT, mask)
+        qkv = project(h, index, "query_key_value", adapters, mask, low=low_qkv)
         attn = attend(index, qkv)  # (B, H, S, D)
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
-        attn = self._project(attn, index, "dense", adapters, mask)
-        mlp = self._project(h, index, "dense_h_to_4h", adapters, mask, gelu=True, low=low_up)
-        mlp = self._project(mlp, index, "dense_4h_to_h", adapters, mask)
+        attn = project(attn, index, "dense", adapters, mask)
+        mlp = project(h, index, "dense_h_to_4h", adapters, mask, gelu=True, low=low_up)
+        mlp = project(mlp, index, "dense_4h_to_h", adapters, mask)
         return x + (mlp + attn)
-
-    def _prefill_attention(self) -> AbstractContextManager[None]:
-        """The SDPA kernels `PREFILL_ATTENTION` allows, on CUDA (CPU keeps torch's choice)."""
-        if self.device.type != "cuda" or PREFILL_ATTENTION is None:
-            return nullcontext()
-        return sdpa_kernel(list(PREFILL_ATTENTION))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.final_norm
@@ -282,7 +207,7 @@ class FalconBatch:
             return F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, enable_gqa=True)
 
         adapters = [adapter] if adapter is not None else None
-        with self._prefill_attention():
+        with prefill_attention(self.device):
             for index in range(len(self.layers)):
                 x = self._block(index, x, attend, adapters, None)
         return self._logits(x[:, -1])[0]
@@ -320,10 +245,7 @@ class FalconBatch:
         slots_t = torch.tensor(list(slots), device=self.device)
         x = F.embedding(ids, self.embed)  # (N, S, C)
         cos, sin = self.cos[:longest].unsqueeze(1), self.sin[:longest].unsqueeze(1)
-        position = torch.arange(longest, device=self.device)
-        causal = position.view(1, longest, 1) >= position.view(1, 1, longest)  # (1, S, S)
-        real_key = position.view(1, 1, longest) < lengths_t.view(-1, 1, 1)  # (N, 1, S)
-        visible = (causal & real_key).unsqueeze(1)  # (N, 1, S, S)
+        visible = prefill_visibility(lengths_t, longest)  # (N, 1, S, S)
 
         def attend(index: int, qkv: torch.Tensor) -> torch.Tensor:
             q, k, v = self._split_rotated(qkv, cos, sin)
@@ -337,7 +259,7 @@ class FalconBatch:
         mask: torch.Tensor | None = None
         if stacked_lora and any(a is not None for a in adapters):
             per_row, mask = None, self.lora.row_mask(adapters, len(prompts)).unsqueeze(1)
-        with self._prefill_attention():
+        with prefill_attention(self.device):
             for index in range(len(self.layers)):
                 x = self._block(index, x, attend, per_row, mask)
         last = x[torch.arange(len(prompts), device=self.device), lengths_t - 1]  # (N, C)
@@ -371,8 +293,7 @@ class FalconBatch:
         x = F.embedding(tokens, self.embed).unsqueeze(1)  # (B, 1, C)
         cos = self.cos[positions].unsqueeze(1).unsqueeze(1)  # (B, 1, 1, D)
         sin = self.sin[positions].unsqueeze(1).unsqueeze(1)
-        visible = torch.arange(context, device=self.device) <= positions.unsqueeze(1)
-        visible = visible.view(batch, 1, 1, context)  # (B, 1, 1, T)
+        visible = decode_visibility(positions, context)  # (B, 1, 1, T)
 
         fused_rotary = rotary_cache.kernel_runs(x, self.n_kv)
 
@@ -392,7 +313,7 @@ class FalconBatch:
                 q, keys, values, attn_mask=visible, enable_gqa=True
             )
 
-        lora: torch.Tensor | int | None = lora_slot
+        lora: LoraRows = lora_slot
         if lora_mask is not None:
             lora = lora_mask.unsqueeze(1)  # (B, 1, S*R) against (B, 1, ·) activations
         for index in range(len(self.layers)):
@@ -401,10 +322,4 @@ class FalconBatch:
 
     def move(self, source: int, target: int) -> None:
         """Copy a sequence's cache from slot `source` to `target` (keeps rows contiguous)."""
-        self.k_cache[:, target] = self.k_cache[:, source]
-        self.v_cache[:, target] = self.v_cache[:, source]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        self.cache.move(source, target)

@@ -35,7 +35,7 @@ import torch
 from app.contract import PromptFormat
 from app.engine.generation import PreparedRequest, SequenceDecoder, eos_ids
 from app.engine.loader import LoadedModel
-from app.engine.models.falcon import FalconBatch
+from app.engine.models.families import BatchedForward, batched_forward
 from app.engine.sampling import sample_rows
 from app.engine.schedulers.decode_graphs import GraphedDecode
 from app.engine.schedulers.launched_step import LaunchedStep
@@ -76,7 +76,7 @@ class BatchEngine:
         batch_prefill: prefill requests that arrive together in one padded forward (None:
             on CUDA, where one forward per prompt re-reads every weight; on CPU prefill is
             bound by arithmetic and single prompts keep results equal to transformers').
-        linear_override: a faster kernel for the base projections (see `FalconBatch`).
+        linear_override: a faster kernel for the base projections (see `BatchedForward`).
         run_ahead: queue each decode step before the previous one's tokens reach the host
             (None: with CUDA graphs, where the device would otherwise wait on the host; on
             CPU the step is synchronous and it only checks the bookkeeping).
@@ -106,7 +106,7 @@ class BatchEngine:
         self._batch_prefill = on_cuda if batch_prefill is None else batch_prefill
         self._waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
-        self._batch: FalconBatch | None = None
+        self._batch: BatchedForward | None = None
         self._graphed: GraphedDecode | None = None
         self._run_ahead_wanted = run_ahead
         self._run_ahead = False
@@ -165,7 +165,7 @@ class BatchEngine:
         await self._worker.control(lambda: self.served.detach_adapter(name))
 
     @property
-    def _ready_batch(self) -> FalconBatch:
+    def _ready_batch(self) -> BatchedForward:
         if self._batch is None:
             raise EngineError("the batch engine has not started")
         return self._batch
@@ -212,7 +212,7 @@ class BatchEngine:
 
     def _warm_up(self) -> None:
         """Lay out the weights and cache, and capture the common decode graphs."""
-        self._batch = FalconBatch(
+        self._batch = batched_forward(
             self.model,
             slots=self._max_batch,
             max_tokens=self._max_context,

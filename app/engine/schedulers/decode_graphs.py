@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from app.engine.models.falcon import FalconBatch
+from app.engine.models.families import BatchedForward
 
 MIN_CONTEXT = 256
 
@@ -48,9 +48,9 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
 
 
 class GraphedDecode:
-    """`FalconBatch.decode` through captured CUDA graphs."""
+    """`BatchedForward.decode` through captured CUDA graphs."""
 
-    def __init__(self, batch: FalconBatch, max_batch: int) -> None:
+    def __init__(self, batch: BatchedForward, max_batch: int) -> None:
         if batch.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         if max_batch > batch.slots:

@@ -1,5 +1,6 @@
-"""The one-row layer norm equals torch's: exactly where torch serves (CPU), and within a bf16
-step under Triton's CPU interpreter (which truncates where the GPU rounds)."""
+"""The one-row layer norm and RMSNorm equal torch's (transformers' for RMSNorm): exactly where
+torch serves (CPU), and within a bf16 step under Triton's CPU interpreter (which truncates
+where the GPU rounds)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import textwrap
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from app.engine.kernels.row_norm import layer_norm_row
+from app.engine.kernels.row_norm import layer_norm_row, rms_norm_row
 from tests.subprocess_python import run_json
 
 CHECK = textwrap.dedent(
@@ -43,3 +44,42 @@ def test_torch_serves_off_cuda_and_for_several_rows():
     assert torch.equal(layer_norm_row(x, w, b, 1e-5), F.layer_norm(x, (64,), w, b, 1e-5))
     row = x[:1]
     assert torch.equal(layer_norm_row(row, w, b, 1e-5), F.layer_norm(row, (64,), w, b, 1e-5))
+
+
+RMS_CHECK = textwrap.dedent(
+    """
+    import json, torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from app.engine.kernels.row_norm import _launch_rms
+    torch.manual_seed(0)
+    report = {}
+    for width, dtype in ((4096, torch.bfloat16), (64, torch.float32), (576, torch.bfloat16)):
+        x = (torch.randn(1, 1, width) * 3 + 1).to(dtype)
+        norm = LlamaRMSNorm(width, eps=1e-5).to(dtype)
+        norm.weight.data = torch.randn(width).to(dtype)
+        got = _launch_rms(x, norm.weight.data, 1e-5)
+        want = norm(x)
+        rel = ((got.float() - want.float()).norm() / want.float().norm()).item()
+        report[f"{width}-{dtype}"] = [rel, list(got.shape), str(got.dtype)]
+    print(json.dumps(report))
+    """
+)
+
+
+def test_rms_kernel_matches_transformers_under_the_interpreter():
+    report = run_json(RMS_CHECK)
+    for key, (rel, shape, dtype) in report.items():
+        width, wanted = key.split("-", 1)
+        assert shape == [1, 1, int(width)] and dtype == wanted
+        assert rel < (1e-6 if "float32" in key else 1e-2), (key, rel)
+
+
+def test_rms_torch_path_is_transformers_rms_norm_bit_for_bit():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(64, eps=1e-6)
+    norm.weight.data = torch.randn(64)
+    for x in (torch.randn(3, 5, 64), torch.randn(1, 1, 64), torch.randn(2, 64).bfloat16()):
+        weight = norm.weight.data.to(x.dtype)
+        norm.weight.data = weight
+        assert torch.equal(rms_norm_row(x, weight, 1e-6), norm(x))

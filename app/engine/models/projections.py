@@ -1,0 +1,181 @@
+"""What every batched forward shares: base projections with each row's LoRA update, the KV cache,
+the prefill attention choice.
+
+- `Projections`: per layer, each projection's base (the module as loaded, or the faster
+  NF4 kernel a linear override gives) plus the LoRA bank. `project` adds the update the
+  PEFT way per adapter group (eager steps), through the stacked layout with a row mask (any
+  mix of adapters in fixed shapes), through one adapter's slot, or, for one row on one
+  adapter, through the kernel's fused epilogue (the update, and GELU when asked, added before
+  its single rounding). `shared_low` gives the low-rank `x A.T` of several projections that
+  read the same input from one launch.
+- `KVCache`: one preallocated tensor per layer for keys and one for values, a slot per
+  running sequence; batch row `i` lives in slot `i`, so decode attends over a view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from app.engine.kernels.low_rank_row import low_rank_row
+from app.engine.models.lora_bank import LoraBank
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+LinearOverride = Callable[[torch.nn.Module], Linear | None]
+LoraRows = torch.Tensor | int | None
+"""How a step adds LoRA: a (B, 1, S*R) row mask, one adapter's slot for every row, or none
+(then `adapters` per row, the PEFT way, or the bare model)."""
+
+PREFILL_ATTENTION: tuple[SDPBackend, ...] | None = (
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+)
+"""SDPA kernels a prefill may use on CUDA (None: torch's own choice, cuDNN first on Hopper).
+cuDNN's attention builds an execution plan for every new sequence length; prompts rarely
+repeat a length, so a prefill would pay for a plan most times (bench/serve_gpu.py measures
+time to first token over fresh lengths both ways). Decode steps keep torch's choice: their
+shapes are fixed by the graph buckets."""
+
+
+def prefill_attention(device: torch.device) -> AbstractContextManager[None]:
+    """The SDPA kernels `PREFILL_ATTENTION` allows, on CUDA (CPU keeps torch's choice)."""
+    if device.type != "cuda" or PREFILL_ATTENTION is None:
+        return nullcontext()
+    return sdpa_kernel(list(PREFILL_ATTENTION))
+
+
+def base_linear(module: torch.nn.Module) -> torch.nn.Module:
+    """The projection without PEFT's wrapper: the loaded Linear4bit or plain linear itself."""
+    return getattr(module, "base_layer", module)
+
+
+class Projections:
+    """Each layer's base projections and the loaded adapters' factors.
+
+    Args:
+        modules: per layer, projection name → the module in the model (PEFT-wrapped or not).
+        lora: the adapters' factors (kept up to date by the model's `set_adapters`).
+        linear_override: replaces a base projection's forward (a faster NF4 kernel); gets the
+            module and returns the callable to use, or None to keep the module's own.
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[dict[str, torch.nn.Module]],
+        lora: LoraBank,
+        linear_override: LinearOverride | None = None,
+    ) -> None:
+        self.lora = lora
+        self.linears: list[dict[str, Linear]] = [
+            {
+                name: (linear_override and linear_override(base_linear(module)))
+                or base_linear(module)
+                for name, module in layer.items()
+            }
+            for layer in modules
+        ]
+
+    def project(
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+        *,
+        gelu: bool = False,
+        low: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The projection plus its LoRA update (then GELU when asked).
+
+        One row on one adapter (or none) goes through the kernel's fused epilogue where the
+        linear has one (`fused`, the one-row GEMVs): the update and GELU are added before its
+        single rounding, two launches fewer. `low` is x A.T when the caller computed it
+        together with other projections' (`shared_low`).
+        """
+        linear = self.linears[index][name]
+        fused = getattr(linear, "fused", None)
+        if fused is not None and adapters is None and not isinstance(mask, torch.Tensor):
+            if x.numel() == x.shape[-1]:
+                return fused(x, self._slot_update(x, index, name, mask, low), gelu)
+        out = linear(x)
+        if isinstance(mask, int):
+            out = self.lora.add_one(out, x, index, name, mask)
+        elif mask is not None:
+            out = self.lora.add_masked(out, x, index, name, mask)
+        elif adapters is not None:
+            out = self.lora.add_grouped(out, x, index, name, adapters)
+        return F.gelu(out) if gelu else out
+
+    def _slot_update(
+        self, x: torch.Tensor, index: int, name: str, slot: int | None, low: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x A.T, B·scale) of the adapter in `slot` for a fused epilogue, or None."""
+        factors = None if slot is None else self.lora.slot_factors(index, name, slot)
+        if factors is None:
+            return None
+        return (low_rank_row(x, factors[0]) if low is None else low), factors[1]
+
+    def shared_low(
+        self, h: torch.Tensor, index: int, names: tuple[str, ...], mask: LoraRows
+    ) -> tuple[torch.Tensor | None, ...]:
+        """x A.T of the projections `names` that all read `h`, from one launch, when one row
+        on one adapter takes the fused path; else None for each."""
+        nothing = (None,) * len(names)
+        if not isinstance(mask, int) or h.numel() != h.shape[-1]:
+            return nothing
+        linears = self.linears[index]
+        if not all(hasattr(linears[n], "fused") for n in names):
+            return nothing
+        stacked = self.lora.shared_a(index, names, mask)
+        if stacked is None:
+            return nothing
+        return tuple(low_rank_row(h, stacked).chunk(len(names), dim=-1))
+
+
+class KVCache:
+    """Keys and values of every running sequence: (layers, slots, KV heads, tokens, D) each."""
+
+    def __init__(
+        self,
+        *,
+        layers: int,
+        slots: int,
+        heads: int,
+        max_tokens: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (layers, slots, heads, max_tokens, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def move(self, source: int, target: int) -> None:
+        """Copy a sequence's cache from slot `source` to `target` (keeps rows contiguous)."""
+        self.k[:, target] = self.k[:, source]
+        self.v[:, target] = self.v[:, source]
+
+
+def decode_visibility(positions: torch.Tensor, context: int) -> torch.Tensor:
+    """(B, 1, 1, T) mask of the cache entries each row's new token may attend to."""
+    visible = torch.arange(context, device=positions.device) <= positions.unsqueeze(1)
+    return visible.view(positions.shape[0], 1, 1, context)
+
+
+def prefill_visibility(lengths: torch.Tensor, longest: int) -> torch.Tensor:
+    """(N, 1, S, S) causal mask that also hides each right-padded prompt's padding keys."""
+    position = torch.arange(longest, device=lengths.device)
+    causal = position.view(1, longest, 1) >= position.view(1, 1, longest)  # (1, S, S)
+    real_key = position.view(1, 1, longest) < lengths.view(-1, 1, 1)  # (N, 1, S)
+    return (causal & real_key).unsqueeze(1)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
