@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.knowledge.chunking import chunk
 from app.knowledge.embeddings import Embedder
-from app.knowledge.parsers.model import DocumentRefused
+from app.knowledge.parsers.model import DocumentRefused, Interrupted
 from app.knowledge.parsers.registry import parse
 from app.knowledge.service import files_dir, limits
 from app.store import knowledge_crud as store
@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 PROGRESS_EVERY_S = 0.5
-
-
-class Interrupted(Exception):
-    """The worker is stopping; the document goes back to the queue."""
 
 
 def recover(*, session: Session) -> tuple[int, int]:

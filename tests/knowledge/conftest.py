@@ -53,7 +53,7 @@ def postgres_factory(postgres_url: str) -> Iterator[Factory]:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def factory(request: pytest.FixtureRequest) -> Factory:
     """Each test that takes it runs once on SQLite (FTS5) and once on PostgreSQL."""
     return request.getfixturevalue(f"{request.param}_factory")

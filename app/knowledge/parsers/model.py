@@ -14,6 +14,11 @@ class DocumentRefused(Exception):
     """A document that cannot be indexed; the message is shown next to it as it stands."""
 
 
+class Interrupted(Exception):
+    """Raised from a progress callback: the worker is stopping; the document is read again
+    at the next start. Parsers let it through untouched."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds a hostile or broken file runs into (from Settings, see app/config.py)."""

@@ -11,7 +11,13 @@ import zipfile
 from collections.abc import Callable
 from pathlib import PurePath
 
-from app.knowledge.parsers.model import DocumentRefused, Limits, Parsed, Progress
+from app.knowledge.parsers.model import (
+    DocumentRefused,
+    Interrupted,
+    Limits,
+    Parsed,
+    Progress,
+)
 
 FORMATS = {
     ".pdf": "pdf",
@@ -165,7 +171,7 @@ def parse(kind: str, data: bytes, *, limits: Limits, progress: Progress) -> Pars
     """
     try:
         parsed = parser_for(kind)(data, limits=limits, progress=progress)
-    except DocumentRefused:
+    except (DocumentRefused, Interrupted):
         raise
     except MemoryError:
         raise DocumentRefused("the document needs more memory than the server has") from None
