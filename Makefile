@@ -1,6 +1,6 @@
 # Teller: `make run` serves the chat on http://127.0.0.1:8000, `make test` runs every test.
 # Both do their own set-up on a fresh clone: virtualenv, CPU torch where there is no GPU,
-# the embedded default model, and (for tests) Debian's chromium.
+# the embedded default model, and (for tests) Debian's chromium and postgresql.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +16,7 @@ TORCH_INDEX := $(if $(HAS_GPU),,$(shell curl -s -o /dev/null --max-time 5 $(CPU_
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test test-gpu lint install model browser bench-cpu clean help
+.PHONY: run test test-gpu lint install model browser postgres bench-cpu clean help
 
 help:
 	@echo "make run   - install what is missing, fetch the default model, serve on http://127.0.0.1:8000"
@@ -44,7 +44,12 @@ browser:
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for browser tests"; \
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: model browser
+# The knowledge tests start a throwaway PostgreSQL cluster from Debian's server binaries.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing Debian's postgresql for the PostgreSQL tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: model browser postgres
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The tests marked `gpu` (CUDA kernels, graphs): `make test` deselects them (pyproject addopts).
