@@ -79,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retention.cancel()
         head_export.cancel()
         stop_adapter_service(app.state.adapters)
-        stop_knowledge(app.state.knowledge)
+        await asyncio.to_thread(stop_knowledge, app.state.knowledge)  # a page at most
         await wait_for_streams(app.state.streams, settings.shutdown_grace_seconds)
         await export_at_shutdown(settings, app.state.session_factory)  # after answers are stored
         if app.state.engine_override is None:
