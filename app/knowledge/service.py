@@ -8,7 +8,8 @@ For an answer, the lifecycle calls, in order:
     record_lineage(session=s, message_id=answer.id, passages=passages)
 
 `render_sources` is the numbered block alone and `cited_numbers` finds `[n]` tags in an
-answer. Which knowledge bases a conversation uses is stored by
+answer; `usable_knowledge_base_ids` keeps of the requested knowledge bases those the user may
+see. Which knowledge bases a conversation uses is stored by
 `app.store.knowledge_crud.set_conversation_knowledge_bases` / `conversation_knowledge_base_ids`.
 """
 
@@ -33,7 +34,8 @@ from app.knowledge.parsers.registry import check_upload
 from app.knowledge.query import terms
 from app.knowledge.ranking import coverage, rerank
 from app.store import knowledge_crud as store
-from app.store.knowledge_models import DocumentState, KnowledgeBase, KnowledgeDocument
+from app.store.knowledge_models import EVERYONE, DocumentState, KnowledgeBase, KnowledgeDocument
+from app.store.models import User
 
 KNOWLEDGE_BASE_CREATED = "knowledge.base_created"
 KNOWLEDGE_BASE_DELETED = "knowledge.base_deleted"
@@ -164,6 +166,25 @@ def resolve_knowledge_base(*, session: Session, name_or_id: str) -> KnowledgeBas
             f"no knowledge base named {name_or_id!r} (create one with 'teller knowledge create')"
         )
     return base
+
+
+def visible_knowledge_bases(*, session: Session, user: User) -> list[KnowledgeBase]:
+    """The knowledge bases `user` may answer from (the chat picker's choices). Every one is
+    visible to everyone until groups exist; then `visible_to` names the groups."""
+    return [
+        base
+        for base in store.list_knowledge_bases(session=session)
+        if base.visible_to == EVERYONE or user.role == "admin"
+    ]
+
+
+def usable_knowledge_base_ids(
+    *, session: Session, user: User, requested: Sequence[int]
+) -> list[int]:
+    """`requested` less what does not exist or `user` may not see, in the order given: what a
+    conversation or a `/v1` request may really search."""
+    visible = {base.id for base in visible_knowledge_bases(session=session, user=user)}
+    return [i for i in dict.fromkeys(requested) if i in visible]
 
 
 # ---- documents -----------------------------------------------------------------------------

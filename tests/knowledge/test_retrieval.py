@@ -180,3 +180,21 @@ def test_spreadsheet_rows_are_cited_by_sheet_and_rows(factory, settings, make_ba
     add_and_index(factory, settings, base, "budget.xlsx", make_xlsx({"FY23": rows}))
     top = search(factory, base, "budget of Centre 45")[0]
     assert top.location == "FY23 rows 32-60" and "| Centre 45 | 45000 |" in top.text
+
+
+def test_a_user_may_answer_from_every_knowledge_base_until_groups_exist(
+    factory,
+    make_base,  # noqa: ANN001
+) -> None:
+    from app.auth import service as accounts
+
+    filings, policies = make_base(factory, "Filings"), make_base(factory, "Policies")
+    with factory() as session:
+        user = accounts.create_user(session=session, username="bob", password="password-1234")
+        names = [b.name for b in service.visible_knowledge_bases(session=session, user=user)]
+        assert names == ["Filings", "Policies"]
+        asked = [policies.id, 999, filings.id, policies.id]
+        assert service.usable_knowledge_base_ids(session=session, user=user, requested=asked) == [
+            policies.id,
+            filings.id,
+        ]
