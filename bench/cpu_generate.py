@@ -8,6 +8,11 @@ engine on its transformers path, Teller's lean CPU path in float32 (bit-identica
 (the default on CPUs with native bf16), with and without a random non-zero LoRA adapter, and
 llama.cpp when `llama_cpp` imports (same model as Q4_1 GGUF). Also: time to first token for a
 100-token prompt, and whether the first 32 greedy tokens equal `generate`'s.
+
+The batch scheduler (`BatchEngine`, the batched Llama forward) on CPU in float32 and bf16: one
+stream as above, and four users asking at once against the sequential engine (aggregate
+tokens/s, and the longest wait for a first token, which on the sequential engine is the
+answers ahead in the queue). `--schedulers` runs only those rows.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.contract import ChatMessage, PromptFormat  # noqa: E402
+from app.engine.capabilities import cpu_has_native_bf16  # noqa: E402
 from app.engine.loader import load_base_model  # noqa: E402
+from app.engine.schedulers.batch import BatchEngine  # noqa: E402
 from app.engine.schedulers.sequential import SequentialEngine  # noqa: E402
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
 
@@ -132,6 +139,54 @@ def measure_engine(engine: SequentialEngine, adapter: str | None) -> dict[str, A
     return asyncio.run(run())
 
 
+def measure_concurrent(engine: Any, streams: int) -> dict[str, Any]:
+    """`streams` users ask at once (different questions' lengths, 64 new tokens each)."""
+    questions = [
+        "What is the net present value of a bond?",
+        "Explain working capital to a new analyst.",
+        "How does duration measure a bond's interest-rate risk?",
+        "Is EBITDA a measure of cash flow? Why or why not?",
+    ]
+
+    def ask(index: int) -> GenerationRequest:
+        return GenerationRequest(
+            messages=[ChatMessage("user", questions[index % len(questions)])],
+            sampling=SamplingParams(temperature=0, max_new_tokens=64),
+        )
+
+    async def run() -> dict[str, Any]:
+        await _stream(engine, ask(0))  # warm-up
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_stream(engine, ask(i)) for i in range(streams)))
+        wall = time.perf_counter() - started
+        tokens = sum(r["completion_tokens"] for r in results)
+        return {
+            "streams": streams,
+            "aggregate_tok_s": tokens / wall,
+            "wall_s": wall,
+            "ttft_max_ms": max(r["ttft_ms"] for r in results),
+            "ttft_min_ms": min(r["ttft_ms"] for r in results),
+        }
+
+    return asyncio.run(run())
+
+
+def measure_schedulers(model: str, results: dict[str, Any]) -> None:
+    """One stream and four at once: the sequential lean path against the batch scheduler."""
+    for dtype in ("float32", "bfloat16"):
+        short = "fp32" if dtype == "float32" else "bf16"
+        fast = torch.bfloat16 if dtype == "bfloat16" else None
+        sequential = SequentialEngine(
+            load_base_model(model, device="cpu", dtype="float32"), fast_dtype=fast
+        )
+        results[f"teller_fast_{short}_x4"] = measure_concurrent(sequential, 4)
+        asyncio.run(sequential.close())
+        batch = BatchEngine(load_base_model(model, device="cpu", dtype=dtype), max_batch=8)
+        results[f"teller_batch_{short}"] = measure_engine(batch, None)
+        results[f"teller_batch_{short}_x4"] = measure_concurrent(batch, 4)
+        asyncio.run(batch.close())
+
+
 def long_prompt_ids(tokenizer: Any) -> str:
     """LONG_PROMPT trimmed to exactly 100 tokens."""
     return tokenizer.decode(tokenizer(LONG_PROMPT)["input_ids"][:100])
@@ -227,6 +282,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct"))
     parser.add_argument("--gguf", type=Path, default=None, help="Q4_1 GGUF for llama.cpp")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--schedulers", action="store_true", help="only the batch-scheduler rows (and baseline)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -238,6 +296,56 @@ def main() -> None:
     global LONG_PROMPT
     LONG_PROMPT = long_prompt_ids(loaded.tokenizer)
     results: dict[str, Any] = {"transformers_generate": generate_baseline(loaded, prompt_ids)}
+    measure_schedulers(args.model, results)
+    if not args.schedulers:
+        measure_all(args, loaded, engine, prompt_ids, results)
+    reference = results["transformers_generate"]["first32_text"]
+    table = []
+    for name, row in results.items():
+        if not isinstance(row, dict):
+            continue
+        if "aggregate_tok_s" in row:
+            table.append(
+                f"{name:28} {row['aggregate_tok_s']:7.1f} tok/s over {row['streams']} streams  "
+                f"first token after {row['ttft_min_ms']:.0f}-{row['ttft_max_ms']:.0f} ms"
+            )
+            continue
+        if "decode_tok_s" not in row:
+            continue
+        if "first32_text" in row and not name.endswith("lora"):
+            row["first32_equal_generate"] = row["first32_text"] == reference
+        table.append(
+            f"{name:28} {row['decode_tok_s']:7.1f} tok/s  TTFT {row['ttft_ms']:6.1f} ms  "
+            f"TTFT(100-token prompt) {row.get('ttft_100_prompt_ms', float('nan')):6.1f} ms  "
+            f"same-32 {row.get('first32_equal_generate', '-')}"
+        )
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),
+            "native_bf16": cpu_has_native_bf16(),
+            "torch": torch.__version__,
+            "load_average_before": load_before,
+        },
+        "notes": NOTES,
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": NEW_TOKENS,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("\n".join(table))  # noqa: T201
+    print(f"wrote {args.out}")  # noqa: T201
+
+
+def measure_all(
+    args: argparse.Namespace,
+    loaded: Any,
+    engine: SequentialEngine,
+    prompt_ids: list[int],
+    results: dict[str, Any],
+) -> None:
+    """The sequential engine's rows: transformers path, lean fp32/bf16, with LoRA, llama.cpp."""
     results["teller_transformers_path"] = measure_engine(engine, None)
     fp32 = SequentialEngine(loaded)
     results["teller_fast_fp32"] = measure_engine(fp32, None)
@@ -255,34 +363,6 @@ def main() -> None:
         asyncio.run(bf16.load_adapter("finance", lora, PromptFormat.CHAT_TEMPLATE))
         results["teller_fast_bf16_lora"] = measure_engine(bf16, "finance")
     results["llama_cpp_q4_1"] = llama_cpp(args.gguf, prompt_ids)
-    reference = results["transformers_generate"]["first32_text"]
-    table = []
-    for name, row in results.items():
-        if not isinstance(row, dict) or "decode_tok_s" not in row:
-            continue
-        if "first32_text" in row and not name.endswith("lora"):
-            row["first32_equal_generate"] = row["first32_text"] == reference
-        table.append(
-            f"{name:28} {row['decode_tok_s']:7.1f} tok/s  TTFT {row['ttft_ms']:6.1f} ms  "
-            f"TTFT(100-token prompt) {row.get('ttft_100_prompt_ms', float('nan')):6.1f} ms  "
-            f"same-32 {row.get('first32_equal_generate', '-')}"
-        )
-    report = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__,
-            "load_average_before": load_before,
-        },
-        "notes": NOTES,
-        "prompt_tokens": len(prompt_ids),
-        "new_tokens": NEW_TOKENS,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print("\n".join(table))  # noqa: T201
-    print(f"wrote {args.out}")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""Serving speed on the real Falcon-7B architecture in NF4 with LoRA r=64: plain vs Teller.
+"""Serving speed on a real architecture in NF4 with LoRA r=64: plain vs Teller.
 
 One GPU call (a few minutes on an H100/H200):
 
-    python bench/serve_gpu.py                 # writes bench/results/serve-gpu.json
-    python bench/serve_gpu.py --smoke         # the whole script on CPU with the tiny Falcon
+    python bench/serve_gpu.py                 # Falcon-7B: bench/results/serve-gpu.json
+    python bench/serve_gpu.py --model llama   # Llama-3.1-8B: bench/results/serve-gpu-llama.json
+    python bench/serve_gpu.py --smoke         # the whole script on CPU with a tiny model
 
-Weights are random (speed does not depend on their values): Falcon-7B is built from its config
+Weights are random (speed does not depend on their values): the model is built from its config
 in bf16 on the GPU and its block projections are quantized in place to bitsandbytes NF4 with
 double quantization and bf16 compute, as `load_base_model` does for a real checkpoint. Four
-random, non-zero LoRA adapters (r=64, every Falcon linear module) are saved as packages.
+random, non-zero LoRA adapters (r=64, every linear module of the blocks) are saved as packages.
 
 - `baseline`: transformers `generate` over an unmerged PEFT adapter (the plain recipe):
   batch-1 decode, TTFT for a 512-token prompt, batch-8 aggregate; and the NF4 base alone.
@@ -54,11 +55,13 @@ from app.engine.types import (  # noqa: E402
 )
 from bench.serve_gpu_setup import (  # noqa: E402
     ADAPTERS,
+    MODELS,
     build_model,
     check_logits,
     copy_bandwidth,
     decode_bytes,
     greedy_reference,
+    lora_targets,
     make_adapters,
     prompt_ids,
     run_baseline,
@@ -292,8 +295,10 @@ def print_table(results: dict) -> None:
 
 def main() -> int:  # noqa: PLR0915
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny Falcon on CPU, seconds")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve-gpu.json")
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, seconds")
+    parser.add_argument("--model", choices=MODELS, default="falcon")
+    parser.add_argument("--out", type=Path, help="default bench/results/serve-gpu[-llama].json")
+    parser.add_argument("--commit", default="", help="the commit measured (default: git's HEAD)")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument(
         "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 64]
@@ -306,6 +311,8 @@ def main() -> int:  # noqa: PLR0915
         help="kernels of one-stream decode and of a burst of 8 prompts: profile-serve-VARIANT.txt",
     )
     args = parser.parse_args()
+    suffix = "" if args.model == "falcon" else f"-{args.model}"
+    args.out = args.out or REPO / "bench" / "results" / f"serve-gpu{suffix}.json"
     args.baseline_tokens = 8 if args.smoke else 48
     args.decode_tokens = 16 if args.smoke else 256
     args.concurrent_tokens = 8 if args.smoke else 128
@@ -320,11 +327,22 @@ def main() -> int:  # noqa: PLR0915
             "torch": torch.__version__,
         },
         "smoke": args.smoke,
+        "model": args.model,
         "rank": args.rank,
+        "commit": args.commit or _git_head(),
+        "settings": {
+            "variants": args.variants,
+            "levels": args.levels,
+            "max_context_tokens": 2048,
+            "decode_tokens": args.decode_tokens,
+            "concurrent_tokens": args.concurrent_tokens,
+            "baseline_tokens": args.baseline_tokens,
+            "http": not args.no_http,
+        },
     }
     t0 = time.perf_counter()
-    loaded, folder = build_model(args.smoke, work)
-    adapters = make_adapters(loaded, folder, work, args.rank)
+    loaded, folder = build_model(args.smoke, work, args.model)
+    adapters = make_adapters(loaded, folder, work, args.rank, lora_targets(args.model))
     results["setup_s"] = time.perf_counter() - t0
     bandwidth = copy_bandwidth()
     per_token = decode_bytes(loaded.model, adapters[0]) if device.type == "cuda" else 0
@@ -334,7 +352,10 @@ def main() -> int:  # noqa: PLR0915
         "tok_s": bandwidth / per_token if per_token else 0.0,
     }
     results["baseline"] = run_baseline(loaded, adapters[0], args)
-    ref_ids = prompt_ids(loaded.tokenizer, 40, shift=3)
+    # The ids the engine itself gets from the prompt text (decode and encode need not
+    # round-trip a slice cut mid-word), so the reference answers the same prompt.
+    tok = loaded.tokenizer
+    ref_ids = list(tok(tok.decode(prompt_ids(tok, 40, shift=3)))["input_ids"])
     correctness = check_logits(loaded, adapters[0], ref_ids)
     reference = greedy_reference(loaded, adapters[0], ref_ids, 32)
     results["teller"] = {}
@@ -372,7 +393,7 @@ def main() -> int:  # noqa: PLR0915
             section["steps_run_ahead_share"] = engine.steps_ahead / max(1, engine.steps)
             if args.profile:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                target = args.out.parent / f"profile-serve-{variant}.txt"
+                target = args.out.parent / f"profile-serve{suffix}-{variant}.txt"
                 asyncio.run(profile_one_stream(engine, loaded, target))
         except Exception as exc:  # noqa: BLE001 - keep the other variants' numbers
             section["failed"] = repr(exc)[:500]
@@ -400,6 +421,13 @@ def main() -> int:  # noqa: PLR0915
     print_table(results)
     print(json.dumps(results["correctness"] if "correctness" in results else {}, indent=1))  # noqa: T201
     return 0
+
+
+def _git_head() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
 if __name__ == "__main__":

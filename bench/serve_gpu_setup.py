@@ -1,5 +1,5 @@
-"""Setup and baseline for `serve_gpu.py`: the random-weight Falcon-7B in NF4, its LoRA
-adapters, the plain transformers + PEFT measurements, and the bandwidth floor.
+"""Setup and baseline for `serve_gpu.py`: the random-weight Falcon-7B or Llama-3.1-8B in NF4,
+its LoRA adapters, the plain transformers + PEFT measurements, and the bandwidth floor.
 
 Not run on its own: part of `bench/serve_gpu.py`.
 """
@@ -18,8 +18,9 @@ import torch
 
 from app.contract import AdapterManifest, PromptFormat, sha256_file
 from app.engine.loader import LoadedModel
-from app.engine.models.falcon import FalconBatch
-from bench.train_gpu_recipes import FALCON_TARGETS
+from app.engine.models.falcon import PROJECTIONS as FALCON_TARGETS
+from app.engine.models.families import batched_forward
+from app.engine.models.llama import PROJECTIONS as LLAMA_TARGETS
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / "models" / "SmolLM2-135M-Instruct"
@@ -28,6 +29,45 @@ TEXT = (
     "Explain how a company's free cash flow differs from its net income, and walk through "
     "the adjustments for depreciation, working capital and capital expenditure. "
 )
+
+
+MODELS = ("falcon", "llama")
+"""`falcon`: Falcon-7B; `llama`: Llama-3.1-8B (grouped-query attention, llama3 RoPE scaling,
+untied 128K-token embeddings), the architecture of Llama 3.x 8B models."""
+
+
+def llama_31_8b_config() -> Any:
+    """meta-llama/Llama-3.1-8B's architecture (config.json of the hub repo, written out)."""
+    from transformers import LlamaConfig
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}  # fmt: skip
+    return LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
+        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_parameters=rope,
+        attention_bias=False, mlp_bias=False, tie_word_embeddings=False,
+        bos_token_id=128000, eos_token_id=128001,
+    )  # fmt: skip
+
+
+def model_config(model: str, smoke: bool) -> Any:
+    """The benchmarked architecture, or its block layout shrunk to 2 layers for `--smoke`."""
+    if model == "falcon":
+        return falcon_config(smoke)
+    config = llama_31_8b_config()
+    if smoke:
+        config.update(
+            {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16}
+        )  # fmt: skip
+    return config
+
+
+def lora_targets(model: str) -> tuple[str, ...]:
+    return FALCON_TARGETS if model == "falcon" else LLAMA_TARGETS
 
 
 def falcon_config(smoke: bool) -> Any:
@@ -45,56 +85,59 @@ def falcon_config(smoke: bool) -> Any:
 
 
 def quantize_in_place(model: Any) -> int:
-    """Replace every block projection with a bitsandbytes NF4 Linear4bit (double quant)."""
+    """Replace every block projection (every linear but the lm_head, as `load_base_model`
+    quantizes a checkpoint) with a bitsandbytes NF4 Linear4bit (double quant)."""
     import bitsandbytes as bnb
 
     count = 0
-    for block in model.transformer.h:
-        for owner in (block.self_attention, block.mlp):
-            for name, old in list(owner.named_children()):
-                if not isinstance(old, torch.nn.Linear):
-                    continue
-                new = bnb.nn.Linear4bit(
-                    old.in_features,
-                    old.out_features,
-                    bias=False,
-                    compute_dtype=torch.bfloat16,
-                    compress_statistics=True,
-                    quant_type="nf4",
-                    device="meta",
-                )
-                new.weight = bnb.nn.Params4bit(
-                    old.weight.data,
-                    requires_grad=False,
-                    compress_statistics=True,
-                    quant_type="nf4",
-                ).cuda()
-                setattr(owner, name, new)
-                count += 1
+    owners = [m for n, m in model.named_modules() if n and not n.endswith("lm_head")]
+    for owner in owners:
+        for name, old in list(owner.named_children()):
+            if not isinstance(old, torch.nn.Linear) or name == "lm_head":
+                continue
+            new = bnb.nn.Linear4bit(
+                old.in_features,
+                old.out_features,
+                bias=old.bias is not None,
+                compute_dtype=torch.bfloat16,
+                compress_statistics=True,
+                quant_type="nf4",
+                device="meta",
+            )
+            new.weight = bnb.nn.Params4bit(
+                old.weight.data,
+                requires_grad=False,
+                compress_statistics=True,
+                quant_type="nf4",
+            ).cuda()
+            if old.bias is not None:
+                new.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
+            setattr(owner, name, new)
+            count += 1
     torch.cuda.empty_cache()
     return count
 
 
-def build_model(smoke: bool, work: Path) -> tuple[LoadedModel, Path]:
+def build_model(smoke: bool, work: Path, model: str = "falcon") -> tuple[LoadedModel, Path]:
     """The random-weight model (NF4 on CUDA), and a folder with its config for the registry."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = falcon_config(smoke)
+    config = model_config(model, smoke)
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    folder = work / ("falcon-tiny-random" if smoke else "falcon-7b-random")
+    folder = work / f"{model}-{'tiny' if smoke else 'full'}-random"
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     if smoke:
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        tiny = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
         return LoadedModel(
-            model, tokenizer, str(folder), torch.device("cpu"), torch.float32, "none"
+            tiny, tokenizer, str(folder), torch.device("cpu"), torch.float32, "none"
         ), folder
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
-    count = quantize_in_place(model)
+        built = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    count = quantize_in_place(built)
     loaded = LoadedModel(
-        model,
+        built,
         tokenizer,
         str(folder),
         torch.device("cuda"),
@@ -105,7 +148,13 @@ def build_model(smoke: bool, work: Path) -> tuple[LoadedModel, Path]:
     return loaded, folder
 
 
-def make_adapters(loaded: LoadedModel, folder: Path, work: Path, rank: int) -> list[Path]:
+def make_adapters(
+    loaded: LoadedModel,
+    folder: Path,
+    work: Path,
+    rank: int,
+    targets: tuple[str, ...] = FALCON_TARGETS,
+) -> list[Path]:
     """Random non-zero LoRA packages (bf16 files), each with a Teller manifest."""
     from peft import LoraConfig, get_peft_model
 
@@ -114,7 +163,7 @@ def make_adapters(loaded: LoadedModel, folder: Path, work: Path, rank: int) -> l
     for index in range(ADAPTERS):
         torch.manual_seed(100 + index)
         config = LoraConfig(
-            r=rank, lora_alpha=16, target_modules=FALCON_TARGETS, init_lora_weights=False
+            r=rank, lora_alpha=16, target_modules=list(targets), init_lora_weights=False
         )
         peft_model = get_peft_model(model, config)
         with torch.no_grad():
@@ -213,7 +262,7 @@ def check_logits(loaded: LoadedModel, adapter: Path, ids: list[int]) -> dict:
     """Lean forward vs PEFT on one prompt: relative L2 error of the logits, same argmax."""
     tensor = torch.tensor([ids], device=loaded.device)
     with peft_adapter(loaded, adapter) as model, torch.inference_mode():
-        lean = FalconBatch(model, slots=1, max_tokens=len(ids) + 1)
+        lean = batched_forward(model, slots=1, max_tokens=len(ids) + 1)
         ref = model(tensor).logits[0, -1].float()
         got = lean.prefill(0, ids, "a0")
         with model.disable_adapter():
@@ -262,6 +311,6 @@ def decode_bytes(model: Any, adapter: Path) -> int:
             state = module.weight.quant_state
             total += module.weight.numel() * module.weight.element_size()
             total += state.absmax.numel() * state.absmax.element_size()
-        elif isinstance(module, (torch.nn.LayerNorm, torch.nn.Linear)):
+        elif isinstance(module, torch.nn.Linear) or "Norm" in type(module).__name__:
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
     return total + (adapter / "adapter_model.safetensors").stat().st_size

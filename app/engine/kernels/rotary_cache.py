@@ -13,6 +13,11 @@ H200 12.6 % of bf16 outputs differed from torch's by a step or two of the last b
 `mul.rn` forbids that fusion, so the sm_90 PTX now rounds where torch does (checked on the PTX in
 tests/engine/test_rotary_cache.py, no GPU needed; bit-equality on a GPU is still to be measured).
 Where the kernel does not run (CPU, several KV heads), the torch path serves.
+
+`rotate_gqa_into_cache` is the same for the Llama family, whose q, k and v come from three
+projections and whose several KV heads each serve a group of query heads: one program per
+(row, head) over the H query heads, then the KV key heads (rotated into the cache), then the
+KV value heads (copied into it), as `LlamaBatch._rotate` and its indexed cache writes do.
 """
 
 from __future__ import annotations
@@ -62,6 +67,44 @@ def rotate_into_cache(
     return q
 
 
+def gqa_kernel_runs(x: torch.Tensor, head_dim: int) -> bool:
+    """True where `rotate_gqa_into_cache` runs for activations `x`: CUDA with triton, and a
+    power-of-two head size."""
+    return triton is not None and x.is_cuda and head_dim & (head_dim - 1) == 0
+
+
+def rotate_gqa_into_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """Rotated queries (B, H, 1, D), contiguous; the rotated keys and the values are written
+    into the caches at each row's position.
+
+    Args:
+        q: (B, H, 1, D) queries of one token per row (any strides with unit last stride).
+        k, v: (B, KV, 1, D) keys and values, likewise.
+        cos, sin: (T, D) rotary tables; row b uses entry `positions[b]`.
+        positions: (B,) where each row's token goes.
+        k_cache, v_cache: one layer's caches, (slots, KV, T, D); row b is slot b.
+    """
+    batch, heads, _, head_dim = q.shape
+    kv = k.shape[1]
+    out = torch.empty(batch, heads, 1, head_dim, dtype=q.dtype, device=q.device)
+    _rotary_gqa[(batch, heads + 2 * kv)](
+        q, k, v, cos, sin, positions, out, k_cache, v_cache,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        H=heads, KV=kv, D=head_dim, EXACT=os.environ.get("TRITON_INTERPRET") != "1",
+    )  # fmt: skip
+    return out
+
+
 if triton is not None:
 
     @triton.jit
@@ -106,3 +149,38 @@ if triton is not None:
                 tl.store(k_ptr + cache_at, out)
             else:
                 tl.store(q_ptr + (row * H + head) * D + i, out)
+
+    @triton.jit
+    def _rotated(src, cos_ptr, sin_ptr, pos, D: tl.constexpr, EXACT: tl.constexpr):
+        """`x * cos + rotate_half(x) * sin` of one head at `src`, rounded as torch does."""
+        i = tl.arange(0, D)
+        x = tl.load(src + i)
+        partner = tl.load(src + (i + D // 2) % D).to(tl.float32)
+        rotated = tl.where(i < D // 2, -partner, partner)  # rotate_half (exact in fp32)
+        c = tl.load(cos_ptr + pos * D + i)
+        s = tl.load(sin_ptr + pos * D + i)
+        first = _product(x.to(tl.float32), c.to(tl.float32), EXACT).to(x.dtype)
+        second = _product(rotated, s.to(tl.float32), EXACT).to(x.dtype)
+        return (first.to(tl.float32) + second.to(tl.float32)).to(x.dtype)
+
+    @triton.jit
+    def _rotary_gqa(
+        q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, kc_ptr, vc_ptr,
+        sq_row, sq_head, sk_row, sk_head, sv_row, sv_head, s_slot, s_head, s_pos,
+        H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, EXACT: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0)
+        head = tl.program_id(1)  # 0..H-1 queries, then KV keys, then KV values
+        pos = tl.load(pos_ptr + row)
+        i = tl.arange(0, D)
+        if head < H:
+            out = _rotated(q_ptr + row * sq_row + head * sq_head, cos_ptr, sin_ptr, pos, D, EXACT)
+            tl.store(out_ptr + (row * H + head) * D + i, out)
+        elif head < H + KV:
+            kv = head - H
+            out = _rotated(k_ptr + row * sk_row + kv * sk_head, cos_ptr, sin_ptr, pos, D, EXACT)
+            tl.store(kc_ptr + row * s_slot + kv * s_head + pos * s_pos + i, out)
+        else:
+            kv = head - H - KV
+            value = tl.load(v_ptr + row * sv_row + kv * sv_head + i)
+            tl.store(vc_ptr + row * s_slot + kv * s_head + pos * s_pos + i, value)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.kernels import rotary_cache
 from app.engine.kernels.row_norm import rms_norm_row
 from app.engine.models.lora_bank import LoraBank, read_peft_factors
 from app.engine.models.peft_layout import adapter_reason, base_model
@@ -306,11 +307,18 @@ class LlamaBatch:
         sin = self.sin[positions].view(batch, 1, 1, -1)
         visible = decode_visibility(positions, context)  # (B, 1, 1, T)
         groups = self.n_heads // self.n_kv
+        fused_rotary = rotary_cache.gqa_kernel_runs(x, self.head_dim)
 
         def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q, k = self._rotate(q, k, cos, sin)  # (B, H, 1, D), (B, KV, 1, D)
-            self.k_cache[index, rows, :, positions] = k[:, :, 0]
-            self.v_cache[index, rows, :, positions] = v[:, :, 0]
+            if fused_rotary:  # one launch: rotation, and K/V straight into the cache
+                q = rotary_cache.rotate_gqa_into_cache(
+                    q, k, v, self.cos, self.sin, positions, self.k_cache[index],
+                    self.v_cache[index],
+                )  # fmt: skip
+            else:
+                q, k = self._rotate(q, k, cos, sin)  # (B, H, 1, D), (B, KV, 1, D)
+                self.k_cache[index, rows, :, positions] = k[:, :, 0]
+                self.v_cache[index, rows, :, positions] = v[:, :, 0]
             keys = self.k_cache[index, :batch, :, :context]  # (B, KV, T, D)
             values = self.v_cache[index, :batch, :, :context]
             grouped = q.view(batch, self.n_kv, groups, self.head_dim)  # (B, KV, H/KV, D)

@@ -84,3 +84,56 @@ def test_compiled_kernel_rounds_each_product_like_torch():
     assert "fma" not in ptx
     assert ptx.count("mul.rn.f32") == 2
     assert ptx.count("cvt.rn.bf16.f32") == 2
+
+
+GQA_CHECK = textwrap.dedent(
+    """
+    import json, types, torch
+    from app.engine.models.llama import LlamaBatch
+    from app.engine.kernels.rotary_cache import rotate_gqa_into_cache
+    torch.manual_seed(0)
+    heads, kv, dim, slots, tokens = 8, 2, 16, 4, 32
+    report = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        inv = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+        angles = torch.outer(torch.arange(tokens).float(), inv)
+        table = torch.cat([angles, angles], dim=-1)
+        cos, sin = table.cos().to(dtype), table.sin().to(dtype)
+        positions = torch.tensor([0, tokens - 1, 7])
+        # views as LlamaBatch._heads makes them: (B, 1, n*D) -> (B, n, 1, D)
+        q = torch.randn(3, 1, heads * dim).to(dtype).view(3, 1, heads, dim).transpose(1, 2)
+        k = torch.randn(3, 1, kv * dim).to(dtype).view(3, 1, kv, dim).transpose(1, 2)
+        v = torch.randn(3, 1, kv * dim).to(dtype).view(3, 1, kv, dim).transpose(1, 2)
+        shape = (slots, kv, tokens, dim)
+        k_ref, v_ref = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+        k_got, v_got = k_ref.clone(), v_ref.clone()
+
+        c = cos[positions].view(3, 1, 1, dim)
+        s = sin[positions].view(3, 1, 1, dim)
+        q_ref, k_rot = LlamaBatch._rotate(None, q, k, c, s)
+        rows = torch.arange(3)
+        k_ref[rows, :, positions] = k_rot[:, :, 0]
+        v_ref[rows, :, positions] = v[:, :, 0]
+
+        q_got = rotate_gqa_into_cache(q, k, v, cos, sin, positions, k_got, v_got)
+
+        def rel(a, b):
+            return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+        report[str(dtype)] = {
+            "q": rel(q_got, q_ref), "q_shape": list(q_got.shape),
+            "k": rel(k_got, k_ref), "v_equal": bool(torch.equal(v_got, v_ref)),
+            "untouched": bool(torch.equal(k_got[3], k_ref[3])),
+        }
+    print(json.dumps(report))
+    """
+)
+
+
+def test_gqa_kernel_matches_the_llama_decode_path():
+    report = run_json(GQA_CHECK)
+    for dtype, found in report.items():
+        tolerance = 1e-6 if "float32" in dtype else 1e-2
+        assert found["q"] < tolerance and found["k"] < tolerance, (dtype, found)
+        assert found["q_shape"] == [3, 8, 1, 16]
+        assert found["v_equal"] and found["untouched"], (dtype, found)
