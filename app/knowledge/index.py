@@ -10,7 +10,9 @@ higher better.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sqlalchemy import bindparam, text
@@ -27,6 +29,12 @@ POSTGRES_SEARCH = text(
     "WHERE c.search @@ q AND c.knowledge_base_id IN :bases "
     "ORDER BY score DESC, c.id LIMIT :limit"
 ).bindparams(bindparam("bases", expanding=True))
+
+
+POSTGRES_COUNT = text(
+    "SELECT count(*) FROM knowledge_chunks WHERE search @@ to_tsquery('english', :match)"
+)
+POSTGRES_ROWS = text("SELECT max(id) - min(id) + 1 FROM knowledge_chunks")
 
 
 class LexicalIndex(Protocol):
@@ -51,6 +59,41 @@ COMMON_SHARE = 0.2
 """Terms found in more than this share of passages are left out of the candidate query."""
 
 
+_counts: OrderedDict[tuple[str, str, int], int] = OrderedDict()
+_counts_lock = threading.Lock()
+
+
+def _counted(scope: str, word: str, rows: int, count: Callable[[str], int | None]) -> int:
+    """How many passages hold `word`, remembered while the index keeps its size (a count is
+    an index scan; the same words recur from question to question)."""
+    key = (scope, word, rows)
+    with _counts_lock:
+        if key in _counts:
+            _counts.move_to_end(key)
+            return _counts[key]
+    value = count(word) or 0
+    with _counts_lock:
+        _counts[key] = value
+        while len(_counts) > 4096:
+            _counts.popitem(last=False)
+    return value
+
+
+def selective(
+    words: Sequence[str], *, scope: str, rows: int, count: Callable[[str], int | None]
+) -> list[str]:
+    """`words` less those found in more than `COMMON_SHARE` of `rows` passages; the two
+    rarest when every one is common. Small indexes keep every word. `scope` names the
+    database the counts belong to."""
+    if rows < 200:
+        return list(words)
+    counts = {w: _counted(scope, w, rows, count) for w in words}
+    kept = [w for w in words if 0 < counts[w] <= COMMON_SHARE * rows]
+    if not kept:
+        kept = sorted((w for w in words if counts[w]), key=counts.__getitem__)[:2]
+    return kept
+
+
 class SqliteFts:
     """FTS5 with the Porter stemmer; BM25 with the title weighted down (it is in every
     passage of a document, so it only separates documents).
@@ -64,18 +107,12 @@ class SqliteFts:
     name = "sqlite-fts5-bm25"
 
     def selective(self, session: Session, words: Sequence[str]) -> list[str]:
-        """`words` less the common ones; the two rarest when every one is common."""
-        rows = session.scalar(SQLITE_ROWS) or 0
-        if rows < 200:
-            return list(words)
-        counts = {
-            w: session.scalar(SQLITE_COUNT, {"match": f'{TEXT_COLUMNS} : "{w}"'}) or 0
-            for w in words
-        }
-        kept = [w for w in words if 0 < counts[w] <= COMMON_SHARE * rows]
-        if not kept:
-            kept = sorted((w for w in words if counts[w]), key=counts.__getitem__)[:2]
-        return kept
+        return selective(
+            words,
+            scope=str(session.get_bind().url),
+            rows=session.scalar(SQLITE_ROWS) or 0,
+            count=lambda w: session.scalar(SQLITE_COUNT, {"match": f'{TEXT_COLUMNS} : "{w}"'}),
+        )
 
     def search(
         self,
@@ -98,7 +135,8 @@ class SqliteFts:
 
 class PostgresFts:
     """PostgreSQL's English text search: a weighted tsvector (text A, title and section B),
-    ranked by cover density (`ts_rank_cd`, normalised by document length)."""
+    ranked by cover density (`ts_rank_cd`, normalised by document length). Common words are
+    left out of the candidate query as on SQLite: ranking reads every matching row's vector."""
 
     name = "postgresql-ts_rank_cd"
 
@@ -111,6 +149,14 @@ class PostgresFts:
         limit: int,
     ) -> list[tuple[int, float]]:
         if not words or not knowledge_base_ids:
+            return []
+        words = selective(
+            words,
+            scope=str(session.get_bind().url),
+            rows=session.scalar(POSTGRES_ROWS) or 0,
+            count=lambda w: session.scalar(POSTGRES_COUNT, {"match": w}),
+        )
+        if not words:
             return []
         match = " | ".join(words)  # letters and digits only: no operator can be injected
         rows = session.execute(

@@ -198,3 +198,19 @@ def test_a_user_may_answer_from_every_knowledge_base_until_groups_exist(
             policies.id,
             filings.id,
         ]
+
+
+def test_common_words_leave_the_candidate_query_of_a_large_index() -> None:
+    from app.knowledge.index import selective
+
+    counts = {"total": 900, "revenue": 150, "2022": 990, "figma": 3}
+    kept = selective(list(counts), scope="test-a", rows=1000, count=counts.get)
+    assert kept == ["revenue", "figma"]
+    assert selective(["total", "2022"], scope="test-a", rows=1000, count=counts.get) == [
+        "total",
+        "2022",
+    ], "all common: the two rarest"
+    assert selective(["total", "nowhere"], scope="test-b", rows=100, count=counts.get) == [
+        "total",
+        "nowhere",
+    ], "a small index keeps every word"
