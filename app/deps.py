@@ -9,6 +9,8 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.service import AdapterService
+from app.answers.lifecycle import AnswerContext, record_refusal
+from app.answers.limits import LimitExceeded, UserLimits
 from app.answers.streams import ActiveStreams
 from app.auth.access import NotSignedIn
 from app.auth.sessions import SignedIn, signed_in
@@ -46,6 +48,18 @@ def get_adapters(request: Request) -> AdapterService:
     return request.app.state.adapters
 
 
+def get_limits(request: Request) -> UserLimits:
+    return request.app.state.limits
+
+
+def get_answers(request: Request) -> AnswerContext:
+    """What every answer needs (engine, adapters, limits, ...); 503 while the model loads."""
+    answers = getattr(request.app.state, "answers", None)
+    if answers is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "The model is still loading.")
+    return answers
+
+
 def require_signed_in(request: Request) -> SignedIn:
     """Raises NotSignedIn (pages redirect to /login, the rest get 401) without a valid session."""
     info = signed_in(request)
@@ -74,11 +88,32 @@ def require_admin(user: Annotated[User, Depends(get_current_user)]) -> User:
     return user
 
 
+def message_allowed(request: Request, user: Annotated[User, Depends(get_current_user)]) -> None:
+    """Route dependency for a chat message that will be answered: count it, or refuse it.
+
+    Raises:
+        LimitExceeded: over the user's message rate (audited; answered 429 with Retry-After).
+    """
+    try:
+        get_limits(request).check_message(user.id)
+    except LimitExceeded as exc:
+        with request.app.state.session_factory() as session:
+            record_refusal(
+                session=session,
+                user_id=user.id,
+                where={"endpoint": request.url.path},
+                reason=exc.message,
+            )
+        raise
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
+LimitsDep = Annotated[UserLimits, Depends(get_limits)]
+AnswersDep = Annotated[AnswerContext, Depends(get_answers)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(require_admin)]

@@ -16,10 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.adapters.service import start_adapter_service, stop_adapter_service
 from app.admin.adapters import router as admin_adapters_router
 from app.admin.adapters_api import router as admin_adapters_api_router
+from app.admin.adapters_compare import CompareJobs
 from app.admin.audit import router as admin_audit_router
 from app.admin.router import router as admin_router
 from app.admin.status import router as admin_status_router
 from app.admin.users import router as admin_users_router
+from app.answers.lifecycle import AnswerContext
+from app.answers.limits import LimitExceeded, UserLimits
 from app.answers.recovery import recover_interrupted
 from app.answers.streams import ActiveStreams
 from app.audit.head_log import export_at_shutdown, head_export_loop
@@ -39,6 +42,7 @@ from app.openai_api.router import openai_error_handler
 from app.openai_api.router import router as openai_router
 from app.openai_api.schemas import OpenAIError
 from app.ops.body_limit import UPLOAD_SLACK_BYTES, BodyLimitMiddleware
+from app.ops.metrics import registry_for
 from app.ops.requests import RequestContextMiddleware
 from app.ops.router import router as ops_router
 from app.store.db import make_engine, make_session_factory, migrate
@@ -64,9 +68,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     with app.state.session_factory() as session:
         recover_interrupted(session=session)  # what a crash left open: audited, marked stopped
     app.state.streams = ActiveStreams()
+    app.state.limits = UserLimits(settings.messages_per_minute, settings.max_concurrent_streams)
+    app.state.compare_jobs = CompareJobs()
+    app.state.metrics_registry = registry_for(app.state)
     engine = app.state.engine_override or await asyncio.to_thread(build_engine, settings)
     app.state.engine = engine
     app.state.adapters = await start_adapter_service(settings, engine)
+    app.state.answers = AnswerContext(
+        settings=settings,
+        engine=engine,
+        adapters=app.state.adapters,
+        limits=app.state.limits,
+        session_factory=app.state.session_factory,
+        streams=app.state.streams,
+    )
     # Documents queued or left half-indexed by a crash are picked up by the ingestion worker.
     app.state.knowledge = await asyncio.to_thread(
         start_knowledge, settings, app.state.session_factory
@@ -85,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.engine_override is None:
             await engine.close()
         app.state.engine = None
+        app.state.answers = None
         database.dispose()
 
 
@@ -148,6 +164,16 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
         if is_htmx(request) or "text/html" in request.headers.get("accept", ""):
             return PlainTextResponse(message, status_code=400)
         return JSONResponse({"detail": message}, status_code=400)
+
+    @app.exception_handler(LimitExceeded)
+    async def over_limit(request: Request, exc: LimitExceeded) -> Response:
+        """429 with Retry-After; an HTMX form shows the sentence where its errors go."""
+        headers = {"Retry-After": str(exc.retry_after)}
+        if is_htmx(request):
+            headers |= {"HX-Retarget": "#composer-error", "HX-Reswap": "innerHTML"}
+        if is_htmx(request) or "text/html" in request.headers.get("accept", ""):
+            return PlainTextResponse(exc.message, status_code=429, headers=headers)
+        return JSONResponse({"detail": exc.message}, status_code=429, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,4 +1,4 @@
-"""Per-user limits: messages per minute and answers generating at once (→ 429 + Retry-After).
+"""Per-user limits: messages per minute and answers generating at once.
 
 Kept in process memory: they protect this server's model from one user, so they need no
 persistence, and a restart (which ends every stream anyway) rightly resets them.
@@ -10,29 +10,17 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from fastapi import HTTPException, Request, status
-
-from app.audit import service as audit
-from app.deps import CurrentUser
 
 
-class LimitExceeded(HTTPException):
-    """429 with a sentence saying what to wait for, and `Retry-After` in seconds."""
+class LimitExceeded(Exception):  # noqa: N818 - the name callers already know
+    """A user is over a limit: a sentence saying what to wait for, and when to retry.
+
+    Each surface turns it into its own wire format (the chat's 429 fragment, `/v1`'s error).
+    """
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            message,
-            headers={
-                "Retry-After": str(max(1, retry_after)),
-                # An HTMX form shows the sentence where its errors go, not in the chat.
-                "HX-Retarget": "#composer-error",
-                "HX-Reswap": "innerHTML",
-            },
-        )
+        super().__init__(message)
+        self.message = message
         self.retry_after = max(1, retry_after)
 
 
@@ -112,51 +100,6 @@ class UserLimits:
             else:
                 self._streams.pop(user_id, None)
 
-    @contextmanager
-    def stream(self, user_id: int) -> Iterator[None]:
-        """A slot held for the duration of a block (API handlers that stream in one call)."""
-        slot = self.acquire_stream(user_id)
-        try:
-            yield
-        finally:
-            slot.release()
-
     def active_streams(self, user_id: int) -> int:
         with self._lock:
             return self._streams.get(user_id, 0)
-
-
-_create_lock = threading.Lock()
-
-
-def limits_for(app: object) -> UserLimits:
-    """The app's one `UserLimits`, made on first use from its settings."""
-    state = app.state  # type: ignore[attr-defined]
-    limits = getattr(state, "user_limits", None)
-    if limits is None:
-        with _create_lock:
-            limits = getattr(state, "user_limits", None)
-            if limits is None:
-                settings = state.settings
-                limits = UserLimits(settings.messages_per_minute, settings.max_concurrent_streams)
-                state.user_limits = limits
-    return limits
-
-
-def message_allowed(request: Request, user: CurrentUser) -> None:
-    """Route dependency for anything that starts a generation (chat and API messages).
-
-    Raises:
-        LimitExceeded: 429 with Retry-After.
-    """
-    try:
-        limits_for(request.app).check_message(user.id)
-    except LimitExceeded as exc:
-        with request.app.state.session_factory() as session:
-            audit.record_event(
-                session=session,
-                action=audit.RATE_LIMITED,
-                actor_id=user.id,
-                details={"endpoint": request.url.path, "reason": exc.detail},
-            )
-        raise

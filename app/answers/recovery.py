@@ -1,7 +1,7 @@
 """At start: close in the audit trail what a crash left open.
 
-Every answer writes an audit row when it starts generating (`chat.answer_started`,
-`api.call_started`) and one when it ends (`chat.answer`, `api.call`). After `kill -9` or a
+Every answer writes an audit row when it starts generating (the `started`
+action of its `AnswerKind`) and one when it ends (`ended`). After `kill -9` or a
 power cut the end row is missing; the next start appends `*.interrupted` for each started
 answer without an end, marks chat answers still `streaming` as `stopped`, and then writes
 `server.started`, which is where the next start's search begins (so the work at start is
@@ -21,36 +21,26 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.answers.kinds import CHAT, KINDS, AnswerKind
 from app.audit import service as audit
 from app.store import crud
 from app.store.models import AuditRecord, Message
 
 log = logging.getLogger(__name__)
 
-CHAT_ANSWER_STARTED = "chat.answer_started"
-CHAT_ANSWER_INTERRUPTED = "chat.answer_interrupted"
-API_CALL_STARTED = "api.call_started"
-API_CALL_INTERRUPTED = "api.call_interrupted"
 SERVER_STARTED = "server.started"
 
-KEPT_DETAILS = ("conversation_id", "message_id", "call_id", "endpoint", "key_id", "ip", "model")
-"""What an `*.interrupted` row repeats from its start row (the prompt stays there)."""
-
-
-@dataclass(frozen=True)
-class Lifecycle:
-    """The audit actions of one kind of answer, and the detail that pairs start and end."""
-
-    started: str
-    ended: str
-    interrupted: str
-    key: str
-
-
-LIFECYCLES = (
-    Lifecycle(CHAT_ANSWER_STARTED, audit.CHAT_ANSWER, CHAT_ANSWER_INTERRUPTED, "message_id"),
-    Lifecycle(API_CALL_STARTED, audit.API_CALL, API_CALL_INTERRUPTED, "call_id"),
+KEPT_DETAILS = (
+    "conversation_id",
+    "message_id",
+    "call_id",
+    "answer_id",
+    "endpoint",
+    "key_id",
+    "ip",
+    "model",
 )
+"""What an `*.interrupted` row repeats from its start row (the prompt stays there)."""
 
 
 @dataclass(frozen=True)
@@ -70,19 +60,19 @@ def _rows(session: Session, actions: list[str], after: int) -> list[tuple[Any, .
     return [tuple(row) for row in session.execute(query)]
 
 
-def unfinished(session: Session) -> list[tuple[Lifecycle, int, int | None, dict[str, Any]]]:
+def unfinished(session: Session) -> list[tuple[AnswerKind, int, int | None, dict[str, Any]]]:
     """(lifecycle, start row id, actor, start details) of answers started since the last
     `server.started` that never ended."""
     since = session.scalar(
         select(func.max(AuditRecord.id)).where(AuditRecord.action == SERVER_STARTED)
     )
-    starts = _rows(session, [life.started for life in LIFECYCLES], since or 0)
+    starts = _rows(session, [life.started for life in KINDS], since or 0)
     if not starts:
         return []
-    by_action = {life.started: life for life in LIFECYCLES}
-    by_action.update({life.ended: life for life in LIFECYCLES})
+    by_action = {life.started: life for life in KINDS}
+    by_action.update({life.ended: life for life in KINDS})
     ended = set()
-    for _, action, _, details in _rows(session, [life.ended for life in LIFECYCLES], starts[0][0]):
+    for _, action, _, details in _rows(session, [life.ended for life in KINDS], starts[0][0]):
         life = by_action[action]
         ended.add((life.started, json.loads(details).get(life.key)))
     found = []
@@ -100,7 +90,7 @@ def recover_interrupted(*, session: Session) -> Recovered:
     for life, record_id, actor_id, values in open_answers:
         details = {key: values[key] for key in KEPT_DETAILS if key in values}
         details.update(started_record=record_id, status="interrupted")
-        if life.started == CHAT_ANSWER_STARTED:
+        if life is CHAT:
             message = session.get(Message, values.get("message_id"))
             details["text"] = message.content if message is not None else None
         audit.record_event(

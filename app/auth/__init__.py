@@ -1,1 +1,1 @@
-"""Accounts: users, passwords, server-side sessions, login throttling and per-user limits."""
+"""Accounts: users, passwords, server-side sessions and sign-in throttling."""

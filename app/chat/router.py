@@ -11,18 +11,20 @@ from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from app.auth.limits import limits_for, message_allowed
+from app.answers.kinds import CHAT
+from app.answers.lifecycle import Answer
 from app.chat import service
 from app.chat.schemas import ChatInputError
 from app.deps import (
     AdaptersDep,
+    AnswersDep,
     CurrentUser,
-    EngineDep,
     SessionDep,
-    SessionFactoryDep,
     SettingsDep,
     StreamsDep,
+    message_allowed,
 )
+from app.ops.requests import client_ip
 from app.store import crud
 from app.store.models import Conversation, Message
 from app.web.templating import is_htmx, render, render_fragment
@@ -175,34 +177,30 @@ async def stream_message(
     request: Request,
     conversation: ConversationDep,
     session: SessionDep,
-    session_factory: SessionFactoryDep,
-    engine: EngineDep,
-    streams: StreamsDep,
-    settings: SettingsDep,
-    adapters: AdaptersDep,
+    answers: AnswersDep,
     message_id: int,
 ) -> EventSourceResponse:
-    """SSE: `token` events carry escaped text to append; `done` carries the final message HTML."""
+    """SSE: `token` events carry escaped text to append; `done` carries the final message HTML.
+
+    Raises:
+        LimitExceeded: every one of the user's generation slots is busy (429).
+    """
     message = crud.get_message(session=session, conversation=conversation, message_id=message_id)
     if message is None or message.role != "assistant":
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such answer in this conversation.")
     session.close()
-    # 429 when all the user's generation slots are busy.
-    slot = limits_for(request.app).acquire_stream(conversation.user_id)
+    answer = Answer.reserve(
+        answers,
+        CHAT,
+        user_id=conversation.user_id,
+        where={"endpoint": request.url.path, "ip": client_ip(request)},
+    )
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        async for update in service.stream_answer(
-            session_factory=session_factory,
-            engine=engine,
-            streams=streams,
-            settings=settings,
-            message=message,
-            adapters=adapters,
-        ):
+        async for update in service.stream_answer(answer=answer, message=message):
             if update.kind == "token":
                 yield ServerSentEvent(html.escape(update.text), event="token")
             else:
-                slot.release()
                 if update.message is not None and update.message.status == "error":
                     # Tell a failure (e.g. out of GPU memory) apart from an answer that ended.
                     yield ServerSentEvent(html.escape(update.message.error or ""), event="error")
@@ -210,10 +208,10 @@ async def stream_message(
                     _message_html(request, conversation, update.message), event="done"
                 )
 
-    # Released before "done" is sent, and in any case when the response ends (even if the
-    # stream never started).
-    release = BackgroundTask(slot.release)
-    return EventSourceResponse(events(), ping=15, send_timeout=30, background=release)
+    # The answer closes itself before "done"; this closes it if the stream never started.
+    return EventSourceResponse(
+        events(), ping=15, send_timeout=30, background=BackgroundTask(answer.close_now)
+    )
 
 
 def _message_html(request: Request, conversation: Conversation, message: Message | None) -> str:

@@ -10,7 +10,6 @@ when generation starts and one when it ends, so an answer cut by a crash still s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,33 +18,24 @@ from typing import Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.errors import AdapterError
-from app.adapters.service import AdapterService, Lease
+from app.adapters.service import AdapterService
 from app.answers.input_limits import newest_turns
-from app.answers.owner import owner_disabled
-from app.answers.recovery import CHAT_ANSWER_STARTED
-from app.answers.streams import ActiveStreams, Running
+from app.answers.lifecycle import Answer
+from app.answers.streams import ActiveStreams
 from app.audit import service as audit
 from app.chat.schemas import ChatInputError
 from app.config import Settings
 from app.contract import ChatMessage
 from app.engine.types import (
-    Engine,
-    EngineBusy,
     EngineError,
-    FinishEvent,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
 )
-from app.ops import metrics
 from app.store import crud
 from app.store.models import Conversation, Message, MessageStatus, User
 
 TITLE_CHARS = 60
-CHECKPOINT_SECONDS = 2.0
-"""How often a streaming answer is written to the database, so a crash loses little (and the
-owner's account is checked, so a disabled user's answer stops)."""
-
 CONVERSATION_RENAMED = "chat.conversation_renamed"
 
 
@@ -170,157 +160,88 @@ def _history(session: Session, message: Message, settings: Settings) -> list[Cha
     )
 
 
-async def stream_answer(
-    *,
-    session_factory: sessionmaker[Session],
-    engine: Engine,
-    streams: ActiveStreams,
-    settings: Settings,
-    message: Message,
-    adapters: AdapterService | None = None,
-) -> AsyncIterator[StreamUpdate]:
-    """Generate a pending answer, yielding tokens, then the stored message.
+async def stream_answer(*, answer: Answer, message: Message) -> AsyncIterator[StreamUpdate]:
+    """Generate a pending answer on a reserved `answer`, yielding tokens, then the stored message.
 
     A message that is not pending (already answered, or being answered elsewhere) yields its
-    stored state at once, so reloading a page never starts a second generation.
+    stored state at once, so reloading a page never starts a second generation. The answer is
+    closed (slot, lease, audit row) before the stored message is yielded.
     """
-    with session_factory() as session:
-        message = session.merge(message)
-        if not crud.claim_pending(session=session, message=message):
-            yield StreamUpdate("done", message=message)
-            return
-        history = _history(session, message, settings)
-        choice = message.conversation.adapter
-        owner_id = message.conversation.user_id
-        message.model = engine.info.model
-        session.commit()
-        request = GenerationRequest(messages=history, sampling=sampling_for(settings))
-        audit.record_event(
-            session=session,
-            action=CHAT_ANSWER_STARTED,
-            actor_id=owner_id,
-            details={
-                "conversation_id": message.conversation_id,
-                "message_id": message.id,
-                "model": message.model,
-                "adapter": choice,
-                "sampling": dataclasses.asdict(request.sampling),
-            },
-        )
-    running = streams.register(
-        Running(owner_id, request.cancel, message.conversation_id, message.id)
-    )
-    started, first_token_at = time.monotonic(), None
-    parts: list[str] = []
-    status, error = MessageStatus.STOPPED, None
-    prompt_tokens = completion_tokens = None
-    last_checkpoint = time.monotonic()
-    lease: Lease | None = None
+    ctx = answer.ctx
+    message_id: int | None = None
     try:
-        if adapters is not None:
-            # Held until the answer ends: a newer version may load meanwhile, this one stays.
-            lease = await adapters.acquire(choice)
-            request.adapter = lease.engine_name
-        async for event in engine.generate(request):
-            if isinstance(event, TokenEvent):
-                parts.append(event.text)
-                first_token_at = first_token_at or time.monotonic()
-                yield StreamUpdate("token", text=event.text)
-                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                    last_checkpoint = time.monotonic()
-                    if not _checkpoint(session_factory, message.id, "".join(parts), owner_id):
-                        request.cancel.set()  # stored as stopped, like Stop
-            elif isinstance(event, FinishEvent):
-                prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
-                if event.reason == "error":
-                    status, error = MessageStatus.ERROR, event.error or "generation failed"
-                elif event.reason != "cancelled":
-                    status = MessageStatus.COMPLETE
-    except EngineBusy as exc:
-        status, error = MessageStatus.ERROR, str(exc)
-    except (EngineError, AdapterError) as exc:
-        status, error = MessageStatus.ERROR, str(exc)
+        with ctx.session_factory() as session:
+            message = session.merge(message)
+            if not crud.claim_pending(session=session, message=message):
+                yield StreamUpdate("done", message=message)
+                return
+            history = _history(session, message, ctx.settings)
+            choice = message.conversation.adapter
+            message.model = ctx.engine.info.model
+            session.commit()
+            message_id, conversation_id = message.id, message.conversation_id
+        try:
+            await answer.start(
+                GenerationRequest(messages=history, sampling=sampling_for(ctx.settings)),
+                choice=choice,
+                details={
+                    "conversation_id": conversation_id,
+                    "message_id": message_id,
+                    "model": ctx.engine.info.model,
+                },
+                conversation_id=conversation_id,
+                message_id=message_id,
+                checkpoint=lambda text: _checkpoint(ctx.session_factory, message_id, text),
+                log_prompt=history[-1].content if history else None,
+            )
+            async for event in answer.events():
+                if isinstance(event, TokenEvent):
+                    yield StreamUpdate("token", text=event.text)
+        except (EngineError, AdapterError) as exc:
+            answer.error = str(exc)
     finally:
         # Runs on normal end, Stop, client disconnect (CancelledError/GeneratorExit) alike.
-        request.cancel.set()
-        streams.unregister(running)
-        if lease is not None and adapters is not None:
-            adapters.release(lease)
-        with session_factory() as session:
-            stored = session.get(Message, message.id)
-            if stored is not None:
-                if lease is not None and lease.version is not None:
-                    stored.adapter_name = lease.version.name
-                    stored.adapter_version = lease.version.version
-                    stored.adapter_sha256 = lease.version.sha256
-                crud.finish_message(
-                    session=session,
-                    message=stored,
-                    content="".join(parts),
-                    status=status,
-                    error=error,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                )
-                _audit_answer(session, stored, request, started, first_token_at)
-                message = stored
-        metrics.record_answer(
-            surface="chat",
-            status=getattr(status, "value", str(status)),
-            completion_tokens=len(parts) if completion_tokens is None else completion_tokens,
-            first_token_seconds=None if first_token_at is None else first_token_at - started,
-            error=error,
-            log_text=settings.log_prompts,
-            prompt=history[-1].content if history else None,
-            answer="".join(parts),
-        )
+        if message_id is not None:
+            answer.request.cancel.set()
+            message = _store_answer(ctx.session_factory, message_id, answer) or message
+        await answer.close()
     yield StreamUpdate("done", message=message)
 
 
-def _audit_answer(
-    session: Session,
-    message: Message,
-    request: GenerationRequest,
-    started: float,
-    first_token_at: float | None,
-) -> None:
-    """One audit row per answer: who, where, which model and adapter, how, how long."""
-    audit.record_event(
-        session=session,
-        action=audit.CHAT_ANSWER,
-        actor_id=message.conversation.user_id,
-        details={
-            "conversation_id": message.conversation_id,
-            "message_id": message.id,
-            "model": message.model,
-            "adapter_name": message.adapter_name,
-            "adapter_version": message.adapter_version,
-            "adapter_sha256": message.adapter_sha256,
-            "sampling": dataclasses.asdict(request.sampling),
-            "prompt_tokens": message.prompt_tokens,
-            "completion_tokens": message.completion_tokens,
-            "first_token_ms": (
-                None if first_token_at is None else round((first_token_at - started) * 1000)
-            ),
-            "total_ms": round((time.monotonic() - started) * 1000),
-            "status": message.status,
-            "error": message.error,
-            "text": message.content,
-        },
-    )
+_STATUS = {
+    "complete": MessageStatus.COMPLETE,
+    "stopped": MessageStatus.STOPPED,
+    "error": MessageStatus.ERROR,
+}
 
 
-def _checkpoint(
-    session_factory: sessionmaker[Session], message_id: int, content: str, owner_id: int
-) -> bool:
-    """Store the text so far; False when the owner's account was disabled meanwhile (maybe by
-    `teller users disable` in another process), so the answer must stop."""
+def _store_answer(
+    session_factory: sessionmaker[Session], message_id: int, answer: Answer
+) -> Message | None:
+    """The answer's text, status, tokens and adapter version on its message."""
+    finish = answer.finish
     with session_factory() as session:
         stored = session.get(Message, message_id)
-        if stored is not None:
-            stored.content = content
-            session.commit()
-        return not owner_disabled(session=session, user_id=owner_id)
+        if stored is None:  # the conversation was deleted meanwhile
+            return None
+        version = answer.version
+        crud.finish_message(
+            session=session,
+            message=stored,
+            content=answer.text,
+            status=_STATUS[answer.status],
+            error=answer.error,
+            prompt_tokens=finish.prompt_tokens if finish else None,
+            completion_tokens=finish.completion_tokens if finish else None,
+            adapter=(version.name, version.version, version.sha256) if version else None,
+        )
+        return stored
+
+
+def _checkpoint(session_factory: sessionmaker[Session], message_id: int, content: str) -> None:
+    """Store the text so far, so a crash loses at most a few seconds of it."""
+    with session_factory() as session:
+        crud.save_partial_answer(session=session, message_id=message_id, content=content)
 
 
 def rename_conversation(

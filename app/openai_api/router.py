@@ -18,8 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 
-from app.auth.limits import limits_for
-from app.auth.sessions import client_ip
+from app.answers.lifecycle import Answer, AnswerContext
 from app.engine.types import TokenEvent
 from app.keys import service as keys
 from app.openai_api import service
@@ -41,12 +40,14 @@ from app.openai_api.schemas import (
     completion_id,
     now,
 )
-from app.openai_api.service import ApiCall, ApiContext, Caller
+from app.openai_api.service import Caller
 from app.ops.body_limit import BodyTooLarge
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
 from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
+from app.ops.requests import client_ip
 
 router = APIRouter(prefix="/v1")
+DONE = "data: [DONE]\n\n"
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -74,24 +75,18 @@ def api_caller(request: Request) -> Caller:
         return Caller(user.id, user.username, key.id, client_ip(request))
 
 
-def api_context(request: Request) -> ApiContext:
-    state = request.app.state
-    if getattr(state, "engine", None) is None:
+def api_context(request: Request) -> AnswerContext:
+    """What an answer needs; 503 in OpenAI's shape while the model loads."""
+    answers = getattr(request.app.state, "answers", None)
+    if answers is None:
         raise OpenAIError(
             503, "The model is still loading.", type="server_error", headers={"Retry-After": "5"}
         )
-    return ApiContext(
-        settings=state.settings,
-        engine=state.engine,
-        adapters=getattr(state, "adapters", None),
-        limits=limits_for(request.app),
-        session_factory=state.session_factory,
-        streams=state.streams,
-    )
+    return answers
 
 
 CallerDep = Annotated[Caller, Depends(api_caller)]
-ContextDep = Annotated[ApiContext, Depends(api_context)]
+ContextDep = Annotated[AnswerContext, Depends(api_context)]
 
 
 async def parse_body(request: Request, model: type[Body]) -> Body:
@@ -130,18 +125,18 @@ def get_model(model_id: str, caller: CallerDep, ctx: ContextDep) -> ModelCard:
 # ---- generation ---------------------------------------------------------------------------
 
 
-def _finish_reason(call: ApiCall) -> str:
+def _finish_reason(call: Answer) -> str:
     return "length" if call.finish is not None and call.finish.reason == "length" else "stop"
 
 
-def _usage(call: ApiCall) -> Usage:
+def _usage(call: Answer) -> Usage:
     finish = call.finish
     return Usage.of(
         finish.prompt_tokens if finish else 0, finish.completion_tokens if finish else 0
     )
 
 
-async def _collect(request: Request, call: ApiCall) -> None:
+async def _collect(request: Request, call: Answer) -> None:
     """Read the whole answer; a client that hangs up meanwhile cancels the generation.
 
     The disconnect is awaited with a blocking `receive()` (as Starlette's streaming responses
@@ -165,7 +160,7 @@ async def _collect(request: Request, call: ApiCall) -> None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        call.close()
+        await call.close()
     if answer.cancelled():
         return
     answer.result()
@@ -190,18 +185,29 @@ def _sse(payload: BaseModel | dict[str, Any]) -> str:
     return f"data: {data}\n\n"
 
 
-def _error_chunk(call: ApiCall) -> str:
+def _error_chunk(call: Answer) -> str:
     error = OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
     return _sse(error.body())
 
 
-def _stream(call: ApiCall, chunks: AsyncIterator[str]) -> StreamingResponse:
-    """SSE response; the background task closes the call even if the body never started."""
+def _stream(call: Answer, chunks: AsyncIterator[str]) -> StreamingResponse:
+    """SSE response; the call is closed (its end audited) before the last byte goes out, and
+    by the background task if the body never started."""
+
+    async def closing() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                if chunk == DONE:
+                    await call.close()
+                yield chunk
+        finally:
+            await call.close()
+
     return StreamingResponse(
-        chunks,
+        closing(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        background=BackgroundTask(call.close),
+        background=BackgroundTask(call.close_now),
     )
 
 
@@ -262,7 +268,7 @@ async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep)
                         id=ident, created=created, model=body.model, choices=[], usage=_usage(call)
                     )
                 )
-        yield "data: [DONE]\n\n"
+        yield DONE
 
     return _stream(call, chunks())
 
@@ -317,6 +323,6 @@ async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> R
                         id=ident, created=created, model=body.model, choices=[], usage=_usage(call)
                     )
                 )
-        yield "data: [DONE]\n\n"
+        yield DONE
 
     return _stream(call, chunks())

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.ops.metrics import registry_for
 from app.store.db import ping
 
 router = APIRouter()
@@ -38,8 +37,5 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
     """Prometheus text format: counters since start, gauges read now (engine, streams, GPU)."""
-    state = request.app.state
-    registry = getattr(state, "metrics_registry", None)
-    if registry is None:
-        registry = state.metrics_registry = registry_for(state)
+    registry = request.app.state.metrics_registry  # made by the lifespan
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -115,13 +115,23 @@ def finish_message(
     error: str | None = None,
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
+    adapter: tuple[str, int, str] | None = None,
 ) -> None:
+    """Store an answer's end; `adapter` is the (name, version, sha256) that answered."""
     message.content = content
     message.status = status
     message.error = error
     message.prompt_tokens = prompt_tokens
     message.completion_tokens = completion_tokens
+    if adapter is not None:
+        message.adapter_name, message.adapter_version, message.adapter_sha256 = adapter
     message.finished_at = utcnow()
+    session.commit()
+
+
+def save_partial_answer(*, session: Session, message_id: int, content: str) -> None:
+    """The text of an answer still being written (a crash then loses only what came after)."""
+    session.execute(update(Message).where(Message.id == message_id).values(content=content))
     session.commit()
 
 

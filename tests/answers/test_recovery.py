@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.answers import recovery
+from app.answers import kinds, recovery
 from app.audit import service as audit
 from app.store import crud
 from app.store.db import make_engine, make_session_factory, migrate
@@ -49,23 +49,23 @@ def test_unfinished_answers_are_audited_once(session_factory: sessionmaker[Sessi
             audit.record_event(session=session, action=action, actor_id=user.id, details=details)
 
         ids = {"conversation_id": conversation.id}
-        event(recovery.CHAT_ANSWER_STARTED, message_id=cut.id, **ids)
-        event(recovery.CHAT_ANSWER_STARTED, message_id=cut.id + 100, **ids)
+        event(kinds.CHAT_ANSWER_STARTED, message_id=cut.id, **ids)
+        event(kinds.CHAT_ANSWER_STARTED, message_id=cut.id + 100, **ids)
         event(audit.CHAT_ANSWER, message_id=cut.id + 100, **ids)  # finished
-        event(recovery.API_CALL_STARTED, call_id="killed", endpoint="completions", ip="10.0.0.7")
-        event(recovery.API_CALL_STARTED, call_id="done", endpoint="completions")
+        event(kinds.API_CALL_STARTED, call_id="killed", endpoint="completions", ip="10.0.0.7")
+        event(kinds.API_CALL_STARTED, call_id="done", endpoint="completions")
         event(audit.API_CALL, call_id="done", endpoint="completions")
         # An end written before its start (a call refused while its first row was on the way).
         event(audit.API_CALL, call_id="raced", endpoint="completions")
-        event(recovery.API_CALL_STARTED, call_id="raced", endpoint="completions")
+        event(kinds.API_CALL_STARTED, call_id="raced", endpoint="completions")
 
         found = recovery.recover_interrupted(session=session)
 
         assert (found.interrupted, found.marked_stopped) == (2, 1)
-        [chat] = rows(session, recovery.CHAT_ANSWER_INTERRUPTED)
+        [chat] = rows(session, kinds.CHAT_ANSWER_INTERRUPTED)
         assert chat["message_id"] == cut.id and chat["text"] == "Half an ans"
         assert chat["actor"] == "alice" and chat["status"] == "interrupted"
-        [call] = rows(session, recovery.API_CALL_INTERRUPTED)
+        [call] = rows(session, kinds.API_CALL_INTERRUPTED)
         assert (call["call_id"], call["ip"], call["actor"]) == ("killed", "10.0.0.7", "alice")
         assert "started_record" in call
         assert session.get(Message, cut.id).status == MessageStatus.STOPPED
@@ -73,6 +73,6 @@ def test_unfinished_answers_are_audited_once(session_factory: sessionmaker[Sessi
         # The next start looks only past its own `server.started`: nothing is audited twice.
         again = recovery.recover_interrupted(session=session)
         assert again.interrupted == 0
-        assert len(rows(session, recovery.CHAT_ANSWER_INTERRUPTED)) == 1
-        assert len(rows(session, recovery.API_CALL_INTERRUPTED)) == 1
+        assert len(rows(session, kinds.CHAT_ANSWER_INTERRUPTED)) == 1
+        assert len(rows(session, kinds.API_CALL_INTERRUPTED)) == 1
         assert [r["interrupted"] for r in rows(session, recovery.SERVER_STARTED)] == [2, 0]

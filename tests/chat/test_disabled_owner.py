@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from app.answers import lifecycle
 from app.auth import service as accounts
-from app.chat import service as chat
 from tests.live import LiveServer, read_sse
 from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
@@ -40,7 +40,7 @@ def test_disabling_an_account_stops_its_running_answer(
     monkeypatch: pytest.MonkeyPatch,
     disable,  # noqa: ANN001
 ) -> None:
-    monkeypatch.setattr(chat, "CHECKPOINT_SECONDS", 0.05)
+    monkeypatch.setattr(lifecycle, "OWNER_CHECK_SECONDS", 0.05)
     with scripted_server(chunks=["word "] * WORDS, delay=0.02) as server:
         alice = signed_in_client(server, "alice", "alice-password-1")
         page = alice.post("/c", {"content": "A long one"}, follow_redirects=True)

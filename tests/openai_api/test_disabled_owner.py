@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from app.answers import lifecycle
 from app.auth import service as accounts
-from app.openai_api import service
 from tests.live import LiveServer
 from tests.openai_api.conftest import USER, settings_for, start_api
 from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
@@ -40,7 +40,7 @@ def test_a_disabled_owners_stream_ends(
     monkeypatch: pytest.MonkeyPatch,
     disable: Callable[[LiveServer], None],
 ) -> None:
-    monkeypatch.setattr(service, "OWNER_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(lifecycle, "OWNER_CHECK_SECONDS", 0.05)
     engine = ScriptedEngine(["word "] * WORDS, delay=0.02)
     with start_api(settings_for(tmp_path, tiny_llama_dir), engine=engine) as api:
         stream = api.client().chat.completions.create(

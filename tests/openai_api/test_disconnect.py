@@ -40,7 +40,7 @@ def wait_until(condition, timeout: float = 15.0) -> bool:  # noqa: ANN001
 def assert_freed(api: Api) -> dict:
     """The engine stream and the user's slot are given back; the call is audited as stopped."""
     engine = api.live.app.state.engine
-    limits = api.live.app.state.user_limits
+    limits = api.live.app.state.limits
     assert wait_until(
         lambda: engine.active_streams == 0 and limits.active_streams(api.user_id) == 0
     )

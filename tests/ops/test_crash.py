@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from app.answers import recovery
+from app.answers import kinds, recovery
 from app.audit.service import API_CALL, CHAT_ANSWER
 from app.config import Settings
 from app.main import create_app
@@ -77,7 +77,7 @@ def test_kill_9_mid_answer_leaves_start_rows_that_the_next_start_closes(
             # The chat answer waits behind it for the (sequential) engine, already started.
             with browser.http.stream("GET", chat_stream) as chat_response:
                 assert chat_response.status_code == 200
-                wait_for(lambda: audit_rows(db, recovery.CHAT_ANSWER_STARTED))
+                wait_for(lambda: audit_rows(db, kinds.CHAT_ANSWER_STARTED))
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=30)
     finally:
@@ -85,8 +85,8 @@ def test_kill_9_mid_answer_leaves_start_rows_that_the_next_start_closes(
             process.kill()
             process.wait()
 
-    [call] = audit_rows(db, recovery.API_CALL_STARTED)
-    [answer] = audit_rows(db, recovery.CHAT_ANSWER_STARTED)
+    [call] = audit_rows(db, kinds.API_CALL_STARTED)
+    [answer] = audit_rows(db, kinds.CHAT_ANSWER_STARTED)
     assert call["prompt"][0]["content"] == "Explain duration at length."
     assert audit_rows(db, API_CALL) == [] and audit_rows(db, CHAT_ANSWER) == []
 
@@ -94,8 +94,8 @@ def test_kill_9_mid_answer_leaves_start_rows_that_the_next_start_closes(
     settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models")
     with live_server(create_app(settings, engine=ScriptedEngine())):
         pass
-    [closed_call] = audit_rows(db, recovery.API_CALL_INTERRUPTED)
-    [closed_answer] = audit_rows(db, recovery.CHAT_ANSWER_INTERRUPTED)
+    [closed_call] = audit_rows(db, kinds.API_CALL_INTERRUPTED)
+    [closed_answer] = audit_rows(db, kinds.CHAT_ANSWER_INTERRUPTED)
     assert closed_call["call_id"] == call["call_id"] and closed_call["status"] == "interrupted"
     assert closed_answer["message_id"] == answer["message_id"]
     with sqlite3.connect(db) as connection:

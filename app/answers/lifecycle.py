@@ -1,0 +1,328 @@
+"""The one answer lifecycle: what every surface (chat, `/v1`, adapter compare) does to answer.
+
+An answer takes one of its user's generation slots (`reserve`, so a surface can turn "too
+many answers at once" into its own 429 before it streams), is registered where Stop,
+shutdown and disabling its owner reach it, writes its start row to the audit trail before the
+engine sees it (a crash cannot erase it), leases its adapter version (a newer version may load
+meanwhile; this answer keeps its own), streams the engine's events while checking every
+`OWNER_CHECK_SECONDS` that its owner may still have it, and on `close` — whatever ended it —
+gives back the slot and the lease and writes its end row and metrics exactly once.
+
+Each surface keeps only its wire format (SSE fragments, OpenAI chunks, compare columns) and
+its storage (a chat message, nothing for `/v1`), given to the lifecycle as `details` for the
+audit rows and an optional `checkpoint` for text written as it streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.adapters.registry import AdapterVersion
+from app.adapters.service import AdapterService, Lease
+from app.answers.kinds import AnswerKind
+from app.answers.limits import LimitExceeded, StreamSlot, UserLimits
+from app.answers.owner import OWNER_CHECK_SECONDS, owner_disabled
+from app.answers.streams import ActiveStreams, Running
+from app.audit import service as audit
+from app.config import Settings
+from app.engine.types import Engine, EngineError, Event, FinishEvent, GenerationRequest, TokenEvent
+from app.ops import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AnswerContext:
+    """The long-lived things an answer needs, made once by the app's lifespan."""
+
+    settings: Settings
+    engine: Engine
+    adapters: AdapterService | None
+    limits: UserLimits
+    session_factory: sessionmaker[Session]
+    streams: ActiveStreams
+
+
+@dataclass
+class Answer:
+    """One answer from reservation to its end row; iterate `events()`, always `close()`."""
+
+    ctx: AnswerContext
+    kind: AnswerKind
+    user_id: int
+    slot: StreamSlot
+    details: dict[str, Any] = field(default_factory=dict)
+    """What identifies the answer in both audit rows (ids, endpoint, key, address, prompt)."""
+    request: GenerationRequest = field(default_factory=GenerationRequest)
+    checkpoint: Callable[[str], None] | None = None
+    """Called on a worker thread with the text so far, every `OWNER_CHECK_SECONDS`."""
+    log_prompt: Any = None
+    """The prompt as `TELLER_LOG_PROMPTS` logs it."""
+    lease: Lease | None = None
+    finish: FinishEvent | None = None
+    error: str | None = None
+    parts: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    _running: Running | None = None
+    _events: AsyncIterator[Event] | None = None
+    _first: Event | None = None
+    _checked: float = field(default_factory=time.monotonic)
+    _closed: bool = False
+
+    # ---- start ----------------------------------------------------------------------------
+
+    @classmethod
+    def reserve(
+        cls,
+        ctx: AnswerContext,
+        kind: AnswerKind,
+        *,
+        user_id: int,
+        where: dict[str, Any],
+        count_message: bool = False,
+    ) -> Answer:
+        """Take one of the user's generation slots (and count a new message when asked).
+
+        Args:
+            where: what the refusal's audit row says of the request (endpoint, key, address).
+
+        Raises:
+            LimitExceeded: the user is over their message rate or has every slot busy (the
+                refusal is audited).
+        """
+        try:
+            if count_message:
+                ctx.limits.check_message(user_id)
+            return cls(ctx, kind, user_id, ctx.limits.acquire_stream(user_id))
+        except LimitExceeded as exc:
+            with ctx.session_factory() as session:
+                record_refusal(session=session, user_id=user_id, where=where, reason=exc.message)
+            raise
+
+    async def start(
+        self,
+        request: GenerationRequest,
+        *,
+        choice: str | None,
+        details: dict[str, Any],
+        conversation_id: str | None = None,
+        message_id: int | None = None,
+        checkpoint: Callable[[str], None] | None = None,
+        log_prompt: Any = None,
+    ) -> None:
+        """Register, audit the start, lease the adapter `choice`, hand the request to the engine.
+
+        Raises:
+            AdapterError: `choice` names nothing installed, or it cannot be loaded.
+            EngineError: the engine refused the request (`EngineBusy`: its queue is full).
+        """
+        self.request, self.details, self.checkpoint = request, details, checkpoint
+        self.log_prompt = log_prompt
+        self._running = self.ctx.streams.register(
+            Running(self.user_id, request.cancel, conversation_id, message_id)
+        )
+        try:
+            await asyncio.shield(asyncio.to_thread(self._audit_start, choice))
+            if self.ctx.adapters is not None:
+                self.lease = await self.ctx.adapters.acquire(choice)
+                request.adapter = self.lease.engine_name
+            self._events = self.ctx.engine.generate(request)
+        except Exception as exc:
+            self.error = str(exc)
+            raise
+
+    async def first_event(self) -> Event:
+        """Wait for the first event without consuming it, so a surface can answer with an
+        HTTP status (busy, out of memory) before it sends any byte of the answer."""
+        if self._first is None:
+            if self._events is None:
+                raise EngineError("the answer was not started")
+            try:
+                self._first = await anext(self._events)
+            except StopAsyncIteration:
+                raise EngineError("the engine ended the answer without a result") from None
+        return self._first
+
+    # ---- stream ---------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Token events, then one FinishEvent (an engine error becomes an error FinishEvent)."""
+        try:
+            async for event in self._engine_events():
+                if isinstance(event, TokenEvent):
+                    self.first_token_at = self.first_token_at or time.monotonic()
+                    self.parts.append(event.text)
+                    await self._every_few_seconds()
+                elif isinstance(event, FinishEvent):
+                    self.finish = event
+                    if event.reason == "error":
+                        self.error = event.error or "generation failed"
+                yield event
+                if isinstance(event, FinishEvent):
+                    return
+        except EngineError as exc:
+            self.error = str(exc)
+            self.finish = FinishEvent("error", self.text, 0, len(self.parts), error=str(exc))
+            yield self.finish
+        finally:
+            self.request.cancel.set()
+
+    async def _engine_events(self) -> AsyncIterator[Event]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+            if isinstance(first, FinishEvent):
+                return
+        if self._events is not None:
+            async for event in self._events:
+                yield event
+
+    async def _every_few_seconds(self) -> None:
+        """Store the text so far (the surface's checkpoint) and stop if the owner was disabled
+        (perhaps by `teller users disable` in another process)."""
+        if time.monotonic() - self._checked < OWNER_CHECK_SECONDS:
+            return
+        self._checked = time.monotonic()
+        if await asyncio.to_thread(self._checkpoint_and_check_owner, self.text):
+            self.request.cancel.set()  # stored as stopped, like Stop
+
+    def _checkpoint_and_check_owner(self, text: str) -> bool:
+        if self.checkpoint is not None:
+            self.checkpoint(text)
+        with self.ctx.session_factory() as session:
+            return owner_disabled(session=session, user_id=self.user_id)
+
+    # ---- end ------------------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def status(self) -> str:
+        """`complete`, `stopped` (Stop, a disconnect, shutdown, a disabled owner) or `error`."""
+        if self.error:
+            return "error"
+        if self.finish is None or self.finish.reason == "cancelled":
+            return "stopped"
+        return "complete"
+
+    @property
+    def version(self) -> AdapterVersion | None:
+        """The adapter version that answered (None: the base model)."""
+        return self.lease.version if self.lease is not None else None
+
+    @property
+    def first_token_seconds(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    async def close(self) -> None:
+        """Stop generating, give back slot and lease, then write the end row on a worker thread
+        (shielded: a client that has gone cannot cancel the write). Idempotent."""
+        if self._release():
+            await asyncio.shield(asyncio.to_thread(self._record))
+        await self._close_engine_stream()
+
+    def close_now(self) -> None:
+        """`close` for synchronous callers (a response's background task)."""
+        if self._release():
+            self._record()
+
+    def _release(self) -> bool:
+        if self._closed:
+            return False
+        self._closed = True
+        self.request.cancel.set()
+        if self._running is not None:
+            self.ctx.streams.unregister(self._running)
+        if self.lease is not None and self.ctx.adapters is not None:
+            self.ctx.adapters.release(self.lease)
+        self.slot.release()
+        return True
+
+    async def _close_engine_stream(self) -> None:
+        events, self._events = self._events, None
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:  # noqa: BLE001 - the engine's cleanup must not hide the answer
+                log.exception("closing the engine stream failed")
+
+    def _record(self) -> None:
+        if self._running is None:
+            return  # reserved, never started: no start row to pair, nothing was generated
+        try:
+            self._audit_end()
+        except Exception:  # noqa: BLE001 - a failed audit write is logged, never silent
+            log.exception("could not audit the end of an answer")
+        finish = self.finish
+        metrics.record_answer(
+            surface=self.kind.surface,
+            status=self.status,
+            completion_tokens=finish.completion_tokens if finish else len(self.parts),
+            first_token_seconds=self.first_token_seconds,
+            error=self.error,
+            log_text=self.ctx.settings.log_prompts,
+            prompt=self.log_prompt,
+            answer=self.text,
+        )
+
+    def _audit_start(self, choice: str | None) -> None:
+        with self.ctx.session_factory() as session:
+            audit.record_event(
+                session=session,
+                action=self.kind.started,
+                actor_id=self.user_id,
+                details={
+                    **self.details,
+                    "served_model": self.ctx.engine.info.model,
+                    "adapter": choice,
+                    "sampling": dataclasses.asdict(self.request.sampling),
+                },
+            )
+
+    def _audit_end(self) -> None:
+        version, finish = self.version, self.finish
+        with self.ctx.session_factory() as session:
+            audit.record_event(
+                session=session,
+                action=self.kind.ended,
+                actor_id=self.user_id,
+                details={
+                    **self.details,
+                    "served_model": self.ctx.engine.info.model,
+                    "adapter_name": version.name if version else None,
+                    "adapter_version": version.version if version else None,
+                    "adapter_sha256": version.sha256 if version else None,
+                    "sampling": dataclasses.asdict(self.request.sampling),
+                    "prompt_tokens": finish.prompt_tokens if finish else None,
+                    "completion_tokens": finish.completion_tokens if finish else len(self.parts),
+                    "first_token_ms": None
+                    if self.first_token_at is None
+                    else round((self.first_token_at - self.started) * 1000),
+                    "total_ms": round((time.monotonic() - self.started) * 1000),
+                    "status": self.status,
+                    "error": self.error,
+                    "text": self.text,
+                },
+            )
+
+
+def record_refusal(*, session: Session, user_id: int, where: dict[str, Any], reason: str) -> None:
+    """The audit row of a request refused by a per-user limit."""
+    audit.record_event(
+        session=session,
+        action=audit.RATE_LIMITED,
+        actor_id=user_id,
+        details={**where, "reason": reason},
+    )
