@@ -179,6 +179,7 @@ def measure_schedulers(model: str, results: dict[str, Any]) -> None:
         sequential = SequentialEngine(
             load_base_model(model, device="cpu", dtype="float32"), fast_dtype=fast
         )
+        results.setdefault(f"teller_fast_{short}", measure_engine(sequential, None))
         results[f"teller_fast_{short}_x4"] = measure_concurrent(sequential, 4)
         asyncio.run(sequential.close())
         batch = BatchEngine(load_base_model(model, device="cpu", dtype=dtype), max_batch=8)

@@ -352,6 +352,7 @@ def main() -> int:  # noqa: PLR0915
         "tok_s": bandwidth / per_token if per_token else 0.0,
     }
     results["baseline"] = run_baseline(loaded, adapters[0], args)
+    _save(args.out, results)  # what is measured so far survives a run cut short
     # The ids the engine itself gets from the prompt text (decode and encode need not
     # round-trip a slice cut mid-word), so the reference answers the same prompt.
     tok = loaded.tokenizer
@@ -398,6 +399,7 @@ def main() -> int:  # noqa: PLR0915
         except Exception as exc:  # noqa: BLE001 - keep the other variants' numbers
             section["failed"] = repr(exc)[:500]
         results["teller"][variant] = section
+        _save(args.out, results)
     if engine is not None:
         # Greedy agreement with plain generate, on the last variant's graphed path.
         async def greedy() -> str:
@@ -416,11 +418,15 @@ def main() -> int:  # noqa: PLR0915
                 results["http"] = run_http(engine, folder, adapters, work, args)
             except Exception as exc:  # noqa: BLE001
                 results["http"] = {"failed": repr(exc)[:500], "streams": args.http_streams}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
+    _save(args.out, results)
     print_table(results)
     print(json.dumps(results["correctness"] if "correctness" in results else {}, indent=1))  # noqa: T201
     return 0
+
+
+def _save(out: Path, results: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
 
 
 def _git_head() -> str:
