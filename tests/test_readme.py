@@ -1,7 +1,9 @@
-"""The README and docs/ against the code they describe, so the user docs cannot drift.
+"""The README, docs/ and bench/README.md against the code they describe, so the docs cannot drift.
 
-A setting added to `Settings`, a training field added to `TrainConfig` or a `teller` command
-added to the parser fails here until the docs list it, with the default the code really has.
+A setting added to `Settings` (docs/configuration.md), a training field added to `TrainConfig`
+(docs/training.md), a `teller` command or option added to a parser (docs/cli.md) or a bench
+script or result file committed (bench/README.md) fails here until the docs list it, with the
+default the code really has. The README stays short enough to read in five minutes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+CONFIGURATION = REPO / "docs" / "configuration.md"
+CLI = REPO / "docs" / "cli.md"
+BENCH = REPO / "bench" / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
+README_MAX_BYTES = 12 * 1024
 CODE_SPAN = re.compile(r"`([^`]*)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -76,15 +82,56 @@ def check_default(where: str, cell: str, value: object, document: str) -> None:
         )
 
 
-# ---- README: configuration -----------------------------------------------------------------
+# ---- README: short, and a way into every page -------------------------------------------------
 
-SETTINGS_ROWS = table_rows(section(README, "Configuration"), re.compile(r"TELLER_[A-Z0-9_]+"))
+
+def test_readme_stays_short() -> None:
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, (
+        f"README.md is {size} bytes, over {README_MAX_BYTES}: move reference material to docs/"
+    )
+
+
+def test_readme_links_every_doc_page() -> None:
+    linked = {
+        (README.parent / target.partition("#")[0]).resolve()
+        for target in LINK.findall(README.read_text(encoding="utf-8"))
+    }
+    missing = [path.relative_to(REPO) for path in [*DOCS, BENCH] if path.resolve() not in linked]
+    assert not missing, f"link from README.md: {[str(path) for path in missing]}"
+
+
+def test_headline_figures_name_their_result_file_and_machine() -> None:
+    rows = [
+        line
+        for line in section(README, "Headline figures").splitlines()
+        if line.startswith("| ") and not line.startswith(("| what ", "|---"))
+    ]
+    assert rows, "README.md's Headline figures table is empty"
+    for row in rows:
+        source = row.strip().strip("|").split("|")[-1]
+        files = re.findall(r"`([a-z0-9_.-]+\.json)`", source)
+        assert files, f"headline row names no bench/results/*.json: {row}"
+        for name in files:
+            result = REPO / "bench" / "results" / name
+            assert result.is_file(), f"headline row cites a missing result: {name}"
+            machine = re.search(r"H100|H200|x86_64|aarch64", source)
+            assert machine, f"headline row names no card or CPU: {row}"
+            assert machine.group(0) in result.read_text(encoding="utf-8"), (
+                f"{name} was not measured on {machine.group(0)}"
+            )
+
+
+# ---- docs/configuration.md: settings -------------------------------------------------------
+
+SETTINGS_ROWS = table_rows(section(CONFIGURATION, "Settings"), re.compile(r"TELLER_[A-Z0-9_]+"))
 
 
 def test_configuration_table_lists_exactly_the_settings() -> None:
     expected = {f"TELLER_{name.upper()}" for name in Settings.model_fields}
     documented = set(SETTINGS_ROWS)
-    assert not expected - documented, f"add to README.md's table: {sorted(expected - documented)}"
+    missing = sorted(expected - documented)
+    assert not missing, f"add to docs/configuration.md: {missing}"
     assert not documented - expected, f"not settings any more: {sorted(documented - expected)}"
 
 
@@ -92,8 +139,9 @@ def test_configuration_table_lists_exactly_the_settings() -> None:
 def test_configuration_table_gives_the_real_default_and_choices(name: str) -> None:
     field = Settings.model_fields[name]
     variable = f"TELLER_{name.upper()}"
+    assert variable in SETTINGS_ROWS, f"add {variable} to docs/configuration.md"
     default_cell, meaning = SETTINGS_ROWS[variable]
-    check_default(variable, default_cell, field.default, README.read_text(encoding="utf-8"))
+    check_default(variable, default_cell, field.default, CONFIGURATION.read_text(encoding="utf-8"))
     if typing.get_origin(field.annotation) is typing.Literal:
         listed = set(CODE_SPAN.findall(meaning))
         missing = [c for c in typing.get_args(field.annotation) if c not in listed]
@@ -129,7 +177,7 @@ def test_training_doc_lists_every_config_field_with_its_default() -> None:
         check_default(key, rows[key][0], default, doc.read_text(encoding="utf-8"))
 
 
-# ---- README: command line ------------------------------------------------------------------
+# ---- docs/cli.md: commands and their options -----------------------------------------------
 
 
 def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, ...]]:
@@ -147,36 +195,57 @@ def parser_commands() -> set[tuple[str, ...]]:
     return commands | {("adapters", *path) for path in subcommands(adapters_parser())}
 
 
-def documented_commands() -> set[tuple[str, ...]]:
-    """The command words of each `teller ...` row, up to the first argument or option."""
-    rows = table_rows(section(README, "Command line"), re.compile(r"teller .+"))
-    commands = set()
-    for usage in rows:
+def command_rows() -> dict[tuple[str, ...], str]:
+    """Each `teller ...` row of docs/cli.md by its command words (up to the first argument or
+    option), with the whole row's text."""
+    rows = table_rows(section(CLI, "Commands"), re.compile(r"teller .+"))
+    commands: dict[tuple[str, ...], str] = {}
+    for usage, cells in rows.items():
         words = []
         for word in usage.split()[1:]:
             if not re.fullmatch(r"[a-z][a-z-]*", word):
                 break
             words.append(word)
-        commands.add(tuple(words))
+        commands[tuple(words)] = " ".join([usage, *cells])
     return commands
+
+
+def documented_commands() -> set[tuple[str, ...]]:
+    return set(command_rows())
 
 
 def test_command_table_lists_every_command() -> None:
     expected, documented = parser_commands(), documented_commands()
-    assert not expected - documented, f"add to README.md: {sorted(expected - documented)}"
+    assert not expected - documented, f"add to docs/cli.md: {sorted(expected - documented)}"
     assert not documented - expected, f"no such command: {sorted(documented - expected)}"
 
 
-@pytest.mark.parametrize("command", sorted(documented_commands()), ids=" ".join)
-def test_every_documented_command_answers_help(
-    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
-) -> None:
+def help_usage(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> str:
+    """The usage block `teller COMMAND --help` prints, on one line."""
     try:
         code = main([*command, "--help"])
     except SystemExit as exc:
         code = exc.code
-    assert code == 0
-    assert f"usage: teller {' '.join(command)}" in " ".join(capsys.readouterr().out.split())
+    assert code == 0, f"teller {' '.join(command)} --help exited {code}"
+    out = " ".join(capsys.readouterr().out.split())
+    return out.partition(" positional arguments:")[0].partition(" options:")[0]
+
+
+@pytest.mark.parametrize("command", sorted(documented_commands()), ids=" ".join)
+def test_every_documented_command_answers_help_and_lists_its_options(
+    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    usage = help_usage(command, capsys)
+    assert f"usage: teller {' '.join(command)}" in usage
+    options = set(re.findall(r"\[?(--[a-z][a-z0-9-]*)", usage)) - {"--help"}
+    row = command_rows()[command]
+    missing = sorted(o for o in options if not re.search(re.escape(o) + r"(?![a-z0-9-])", row))
+    assert not missing, f"docs/cli.md: teller {' '.join(command)} does not mention {missing}"
+
+
+def test_audit_verify_documents_the_anchor_file() -> None:
+    """The off-machine anchor is the one remedy for a rebuilt chain (docs/security.md)."""
+    assert "--anchor-file" in command_rows()[("audit", "verify")]
 
 
 # ---- links ---------------------------------------------------------------------------------
@@ -186,7 +255,7 @@ def slug(heading: str) -> str:
     return re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
 
 
-@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [README, *DOCS, BENCH], ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_point_at_files_and_headings(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     for target in LINK.findall(text):
@@ -200,18 +269,26 @@ def test_relative_links_point_at_files_and_headings(path: Path) -> None:
             assert anchor in {slug(h) for h in headings}, f"{path.name}: no heading #{anchor}"
 
 
-def committed_bench_scripts() -> set[str]:
-    """bench/*.py under version control (a colleague's uncommitted script is not yet due)."""
+# ---- bench/README.md: scripts and result files ---------------------------------------------
+
+
+def committed(pattern: str) -> set[str]:
+    """Files matching `pattern` under version control (a colleague's uncommitted script or
+    result is not yet due)."""
     if not (REPO / ".git").exists():
-        return {f"bench/{path.name}" for path in (REPO / "bench").glob("*.py")}
+        return {str(path.relative_to(REPO)) for path in REPO.glob(pattern)}
     listing = subprocess.run(  # noqa: S603
-        ["git", "ls-files", "bench/*.py"],  # noqa: S607
+        ["git", "ls-files", pattern],  # noqa: S607
         cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
     )
-    return {line for line in listing.stdout.splitlines() if line.count("/") == 1}
+    return set(listing.stdout.splitlines())
+
+
+def committed_bench_scripts() -> set[str]:
+    return {path for path in committed("bench/*.py") if path.count("/") == 1}
 
 
 def is_entry_point(script: str) -> bool:
@@ -220,8 +297,18 @@ def is_entry_point(script: str) -> bool:
 
 
 def test_every_benchmark_script_is_documented() -> None:
-    listed = set(table_rows(section(README, "Benchmarks"), re.compile(r"bench/[a-z0-9_]+\.py")))
+    listed = set(table_rows(section(BENCH, "Scripts"), re.compile(r"bench/[a-z0-9_]+\.py")))
     scripts = {script for script in committed_bench_scripts() if is_entry_point(script)}
-    assert not scripts - listed, f"add to README.md's Benchmarks: {sorted(scripts - listed)}"
+    assert not scripts - listed, f"add to bench/README.md's Scripts: {sorted(scripts - listed)}"
     missing = [script for script in listed if not (REPO / script).is_file()]
     assert not missing, f"no such script: {missing}"
+
+
+def test_every_result_file_is_described() -> None:
+    described = set(re.findall(r"bench/results/[A-Za-z0-9_.-]+", section(BENCH, "Result files")))
+    results = committed("bench/results/*")
+    assert not results - described, (
+        f"describe in bench/README.md's Result files: {sorted(results - described)}"
+    )
+    missing = [path for path in described if not (REPO / path).is_file()]
+    assert not missing, f"no such result file: {missing}"
