@@ -131,8 +131,9 @@ class TrainConfig:
     each way (training/fast/fused_mlp.py): the recipe's arithmetic with a fraction of the memory
     traffic; a no-op for other models."""
     bf16_activations: bool = False
-    """On a GPU, keep activations in bf16 after each layer norm: ~25 % more tokens/s, but the
-    first steps' loss may move ~1.5 % from the fp32-activation QLoRA recipe's."""
+    """On a GPU, keep activations in bf16 after each layer norm: more tokens/s, but the first
+    steps' loss moves further from the fp32-activation QLoRA recipe's (figures:
+    bench/results/train-gpu-bf16-activations.json against train-gpu.json)."""
     cpu_threads: int = 0
     """Torch intra-op threads on CPU (0 = torch's default)."""
     log_every: int = 1

@@ -33,12 +33,13 @@ def norm_outputs_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
     the fused QKV and the MLP's up projection, two 4-bit layers and two LoRA branches: each
     casts it to bf16 again, each LoRA dropout runs on it in fp32, and bitsandbytes casts its
     outputs back to the input's fp32, so the 4x-wide MLP and the residual stream run in fp32.
-    Cast once at the norm, everything after it stays bf16: on an H200 (Falcon-7B, 16 x 512
-    tokens) 12,360 instead of 9,940 useful tokens/s, MFU 44.9 % instead of 36.2 %.
+    Cast once at the norm, everything after it stays bf16, and a step runs faster (Falcon-7B,
+    16 x 512 tokens: bench/results/train-gpu-bf16-activations.json against train-gpu.json).
 
-    It is not the plain recipe's arithmetic, though: the first steps' loss moved up to 1.44 %
-    from it (mean over 50 steps 0.1 %), with or without LoRA dropout and also with the
-    residual stream kept in fp32, where the default path stays within 0.07 %. Hence opt-in.
+    It is not the plain recipe's arithmetic, though: the first steps' loss moves about twenty
+    times further from it than the default path's, with or without LoRA dropout and also with
+    the residual stream kept in fp32 (`loss_equality` in those files and in
+    train-gpu-bf16-activations-checks.json). Hence opt-in.
     Only meaningful under CUDA autocast (on CPU layer norm returns its input's dtype).
     """
     hooked = 0

@@ -105,7 +105,7 @@ class GemvConfig:
 def pick_gemv_config(n: int, k: int, sm_count: int) -> GemvConfig:
     """The default tile and launch for a bf16 (1, K) x (N, K) GEMV. Edit after a GPU run.
 
-    From the H200 sweeps (bench/nf4_gemv_gpu.py, 2026-11-28): one warp per program holding
+    From the H200 sweeps (bench/results/nf4-gemv.json): one warp per program holding
     2-4 rows x 16 groups (so each thread widens its activations once for all its rows), the
     next step's words prefetched: 11.6 us on 4544x4544, 32.2 us on 4544->18176; on
     K = 18176, 4 rows x 32 groups over 2 warps with the K loop split 4 ways (32.0 us, memset

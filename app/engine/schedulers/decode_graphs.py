@@ -1,7 +1,8 @@
 """Decode steps replayed from CUDA graphs, one graph per (batch bucket, context bucket, mode).
 
-A 7B decode step is ~2,500 kernel launches doing ~9 ms of GPU work; launched one by one from
-Python the card idles most of the time. Captured once into a CUDA graph, a step is one replay.
+A 7B decode step is hundreds of kernel launches of a few microseconds each (one stream's
+profile: bench/results/profile-serve-hybrid.txt); launched one by one from Python the card
+idles most of the time. Captured once into a CUDA graph, a step is one replay.
 Graphs need fixed shapes and fixed memory, so:
 
 - the running batch is padded up to a bucket (1, 2, 4, … `max_batch`); padding rows decode
