@@ -151,9 +151,10 @@ def test_configuration_table_gives_the_real_default_and_choices(name: str) -> No
 # ---- docs/training.md: training config -----------------------------------------------------
 
 
-def train_fields(cls: type = TrainConfig, prefix: str = "") -> dict[str, object]:
-    """Every leaf field of the training config as `--set` spells it, with its default."""
-    fields: dict[str, object] = {}
+def train_fields(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[object, object]]:
+    """Every leaf field of the training config as `--set` spells it, with its default and type."""
+    fields: dict[str, tuple[object, object]] = {}
+    hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         default = (
             field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
@@ -161,7 +162,7 @@ def train_fields(cls: type = TrainConfig, prefix: str = "") -> dict[str, object]
         if dataclasses.is_dataclass(default):
             fields.update(train_fields(type(default), f"{prefix}{field.name}."))
         else:
-            fields[f"{prefix}{field.name}"] = default
+            fields[f"{prefix}{field.name}"] = (default, hints[field.name])
     return fields
 
 
@@ -173,8 +174,12 @@ def test_training_doc_lists_every_config_field_with_its_default() -> None:
     expected = train_fields()
     assert not set(expected) - set(rows), f"add to docs/training.md: {set(expected) - set(rows)}"
     assert not set(rows) - set(expected), f"not config fields: {set(rows) - set(expected)}"
-    for key, default in expected.items():
+    for key, (default, annotation) in expected.items():
         check_default(key, rows[key][0], default, doc.read_text(encoding="utf-8"))
+        if typing.get_origin(annotation) is typing.Literal:
+            listed = set(CODE_SPAN.findall(" ".join(rows[key])))
+            missing = [c for c in typing.get_args(annotation) if c not in listed]
+            assert not missing, f"docs/training.md, {key}: name the choices {missing}"
 
 
 # ---- docs/cli.md: commands and their options -----------------------------------------------
