@@ -317,3 +317,20 @@ def test_every_result_file_is_described() -> None:
     )
     missing = [path for path in described if not (REPO / path).is_file()]
     assert not missing, f"no such result file: {missing}"
+
+
+# ---- code comments: cite bench/results, do not restate ------------------------------------
+
+THROUGHPUT = re.compile(r"\d[\d,.]*\s*(?:tok/s|tokens/s|tokens per second)|MFU\s+\d")
+
+
+def test_code_cites_results_instead_of_restating_throughput() -> None:
+    """A throughput copied into a comment goes stale with the next run; the JSON does not."""
+    stale = [
+        f"{path.relative_to(REPO)}:{number}"
+        for folder in ("app", "training")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if THROUGHPUT.search(line)
+    ]
+    assert not stale, f"cite bench/results/*.json instead of the figure: {stale}"
