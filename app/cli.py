@@ -7,39 +7,25 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pydantic import ValidationError
-
 from app.audit import cli as audit_cli
 from app.auth import cli as auth_cli
+from app.cli_common import EXIT_BAD_INPUT, CliError, OneLineParser, load_settings
 from app.config import Settings
 from app.keys import cli as keys_cli
 from app.knowledge import cli as knowledge_cli
-
-
-class CommandError(Exception):
-    """A user-fixable problem; printed as one line, exit status 2."""
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise CommandError(f"invalid setting {field}: {first['msg']}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.engine.default_model import is_present
     from app.main import create_app
 
-    settings = _settings()
+    settings = load_settings()
     if args.host:
         settings.host = args.host
     if args.port:
         settings.port = args.port
     if not settings.base_model and not is_present(settings.default_model_dir):
-        raise CommandError(
+        raise CliError(
             f"no model at {settings.default_model_dir}: run 'teller fetch-default-model' "
             "(or set TELLER_BASE_MODEL)"
         )
@@ -52,12 +38,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_fetch_default_model(args: argparse.Namespace) -> int:
     from app.engine.default_model import FetchError, fetch_default_model
 
-    settings = _settings()
+    settings = load_settings()
     target = settings.default_model_dir
     try:
         fetched = fetch_default_model(target)
     except FetchError as exc:
-        raise CommandError(str(exc)) from None
+        raise CliError(str(exc)) from None
     sys.stdout.write(f"{'fetched' if fetched else 'already present'}: {target}\n")
     return 0
 
@@ -66,12 +52,7 @@ def _with_settings(function: Callable[[argparse.Namespace, Settings], str]):  # 
     """Adapt a `function(args, settings) -> message` from a feature's CLI module."""
 
     def run(args: argparse.Namespace) -> int:
-        from app.auth.cli import CliError
-
-        try:
-            message = function(args, _settings())
-        except CliError as exc:
-            raise CommandError(str(exc)) from None
+        message = function(args, load_settings())
         sys.stdout.write(f"{message}\n")
         return 0
 
@@ -79,7 +60,8 @@ def _with_settings(function: Callable[[argparse.Namespace, Settings], str]):  # 
 
 
 def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    """Hand the raw arguments to a training entry point, imported only when used."""
+    """Hand the raw arguments to a command with its own parser (adapters, training), imported
+    only when used."""
 
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -96,7 +78,7 @@ def _with_help(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="teller", description="Teller: a private finance GPT.")
+    parser = OneLineParser(prog="teller", description="Teller: a private finance GPT.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve the chat UI and API")
@@ -117,12 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adapters.add_argument("-h", "--help", dest="help_first", action="store_true")
     adapters.add_argument("rest", nargs=argparse.REMAINDER)
-    adapters_run = _delegate("app.adapters.cli", "adapters_main")
-    adapters.set_defaults(
-        run=lambda args: adapters_run(
-            argparse.Namespace(rest=["--help"] * args.help_first + args.rest)
-        )
-    )
+    adapters.set_defaults(run=_with_help(_delegate("app.adapters.cli", "adapters_main")))
 
     for name, function, help_text in (
         ("train", "train_main", "fine-tune an adapter: teller train PRESET_OR_YAML [--set k=v]"),
@@ -143,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except CommandError as exc:
+    except CliError as exc:
         sys.stderr.write(f"teller: {exc}\n")
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
 

@@ -20,11 +20,12 @@ import torch
 
 from app.adapters.archive import Limits
 from app.adapters.registry import Registry
-from app.adapters.service import AdapterService
+from app.adapters.service import LOCAL_ADMIN, AdapterService
 from app.contract import AdapterManifest, ChatMessage, sha256_file
 from app.engine.loader import load_base_model
 from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from app.store.db import make_engine, make_session_factory, migrate
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "models" / "SmolLM2-135M-Instruct"
@@ -87,6 +88,9 @@ async def main() -> dict:
     registry.activate("finance", 1)
     engine = SequentialEngine(load_base_model(str(BASE), device="cpu"))
     service = AdapterService(registry, engine)
+    database = make_engine(f"sqlite:///{work / 'teller.db'}")  # the activation is audited
+    migrate(database)
+    session = make_session_factory(database)()
     started = time.perf_counter()
     await service.load_default()
     load_s = time.perf_counter() - started
@@ -97,7 +101,9 @@ async def main() -> dict:
     def on_token(count: int) -> None:
         if count == 10:
             swap["asked_at"] = time.perf_counter()
-            swap["task"] = asyncio.ensure_future(service.activate("finance", 2))
+            swap["task"] = asyncio.ensure_future(
+                service.activate("finance", 2, session=session, actor=LOCAL_ADMIN)
+            )
 
     text_v1, stamps = await stream(engine, lease.engine_name, on_token)
     await swap["task"]
@@ -112,6 +118,8 @@ async def main() -> dict:
     rerun_v1 = await AdapterService(registry, engine).acquire("finance@1")
     text_v1_again, _ = await stream(engine, rerun_v1.engine_name)
     await engine.close()
+    session.close()
+    database.dispose()
     return {
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
         "base_model": "SmolLM2-135M-Instruct (fp32, CPU)",

@@ -11,8 +11,8 @@ import logging
 import sys
 import typing
 from pathlib import Path
-from typing import NoReturn
 
+from app.cli_common import EXIT_BAD_INPUT, OneLineParser
 from app.engine.loader import ModelLoadError
 from training.config import Device
 from training.config_io import ConfigError, load_config, preset_names
@@ -21,17 +21,8 @@ from training.model_build import SetupError
 from training.package import PackageError
 
 EXPECTED_ERRORS = (ConfigError, DataError, SetupError, ModelLoadError, PackageError)
-EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line instead of usage + message."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _fail(prog: str, exc: BaseException) -> int:
@@ -58,7 +49,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="teller train", description="Fine-tune a LoRA adapter.")
+    parser = OneLineParser(prog="teller train", description="Fine-tune a LoRA adapter.")
     parser.add_argument("config", help=f"a preset ({', '.join(preset_names())}) or a YAML file")
     parser.add_argument(
         "--set",
@@ -114,7 +105,7 @@ def train_main(argv: list[str]) -> int:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="teller eval", description="Score an adapter against its base.")
+    parser = OneLineParser(prog="teller eval", description="Score an adapter against its base.")
     parser.add_argument("adapter", type=Path, help="adapter package folder")
     parser.add_argument("--data", type=Path, required=True, help="held-out Alpaca records")
     parser.add_argument("--base-model", default="", help="override the manifest's base model")

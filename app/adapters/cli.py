@@ -13,27 +13,28 @@ import json
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 
 from app.adapters.admin_token import read_token, token_path
 from app.adapters.errors import AdapterError
-from app.adapters.registry import AdapterVersion, Registry, parse_ref
-from app.adapters.service import registry_for
+from app.adapters.registry import parse_ref
+from app.adapters.service import (
+    LOCAL_ADMIN,
+    activate_in_store,
+    import_into_store,
+    listing,
+    record_merge,
+    registry_for,
+    remove_from_store,
+)
+from app.cli_common import EXIT_BAD_INPUT, CliError, OneLineParser, load_settings, open_session
 from app.config import Settings
-
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="teller adapters", description="Manage the adapter store.")
+    parser = OneLineParser(prog="teller adapters", description="Manage the adapter store.")
     parser.add_argument("--url", default="", help="server URL (default http://HOST:PORT)")
     commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     imp = commands.add_parser("import", help="check and store a package folder or zip")
@@ -113,20 +114,6 @@ def zip_package(path: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _audit(settings: Settings, action: str, version: AdapterVersion | None) -> None:
-    """Record a change made directly on the store in the audit trail, as the server would."""
-    from app.admin.adapters import record
-    from app.store.db import make_engine, make_session_factory, migrate
-
-    database = make_engine(settings.resolved_database_url)
-    try:
-        migrate(database)
-        with make_session_factory(database)() as session:
-            record(session, action, version, actor_id=None, via="cli")
-    finally:
-        database.dispose()
-
-
 def _print_listing(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -151,18 +138,6 @@ def _print_listing(data: dict[str, Any], as_json: bool) -> None:
     sys.stdout.write(f"default: {data['default'] or 'base model (no adapter)'}\n")
 
 
-def _local_listing(registry: Registry) -> dict[str, Any]:
-    from app.admin.adapters_api import describe
-
-    default = registry.default()
-    return {
-        "default": default.ref if default else None,
-        "current": registry.state().current,
-        "loaded": [],
-        "adapters": [describe(v) for v in registry.versions()],
-    }
-
-
 def run(args: argparse.Namespace, settings: Settings) -> str:
     """Carry out one action; returns the line to print."""
     registry = registry_for(settings)
@@ -172,11 +147,12 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
         version = registry.get(*parse_ref(args.ref))
         base = args.base_model or settings.resolved_base_model
         output = merge_adapter(version, base, args.output)
-        _audit_merge(settings, version, output)
+        with open_session(settings) as session:
+            record_merge(session=session, version=version, output=output)
         return f"merged {version.ref} into {base}: {output} (bfloat16 safetensors)"
     server = find_server(settings, args.url)
     if args.action == "list":
-        data = server.call("GET", "") if server else _local_listing(registry)
+        data = server.call("GET", "") if server else listing(registry)
         _print_listing(data, args.json)
         return ""
     if args.action == "import":
@@ -188,20 +164,24 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
                 data={"name": args.name, "allow_base_mismatch": str(args.allow_base_mismatch)},
             )
             return f"stored {data['ref']} (sha256 {data['sha256'][:12]}) via the running server"
-        stored = registry.import_path(
-            args.path,
-            name=args.name or None,
-            actor="cli",
-            allow_base_mismatch=args.allow_base_mismatch,
-        )
-        _audit(settings, "import", stored)
+        with open_session(settings) as session:
+            stored = import_into_store(
+                registry,
+                args.path,
+                session=session,
+                actor=LOCAL_ADMIN,
+                name=args.name or None,
+                allow_base_mismatch=args.allow_base_mismatch,
+            )
         return f"stored {stored.ref} (sha256 {stored.sha256[:12]})"
     if args.action == "activate":
         if server:
             data = server.call("POST", "/activate", json={"ref": args.ref})
             return f"{data['action']}: {data['ref']} is the default (loaded by the server)"
-        target, action = registry.activate(*parse_ref(args.ref), actor="cli")
-        _audit(settings, action, target)
+        with open_session(settings) as session:
+            target, action = activate_in_store(
+                registry, *parse_ref(args.ref), session=session, actor=LOCAL_ADMIN
+            )
         return f"{action}: {target.ref} is the default"
     name, version = parse_ref(args.ref)
     if version is None:
@@ -209,32 +189,9 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
     if server:
         data = server.call("POST", "/remove", json={"ref": args.ref})
         return f"removed {data['ref']}"
-    removed = registry.remove(name, version, actor="cli")
-    _audit(settings, "remove", removed)
+    with open_session(settings) as session:
+        removed = remove_from_store(registry, name, version, session=session, actor=LOCAL_ADMIN)
     return f"removed {removed.ref}"
-
-
-def _audit_merge(settings: Settings, version: AdapterVersion, output: Path) -> None:
-    from app.audit import service as audit
-    from app.store.db import make_engine, make_session_factory, migrate
-
-    database = make_engine(settings.resolved_database_url)
-    try:
-        migrate(database)
-        with make_session_factory(database)() as session:
-            audit.record_event(
-                session=session,
-                action=audit.ADAPTER_MERGED,
-                details={
-                    "username": "local admin (cli)",
-                    "adapter_name": version.name,
-                    "adapter_version": version.version,
-                    "adapter_sha256": version.sha256,
-                    "output": str(output),
-                },
-            )
-    finally:
-        database.dispose()
 
 
 def adapters_main(argv: list[str]) -> int:
@@ -244,13 +201,12 @@ def adapters_main(argv: list[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        settings = Settings()
-        line = run(args, settings)
-    except (AdapterError, httpx.HTTPError) as exc:
+        line = run(args, load_settings())
+    except (AdapterError, CliError, httpx.HTTPError) as exc:
         sys.stderr.write(f"teller adapters: error: {exc}\n")
         return EXIT_BAD_INPUT
-    except ValueError as exc:  # invalid settings
-        reason = (str(exc).strip().splitlines() or ["invalid settings"])[0]
+    except ValueError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         sys.stderr.write(f"teller adapters: error: {reason}\n")
         return EXIT_BAD_INPUT
     if line:

@@ -4,6 +4,9 @@ Engine-level adapter names carry the version (`finance@3`), so activating v4 loa
 v3: a stream that started on v3 finishes on v3, and v3 is unloaded only when its last stream
 ends and no conversation resolves to it any more. Every request resolves its adapter through
 the registry's state file, so a change made by the CLI on the store is seen at once.
+
+Every change to the store (import, activate, roll back, deactivate, remove, merge) is written
+to the audit trail here, whoever asks: the admin pages, the admin API or the CLI on the store.
 """
 
 from __future__ import annotations
@@ -14,28 +17,22 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO
+
+from sqlalchemy.orm import Session
 
 from app.adapters.archive import Limits
 from app.adapters.errors import AdapterError, AdapterNotFound
 from app.adapters.peft_config import check_stored_config
 from app.adapters.registry import AdapterVersion, Registry, parse_ref
+from app.audit import service as audit
 from app.config import Settings
-from app.contract import PromptFormat
 from app.ops.metrics import record_adapter_load
 
 log = logging.getLogger(__name__)
 
 BASE_CHOICE = "base"
 """A conversation's `adapter` value for the bare base model; None means the default."""
-
-
-class AdapterEngine(Protocol):
-    """What the service needs from an engine (the local engine has it)."""
-
-    async def load_adapter(self, name: str, path: Path, prompt_format: PromptFormat) -> None: ...
-
-    async def unload_adapter(self, name: str) -> None: ...
 
 
 def registry_for(settings: Settings) -> Registry:
@@ -46,6 +43,154 @@ def registry_for(settings: Settings) -> Registry:
         limits=Limits(settings.adapter_max_archive_bytes, settings.adapter_max_file_bytes),
         max_rank=settings.adapter_max_rank,
     )
+
+
+# ---- changes to the store, each audited ---------------------------------------------------
+
+AUDIT_ACTIONS = {
+    "import": audit.ADAPTER_UPLOADED,
+    "activate": audit.ADAPTER_ACTIVATED,
+    "rollback": audit.ADAPTER_ROLLED_BACK,
+    "deactivate": audit.ADAPTER_ACTIVATED,
+    "remove": audit.ADAPTER_REMOVED,
+}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who changes the store: an administrator signed in to the admin pages (`user_id`), or
+    the local admin, through the CLI on the store or the server's admin API (`user_id` None)."""
+
+    via: str
+    """"web" or "cli"."""
+    user_id: int | None = None
+    username: str = ""
+
+    @property
+    def name(self) -> str:
+        """As the store's own history names them."""
+        return self.username or self.via
+
+
+LOCAL_ADMIN = Actor(via="cli")
+
+
+def record_change(
+    *, session: Session, action: str, version: AdapterVersion | None, actor: Actor
+) -> None:
+    """One audit row per change to the store; `version` None is the bare base model."""
+    details: dict[str, Any] = {"via": actor.via}
+    if version is not None:
+        details |= {
+            "adapter_name": version.name,
+            "adapter_version": version.version,
+            "adapter_sha256": version.sha256,
+            "base_model": version.manifest.base_model,
+        }
+    else:
+        details["adapter_name"] = "(base model)"
+    if actor.user_id is None:
+        details["username"] = f"local admin ({actor.via})"
+    audit.record_event(
+        session=session, action=AUDIT_ACTIONS[action], actor_id=actor.user_id, details=details
+    )
+
+
+def record_merge(*, session: Session, version: AdapterVersion, output: Path) -> None:
+    """`teller adapters merge` wrote base + adapter as one checkpoint at `output`."""
+    audit.record_event(
+        session=session,
+        action=audit.ADAPTER_MERGED,
+        details={
+            "username": f"local admin ({LOCAL_ADMIN.via})",
+            "adapter_name": version.name,
+            "adapter_version": version.version,
+            "adapter_sha256": version.sha256,
+            "output": str(output),
+        },
+    )
+
+
+def import_into_store(
+    registry: Registry,
+    source: Path | BinaryIO,
+    *,
+    session: Session,
+    actor: Actor,
+    filename: str = "",
+    name: str | None = None,
+    allow_base_mismatch: bool = False,
+) -> AdapterVersion:
+    """Check and store a package as the next version of its name, and audit it. `source` is
+    a folder or zip file (the CLI), or an uploaded zip with its `filename`.
+
+    Raises:
+        AdapterError: the package is refused; the store is unchanged and nothing is audited.
+    """
+    if isinstance(source, Path):
+        stored = registry.import_path(
+            source, name=name, actor=actor.name, allow_base_mismatch=allow_base_mismatch
+        )
+    else:
+        stored = registry.import_upload(
+            source, filename, name=name, actor=actor.name, allow_base_mismatch=allow_base_mismatch
+        )
+    record_change(session=session, action="import", version=stored, actor=actor)
+    return stored
+
+
+def activate_in_store(
+    registry: Registry, name: str, version: int | None, *, session: Session, actor: Actor
+) -> tuple[AdapterVersion, str]:
+    """Make a version the default on disk only (no server runs: one started later loads it);
+    returns it and "activate"/"rollback".
+
+    Raises:
+        AdapterNotFound: no such adapter or version.
+    """
+    target, action = registry.activate(name, version, actor=actor.name)
+    record_change(session=session, action=action, version=target, actor=actor)
+    return target, action
+
+
+def remove_from_store(
+    registry: Registry, name: str, version: int, *, session: Session, actor: Actor
+) -> AdapterVersion:
+    """Delete one version from disk.
+
+    Raises:
+        AdapterNotFound: no such version.
+        AdapterConflict: it is the default adapter.
+    """
+    removed = registry.remove(name, version, actor=actor.name)
+    record_change(session=session, action="remove", version=removed, actor=actor)
+    return removed
+
+
+def describe(version: AdapterVersion) -> dict[str, Any]:
+    """A version as the admin API and `teller adapters list --json` show it."""
+    manifest = version.manifest
+    return {
+        "ref": version.ref,
+        "name": version.name,
+        "version": version.version,
+        "sha256": version.sha256,
+        "base_model": manifest.base_model,
+        "prompt_format": str(manifest.prompt_format),
+        "created_at": manifest.created_at,
+        "metrics": manifest.metrics,
+    }
+
+
+def listing(registry: Registry, loaded: set[str] | None = None) -> dict[str, Any]:
+    """The store: every version, the default, each name's current version, what is loaded."""
+    default = registry.default()
+    return {
+        "default": default.ref if default else None,
+        "current": registry.state().current,
+        "loaded": sorted(loaded or ()),
+        "adapters": [describe(v) for v in registry.versions()],
+    }
 
 
 @dataclass(frozen=True)
@@ -223,30 +368,70 @@ class AdapterService:
             await self._ensure_loaded(version)
         return version
 
-    # ---- admin actions (store + engine) -------------------------------------------------
+    # ---- admin actions (store + engine, audited) -----------------------------------------
+
+    def import_upload(
+        self,
+        upload: BinaryIO,
+        filename: str,
+        *,
+        session: Session,
+        actor: Actor,
+        name: str | None = None,
+        allow_base_mismatch: bool = False,
+    ) -> AdapterVersion:
+        """Store an uploaded zip as the next version (not loaded until it is used or activated).
+
+        Raises:
+            AdapterError: the upload is refused; the store is unchanged.
+        """
+        return import_into_store(
+            self.registry,
+            upload,
+            session=session,
+            actor=actor,
+            filename=filename,
+            name=name,
+            allow_base_mismatch=allow_base_mismatch,
+        )
 
     async def activate(
-        self, name: str, version: int | None = None, *, actor: str = ""
+        self, name: str, version: int | None = None, *, session: Session, actor: Actor
     ) -> tuple[AdapterVersion, str]:
         """Load a version, then make it the default; returns it and "activate"/"rollback".
 
         The load comes first: a version the engine cannot load never becomes the default.
+
+        Raises:
+            AdapterError: no such version, or the engine could not load it.
         """
         target = self.registry.get(name, version) if version else self._latest(name)
         await self._ensure_loaded(target)
-        result = self.registry.activate(target.name, target.version, actor=actor)
+        result = activate_in_store(
+            self.registry, target.name, target.version, session=session, actor=actor
+        )
         await self.sweep()
         return result
 
     def _latest(self, name: str) -> AdapterVersion:
         return self.registry.versions(self.registry.get(name).name)[-1]
 
-    async def deactivate(self, *, actor: str = "") -> None:
-        self.registry.deactivate(actor=actor)
+    async def deactivate(self, *, session: Session, actor: Actor) -> None:
+        """Serve the bare base model to conversations that use the default."""
+        self.registry.deactivate(actor=actor.name)
+        record_change(session=session, action="deactivate", version=None, actor=actor)
         await self.sweep()
 
-    async def remove(self, name: str, version: int, *, actor: str = "") -> AdapterVersion:
-        removed = self.registry.remove(name, version, actor=actor)
+    async def remove(
+        self, name: str, version: int, *, session: Session, actor: Actor
+    ) -> AdapterVersion:
+        """Delete a version; the engine drops it once no running answer holds it.
+
+        Raises:
+            AdapterNotFound: no such version.
+            AdapterConflict: it is the default adapter.
+        """
+        removed = remove_from_store(self.registry, name, version, session=session, actor=actor)
         await self.sweep()
         return removed
 

@@ -1,7 +1,7 @@
 """`/admin/adapters`: the store with each manifest; upload, activate, roll back, remove.
 
-Thin routes: the registry checks packages, the adapter service keeps the engine in step, and
-every change is written to the audit trail with the admin who made it.
+Thin routes: the registry checks packages, the adapter service keeps the engine in step and
+writes every change to the audit trail with the admin who made it.
 """
 
 from __future__ import annotations
@@ -9,51 +9,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
-from sqlalchemy.orm import Session
 
 from app.adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
-from app.adapters.registry import AdapterVersion
-from app.adapters.service import AdapterService
+from app.adapters.service import Actor, AdapterService
 from app.admin.adapters_compare import router as compare_router
-from app.audit import service as audit
 from app.deps import AdaptersDep, AdminUser, SessionDep
+from app.store.models import User
 from app.web.templating import render
 
 router = APIRouter(prefix="/admin/adapters")
 
-AUDIT_ACTIONS = {
-    "import": audit.ADAPTER_UPLOADED,
-    "activate": audit.ADAPTER_ACTIVATED,
-    "rollback": audit.ADAPTER_ROLLED_BACK,
-    "deactivate": audit.ADAPTER_ACTIVATED,
-    "remove": audit.ADAPTER_REMOVED,
-}
 
-
-def record(
-    session: Session,
-    action: str,
-    version: AdapterVersion | None,
-    *,
-    actor_id: int | None,
-    via: str,
-) -> None:
-    """One audit row per change to the store (uploads, activations, roll-backs, removals)."""
-    details: dict[str, Any] = {"via": via}
-    if version is not None:
-        details |= {
-            "adapter_name": version.name,
-            "adapter_version": version.version,
-            "adapter_sha256": version.sha256,
-            "base_model": version.manifest.base_model,
-        }
-    else:
-        details["adapter_name"] = "(base model)"
-    if actor_id is None:
-        details["username"] = f"local admin ({via})"
-    audit.record_event(
-        session=session, action=AUDIT_ACTIONS[action], actor_id=actor_id, details=details
-    )
+def web_actor(admin: User) -> Actor:
+    return Actor(via="web", user_id=admin.id, username=admin.username)
 
 
 def status_of(exc: AdapterError) -> int:
@@ -111,12 +79,15 @@ def upload(
 ) -> Response:
     """Check and store an uploaded zip as the next version; a refusal stores nothing."""
     try:
-        stored = adapters.registry.import_upload(
-            package.file, package.filename or "", name=name.strip() or None, actor=admin.username
+        stored = adapters.import_upload(
+            package.file,
+            package.filename or "",
+            session=session,
+            actor=web_actor(admin),
+            name=name.strip() or None,
         )
     except AdapterError as exc:
         return _page(request, adapters, error=f"Upload refused: {exc}", code=status_of(exc))
-    record(session, "import", stored, actor_id=admin.id, via="web")
     return _page(
         request,
         adapters,
@@ -136,10 +107,11 @@ async def activate(
 ) -> Response:
     """Load the version into the engine, then make it the default (a roll back if older)."""
     try:
-        target, action = await adapters.activate(name, version, actor=admin.username)
+        target, action = await adapters.activate(
+            name, version, session=session, actor=web_actor(admin)
+        )
     except AdapterError as exc:
         return _page(request, adapters, error=str(exc), code=status_of(exc))
-    record(session, action, target, actor_id=admin.id, via="web")
     verb = "Rolled back to" if action == "rollback" else "Activated"
     return _page(request, adapters, notice=f"{verb} {target.ref}: new answers use it now.")
 
@@ -148,8 +120,7 @@ async def activate(
 async def deactivate(
     request: Request, admin: AdminUser, session: SessionDep, adapters: AdaptersDep
 ) -> Response:
-    await adapters.deactivate(actor=admin.username)
-    record(session, "deactivate", None, actor_id=admin.id, via="web")
+    await adapters.deactivate(session=session, actor=web_actor(admin))
     return _page(request, adapters, notice="The bare base model is now the default.")
 
 
@@ -163,10 +134,9 @@ async def remove(
     version: int,
 ) -> Response:
     try:
-        removed = await adapters.remove(name, version, actor=admin.username)
+        removed = await adapters.remove(name, version, session=session, actor=web_actor(admin))
     except AdapterError as exc:
         return _page(request, adapters, error=str(exc), code=status_of(exc))
-    record(session, "remove", removed, actor_id=admin.id, via="web")
     return _page(request, adapters, notice=f"Removed {removed.ref}.")
 
 

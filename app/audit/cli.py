@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.audit.head_log import configured_anchors, read_anchors
 from app.audit.verify import AnchorError, parse_anchor, verify_chain
-from app.auth.cli import CliError, open_session
+from app.cli_common import CliError, open_session
 from app.config import Settings
 
 

@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import sys
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
 from app.auth import service
+from app.cli_common import CliError, open_session
 from app.config import Settings
 from app.keys import service as api_keys
-from app.store.db import make_engine, make_session_factory, migrate
 from app.store.models import User
-
-
-class CliError(Exception):
-    """A one-line, user-fixable reason (the CLI prints it and exits non-zero)."""
-
-
-def open_session(settings: Settings) -> Session:
-    """A session on the configured database, migrated to the current schema first."""
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
-    return make_session_factory(engine)()
 
 
 def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:

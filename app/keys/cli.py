@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 
 from app.auth import service as accounts
-from app.auth.cli import CliError, open_session
+from app.cli_common import CliError, open_session
 from app.config import Settings
 from app.keys import service
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.auth.cli import CliError, open_session
+from app.cli_common import CliError, open_session
 from app.config import Settings
 from app.knowledge import service
 from app.knowledge.embeddings import EmbeddingUnavailable, load_embedder

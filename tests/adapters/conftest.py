@@ -9,8 +9,9 @@ import pytest
 from app.adapters.archive import Limits
 from app.adapters.registry import Registry
 from tests.adapters.fixtures import finance_v1, finance_v2, packages_dir, tax_v1
+from tests.support.db import db_path, session_factory
 
-__all__ = ["finance_v1", "finance_v2", "packages_dir", "tax_v1"]
+__all__ = ["db_path", "finance_v1", "finance_v2", "packages_dir", "session_factory", "tax_v1"]
 
 
 @pytest.fixture

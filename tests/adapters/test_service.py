@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.errors import AdapterConflict, AdapterNotFound
 from app.adapters.registry import Registry
-from app.adapters.service import AdapterService
+from app.adapters.service import LOCAL_ADMIN, Actor, AdapterService, import_into_store
 from app.contract import ChatMessage
 from app.engine.loader import load_base_model
 from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams
+from app.store.models import AuditRecord
+from tests.adapters.packages import zip_folder
 from tests.adapters.reference import greedy_answer
 
 QUESTION = [ChatMessage("user", "What is the present value of $100 due in one year at 5%?")]
@@ -45,7 +50,11 @@ async def answer(engine: SequentialEngine, adapter: str | None) -> str:
 
 
 def test_activation_loads_beside_a_running_version_and_unloads_it_after(
-    registry: Registry, engine: SequentialEngine, finance_v1: Path, finance_v2: Path
+    registry: Registry,
+    engine: SequentialEngine,
+    finance_v1: Path,
+    finance_v2: Path,
+    session_factory: sessionmaker[Session],
 ) -> None:
     registry.import_path(finance_v1)
     registry.import_path(finance_v2)
@@ -57,7 +66,10 @@ def test_activation_loads_beside_a_running_version_and_unloads_it_after(
         assert engine.info.adapters == ("finance@1",)
         lease = await service.acquire(None)  # a stream starts on the default, v1
         assert lease.engine_name == "finance@1"
-        target, action = await service.activate("finance", 2)
+        with session_factory() as session:
+            target, action = await service.activate(
+                "finance", 2, session=session, actor=LOCAL_ADMIN
+            )
         assert (target.ref, action) == ("finance@2", "activate")
         # v1 stays while the stream holds it; new requests get v2.
         assert set(engine.info.adapters) == {"finance@1", "finance@2"}
@@ -95,6 +107,69 @@ def test_each_loaded_version_answers_like_a_single_adapter_run(
     assert expected_finance != expected_tax
     assert finance_text == expected_finance
     assert tax_text == expected_tax
+
+
+def audit_rows(factory: sessionmaker[Session]) -> list[tuple[str, int | None, dict]]:
+    with factory() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id))
+        return [(r.action, r.actor_id, json.loads(r.details)) for r in rows]
+
+
+def test_every_change_through_the_service_is_audited_with_who_made_it(
+    registry: Registry,
+    engine: SequentialEngine,
+    finance_v1: Path,
+    finance_v2: Path,
+    tmp_path: Path,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Web, admin API and CLI all change the store through the service, which writes the
+    audit row itself: no caller can forget it."""
+    service = AdapterService(registry, engine)
+    admin = Actor(via="web", user_id=7, username="alice")
+    archive = zip_folder(finance_v2, tmp_path / "finance.zip")
+    uploaded: list[str] = []
+
+    async def scenario() -> None:
+        with session_factory() as session:
+            import_into_store(registry, finance_v1, session=session, actor=LOCAL_ADMIN)
+            with archive.open("rb") as upload:
+                stored = service.import_upload(upload, "finance.zip", session=session, actor=admin)
+            uploaded.append(stored.sha256)
+            await service.activate("finance", 2, session=session, actor=admin)
+            await service.activate("finance", 1, session=session, actor=LOCAL_ADMIN)
+            await service.deactivate(session=session, actor=admin)
+            await service.remove("finance", 2, session=session, actor=admin)
+
+    asyncio.run(scenario())
+    rows = audit_rows(session_factory)
+    assert [(action, actor) for action, actor, _ in rows] == [
+        ("adapter.uploaded", None),
+        ("adapter.uploaded", 7),
+        ("adapter.activated", 7),
+        ("adapter.rolled_back", None),
+        ("adapter.activated", 7),
+        ("adapter.removed", 7),
+    ]
+    first, second = rows[0][2], rows[1][2]
+    assert first["username"] == "local admin (cli)" and first["via"] == "cli"
+    assert (second["via"], second["adapter_name"], second["adapter_version"]) == (
+        "web",
+        "finance",
+        2,
+    )
+    assert second["adapter_sha256"] == uploaded[0]
+    assert "username" not in second  # a signed-in admin is named by actor_id
+    assert rows[4][2]["adapter_name"] == "(base model)"
+    history = [(e["action"], e["actor"]) for e in registry.state().history]
+    assert history == [
+        ("import", "cli"),
+        ("import", "alice"),
+        ("activate", "alice"),
+        ("rollback", "cli"),
+        ("deactivate", "alice"),
+        ("remove", "alice"),
+    ]
 
 
 def test_roll_back_and_remove(registry: Registry, finance_v1: Path, finance_v2: Path) -> None:
@@ -185,7 +260,11 @@ def test_idle_adapters_beyond_the_limit_are_unloaded_least_recently_used_first(
 
 
 def test_a_version_that_fails_to_load_never_becomes_the_default(
-    registry: Registry, engine: SequentialEngine, finance_v1: Path, finance_v2: Path
+    registry: Registry,
+    engine: SequentialEngine,
+    finance_v1: Path,
+    finance_v2: Path,
+    session_factory: sessionmaker[Session],
 ) -> None:
     from app.adapters.errors import AdapterError
 
@@ -198,13 +277,17 @@ def test_a_version_that_fails_to_load_never_becomes_the_default(
 
     async def scenario() -> None:
         await service.load_default()
-        with pytest.raises(AdapterError, match="finance@2 could not be loaded"):
-            await service.activate("finance", 2)
+        with (
+            session_factory() as session,
+            pytest.raises(AdapterError, match="finance@2 could not be loaded"),
+        ):
+            await service.activate("finance", 2, session=session, actor=LOCAL_ADMIN)
         assert registry.default().ref == "finance@1"
         assert engine.info.adapters == ("finance@1",)
         assert (await service.acquire(None)).engine_name == "finance@1"
 
     asyncio.run(scenario())
+    assert audit_rows(session_factory) == []  # a refused activation is not a change
 
 
 def test_a_stored_config_with_a_hostile_pattern_never_reaches_the_engine(

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from app.auth import service as accounts
-from app.auth.cli import open_session
+from app.cli_common import open_session
 from app.config import Settings
 from app.keys import service as keys
 from tests.audit.test_verify_cli import teller

@@ -9,8 +9,8 @@ import openai
 import pytest
 
 from app.auth import service as accounts
-from app.auth.cli import open_session
 from app.cli import main
+from app.cli_common import open_session
 from app.keys import service as keys
 from app.main import create_app
 from app.store.models import ApiKey
