@@ -13,6 +13,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 
 
+def _secure_or_local(url: str, secure_scheme: str) -> bool:
+    """`url` uses `secure_scheme`, or points at this machine (tests, a local provider)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    return parts.scheme == secure_scheme or (local and parts.scheme in ("http", "ldap"))
+
+
 class Settings(BaseSettings):
     """Everything an operator can set. Paths are resolved against the working directory."""
 
@@ -142,6 +151,83 @@ class Settings(BaseSettings):
     embedding_model: str = ""
     """A sentence-transformers model folder for dense retrieval fused with BM25 (needs the
     `sentence-transformers` package); empty searches with BM25 alone."""
+
+    # Company identity (app/auth/oidc.py, app/auth/ldap.py, docs/identity.md).
+    local_accounts: bool = True
+    """Sign-in with Teller's own user names and passwords; off leaves OIDC and LDAP only."""
+    oidc_issuer: str = ""
+    """OpenID Connect issuer URL (discovery at ISSUER/.well-known/openid-configuration);
+    empty: no OIDC sign-in. https, except on this machine."""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_scopes: str = "openid profile email"
+    oidc_groups_claim: str = "groups"
+    """ID token (or userinfo) claim listing the user's groups at the provider."""
+    oidc_username_claim: str = "preferred_username"
+    """Claim that names a new account (`sub` when it is missing or unusable)."""
+    oidc_admin_group: str = ""
+    """Provider group whose members are Teller administrators (checked at each sign-in);
+    empty: roles are set in Teller only."""
+    oidc_display_name: str = "company account"
+    """Shown on the sign-in button: "Sign in with ..."."""
+    oidc_redirect_url: str = ""
+    """The callback URL registered at the provider; empty: this server's
+    `/login/oidc/callback` as the browser reached it."""
+    oidc_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    ldap_url: str = ""
+    """`ldap://host:389` or `ldaps://host:636`; empty: no LDAP sign-in."""
+    ldap_bind_dn: str = ""
+    """How a user binds, `{username}` filled in (escaped): `uid={username},ou=people,
+    dc=example,dc=org`, or `{username}@corp.example.com` for Active Directory."""
+    ldap_base_dn: str = ""
+    """Where the user's entry and the groups are searched."""
+    ldap_user_filter: str = "(uid={username})"
+    """Finds the user's entry (`(sAMAccountName={username})` for Active Directory)."""
+    ldap_group_filter: str = "(|(member={user_dn})(uniqueMember={user_dn}))"
+    """Finds the user's groups (their `cn` is the group name); empty: the user entry's
+    `memberOf` (Active Directory)."""
+    ldap_admin_group: str = ""
+    """LDAP group (cn) whose members are Teller administrators; empty: roles set in Teller."""
+    ldap_start_tls: bool = False
+    """Upgrade `ldap://` with StartTLS (needed for a server not on this machine)."""
+    ldap_ca_file: str = ""
+    """CA certificate file to check the LDAP server's certificate; empty: the system's."""
+    ldap_timeout_seconds: float = Field(5.0, gt=0, le=120)
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_is_https(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not _secure_or_local(value, "https"):
+            raise ValueError(
+                f"TELLER_OIDC_ISSUER: {value!r} must be an https:// URL (plain http only for "
+                "a provider on this machine)"
+            )
+        return value
+
+    @field_validator("ldap_bind_dn", "ldap_user_filter")
+    @classmethod
+    def _names_the_user(cls, value: str) -> str:
+        if value and "{username}" not in value:
+            raise ValueError(
+                "TELLER_LDAP_BIND_DN and TELLER_LDAP_USER_FILTER must contain {username}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _identity_is_complete(self) -> Settings:
+        if self.oidc_issuer and not self.oidc_client_id:
+            raise ValueError("TELLER_OIDC_ISSUER needs TELLER_OIDC_CLIENT_ID")
+        if self.ldap_url:
+            if not self.ldap_bind_dn:
+                raise ValueError("TELLER_LDAP_URL needs TELLER_LDAP_BIND_DN")
+            if not (self.ldap_start_tls or _secure_or_local(self.ldap_url, "ldaps")):
+                raise ValueError(
+                    f"TELLER_LDAP_URL: {self.ldap_url!r} would send passwords in clear; use "
+                    "ldaps:// or set TELLER_LDAP_START_TLS=true (plain ldap:// only on this "
+                    "machine)"
+                )
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

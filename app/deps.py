@@ -17,6 +17,7 @@ from app.auth.sessions import SignedIn, signed_in
 from app.config import Settings
 from app.engine.types import Engine
 from app.store.models import User
+from app.usage import service as usage
 from app.web.csrf import verify_csrf
 
 
@@ -92,9 +93,12 @@ def message_allowed(request: Request, user: Annotated[User, Depends(get_current_
     """Route dependency for a chat message that will be answered: count it, or refuse it.
 
     Raises:
-        LimitExceeded: over the user's message rate (audited; answered 429 with Retry-After).
+        LimitExceeded: over the user's message rate or token quota (audited; answered 429
+            with Retry-After).
     """
     try:
+        with request.app.state.session_factory() as session:
+            usage.check_quota(session=session, user_id=user.id)  # tokens per day / month
         get_limits(request).check_message(user.id)
     except LimitExceeded as exc:
         with request.app.state.session_factory() as session:

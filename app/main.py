@@ -28,12 +28,15 @@ from app.answers.streams import ActiveStreams
 from app.audit.head_log import export_at_shutdown, head_export_loop
 from app.audit.retention import retention_loop
 from app.auth.access import NotSignedIn, not_signed_in
+from app.auth.oidc import OidcProvider
+from app.auth.oidc_router import router as oidc_router
 from app.auth.router import router as auth_router
 from app.auth.sessions import COOKIE as SESSION_COOKIE
 from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.config import Settings
 from app.engine.factory import build_engine
+from app.groups.router import router as groups_router
 from app.keys.router import router as keys_router
 from app.knowledge.router import UPLOAD_PATH as KNOWLEDGE_UPLOAD_PATH
 from app.knowledge.router import router as knowledge_router
@@ -46,6 +49,8 @@ from app.ops.metrics import registry_for
 from app.ops.requests import RequestContextMiddleware
 from app.ops.router import router as ops_router
 from app.store.db import make_engine, make_session_factory, migrate
+from app.usage import metrics as usage_metrics
+from app.usage.router import router as usage_router
 from app.web.csrf import set_csrf_cookie
 from app.web.templating import STATIC_DIR, is_htmx
 
@@ -71,6 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.limits = UserLimits(settings.messages_per_minute, settings.max_concurrent_streams)
     app.state.compare_jobs = CompareJobs()
     app.state.metrics_registry = registry_for(app.state)
+    usage_metrics.register(app.state.metrics_registry, app.state)
+    app.state.oidc = OidcProvider(settings) if settings.oidc_issuer else None
     engine = app.state.engine_override or await asyncio.to_thread(build_engine, settings)
     app.state.engine = engine
     app.state.adapters = await start_adapter_service(settings, engine)
@@ -118,6 +125,9 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(admin_router)
     app.include_router(admin_status_router)
     app.include_router(auth_router)
+    app.include_router(oidc_router)
+    app.include_router(groups_router)
+    app.include_router(usage_router)
     app.include_router(admin_users_router)
     app.include_router(admin_audit_router)
     app.include_router(admin_adapters_router)

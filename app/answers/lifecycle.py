@@ -34,7 +34,9 @@ from app.answers.streams import ActiveStreams, Running
 from app.audit import service as audit
 from app.config import Settings
 from app.engine.types import Engine, EngineError, Event, FinishEvent, GenerationRequest, TokenEvent
+from app.groups import service as groups
 from app.ops import metrics
+from app.usage import service as usage
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class Answer:
                 refusal is audited).
         """
         try:
+            with ctx.session_factory() as session:
+                usage.check_quota(session=session, user_id=user_id)  # tokens per day / month
             if count_message:
                 ctx.limits.check_message(user_id)
             return cls(ctx, kind, user_id, ctx.limits.acquire_stream(user_id))
@@ -127,6 +131,7 @@ class Answer:
         """
         self.request, self.details, self.checkpoint = request, details, checkpoint
         self.log_prompt = log_prompt
+        choice = await asyncio.to_thread(self._permitted_choice, choice)  # the user's groups
         self._running = self.ctx.streams.register(
             Running(self.user_id, request.cancel, conversation_id, message_id)
         )
@@ -266,6 +271,18 @@ class Answer:
         except Exception:  # noqa: BLE001 - a failed audit write is logged, never silent
             log.exception("could not audit the end of an answer")
         finish = self.finish
+        try:
+            with self.ctx.session_factory() as session:
+                usage.record_answer(
+                    session=session,
+                    user_id=self.user_id,
+                    surface=self.kind.surface,
+                    adapter=self.version.name if self.version else None,
+                    prompt_tokens=(finish.prompt_tokens or 0) if finish else 0,
+                    completion_tokens=finish.completion_tokens if finish else len(self.parts),
+                )
+        except Exception:  # noqa: BLE001 - a failed usage write is logged, never silent
+            log.exception("could not record the usage of an answer")
         metrics.record_answer(
             surface=self.kind.surface,
             status=self.status,
@@ -276,6 +293,12 @@ class Answer:
             prompt=self.log_prompt,
             answer=self.text,
         )
+
+    def _permitted_choice(self, choice: str | None) -> str | None:
+        with self.ctx.session_factory() as session:
+            return groups.permitted_choice_for(
+                session=session, user_id=self.user_id, choice=choice, adapters=self.ctx.adapters
+            )
 
     def _audit_start(self, choice: str | None) -> None:
         with self.ctx.session_factory() as session:

@@ -45,7 +45,7 @@ def safe_next(target: str | None) -> str:
 def login_url(request: Request) -> str:
     """Where to sign in, with `next` = the page to come back to: the requested page, or for
     HTMX and form posts the page the person was on (a POST URL cannot be revisited)."""
-    if not any_user(request):
+    if not any_user(request) and request.app.state.settings.local_accounts:
         return "/setup"
     if wants_page(request):
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")

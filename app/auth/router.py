@@ -35,13 +35,30 @@ def _see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
 
 
+def login_context(settings: Settings, next_url: str, **values: object) -> dict[str, object]:
+    """What the sign-in page shows: the password form (local accounts or LDAP), the
+    provider's button, an error."""
+    return {
+        "next": next_url,
+        "error": None,
+        "password_form": settings.local_accounts or bool(settings.ldap_url),
+        "oidc_name": settings.oidc_display_name if settings.oidc_issuer else None,
+        **values,
+    }
+
+
 @router.get("/login")
-def login_page(request: Request, session: SessionDep, next: str = "/") -> Response:  # noqa: A002
-    if service.count_users(session=session) == 0:
+def login_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    next: str = "/",  # noqa: A002
+) -> Response:
+    if settings.local_accounts and service.count_users(session=session) == 0:
         return _see_other("/setup")
     if signed_in(request) is not None:
         return _see_other(safe_next(next))
-    return render(request, "login.html", {"next": safe_next(next), "error": None})
+    return render(request, "login.html", login_context(settings, safe_next(next)))
 
 
 @router.post("/login", dependencies=[CsrfChecked])
@@ -53,7 +70,7 @@ def login(
     password: Annotated[str, Form(max_length=4096)],
     next: Annotated[str, Form()] = "/",  # noqa: A002
 ) -> Response:
-    context = {"next": safe_next(next), "username": username}
+    context = login_context(settings, safe_next(next), username=username)
     try:
         user = service.authenticate(
             session=session,
@@ -77,10 +94,10 @@ def login(
             {**context, "error": str(exc)},
             status_code=status.HTTP_401_UNAUTHORIZED,
         )
-    return _start_session(request, session, settings, user, safe_next(next))
+    return start_session(request, session, settings, user, safe_next(next))
 
 
-def _start_session(
+def start_session(
     request: Request, session: Session, settings: Settings, user: User, target: str
 ) -> Response:
     """A fresh session id on every sign-in (no fixation); the old one, if any, ends."""
@@ -104,8 +121,8 @@ def logout(request: Request, session: SessionDep, user: CurrentUser) -> Response
 
 
 @router.get("/setup")
-def setup_page(request: Request, session: SessionDep) -> Response:
-    if service.count_users(session=session) > 0:
+def setup_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    if service.count_users(session=session) > 0 or not settings.local_accounts:
         return _see_other("/login")
     return render(request, "setup.html", {"error": None, "username": ""})
 
@@ -120,7 +137,7 @@ def setup(
     confirm: Annotated[str, Form(max_length=4096)],
 ) -> Response:
     """Creates the first administrator, once: later posts find a user and are refused."""
-    if service.count_users(session=session) > 0:
+    if service.count_users(session=session) > 0 or not settings.local_accounts:
         return _see_other("/login")
     error = None
     if password != confirm:
@@ -143,7 +160,7 @@ def setup(
             {"error": error, "username": username},
             status_code=status.HTTP_400_BAD_REQUEST,
         )
-    return _start_session(request, session, settings, user, "/")
+    return start_session(request, session, settings, user, "/")
 
 
 NOTICES = {

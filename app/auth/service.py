@@ -128,19 +128,61 @@ def authenticate(
         raise
     with slot:  # held until the outcome is in the audit trail, where the throttle counts it
         user = get_user(session=session, username=name)
-        valid = passwords.verify_password(user.password_hash if user else None, password)
+        local = settings.local_accounts and user is not None and bool(user.password_hash)
+        if settings.ldap_url and not local:
+            return _directory_sign_in(session, settings, name, password, ip)
+        valid = settings.local_accounts and passwords.verify_password(
+            user.password_hash if user else None, password
+        )
         if user is None or not valid or user.disabled:
             reason = "disabled" if (user is not None and valid) else "bad credentials"
             audit.record_event(
                 session=session,
                 action=audit.SIGN_IN_FAILED,
-                details={"username": name, "ip": ip, "reason": reason},
+                details={"username": name, "ip": ip, "reason": reason, "provider": "local"},
             )
             raise SignInRefused("Wrong user name or password.")
     if passwords.needs_rehash(user.password_hash or ""):
         user.password_hash = passwords.hash_password(password)
-    audit.record_event(session=session, action=audit.SIGN_IN, actor_id=user.id, details={"ip": ip})
+    audit.record_event(
+        session=session,
+        action=audit.SIGN_IN,
+        actor_id=user.id,
+        details={"ip": ip, "provider": "local"},
+    )
     return user
+
+
+def _directory_sign_in(
+    session: Session, settings: Settings, name: str, password: str, ip: str | None
+) -> User:
+    """The password checked by the LDAP directory; the account made or updated from it."""
+    from app.auth import identity, ldap
+
+    try:
+        found = ldap.authenticate(settings=settings, username=name, password=password)
+    except ldap.LdapError as exc:
+        unavailable = isinstance(exc, ldap.LdapUnavailable)
+        audit.record_event(
+            session=session,
+            action=audit.SIGN_IN_FAILED,
+            details={
+                "username": name,
+                "ip": ip,
+                "provider": ldap.PROVIDER,
+                "reason": str(exc) if unavailable else "bad credentials",
+            },
+        )
+        raise SignInRefused(str(exc)) from None
+    return identity.sign_in_external(
+        session=session,
+        provider=ldap.PROVIDER,
+        subject=found.subject,
+        username=found.username,
+        provider_groups=found.groups,
+        admin_group=settings.ldap_admin_group,
+        ip=ip,
+    )
 
 
 def change_password(

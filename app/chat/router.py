@@ -24,6 +24,7 @@ from app.deps import (
     StreamsDep,
     message_allowed,
 )
+from app.groups import service as groups
 from app.ops.requests import client_ip
 from app.store import crud
 from app.store.models import Conversation, Message
@@ -76,7 +77,9 @@ def index(
         {
             "conversations": conversations,
             "conversation": None,
-            "adapter_choices": adapters.choices(),
+            "adapter_choices": groups.visible_choices(
+                session=session, user=user, adapters=adapters
+            ),
         },
     )
 
@@ -96,7 +99,9 @@ def show_conversation(
         {
             "conversations": conversations,
             "conversation": conversation,
-            "adapter_choices": adapters.choices(),
+            "adapter_choices": groups.visible_choices(
+                session=session, user=user, adapters=adapters
+            ),
         },
         block="conversation",
     )
@@ -106,13 +111,14 @@ def show_conversation(
 def choose_adapter(
     request: Request,
     session: SessionDep,
+    user: CurrentUser,
     conversation: ConversationDep,
     adapters: AdaptersDep,
     adapter: Annotated[str, Form()] = "",
 ) -> Response:
     """The adapter (or bare base model) that answers this conversation from now on."""
     try:
-        choice = service.checked_adapter_choice(adapters, adapter)
+        choice = service.checked_adapter_choice(adapters, adapter, session=session, user=user)
     except ChatInputError as exc:
         return _input_error(request, exc)
     service.choose_adapter(session=session, conversation=conversation, choice=choice)
@@ -136,7 +142,7 @@ def new_conversation(
             conversation=None,
             content=content,
             settings=settings,
-            adapter=service.checked_adapter_choice(adapters, adapter),
+            adapter=service.checked_adapter_choice(adapters, adapter, session=session, user=user),
         )
     except ChatInputError as exc:
         return _input_error(request, exc)

@@ -32,6 +32,7 @@ from app.engine.types import (
     SamplingParams,
     TokenEvent,
 )
+from app.groups import service as groups
 from app.store import crud
 from app.store.models import Conversation, Message, MessageStatus, User
 
@@ -98,14 +99,19 @@ def start_turn(
     return conversation, question, answer
 
 
-def checked_adapter_choice(adapters: AdapterService, value: str) -> str | None:
+def checked_adapter_choice(
+    adapters: AdapterService, value: str, *, session: Session, user: User
+) -> str | None:
     """A picker value from the chat page as stored on a conversation (None: the default).
 
     Raises:
-        ChatInputError: it names no installed adapter.
+        ChatInputError: it names no installed adapter, or none the user's groups grant.
     """
     try:
-        return adapters.check_choice(value)
+        choice = adapters.check_choice(value)
+        if choice:
+            groups.permitted_choice(groups.access_for(session=session, user=user), choice, adapters)
+        return choice
     except AdapterError as exc:
         raise ChatInputError(str(exc)) from None
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.config import Settings
+from app.groups import service as groups
 from app.knowledge.embeddings import DenseIndex, Embedder, reciprocal_rank_fusion
 from app.knowledge.index import index_for
 from app.knowledge.parsers.model import DocumentRefused, Limits
@@ -34,7 +35,7 @@ from app.knowledge.parsers.registry import check_upload
 from app.knowledge.query import terms
 from app.knowledge.ranking import coverage, rerank
 from app.store import knowledge_crud as store
-from app.store.knowledge_models import EVERYONE, DocumentState, KnowledgeBase, KnowledgeDocument
+from app.store.knowledge_models import DocumentState, KnowledgeBase, KnowledgeDocument
 from app.store.models import User
 
 KNOWLEDGE_BASE_CREATED = "knowledge.base_created"
@@ -170,11 +171,13 @@ def resolve_knowledge_base(*, session: Session, name_or_id: str) -> KnowledgeBas
 
 def visible_knowledge_bases(*, session: Session, user: User) -> list[KnowledgeBase]:
     """The knowledge bases `user` may answer from (the chat picker's choices). Every one is
-    visible to everyone until groups exist; then `visible_to` names the groups."""
+    visible to everyone until groups exist; then those the user's groups grant
+    (`app.groups.service.allowed_knowledge_bases`; administrators see all)."""
+    allowed = groups.allowed_knowledge_bases(session=session, user=user)
     return [
         base
         for base in store.list_knowledge_bases(session=session)
-        if base.visible_to == EVERYONE or user.role == "admin"
+        if allowed is None or base.id in allowed
     ]
 
 

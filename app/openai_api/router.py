@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 
 from app.answers.lifecycle import Answer, AnswerContext
 from app.engine.types import TokenEvent
+from app.groups import service as groups
 from app.keys import service as keys
 from app.openai_api import service
 from app.openai_api.schemas import (
@@ -72,7 +73,8 @@ def api_caller(request: Request) -> Caller:
         if found is None:
             raise OpenAIError(401, "Invalid or revoked API key.", code="invalid_api_key")
         user, key = found
-        return Caller(user.id, user.username, key.id, client_ip(request))
+        access = groups.access_for(session=session, user=user)
+        return Caller(user.id, user.username, key.id, client_ip(request), access)
 
 
 def api_context(request: Request) -> AnswerContext:
@@ -113,12 +115,13 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
 
 @router.get("/models")
 def list_models(caller: CallerDep, ctx: ContextDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=i) for i in service.model_ids(ctx.engine, ctx.adapters)])
+    ids = service.model_ids(ctx.engine, ctx.adapters, caller.access)
+    return ModelList(data=[ModelCard(id=i) for i in ids])
 
 
 @router.get("/models/{model_id:path}")
 def get_model(model_id: str, caller: CallerDep, ctx: ContextDep) -> ModelCard:
-    service.resolve_model(model_id, ctx.engine, ctx.adapters)
+    service.resolve_model(model_id, ctx.engine, ctx.adapters, caller.access)
     return ModelCard(id=model_id)
 
 

@@ -31,6 +31,7 @@ from app.engine.types import (
     SamplingParams,
     UpstreamError,
 )
+from app.groups.service import EVERYTHING, Access, choice_name, visible_model_ids
 from app.openai_api.schemas import OpenAIError, _Sampling
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
 from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
@@ -44,6 +45,8 @@ class Caller:
     username: str
     key_id: int
     ip: str | None
+    access: Access = EVERYTHING
+    """The adapters the key's owner may use now (their groups' grants; None: all)."""
 
 
 # ---- model ids ----------------------------------------------------------------------------
@@ -56,26 +59,35 @@ def base_model_id(engine: Engine) -> str:
     return name.removesuffix(".gguf")
 
 
-def model_ids(engine: Engine, adapters: AdapterService | None) -> list[str]:
-    """The base model, then every adapter as NAME (its current version) and NAME@VERSION."""
+def model_ids(
+    engine: Engine, adapters: AdapterService | None, access: Access = EVERYTHING
+) -> list[str]:
+    """The base model, then every adapter as NAME (its current version) and NAME@VERSION;
+    only those `access` allows (a user's groups' grants)."""
     ids = [base_model_id(engine)]
     if adapters is not None:
         versions = adapters.registry.versions()
         for name in adapters.registry.names():
             ids.append(name)
             ids.extend(v.ref for v in versions if v.name == name)
-    return ids
+    return visible_model_ids(access, ids, {ids[0]})
 
 
-def resolve_model(model: str, engine: Engine, adapters: AdapterService | None) -> str:
+def resolve_model(
+    model: str, engine: Engine, adapters: AdapterService | None, access: Access = EVERYTHING
+) -> str:
     """The adapter choice a model id means (`base` for the bare base model).
 
     Raises:
-        OpenAIError: 404 when no base model or adapter version has this id.
+        OpenAIError: 404 when no base model or adapter version has this id, or `access` does
+            not allow it (the same answer: a model one may not use is absent).
     """
     if model in (base_model_id(engine), engine.info.model):
-        return BASE_CHOICE
-    if adapters is not None and model != BASE_CHOICE:
+        if access.may_use_adapter(BASE_CHOICE):
+            return BASE_CHOICE
+    elif (
+        adapters is not None and model != BASE_CHOICE and access.may_use_adapter(choice_name(model))
+    ):
         try:
             adapters.resolve(model)
             return model
@@ -142,7 +154,7 @@ async def open_call(
             503 engine busy or out of memory (with Retry-After), 502 upstream failed,
             500 the engine refused the request.
     """
-    choice = resolve_model(model, ctx.engine, ctx.adapters)
+    choice = resolve_model(model, ctx.engine, ctx.adapters, caller.access)
     where = {"endpoint": endpoint, "key_id": caller.key_id, "ip": caller.ip}
     try:
         answer = Answer.reserve(ctx, API, user_id=caller.user_id, where=where, count_message=True)

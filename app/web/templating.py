@@ -28,6 +28,8 @@ templates.env.globals["admin_pages"] = (
     ("/admin/adapters", "Adapters"),
     ("/admin/knowledge", "Knowledge"),
     ("/admin/users", "Users"),
+    ("/admin/groups", "Groups"),
+    ("/admin/usage", "Usage"),
     ("/admin/audit", "Audit"),
     ("/admin/status", "Status"),
 )

@@ -1,0 +1,217 @@
+"""Data access for groups, identities, quotas and usage, as keyword-only functions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import date
+
+from sqlalchemy import delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from app.store.identity_models import (
+    MANUAL,
+    Group,
+    GroupAdapter,
+    GroupKnowledgeBase,
+    GroupMember,
+    UsageRecord,
+    UserIdentity,
+    UserQuota,
+)
+from app.store.models import User, utcnow
+
+# ---- groups ---------------------------------------------------------------------------------
+
+
+def any_group(*, session: Session) -> bool:
+    return bool(session.scalar(select(exists().where(Group.id.is_not(None)))))
+
+
+def list_groups(*, session: Session) -> list[Group]:
+    return list(session.scalars(select(Group).order_by(Group.name)))
+
+
+def get_group(*, session: Session, group_id: int) -> Group | None:
+    return session.get(Group, group_id)
+
+
+def find_group(*, session: Session, name: str) -> Group | None:
+    return session.scalar(select(Group).where(func.lower(Group.name) == name.strip().lower()))
+
+
+def user_groups(*, session: Session, user_id: int) -> list[Group]:
+    """The user's groups as the database says now (a removal shows on the next request)."""
+    query = (
+        select(Group)
+        .join(GroupMember, GroupMember.group_id == Group.id)
+        .where(GroupMember.user_id == user_id)
+        .order_by(Group.name)
+    )
+    return list(session.scalars(query))
+
+
+def group_adapters(*, session: Session, group_ids: Iterable[int]) -> set[str]:
+    ids = list(group_ids)
+    if not ids:
+        return set()
+    query = select(GroupAdapter.adapter).where(GroupAdapter.group_id.in_(ids))
+    return set(session.scalars(query))
+
+
+def group_knowledge_bases(*, session: Session, group_ids: Iterable[int]) -> set[int]:
+    ids = list(group_ids)
+    if not ids:
+        return set()
+    query = select(GroupKnowledgeBase.knowledge_base_id).where(GroupKnowledgeBase.group_id.in_(ids))
+    return set(session.scalars(query))
+
+
+def set_group_grants(
+    *, session: Session, group: Group, adapters: Iterable[str], knowledge_base_ids: Iterable[int]
+) -> None:
+    session.execute(delete(GroupAdapter).where(GroupAdapter.group_id == group.id))
+    session.execute(delete(GroupKnowledgeBase).where(GroupKnowledgeBase.group_id == group.id))
+    session.add_all(GroupAdapter(group_id=group.id, adapter=name) for name in set(adapters))
+    session.add_all(
+        GroupKnowledgeBase(group_id=group.id, knowledge_base_id=kb)
+        for kb in set(knowledge_base_ids)
+    )
+
+
+def members(*, session: Session, group_id: int) -> list[tuple[User, str]]:
+    """(user, source) of every member, by user name."""
+    query = (
+        select(User, GroupMember.source)
+        .join(GroupMember, GroupMember.user_id == User.id)
+        .where(GroupMember.group_id == group_id)
+        .order_by(User.username)
+    )
+    return [(user, source) for user, source in session.execute(query)]
+
+
+def add_member(*, session: Session, group_id: int, user_id: int, source: str = MANUAL) -> bool:
+    """False when already a member (its source is then left as it is)."""
+    if session.get(GroupMember, (group_id, user_id)) is not None:
+        return False
+    session.add(GroupMember(group_id=group_id, user_id=user_id, source=source))
+    session.flush()
+    return True
+
+
+def remove_member(*, session: Session, group_id: int, user_id: int) -> bool:
+    result = session.execute(
+        delete(GroupMember).where(GroupMember.group_id == group_id, GroupMember.user_id == user_id)
+    )
+    return result.rowcount > 0
+
+
+def memberships_from(*, session: Session, user_id: int, source: str) -> dict[int, GroupMember]:
+    query = select(GroupMember).where(GroupMember.user_id == user_id, GroupMember.source == source)
+    return {m.group_id: m for m in session.scalars(query)}
+
+
+def groups_by_external_name(*, session: Session, names: Iterable[str]) -> list[Group]:
+    wanted = {n.strip().lower() for n in names if n and n.strip()}
+    if not wanted:
+        return []
+    query = select(Group).where(
+        Group.external_name != "", func.lower(Group.external_name).in_(wanted)
+    )
+    return list(session.scalars(query))
+
+
+# ---- identities -----------------------------------------------------------------------------
+
+
+def find_identity(*, session: Session, provider: str, subject: str) -> UserIdentity | None:
+    return session.scalar(
+        select(UserIdentity).where(
+            UserIdentity.provider == provider, UserIdentity.subject == subject
+        )
+    )
+
+
+def add_identity(
+    *, session: Session, user_id: int, provider: str, subject: str, groups: list[str]
+) -> UserIdentity:
+    identity = UserIdentity(
+        user_id=user_id, provider=provider, subject=subject, groups=json.dumps(groups)
+    )
+    session.add(identity)
+    session.flush()
+    return identity
+
+
+def seen_external_groups(*, session: Session) -> set[str]:
+    """Every group an identity provider named at a sign-in (for /admin/groups to map)."""
+    names: set[str] = set()
+    for raw in session.scalars(select(UserIdentity.groups)):
+        try:
+            names.update(str(n) for n in json.loads(raw or "[]"))
+        except ValueError:
+            continue
+    return names
+
+
+# ---- quotas ---------------------------------------------------------------------------------
+
+
+def get_user_quota(*, session: Session, user_id: int) -> UserQuota | None:
+    return session.get(UserQuota, user_id)
+
+
+def set_user_quota(
+    *, session: Session, user_id: int, per_day: int | None, per_month: int | None
+) -> None:
+    quota = session.get(UserQuota, user_id)
+    if per_day is None and per_month is None:
+        if quota is not None:
+            session.delete(quota)
+        return
+    if quota is None:
+        quota = UserQuota(user_id=user_id)
+        session.add(quota)
+    quota.tokens_per_day, quota.tokens_per_month = per_day, per_month
+    quota.updated_at = utcnow()
+
+
+def list_user_quotas(*, session: Session) -> list[tuple[User, UserQuota]]:
+    query = select(User, UserQuota).join(UserQuota, UserQuota.user_id == User.id)
+    return [(user, quota) for user, quota in session.execute(query.order_by(User.username))]
+
+
+# ---- usage ----------------------------------------------------------------------------------
+
+
+def add_usage(
+    *,
+    session: Session,
+    user_id: int,
+    day: date,
+    surface: str,
+    adapter: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    session.add(
+        UsageRecord(
+            user_id=user_id,
+            day=day,
+            surface=surface,
+            adapter=adapter,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+    )
+    session.commit()
+
+
+def tokens_since(*, session: Session, user_id: int, since: date) -> int:
+    """Prompt + answer tokens of `user_id` from the UTC day `since` on."""
+    total = session.scalar(
+        select(
+            func.coalesce(func.sum(UsageRecord.prompt_tokens + UsageRecord.completion_tokens), 0)
+        ).where(UsageRecord.user_id == user_id, UsageRecord.day >= since)
+    )
+    return int(total or 0)
