@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.service import AdapterService
+from app.admin.compare_jobs import CompareJobs
 from app.answers.lifecycle import AnswerContext, record_refusal
 from app.answers.limits import LimitExceeded, UserLimits
 from app.answers.streams import ActiveStreams
@@ -53,6 +54,10 @@ def get_limits(request: Request) -> UserLimits:
     return request.app.state.limits
 
 
+def get_compare_jobs(request: Request) -> CompareJobs:
+    return request.app.state.compare_jobs
+
+
 def get_answers(request: Request) -> AnswerContext:
     """What every answer needs (engine, adapters, limits, ...); 503 while the model loads."""
     answers = getattr(request.app.state, "answers", None)
@@ -70,15 +75,21 @@ def require_signed_in(request: Request) -> SignedIn:
 
 
 def get_current_user(
+    request: Request,
     info: Annotated[SignedIn, Depends(require_signed_in)],
     _csrf: Annotated[None, Depends(verify_csrf)],
     session: Annotated[Session, Depends(get_session)],
 ) -> User:
     """The signed-in user, attached to this request's session; CSRF checked after sign-in,
-    so every route that needs a user is also protected against cross-site requests."""
+    so every route that needs a user is also protected against cross-site requests.
+
+    Pages name the signed-in person from `request.state.viewer` (plain data, set here), which
+    `app.web.templating.render` hands to every template: no template looks anyone up.
+    """
     user = session.get(User, info.user_id)
     if user is None or user.disabled:
         raise NotSignedIn()
+    request.state.viewer = info
     return user
 
 
@@ -118,6 +129,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 LimitsDep = Annotated[UserLimits, Depends(get_limits)]
+CompareJobsDep = Annotated[CompareJobs, Depends(get_compare_jobs)]
 AnswersDep = Annotated[AnswerContext, Depends(get_answers)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(require_admin)]

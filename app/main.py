@@ -14,13 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.adapters.service import start_adapter_service, stop_adapter_service
-from app.admin.adapters import router as admin_adapters_router
-from app.admin.adapters_api import router as admin_adapters_api_router
-from app.admin.adapters_compare import CompareJobs
-from app.admin.audit import router as admin_audit_router
+from app.admin.compare_jobs import CompareJobs
 from app.admin.router import router as admin_router
-from app.admin.status import router as admin_status_router
-from app.admin.users import router as admin_users_router
 from app.answers.lifecycle import AnswerContext
 from app.answers.limits import LimitExceeded, UserLimits
 from app.answers.recovery import recover_interrupted
@@ -39,7 +34,6 @@ from app.engine.factory import build_engine
 from app.groups.router import router as groups_router
 from app.keys.router import router as keys_router
 from app.knowledge.router import UPLOAD_PATH as KNOWLEDGE_UPLOAD_PATH
-from app.knowledge.router import router as knowledge_router
 from app.knowledge.worker import start_knowledge, stop_knowledge
 from app.openai_api.router import openai_error_handler
 from app.openai_api.router import router as openai_router
@@ -122,18 +116,12 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(ops_router)
     app.include_router(chat_router)
-    app.include_router(admin_router)
-    app.include_router(admin_status_router)
+    app.include_router(admin_router)  # every /admin page
     app.include_router(auth_router)
     app.include_router(oidc_router)
     app.include_router(groups_router)
     app.include_router(usage_router)
-    app.include_router(admin_users_router)
-    app.include_router(admin_audit_router)
-    app.include_router(admin_adapters_router)
-    app.include_router(admin_adapters_api_router)
     app.include_router(keys_router)
-    app.include_router(knowledge_router)
     app.include_router(openai_router)
     app.add_exception_handler(NotSignedIn, not_signed_in)
     app.add_exception_handler(OpenAIError, openai_error_handler)

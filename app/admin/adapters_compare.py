@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import html
-import secrets
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request, Response, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.adapters.errors import AdapterError
+from app.admin.compare_jobs import CompareJob
 from app.answers.kinds import COMPARE
 from app.answers.lifecycle import Answer
 from app.contract import ChatMessage
-from app.deps import AdaptersDep, AdminUser, AnswersDep, SettingsDep
+from app.deps import AdaptersDep, AdminUser, AnswersDep, CompareJobsDep, SettingsDep
 from app.engine.types import (
     EngineError,
     FinishEvent,
@@ -39,51 +37,7 @@ from app.web.templating import render
 
 router = APIRouter(prefix="/compare")
 
-JOB_TTL_SECONDS = 300
 SIDES = ("left", "right")
-
-
-@dataclass(frozen=True)
-class CompareJob:
-    user_id: int
-    prompt: str
-    left: str
-    right: str
-    created: float
-
-
-class CompareJobs:
-    """Pending comparisons: created by the form post, consumed once by the stream (made by
-    the app's lifespan; a job not streamed within `JOB_TTL_SECONDS` is forgotten)."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, CompareJob] = {}
-        self._lock = threading.Lock()
-
-    def add(self, job: CompareJob) -> str:
-        job_id = secrets.token_urlsafe(16)
-        with self._lock:
-            self._expire()
-            self._jobs[job_id] = job
-        return job_id
-
-    def take(self, job_id: str, user_id: int) -> CompareJob | None:
-        """The job, once, and only for the admin who started it."""
-        with self._lock:
-            self._expire()
-            job = self._jobs.get(job_id)
-            if job is None or job.user_id != user_id:
-                return None
-            return self._jobs.pop(job_id)
-
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - JOB_TTL_SECONDS
-        for key in [k for k, job in self._jobs.items() if job.created < cutoff]:
-            del self._jobs[key]
-
-
-def _jobs(request: Request) -> CompareJobs:
-    return request.app.state.compare_jobs
 
 
 def _label(choice: str) -> str:
@@ -95,6 +49,7 @@ def start_compare(
     request: Request,
     admin: AdminUser,
     adapters: AdaptersDep,
+    jobs: CompareJobsDep,
     settings: SettingsDep,
     prompt: Annotated[str, Form()],
     left: Annotated[str, Form()],
@@ -119,7 +74,7 @@ def start_compare(
             {"error": error},
             status_code=status.HTTP_400_BAD_REQUEST,
         )
-    job_id = _jobs(request).add(CompareJob(admin.id, text, left, right, time.monotonic()))
+    job_id = jobs.add(CompareJob(admin.id, text, left, right, time.monotonic()))
     context = {"job_id": job_id, "prompt": text, "left": _label(left), "right": _label(right)}
     return render(request, "admin/adapters_compare.html", context)
 
@@ -129,6 +84,7 @@ async def compare_stream(
     request: Request,
     admin: AdminUser,
     answers: AnswersDep,
+    jobs: CompareJobsDep,
     settings: SettingsDep,
     job_id: str,
 ) -> EventSourceResponse:
@@ -137,7 +93,7 @@ async def compare_stream(
     Raises:
         LimitExceeded: the admin has fewer free generation slots than the two sides need.
     """
-    job = _jobs(request).take(job_id, admin.id)
+    job = jobs.take(job_id, admin.id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "This comparison has expired; run it again.")
     messages = [ChatMessage("system", settings.system_prompt)] if settings.system_prompt else []

@@ -1,15 +1,29 @@
-"""`/admin`: the console's entry point; each page lives in its own module."""
+"""The admin console: `/admin` and every admin page, included here so the app includes one
+router for all of them (each page lives in its own module; knowledge's page in its feature)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse
 
+from app.admin import adapters, adapters_api, audit, status, users
 from app.deps import AdminUser
+from app.knowledge.router import router as knowledge_router
 
-router = APIRouter(prefix="/admin")
+router = APIRouter()
 
 
-@router.get("")
+@router.get("/admin")
 def admin_home(_: AdminUser) -> RedirectResponse:
     return RedirectResponse("/admin/status", status_code=303)
+
+
+for page in (
+    status.router,
+    users.router,
+    audit.router,
+    adapters.router,  # with /admin/adapters/compare
+    adapters_api.router,
+    knowledge_router,
+):
+    router.include_router(page)

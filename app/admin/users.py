@@ -8,8 +8,9 @@ from fastapi import APIRouter, Form, HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
+from app.answers.streams import ActiveStreams
 from app.auth import service
-from app.deps import AdminUser, SessionDep
+from app.deps import AdminUser, SessionDep, StreamsDep
 from app.store.models import User
 from app.web.templating import render
 
@@ -83,17 +84,27 @@ def add_user(
 
 
 @router.post("/{user_id}/disable")
-def disable_user(request: Request, session: SessionDep, admin: AdminUser, user_id: int) -> Response:
-    return _set_disabled(request, session, admin, user_id, disabled=True)
+def disable_user(
+    request: Request, session: SessionDep, admin: AdminUser, streams: StreamsDep, user_id: int
+) -> Response:
+    return _set_disabled(request, session, admin, user_id, disabled=True, streams=streams)
 
 
 @router.post("/{user_id}/enable")
-def enable_user(request: Request, session: SessionDep, admin: AdminUser, user_id: int) -> Response:
-    return _set_disabled(request, session, admin, user_id, disabled=False)
+def enable_user(
+    request: Request, session: SessionDep, admin: AdminUser, streams: StreamsDep, user_id: int
+) -> Response:
+    return _set_disabled(request, session, admin, user_id, disabled=False, streams=streams)
 
 
 def _set_disabled(
-    request: Request, session: Session, admin: User, user_id: int, *, disabled: bool
+    request: Request,
+    session: Session,
+    admin: User,
+    user_id: int,
+    *,
+    disabled: bool,
+    streams: ActiveStreams,
 ) -> Response:
     user = _target(session, user_id)
     try:
@@ -102,7 +113,7 @@ def _set_disabled(
         return _page(request, session, admin, error=str(exc), code=400)
     if disabled:
         # Their running answers end now (a CLI disable reaches them at their next checkpoint).
-        request.app.state.streams.stop_user(user.id)
+        streams.stop_user(user.id)
     done = "disabled" if disabled else "enabled"
     return RedirectResponse(f"/admin/users?done={done}", status_code=303)
 

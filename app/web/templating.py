@@ -13,7 +13,6 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app.auth.sessions import signed_in
 from app.web.csrf import csrf_token
 from app.web.markdown import render_markdown
 
@@ -23,7 +22,6 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.filters["markdown"] = render_markdown
 templates.env.globals["csrf_token"] = csrf_token
-templates.env.globals["signed_in"] = signed_in
 templates.env.globals["admin_pages"] = (
     ("/admin/adapters", "Adapters"),
     ("/admin/knowledge", "Knowledge"),
@@ -48,8 +46,12 @@ def render(
     status_code: int = 200,
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    """The whole page, or only `block` when HTMX asked for a fragment."""
-    context = {"request": request, **context}
+    """The whole page, or only `block` when HTMX asked for a fragment.
+
+    Every template gets `viewer`: who is signed in (`app.auth.sessions.SignedIn`) as the
+    route's user dependency found them, or None on pages that need no sign-in.
+    """
+    context = {"request": request, "viewer": getattr(request.state, "viewer", None), **context}
     if block and is_htmx(request):
         template = templates.get_template(name)
         html = "".join(template.blocks[block](template.new_context(context)))
