@@ -183,9 +183,9 @@ class Settings(BaseSettings):
     """Where the user's entry and the groups are searched."""
     ldap_user_filter: str = "(uid={username})"
     """Finds the user's entry (`(sAMAccountName={username})` for Active Directory)."""
-    ldap_group_filter: str = "(|(member={user_dn})(uniqueMember={user_dn}))"
-    """Finds the user's groups (their `cn` is the group name); empty: the user entry's
-    `memberOf` (Active Directory)."""
+    ldap_group_filter: str = "(member={user_dn})"
+    """Finds the user's groups (their `cn` is the group name; `{username}` works too, for
+    `memberUid`); empty: the user entry's `memberOf` (Active Directory)."""
     ldap_admin_group: str = ""
     """LDAP group (cn) whose members are Teller administrators; empty: roles set in Teller."""
     ldap_start_tls: bool = False
