@@ -31,7 +31,6 @@ from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.config import Settings
 from app.engine.factory import build_engine
-from app.groups.router import router as groups_router
 from app.keys.router import router as keys_router
 from app.knowledge.router import UPLOAD_PATH as KNOWLEDGE_UPLOAD_PATH
 from app.knowledge.worker import start_knowledge, stop_knowledge
@@ -44,7 +43,6 @@ from app.ops.requests import RequestContextMiddleware
 from app.ops.router import router as ops_router
 from app.store.db import make_engine, make_session_factory, migrate
 from app.usage import metrics as usage_metrics
-from app.usage.router import router as usage_router
 from app.web.csrf import set_csrf_cookie
 from app.web.templating import STATIC_DIR, is_htmx
 
@@ -119,8 +117,6 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(admin_router)  # every /admin page
     app.include_router(auth_router)
     app.include_router(oidc_router)
-    app.include_router(groups_router)
-    app.include_router(usage_router)
     app.include_router(keys_router)
     app.include_router(openai_router)
     app.add_exception_handler(NotSignedIn, not_signed_in)

@@ -1,5 +1,6 @@
 """The admin console: `/admin` and every admin page, included here so the app includes one
-router for all of them (each page lives in its own module; knowledge's page in its feature)."""
+router for all of them (each page lives in its own module; the knowledge, groups and usage
+pages in their features)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from fastapi.responses import RedirectResponse
 
 from app.admin import adapters, adapters_api, audit, status, users
 from app.deps import AdminUser
+from app.groups.router import router as groups_router
 from app.knowledge.router import router as knowledge_router
+from app.usage.router import router as usage_router
 
 router = APIRouter()
 
@@ -25,5 +28,7 @@ for page in (
     adapters.router,  # with /admin/adapters/compare
     adapters_api.router,
     knowledge_router,
+    groups_router,
+    usage_router,
 ):
     router.include_router(page)
