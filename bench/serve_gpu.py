@@ -384,18 +384,16 @@ def main() -> int:  # noqa: PLR0915
         section: dict[str, Any] = {"warm_up_s": time.perf_counter() - started}
 
         async def load_and_measure(engine: BatchEngine = engine) -> dict:
+            started = time.perf_counter()
             for index, path in enumerate(adapters):
                 await engine.load_adapter(f"a{index}", path, PromptFormat.ALPACA)
-            return await measure_engine(engine, loaded, args)
+            loads = {"adapter_loads_s": time.perf_counter() - started}
+            return loads | await measure_engine(engine, loaded, args)
 
         try:
             section.update(asyncio.run(load_and_measure()))
             # Decode steps queued before the previous step's tokens reached the host.
             section["steps_run_ahead_share"] = engine.steps_ahead / max(1, engine.steps)
-            if args.profile:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                target = args.out.parent / f"profile-serve{suffix}-{variant}.txt"
-                asyncio.run(profile_one_stream(engine, loaded, target))
         except Exception as exc:  # noqa: BLE001 - keep the other variants' numbers
             section["failed"] = repr(exc)[:500]
         results["teller"][variant] = section
@@ -411,6 +409,10 @@ def main() -> int:  # noqa: PLR0915
             loaded.tokenizer, reference, text
         )
         results["correctness"] = correctness
+        _save(args.out, results)
+        if args.profile:  # the last variant's, after everything else is saved
+            target = args.out.parent / f"profile-serve{suffix}-{variant}.txt"
+            asyncio.run(profile_one_stream(engine, loaded, target))
         if not args.no_http:
             for index in range(ADAPTERS):
                 asyncio.run(engine.unload_adapter(f"a{index}"))
