@@ -17,6 +17,7 @@ from app.auth.access import NotSignedIn
 from app.auth.sessions import SignedIn, signed_in
 from app.config import Settings
 from app.engine.types import Engine
+from app.knowledge.worker import KnowledgeRuntime
 from app.store.models import User
 from app.usage import service as usage
 from app.web.csrf import verify_csrf
@@ -48,6 +49,11 @@ def get_streams(request: Request) -> ActiveStreams:
 
 def get_adapters(request: Request) -> AdapterService:
     return request.app.state.adapters
+
+
+def get_knowledge(request: Request) -> KnowledgeRuntime:
+    """Retrieval with the server's embedder and top k (`app.knowledge.worker`)."""
+    return request.app.state.knowledge
 
 
 def get_limits(request: Request) -> UserLimits:
@@ -130,6 +136,7 @@ StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 LimitsDep = Annotated[UserLimits, Depends(get_limits)]
 CompareJobsDep = Annotated[CompareJobs, Depends(get_compare_jobs)]
+KnowledgeDep = Annotated[KnowledgeRuntime, Depends(get_knowledge)]
 AnswersDep = Annotated[AnswerContext, Depends(get_answers)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(require_admin)]

@@ -122,8 +122,14 @@ class Answer:
         message_id: int | None = None,
         checkpoint: Callable[[str], None] | None = None,
         log_prompt: Any = None,
+        fixed_answer: str | None = None,
     ) -> None:
         """Register, audit the start, lease the adapter `choice`, hand the request to the engine.
+
+        Args:
+            fixed_answer: the whole answer, given without the engine or an adapter (the chosen
+                knowledge bases hold nothing relevant: `app.knowledge.grounding`); streamed,
+                stored and audited like a generated one.
 
         Raises:
             AdapterError: `choice` names nothing installed, or it cannot be loaded.
@@ -137,6 +143,9 @@ class Answer:
         )
         try:
             await asyncio.shield(asyncio.to_thread(self._audit_start, choice))
+            if fixed_answer is not None:
+                self._events = _fixed(fixed_answer)
+                return
             if self.ctx.adapters is not None:
                 self.lease = await self.ctx.adapters.acquire(choice)
                 request.adapter = self.lease.engine_name
@@ -339,6 +348,12 @@ class Answer:
                     "text": self.text,
                 },
             )
+
+
+async def _fixed(text: str) -> AsyncIterator[Event]:
+    """The events of an answer known before any model runs."""
+    yield TokenEvent(text)
+    yield FinishEvent("stop", text, 0, 0)
 
 
 def record_refusal(*, session: Session, user_id: int, where: dict[str, Any], reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -13,12 +14,13 @@ from starlette.background import BackgroundTask
 
 from app.answers.kinds import CHAT
 from app.answers.lifecycle import Answer
-from app.chat import service
+from app.chat import knowledge, service
 from app.chat.schemas import ChatInputError
 from app.deps import (
     AdaptersDep,
     AnswersDep,
     CurrentUser,
+    KnowledgeDep,
     SessionDep,
     SettingsDep,
     StreamsDep,
@@ -27,7 +29,7 @@ from app.deps import (
 from app.groups import service as groups
 from app.ops.requests import client_ip
 from app.store import crud
-from app.store.models import Conversation, Message
+from app.store.models import Conversation, Message, User
 from app.web.templating import is_htmx, render, render_fragment
 
 # CSRF is checked by CurrentUser (every route here needs it), after the sign-in check.
@@ -46,6 +48,25 @@ def _conversation_or_404(
 
 
 ConversationDep = Annotated[Conversation, Depends(_conversation_or_404)]
+KnowledgeChoice = Annotated[list[int], Form(alias="knowledge_base")]
+"""The picker's checked knowledge bases (none checked: the field is absent)."""
+
+
+def _knowledge_context(
+    session: SessionDep, user: User, conversation: Conversation | None
+) -> dict[str, object]:
+    """What the knowledge picker and the citations under answers need."""
+    return {
+        "knowledge_choices": knowledge.knowledge_choices(session=session, user=user),
+        "chosen_bases": []
+        if conversation is None
+        else knowledge.conversation_knowledge_bases(
+            session=session, conversation=conversation, user=user
+        ),
+        "citations": {}
+        if conversation is None
+        else knowledge.conversation_citations(session=session, conversation=conversation),
+    }
 
 
 def _redirect(request: Request, url: str) -> Response:
@@ -80,6 +101,7 @@ def index(
             "adapter_choices": groups.visible_choices(
                 session=session, user=user, adapters=adapters
             ),
+            **_knowledge_context(session, user, None),
         },
     )
 
@@ -102,6 +124,7 @@ def show_conversation(
             "adapter_choices": groups.visible_choices(
                 session=session, user=user, adapters=adapters
             ),
+            **_knowledge_context(session, user, conversation),
         },
         block="conversation",
     )
@@ -125,6 +148,38 @@ def choose_adapter(
     return _redirect(request, f"/c/{conversation.id}")
 
 
+@router.post("/c/{conversation_id}/knowledge")
+def choose_knowledge(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    conversation: ConversationDep,
+    knowledge_base: KnowledgeChoice = [],  # noqa: B006 - FastAPI copies defaults
+) -> Response:
+    """The knowledge bases this conversation answers from, from the next question on."""
+    try:
+        chosen = knowledge.checked_knowledge_choice(
+            session=session, user=user, values=knowledge_base
+        )
+    except ChatInputError as exc:
+        return _input_error(request, exc)
+    knowledge.choose_knowledge_bases(
+        session=session, conversation=conversation, knowledge_base_ids=chosen
+    )
+    if not is_htmx(request):
+        return _redirect(request, f"/c/{conversation.id}")
+    return render(
+        request,
+        "partials/knowledge_choice.html",
+        {
+            "conversation": conversation,
+            "picker_open": True,
+            **_knowledge_context(session, user, conversation),
+        },
+        block="knowledge_choice",
+    )
+
+
 @router.post("/c", dependencies=[Depends(message_allowed)])
 def new_conversation(
     request: Request,
@@ -134,6 +189,7 @@ def new_conversation(
     adapters: AdaptersDep,
     content: Annotated[str, Form()],
     adapter: Annotated[str, Form()] = "",
+    knowledge_base: KnowledgeChoice = [],  # noqa: B006 - FastAPI copies defaults
 ) -> Response:
     try:
         conversation, _, _ = service.start_turn(
@@ -143,6 +199,9 @@ def new_conversation(
             content=content,
             settings=settings,
             adapter=service.checked_adapter_choice(adapters, adapter, session=session, user=user),
+            knowledge_base_ids=knowledge.checked_knowledge_choice(
+                session=session, user=user, values=knowledge_base
+            ),
         )
     except ChatInputError as exc:
         return _input_error(request, exc)
@@ -184,6 +243,7 @@ async def stream_message(
     conversation: ConversationDep,
     session: SessionDep,
     answers: AnswersDep,
+    knowledge_runtime: KnowledgeDep,
     message_id: int,
 ) -> EventSourceResponse:
     """SSE: `token` events carry escaped text to append; `done` carries the final message HTML.
@@ -203,16 +263,20 @@ async def stream_message(
     )
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        async for update in service.stream_answer(answer=answer, message=message):
+        updates = service.stream_answer(
+            answer=answer, message=message, knowledge_runtime=knowledge_runtime
+        )
+        async for update in updates:
             if update.kind == "token":
                 yield ServerSentEvent(html.escape(update.text), event="token")
             else:
                 if update.message is not None and update.message.status == "error":
                     # Tell a failure (e.g. out of GPU memory) apart from an answer that ended.
                     yield ServerSentEvent(html.escape(update.message.error or ""), event="error")
-                yield ServerSentEvent(
-                    _message_html(request, conversation, update.message), event="done"
+                final = await asyncio.to_thread(
+                    _message_html, request, conversation, update.message
                 )
+                yield ServerSentEvent(final, event="done")
 
     # The answer closes itself before "done"; this closes it if the stream never started.
     return EventSourceResponse(
@@ -221,8 +285,16 @@ async def stream_message(
 
 
 def _message_html(request: Request, conversation: Conversation, message: Message | None) -> str:
+    """The stored answer as the page shows it, citations included (reads the database: run
+    it on a worker thread)."""
+    citations = {}
+    if message is not None:
+        with request.app.state.session_factory() as session:
+            citations = {message.id: knowledge.citations(session=session, message=message)}
     return render_fragment(
-        request, "partials/message.html", {"conversation": conversation, "message": message}
+        request,
+        "partials/message.html",
+        {"conversation": conversation, "message": message, "citations": citations},
     )
 
 

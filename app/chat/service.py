@@ -5,13 +5,17 @@ finishing, Stop, a client that disconnects, server shutdown, the owner's account
 disabled — the text so far is stored with a status that says which. Its audit trail has a row
 when generation starts and one when it ends, so an answer cut by a crash still shows
 (`app.answers.recovery` adds the missing end at the next start).
+
+A conversation that uses knowledge bases answers each question from their passages
+(`app.knowledge.grounding`): the passages given are in the answer's audit start row and, once
+it is stored, in its lineage, from which the page shows numbered citations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +27,7 @@ from app.answers.input_limits import newest_turns
 from app.answers.lifecycle import Answer
 from app.answers.streams import ActiveStreams
 from app.audit import service as audit
+from app.chat.knowledge import conversation_knowledge_bases
 from app.chat.schemas import ChatInputError
 from app.config import Settings
 from app.contract import ChatMessage
@@ -33,7 +38,10 @@ from app.engine.types import (
     TokenEvent,
 )
 from app.groups import service as groups
-from app.store import crud
+from app.knowledge import service as knowledge
+from app.knowledge.grounding import Grounding, KnowledgeUnavailable, ground
+from app.knowledge.worker import KnowledgeRuntime
+from app.store import crud, knowledge_crud
 from app.store.models import Conversation, Message, MessageStatus, User
 
 TITLE_CHARS = 60
@@ -68,8 +76,12 @@ def start_turn(
     content: str,
     settings: Settings,
     adapter: str | None = None,
+    knowledge_base_ids: Sequence[int] = (),
 ) -> tuple[Conversation, Message, Message]:
     """Store the user's message and an empty pending answer (validated before anything is stored).
+
+    Args:
+        adapter, knowledge_base_ids: a new conversation's choices (checked by the caller).
 
     Raises:
         ChatInputError: the content is empty or too long.
@@ -80,6 +92,12 @@ def start_turn(
         conversation = crud.create_conversation(
             session=session, user_id=user.id, title=title, adapter=adapter
         )
+        if knowledge_base_ids:
+            knowledge_crud.set_conversation_knowledge_bases(
+                session=session,
+                conversation_id=conversation.id,
+                knowledge_base_ids=knowledge_base_ids,
+            )
     question = crud.add_message(
         session=session, conversation=conversation, role="user", content=text
     )
@@ -120,6 +138,9 @@ def choose_adapter(*, session: Session, conversation: Conversation, choice: str 
     """Answers from now on use `choice`; earlier answers keep the adapter they recorded."""
     conversation.adapter = choice
     session.commit()
+
+
+# ---- answers --------------------------------------------------------------------------------
 
 
 def regenerate(*, session: Session, conversation: Conversation) -> Message:
@@ -166,15 +187,20 @@ def _history(session: Session, message: Message, settings: Settings) -> list[Cha
     )
 
 
-async def stream_answer(*, answer: Answer, message: Message) -> AsyncIterator[StreamUpdate]:
+async def stream_answer(
+    *, answer: Answer, message: Message, knowledge_runtime: KnowledgeRuntime | None = None
+) -> AsyncIterator[StreamUpdate]:
     """Generate a pending answer on a reserved `answer`, yielding tokens, then the stored message.
 
     A message that is not pending (already answered, or being answered elsewhere) yields its
     stored state at once, so reloading a page never starts a second generation. The answer is
-    closed (slot, lease, audit row) before the stored message is yielded.
+    closed (slot, lease, audit row) before the stored message is yielded. When the
+    conversation uses knowledge bases (and `knowledge_runtime` is given), the question is
+    answered from their passages, and the passages given are stored as the answer's lineage.
     """
     ctx = answer.ctx
     message_id: int | None = None
+    grounding: Grounding | None = None
     try:
         with ctx.session_factory() as session:
             message = session.merge(message)
@@ -182,34 +208,58 @@ async def stream_answer(*, answer: Answer, message: Message) -> AsyncIterator[St
                 yield StreamUpdate("done", message=message)
                 return
             history = _history(session, message, ctx.settings)
-            choice = message.conversation.adapter
+            conversation = message.conversation
+            choice = conversation.adapter
+            owner = session.get(User, conversation.user_id)
+            base_ids = (
+                conversation_knowledge_bases(session=session, conversation=conversation, user=owner)
+                if knowledge_runtime is not None and owner is not None
+                else []
+            )
             message.model = ctx.engine.info.model
             session.commit()
             message_id, conversation_id = message.id, message.conversation_id
+        sampling = sampling_for(ctx.settings)
         try:
+            if base_ids and knowledge_runtime is not None:
+                grounding = await ground(
+                    session_factory=ctx.session_factory,
+                    knowledge=knowledge_runtime,
+                    knowledge_base_ids=base_ids,
+                    messages=history,
+                    max_context_tokens=ctx.settings.max_context_tokens,
+                    max_new_tokens=sampling.max_new_tokens,
+                    count_tokens=ctx.engine.count_tokens,
+                )
             await answer.start(
-                GenerationRequest(messages=history, sampling=sampling_for(ctx.settings)),
+                GenerationRequest(
+                    messages=list(grounding.messages) if grounding else history,
+                    sampling=sampling,
+                ),
                 choice=choice,
                 details={
                     "conversation_id": conversation_id,
                     "message_id": message_id,
                     "model": ctx.engine.info.model,
+                    **(grounding.audit_details() if grounding else {}),
                 },
                 conversation_id=conversation_id,
                 message_id=message_id,
                 checkpoint=lambda text: _checkpoint(ctx.session_factory, message_id, text),
                 log_prompt=history[-1].content if history else None,
+                fixed_answer=grounding.fixed_answer if grounding else None,
             )
             async for event in answer.events():
                 if isinstance(event, TokenEvent):
                     yield StreamUpdate("token", text=event.text)
-        except (EngineError, AdapterError) as exc:
+        except (EngineError, AdapterError, KnowledgeUnavailable) as exc:
             answer.error = str(exc)
     finally:
         # Runs on normal end, Stop, client disconnect (CancelledError/GeneratorExit) alike.
         if message_id is not None:
             answer.request.cancel.set()
-            message = _store_answer(ctx.session_factory, message_id, answer) or message
+            stored = _store_answer(ctx.session_factory, message_id, answer, grounding)
+            message = stored or message
         await answer.close()
     yield StreamUpdate("done", message=message)
 
@@ -222,9 +272,13 @@ _STATUS = {
 
 
 def _store_answer(
-    session_factory: sessionmaker[Session], message_id: int, answer: Answer
+    session_factory: sessionmaker[Session],
+    message_id: int,
+    answer: Answer,
+    grounding: Grounding | None = None,
 ) -> Message | None:
-    """The answer's text, status, tokens and adapter version on its message."""
+    """The answer's text, status, tokens, adapter version and, for an answer given passages
+    (even a stopped one), their lineage on its message."""
     finish = answer.finish
     with session_factory() as session:
         stored = session.get(Message, message_id)
@@ -241,6 +295,10 @@ def _store_answer(
             completion_tokens=finish.completion_tokens if finish else None,
             adapter=(version.name, version.version, version.sha256) if version else None,
         )
+        if grounding is not None and grounding.passages and (answer.finish or answer.parts):
+            knowledge.record_lineage(
+                session=session, message_id=message_id, passages=grounding.passages
+            )
         return stored
 
 

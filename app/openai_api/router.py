@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 
 from app.answers.lifecycle import Answer, AnswerContext
+from app.deps import KnowledgeDep
 from app.engine.types import TokenEvent
 from app.groups import service as groups
 from app.keys import service as keys
@@ -215,11 +216,13 @@ def _stream(call: Answer, chunks: AsyncIterator[str]) -> StreamingResponse:
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
+async def chat_completions(
+    request: Request, caller: CallerDep, ctx: ContextDep, knowledge: KnowledgeDep
+) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     messages = service.chat_messages([(m.role, m.text()) for m in body.messages])
     service.check_input_size([m.content for m in messages], ctx.settings)
-    call = await service.open_call(
+    call, grounding = await service.open_call(
         ctx=ctx,
         caller=caller,
         endpoint="chat.completions",
@@ -227,7 +230,11 @@ async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep)
         sampling=service.sampling_for(body, body.token_limit, ctx.settings),
         stream=body.stream,
         messages=messages,
+        knowledge_runtime=knowledge,
+        knowledge_bases=body.knowledge_bases or (),
     )
+    sources = service.sources(grounding) if grounding is not None else None
+    no_sources = {"sources"} if sources is None else set()
     ident, created = completion_id("chatcmpl"), now()
     if not body.stream:
         await _collect(request, call)
@@ -243,17 +250,21 @@ async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep)
                     )
                 ],
                 usage=_usage(call),
-            ).model_dump()
+                sources=sources,
+            ).model_dump(exclude=no_sources)
         )
 
-    def chunk(delta: Delta, finish_reason: str | None = None) -> str:
+    def chunk(delta: Delta, finish_reason: str | None = None, *, last: bool = False) -> str:
+        """One chunk; the `last` before `[DONE]` carries the sources (with `knowledge_bases`)."""
+        exclude = (set() if body.include_usage else {"usage"}) | (set() if last else {"sources"})
         return _sse(
             ChatCompletionChunk(
                 id=ident,
                 created=created,
                 model=body.model,
                 choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
-            ).model_dump(exclude={"usage"} if not body.include_usage else set())
+                sources=sources if last else None,
+            ).model_dump(exclude=exclude | no_sources)
         )
 
     async def chunks() -> AsyncIterator[str]:
@@ -264,12 +275,17 @@ async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep)
         if call.error:
             yield _error_chunk(call)
         else:
-            yield chunk(Delta(), _finish_reason(call))
+            yield chunk(Delta(), _finish_reason(call), last=not body.include_usage)
             if body.include_usage:
                 yield _sse(
                     ChatCompletionChunk(
-                        id=ident, created=created, model=body.model, choices=[], usage=_usage(call)
-                    )
+                        id=ident,
+                        created=created,
+                        model=body.model,
+                        choices=[],
+                        usage=_usage(call),
+                        sources=sources,
+                    ).model_dump(exclude=no_sources)
                 )
         yield DONE
 
@@ -280,7 +296,7 @@ async def chat_completions(request: Request, caller: CallerDep, ctx: ContextDep)
 async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
     body = await parse_body(request, CompletionRequest)
     service.check_input_size([body.prompt_text], ctx.settings, param="prompt")
-    call = await service.open_call(
+    call, _ = await service.open_call(
         ctx=ctx,
         caller=caller,
         endpoint="completions",

@@ -117,12 +117,24 @@ class ChatMessageIn(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+MAX_KNOWLEDGE_BASES = 16
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Any] | None = None
     functions: list[Any] | None = None
     logprobs: bool | None = None
+    knowledge_bases: list[str] | None = Field(None, max_length=MAX_KNOWLEDGE_BASES)
+    """Teller's extension: answer from these knowledge bases (names) and return `sources`."""
+
+    @field_validator("knowledge_bases")
+    @classmethod
+    def _knowledge_base_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not name.strip() or len(name) > 100 for name in value):
+            raise ValueError("knowledge base names are 1-100 characters")
+        return value
 
     @model_validator(mode="after")
     def _unsupported(self) -> ChatCompletionRequest:
@@ -130,6 +142,8 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("tools and function calling are not supported")
         if self.logprobs:
             raise ValueError("logprobs are not supported")
+        if self.knowledge_bases and not any(m.role == "user" for m in self.messages):
+            raise ValueError("knowledge_bases needs a user message to search for")
         return self
 
     @property
@@ -217,6 +231,21 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
+class Source(BaseModel):
+    """A passage the answer was given (Teller's extension): `[number]` in the answer cites it."""
+
+    number: int
+    document: str
+    filename: str
+    document_sha256: str
+    page: int | None
+    location: str
+    section: str
+    chunk_id: int
+    score: float
+    text: str
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -224,6 +253,8 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    sources: list[Source] | None = None
+    """Only with `knowledge_bases` in the request (then a list, empty when nothing matched)."""
 
 
 class Delta(BaseModel):
@@ -245,6 +276,8 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    sources: list[Source] | None = None
+    """On the last chunk before `[DONE]`, with `knowledge_bases` in the request."""
 
 
 class TextChoice(BaseModel):

@@ -8,11 +8,14 @@ ids, sampling fields and the HTTP statuses a failed start becomes.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.errors import AdapterError
 from app.adapters.service import BASE_CHOICE, AdapterService
@@ -32,9 +35,14 @@ from app.engine.types import (
     UpstreamError,
 )
 from app.groups.service import EVERYTHING, Access, choice_name, visible_model_ids
-from app.openai_api.schemas import OpenAIError, _Sampling
+from app.knowledge import service as knowledge
+from app.knowledge.grounding import Grounding, KnowledgeUnavailable, ground
+from app.knowledge.worker import KnowledgeRuntime
+from app.openai_api.schemas import OpenAIError, Source, _Sampling
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
 from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
+from app.store import knowledge_crud
+from app.store.models import User
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,64 @@ def check_input_size(texts: Sequence[str], settings: Settings, *, param: str = "
         raise OpenAIError(400, str(exc), param=param, code="context_length_exceeded") from None
 
 
+# ---- knowledge bases (the `knowledge_bases` extension field) -------------------------------
+
+
+def knowledge_base_ids(
+    *, session_factory: sessionmaker[Session], caller: Caller, names: Sequence[str]
+) -> list[int]:
+    """The ids of the knowledge bases a request names (by name, or by id as digits).
+
+    Raises:
+        OpenAIError: 404 when one does not exist or the caller may not see it (the same
+            answer for both, so a name cannot be probed).
+    """
+    with session_factory() as session:
+        user = session.get(User, caller.user_id)
+        found: dict[str, int | None] = {}
+        for name in names:
+            base = knowledge_crud.find_knowledge_base(session=session, name=name)
+            if base is None and name.isdigit():
+                base = knowledge_crud.get_knowledge_base(
+                    session=session, knowledge_base_id=int(name)
+                )
+            found[name] = base.id if base is not None else None
+        requested = [i for i in found.values() if i is not None]
+        usable = set(
+            knowledge.usable_knowledge_base_ids(session=session, user=user, requested=requested)
+            if user is not None
+            else []
+        )
+    for name, base_id in found.items():
+        if base_id not in usable:
+            raise OpenAIError(
+                404,
+                f"The knowledge base '{name}' does not exist.",
+                param="knowledge_bases",
+                code="knowledge_base_not_found",
+            )
+    return list(dict.fromkeys(found[name] for name in names))
+
+
+def sources(grounding: Grounding) -> list[Source]:
+    """The passages an answer was given, as the response's `sources`."""
+    return [
+        Source(
+            number=number,
+            document=p.document_title,
+            filename=p.filename,
+            document_sha256=p.document_sha256,
+            page=p.page,
+            location=p.location,
+            section=p.section,
+            chunk_id=p.chunk_id,
+            score=p.score,
+            text=p.text,
+        )
+        for number, p in enumerate(grounding.passages, start=1)
+    ]
+
+
 # ---- one call -----------------------------------------------------------------------------
 
 
@@ -143,18 +209,32 @@ async def open_call(
     stream: bool,
     messages: Sequence[ChatMessage] = (),
     prompt: str | None = None,
-) -> Answer:
+    knowledge_runtime: KnowledgeRuntime | None = None,
+    knowledge_bases: Sequence[str] = (),
+) -> tuple[Answer, Grounding | None]:
     """Check the model, take the user's slot, start the answer and wait for its first event, so
     a busy or failing engine becomes an HTTP status before any byte of the answer is sent.
+
+    With `knowledge_bases` (chat only), the question is answered from their passages
+    (`app.knowledge.grounding`), searched once the slot is taken; the grounding comes back
+    with the answer so the response can list its sources.
 
     The caller iterates `answer.events()` and always closes the answer.
 
     Raises:
-        OpenAIError: 404 unknown model, 429 over the user's limits (with Retry-After),
-            503 engine busy or out of memory (with Retry-After), 502 upstream failed,
-            500 the engine refused the request.
+        OpenAIError: 404 unknown model or knowledge base, 429 over the user's limits (with
+            Retry-After), 503 engine busy, out of memory or the search failed (with
+            Retry-After), 502 upstream failed, 500 the engine refused the request.
     """
     choice = resolve_model(model, ctx.engine, ctx.adapters, caller.access)
+    base_ids: list[int] = []
+    if knowledge_bases and knowledge_runtime is not None:
+        base_ids = await asyncio.to_thread(
+            knowledge_base_ids,
+            session_factory=ctx.session_factory,
+            caller=caller,
+            names=knowledge_bases,
+        )
     where = {"endpoint": endpoint, "key_id": caller.key_id, "ip": caller.ip}
     try:
         answer = Answer.reserve(ctx, API, user_id=caller.user_id, where=where, count_message=True)
@@ -169,14 +249,28 @@ async def open_call(
     prompt_record: Any = (
         prompt if prompt is not None else [{"role": m.role, "content": m.content} for m in messages]
     )
-    request = GenerationRequest(messages=list(messages), prompt=prompt, sampling=sampling)
     details = {**where, "call_id": uuid.uuid4().hex, "model": model, "stream": stream}
+    grounding: Grounding | None = None
     try:
+        if base_ids and knowledge_runtime is not None:
+            grounding = await ground(
+                session_factory=ctx.session_factory,
+                knowledge=knowledge_runtime,
+                knowledge_base_ids=base_ids,
+                messages=messages,
+                max_context_tokens=ctx.settings.max_context_tokens,
+                max_new_tokens=sampling.max_new_tokens,
+                count_tokens=ctx.engine.count_tokens,
+            )
+            messages = grounding.messages
+            details.update(grounding.audit_details())
+        request = GenerationRequest(messages=list(messages), prompt=prompt, sampling=sampling)
         await answer.start(
             request,
             choice=choice,
             details={**details, "prompt": prompt_record},
             log_prompt=prompt_record,
+            fixed_answer=grounding.fixed_answer if grounding else None,
         )
         first = await answer.first_event()
         if isinstance(first, FinishEvent) and first.reason == "error":
@@ -194,7 +288,7 @@ async def open_call(
         answer.error = answer.error or str(exc)
         await answer.close()
         raise _as_openai_error(exc) from None
-    return answer
+    return answer, grounding
 
 
 def _as_openai_error(exc: BaseException) -> BaseException:
@@ -213,6 +307,14 @@ def _as_openai_error(exc: BaseException) -> BaseException:
         return OpenAIError(502, str(exc), type="server_error", code="upstream_error")
     if isinstance(exc, EngineError):
         return OpenAIError(500, str(exc), type="server_error")
+    if isinstance(exc, KnowledgeUnavailable):
+        return OpenAIError(
+            503,
+            str(exc),
+            type="server_error",
+            code="knowledge_unavailable",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return exc
 
 
