@@ -274,6 +274,17 @@ def test_relative_links_point_at_files_and_headings(path: Path) -> None:
             assert anchor in {slug(h) for h in headings}, f"{path.name}: no heading #{anchor}"
 
 
+# ---- docs/layout.md: every package of app/ ------------------------------------------------
+
+
+def test_layout_lists_every_app_package() -> None:
+    listed = set(re.findall(r"`(app/[a-z_]+)/`", (REPO / "docs" / "layout.md").read_text("utf-8")))
+    packages = {f"app/{path.parent.name}" for path in (REPO / "app").glob("*/__init__.py")} & {
+        "/".join(path.split("/")[:2]) for path in committed("app/*/*.py")
+    }
+    assert not packages - listed, f"add to docs/layout.md: {sorted(packages - listed)}"
+
+
 # ---- bench/README.md: scripts and result files ---------------------------------------------
 
 
