@@ -274,6 +274,26 @@ def test_relative_links_point_at_files_and_headings(path: Path) -> None:
             assert anchor in {slug(h) for h in headings}, f"{path.name}: no heading #{anchor}"
 
 
+SOURCE_PATH = re.compile(
+    r"((?:app|training|bench|tests|docker|templates|static|docs)/[\w./-]*\w)(?::[\w.]+)?"
+)
+OPERATOR_FILES = {"docker/teller.env"}  # made by the operator from teller.env.example
+
+
+@pytest.mark.parametrize("path", [README, *DOCS, BENCH], ids=lambda p: str(p.relative_to(REPO)))
+def test_source_paths_named_in_docs_exist(path: Path) -> None:
+    """A module moved or renamed leaves no doc pointing at its old place."""
+    named = {
+        match.group(1)
+        for span in CODE_SPAN.findall(path.read_text(encoding="utf-8"))
+        if (match := SOURCE_PATH.fullmatch(span))
+        and not span.startswith("training/runs/")
+        and match.group(1) not in OPERATOR_FILES
+    }
+    missing = sorted(name for name in named if not (REPO / name).exists())
+    assert not missing, f"{path.name} names paths that do not exist: {missing}"
+
+
 # ---- docs/layout.md: every package of app/ ------------------------------------------------
 
 
