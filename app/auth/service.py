@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -14,6 +13,7 @@ from app.auth.sessions import end_user_sessions
 from app.auth.throttle import SignInThrottled
 from app.config import Settings
 from app.keys import service as api_keys
+from app.store import account_crud as store
 from app.store.models import Role, User
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -46,7 +46,7 @@ def _taken(name: str, existing: str) -> str:
 
 
 def count_users(*, session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(User)) or 0
+    return store.count_users(session=session)
 
 
 def get_user(*, session: Session, username: str) -> User | None:
@@ -77,27 +77,22 @@ def create_user(
         passwords.check_policy(password, username=name)
     except passwords.PasswordPolicyError as exc:
         raise AccountError(str(exc)) from None
-    session.commit()
+    store.fresh_read(session=session)
     taken = get_user(session=session, username=name)
     if taken is not None:
         raise AccountError(_taken(name, taken.username))
-    user = User(
-        username=name,
-        password_hash=passwords.hash_password(password),
-        role=Role.ADMIN if admin else Role.USER,
-    )
-    session.add(user)
     try:
-        session.flush()  # takes the write lock first, so the count below is current
-        if only_if_first and count_users(session=session) > 1:
-            raise AccountError("Setup is already done: sign in instead.")
-        session.commit()
-    except IntegrityError:  # created meanwhile: the unique index on lower(username) held
-        session.rollback()
+        user = store.add_user(
+            session=session,
+            username=name,
+            password_hash=passwords.hash_password(password),
+            role=Role.ADMIN if admin else Role.USER,
+            only_if_first=only_if_first,
+        )
+    except store.UsernameTaken:  # created meanwhile
         raise AccountError(_taken(name, name)) from None
-    except AccountError:
-        session.rollback()
-        raise
+    except store.NotFirstUser:
+        raise AccountError("Setup is already done: sign in instead.") from None
     audit.record_event(
         session=session,
         action=audit.SETUP_COMPLETED if only_if_first else audit.USER_CREATED,
@@ -143,7 +138,9 @@ def authenticate(
             )
             raise SignInRefused("Wrong user name or password.")
     if passwords.needs_rehash(user.password_hash or ""):
-        user.password_hash = passwords.hash_password(password)
+        store.set_password_hash(
+            session=session, user=user, password_hash=passwords.hash_password(password)
+        )
     audit.record_event(
         session=session,
         action=audit.SIGN_IN,
@@ -253,8 +250,7 @@ def _set_password(session: Session, user: User, new: str) -> None:
         passwords.check_policy(new, username=user.username)
     except passwords.PasswordPolicyError as exc:
         raise AccountError(str(exc)) from None
-    user.password_hash = passwords.hash_password(new)
-    session.commit()
+    store.set_password_hash(session=session, user=user, password_hash=passwords.hash_password(new))
 
 
 def set_disabled(*, session: Session, user: User, disabled: bool, actor_id: int | None) -> None:
@@ -271,8 +267,7 @@ def set_disabled(*, session: Session, user: User, disabled: bool, actor_id: int 
         )
         if (admins or 0) <= 1:
             raise AccountError("This is the last enabled administrator; add another first.")
-    user.disabled = disabled
-    session.commit()
+    store.set_user_disabled(session=session, user=user, disabled=disabled)
     if disabled:
         end_user_sessions(session=session, user_id=user.id)
     audit.record_event(

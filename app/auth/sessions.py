@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Request, Response
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.ops.requests import client_ip
-from app.store.models import AuthSession, User, utcnow
+from app.store import account_crud as store
+from app.store.models import User, utcnow
 
 COOKIE = "teller_session"
 TOUCH_SECONDS = 60
@@ -52,60 +52,51 @@ def create_session(*, session: Session, user: User, settings: Settings, request:
     """Store a new session for `user`; return the cookie token (shown nowhere else)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    session.add(
-        AuthSession(
-            id=token_id(token),
-            user_id=user.id,
-            csrf_token=secrets.token_urlsafe(32),
-            created_at=now,
-            last_seen_at=now,
-            expires_at=now + timedelta(hours=settings.session_hours),
-            ip=client_ip(request),
-            user_agent=request.headers.get("user-agent", "")[:255],
-        )
+    store.add_auth_session(
+        session=session,
+        session_id=token_id(token),
+        user_id=user.id,
+        csrf_token=secrets.token_urlsafe(32),
+        now=now,
+        expires_at=now + timedelta(hours=settings.session_hours),
+        ip=client_ip(request),
+        user_agent=request.headers.get("user-agent", "")[:255],
     )
-    session.commit()
     return token
 
 
 def end_session(*, session: Session, token: str | None) -> None:
     if token:
-        session.execute(delete(AuthSession).where(AuthSession.id == token_id(token)))
-        session.commit()
+        store.delete_auth_session(session=session, session_id=token_id(token))
 
 
 def end_user_sessions(*, session: Session, user_id: int, keep: str | None = None) -> int:
     """Sign a user out everywhere (all but session id `keep`); returns how many ended."""
-    query = delete(AuthSession).where(AuthSession.user_id == user_id)
-    if keep:
-        query = query.where(AuthSession.id != keep)
-    result = session.execute(query)
-    session.commit()
-    return result.rowcount
+    return store.delete_user_auth_sessions(session=session, user_id=user_id, keep=keep)
 
 
 def purge_expired(*, session: Session) -> int:
-    result = session.execute(delete(AuthSession).where(AuthSession.expires_at < utcnow()))
-    session.commit()
-    return result.rowcount
+    return store.delete_expired_auth_sessions(session=session, now=utcnow())
 
 
 def _lookup(session: Session, token: str, settings: Settings) -> SignedIn | None:
-    row = session.get(AuthSession, token_id(token))
+    row = store.get_auth_session(session=session, session_id=token_id(token))
     if row is None:
         return None
     now = utcnow()
     if row.expires_at < now or now - row.created_at > MAX_AGE:
-        session.delete(row)
-        session.commit()
+        store.delete_auth_session(session=session, session_id=row.id)
         return None
     user = session.get(User, row.user_id)
     if user is None or user.disabled:
         return None
     if (now - row.last_seen_at).total_seconds() > TOUCH_SECONDS:
-        row.last_seen_at = now
-        row.expires_at = now + timedelta(hours=settings.session_hours)
-        session.commit()
+        store.touch_auth_session(
+            session=session,
+            row=row,
+            now=now,
+            expires_at=now + timedelta(hours=settings.session_hours),
+        )
     return SignedIn(row.id, user.id, user.username, user.role, row.csrf_token)
 
 

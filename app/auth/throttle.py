@@ -24,6 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.audit import service as audit
 from app.config import Settings
+from app.store import account_crud as store
 from app.store.models import AuditRecord, utcnow
 
 IP_FACTOR = 4
@@ -100,7 +101,7 @@ def reserve(*, session: Session, settings: Settings, username: str, ip: str | No
     window = timedelta(minutes=settings.login_window_minutes)
     name = username.strip()[:64].lower()
     keys = [("name", name)] + ([("ip", ip)] if ip else [])
-    session.commit()  # a fresh read: failures recorded by other threads a moment ago count
+    store.fresh_read(session=session)  # failures recorded by other threads a moment ago count
     with _lock:
         limit = settings.login_max_failures
         wait = _retry_after(

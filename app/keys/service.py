@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.store import account_crud as store
 from app.store.models import ApiKey, User, utcnow
 
 KEY_PREFIX = "tlr_"
@@ -54,11 +55,13 @@ def create_key(
     if user.disabled:
         raise ApiKeyError(f"{user.username} is disabled; enable the account first.")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(
-        user_id=user.id, name=label, prefix=secret[:VISIBLE_CHARS], key_hash=hash_key(secret)
+    key = store.add_api_key(
+        session=session,
+        user_id=user.id,
+        name=label,
+        prefix=secret[:VISIBLE_CHARS],
+        key_hash=hash_key(secret),
     )
-    session.add(key)
-    session.commit()
     audit.record_event(
         session=session,
         action=audit.API_KEY_CREATED,
@@ -88,8 +91,7 @@ def revoke_key(*, session: Session, key: ApiKey, actor_id: int | None = None) ->
     """Revoke a key; the next request with it gets 401. False if it was already revoked."""
     if key.revoked_at is not None:
         return False
-    key.revoked_at = utcnow()
-    session.commit()
+    store.set_key_revoked(session=session, key=key, at=utcnow())
     audit.record_event(
         session=session,
         action=audit.API_KEY_REVOKED,
@@ -134,6 +136,5 @@ def authenticate(*, session: Session, secret: str) -> tuple[User, ApiKey] | None
         key.last_used_at is None
         or (now - key.last_used_at).total_seconds() > LAST_USED_RESOLUTION_S
     ):
-        key.last_used_at = now
-        session.commit()
+        store.set_key_last_used(session=session, key=key, at=now)
     return user, key

@@ -1,0 +1,160 @@
+"""Data access for accounts: users, sign-in sessions and API keys, as keyword-only functions.
+
+The rules (who may do what, what is audited) live in `app/auth` and `app/keys`; these only
+read and write rows, and each write commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.store.models import ApiKey, AuthSession, User
+
+
+class UsernameTaken(Exception):
+    """Another account has this name in some case (the unique index on lower(username))."""
+
+
+class NotFirstUser(Exception):
+    """An account was to be the first one, and another exists."""
+
+
+def fresh_read(*, session: Session) -> None:
+    """End the session's transaction, so the next query sees what other connections committed
+    since (a transaction reads from one snapshot)."""
+    session.commit()
+
+
+# ---- users ----------------------------------------------------------------------------------
+
+
+def count_users(*, session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def add_user(
+    *,
+    session: Session,
+    username: str,
+    role: str,
+    password_hash: str | None,
+    only_if_first: bool = False,
+) -> User:
+    """Insert an account. With `only_if_first` the accounts are counted after the insert took
+    the write lock, so two first-run setups at once cannot both make an administrator.
+
+    Raises:
+        UsernameTaken: the name was taken meanwhile; nothing is stored.
+        NotFirstUser: `only_if_first`, and another account exists; nothing is stored.
+    """
+    user = User(username=username, password_hash=password_hash, role=role)
+    session.add(user)
+    try:
+        session.flush()
+        if only_if_first and count_users(session=session) > 1:
+            raise NotFirstUser(username)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise UsernameTaken(username) from None
+    except NotFirstUser:
+        session.rollback()
+        raise
+    return user
+
+
+def set_password_hash(*, session: Session, user: User, password_hash: str) -> None:
+    user.password_hash = password_hash
+    session.commit()
+
+
+def set_user_disabled(*, session: Session, user: User, disabled: bool) -> None:
+    user.disabled = disabled
+    session.commit()
+
+
+# ---- sign-in sessions -----------------------------------------------------------------------
+
+
+def add_auth_session(
+    *,
+    session: Session,
+    session_id: str,
+    user_id: int,
+    csrf_token: str,
+    now: datetime,
+    expires_at: datetime,
+    ip: str | None,
+    user_agent: str,
+) -> None:
+    session.add(
+        AuthSession(
+            id=session_id,
+            user_id=user_id,
+            csrf_token=csrf_token,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=expires_at,
+            ip=ip,
+            user_agent=user_agent,
+        )
+    )
+    session.commit()
+
+
+def get_auth_session(*, session: Session, session_id: str) -> AuthSession | None:
+    return session.get(AuthSession, session_id)
+
+
+def touch_auth_session(
+    *, session: Session, row: AuthSession, now: datetime, expires_at: datetime
+) -> None:
+    """A session in use: seen now, and its sliding expiry moved on."""
+    row.last_seen_at = now
+    row.expires_at = expires_at
+    session.commit()
+
+
+def delete_auth_session(*, session: Session, session_id: str) -> None:
+    session.execute(delete(AuthSession).where(AuthSession.id == session_id))
+    session.commit()
+
+
+def delete_user_auth_sessions(*, session: Session, user_id: int, keep: str | None = None) -> int:
+    """Every session of a user except `keep` (a session id); returns how many were deleted."""
+    query = delete(AuthSession).where(AuthSession.user_id == user_id)
+    if keep:
+        query = query.where(AuthSession.id != keep)
+    result = session.execute(query)
+    session.commit()
+    return result.rowcount
+
+
+def delete_expired_auth_sessions(*, session: Session, now: datetime) -> int:
+    result = session.execute(delete(AuthSession).where(AuthSession.expires_at < now))
+    session.commit()
+    return result.rowcount
+
+
+# ---- API keys -------------------------------------------------------------------------------
+
+
+def add_api_key(*, session: Session, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey:
+    key = ApiKey(user_id=user_id, name=name, prefix=prefix, key_hash=key_hash)
+    session.add(key)
+    session.commit()
+    return key
+
+
+def set_key_revoked(*, session: Session, key: ApiKey, at: datetime) -> None:
+    key.revoked_at = at
+    session.commit()
+
+
+def set_key_last_used(*, session: Session, key: ApiKey, at: datetime) -> None:
+    key.last_used_at = at
+    session.commit()
