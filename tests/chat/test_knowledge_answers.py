@@ -9,7 +9,10 @@ import re
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from app.answers.kinds import CHAT_ANSWER_STARTED
+from app.knowledge import service as knowledge
 from app.knowledge.service import NOTHING_FOUND
 from app.store import knowledge_crud
 from tests.chat.knowledge_data import QUESTION, UNRELATED, knowledge_base_with, small_filing
@@ -83,9 +86,9 @@ def test_an_answer_from_a_knowledge_base_cites_the_passages_it_was_given(
             filings.document_sha256,
         )
         [started] = audit_details(server, CHAT_ANSWER_STARTED)
-        knowledge = started["knowledge"]
-        assert knowledge["knowledge_bases"] == ["Filings"] and knowledge["model_called"]
-        assert knowledge["passages"][0] == {
+        given = started["knowledge"]
+        assert given["knowledge_bases"] == ["Filings"] and given["model_called"]
+        assert given["passages"][0] == {
             "number": 1,
             "chunk_id": source.chunk_id,
             "document_sha256": filings.document_sha256,
@@ -188,3 +191,33 @@ def test_passages_from_a_document_are_escaped_in_citations(scripted_server) -> N
             assert 'data-document="notes"' in page
             assert "&lt;img src=x onerror=" in page and "&lt;script&gt;alert(2)" in page
             assert "<img src=x" not in page and "<script>alert(2)" not in page
+
+
+def test_only_knowledge_bases_the_user_may_see_are_offered_or_searched(
+    scripted_server,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with scripted_server(chunks=["Plain."]) as server:
+        filings = knowledge_base_with(server, {"ADOBE_2022_10K.pdf": small_filing()})
+        alice = signed_in_client(server, "alice", "alice-password-1")
+        path, _, _ = ask(alice, QUESTION, knowledge_base=str(filings.knowledge_base_id))
+        visible = knowledge.visible_knowledge_bases
+
+        def without_filings(*, session, user):  # noqa: ANN001, ANN202 - groups decide who sees
+            return [b for b in visible(session=session, user=user) if b.name != "Filings"]
+
+        monkeypatch.setattr(knowledge, "visible_knowledge_bases", without_filings)
+        assert 'name="knowledge_base"' not in alice.page("/").text
+        refused = alice.post(
+            f"{path}/knowledge", {"knowledge_base": str(filings.knowledge_base_id)}
+        )
+        assert refused.status_code == 400
+
+        # The conversation chose it before access was lost: the next question is not grounded.
+        alice.post(f"{path}/messages", {"content": QUESTION})
+        stream = STREAM_RE.findall(alice.page(path).text)[-1]
+        with alice.http.stream("GET", stream) as response:
+            for event, _ in read_sse(response):
+                if event == "done":
+                    break
+        assert server.app.state.engine.requests[-1].messages[-1].content == QUESTION
