@@ -33,7 +33,9 @@ def ensure_installed() -> None:
     if (PACKAGE / "node_modules" / "oidc-provider" / "package.json").exists():
         return
     if shutil.which("node") is None or shutil.which("npm") is None:
-        raise RuntimeError("Node.js and npm are needed for the OIDC tests (apt-get install nodejs npm)")
+        raise RuntimeError(
+            "Node.js and npm are needed for the OIDC tests (apt-get install nodejs npm)"
+        )
     subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(PACKAGE)],
         check=True,

@@ -2,8 +2,9 @@
 
 The server gets its own folder (config, database, pid file), listens on 127.0.0.1 only, and is
 stopped and removed when the block ends. The directory: people `alice` (groups finance and
-admins), `bob` (group legal), `carol` (no group) and `star*` (a name only an injection would
-find), each with the password `<name>-password-1`.
+admins), `bob` (group legal), `carol` and `star` (a name only an injection would
+find), each with the password `<name>-password-1`; carol is in finance too (a
+groupOfNames needs a member when alice leaves it).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def directory_ldif() -> str:
         + _person("bob", "bob@teller.test")
         + _person("carol", "carol@teller.test")
         + _person("star", "star@teller.test")
-        + _group("finance", ["alice"])
+        + _group("finance", ["alice", "carol"])
         + _group("legal", ["bob"])
         + _group("admins", ["alice"])
     )
