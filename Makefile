@@ -16,7 +16,7 @@ TORCH_INDEX := $(if $(HAS_GPU),,$(shell curl -s -o /dev/null --max-time 5 $(CPU_
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test test-gpu lint install model browser postgres bench-cpu clean help
+.PHONY: run test test-gpu lint install model browser postgres identity bench-cpu clean help
 
 help:
 	@echo "make run   - install what is missing, fetch the default model, serve on http://127.0.0.1:8000"
@@ -49,7 +49,18 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing Debian's postgresql for the PostgreSQL tests"; \
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-test: model browser postgres
+# The sign-in tests start a throwaway OpenLDAP (Debian's slapd) and a real OpenID Connect
+# provider (npm's oidc-provider, pinned in tests/auth/oidc_provider, run with Node).
+OIDC_PROVIDER := tests/auth/oidc_provider
+identity:
+	@test -x /usr/sbin/slapd || { echo "installing Debian's slapd for the LDAP tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd >/dev/null; }
+	@command -v npm >/dev/null || { echo "installing Debian's nodejs and npm for the OIDC tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	@test -f $(OIDC_PROVIDER)/node_modules/oidc-provider/package.json || \
+		npm ci --silent --no-audit --no-fund --prefix $(OIDC_PROVIDER)
+
+test: model browser postgres identity
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The tests marked `gpu` (CUDA kernels, graphs): `make test` deselects them (pyproject addopts).
