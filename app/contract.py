@@ -20,6 +20,9 @@ from typing import Any
 MANIFEST_FILE = "teller.json"
 PEFT_CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+"""Weight files that can run code when loaded: training never writes one into a package, and
+the registry refuses a package that holds one."""
 
 
 class PromptFormat(StrEnum):

@@ -16,7 +16,6 @@ from app.answers.streams import ActiveStreams
 from app.auth.access import NotSignedIn
 from app.auth.sessions import SignedIn, signed_in
 from app.config import Settings
-from app.engine.types import Engine
 from app.knowledge.worker import KnowledgeRuntime
 from app.store.models import User
 from app.usage import service as usage
@@ -34,13 +33,6 @@ def get_session_factory(request: Request) -> sessionmaker[Session]:
 def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.session_factory() as session:
         yield session
-
-
-def get_engine(request: Request) -> Engine:
-    engine = getattr(request.app.state, "engine", None)
-    if engine is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "The model is still loading.")
-    return engine
 
 
 def get_streams(request: Request) -> ActiveStreams:
@@ -131,10 +123,8 @@ def message_allowed(request: Request, user: Annotated[User, Depends(get_current_
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
 StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
-LimitsDep = Annotated[UserLimits, Depends(get_limits)]
 CompareJobsDep = Annotated[CompareJobs, Depends(get_compare_jobs)]
 KnowledgeDep = Annotated[KnowledgeRuntime, Depends(get_knowledge)]
 AnswersDep = Annotated[AnswerContext, Depends(get_answers)]

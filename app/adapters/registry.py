@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from app.adapters.archive import Limits, _copy_limited, remove_tree, stage_folder, stage_zip
 from app.adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
 from app.adapters.validation import NAME_RE, check_name, check_package
-from app.contract import WEIGHTS_FILE, AdapterManifest
+from app.contract import AdapterManifest
 
 STATE_FILE = "registry.json"
 STAGING = ".staging"
@@ -328,7 +328,3 @@ class Registry:
                  "actor": actor, "sha256": target.sha256}
             )  # fmt: skip
         return target
-
-
-def weights_path(version: AdapterVersion) -> Path:
-    return version.path / WEIGHTS_FILE

@@ -5,19 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app.store.models import Conversation, Message, MessageStatus, Role, User, utcnow
-
-LOCAL_USERNAME = "local"
-
-
-def get_or_create_local_user(*, session: Session) -> User:
-    """The single owner of all conversations until sign-in exists."""
-    user = session.scalar(select(User).where(User.username == LOCAL_USERNAME))
-    if user is None:
-        user = User(username=LOCAL_USERNAME, role=Role.ADMIN)
-        session.add(user)
-        session.commit()
-    return user
+from app.store.models import Conversation, Message, MessageStatus, utcnow
 
 
 def list_conversations(*, session: Session, user_id: int, limit: int = 200) -> list[Conversation]:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from app.config import Settings
 from app.knowledge import service
 from app.knowledge.index import PostgresFts, SqliteFts, index_for
-from app.store import crud
+from app.store import account_crud, crud
 from app.store import knowledge_crud as store
 from app.store.knowledge_models import AnswerSource, KnowledgeChunk
 from tests.knowledge.conftest import add_and_index, search
@@ -140,7 +140,9 @@ def test_sources_block_numbers_passages_and_lineage_outlives_the_document(
     assert service.cited_numbers("It was $17,606 million [1], see [1] and [7].", 2) == [1]
 
     with factory() as session:
-        user = crud.get_or_create_local_user(session=session)
+        user = account_crud.add_user(
+            session=session, username="analyst", role="user", password_hash=None
+        )
         conversation = crud.create_conversation(session=session, user_id=user.id)
         store.set_conversation_knowledge_bases(
             session=session, conversation_id=conversation.id, knowledge_base_ids=[base.id, base.id]
