@@ -114,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Commands print what the user needs themselves; library INFO lines (httpx requests,
+    # Alembic's plugin set-up at import) would only bury it, and `teller serve` configures its
+    # own JSON log before the server starts.
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
     try:

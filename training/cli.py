@@ -45,6 +45,7 @@ def _setup_logging(quiet: bool) -> None:
         level=logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,  # `teller` set a quieter default for every other command
     )
 
 
