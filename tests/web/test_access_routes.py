@@ -11,7 +11,7 @@ import fastapi.routing
 import httpx
 
 from app.deps import require_admin
-from tests.web.conftest import (
+from tests.support.web import (
     ADMIN_NAME,
     ADMIN_PASSWORD,
     USER_PASSWORD,
@@ -19,7 +19,15 @@ from tests.web.conftest import (
     signed_in_client,
 )
 
-PUBLIC = ("/login", "/setup", "/healthz", "/readyz", "/metrics")
+PUBLIC = (
+    "/login",
+    "/login/oidc",  # sign-in with the identity provider, and its way back
+    "/login/oidc/callback",
+    "/setup",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+)
 PARAM_RE = re.compile(r"\{([^}:]+)(:[^}]+)?\}")
 
 
