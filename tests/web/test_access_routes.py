@@ -11,7 +11,7 @@ import fastapi.routing
 import httpx
 
 from app.deps import require_admin
-from tests.support.web import (
+from tests.web.conftest import (
     ADMIN_NAME,
     ADMIN_PASSWORD,
     USER_PASSWORD,
