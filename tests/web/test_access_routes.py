@@ -11,7 +11,7 @@ import fastapi.routing
 import httpx
 
 from app.deps import require_admin
-from tests.web.conftest import (
+from tests.support.web import (
     ADMIN_NAME,
     ADMIN_PASSWORD,
     USER_PASSWORD,
