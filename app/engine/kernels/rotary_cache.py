@@ -10,9 +10,9 @@ position. The arithmetic is written as `FalconBatch._split_rotated` does it (`q 
 `rotate_half(q) * sin` each rounded to the activation dtype, then their sum). Left alone, the
 compiler fused the second product and the sum into one bf16 FMA (one rounding fewer), and on an
 H200 12.6 % of bf16 outputs differed from torch's by a step or two of the last bit; `_product`'s
-`mul.rn` forbids that fusion, so the sm_90 PTX now rounds where torch does (checked on the PTX in
-tests/engine/kernels/test_rotary_cache.py, no GPU needed; bit-equality on a GPU is still to be measured).
-Where the kernel does not run (CPU, several KV heads), the torch path serves.
+`mul.rn` forbids that fusion, so the sm_90 PTX now rounds where torch does (checked on the PTX
+in tests/engine/kernels/test_rotary_cache.py, no GPU needed; bit-equality on a GPU is still to
+be measured). Where the kernel does not run (CPU, several KV heads), the torch path serves.
 
 `rotate_gqa_into_cache` is the same for the Llama family, whose q, k and v come from three
 projections and whose several KV heads each serve a group of query heads: one program per
