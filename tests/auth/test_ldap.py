@@ -27,8 +27,8 @@ from app.store.identity_models import GroupMember, UserIdentity
 from app.store.models import AuditRecord, User
 from tests.auth.slapd import GROUPS, PEOPLE, SUFFIX, Directory, password, slapd_server
 from tests.live import LiveServer, live_server
-from tests.web.conftest import CSRF_RE
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import CSRF_RE
 
 
 @dataclass

@@ -28,8 +28,8 @@ from app.store.identity_models import GroupMember, UserIdentity
 from app.store.models import AuditRecord, User
 from tests.auth.oidc import CLIENT_ID, CLIENT_SECRET, OidcServer, new_key, oidc_provider
 from tests.live import LiveServer, free_port, live_server
-from tests.web.conftest import CSRF_RE
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import CSRF_RE
 
 ACCOUNTS = {
     "alice": {"groups": ["finance", "emea"], "email": "alice@corp.test"},

@@ -15,7 +15,7 @@ from tests.auth.oidc import oidc_provider
 from tests.auth.test_oidc import ACCOUNTS, settings_for
 from tests.auth.test_pages_browser import CHROMIUM_ARGS
 from tests.live import free_port, live_server
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.scripted_engine import ScriptedEngine
 
 pytestmark = pytest.mark.browser
 

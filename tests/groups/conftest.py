@@ -22,8 +22,8 @@ from app.keys import service as keys
 from app.main import create_app
 from tests.adapters.packages import make_package
 from tests.live import LiveServer, live_server
-from tests.web.conftest import Browserless, sign_in
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import Browserless, sign_in
 
 PASSWORD = "people-password-1"
 

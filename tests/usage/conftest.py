@@ -1,3 +1,3 @@
 """A migrated SQLite file per test (shared with tests/audit)."""
 
-from tests.audit.conftest import db_path, session_factory  # noqa: F401
+from tests.support.db import db_path, session_factory  # noqa: F401
