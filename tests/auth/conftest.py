@@ -1,4 +1,4 @@
-"""Fixtures shared with tests/web (live servers) and tests/audit (a migrated SQLite file)."""
+"""Auth tests: live servers (the web fixtures) and a migrated SQLite file."""
 
-from tests.audit.conftest import db_path, session_factory  # noqa: F401
-from tests.web.conftest import make_settings, scripted_server  # noqa: F401
+from tests.support.db import db_path, session_factory  # noqa: F401 - fixtures
+from tests.support.web import make_settings, scripted_server  # noqa: F401 - fixtures
