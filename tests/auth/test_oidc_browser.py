@@ -13,11 +13,11 @@ from app.auth import service as accounts
 from app.main import create_app
 from tests.auth.oidc import oidc_provider
 from tests.auth.test_oidc import ACCOUNTS, settings_for
-from tests.auth.test_pages_browser import CHROMIUM_ARGS
 from tests.live import free_port, live_server
 from tests.support.scripted_engine import ScriptedEngine
 
 pytestmark = pytest.mark.browser
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
