@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import statistics
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,36 +217,12 @@ def shared_prefix_tokens(tokenizer: Any, reference: list[int], text: str) -> int
 def run_http(
     engine: BatchEngine, folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace
 ) -> dict:
-    from app.adapters.service import registry_for
-    from app.auth import service as accounts
-    from app.config import Settings
-    from app.keys import service as keys
-    from app.main import create_app
-    from tests.live import live_server
-
-    settings = Settings(
-        data_dir=work / "data",
-        models_dir=work / "models",
-        base_model=str(folder),
-        max_new_tokens=args.concurrent_tokens,
-        messages_per_minute=100_000,
-        max_concurrent_streams=1000,
-        log_format="text",
-        adapter_max_rank=64,
-    )
-    registry = registry_for(settings)
-    for path in adapters:
-        registry.import_path(path)
-    with live_server(create_app(settings, engine=engine), timeout=600) as live:
-        with live.app.state.session_factory() as session:
-            secret = "bench-password-1"  # noqa: S105 - a throwaway account in a temp database
-            user = accounts.create_user(session=session, username="bench", password=secret)
-            key = keys.create_key(session=session, user=user, name="bench").secret
-        models = ",".join(f"bench{i}" for i in range(ADAPTERS))
+    with serving_over_http(engine, folder, adapters, work, args.concurrent_tokens) as (url, key):
+        models = ",".join(f"bench{i}" for i in range(len(adapters)))
         command = [
             sys.executable,
             str(REPO / "bench" / "sse_load.py"),
-            live.url,
+            url,
             key,
             "--streams",
             str(args.http_streams),
@@ -258,6 +236,40 @@ def run_http(
         if done.returncode != 0:
             return {"failed": done.stderr[-500:], "streams": args.http_streams}
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def serving_over_http(
+    engine: Any, folder: Path, adapters: list[Path], work: Path, max_new_tokens: int
+) -> Iterator[tuple[str, str]]:
+    """The real app and uvicorn over `engine`, the adapters imported through the registry as
+    `bench0`, `bench1`, ...; yields (url, API key)."""
+    from app.adapters.service import registry_for
+    from app.auth import service as accounts
+    from app.config import Settings
+    from app.keys import service as keys
+    from app.main import create_app
+    from tests.live import live_server
+
+    settings = Settings(
+        data_dir=work / "data",
+        models_dir=work / "models",
+        base_model=str(folder),
+        max_new_tokens=max_new_tokens,
+        messages_per_minute=100_000,
+        max_concurrent_streams=1000,
+        log_format="text",
+        adapter_max_rank=64,
+    )
+    registry = registry_for(settings)
+    for path in adapters:
+        registry.import_path(path)
+    with live_server(create_app(settings, engine=engine), timeout=600) as live:
+        with live.app.state.session_factory() as session:
+            secret = "bench-password-1"  # noqa: S105 - a throwaway account in a temp database
+            user = accounts.create_user(session=session, username="bench", password=secret)
+            key = keys.create_key(session=session, user=user, name="bench").secret
+        yield live.url, key
 
 
 # ---- floor, table, main --------------------------------------------------------------------

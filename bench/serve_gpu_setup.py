@@ -154,13 +154,14 @@ def make_adapters(
     work: Path,
     rank: int,
     targets: tuple[str, ...] = FALCON_TARGETS,
+    count: int = ADAPTERS,
 ) -> list[Path]:
-    """Random non-zero LoRA packages (bf16 files), each with a Teller manifest."""
+    """`count` random non-zero LoRA packages (bf16 files), each with a Teller manifest."""
     from peft import LoraConfig, get_peft_model
 
     paths = []
     model = loaded.model
-    for index in range(ADAPTERS):
+    for index in range(count):
         torch.manual_seed(100 + index)
         config = LoraConfig(
             r=rank, lora_alpha=16, target_modules=list(targets), init_lora_weights=False
