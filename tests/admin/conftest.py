@@ -1,3 +1,9 @@
 """The web fixtures (settings, live servers, signed-in clients) for the admin pages' tests."""
 
-from tests.web.conftest import make_settings, scripted_server  # noqa: F401 - fixtures
+from tests.support.web import (  # noqa: F401 - fixtures
+    client,
+    make_settings,
+    scripted_server,
+    server,
+    user_client,
+)

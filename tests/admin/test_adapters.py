@@ -23,7 +23,7 @@ from tests.adapters.fixtures import finance_v1, finance_v2, packages_dir, tax_v1
 from tests.adapters.packages import make_package, snapshot, zip_folder
 from tests.adapters.reference import greedy_answer
 from tests.live import LiveServer, live_server, read_sse
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, Browserless, signed_in_client
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, Browserless, signed_in_client
 
 __all__ = ["finance_v1", "finance_v2", "packages_dir", "tax_v1"]
 

@@ -16,7 +16,7 @@ from app.contract import sha256_file
 from app.main import create_app
 from tests.adapters.packages import make_package, zip_folder
 from tests.live import LiveServer, live_server
-from tests.web.conftest import sign_in_as_admin
+from tests.support.web import sign_in_as_admin
 
 pytestmark = pytest.mark.browser
 

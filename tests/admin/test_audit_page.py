@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.audit import service as audit
 from tests.live import read_sse
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 

@@ -8,7 +8,7 @@ import re
 import sqlite3
 
 from tests.live import LiveServer, read_sse
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 

@@ -9,7 +9,7 @@ import threading
 import httpx
 
 from tests.live import LiveServer, read_sse
-from tests.web.conftest import Browserless
+from tests.support.web import Browserless
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, Browserless, sign_in, signed_in_client
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, Browserless, sign_in, signed_in_client
 
 
 def rows(server, sql: str) -> list[tuple]:  # noqa: ANN001

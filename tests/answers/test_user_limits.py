@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.live import read_sse
-from tests.web.conftest import signed_in_client
+from tests.support.web import signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 

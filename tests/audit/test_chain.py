@@ -12,8 +12,8 @@ from sqlalchemy import select
 from app.audit import service as audit
 from app.audit.verify import verify_chain
 from app.store.models import AuditRecord
-from tests.audit.conftest import tamper
 from tests.audit.writer import append_from_process
+from tests.support.db import tamper
 
 
 def fill(session_factory, count: int = 6) -> None:  # noqa: ANN001

@@ -18,8 +18,8 @@ from app.audit import service as audit
 from app.audit.head_log import export_head, head_export_loop, read_anchors
 from app.audit.verify import AnchorError, verify_chain
 from app.store.models import AuditHead, AuditRecord
-from tests.audit.test_verify_cli import teller
-from tests.web.conftest import signed_in_client
+from tests.support.cli import teller
+from tests.support.web import signed_in_client
 
 
 def head_of(db: Path) -> str:

@@ -15,7 +15,7 @@ from app.audit import service as audit
 from app.audit.retention import run_retention
 from app.audit.verify import Anchor, verify_chain
 from app.store.models import AuditHead, AuditRecord, utcnow
-from tests.web.conftest import signed_in_client
+from tests.support.web import signed_in_client
 
 
 def rows(db: Path, sql: str) -> list[tuple]:

@@ -2,53 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import select
 
 from app.audit import service as audit
-from app.cli import main
 from app.store.models import AuditHead, AuditRecord
-from tests.audit.conftest import tamper
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def teller_process(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """The real entry point in its own process (exit status, stdout, stderr)."""
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"TELLER_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
-        timeout=120,
-        check=False,
-    )
-
-
-def teller(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`teller ...` run in this process (same `main`, a second faster): env, stdin, output."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_stdin = os.environ.get("TELLER_DATA_DIR"), sys.stdin
-    os.environ["TELLER_DATA_DIR"] = str(data_dir)
-    sys.stdin = io.StringIO(stdin)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    finally:
-        sys.stdin = saved_stdin
-        if saved_env is None:
-            os.environ.pop("TELLER_DATA_DIR", None)
-        else:
-            os.environ["TELLER_DATA_DIR"] = saved_env
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+from tests.support.cli import teller, teller_process
+from tests.support.db import tamper
 
 
 def test_verify_passes_then_names_the_tampered_record(session_factory, db_path: Path) -> None:  # noqa: ANN001

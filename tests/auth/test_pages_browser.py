@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from tests.web.conftest import browser_sign_in
+from tests.support.web import browser_sign_in
 
 pytestmark = pytest.mark.browser
 

@@ -14,8 +14,8 @@ from app.auth import service as accounts
 from app.cli_common import open_session
 from app.config import Settings
 from app.keys import service as keys
-from tests.audit.test_verify_cli import teller
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
+from tests.support.cli import teller
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
 
 def new_key(server, username: str) -> openai.OpenAI:  # noqa: ANN001

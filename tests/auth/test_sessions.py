@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.web.conftest import (
+from tests.support.web import (
     ADMIN_NAME,
     ADMIN_PASSWORD,
     Browserless,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.web.conftest import create_account
+from tests.support.web import create_account
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 

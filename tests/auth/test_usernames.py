@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from app.auth import service
 from app.store.db import alembic_config, make_engine, migrate
-from tests.audit.test_verify_cli import teller
-from tests.web.conftest import Browserless, create_account, sign_in, signed_in_client
+from tests.support.cli import teller
+from tests.support.web import Browserless, create_account, sign_in, signed_in_client
 
 
 def test_a_name_differing_only_in_case_is_refused_everywhere(

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from tests.web.conftest import client, make_settings, scripted_server, server, user_client  # noqa: F401
+from tests.support.web import client, make_settings, scripted_server, server, user_client  # noqa: F401

@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from tests.live import read_sse
-from tests.web.conftest import signed_in_client
-from tests.web.test_access_routes import routes
+from tests.support.routes import route_table
+from tests.support.web import signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 
@@ -25,9 +25,8 @@ def test_conversation_routes_are_owner_only(scripted_server) -> None:  # noqa: A
             events = [event for event, _ in read_sse(response)]
         assert events[-1] == "done"
 
-        owned = [
-            (method, path) for method, path, _ in routes(server.app) if "{conversation_id}" in path
-        ]
+        table = route_table(server.app)
+        owned = [(method, path) for method, path, _ in table if "{conversation_id}" in path]
         assert len(owned) >= 6, owned
         problems = []
         for method, path in owned:

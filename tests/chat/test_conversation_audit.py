@@ -9,7 +9,7 @@ from pathlib import Path
 from app.audit import service as audit
 from app.store.models import Conversation
 from tests.live import LiveServer
-from tests.web.conftest import signed_in_client
+from tests.support.web import signed_in_client
 
 
 def audit_rows(server: LiveServer, action: str) -> list[tuple[str, dict]]:

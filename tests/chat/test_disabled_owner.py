@@ -13,7 +13,7 @@ import pytest
 from app.answers import lifecycle
 from app.auth import service as accounts
 from tests.live import LiveServer, read_sse
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 WORDS = 400

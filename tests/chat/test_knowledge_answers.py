@@ -17,7 +17,7 @@ from app.knowledge.service import NOTHING_FOUND
 from app.store import knowledge_crud
 from tests.chat.knowledge_data import QUESTION, UNRELATED, knowledge_base_with, small_filing
 from tests.live import LiveServer, read_sse
-from tests.web.conftest import Browserless, signed_in_client
+from tests.support.web import Browserless, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 ANSWER = ["Total revenue was ", "$17,606 million ", "[1]."]

@@ -20,8 +20,8 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from app.main import create_app
 from tests.chat.knowledge_data import QUESTION, knowledge_base_with, small_filing
 from tests.live import live_server
-from tests.web.conftest import sign_in_as_admin
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import sign_in_as_admin
 
 pytestmark = pytest.mark.browser
 

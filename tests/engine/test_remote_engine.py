@@ -21,7 +21,7 @@ from app.engine.types import (
     SamplingParams,
     TokenEvent,
 )
-from tests.openai_api.conftest import Api, import_adapters, settings_for, start_api
+from tests.support.api import Api, import_adapters, settings_for, start_api
 
 QUESTION = [ChatMessage("user", "What is working capital?")]
 

@@ -15,8 +15,8 @@ from app.keys import service as keys
 from app.main import create_app
 from app.store.models import ApiKey
 from tests.live import live_server
-from tests.openai_api.conftest import settings_for
-from tests.web.conftest import Browserless, signed_in_client
+from tests.support.api import settings_for
+from tests.support.web import Browserless, signed_in_client
 
 KEY_RE = re.compile(r'<code id="new-key">(tlr_[A-Za-z0-9_-]+)</code>')
 

@@ -1,5 +1,5 @@
 """Knowledge fixtures: settings on a temporary data dir, a migrated SQLite or PostgreSQL
-database, a real server with a scripted engine, and helpers to upload and index."""
+database, a real server with a scripted engine (the steps tests take: `steps.py`)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.knowledge import service
-from app.knowledge.ingest import ingest_next
 from app.main import create_app
 from app.store.db import make_engine, make_session_factory, migrate
-from app.store.knowledge_models import KnowledgeBase, KnowledgeDocument
+from app.store.knowledge_models import KnowledgeBase
 from tests.knowledge.postgres import postgres_cluster
+from tests.knowledge.steps import Factory
 from tests.live import LiveServer, live_server
-
-Factory = sessionmaker[Session]
 
 
 @pytest.fixture
@@ -70,50 +67,12 @@ def make_base(settings: Settings) -> Callable[..., KnowledgeBase]:
     return make
 
 
-def upload(
-    factory: Factory, settings: Settings, base: KnowledgeBase, filename: str, data: bytes
-) -> service.UploadResult:
-    with factory() as session:
-        base = session.get(KnowledgeBase, base.id)
-        return service.add_upload(
-            session=session,
-            settings=settings,
-            knowledge_base=base,
-            filename=filename,
-            data=data,
-            actor_id=None,
-            via="test",
-        )
-
-
-def index_all(factory: Factory, settings: Settings) -> None:
-    while ingest_next(session_factory=factory, settings=settings) is not None:
-        pass
-
-
-def add_and_index(
-    factory: Factory, settings: Settings, base: KnowledgeBase, filename: str, data: bytes
-) -> KnowledgeDocument:
-    result = upload(factory, settings, base, filename, data)
-    assert result.outcome == "queued", result.message
-    index_all(factory, settings)
-    with factory() as session:
-        return session.get(KnowledgeDocument, result.document.id)
-
-
-def search(factory: Factory, base: KnowledgeBase, query: str, top_k: int = 5):  # noqa: ANN201
-    with factory() as session:
-        return service.retrieve(
-            session=session, knowledge_base_ids=[base.id], query=query, top_k=top_k
-        )
-
-
 @pytest.fixture
 def knowledge_server(tmp_path: Path) -> Callable[..., LiveServer]:
     """`with knowledge_server(**settings) as live:` a real uvicorn with a scripted engine."""
     import contextlib
 
-    from tests.web.scripted_engine import ScriptedEngine
+    from tests.support.scripted_engine import ScriptedEngine
 
     @contextlib.contextmanager
     def start(**overrides: object) -> Iterator[LiveServer]:

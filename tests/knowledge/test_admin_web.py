@@ -11,7 +11,7 @@ import pytest
 
 from app.store.models import AuditRecord
 from tests.knowledge.documents import make_pdf, statement_page
-from tests.web.conftest import USER_PASSWORD, Browserless, signed_in_client
+from tests.support.web import USER_PASSWORD, Browserless, signed_in_client
 
 ADMIN_PASSWORD = "admin-password-1"
 FILING = make_pdf([statement_page("Acme", 2022)])

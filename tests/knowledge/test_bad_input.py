@@ -11,7 +11,6 @@ import pytest
 
 from app.config import Settings
 from app.store import knowledge_crud as store
-from tests.knowledge.conftest import add_and_index, index_all, search, upload
 from tests.knowledge.documents import (
     make_docx,
     make_pdf,
@@ -21,6 +20,7 @@ from tests.knowledge.documents import (
     rewrite_zip,
     statement_page,
 )
+from tests.knowledge.steps import add_and_index, index_all, search, upload
 
 GOOD_PDF = make_pdf([statement_page("Acme", 2022)])
 

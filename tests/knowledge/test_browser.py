@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.web.conftest import sign_in_as_admin
+from tests.support.web import sign_in_as_admin
 
 pytestmark = pytest.mark.browser
 

@@ -14,8 +14,8 @@ from app.knowledge.embeddings import EmbeddingUnavailable, reciprocal_rank_fusio
 from app.knowledge.ingest import ingest_next
 from app.knowledge.worker import start_knowledge
 from app.store import knowledge_crud as store
-from tests.knowledge.conftest import upload
 from tests.knowledge.documents import make_pdf, prose_page
+from tests.knowledge.steps import upload
 
 CONCEPTS = [
     {"people", "employees", "staff", "headcount", "workforce", "employed"},

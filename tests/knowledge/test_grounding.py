@@ -22,8 +22,8 @@ from app.knowledge.grounding import (
 )
 from app.knowledge.service import GROUNDING_RULES, NOTHING_FOUND, Passage
 from app.knowledge.worker import KnowledgeRuntime
-from tests.knowledge.conftest import add_and_index
 from tests.knowledge.documents import make_pdf, prose_page, statement_page
+from tests.knowledge.steps import add_and_index
 
 SYSTEM = ChatMessage("system", "You are Teller.")
 QUESTION = "What was Acme's total revenue in fiscal 2022?"

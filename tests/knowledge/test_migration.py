@@ -18,8 +18,8 @@ TABLES = {
 
 
 def test_down_and_up_again(factory, settings, make_base) -> None:  # noqa: ANN001
-    from tests.knowledge.conftest import add_and_index, search
     from tests.knowledge.documents import make_pdf, statement_page
+    from tests.knowledge.steps import add_and_index, search
 
     engine = factory.kw["bind"]
     config = alembic_config(engine.url.render_as_string(hide_password=False))

@@ -12,8 +12,8 @@ from app.knowledge.index import PostgresFts, SqliteFts, index_for
 from app.store import account_crud, crud
 from app.store import knowledge_crud as store
 from app.store.knowledge_models import AnswerSource, KnowledgeChunk
-from tests.knowledge.conftest import add_and_index, search
 from tests.knowledge.documents import make_docx, make_pdf, make_xlsx, prose_page, statement_page
+from tests.knowledge.steps import add_and_index, search
 
 FILING = make_pdf(
     [

@@ -12,8 +12,8 @@ from app.config import Settings
 from app.knowledge.ingest import MAX_ATTEMPTS, ingest_next, recover
 from app.store import knowledge_crud as store
 from app.store.knowledge_models import KnowledgeChunk
-from tests.knowledge.conftest import add_and_index, search, upload
 from tests.knowledge.documents import make_pdf, prose_page, statement_page
+from tests.knowledge.steps import add_and_index, search, upload
 
 FILING = make_pdf([statement_page("Acme", 2022), prose_page(["Acme sells anvils."])])
 

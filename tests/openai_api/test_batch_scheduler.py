@@ -11,7 +11,7 @@ import pytest
 from app.adapters.service import registry_for
 from app.engine.schedulers.batch import BatchEngine
 from tests.adapters.packages import make_package
-from tests.openai_api.conftest import settings_for, start_api
+from tests.support.api import settings_for, start_api
 
 FALCON_PROJECTIONS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 QUESTIONS = ["What is a bond coupon?", "Define working capital.", "What is EBITDA?"]

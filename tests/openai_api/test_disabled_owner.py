@@ -11,9 +11,9 @@ import pytest
 from app.answers import lifecycle
 from app.auth import service as accounts
 from tests.live import LiveServer
-from tests.openai_api.conftest import USER, settings_for, start_api
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.api import USER, settings_for, start_api
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
 WORDS = 400
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.openai_api.conftest import Api, settings_for, start_api
+from tests.support.api import Api, settings_for, start_api
 
 LONG = 1500
 """Far more tokens than the tests wait for: an answer that ran to the end would show."""

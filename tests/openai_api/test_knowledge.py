@@ -22,8 +22,8 @@ from tests.chat.knowledge_data import (
     knowledge_base_with,
     small_filing,
 )
-from tests.openai_api.conftest import Api, settings_for, start_api
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.api import Api, settings_for, start_api
+from tests.support.scripted_engine import ScriptedEngine
 
 ANSWER = ["Total revenue was ", "$17,606 million [1]."]
 

@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.openai_api.conftest import Api, settings_for, start_api
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.api import Api, settings_for, start_api
+from tests.support.scripted_engine import ScriptedEngine
 
 LIMIT_BYTES = 64 * 1024
 CHUNK = 8 * 1024

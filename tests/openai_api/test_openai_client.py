@@ -10,7 +10,7 @@ import pytest
 
 from app.audit.service import API_KEY_REVOKED
 from app.keys import service as keys
-from tests.openai_api.conftest import Api, settings_for, start_api
+from tests.support.api import Api, settings_for, start_api
 
 QUESTION = [{"role": "user", "content": "What is a bond coupon?"}]
 

@@ -14,8 +14,8 @@ import pytest
 from app.main import create_app
 from app.store.models import Message
 from tests.live import LiveServer, live_server, read_sse
-from tests.openai_api.conftest import Api, import_adapters, settings_for, start_api
-from tests.web.conftest import Browserless, signed_in_client
+from tests.support.api import Api, import_adapters, settings_for, start_api
+from tests.support.web import Browserless, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 
@@ -96,7 +96,7 @@ def test_an_adapter_chosen_on_the_second_runs_on_the_first(pair: tuple[Api, Live
 
 def test_the_second_serves_the_api_too(pair: tuple[Api, LiveServer]) -> None:
     first, second = pair
-    from tests.openai_api.conftest import add_user_with_key
+    from tests.support.api import add_user_with_key
 
     _, key = add_user_with_key(second, "erin")
     client = openai.OpenAI(base_url=f"{second.url}/v1", api_key=key, max_retries=0)

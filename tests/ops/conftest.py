@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from tests.web.conftest import client, make_settings, server, user_client  # noqa: F401
+from tests.support.web import client, make_settings, server, user_client  # noqa: F401

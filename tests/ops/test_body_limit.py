@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from app.ops.body_limit import BodyLimitMiddleware, BodyTooLarge
-from tests.web.conftest import scripted_server  # noqa: F401
+from tests.support.web import scripted_server  # noqa: F401
 
 CHUNK = 8 * 1024
 
@@ -113,9 +113,9 @@ def test_the_larger_bounds_name_real_upload_routes() -> None:
     """A renamed upload route would fall back to the 1 MiB default: fail here instead."""
     from app.config import Settings
     from app.main import create_app
-    from tests.web.test_access_routes import routes
+    from tests.support.routes import route_table
 
     app = create_app(Settings())
     [limit] = [m for m in app.user_middleware if m.cls is BodyLimitMiddleware]
-    posts = {path for method, path, _ in routes(app) if method == "POST"}
+    posts = {path for method, path, _ in route_table(app) if method == "POST"}
     assert limit.kwargs["by_path"] and set(limit.kwargs["by_path"]) <= posts

@@ -15,8 +15,8 @@ import pytest
 from app.main import create_app
 from app.ops.serving import proxy_options
 from tests.live import live_server
-from tests.web.conftest import Browserless, create_account
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import Browserless, create_account
 
 FORWARDED = {"X-Forwarded-For": "1.2.3.4", "X-Forwarded-Proto": "https"}
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from app.answers import kinds, recovery
+from app.answers import kinds
 from app.audit.service import API_CALL, CHAT_ANSWER
 from app.config import Settings
 from app.main import create_app
 from tests.live import free_port, live_server
-from tests.ops.test_shutdown import TELLER, add_user_with_key, teller_env, wait_ready
-from tests.web.conftest import Browserless, sign_in
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.cli import TELLER, add_user_with_key, teller_env, wait_ready
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import Browserless, sign_in
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 

@@ -11,8 +11,8 @@ import pytest
 from app.main import create_app
 from app.ops.logs import JsonFormatter, RequestIdFilter
 from tests.live import live_server, read_sse
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
-from tests.web.scripted_engine import ScriptedEngine
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 QUESTION = "Revenue of client Norrland-5521 for Q3?"

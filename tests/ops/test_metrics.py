@@ -10,7 +10,7 @@ import httpx
 
 from tests.live import LiveServer, read_sse
 from tests.ops.promtext import scrape, value
-from tests.web.conftest import Browserless
+from tests.support.web import Browserless
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 STREAM_ROUTE = "/c/{conversation_id}/messages/{message_id}/stream"

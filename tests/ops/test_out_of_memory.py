@@ -23,7 +23,7 @@ from app.keys import service as keys
 from app.main import create_app
 from tests.live import LiveServer, live_server, read_sse
 from tests.ops.promtext import scrape, value
-from tests.web.conftest import ADMIN_NAME, ADMIN_PASSWORD, Browserless, signed_in_client
+from tests.support.web import ADMIN_NAME, ADMIN_PASSWORD, Browserless, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 

@@ -8,55 +8,21 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.live import free_port, read_sse
-from tests.web.conftest import Browserless, sign_in
+from tests.support.cli import GRACE_SECONDS, TELLER, add_user_with_key, teller_env, wait_ready
+from tests.support.web import Browserless, sign_in
 
-GRACE_SECONDS = 5
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 SECRET_PROMPT = "Quarterly covenant for ACME-7731 in strict confidence"
-TELLER = [sys.executable, "-m", "app.cli"]
-
-
-def teller_env(tmp_path: Path, tiny_llama_dir: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELLER_")}
-    env.update(
-        TELLER_BASE_MODEL=str(tiny_llama_dir),
-        TELLER_DATA_DIR=str(tmp_path / "data"),
-        TELLER_MODELS_DIR=str(tmp_path / "models"),
-        TELLER_PORT=str(port),
-        TELLER_MAX_NEW_TOKENS="4000",
-        TELLER_MAX_CONTEXT_TOKENS="8192",
-        TELLER_DEFAULT_TEMPERATURE="0",
-        TELLER_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
-        TELLER_LOG_FORMAT="json",
-        TELLER_CPU_THREADS="1",
-        TQDM_DISABLE="1",
-    )
-    return env
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "teller serve exited before it was ready"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("teller serve did not become ready")
 
 
 def test_sigterm_stores_the_partial_answer_and_exits_0(
@@ -130,23 +96,6 @@ def signalled(process: subprocess.Popen) -> bool:
     return getattr(process, "_teller_signalled", False) or bool(
         setattr(process, "_teller_signalled", True)
     )
-
-
-def add_user_with_key(tmp_path: Path, username: str = "analyst") -> str:
-    """An account and an API key in the server's database, before the server starts."""
-    from app.auth import service as accounts
-    from app.config import Settings
-    from app.keys import service as keys
-    from app.store.db import make_engine, make_session_factory, migrate
-
-    database = make_engine(Settings(data_dir=tmp_path / "data").resolved_database_url)
-    migrate(database)
-    try:
-        with make_session_factory(database)() as session:
-            user = accounts.create_user(session=session, username=username, password="pw-1234567")
-            return keys.create_key(session=session, user=user, name="tests").secret
-    finally:
-        database.dispose()
 
 
 def test_sigterm_ends_a_v1_stream_with_its_final_chunk(

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.store.db import alembic_config, make_engine, migrate
-from tests.audit.test_verify_cli import teller_process
+from tests.support.cli import teller_process
 
 
 @pytest.fixture

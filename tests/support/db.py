@@ -1,7 +1,9 @@
-"""A migrated SQLite file per test, as the app and the CLI open it."""
+"""A migrated SQLite file per test, as the app and the CLI open it, and a way to tamper with
+it behind the app's back."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,3 +24,9 @@ def session_factory(db_path: Path) -> Iterator[sessionmaker[Session]]:
     migrate(engine)
     yield make_session_factory(engine)
     engine.dispose()
+
+
+def tamper(db_path: Path, sql: str, *params: object) -> None:
+    """Change the database directly, as someone with file access would."""
+    with sqlite3.connect(db_path) as connection:
+        connection.execute(sql, params)

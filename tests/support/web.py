@@ -1,4 +1,6 @@
-"""Web fixtures: settings on a temporary data dir, a real app on a real uvicorn server."""
+"""Web helpers and fixtures: settings on a temporary data dir, a real app on a real uvicorn
+server, clients that sign in like a browser. A folder's conftest.py imports the fixtures it
+uses; test modules import the helpers."""
 
 from __future__ import annotations
 
@@ -146,7 +148,7 @@ def scripted_server(make_settings):  # noqa: ANN001, ANN201
     `with scripted_server(chunks=[...], delay=0.0, **settings) as live: ...`."""
     import contextlib
 
-    from tests.web.scripted_engine import ScriptedEngine
+    from tests.support.scripted_engine import ScriptedEngine
 
     @contextlib.contextmanager
     def start(chunks=("Hello", " there."), delay: float = 0.0, **overrides: object):  # noqa: ANN001, ANN202

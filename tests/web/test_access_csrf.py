@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.web.conftest import Browserless, create_account, signed_in_client
+from tests.support.web import Browserless, create_account, signed_in_client
 
 
 def titles(server) -> list[str]:  # noqa: ANN001

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.web.conftest import browser_sign_in, create_account
+from tests.support.web import browser_sign_in, create_account
 
 pytestmark = pytest.mark.browser
 
