@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     one gets 413 before the server reads it."""
     max_context_tokens: int = Field(2048, ge=64)
     """History is trimmed from the oldest turns to fit this many prompt tokens."""
+    calculations_per_answer: int = Field(8, ge=0, le=64)
+    """Calculations (`<<calc: ...>>`) Teller computes in one answer (docs/calculator.md); each
+    one is a stop and a continuation. 0 turns the calculator off."""
     default_temperature: float = Field(0.7, ge=0.0, le=2.0)
     default_top_p: float = Field(0.95, gt=0.0, le=1.0)
     system_prompt: str = (

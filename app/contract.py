@@ -62,12 +62,19 @@ def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     return "\n".join(parts)
 
 
-def alpaca_conversation_prompt(messages: Sequence[ChatMessage]) -> str:
+def alpaca_conversation_prompt(
+    messages: Sequence[ChatMessage], *, continue_final: bool = False
+) -> str:
     """A multi-turn conversation in Alpaca blocks, ending where the next response starts.
 
     Earlier exchanges are written as completed instruction/response pairs so an adapter trained
     on single-turn records still sees the layout it learned. System text becomes the preamble.
+    With `continue_final`, the last message is a partial response: it follows the final
+    `### Response:` exactly as written, and the model continues it.
     """
+    partial = messages[-1].content if continue_final and messages else None
+    if partial is not None:
+        messages = messages[:-1]
     system = " ".join(m.content.strip() for m in messages if m.role == "system")
     turns = [m for m in messages if m.role != "system"]
     out: list[str] = [system or ALPACA_PREAMBLE, ""]
@@ -77,25 +84,34 @@ def alpaca_conversation_prompt(messages: Sequence[ChatMessage]) -> str:
         else:
             out += ["### Response:", message.content.strip(), ""]
     out += ["### Response:", ""]
-    return "\n".join(out)
+    return "\n".join(out) + (partial or "")
 
 
 def build_prompt(
-    messages: Sequence[ChatMessage], prompt_format: PromptFormat, tokenizer: Any
+    messages: Sequence[ChatMessage],
+    prompt_format: PromptFormat,
+    tokenizer: Any,
+    *,
+    continue_final: bool = False,
 ) -> str:
     """The text the model continues, for either format.
+
+    Args:
+        continue_final: the last message is a partial assistant answer that the model goes
+            on with (the calculator wrote a result into it): its turn is left open.
 
     Raises:
         ValueError: the chat-template format was asked for but the tokenizer has none.
     """
     if prompt_format == PromptFormat.ALPACA:
-        return alpaca_conversation_prompt(messages)
+        return alpaca_conversation_prompt(messages, continue_final=continue_final)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this tokenizer has no chat template; use the 'alpaca' prompt format")
     return tokenizer.apply_chat_template(
         [{"role": m.role, "content": m.content} for m in messages],
         tokenize=False,
-        add_generation_prompt=True,
+        add_generation_prompt=not continue_final,
+        continue_final_message=continue_final,
     )
 
 

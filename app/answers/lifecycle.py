@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.registry import AdapterVersion
 from app.adapters.service import AdapterService, Lease
+from app.answers import calculator_loop
 from app.answers.kinds import AnswerKind
 from app.answers.limits import LimitExceeded, StreamSlot, UserLimits
 from app.answers.owner import OWNER_CHECK_SECONDS, owner_disabled
@@ -149,7 +150,9 @@ class Answer:
             if self.ctx.adapters is not None:
                 self.lease = await self.ctx.adapters.acquire(choice)
                 request.adapter = self.lease.engine_name
-            self._events = self.ctx.engine.generate(request)
+            self._events = calculator_loop.generate(
+                self.ctx.engine, request, limit=self.ctx.settings.calculations_per_answer
+            )
         except Exception as exc:
             self.error = str(exc)
             raise

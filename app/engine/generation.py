@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from app.engine.constraints import TokenMask
 from app.engine.detokenize import IncrementalDetokenizer
 from app.engine.sampling import sample
 from app.engine.stopping import StopStringFilter
@@ -38,6 +39,8 @@ class PreparedRequest:
     is_cancelled: Callable[[], bool]
     adapter: str | None = None
     """This request's adapter name (None: the base model), for steppers that pick it themselves."""
+    constraint: TokenMask | None = None
+    """The grammar every token must keep to, compiled for this request."""
 
 
 class Stepper(Protocol):
@@ -142,7 +145,12 @@ class SequenceDecoder:
         """Pick the next token from `logits` (V,) and emit its text; True once finished."""
         if self.request.is_cancelled():
             return self.finish("cancelled")
-        return self.push_token(sample(logits, self.request.sampling, self._generator))
+        return self.push_token(sample(self.allowed(logits), self.request.sampling, self._generator))
+
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (V,) with what this request's grammar forbids next at -inf."""
+        constraint = self.request.constraint
+        return logits if constraint is None else constraint.apply(logits)
 
     def push_token(self, token: int) -> bool:
         """Take an already chosen token (a batch's argmax for greedy rows); True once finished."""
@@ -150,6 +158,8 @@ class SequenceDecoder:
             return self.finish("cancelled")
         self.completion += 1
         self.last_token = token
+        if self.request.constraint is not None:
+            self.request.constraint.accept(token)
         if token in self._eos:
             return self.finish("stop")
         text, stopped = self._stops.push(self._detok.push(token))
@@ -180,6 +190,7 @@ class SequenceDecoder:
                 completion_tokens=self.completion,
                 error=error,
                 failure=failure,
+                stop=self._stops.matched,
             )
         )
         return True

@@ -57,6 +57,7 @@ def fit_conversation(
     *,
     char_bound: int,
     cancelled: Callable[[], bool] = lambda: False,
+    continue_final: bool = False,
 ) -> list[int]:
     """Prompt ids of `messages`, dropping the oldest turns until they fit `budget` tokens.
 
@@ -74,7 +75,8 @@ def fit_conversation(
     ids: list[int] = []
     for _ in range(MAX_RENDERS):
         _check(cancelled)
-        ids = encode_prompt(tokenizer, build_prompt(kept, prompt_format, tokenizer), prompt_format)
+        text = build_prompt(kept, prompt_format, tokenizer, continue_final=continue_final)
+        ids = encode_prompt(tokenizer, text, prompt_format)
         excess = len(ids) - budget
         if excess <= 0:
             return ids

@@ -256,6 +256,8 @@ class RemoteEngine:
         """The upstream endpoint and JSON body for a request."""
         if request.adapter and request.adapter not in self._adapters:
             raise EngineError(f"adapter {request.adapter!r} is not loaded")
+        if request.constraint is not None:
+            raise EngineError("structured output (tools, response_format) needs the local engine")
         adapter = self._adapters.get(request.adapter or "")
         params = request.sampling
         stop = list(params.stop)
@@ -273,11 +275,15 @@ class RemoteEngine:
             path, body["prompt"] = "/v1/completions", request.prompt
         elif adapter is not None and adapter.prompt_format == PromptFormat.ALPACA:
             path = "/v1/completions"
-            body["prompt"] = alpaca_conversation_prompt(request.messages)
+            body["prompt"] = alpaca_conversation_prompt(
+                request.messages, continue_final=request.continue_final
+            )
             stop += [s for s in ALPACA_STOP_STRINGS if s not in stop]
         else:
             path = "/v1/chat/completions"
             body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            if request.continue_final:  # vLLM's fields for continuing the last message
+                body.update(continue_final_message=True, add_generation_prompt=False)
         if stop:
             body["stop"] = stop
         return path, body

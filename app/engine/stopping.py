@@ -12,13 +12,16 @@ class StopStringFilter:
     def __init__(self, stop: tuple[str, ...]) -> None:
         self._stop = tuple(s for s in stop if s)
         self._held = ""
+        self.matched = ""
+        """The stop string that was reached ("" until one is)."""
 
     def push(self, text: str) -> tuple[str, bool]:
         """Add new text; return (text safe to emit, whether a stop string was reached)."""
         if not self._stop:
             return text, False
         buffer = self._held + text
-        cut = min((i for s in self._stop if (i := buffer.find(s)) >= 0), default=-1)
+        found = [(i, s) for s in self._stop if (i := buffer.find(s)) >= 0]
+        cut, self.matched = min(found, default=(-1, ""))
         if cut >= 0:
             self._held = ""
             return buffer[:cut], True

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from app.contract import ChatMessage, PromptFormat
+from app.engine.constraints import Grammar
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -35,6 +36,11 @@ class GenerationRequest:
     """Adapter name loaded in the engine, or None for the bare base model."""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     cancel: threading.Event = field(default_factory=threading.Event)
+    continue_final: bool = False
+    """The last message is a partial assistant answer to continue (a calculator result was
+    just written into it), not a finished turn: no new assistant turn is opened."""
+    constraint: Grammar | None = None
+    """Every token must keep the text inside this grammar (`app.engine.constraints`)."""
 
 
 class EngineError(RuntimeError):
@@ -87,6 +93,8 @@ class FinishEvent:
     failure: EngineError | None = None
     """What kind of failure ended an errored answer (`OutOfMemory`, `UpstreamError`, ...),
     where the engine knows it; `error` is its text for people."""
+    stop: str = ""
+    """The stop string that ended the answer ("" for end-of-sequence or another reason)."""
 
 
 Event = TokenEvent | FinishEvent

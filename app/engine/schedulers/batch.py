@@ -423,7 +423,9 @@ class BatchEngine:
             return False
         max_tokens = self._ready_batch.max_tokens
         if any(
-            row.decoder.request.sampling.seed is not None or row.length + 1 >= max_tokens
+            row.decoder.request.sampling.seed is not None
+            or row.decoder.request.constraint is not None  # its mask needs this step's token
+            or row.length + 1 >= max_tokens
             for row in rows
         ):
             return False
@@ -433,7 +435,11 @@ class BatchEngine:
 
     @staticmethod
     def _choose(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """(B,) next tokens: argmax for greedy rows, one batched draw for sampled ones."""
+        """(B,) next tokens: argmax for greedy rows, one batched draw for sampled ones; a row
+        with a grammar has its forbidden tokens masked in `logits` first."""
+        for index, row in enumerate(rows):
+            if row.decoder.request.constraint is not None:
+                logits[index] = row.decoder.allowed(logits[index])
         chosen = logits.argmax(dim=-1)
         sampled = [
             index

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from app.contract import PromptFormat, stop_strings_for
+from app.engine.constraints import GrammarCompiler, GrammarError
 from app.engine.generation import PreparedRequest
 from app.engine.loader import LoadedModel
 from app.engine.prompt_fit import (
@@ -109,6 +110,7 @@ class ServedModel:
         )
         self.adapter_formats: dict[str, PromptFormat] = {}
         self._char_bound = max_token_chars(self.tokenizer)
+        self.grammars = GrammarCompiler(self.tokenizer)
 
     @property
     def info(self) -> EngineInfo:
@@ -153,6 +155,7 @@ class ServedModel:
                 budget,
                 char_bound=self._char_bound,
                 cancelled=request.cancel.is_set,
+                continue_final=request.continue_final,
             )
         kwargs: dict[str, Any] = {}
         if self.adapter_formats:
@@ -164,7 +167,21 @@ class ServedModel:
             forward_kwargs=kwargs,
             is_cancelled=request.cancel.is_set,
             adapter=request.adapter,
+            constraint=self._compiled(request),
         )
+
+    def _compiled(self, request: GenerationRequest) -> Any:
+        """The request's grammar as a token mask (None: unconstrained).
+
+        Raises:
+            EngineError: the grammar cannot be compiled for this tokenizer.
+        """
+        if request.constraint is None:
+            return None
+        try:
+            return self.grammars.compile(request.constraint)
+        except GrammarError as exc:
+            raise EngineError(str(exc)) from None
 
     def attach_adapter(self, name: str, path: Path, prompt_format: PromptFormat) -> None:
         """On the worker thread: attach a LoRA adapter through PEFT under `name`."""
