@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 
-import fastapi.routing
 import httpx
 
 from app.deps import require_admin
+from tests.support.routes import route_table
 from tests.support.web import (
     ADMIN_NAME,
     ADMIN_PASSWORD,
@@ -52,14 +52,7 @@ def calls(dependant) -> set:  # noqa: ANN001
 
 def routes(app) -> list[tuple[str, str, object]]:  # noqa: ANN001
     """(method, full path, route) for every non-public route, nested routers included."""
-    table = []
-    for context in fastapi.routing.iter_route_contexts(app.routes):
-        route = context._effective_route  # noqa: SLF001 - the route with its full path
-        path, methods = context.path, getattr(route, "methods", None)
-        if path and methods and not is_public(path):
-            for method in sorted(set(methods) - {"HEAD"}):
-                table.append((method, path, route))
-    return table
+    return [entry for entry in route_table(app) if not is_public(entry[1])]
 
 
 def is_bearer(path: str) -> bool:
