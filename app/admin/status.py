@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request, Response
 
 from app.deps import AdminUser
+from app.engine.types import Engine
 from app.ops.gpu import GpuMemory, gpu_memory
 from app.web.templating import render
 
@@ -32,12 +33,13 @@ class ServerStatus:
 
 def server_status(state: object) -> ServerStatus:
     """Read from the running app; a model still loading shows as such, not as an error."""
-    engine = getattr(state, "engine", None)
+    engine: Engine | None = getattr(state, "engine", None)  # None while the model loads
     streams = getattr(state, "streams", None)
     adapters = getattr(state, "adapters", None)
     info = engine.info if engine is not None else None
-    active = getattr(engine, "active_streams", None)
-    if active is None:
+    if engine is not None:
+        active = engine.active_streams
+    else:
         active = len(streams) if streams is not None else 0
     return ServerStatus(
         model=info.model if info else "",
@@ -47,7 +49,7 @@ def server_status(state: object) -> ServerStatus:
         engine_adapters=tuple(info.adapters) if info else (),
         registry_adapters=tuple(sorted(adapters.loaded)) if adapters is not None else (),
         active_streams=int(active),
-        queue_depth=int(getattr(engine, "queue_depth", 0) or 0),
+        queue_depth=engine.queue_depth if engine is not None else 0,
         gpus=gpu_memory(),
         loading=engine is None,
     )

@@ -234,6 +234,11 @@ class Answer:
         return "complete"
 
     @property
+    def failure(self) -> EngineError | None:
+        """What kind of engine failure ended the answer (`OutOfMemory`, ...), when known."""
+        return self.finish.failure if self.finish is not None else None
+
+    @property
     def version(self) -> AdapterVersion | None:
         """The adapter version that answered (None: the base model)."""
         return self.lease.version if self.lease is not None else None
@@ -301,6 +306,7 @@ class Answer:
             completion_tokens=finish.completion_tokens if finish else len(self.parts),
             first_token_seconds=self.first_token_seconds,
             error=self.error,
+            failure=self.failure,
             log_text=self.ctx.settings.log_prompts,
             prompt=self.log_prompt,
             answer=self.text,

@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 
 from app.answers.lifecycle import Answer, AnswerContext
 from app.deps import KnowledgeDep
-from app.engine.types import TokenEvent
+from app.engine.types import OutOfMemory, TokenEvent
 from app.groups import service as groups
 from app.keys import service as keys
 from app.openai_api import service
@@ -45,7 +45,7 @@ from app.openai_api.schemas import (
 from app.openai_api.service import Caller
 from app.ops.body_limit import BodyTooLarge
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
-from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
+from app.ops.oom import RETRY_AFTER_SECONDS
 from app.ops.requests import client_ip
 
 router = APIRouter(prefix="/v1")
@@ -168,7 +168,7 @@ async def _collect(request: Request, call: Answer) -> None:
     if answer.cancelled():
         return
     answer.result()
-    if call.error and is_out_of_memory(call.error):
+    if isinstance(call.failure, OutOfMemory):
         raise OpenAIError(
             503,
             OUT_OF_MEMORY_MESSAGE,

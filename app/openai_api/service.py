@@ -31,6 +31,7 @@ from app.engine.types import (
     EngineError,
     FinishEvent,
     GenerationRequest,
+    OutOfMemory,
     SamplingParams,
     UpstreamError,
 )
@@ -40,7 +41,7 @@ from app.knowledge.grounding import Grounding, KnowledgeUnavailable, ground
 from app.knowledge.worker import KnowledgeRuntime
 from app.openai_api.schemas import OpenAIError, Source, _Sampling
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
-from app.ops.oom import RETRY_AFTER_SECONDS, is_out_of_memory
+from app.ops.oom import RETRY_AFTER_SECONDS
 from app.store import knowledge_crud
 from app.store.models import User
 
@@ -274,7 +275,7 @@ async def open_call(
         )
         first = await answer.first_event()
         if isinstance(first, FinishEvent) and first.reason == "error":
-            if is_out_of_memory(first.error):
+            if isinstance(first.failure, OutOfMemory):
                 # Nothing was sent yet: the caller gets a retryable 503, the server keeps on.
                 answer.finish, answer.error = first, first.error
                 raise OpenAIError(

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from app.engine.types import Engine, EngineError, OutOfMemory
 from app.ops.gpu import gpu_memory
-from app.ops.oom import is_out_of_memory
 
 log = logging.getLogger("teller.answers")
 
@@ -81,6 +81,7 @@ def record_answer(
     completion_tokens: int | None,
     first_token_seconds: float | None,
     error: str | None = None,
+    failure: EngineError | None = None,
     log_text: bool = False,
     prompt: Any = None,
     answer: str | None = None,
@@ -94,7 +95,7 @@ def record_answer(
         TOKENS.labels(surface).inc(completion_tokens)
     if first_token_seconds is not None:
         FIRST_TOKEN_SECONDS.labels(surface).observe(first_token_seconds)
-    if status == "error" and is_out_of_memory(error):
+    if isinstance(failure, OutOfMemory):
         OUT_OF_MEMORY.inc()
     fields: dict[str, Any] = {
         "surface": surface,
@@ -123,15 +124,16 @@ class AppCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterator[Any]:
-        engine = getattr(self._state, "engine", None)
+        engine: Engine | None = getattr(self._state, "engine", None)  # None until loaded
         streams = getattr(self._state, "streams", None)
         queue = GaugeMetricFamily(
             "teller_queue_depth", "Requests waiting for the engine (not yet generating)."
         )
-        queue.add_metric([], float(getattr(engine, "queue_depth", 0) or 0))
+        queue.add_metric([], float(engine.queue_depth if engine is not None else 0))
         yield queue
-        active = getattr(engine, "active_streams", None)
-        if active is None:
+        if engine is not None:
+            active = engine.active_streams
+        else:
             active = len(streams) if streams is not None else 0
         gauge = GaugeMetricFamily(
             "teller_active_streams", "Answers being generated now (chat and API)."
