@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -43,7 +42,9 @@ from app.ops.requests import RequestContextMiddleware
 from app.ops.router import router as ops_router
 from app.store.db import make_engine, make_session_factory, migrate
 from app.usage import metrics as usage_metrics
+from app.web import errors
 from app.web.csrf import set_csrf_cookie
+from app.web.router import router as web_router
 from app.web.templating import STATIC_DIR, is_htmx
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.state.engine = None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(ops_router)
+    app.include_router(web_router)  # the favicon
     app.include_router(chat_router)
     app.include_router(admin_router)  # every /admin page
     app.include_router(auth_router)
@@ -155,9 +157,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
         fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "body" for e in exc.errors())
         message = f"The request is missing or has invalid fields: {fields}."
-        if is_htmx(request) or "text/html" in request.headers.get("accept", ""):
-            return PlainTextResponse(message, status_code=400)
-        return JSONResponse({"detail": message}, status_code=400)
+        return errors.error_response(request, 400, message)
 
     @app.exception_handler(LimitExceeded)
     async def over_limit(request: Request, exc: LimitExceeded) -> Response:
@@ -165,19 +165,11 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
         headers = {"Retry-After": str(exc.retry_after)}
         if is_htmx(request):
             headers |= {"HX-Retarget": "#composer-error", "HX-Reswap": "innerHTML"}
-        if is_htmx(request) or "text/html" in request.headers.get("accept", ""):
-            return PlainTextResponse(exc.message, status_code=429, headers=headers)
-        return JSONResponse({"detail": exc.message}, status_code=429, headers=headers)
+        return errors.error_response(request, 429, exc.message, headers)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if is_htmx(request) or "text/html" in request.headers.get("accept", ""):
-            return PlainTextResponse(
-                str(exc.detail), status_code=exc.status_code, headers=exc.headers
-            )
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+    # Browsers get styled pages, HTMX a sentence, API clients JSON (app/web/errors.py).
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    app.add_exception_handler(Exception, errors.server_error)
 
     # Outermost: request ids and timing cover every other middleware and route.
     app.add_middleware(RequestContextMiddleware)

@@ -78,6 +78,38 @@ def same_base(trained_on: str, served: str) -> bool:
         return False
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "training" / "presets"
+"""Training presets (`teller train NAME`): read as text to name the one for a base model."""
+_PRESET_BASE = re.compile(r"^base_model:\s*([^#\s]+)", re.MULTILINE)
+
+
+def preset_for(served_base: str) -> str | None:
+    """The training preset whose base model is `served_base`, if one ships with Teller."""
+    if not PRESETS_DIR.is_dir():
+        return None
+    for preset in sorted(PRESETS_DIR.glob("*.yaml")):
+        match = _PRESET_BASE.search(preset.read_text(encoding="utf-8", errors="replace"))
+        if match and base_key(match.group(1)) == base_key(served_base):
+            return preset.stem
+    return None
+
+
+def mismatch_message(trained_on: str, served_base: str) -> str:
+    """Why an adapter for another base model is refused, and the two ways out."""
+    preset = preset_for(served_base)
+    train = (
+        f"train it again with the `{preset}` preset (`teller train {preset}`)"
+        if preset
+        else f"train it again on {served_base!r} (`teller train PRESET --set "
+        f"base_model={served_base}`)"
+    )
+    return (
+        f"base model mismatch: the adapter was trained on {trained_on!r} but this server "
+        f"serves {served_base!r}. To use it here, {train}, or serve {trained_on!r} "
+        "(TELLER_BASE_MODEL) instead"
+    )
+
+
 def _read_json(folder: Path, name: str) -> dict[str, Any]:
     try:
         data = json.loads((folder / name).read_text(encoding="utf-8"))
@@ -126,11 +158,7 @@ def check_package(
         )
     manifest.sha256 = sha256
     if not allow_base_mismatch and not same_base(manifest.base_model, served_base):
-        trained_on = manifest.base_model or "(unknown)"
-        raise AdapterError(
-            f"base model mismatch: the adapter was trained on {trained_on!r} but this server "
-            f"serves {served_base!r}"
-        )
+        raise AdapterError(mismatch_message(manifest.base_model or "(unknown)", served_base))
     rank = _check_rank(config, max_rank)
     layers = base_layers(served_base)
     targets = config.get("target_modules")

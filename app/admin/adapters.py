@@ -1,7 +1,8 @@
 """`/admin/adapters`: the store with each manifest; upload, activate, roll back, remove.
 
 Thin routes: the registry checks packages, the adapter service keeps the engine in step and
-writes every change to the audit trail with the admin who made it.
+writes every change to the audit trail with the admin who made it. Every form posts, then
+redirects to the page (post/redirect/get); what it did waits there once (`app.web.flash`).
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
+from fastapi.responses import RedirectResponse
 
 from app.adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
 from app.adapters.service import Actor, AdapterService
 from app.admin.adapters_compare import router as compare_router
 from app.deps import AdaptersDep, AdminUser, SessionDep
 from app.store.models import User
-from app.web.templating import render
+from app.web.flash import flash, take_flash
+from app.web.templating import is_htmx, render
 
 router = APIRouter(prefix="/admin/adapters")
+PAGE = "/admin/adapters"
 
 
 def web_actor(admin: User) -> Actor:
@@ -59,13 +63,23 @@ def _page(
     error: str = "",
     code: int = status.HTTP_200_OK,
 ) -> Response:
+    """After a post: HTMX gets the store's block with the outcome, a form is redirected to the
+    page, which shows the outcome once."""
+    if not is_htmx(request):
+        flash(request, PAGE, notice=notice, error=error)
+        return RedirectResponse(PAGE, status_code=status.HTTP_303_SEE_OTHER)
     context = page_context(adapters) | {"notice": notice, "error": error}
     return render(request, "admin/adapters.html", context, block="store", status_code=code)
 
 
 @router.get("")
 def adapters_page(request: Request, admin: AdminUser, adapters: AdaptersDep) -> Response:
-    return _page(request, adapters)
+    outcome = take_flash(request, PAGE)
+    context = page_context(adapters) | {
+        "notice": outcome.get("notice", ""),
+        "error": outcome.get("error", ""),
+    }
+    return render(request, "admin/adapters.html", context)
 
 
 @router.post("/upload")

@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Form, Request, Response, status
+from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.audit import export
 from app.audit import service as audit
 from app.audit.head_log import configured_anchors
 from app.audit.verify import AnchorError, parse_anchor, verify_chain
 from app.deps import AdminUser, SessionDep, SessionFactoryDep, SettingsDep
+from app.store.models import AuditRecord
+from app.web.flash import flash, take_flash
 from app.web.templating import render
 
 router = APIRouter(prefix="/admin/audit")
+PAGE = "/admin/audit"
 PAGE_SIZE = 100
+SUMMARY_CHARS = 90
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """A record as the page shows it: a one-line summary that opens to the formatted JSON."""
+
+    record: AuditRecord
+    summary: str
+    details: str
+
+
+def _row(record: AuditRecord) -> AuditRow:
+    try:
+        values = json.loads(record.details)
+    except ValueError:
+        return AuditRow(record, record.details[:SUMMARY_CHARS], record.details)
+    if not isinstance(values, dict):
+        return AuditRow(record, record.details[:SUMMARY_CHARS], record.details)
+    parts = [f"{key}: {value}" for key, value in values.items() if value not in (None, "", [])]
+    summary = " · ".join(parts)
+    if len(summary) > SUMMARY_CHARS:
+        summary = summary[: SUMMARY_CHARS - 1] + "…"
+    pretty = json.dumps(values, indent=2, ensure_ascii=False, sort_keys=True)
+    return AuditRow(record, summary or "{}", pretty)
 
 
 def _filters(
@@ -31,7 +61,13 @@ def _filters(
         return render(
             request,
             "admin/audit.html",
-            {"records": [], "filters": export.AuditFilter(), "error": str(exc), "report": None},
+            {
+                "rows": [],
+                "filters": export.AuditFilter(),
+                "actions": [],
+                "error": str(exc),
+                "report": None,
+            },
             status_code=400,
         )
 
@@ -52,14 +88,17 @@ def audit_page(
     if isinstance(filters, Response):
         return filters
     records = export.page(session=session, filters=filters, before=before, limit=PAGE_SIZE)
+    verified = take_flash(request, PAGE)  # a "Verify the chain" just done
     return render(
         request,
         "admin/audit.html",
         {
-            "records": records,
+            "rows": [_row(record) for record in records],
             "filters": filters,
-            "error": None,
-            "report": None,
+            "actions": export.actions(session=session),
+            "error": verified.get("error"),
+            "report": verified.get("report"),
+            "anchor": verified.get("anchor", ""),
             "next_before": records[-1].id if len(records) == PAGE_SIZE else None,
         },
     )
@@ -74,27 +113,19 @@ def verify(
     anchor: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     """Checks the chain, the optional anchor (an `ID:HASH` noted earlier) and the heads in
-    TELLER_AUDIT_HEAD_LOG, as `teller audit verify --anchor` does."""
-    context = {"records": [], "filters": export.AuditFilter(), "anchor": anchor}
+    TELLER_AUDIT_HEAD_LOG, as `teller audit verify --anchor` does; the report waits for the
+    page it redirects to (post/redirect/get), which keeps listing the records."""
     try:
         anchors = [parse_anchor(anchor)] if anchor.strip() else []
         anchors += configured_anchors(settings)
     except AnchorError as exc:
-        return render(
-            request,
-            "admin/audit.html",
-            {**context, "error": str(exc), "report": None},
-            status_code=400,
+        flash(request, PAGE, error=str(exc), anchor=anchor)
+    else:
+        report = verify_chain(
+            session=session, retention_days=settings.audit_retention_days, anchors=anchors
         )
-    report = verify_chain(
-        session=session, retention_days=settings.audit_retention_days, anchors=anchors
-    )
-    return render(
-        request,
-        "admin/audit.html",
-        {**context, "error": None, "report": report},
-        status_code=200 if report.ok else 409,
-    )
+        flash(request, PAGE, report=report, anchor=anchor)
+    return RedirectResponse(PAGE, status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/export.{fmt}")

@@ -37,6 +37,7 @@ from app.config import Settings
 from app.engine.types import Engine, EngineError, Event, FinishEvent, GenerationRequest, TokenEvent
 from app.groups import service as groups
 from app.ops import metrics
+from app.store.models import StopReason
 from app.usage import service as usage
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Answer:
     _first: Event | None = None
     _checked: float = field(default_factory=time.monotonic)
     _closed: bool = False
+    _stop_reason: StopReason | None = None
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -210,7 +212,7 @@ class Answer:
             return
         self._checked = time.monotonic()
         if await asyncio.to_thread(self._checkpoint_and_check_owner, self.text):
-            self.request.cancel.set()  # stored as stopped, like Stop
+            self.stop(StopReason.DISABLED)  # stored as stopped, like Stop
 
     def _checkpoint_and_check_owner(self, text: str) -> bool:
         if self.checkpoint is not None:
@@ -232,6 +234,23 @@ class Answer:
         if self.finish is None or self.finish.reason == "cancelled":
             return "stopped"
         return "complete"
+
+    def stop(self, reason: StopReason) -> None:
+        """End this answer early and say why (the first reason given wins: a Stop followed by
+        the page closing stays a Stop)."""
+        if self._running is not None:
+            self._running.stop(reason)
+        else:
+            self._stop_reason = self._stop_reason or reason
+            self.request.cancel.set()
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why a `stopped` answer ended (None when it did not stop, or nobody said why)."""
+        if self.status != "stopped":
+            return None
+        running = self._running.stop_reason if self._running is not None else None
+        return running or self._stop_reason
 
     @property
     def failure(self) -> EngineError | None:
@@ -353,6 +372,7 @@ class Answer:
                     else round((self.first_token_at - self.started) * 1000),
                     "total_ms": round((time.monotonic() - self.started) * 1000),
                     "status": self.status,
+                    "stop_reason": self.stop_reason,
                     "error": self.error,
                     "text": self.text,
                 },

@@ -12,8 +12,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from app.store.models import StopReason
 
-@dataclass(frozen=True, eq=False)
+
+@dataclass(eq=False)
 class Running:
     """One generation and its cancel signal (compared by identity: each is its own entry)."""
 
@@ -21,6 +23,14 @@ class Running:
     cancel: threading.Event
     conversation_id: str | None = None
     message_id: int | None = None
+    stop_reason: StopReason | None = None
+    """Why it was asked to end; the first reason wins."""
+
+    def stop(self, reason: StopReason) -> None:
+        """Ask it to end, remembering why (only sets attributes: safe in a signal handler)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancel.set()
 
 
 class ActiveStreams:
@@ -49,7 +59,7 @@ class ActiveStreams:
         found = False
         for running in self._snapshot():
             if running.conversation_id == conversation_id and running.message_id == message_id:
-                running.cancel.set()
+                running.stop(StopReason.USER)
                 found = True
         return found
 
@@ -57,21 +67,21 @@ class ActiveStreams:
         """End the answers being written in one conversation (it is being deleted)."""
         here = [r for r in self._snapshot() if r.conversation_id == conversation_id]
         for running in here:
-            running.cancel.set()
+            running.stop(StopReason.USER)
         return len(here)
 
     def stop_user(self, user_id: int) -> int:
         """End every generation of one user (their account was just disabled)."""
         mine = [running for running in self._snapshot() if running.user_id == user_id]
         for running in mine:
-            running.cancel.set()
+            running.stop(StopReason.DISABLED)
         return len(mine)
 
     def stop_all(self) -> int:
         """End every generation (shutdown). Only sets events: safe in a signal handler."""
         running = self._snapshot()
         for entry in running:
-            entry.cancel.set()
+            entry.stop(StopReason.SHUTDOWN)
         return len(running)
 
     def __len__(self) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from app.store.models import AuditRecord
@@ -112,6 +112,23 @@ def page(
     if before is not None:
         query = query.where(AuditRecord.id < before)
     return list(session.scalars(query.limit(limit)))
+
+
+def actions(*, session: Session) -> list[str]:
+    """Every action the trail holds, sorted (the filter's list).
+
+    A loose index scan over `ix_audit_action_created` (one index probe per distinct action,
+    SQLite and PostgreSQL alike), so it stays quick however many records there are.
+    """
+    query = text(
+        "WITH RECURSIVE found(action) AS ("
+        " SELECT min(action) FROM audit_records"
+        " UNION ALL"
+        " SELECT (SELECT min(action) FROM audit_records WHERE action > found.action)"
+        " FROM found WHERE found.action IS NOT NULL)"
+        " SELECT action FROM found WHERE action IS NOT NULL"
+    )
+    return [row[0] for row in session.execute(query)]
 
 
 def _rows(session: Session, filters: AuditFilter) -> Iterator[AuditRecord]:

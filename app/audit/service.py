@@ -21,6 +21,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from typing import Any
 
 from sqlalchemy import select, update
@@ -63,6 +64,20 @@ AUDIT_PURGED = "audit.purged"
 a cut only with this record in the chain."""
 
 _append_lock = threading.Lock()
+
+_request_address: ContextVar[str | None] = ContextVar("teller_audit_address", default=None)
+
+
+def set_request_address(address: str | None) -> Token[str | None]:
+    """The client address of the request being served (per request: a context variable, so
+    its worker threads and streams see it too); every record written meanwhile carries it
+    unless its details name one. `app.ops.requests` sets it for each HTTP request from the
+    address it trusts (`client_ip`); give the token back to `reset_request_address`."""
+    return _request_address.set(address)
+
+
+def reset_request_address(token: Token[str | None]) -> None:
+    _request_address.reset(token)
 
 
 def _canonical(value: Any) -> str:
@@ -163,9 +178,14 @@ def record_event(
 
     `details` is free-form JSON. A few keys are also copied into indexed columns so the admin
     page can filter on them: `ip`, `conversation_id`, `adapter_name` (or `adapter`), and
-    `username` (the actor's name when `actor_id` is None, e.g. a failed sign-in).
+    `username` (the actor's name when `actor_id` is None, e.g. a failed sign-in). Written
+    while a request is served, `ip` is that request's address unless `details` names one
+    (`set_request_address`).
     """
     details = dict(details or {})
+    address = _request_address.get()
+    if address is not None and "ip" not in details:
+        details["ip"] = address
     actor_name = details.get("username")
     if actor_id is not None:
         user = session.get(User, actor_id)

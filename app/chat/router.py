@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
@@ -14,7 +17,7 @@ from starlette.background import BackgroundTask
 
 from app.answers.kinds import CHAT
 from app.answers.lifecycle import Answer
-from app.chat import knowledge, service
+from app.chat import editing, export, history, knowledge, service
 from app.chat.schemas import ChatInputError
 from app.deps import (
     AdaptersDep,
@@ -30,10 +33,17 @@ from app.groups import service as groups
 from app.ops.requests import client_ip
 from app.store import crud
 from app.store.models import Conversation, Message, User
-from app.web.templating import is_htmx, render, render_fragment
+from app.web.errors import error_page
+from app.web.markdown import render_markdown
+from app.web.templating import is_htmx, render, render_fragment, templates
 
 # CSRF is checked by CurrentUser (every route here needs it), after the sign-in check.
 router = APIRouter()
+templates.env.globals["answer_ending"] = export.ending
+HTML_EVERY_S = 0.15
+"""While an answer streams, its text is rendered as Markdown at most this often (each render
+covers the whole text so far; the final render comes with `done`)."""
+SEARCH_MAX_CHARS = 200
 
 
 def _conversation_or_404(
@@ -69,6 +79,25 @@ def _knowledge_context(
     }
 
 
+def _page_context(
+    request: Request,
+    session: SessionDep,
+    user: User,
+    adapters: AdaptersDep,
+    settings: SettingsDep,
+    conversation: Conversation | None,
+) -> dict[str, object]:
+    """What the chat page needs: the sidebar by date, the pickers, the server's limits."""
+    conversations = crud.list_conversations(session=session, user_id=user.id)
+    return {
+        "conversation_groups": history.by_date(conversations, history.reader_zone(request)),
+        "conversation": conversation,
+        "adapter_choices": groups.visible_choices(session=session, user=user, adapters=adapters),
+        "limits": settings,
+        **_knowledge_context(session, user, conversation),
+    }
+
+
 def _redirect(request: Request, url: str) -> Response:
     """HTMX follows `HX-Redirect` with a full page load; plain forms follow a 303."""
     if is_htmx(request):
@@ -76,34 +105,59 @@ def _redirect(request: Request, url: str) -> Response:
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
 
 
-def _input_error(request: Request, exc: ChatInputError) -> Response:
+def _input_error(
+    request: Request, exc: ChatInputError, *, target: str = "#composer-error"
+) -> Response:
+    """The sentence saying what to fix: where the form shows errors (HTMX, the text typed
+    stays), or a page with a way back (a plain form post)."""
+    if not is_htmx(request):
+        return error_page(request, status.HTTP_400_BAD_REQUEST, str(exc))
     return render(
         request,
         "partials/error.html",
         {"error": str(exc)},
         block="error",
         status_code=status.HTTP_400_BAD_REQUEST,
-        headers={"HX-Retarget": "#composer-error", "HX-Reswap": "innerHTML"},
+        headers={"HX-Retarget": target, "HX-Reswap": "innerHTML"},
     )
 
 
 @router.get("/")
 def index(
-    request: Request, session: SessionDep, user: CurrentUser, adapters: AdaptersDep
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    adapters: AdaptersDep,
+    settings: SettingsDep,
 ) -> Response:
-    conversations = crud.list_conversations(session=session, user_id=user.id)
-    return render(
-        request,
-        "chat.html",
-        {
-            "conversations": conversations,
-            "conversation": None,
-            "adapter_choices": groups.visible_choices(
-                session=session, user=user, adapters=adapters
-            ),
-            **_knowledge_context(session, user, None),
-        },
+    context = _page_context(request, session, user, adapters, settings, None)
+    return render(request, "chat.html", context)
+
+
+@router.get("/search")
+def search(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    adapters: AdaptersDep,
+    settings: SettingsDep,
+    q: str = "",
+) -> Response:
+    """The user's conversations whose title or messages contain `q` (the sidebar's search box:
+    HTMX gets the result list alone, a plain request the whole page with it)."""
+    query = " ".join(q.split())[:SEARCH_MAX_CHARS]
+    results = (
+        history.search_results(
+            crud.search_conversations(session=session, user_id=user.id, text=query),
+            query,
+            history.reader_zone(request),
+        )
+        if query
+        else None
     )
+    context = _page_context(request, session, user, adapters, settings, None)
+    context |= {"search_query": query, "search_results": results}
+    return render(request, "chat.html", context, block="sidebar_list")
 
 
 @router.get("/c/{conversation_id}")
@@ -113,20 +167,31 @@ def show_conversation(
     user: CurrentUser,
     conversation: ConversationDep,
     adapters: AdaptersDep,
+    settings: SettingsDep,
 ) -> Response:
-    conversations = crud.list_conversations(session=session, user_id=user.id)
-    return render(
-        request,
-        "chat.html",
-        {
-            "conversations": conversations,
-            "conversation": conversation,
-            "adapter_choices": groups.visible_choices(
-                session=session, user=user, adapters=adapters
-            ),
-            **_knowledge_context(session, user, conversation),
-        },
-        block="conversation",
+    context = _page_context(request, session, user, adapters, settings, conversation)
+    return render(request, "chat.html", context, block="conversation")
+
+
+@router.get("/c/{conversation_id}/export.{fmt}")
+def export_conversation(
+    session: SessionDep, user: CurrentUser, conversation: ConversationDep, fmt: str
+) -> Response:
+    """The conversation as a Markdown or JSON download (audited: its text leaves the server)."""
+    if fmt not in ("md", "json"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Export as .md or .json.")
+    citations = knowledge.conversation_citations(session=session, conversation=conversation)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    if fmt == "md":
+        body, media = export.as_markdown(conversation, citations, now), "text/markdown"
+    else:
+        body, media = export.as_json(conversation, citations, now), "application/json"
+    editing.record_export(session=session, conversation=conversation, fmt=fmt, actor_id=user.id)
+    name = export.file_name(conversation, fmt)
+    return Response(
+        body,
+        media_type=f"{media}; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
@@ -145,7 +210,60 @@ def choose_adapter(
     except ChatInputError as exc:
         return _input_error(request, exc)
     service.choose_adapter(session=session, conversation=conversation, choice=choice)
-    return _redirect(request, f"/c/{conversation.id}")
+    if not is_htmx(request):
+        return _redirect(request, f"/c/{conversation.id}")
+    return render(
+        request,
+        "partials/adapter_choice.html",
+        {
+            "conversation": conversation,
+            "adapter_choices": groups.visible_choices(
+                session=session, user=user, adapters=adapters
+            ),
+            "saved": True,
+        },
+        block="adapter_choice",
+    )
+
+
+@router.post("/c/{conversation_id}/settings")
+def save_settings(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    conversation: ConversationDep,
+    temperature: Annotated[str, Form(max_length=40)] = "",
+    max_new_tokens: Annotated[str, Form(max_length=40)] = "",
+) -> Response:
+    """This conversation's temperature and answer length, from its next answer on."""
+    error = ""
+    try:
+        editing.update_settings(
+            session=session,
+            conversation=conversation,
+            settings=settings,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+        )
+    except ChatInputError as exc:
+        if not is_htmx(request):
+            return _input_error(request, exc)
+        error = str(exc)
+    if not is_htmx(request):
+        return _redirect(request, f"/c/{conversation.id}")
+    return render(
+        request,
+        "partials/chat_settings.html",
+        {
+            "conversation": conversation,
+            "limits": settings,
+            "saved": not error,
+            "settings_error": error,
+            "typed": {"temperature": temperature, "max_new_tokens": max_new_tokens},
+        },
+        block="chat_settings",
+        status_code=status.HTTP_400_BAD_REQUEST if error else status.HTTP_200_OK,
+    )
 
 
 @router.post("/c/{conversation_id}/knowledge")
@@ -246,7 +364,10 @@ async def stream_message(
     knowledge_runtime: KnowledgeDep,
     message_id: int,
 ) -> EventSourceResponse:
-    """SSE: `token` events carry escaped text to append; `done` carries the final message HTML.
+    """SSE for one answer. `state` (escaped): what is happening (waiting for the model, N
+    ahead; writing); `adapter`: the adapter tag, once known; `html`: the answer so far as
+    sanitised Markdown (at most every `HTML_EVERY_S`); `token`: the new text, escaped (for
+    clients that build the text themselves); `error`; `done`: the final message HTML.
 
     Raises:
         LimitExceeded: every one of the user's generation slots is busy (429).
@@ -266,17 +387,30 @@ async def stream_message(
         updates = service.stream_answer(
             answer=answer, message=message, knowledge_runtime=knowledge_runtime
         )
-        async for update in updates:
-            if update.kind == "token":
-                yield ServerSentEvent(html.escape(update.text), event="token")
-            else:
-                if update.message is not None and update.message.status == "error":
-                    # Tell a failure (e.g. out of GPU memory) apart from an answer that ended.
-                    yield ServerSentEvent(html.escape(update.message.error or ""), event="error")
-                final = await asyncio.to_thread(
-                    _message_html, request, conversation, update.message
-                )
-                yield ServerSentEvent(final, event="done")
+        text, rendered_at = "", 0.0
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                if update.kind == "token":
+                    yield ServerSentEvent(html.escape(update.text), event="token")
+                    text += update.text
+                    if time.monotonic() - rendered_at >= HTML_EVERY_S:
+                        page = await asyncio.to_thread(render_markdown, text)
+                        rendered_at = time.monotonic()
+                        yield ServerSentEvent(page, event="html")
+                elif update.kind == "state":
+                    yield ServerSentEvent(html.escape(update.text), event="state")
+                elif update.kind == "adapter":
+                    tag = f"· {update.text}" if update.text else ""
+                    yield ServerSentEvent(html.escape(tag), event="adapter")
+                else:
+                    if update.message is not None and update.message.status == "error":
+                        # Tell a failure (e.g. out of GPU memory) from an answer that ended.
+                        error = html.escape(update.message.error or "")
+                        yield ServerSentEvent(error, event="error")
+                    final = await asyncio.to_thread(
+                        _message_html, request, conversation, update.message
+                    )
+                    yield ServerSentEvent(final, event="done")
 
     # The answer closes itself before "done"; this closes it if the stream never started.
     return EventSourceResponse(
@@ -323,6 +457,33 @@ def regenerate(request: Request, session: SessionDep, conversation: Conversation
         {"conversation": conversation, "messages": [answer]},
         block="turn",
     )
+
+
+@router.post(
+    "/c/{conversation_id}/messages/{message_id}/edit", dependencies=[Depends(message_allowed)]
+)
+def edit_message(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    conversation: ConversationDep,
+    message_id: int,
+    content: Annotated[str, Form()],
+) -> Response:
+    """Replace a question (and the turns after it) with its edited text; answered anew."""
+    try:
+        editing.edit_and_resend(
+            session=session,
+            user=user,
+            conversation=conversation,
+            message_id=message_id,
+            content=content,
+            settings=settings,
+        )
+    except ChatInputError as exc:
+        return _input_error(request, exc, target=f"#edit-error-{message_id}")
+    return _redirect(request, f"/c/{conversation.id}")
 
 
 @router.post("/c/{conversation_id}/rename")

@@ -14,6 +14,7 @@ it is stored, in its lineage, from which the page shows numbered citations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ from app.answers.input_limits import newest_turns
 from app.answers.lifecycle import Answer
 from app.answers.streams import ActiveStreams
 from app.audit import service as audit
+from app.chat.history import title_from
 from app.chat.knowledge import conversation_knowledge_bases
 from app.chat.schemas import ChatInputError
 from app.config import Settings
 from app.contract import ChatMessage
 from app.engine.types import (
+    Engine,
     EngineError,
     GenerationRequest,
     SamplingParams,
@@ -42,15 +45,35 @@ from app.knowledge import service as knowledge
 from app.knowledge.grounding import Grounding, KnowledgeUnavailable, ground
 from app.knowledge.worker import KnowledgeRuntime
 from app.store import crud, knowledge_crud
-from app.store.models import Conversation, Message, MessageStatus, User
+from app.store.models import Conversation, Message, MessageStatus, StopReason, User
 
-TITLE_CHARS = 60
 CONVERSATION_RENAMED = "chat.conversation_renamed"
+
+SEARCHING = "Searching the knowledge bases…"
+WRITING = "Writing…"
+COUNT_AFTER_S = 0.5
+"""How long an answer waits before the page says how many are ahead (on an engine that
+answers many at once, a request that is not really queued starts before then)."""
+WAITING_REFRESH_S = 1.0
+
+
+def waiting_text(ahead: int) -> str:
+    """What the page says while the engine holds an answer back."""
+    if ahead <= 0:
+        return "Waiting for the model…"
+    return f"Waiting for the model ({ahead} ahead of you)…"
 
 
 @dataclass(frozen=True)
 class StreamUpdate:
-    kind: Literal["token", "done"]
+    """What the page is told while an answer is written.
+
+    `state`: a line saying what is happening (searching, waiting, writing); `adapter`: the
+    adapter version answering ("" for the base model), as soon as it is known; `token`: new
+    text; `done`: the stored message.
+    """
+
+    kind: Literal["state", "adapter", "token", "done"]
     text: str = ""
     message: Message | None = None
 
@@ -88,9 +111,8 @@ def start_turn(
     """
     text = clean_content(content, settings)
     if conversation is None:
-        title = text.splitlines()[0][:TITLE_CHARS]
         conversation = crud.create_conversation(
-            session=session, user_id=user.id, title=title, adapter=adapter
+            session=session, user_id=user.id, title=title_from(text), adapter=adapter
         )
         if knowledge_base_ids:
             knowledge_crud.set_conversation_knowledge_bases(
@@ -164,12 +186,53 @@ def regenerate(*, session: Session, conversation: Conversation) -> Message:
     )
 
 
-def sampling_for(settings: Settings) -> SamplingParams:
+def sampling_for(
+    settings: Settings, *, temperature: float | None = None, max_new_tokens: int | None = None
+) -> SamplingParams:
+    """The server's sampling with a conversation's own settings (None: the server's); never
+    longer answers than the server allows."""
+    limit = min(max_new_tokens or settings.max_new_tokens, settings.max_new_tokens)
     return SamplingParams(
-        temperature=settings.default_temperature,
+        temperature=settings.default_temperature if temperature is None else temperature,
         top_p=settings.default_top_p,
-        max_new_tokens=settings.max_new_tokens,
+        max_new_tokens=limit,
     )
+
+
+def requests_ahead(engine: Engine) -> int:
+    """Answers the engine is writing or holding that a request submitted now waits behind.
+
+    Exact for an engine that writes one answer at a time; an engine that writes many at
+    once starts a request before the page shows this count (`COUNT_AFTER_S`).
+    """
+    return max(engine.active_streams, engine.queue_depth)
+
+
+async def _until_first_event(answer: Answer, ahead: int) -> AsyncIterator[StreamUpdate]:
+    """Say how many answers are ahead while the engine holds this one back.
+
+    The count only goes down: each refresh takes the smaller of the last count and the
+    other answers the engine still streams (those behind this one would count too).
+
+    Raises:
+        EngineError: the engine failed before its first event.
+    """
+    first = asyncio.ensure_future(answer.first_event())
+    try:
+        timeout = COUNT_AFTER_S
+        while True:
+            done, _ = await asyncio.wait({first}, timeout=timeout)
+            if done:
+                break
+            ahead = min(ahead, max(0, answer.ctx.engine.active_streams - 1))
+            yield StreamUpdate("state", text=waiting_text(ahead))
+            timeout = WAITING_REFRESH_S
+    finally:
+        if not first.done():
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+    first.result()
 
 
 def _history(session: Session, message: Message, settings: Settings) -> list[ChatMessage]:
@@ -210,6 +273,11 @@ async def stream_answer(
             history = _history(session, message, ctx.settings)
             conversation = message.conversation
             choice = conversation.adapter
+            sampling = sampling_for(
+                ctx.settings,
+                temperature=conversation.temperature,
+                max_new_tokens=conversation.max_new_tokens,
+            )
             owner = session.get(User, conversation.user_id)
             base_ids = (
                 conversation_knowledge_bases(session=session, conversation=conversation, user=owner)
@@ -219,9 +287,9 @@ async def stream_answer(
             message.model = ctx.engine.info.model
             session.commit()
             message_id, conversation_id = message.id, message.conversation_id
-        sampling = sampling_for(ctx.settings)
         try:
             if base_ids and knowledge_runtime is not None:
+                yield StreamUpdate("state", text=SEARCHING)
                 grounding = await ground(
                     session_factory=ctx.session_factory,
                     knowledge=knowledge_runtime,
@@ -231,6 +299,7 @@ async def stream_answer(
                     max_new_tokens=sampling.max_new_tokens,
                     count_tokens=ctx.engine.count_tokens,
                 )
+            ahead = requests_ahead(ctx.engine)
             await answer.start(
                 GenerationRequest(
                     messages=list(grounding.messages) if grounding else history,
@@ -249,11 +318,23 @@ async def stream_answer(
                 log_prompt=history[-1].content if history else None,
                 fixed_answer=grounding.fixed_answer if grounding else None,
             )
+            version = answer.version
+            tag = f"{version.name} v{version.version}" if version else ""
+            yield StreamUpdate("adapter", text=tag)
+            async for update in _until_first_event(answer, ahead):
+                yield update
+            writing = False
             async for event in answer.events():
                 if isinstance(event, TokenEvent):
+                    if not writing:
+                        writing = True
+                        yield StreamUpdate("state", text=WRITING)
                     yield StreamUpdate("token", text=event.text)
         except (EngineError, AdapterError, KnowledgeUnavailable) as exc:
             answer.error = str(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            answer.stop(StopReason.DISCONNECT)  # the page went away (a Stop said so first)
+            raise
     finally:
         # Runs on normal end, Stop, client disconnect (CancelledError/GeneratorExit) alike.
         if message_id is not None:
@@ -291,6 +372,7 @@ def _store_answer(
             content=answer.text,
             status=_STATUS[answer.status],
             error=answer.error,
+            stop_reason=answer.stop_reason,
             prompt_tokens=finish.prompt_tokens if finish else None,
             completion_tokens=finish.completion_tokens if finish else None,
             adapter=(version.name, version.version, version.sha256) if version else None,

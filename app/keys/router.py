@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from app.deps import CurrentUser, SessionDep
 from app.keys import service
 from app.store.models import User
+from app.web.flash import flash, take_flash
 from app.web.templating import render
 
 # CurrentUser checks sign-in and, on POST, the CSRF token.
@@ -40,10 +41,16 @@ def _page(
     return response
 
 
+PAGE = "/settings/keys"
+
+
 @router.get("")
 def keys_page(request: Request, session: SessionDep, user: CurrentUser, done: str = "") -> Response:
+    """The list, and once after "Create key" the new key (kept on the server for this
+    sign-in session, never in a URL: `app.web.flash`)."""
     notice = "Key revoked; calls with it now get 401." if done == "revoked" else ""
-    return _page(request, session, user, notice=notice)
+    made = take_flash(request, PAGE)
+    return _page(request, session, user, notice=notice, new_secret=made.get("new_secret", ""))
 
 
 @router.post("")
@@ -53,12 +60,13 @@ def create_key(
     user: CurrentUser,
     name: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
-    """Rendered directly (not redirected), so the secret never lands in a URL or history."""
+    """Make the key, then redirect (post/redirect/get): a reload makes no second key."""
     try:
         made = service.create_key(session=session, user=user, name=name)
     except service.ApiKeyError as exc:
         return _page(request, session, user, error=str(exc), status_code=400)
-    return _page(request, session, user, new_secret=made.secret)
+    flash(request, PAGE, new_secret=made.secret)
+    return RedirectResponse(PAGE, status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/{key_id}/revoke")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 
 from app.answers.lifecycle import Answer, AnswerContext
+from app.audit import service as audit
 from app.deps import KnowledgeDep
 from app.engine.types import OutOfMemory, TokenEvent
 from app.groups import service as groups
@@ -51,6 +52,13 @@ from app.ops.requests import client_ip
 router = APIRouter(prefix="/v1")
 DONE = "data: [DONE]\n\n"
 Body = TypeVar("Body", bound=BaseModel)
+API_MODELS = "api.models"
+"""A key listed the models (or looked one up)."""
+API_REFUSED = "api.refused"
+"""A call refused before any answer started (bad body or field, unknown model or knowledge
+base, too large). Over-limit calls have `limits.rate_limited`; calls that started have their
+`api.call_started` / `api.call` pair, failures included."""
+AUDITED_REFUSALS = frozenset({400, 404, 413, 422})
 
 
 async def openai_error_handler(request: Request, exc: Exception) -> Response:
@@ -92,6 +100,34 @@ CallerDep = Annotated[Caller, Depends(api_caller)]
 ContextDep = Annotated[AnswerContext, Depends(api_context)]
 
 
+def _audit(request: Request, caller: Caller, action: str, details: dict[str, Any]) -> None:
+    with request.app.state.session_factory() as session:
+        audit.record_event(
+            session=session,
+            action=action,
+            actor_id=caller.user_id,
+            details={"key_id": caller.key_id, "ip": caller.ip, **details},
+        )
+
+
+@contextlib.asynccontextmanager
+async def refusals_audited(request: Request, caller: Caller, endpoint: str) -> AsyncIterator[None]:
+    """Write an `api.refused` row for a call refused inside (then let the error answer)."""
+    try:
+        yield
+    except OpenAIError as exc:
+        if exc.status_code in AUDITED_REFUSALS:
+            details = {
+                "endpoint": endpoint,
+                "status": exc.status_code,
+                "code": exc.code,
+                "param": exc.param,
+                "message": exc.message,
+            }
+            await asyncio.to_thread(_audit, request, caller, API_REFUSED, details)
+        raise
+
+
 async def parse_body(request: Request, model: type[Body]) -> Body:
     """The JSON body as `model`, 400 naming the first bad field, or 413 for a body over the
     server's limit (refused by `app.ops.body_limit` before it is read)."""
@@ -115,14 +151,21 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
 
 
 @router.get("/models")
-def list_models(caller: CallerDep, ctx: ContextDep) -> ModelList:
+def list_models(request: Request, caller: CallerDep, ctx: ContextDep) -> ModelList:
     ids = service.model_ids(ctx.engine, ctx.adapters, caller.access)
+    _audit(request, caller, API_MODELS, {"endpoint": "models", "models": len(ids)})
     return ModelList(data=[ModelCard(id=i) for i in ids])
 
 
 @router.get("/models/{model_id:path}")
-def get_model(model_id: str, caller: CallerDep, ctx: ContextDep) -> ModelCard:
-    service.resolve_model(model_id, ctx.engine, ctx.adapters, caller.access)
+def get_model(request: Request, model_id: str, caller: CallerDep, ctx: ContextDep) -> ModelCard:
+    details = {"endpoint": "models", "model": model_id}
+    try:
+        service.resolve_model(model_id, ctx.engine, ctx.adapters, caller.access)
+    except OpenAIError as exc:
+        _audit(request, caller, API_REFUSED, {**details, "status": exc.status_code})
+        raise
+    _audit(request, caller, API_MODELS, details)
     return ModelCard(id=model_id)
 
 
@@ -219,20 +262,21 @@ def _stream(call: Answer, chunks: AsyncIterator[str]) -> StreamingResponse:
 async def chat_completions(
     request: Request, caller: CallerDep, ctx: ContextDep, knowledge: KnowledgeDep
 ) -> Response:
-    body = await parse_body(request, ChatCompletionRequest)
-    messages = service.chat_messages([(m.role, m.text()) for m in body.messages])
-    service.check_input_size([m.content for m in messages], ctx.settings)
-    call, grounding = await service.open_call(
-        ctx=ctx,
-        caller=caller,
-        endpoint="chat.completions",
-        model=body.model,
-        sampling=service.sampling_for(body, body.token_limit, ctx.settings),
-        stream=body.stream,
-        messages=messages,
-        knowledge_runtime=knowledge,
-        knowledge_bases=body.knowledge_bases or (),
-    )
+    async with refusals_audited(request, caller, "chat.completions"):
+        body = await parse_body(request, ChatCompletionRequest)
+        messages = service.chat_messages([(m.role, m.text()) for m in body.messages])
+        service.check_input_size([m.content for m in messages], ctx.settings)
+        call, grounding = await service.open_call(
+            ctx=ctx,
+            caller=caller,
+            endpoint="chat.completions",
+            model=body.model,
+            sampling=service.sampling_for(body, body.token_limit, ctx.settings),
+            stream=body.stream,
+            messages=messages,
+            knowledge_runtime=knowledge,
+            knowledge_bases=body.knowledge_bases or (),
+        )
     sources = service.sources(grounding) if grounding is not None else None
     no_sources = {"sources"} if sources is None else set()
     ident, created = completion_id("chatcmpl"), now()
@@ -294,17 +338,18 @@ async def chat_completions(
 
 @router.post("/completions")
 async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
-    body = await parse_body(request, CompletionRequest)
-    service.check_input_size([body.prompt_text], ctx.settings, param="prompt")
-    call, _ = await service.open_call(
-        ctx=ctx,
-        caller=caller,
-        endpoint="completions",
-        model=body.model,
-        sampling=service.sampling_for(body, body.max_tokens, ctx.settings),
-        stream=body.stream,
-        prompt=body.prompt_text,
-    )
+    async with refusals_audited(request, caller, "completions"):
+        body = await parse_body(request, CompletionRequest)
+        service.check_input_size([body.prompt_text], ctx.settings, param="prompt")
+        call, _ = await service.open_call(
+            ctx=ctx,
+            caller=caller,
+            endpoint="completions",
+            model=body.model,
+            sampling=service.sampling_for(body, body.max_tokens, ctx.settings),
+            stream=body.stream,
+            prompt=body.prompt_text,
+        )
     ident, created = completion_id("cmpl"), now()
     if not body.stream:
         await _collect(request, call)

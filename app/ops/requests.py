@@ -17,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.audit import service as audit
 from app.ops.logs import REQUEST_ID
 from app.ops.metrics import REQUEST_SECONDS, REQUESTS
 
@@ -72,6 +73,7 @@ class RequestContextMiddleware:
             return
         request_id = _incoming_id(scope) or uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
+        address = audit.set_request_address(client_ip(Request(scope)))  # on its audit records
         started = time.monotonic()
         status = 500
 
@@ -109,3 +111,4 @@ class RequestContextMiddleware:
                 },
             )
             REQUEST_ID.reset(token)
+            audit.reset_request_address(address)

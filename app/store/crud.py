@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app.store.models import Conversation, Message, MessageStatus, utcnow
+from app.store.models import Conversation, Message, MessageStatus, StopReason, utcnow
 
 
 def list_conversations(*, session: Session, user_id: int, limit: int = 200) -> list[Conversation]:
@@ -101,6 +104,7 @@ def finish_message(
     content: str,
     status: str,
     error: str | None = None,
+    stop_reason: str | None = None,
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
     adapter: tuple[str, int, str] | None = None,
@@ -108,6 +112,7 @@ def finish_message(
     """Store an answer's end; `adapter` is the (name, version, sha256) that answered."""
     message.content = content
     message.status = status
+    message.stop_reason = stop_reason
     message.error = error
     message.prompt_tokens = prompt_tokens
     message.completion_tokens = completion_tokens
@@ -128,7 +133,7 @@ def mark_interrupted(*, session: Session) -> int:
     result = session.execute(
         update(Message)
         .where(Message.status.in_([MessageStatus.STREAMING]))
-        .values(status=MessageStatus.STOPPED, finished_at=utcnow())
+        .values(status=MessageStatus.STOPPED, stop_reason=StopReason.RESTART, finished_at=utcnow())
     )
     session.commit()
     return result.rowcount
@@ -146,3 +151,92 @@ def last_message(*, session: Session, conversation: Conversation) -> Message | N
 def delete_message(*, session: Session, message: Message) -> None:
     session.delete(message)
     session.commit()
+
+
+def delete_messages_from(*, session: Session, conversation: Conversation, message_id: int) -> int:
+    """Delete `message_id` and every later message of the conversation; how many went."""
+    result = session.execute(
+        delete(Message).where(Message.conversation_id == conversation.id, Message.id >= message_id)
+    )
+    conversation.updated_at = utcnow()
+    session.commit()
+    session.expire(conversation, ["messages"])
+    return result.rowcount
+
+
+def set_conversation_settings(
+    *,
+    session: Session,
+    conversation: Conversation,
+    temperature: float | None,
+    max_new_tokens: int | None,
+) -> None:
+    """A conversation's own sampling settings (None: the server's default)."""
+    conversation.temperature = temperature
+    conversation.max_new_tokens = max_new_tokens
+    session.commit()
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A conversation that matches a search, with the first message that does (if any)."""
+
+    conversation_id: str
+    title: str
+    updated_at: datetime
+    snippet_source: str | None
+    """The matching message's text (None: only the title matched)."""
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern matching it anywhere, its wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_conversations(
+    *, session: Session, user_id: int, text: str, limit: int = 30, scan: int = 2000
+) -> list[SearchHit]:
+    """The user's conversations whose title or messages contain `text` (any case), newest first.
+
+    Bounded: at most `scan` matching messages are read (the newest first, through the
+    owner's conversation index), and at most `limit` conversations come back.
+    """
+    pattern = _like(text)
+    titles = session.execute(
+        select(Conversation.id, Conversation.title, Conversation.updated_at)
+        .where(
+            Conversation.user_id == user_id,
+            Conversation.title.ilike(pattern, escape="\\"),
+        )
+        .order_by(Conversation.updated_at.desc())
+        .limit(limit)
+    ).all()
+    messages = session.execute(
+        select(Message.conversation_id, Message.content, Message.id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(
+            Conversation.user_id == user_id,
+            Message.content.ilike(pattern, escape="\\"),
+        )
+        .order_by(Message.id.desc())
+        .limit(scan)
+    ).all()
+    first_match: dict[str, str] = {}
+    for conversation_id, content, _ in messages:
+        first_match.setdefault(conversation_id, content)
+    hits = {
+        row.id: SearchHit(row.id, row.title, row.updated_at, first_match.get(row.id))
+        for row in titles
+    }
+    missing = [cid for cid in first_match if cid not in hits]
+    if missing:
+        rows = session.execute(
+            select(Conversation.id, Conversation.title, Conversation.updated_at).where(
+                Conversation.id.in_(missing[: limit * 2]), Conversation.user_id == user_id
+            )
+        ).all()
+        for row in rows:
+            hits[row.id] = SearchHit(row.id, row.title, row.updated_at, first_match[row.id])
+    ordered = sorted(hits.values(), key=lambda hit: hit.updated_at, reverse=True)
+    return ordered[:limit]

@@ -37,6 +37,21 @@ class MessageStatus(StrEnum):
     ERROR = "error"
 
 
+class StopReason(StrEnum):
+    """Who or what ended a `stopped` answer (`Message.stop_reason`)."""
+
+    USER = "user"
+    """The user pressed Stop."""
+    DISCONNECT = "disconnect"
+    """The page was closed or lost its connection."""
+    SHUTDOWN = "shutdown"
+    """The server shut down while it was being written."""
+    RESTART = "restart"
+    """Found cut off at start: the server had stopped without finishing it (a crash)."""
+    DISABLED = "disabled"
+    """Its owner's account was disabled."""
+
+
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (
@@ -61,6 +76,10 @@ class Conversation(Base):
     title: Mapped[str] = mapped_column(String(200), default="New chat")
     adapter: Mapped[str | None] = mapped_column(String(128))
     """Adapter chosen for this conversation; None means the default."""
+    temperature: Mapped[float | None]
+    """This conversation's sampling temperature; None: the server's default."""
+    max_new_tokens: Mapped[int | None]
+    """This conversation's answer length limit; None: the server's limit."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -84,6 +103,8 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default=MessageStatus.COMPLETE)
+    stop_reason: Mapped[str | None] = mapped_column(String(16))
+    """For a `stopped` answer, a `StopReason`; None for others (and for older rows)."""
     error: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(255))
     adapter_name: Mapped[str | None] = mapped_column(String(128))

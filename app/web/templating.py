@@ -6,6 +6,8 @@ is rendered, so the markup of a fragment can never drift from the full page.
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,42 @@ from app.web.markdown import render_markdown
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
+
+def human_number(value: Any) -> str:
+    """A figure as people read it: 39,530 (not 3.953e+04), 0.8125, 1.2e-05 only when tiny."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e15):
+        return f"{int(value):,}"
+    if not math.isfinite(value):
+        return str(value)
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 0.001:
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    return f"{value:.2g}"
+
+
+def human_time(value: Any) -> str:
+    """An ISO timestamp (or datetime, naive = UTC) as "5 Dec 2026, 14:03 UTC"."""
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    if not isinstance(moment, datetime):
+        return "" if value is None else str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+
+
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.filters["markdown"] = render_markdown
+templates.env.filters["number"] = human_number
+templates.env.filters["when"] = human_time
 templates.env.globals["csrf_token"] = csrf_token
 templates.env.globals["admin_pages"] = (
     ("/admin/adapters", "Adapters"),

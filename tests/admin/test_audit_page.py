@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
@@ -88,12 +89,23 @@ def test_admin_filters_exports_and_verifies(scripted_server) -> None:  # noqa: A
         assert [r["actor_name"] for r in records] == ["alice", ADMIN_NAME]
         assert len(audit_rows(server, "audit.exported")) == 2
 
-        intact = admin.post("/admin/audit/verify")
-        assert intact.status_code == 200 and "Chain intact" in intact.text
+        intact = verify(admin)
+        assert 'data-verify="ok"' in intact and "Chain intact" in intact
+        assert "alice asks" in intact, "the records are still listed after a verification"
+        assert "Chain intact" not in admin.page("/admin/audit").text  # the report shows once
         with sqlite3.connect(db(server)) as connection:
             connection.execute("UPDATE audit_records SET details='{}' WHERE action='chat.prompt'")
-        broken = admin.post("/admin/audit/verify")
-        assert broken.status_code == 409 and "was modified after it was written" in broken.text
+        broken = verify(admin)
+        assert 'data-verify="broken"' in broken and "was modified after it was written" in broken
+
+
+def verify(admin, anchor: str = "") -> str:  # noqa: ANN001
+    """Press "Verify the chain": the post redirects to the page, which has the report."""
+    posted = admin.post("/admin/audit/verify", {"anchor": anchor})
+    assert posted.status_code == 303 and posted.headers["location"] == "/admin/audit"
+    page = admin.page("/admin/audit")
+    assert page.status_code == 200
+    return page.text
 
 
 def test_csv_export_defuses_spreadsheet_formulas(scripted_server) -> None:  # noqa: ANN001
@@ -130,17 +142,16 @@ def test_admin_verify_checks_an_anchor(scripted_server) -> None:  # noqa: ANN001
         admin = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
         page = admin.page("/admin/audit")
         assert 'name="anchor"' in page.text
-        intact = admin.post("/admin/audit/verify")
-        assert intact.status_code == 200
-        head = re.search(r"head (\d+:[0-9a-f]{64})", intact.text).group(1)
+        intact = verify(admin)
+        head = re.search(r"head (\d+:[0-9a-f]{64})", intact).group(1)
 
-        matched = admin.post("/admin/audit/verify", {"anchor": head})
-        assert matched.status_code == 200 and "1 anchors matched" in matched.text
+        matched = verify(admin, head)
+        assert 'data-verify="ok"' in matched and "1 anchors matched" in matched
         record_id = head.split(":")[0]
-        rewritten = admin.post("/admin/audit/verify", {"anchor": f"{record_id}:{'0' * 64}"})
-        assert rewritten.status_code == 409
-        assert f"record {record_id} no longer has the anchored hash" in rewritten.text
-        beyond = admin.post("/admin/audit/verify", {"anchor": f"99999:{'0' * 64}"})
-        assert beyond.status_code == 409 and "past the head" in beyond.text
-        garbage = admin.post("/admin/audit/verify", {"anchor": "yesterday's head"})
-        assert garbage.status_code == 400 and "is not an anchor: give ID:HASH" in garbage.text
+        rewritten = verify(admin, f"{record_id}:{'0' * 64}")
+        assert 'data-verify="broken"' in rewritten
+        assert f"record {record_id} no longer has the anchored hash" in rewritten
+        beyond = verify(admin, f"99999:{'0' * 64}")
+        assert 'data-verify="broken"' in beyond and "past the head" in beyond
+        garbage = html.unescape(verify(admin, "yesterday's head"))
+        assert "is not an anchor: give ID:HASH" in garbage

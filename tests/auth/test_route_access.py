@@ -27,6 +27,7 @@ PUBLIC = (
     "/healthz",
     "/readyz",
     "/metrics",
+    "/favicon.ico",  # the browser asks for it before anyone signs in
 )
 PARAM_RE = re.compile(r"\{([^}:]+)(:[^}]+)?\}")
 

@@ -72,10 +72,15 @@ def test_settings_page_creates_shows_once_and_revokes_own_keys(
         alice = signed_in_client(live, "alice", "alice-password-1")
         mallory = signed_in_client(live, "mallory", "mallory-password-1")
         alice.page("/settings/keys")
+        # Post/redirect/get: the key is made, then the page shows it once.
         created = alice.post("/settings/keys", {"name": "spreadsheet"})
-        assert created.status_code == 200 and created.headers["cache-control"] == "no-store"
-        secret = KEY_RE.search(created.text).group(1)
-        assert secret not in alice.page("/settings/keys").text  # shown once
+        assert created.status_code == 303 and created.headers["location"] == "/settings/keys"
+        assert "tlr_" not in created.headers["location"] + created.text
+        shown = alice.page("/settings/keys")
+        assert shown.headers["cache-control"] == "no-store"
+        secret = KEY_RE.search(shown.text).group(1)
+        assert secret not in alice.page("/settings/keys").text  # shown once: a reload hides it
+        assert secret not in mallory.page("/settings/keys").text
         client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=secret, max_retries=0)
         assert client.models.list().data
 

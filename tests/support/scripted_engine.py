@@ -20,19 +20,26 @@ class ScriptedEngine:
         self.delay = delay
         self.requests: list[GenerationRequest] = []
         self.info = EngineInfo(model="scripted", device="cpu", dtype="float32", quantization="none")
+        self.queue_depth = 0
+        """Never holds a request back (`Engine.queue_depth`)."""
+        self.active_streams = 0
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self.requests.append(request)
-        sent = 0
-        for chunk in self.chunks:
-            if request.cancel.is_set():
-                yield FinishEvent("cancelled", "".join(self.chunks[:sent]), 3, sent)
-                return
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            sent += 1
-            yield TokenEvent(chunk)
-        yield FinishEvent("stop", "".join(self.chunks), 3, sent)
+        self.active_streams += 1
+        try:
+            sent = 0
+            for chunk in self.chunks:
+                if request.cancel.is_set():
+                    yield FinishEvent("cancelled", "".join(self.chunks[:sent]), 3, sent)
+                    return
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                sent += 1
+                yield TokenEvent(chunk)
+            yield FinishEvent("stop", "".join(self.chunks), 3, sent)
+        finally:
+            self.active_streams -= 1
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
