@@ -48,7 +48,7 @@ def table_rows(text: str, first_cell: re.Pattern[str]) -> dict[str, list[str]]:
     for line in text.splitlines():
         if not line.startswith("| `"):
             continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         key = CODE_SPAN.fullmatch(cells[0])
         if key and first_cell.fullmatch(key.group(1)):
             assert key.group(1) not in rows, f"{key.group(1)} is listed twice"
