@@ -26,8 +26,8 @@ from app.engine.kernels.nf4_routing import gemv_linear  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 
-from tests.engine.kernels.test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
-from tests.engine.schedulers.test_batch import decode_both_ways, packages, peft_model  # noqa: E402, F401
+from tests.engine.batch_reference import decode_both_ways, peft_model  # noqa: E402
+from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
 
 def stacked_b(n: int, rank: int, slots: int = 3, seed: int = 0) -> torch.Tensor:
@@ -75,8 +75,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     import json, sys, torch
     import torch.nn.functional as F
     sys.path.insert(0, {repo!r})
-    sys.path.insert(0, {tests!r})
-    from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
+    from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err
     from app.engine.kernels.nf4_gemv import GemvConfig, _launch, pack_gemv
 
     results = []
@@ -117,7 +116,7 @@ def test_triton_epilogue_under_the_interpreter() -> None:
     an epilogue the kernel skipped would fail.
     """
     pytest.importorskip("triton")
-    script = INTERPRETER_SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent))
+    script = INTERPRETER_SCRIPT.format(repo=str(REPO))
     results = run_json(script, timeout=240)
     assert len(results) == 7
     for _k, n, _split, _gelu, dtype, out_dtype, shape, err, without in results:
@@ -152,7 +151,7 @@ def quantized_override(fused: bool):  # noqa: ANN201
 
 def test_falcon_decode_through_the_epilogue_equals_the_unfused_path(
     tiny_falcon_dir: Path,
-    packages: dict[str, Path],  # noqa: F811
+    packages: dict[str, Path],
 ) -> None:
     from app.engine.models.falcon import FalconBatch
 

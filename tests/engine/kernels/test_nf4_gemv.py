@@ -32,7 +32,7 @@ from app.engine.kernels.nf4_gemv import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 
-from tests.engine.kernels.test_nf4_matmul import (  # noqa: E402
+from tests.engine.kernels.nf4_reference import (  # noqa: E402
     bnb_dense,
     bnb_dense_flat,
     make_linear4bit,
@@ -131,8 +131,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     sys.path.insert(0, {repo!r})
-    sys.path.insert(0, {tests!r})
-    from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
+    from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err
     from app.engine.kernels.nf4_gemv import GemvConfig, _launch, pack_gemv
 
     results = []
@@ -174,7 +173,7 @@ def test_triton_kernel_under_the_interpreter():
     kernel (torch.empty or torch.zeros for split-K), so a row it skipped would be garbage or 0.
     """
     pytest.importorskip("triton")
-    script = INTERPRETER_SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent))
+    script = INTERPRETER_SCRIPT.format(repo=str(REPO))
     results = run_json(script, timeout=240)
     assert len(results) == 11
     for _k, n, _decode, dtype, out_dtype, shape, err in results:

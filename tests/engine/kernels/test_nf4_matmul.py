@@ -22,47 +22,9 @@ from app.engine.kernels.nf4_matmul import (  # noqa: E402
     nf4_matmul,
     pack_linear4bit,
 )
+from tests.engine.kernels.nf4_reference import bnb_dense, bnb_dense_flat, make_linear4bit, rel_err  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def make_linear4bit(n: int, k: int, *, double_quant: bool, blocksize: int = 64, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    module = bnb.nn.Linear4bit(
-        k, n, bias=False, compute_dtype=torch.bfloat16, compress_statistics=double_quant,
-        quant_type="nf4", device="meta",
-    )  # fmt: skip
-    weight = torch.randn(n, k, generator=generator) * 0.05
-    module.weight = bnb.nn.Params4bit(
-        weight, requires_grad=False, compress_statistics=double_quant, quant_type="nf4",
-        blocksize=blocksize,
-    ).to("cpu")  # fmt: skip
-    return module
-
-
-def bnb_dense(module) -> torch.Tensor:
-    weight = module.weight
-    return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
-
-
-def bnb_dense_flat(module) -> torch.Tensor:
-    """bitsandbytes' generic dequantizer, which walks absmax blocks over the flattened weight.
-
-    That is how its quantizer (and its CUDA kernels) lay blocks out. Its AVX512 CPU kernel
-    restarts blocks at every row instead, which differs once a block straddles two rows.
-    """
-    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
-
-    weight = module.weight
-    state = weight.quant_state
-    absmax = bnb.functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
-    code = bnb.functional.get_4bit_type("nf4", device="cpu")
-    flat = weight.data.reshape(-1)
-    return _dequantize_4bit_compute(flat, absmax, code, state.blocksize, state.shape, torch.float32)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
@@ -136,8 +98,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     sys.path.insert(0, {repo!r})
-    sys.path.insert(0, {tests!r})
-    from test_nf4_matmul import bnb_dense, make_linear4bit, rel_err
+    from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err
     from app.engine.kernels.nf4_matmul import KernelConfig, _launch, pack_linear4bit, pick_config
 
     results = []
@@ -170,7 +131,7 @@ def test_triton_kernel_under_the_interpreter():
     bf16 is left to the GPU benchmark: the 3.6 interpreter computes bf16 tl.dot wrongly.
     """
     pytest.importorskip("triton")
-    script = INTERPRETER_SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent))
+    script = INTERPRETER_SCRIPT.format(repo=str(REPO))
     results = run_json(script, timeout=240)
     assert len(results) == 9
     for m, _k, n, dtype, out_dtype, shape, err in results:

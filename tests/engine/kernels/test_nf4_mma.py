@@ -20,7 +20,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     nf4_mma_gemv,
     pack_mma,
 )
-from tests.engine.kernels.test_nf4_matmul import bnb_dense, make_linear4bit, rel_err  # noqa: E402
+from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
 
 @pytest.mark.parametrize("double_quant", [False, True])

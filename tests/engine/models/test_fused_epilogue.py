@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from tests.engine.schedulers.test_batch import decode_both_ways, packages, peft_model  # noqa: F401
+from tests.engine.batch_reference import decode_both_ways, peft_model
 
 
 def reference_fused(calls: list) -> callable:
@@ -38,7 +38,7 @@ def reference_fused(calls: list) -> callable:
     return override
 
 
-def fused_batch(tiny_falcon_dir: Path, packages: dict[str, Path], calls: list):  # noqa: ANN201, F811
+def fused_batch(tiny_falcon_dir: Path, packages: dict[str, Path], calls: list):  # noqa: ANN201
     from app.engine.models.falcon import FalconBatch
 
     model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
@@ -47,7 +47,7 @@ def fused_batch(tiny_falcon_dir: Path, packages: dict[str, Path], calls: list): 
 
 def test_one_row_on_one_adapter_goes_through_the_epilogue(
     tiny_falcon_dir: Path,
-    packages: dict[str, Path],  # noqa: F811
+    packages: dict[str, Path],
 ) -> None:
     calls: list = []
     batch = fused_batch(tiny_falcon_dir, packages, calls)
@@ -66,7 +66,7 @@ def test_one_row_on_one_adapter_goes_through_the_epilogue(
 
 def test_the_base_model_row_and_several_rows_keep_the_plain_path(
     tiny_falcon_dir: Path,
-    packages: dict[str, Path],  # noqa: F811
+    packages: dict[str, Path],
 ) -> None:
     calls: list = []
     batch = fused_batch(tiny_falcon_dir, packages, calls)
@@ -80,7 +80,7 @@ def test_the_base_model_row_and_several_rows_keep_the_plain_path(
 
 def test_shared_low_rank_factors_are_stacked_once_per_adapter_set(
     tiny_falcon_dir: Path,
-    packages: dict[str, Path],  # noqa: F811
+    packages: dict[str, Path],
 ) -> None:
     batch = fused_batch(tiny_falcon_dir, packages, [])
     pair = ("query_key_value", "dense_h_to_4h")

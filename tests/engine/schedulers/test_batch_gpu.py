@@ -21,7 +21,7 @@ from app.engine.models.llama import PROJECTIONS as LLAMA_PROJECTIONS
 from app.engine.schedulers.batch import BatchEngine
 from app.engine.tiny_models import build_tiny_model
 from tests.adapters.packages import make_package
-from tests.engine.schedulers.test_batch import (  # noqa: E402
+from tests.engine.batch_reference import (  # noqa: E402
     FALCON_PROJECTIONS,
     answer_plan,
     assert_plan_matches_peft,

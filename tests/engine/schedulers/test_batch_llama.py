@@ -13,7 +13,7 @@ from app.engine.models.families import unsupported_reason
 from app.engine.models.llama import PROJECTIONS
 from app.engine.schedulers.batch import BatchEngine
 from tests.adapters.packages import make_package
-from tests.engine.schedulers.test_batch import (
+from tests.engine.batch_reference import (
     PLAN,
     answer_plan,
     assert_plan_matches_peft,
