@@ -9,19 +9,18 @@ people change, so a name alone can never take over another account.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.service import USERNAME_RE, SignInRefused, get_user
 from app.groups import service as groups
+from app.store import account_crud as accounts
 from app.store import identity_crud as store
-from app.store.models import Role, User, utcnow
+from app.store.models import Role, User
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@-]+")
@@ -70,9 +69,7 @@ def sign_in_external(
         user = session.get(User, identity.user_id)
         if user is None:  # pragma: no cover - the foreign key cascades
             raise SignInRefused("This account no longer exists.")
-        identity.groups = json.dumps(provider_groups)
-        identity.last_sign_in_at = utcnow()
-        session.commit()
+        store.record_identity_sign_in(session=session, identity=identity, groups=provider_groups)
     if user.disabled:
         audit.record_event(
             session=session,
@@ -124,20 +121,16 @@ def _create(
             f"through this provider; ask an administrator to rename or remove it."
         )
     admin = bool(admin_group) and admin_group.lower() in {g.lower() for g in provider_groups}
-    user = User(username=name, password_hash=None, role=Role.ADMIN if admin else Role.USER)
-    session.add(user)
     try:
-        session.flush()
-        store.add_identity(
+        user = accounts.add_user_with_identity(
             session=session,
-            user_id=user.id,
+            username=name,
+            role=Role.ADMIN if admin else Role.USER,
             provider=provider,
             subject=subject,
             groups=provider_groups,
         )
-        session.commit()
-    except IntegrityError:  # the same person signing in twice at once: the other one won
-        session.rollback()
+    except accounts.UsernameTaken:  # the same person signing in twice at once: the other won
         identity = store.find_identity(session=session, provider=provider, subject=subject)
         if identity is None:
             raise NameTaken(f"The user name {name!r} was just taken; try again.") from None
@@ -166,8 +159,8 @@ def _sync_role(
     if wanted == Role.USER and _last_admin(session, user):
         log.warning("%s left %s but is the last administrator: kept", user.username, admin_group)
         return
-    old, user.role = user.role, wanted
-    session.commit()
+    old = user.role
+    accounts.set_user_role(session=session, user=user, role=wanted)
     audit.record_event(
         session=session,
         action=audit.USER_ROLE_CHANGED,

@@ -33,11 +33,10 @@ from authlib.oidc.core import CodeIDToken
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.store.identity_models import SignInRequest
+from app.store import account_crud as store
 from app.store.models import utcnow
 
 PROVIDER = "oidc"
@@ -180,18 +179,16 @@ class OidcProvider:
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
         now = utcnow()
-        session.execute(delete(SignInRequest).where(SignInRequest.expires_at < now))
-        session.add(
-            SignInRequest(
-                id=_digest(cookie),
-                state=state,
-                nonce=nonce,
-                code_verifier=verifier,
-                next_url=next_url,
-                expires_at=now + timedelta(minutes=SIGN_IN_MINUTES),
-            )
+        store.add_sign_in_request(
+            session=session,
+            request_id=_digest(cookie),
+            state=state,
+            nonce=nonce,
+            code_verifier=verifier,
+            next_url=next_url,
+            now=now,
+            expires_at=now + timedelta(minutes=SIGN_IN_MINUTES),
         )
-        session.commit()
         with self._client(redirect_uri) as client:
             url, _ = client.create_authorization_url(
                 metadata["authorization_endpoint"],
@@ -219,13 +216,16 @@ class OidcProvider:
                 request, a refused code, or an ID token that fails any check.
             ProviderUnavailable: the provider could not be reached.
         """
-        pending = session.get(SignInRequest, _digest(cookie)) if cookie else None
+        # Single use, whatever happens next.
+        pending = (
+            store.take_sign_in_request(session=session, request_id=_digest(cookie))
+            if cookie
+            else None
+        )
         if pending is None:
             raise OidcError(
                 "No sign-in was started in this browser, or it was already used: start again."
             )
-        session.delete(pending)  # single use, whatever happens next
-        session.commit()
         if not hmac.compare_digest(pending.state.encode(), state.encode()):
             raise OidcError("The sign-in answer does not match this browser's request (state).")
         if pending.expires_at < utcnow():

@@ -12,6 +12,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.store.identity_crud import add_identity
+from app.store.identity_models import SignInRequest
 from app.store.models import ApiKey, AuthSession, User
 
 
@@ -77,6 +79,40 @@ def set_user_disabled(*, session: Session, user: User, disabled: bool) -> None:
     session.commit()
 
 
+def set_user_role(*, session: Session, user: User, role: str) -> None:
+    user.role = role
+    session.commit()
+
+
+def add_user_with_identity(
+    *,
+    session: Session,
+    username: str,
+    role: str,
+    provider: str,
+    subject: str,
+    groups: list[str],
+) -> User:
+    """An account that signs in through an identity provider (no password), stored with its
+    identity in one transaction.
+
+    Raises:
+        UsernameTaken: the name, or this identity, was stored meanwhile; nothing is stored.
+    """
+    user = User(username=username, password_hash=None, role=role)
+    session.add(user)
+    try:
+        session.flush()
+        add_identity(
+            session=session, user_id=user.id, provider=provider, subject=subject, groups=groups
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise UsernameTaken(username) from None
+    return user
+
+
 # ---- sign-in sessions -----------------------------------------------------------------------
 
 
@@ -138,6 +174,41 @@ def delete_expired_auth_sessions(*, session: Session, now: datetime) -> int:
     result = session.execute(delete(AuthSession).where(AuthSession.expires_at < now))
     session.commit()
     return result.rowcount
+
+
+def add_sign_in_request(
+    *,
+    session: Session,
+    request_id: str,
+    state: str,
+    nonce: str,
+    code_verifier: str,
+    next_url: str,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    """An OpenID Connect sign-in under way; requests expired by `now` are deleted first."""
+    session.execute(delete(SignInRequest).where(SignInRequest.expires_at < now))
+    session.add(
+        SignInRequest(
+            id=request_id,
+            state=state,
+            nonce=nonce,
+            code_verifier=code_verifier,
+            next_url=next_url,
+            expires_at=expires_at,
+        )
+    )
+    session.commit()
+
+
+def take_sign_in_request(*, session: Session, request_id: str) -> SignInRequest | None:
+    """The sign-in request, deleted as it is read: each one is used once at most."""
+    pending = session.get(SignInRequest, request_id)
+    if pending is not None:
+        session.delete(pending)
+        session.commit()
+    return pending
 
 
 # ---- API keys -------------------------------------------------------------------------------

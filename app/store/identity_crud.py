@@ -143,6 +143,13 @@ def add_identity(
     return identity
 
 
+def record_identity_sign_in(*, session: Session, identity: UserIdentity, groups: list[str]) -> None:
+    """A sign-in through this identity: the provider's groups as it sent them this time."""
+    identity.groups = json.dumps(groups)
+    identity.last_sign_in_at = utcnow()
+    session.commit()
+
+
 def seen_external_groups(*, session: Session) -> set[str]:
     """Every group an identity provider named at a sign-in (for /admin/groups to map)."""
     names: set[str] = set()
