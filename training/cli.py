@@ -108,7 +108,10 @@ def train_main(argv: list[str]) -> int:
 def eval_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="teller eval", description="Score an adapter against its base.")
     parser.add_argument("adapter", type=Path, help="adapter package folder")
-    parser.add_argument("--data", type=Path, required=True, help="held-out Alpaca records")
+    parser.add_argument(
+        "--data", type=Path, required=True,
+        help="held-out Alpaca records (.jsonl) or TAT-QA-format questions (.json)",
+    )  # fmt: skip
     parser.add_argument("--base-model", default="", help="override the manifest's base model")
     parser.add_argument("--models-dir", default="", help="where named base models live")
     parser.add_argument("--device", default="auto", choices=typing.get_args(Device))
@@ -117,6 +120,16 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=3, help="sample generations to show")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="worked answers run long")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    finance = parser.add_argument_group("TAT-QA-format data (--data FILE.json)")
+    finance.add_argument(
+        "--types", default="span,multi-span,arithmetic,count",
+        help="question types to ask, comma-separated",
+    )  # fmt: skip
+    finance.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    finance.add_argument(
+        "--calculator", choices=("both", "on", "off"), default="both",
+        help="score with the calculator, without it, or both",
+    )  # fmt: skip
     return parser
 
 
@@ -126,6 +139,8 @@ def eval_main(argv: list[str]) -> int:
     if isinstance(args, int):
         return args
     _setup_logging(quiet=True)
+    if args.data.suffix == ".json":
+        return _finance_main(args)
     from training.evaluate import evaluate_adapter, render_report, write_report_json
 
     try:
@@ -148,5 +163,49 @@ def eval_main(argv: list[str]) -> int:
     sys.stdout.write(render_report(report))
     if args.json:
         write_report_json(report, args.json)
+        sys.stdout.write(f"report: {args.json}\n")
+    return 0
+
+
+def _finance_main(args: argparse.Namespace) -> int:
+    """`teller eval` on TAT-QA-format data: base vs adapter, with and without the calculator."""
+    from training.finance_eval import (
+        SIDES,
+        evaluate_finance,
+        render_finance_report,
+        write_finance_json,
+    )
+    from training.tatqa import QUESTION_TYPES, TatqaError, read_questions, sample
+
+    types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+    unknown = [t for t in types if t not in QUESTION_TYPES]
+    if unknown or not types:
+        known = ", ".join(QUESTION_TYPES)
+        sys.stderr.write(f"teller eval: error: --types takes {known}; not {', '.join(unknown)}\n")
+        return EXIT_BAD_INPUT
+    wanted = {"both": (False, True), "on": (True,), "off": (False,)}[args.calculator]
+    sides = tuple(s for s in SIDES if s.calculator in wanted)
+    try:
+        questions = sample(read_questions(args.data), types=types, limit=args.limit, seed=args.seed)
+        if not questions:
+            raise TatqaError(f"{args.data} has no questions of type {', '.join(types)}")
+        report = evaluate_finance(
+            args.adapter,
+            questions,
+            data=str(args.data),
+            base_model=args.base_model,
+            models_dir=args.models_dir,
+            sides=sides,
+            max_new_tokens=args.max_new_tokens,
+            types=types,
+        )
+    except (TatqaError, *EXPECTED_ERRORS) as exc:
+        return _fail("teller eval", exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("teller eval: interrupted\n")
+        return EXIT_INTERRUPTED
+    sys.stdout.write(render_finance_report(report))
+    if args.json:
+        write_finance_json(report, args.json)
         sys.stdout.write(f"report: {args.json}\n")
     return 0

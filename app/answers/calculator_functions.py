@@ -36,6 +36,9 @@ def fv(rate: float, nper: float, pmt: float, pv: float, when: float = 0.0) -> fl
     return -(pv * growth + pmt * (1 + rate * when) / rate * (growth - 1))
 
 
+_fv = fv  # `rate` takes a parameter named fv, as numpy-financial's does
+
+
 def pv(rate: float, nper: float, pmt: float, fv: float = 0.0, when: float = 0.0) -> float:
     """Present value of a level payment `pmt` per period and a final amount `fv`."""
     when = _when(when)
@@ -91,6 +94,37 @@ def irr(values: Sequence[float]) -> float:
             return new_x
         x = new_x
     return x
+
+
+def _solve(f: Callable[[float], float], low: float, high: float, what: str) -> float:
+    """A root of `f` in [low, high] by bisection, at most IRR_ITERATIONS steps."""
+    f_low = f(low)
+    if f_low * f(high) > 0:
+        raise FunctionError(f"{what} found no rate between -99% and 1000%")
+    for _ in range(IRR_ITERATIONS):
+        middle = (low + high) / 2
+        f_middle = f(middle)
+        if f_middle == 0 or high - low < 1e-14:
+            return middle
+        if (f_middle < 0) == (f_low < 0):
+            low, f_low = middle, f_middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def rate(nper: float, pmt: float, pv: float, fv: float = 0.0, when: float = 0.0) -> float:
+    """The rate per period at which `pv` and `nper` payments of `pmt` grow to `fv` (a bond's
+    yield per coupon period: `rate(20, 25, -950, 1000)`).
+
+    Raises:
+        FunctionError: no rate between -99% and 1000% per period fits.
+    """
+    when = _when(when)
+    if nper <= 0:
+        raise FunctionError("rate needs at least one period (nper > 0)")
+    target = fv
+    return _solve(lambda r: _fv(r, nper, pmt, pv, when) - target, -0.99, 10.0, "rate")
 
 
 def cagr(begin: float, end: float, years: float) -> float:
@@ -150,6 +184,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., float], int, int, tuple[int, ...]]] = {
     "pmt": (pmt, 3, 5, ()),
     "fv": (fv, 4, 5, ()),
     "pv": (pv, 3, 5, ()),
+    "rate": (rate, 3, 5, ()),
     "cagr": (cagr, 3, 3, ()),
     "percent": (percent, 2, 2, ()),
     "round": (_round, 1, 2, ()),
