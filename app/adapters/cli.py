@@ -144,12 +144,12 @@ def run(args: argparse.Namespace, settings: Settings) -> str:
     if args.action == "merge":
         from app.adapters.merge import merge_adapter
 
-        version = registry.get(*parse_ref(args.ref))
+        merged = registry.get(*parse_ref(args.ref))
         base = args.base_model or settings.resolved_base_model
-        output = merge_adapter(version, base, args.output)
+        output = merge_adapter(merged, base, args.output)
         with open_session(settings) as session:
-            record_merge(session=session, version=version, output=output)
-        return f"merged {version.ref} into {base}: {output} (bfloat16 safetensors)"
+            record_merge(session=session, version=merged, output=output)
+        return f"merged {merged.ref} into {base}: {output} (bfloat16 safetensors)"
     server = find_server(settings, args.url)
     if args.action == "list":
         data = server.call("GET", "") if server else listing(registry)

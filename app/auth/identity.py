@@ -66,9 +66,10 @@ def sign_in_external(
     if identity is None:
         user = _create(session, provider, subject, username, provider_groups, admin_group, ip)
     else:
-        user = session.get(User, identity.user_id)
-        if user is None:  # pragma: no cover - the foreign key cascades
+        found = session.get(User, identity.user_id)
+        if found is None:  # pragma: no cover - the foreign key cascades
             raise SignInRefused("This account no longer exists.")
+        user = found
         store.record_identity_sign_in(session=session, identity=identity, groups=provider_groups)
     if user.disabled:
         audit.record_event(

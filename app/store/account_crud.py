@@ -7,8 +7,9 @@ read and write rows, and each write commits.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -165,13 +166,14 @@ def delete_user_auth_sessions(*, session: Session, user_id: int, keep: str | Non
     query = delete(AuthSession).where(AuthSession.user_id == user_id)
     if keep:
         query = query.where(AuthSession.id != keep)
-    result = session.execute(query)
+    result = cast("CursorResult[Any]", session.execute(query))
     session.commit()
     return result.rowcount
 
 
 def delete_expired_auth_sessions(*, session: Session, now: datetime) -> int:
-    result = session.execute(delete(AuthSession).where(AuthSession.expires_at < now))
+    query = delete(AuthSession).where(AuthSession.expires_at < now)
+    result = cast("CursorResult[Any]", session.execute(query))
     session.commit()
     return result.rowcount
 
