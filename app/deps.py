@@ -14,6 +14,7 @@ from app.answers.lifecycle import AnswerContext, record_refusal
 from app.answers.limits import LimitExceeded, UserLimits
 from app.answers.streams import ActiveStreams
 from app.auth.access import NotSignedIn
+from app.auth.oidc import OidcProvider
 from app.auth.sessions import SignedIn, signed_in
 from app.config import Settings
 from app.knowledge.worker import KnowledgeRuntime
@@ -46,6 +47,14 @@ def get_adapters(request: Request) -> AdapterService:
 def get_knowledge(request: Request) -> KnowledgeRuntime:
     """Retrieval with the server's embedder and top k (`app.knowledge.worker`)."""
     return request.app.state.knowledge
+
+
+def get_oidc(request: Request) -> OidcProvider:
+    """The OpenID Connect provider the lifespan made; 404 where none is configured."""
+    provider = request.app.state.oidc
+    if provider is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "OpenID Connect sign-in is not set up.")
+    return provider
 
 
 def get_limits(request: Request) -> UserLimits:
@@ -126,6 +135,7 @@ SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory
 StreamsDep = Annotated[ActiveStreams, Depends(get_streams)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 CompareJobsDep = Annotated[CompareJobs, Depends(get_compare_jobs)]
+OidcDep = Annotated[OidcProvider, Depends(get_oidc)]
 KnowledgeDep = Annotated[KnowledgeRuntime, Depends(get_knowledge)]
 AnswersDep = Annotated[AnswerContext, Depends(get_answers)]
 CurrentUser = Annotated[User, Depends(get_current_user)]

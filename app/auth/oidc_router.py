@@ -7,7 +7,7 @@ still there when local accounts or LDAP are enabled), and is audited with its pr
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import RedirectResponse
 
 from app.audit import service as audit
@@ -17,19 +17,12 @@ from app.auth.router import login_context, start_session
 from app.auth.service import SignInRefused
 from app.auth.sessions import cookie_secure
 from app.config import Settings
-from app.deps import SessionDep, SettingsDep
+from app.deps import OidcDep, SessionDep, SettingsDep
 from app.ops.requests import client_ip
 from app.web.templating import render
 
 router = APIRouter(prefix="/login/oidc")
 COOKIE_PATH = "/login/oidc"
-
-
-def _provider(request: Request) -> oidc.OidcProvider:
-    provider = getattr(request.app.state, "oidc", None)
-    if provider is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "OpenID Connect sign-in is not set up.")
-    return provider
 
 
 def _redirect_uri(request: Request, settings: Settings) -> str:
@@ -69,9 +62,9 @@ def begin(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    provider: OidcDep,
     next: str = "/",  # noqa: A002
 ) -> Response:
-    provider = _provider(request)
     try:
         begun = provider.begin(
             session=session,
@@ -100,12 +93,12 @@ def callback(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    provider: OidcDep,
     code: str = "",
     state: str = "",
     error: str = "",
     error_description: str = "",
 ) -> Response:
-    provider = _provider(request)
     if error:
         reason = f"The provider refused the sign-in: {error_description or error}."
         _audit_failure(session, request, reason)
