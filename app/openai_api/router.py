@@ -24,7 +24,7 @@ from app.deps import KnowledgeDep
 from app.engine.types import OutOfMemory, TokenEvent
 from app.groups import service as groups
 from app.keys import service as keys
-from app.openai_api import service
+from app.openai_api import service, structured
 from app.openai_api.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -32,6 +32,7 @@ from app.openai_api.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
+    ChunkToolCall,
     Completion,
     CompletionRequest,
     Delta,
@@ -264,7 +265,8 @@ async def chat_completions(
 ) -> Response:
     async with refusals_audited(request, caller, "chat.completions"):
         body = await parse_body(request, ChatCompletionRequest)
-        messages = service.chat_messages([(m.role, m.text()) for m in body.messages])
+        plan = structured.plan(body)
+        messages = structured.messages_for(structured.conversation(body, plan.tools_offered))
         service.check_input_size([m.content for m in messages], ctx.settings)
         call, grounding = await service.open_call(
             ctx=ctx,
@@ -276,12 +278,20 @@ async def chat_completions(
             messages=messages,
             knowledge_runtime=knowledge,
             knowledge_bases=body.knowledge_bases or (),
+            constraint=plan.grammar,
         )
     sources = service.sources(grounding) if grounding is not None else None
     no_sources = {"sources"} if sources is None else set()
     ident, created = completion_id("chatcmpl"), now()
     if not body.stream:
         await _collect(request, call)
+        text = "".join(call.parts)
+        tool_call = structured.parse_tool_call(text) if plan.tools_offered else None
+        message = (
+            AssistantMessage(content=None, tool_calls=[tool_call])
+            if tool_call
+            else AssistantMessage(content=text)
+        )
         return JSONResponse(
             ChatCompletion(
                 id=ident,
@@ -289,8 +299,8 @@ async def chat_completions(
                 model=body.model,
                 choices=[
                     ChatChoice(
-                        message=AssistantMessage(content="".join(call.parts)),
-                        finish_reason=_finish_reason(call),
+                        message=message,
+                        finish_reason="tool_calls" if tool_call else _finish_reason(call),
                     )
                 ],
                 usage=_usage(call),
@@ -313,13 +323,27 @@ async def chat_completions(
 
     async def chunks() -> AsyncIterator[str]:
         yield chunk(Delta(role="assistant", content=""))
+        held, deciding = "", plan.tools_offered  # a tool call is sent whole, once complete
         async for event in call.events():
-            if isinstance(event, TokenEvent):
+            if not isinstance(event, TokenEvent):
+                continue
+            if not deciding:
                 yield chunk(Delta(content=event.text))
+                continue
+            held += event.text
+            if held.strip() and not held.lstrip().startswith("<"):
+                deciding = False
+                yield chunk(Delta(content=held))
+        tool_call = structured.parse_tool_call(held) if deciding and held else None
+        if tool_call:
+            yield chunk(Delta(tool_calls=[ChunkToolCall(index=0, **tool_call.model_dump())]))
+        elif deciding and held:
+            yield chunk(Delta(content=held))
         if call.error:
             yield _error_chunk(call)
         else:
-            yield chunk(Delta(), _finish_reason(call), last=not body.include_usage)
+            reason = "tool_calls" if tool_call else _finish_reason(call)
+            yield chunk(Delta(), reason, last=not body.include_usage)
             if body.include_usage:
                 yield _sse(
                     ChatCompletionChunk(

@@ -1,8 +1,9 @@
 """Request and response bodies of the `/v1` API, shaped as OpenAI's so its clients just work.
 
 Unknown request fields are ignored (clients send `frequency_penalty`, `user` and the like);
-fields that would change the answer in ways Teller cannot honour (`n > 1`, tools, logprobs,
-echo) are refused with 400 rather than silently dropped.
+fields that would change the answer in ways Teller cannot honour (`n > 1`, legacy
+`functions`, logprobs, echo) are refused with 400 rather than silently dropped. `tools` and
+`response_format` are honoured by constrained decoding (`app.openai_api.structured`).
 """
 
 from __future__ import annotations
@@ -103,11 +104,41 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: str = "{}"
+    """JSON text, as OpenAI sends it."""
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made (in a response, or sent back in the next request)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChunkToolCall(ToolCall):
+    index: int = 0
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_result_names_its_call(self) -> ChatMessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -118,12 +149,59 @@ class ChatMessageIn(BaseModel):
 
 
 MAX_KNOWLEDGE_BASES = 16
+MAX_TOOLS = 32
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(None, max_length=2000)
+    parameters: dict[str, Any] | None = None
+    """A JSON schema for the arguments (an object)."""
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedTool(BaseModel):
+    type: Literal["function"]
+    function: dict[Literal["name"], str]
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema response_format needs a json_schema object")
+        return self
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     functions: list[Any] | None = None
     logprobs: bool | None = None
     knowledge_bases: list[str] | None = Field(None, max_length=MAX_KNOWLEDGE_BASES)
@@ -138,8 +216,10 @@ class ChatCompletionRequest(_Sampling):
 
     @model_validator(mode="after")
     def _unsupported(self) -> ChatCompletionRequest:
-        if self.tools or self.functions:
-            raise ValueError("tools and function calling are not supported")
+        if self.functions:
+            raise ValueError("legacy functions are not supported; send them as tools")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice needs tools")
         if self.logprobs:
             raise ValueError("logprobs are not supported")
         if self.knowledge_bases and not any(m.role == "user" for m in self.messages):
@@ -221,7 +301,8 @@ class ModelList(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -260,6 +341,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -25,6 +25,7 @@ from app.answers.lifecycle import Answer, AnswerContext
 from app.answers.limits import LimitExceeded
 from app.config import Settings
 from app.contract import ChatMessage
+from app.engine.constraints import Grammar
 from app.engine.types import (
     Engine,
     EngineBusy,
@@ -212,6 +213,7 @@ async def open_call(
     prompt: str | None = None,
     knowledge_runtime: KnowledgeRuntime | None = None,
     knowledge_bases: Sequence[str] = (),
+    constraint: Grammar | None = None,
 ) -> tuple[Answer, Grounding | None]:
     """Check the model, take the user's slot, start the answer and wait for its first event, so
     a busy or failing engine becomes an HTTP status before any byte of the answer is sent.
@@ -265,7 +267,9 @@ async def open_call(
             )
             messages = grounding.messages
             details.update(grounding.audit_details())
-        request = GenerationRequest(messages=list(messages), prompt=prompt, sampling=sampling)
+        request = GenerationRequest(
+            messages=list(messages), prompt=prompt, sampling=sampling, constraint=constraint
+        )
         await answer.start(
             request,
             choice=choice,
