@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
     """On SIGTERM, running answers get this long to stop and be stored before the exit."""
 
+    # The improvement loop (app/improve, docs/improvement-loop.md).
+    improve_eval_data: Path | None = None
+    """Fixed finance set the evaluation gate scores every new version on (Alpaca JSONL);
+    empty means the bundled training/sample_data/finance_eval.jsonl."""
+    improve_eval_limit: int = Field(20, ge=1, le=10_000)
+    """Records the gate scores per set (held-out split and finance set), per version."""
+
     # Company knowledge (app/knowledge, docs/knowledge.md).
     knowledge_max_file_bytes: int = Field(50 << 20, ge=1)
     """Largest document one may upload; a larger one is refused with this setting named."""

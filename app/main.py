@@ -30,6 +30,8 @@ from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.config import Settings
 from app.engine.factory import build_engine
+from app.improve.jobs import JobRunner
+from app.improve.router import router as improve_router
 from app.keys.router import router as keys_router
 from app.knowledge.router import UPLOAD_PATH as KNOWLEDGE_UPLOAD_PATH
 from app.knowledge.worker import start_knowledge, stop_knowledge
@@ -87,11 +89,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start_knowledge, settings, app.state.session_factory
     )
     retention = asyncio.create_task(retention_loop(settings, app.state.session_factory))
+    # Training jobs run in worker processes; this loop follows them (and resumes lost ones).
+    app.state.jobs = JobRunner(settings, app.state.session_factory, app.state.adapters)
+    jobs_loop = asyncio.create_task(app.state.jobs.run())
     head_export = asyncio.create_task(head_export_loop(settings, app.state.session_factory))
     try:
         yield
     finally:
         retention.cancel()
+        jobs_loop.cancel()
         head_export.cancel()
         stop_adapter_service(app.state.adapters)
         await asyncio.to_thread(stop_knowledge, app.state.knowledge)  # a page at most
@@ -117,6 +123,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(web_router)  # the favicon
     app.include_router(chat_router)
     app.include_router(admin_router)  # every /admin page
+    app.include_router(improve_router)  # feedback, /admin/datasets, /admin/training, lineage
     app.include_router(auth_router)
     app.include_router(oidc_router)
     app.include_router(keys_router)
