@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 from joserfc.jwk import RSAKey
 
+from app.config import Settings
+
 PACKAGE = Path(__file__).parent / "oidc_provider"
 CLIENT_ID = "teller"
 CLIENT_SECRET = "teller-client-secret-for-tests"  # noqa: S105 - a test provider's client
@@ -117,3 +119,27 @@ def oidc_provider(
             process.kill()
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+ACCOUNTS = {  # the provider's people and their groups
+    "alice": {"groups": ["finance", "emea"], "email": "alice@corp.test"},
+    "dave": {"groups": ["teller-admins"]},
+    "root": {"groups": []},
+}
+
+
+def settings_for(root: Path, issuer: str, **overrides: object) -> Settings:
+    """Teller signing in through the provider at `issuer` ("teller-admins" are admins)."""
+    values: dict[str, object] = {
+        "data_dir": root / "data",
+        "models_dir": root / "models",
+        "base_model": "scripted",
+        "oidc_issuer": issuer,
+        "oidc_client_id": CLIENT_ID,
+        "oidc_client_secret": CLIENT_SECRET,
+        "oidc_admin_group": "teller-admins",
+        "oidc_display_name": "Corp SSO",
+        "oidc_scopes": "openid profile email groups",
+    }
+    values.update(overrides)
+    return Settings(**values)

@@ -20,38 +20,15 @@ import pytest
 
 from app.auth import oidc
 from app.auth import service as accounts
-from app.config import Settings
 from app.groups import service as groups
 from app.groups.schemas import GroupForm
 from app.main import create_app
 from app.store.identity_models import GroupMember, UserIdentity
 from app.store.models import AuditRecord, User
-from tests.auth.oidc import CLIENT_ID, CLIENT_SECRET, OidcServer, new_key, oidc_provider
+from tests.auth.oidc import ACCOUNTS, CLIENT_ID, OidcServer, new_key, oidc_provider, settings_for
 from tests.live import LiveServer, free_port, live_server
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.web import CSRF_RE
-
-ACCOUNTS = {
-    "alice": {"groups": ["finance", "emea"], "email": "alice@corp.test"},
-    "dave": {"groups": ["teller-admins"]},
-    "root": {"groups": []},
-}
-
-
-def settings_for(root: Path, issuer: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "data_dir": root / "data",
-        "models_dir": root / "models",
-        "base_model": "scripted",
-        "oidc_issuer": issuer,
-        "oidc_client_id": CLIENT_ID,
-        "oidc_client_secret": CLIENT_SECRET,
-        "oidc_admin_group": "teller-admins",
-        "oidc_display_name": "Corp SSO",
-        "oidc_scopes": "openid profile email groups",
-    }
-    values.update(overrides)
-    return Settings(**values)
 
 
 @dataclass
@@ -101,9 +78,10 @@ def provider_login(client: httpx.Client, authorize_url: str, login: str) -> http
         str(page.url.join(action)),
         data={"prompt": "login", "login": login, "password": "any"},
     )
-    while response.status_code in (302, 303) and "/login/oidc/callback" not in response.headers[
-        "location"
-    ]:
+    while (
+        response.status_code in (302, 303)
+        and "/login/oidc/callback" not in response.headers["location"]
+    ):
         response = client.get(str(response.url.join(response.headers["location"])))
     assert "/login/oidc/callback" in response.headers.get("location", ""), response.text[:500]
     return response

@@ -11,8 +11,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 
 from app.auth import service as accounts
 from app.main import create_app
-from tests.auth.oidc import oidc_provider
-from tests.auth.test_oidc import ACCOUNTS, settings_for
+from tests.auth.oidc import ACCOUNTS, oidc_provider, settings_for
 from tests.live import free_port, live_server
 from tests.support.scripted_engine import ScriptedEngine
 

@@ -15,8 +15,8 @@ from app.auth.service import get_user
 from app.knowledge import service as knowledge
 from app.store import knowledge_crud
 from app.store.models import AuditRecord
-from tests.groups.conftest import Company
 from tests.live import read_sse
+from tests.support.company import Company
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
 

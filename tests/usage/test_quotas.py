@@ -23,7 +23,7 @@ from app.auth.service import create_user, get_user
 from app.store import identity_crud
 from app.store.models import AuditRecord
 from app.usage import service as usage
-from tests.groups.conftest import Company, start_company
+from tests.support.company import Company, start_company
 
 PER_ANSWER = 5
 
