@@ -53,7 +53,8 @@ def remove_token(data_dir: Path, token: str) -> None:
 def token_matches(expected: str | None, authorization: str) -> bool:
     scheme, _, sent = authorization.partition(" ")
     return (
-        bool(expected)
+        expected is not None
+        and bool(expected)
         and scheme.lower() == "bearer"
         and hmac.compare_digest(expected.encode(), sent.strip().encode())
     )

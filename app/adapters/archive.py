@@ -15,7 +15,7 @@ import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 from app.adapters.errors import AdapterError
 from app.contract import MANIFEST_FILE, PEFT_CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
@@ -53,7 +53,7 @@ def check_file_name(name: str) -> None:
         )
 
 
-def _copy_limited(source: BinaryIO, target: Path, name: str, limit: int) -> int:
+def _copy_limited(source: IO[bytes], target: Path, name: str, limit: int) -> int:
     """Copy at most `limit` bytes (refusing more, never writing them); returns the count."""
     written = 0
     with target.open("xb") as out:

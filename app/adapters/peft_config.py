@@ -35,7 +35,7 @@ def check_peft_config(config: dict[str, Any]) -> None:
         AdapterError: naming the field and what it must hold.
     """
     r = config.get("r")
-    if not _is_int(r) or r < 1:
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise AdapterError(f"adapter_config.json: rank r={r!r} must be a positive integer")
     alpha = config.get("lora_alpha")
     if alpha is not None and not _is_number(alpha):

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.audit import service as audit
 from app.auth.sessions import purge_expired
 from app.config import Settings
+from app.store.db import rows_affected
 from app.store.models import AuditRecord, Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ def purge_audit(*, session: Session, days: int) -> int:
         )
         if last is None:
             return 0
-        removed = session.execute(delete(AuditRecord).where(AuditRecord.id <= last.id)).rowcount
+        removed = rows_affected(
+            session.execute(delete(AuditRecord).where(AuditRecord.id <= last.id))
+        )
         head.base_id, head.base_hash = last.id, last.hash
         audit.append(
             session=session,

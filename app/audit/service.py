@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.store.db import rows_affected
 from app.store.models import AuditHead, AuditRecord, User, utcnow
 
 GENESIS = "0" * 64
@@ -125,7 +126,7 @@ def appending(session: Session) -> Iterator[AuditHead]:
                 .execution_options(synchronize_session=False)
             )
             head = session.get(AuditHead, HEAD_ID, populate_existing=True)
-            if head is None or locked.rowcount == 0:
+            if head is None or rows_affected(locked) == 0:
                 head = AuditHead(
                     id=HEAD_ID, last_id=0, last_hash=GENESIS, base_id=0, base_hash=GENESIS
                 )

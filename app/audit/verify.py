@@ -174,7 +174,7 @@ def _check_cut(
         if head.base_hash != GENESIS:
             return ["the head says the chain starts at record 1 but not at the genesis hash"], None
         claim = _purge_claim(purge) if purge is not None else None
-        if claim is not None and claim[0] != 0:
+        if purge is not None and claim is not None and claim[0] != 0:
             return [
                 f"{AUDIT_PURGED} record {purge.id} cut the chain after record {claim[0]}, but "
                 "the head says it starts at record 1: the head's cut point was moved"

@@ -85,7 +85,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         tokenizer.pad_token = END_OF_TURN
     tokenizer.clean_up_tokenization_spaces = False  # it would strip spaces BPE means to keep
     # GGUF weights arrive dequantized to float32; drop the GGUF marker so they save as such.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     staging = target.with_name(target.name + ".partial")

@@ -309,7 +309,7 @@ class RemoteEngine:
             async with contextlib.AsyncExitStack() as stack:
                 response = await self._open(stack, path, body)
                 lines = self._lines(response, request)
-                stack.push_async_callback(lines.aclose)  # runs before the response closes
+                stack.push_async_callback(lines.aclose)  # type: ignore[attr-defined]  # a generator
                 async for kind, payload in lines:
                     if kind == "cancelled":
                         reason = "cancelled"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -21,7 +21,7 @@ Mistral's block. The engine tests run the batched Llama path over each."""
 def _config(architecture: Architecture, vocab_size: int, eos_id: int, bos_id: int):  # noqa: ANN202
     from transformers import FalconConfig, LlamaConfig, MistralConfig, Qwen2Config
 
-    shape = dict(
+    shape: dict[str, Any] = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from app.store.db import rows_affected
 from app.store.models import Conversation, Message, MessageStatus, StopReason, utcnow
 
 
@@ -51,7 +52,7 @@ def delete_conversation(*, session: Session, conversation: Conversation) -> int:
     result = session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     session.delete(conversation)
     session.commit()
-    return result.rowcount
+    return rows_affected(result)
 
 
 def add_message(
@@ -94,7 +95,7 @@ def claim_pending(*, session: Session, message: Message) -> bool:
     )
     session.commit()
     session.refresh(message)
-    return result.rowcount == 1
+    return rows_affected(result) == 1
 
 
 def finish_message(
@@ -136,7 +137,7 @@ def mark_interrupted(*, session: Session) -> int:
         .values(status=MessageStatus.STOPPED, stop_reason=StopReason.RESTART, finished_at=utcnow())
     )
     session.commit()
-    return result.rowcount
+    return rows_affected(result)
 
 
 def last_message(*, session: Session, conversation: Conversation) -> Message | None:
@@ -161,7 +162,7 @@ def delete_messages_from(*, session: Session, conversation: Conversation, messag
     conversation.updated_at = utcnow()
     session.commit()
     session.expire(conversation, ["messages"])
-    return result.rowcount
+    return rows_affected(result)
 
 
 def set_conversation_settings(

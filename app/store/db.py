@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,3 +100,9 @@ def ping(engine: Engine) -> bool:
         return True
     except Exception:  # noqa: BLE001 - readiness answers yes/no
         return False
+
+
+def rows_affected(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE changed (SQLAlchemy types `execute` as a plain `Result`,
+    whose cursor form carries the count)."""
+    return cast(CursorResult[Any], result).rowcount

@@ -9,6 +9,7 @@ from datetime import date
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session
 
+from app.store.db import rows_affected
 from app.store.identity_models import (
     MANUAL,
     Group,
@@ -103,7 +104,7 @@ def remove_member(*, session: Session, group_id: int, user_id: int) -> bool:
     result = session.execute(
         delete(GroupMember).where(GroupMember.group_id == group_id, GroupMember.user_id == user_id)
     )
-    return result.rowcount > 0
+    return rows_affected(result) > 0
 
 
 def memberships_from(*, session: Session, user_id: int, source: str) -> dict[int, GroupMember]:

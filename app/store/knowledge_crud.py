@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.store.db import rows_affected
 from app.store.knowledge_models import (
     UNFINISHED,
     AnswerSource,
@@ -192,7 +193,7 @@ def claim_document(*, session: Session, document_id: int | None = None) -> Knowl
             )
         )
         session.commit()
-        if claimed.rowcount == 1:
+        if rows_affected(claimed) == 1:
             return get_document(session=session, document_id=candidate)
     return None
 

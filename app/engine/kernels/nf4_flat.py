@@ -23,7 +23,7 @@ def flat_nf4_linear(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.T
 
     if not isinstance(module, bnb.nn.Linear4bit):
         return None
-    state = module.weight.quant_state
+    state = module.weight.quant_state  # type: ignore[attr-defined]  # bnb's Params4bit
     if state is None or not state.nested:
         return None
     absmax = (dequantize_blockwise(state.absmax, state.state2) + state.offset).float()

@@ -13,6 +13,7 @@ fused epilogue (which would add the LoRA update before the bias).
 from __future__ import annotations
 
 import logging
+import typing
 from typing import Literal
 
 import torch
@@ -71,7 +72,7 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
         prompt, one_row, many_rows = flat_nf4_linear(module), single(module), triton(module)
         if prompt is None or one_row is None or many_rows is None:
             return prompt or _with_bias(module, many_rows)
-        bias = module.bias
+        bias = typing.cast(torch.Tensor | None, module.bias)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             rows = x.numel() // x.shape[-1]
@@ -84,7 +85,8 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
             return out if bias is None else out + bias
 
         if hasattr(one_row, "fused") and bias is None:
-            forward.fused = one_row.fused  # the one-row path with the epilogue (Projections)
+            # The one-row path with the epilogue (Projections).
+            forward.fused = one_row.fused  # type: ignore[attr-defined]
         return forward
 
     return hybrid
@@ -166,7 +168,7 @@ def gemv_linear(module: torch.nn.Module) -> Linear:
     def fused(x: torch.Tensor, lora=None, gelu: bool = False) -> torch.Tensor:  # noqa: ANN001
         return nf4_gemv(x, packed, lora=lora, gelu=gelu)
 
-    forward.fused = fused
+    forward.fused = fused  # type: ignore[attr-defined]
     return forward
 
 
@@ -176,7 +178,8 @@ def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
     from app.engine.kernels.availability import mma_available
     from app.engine.kernels.nf4_mma import nf4_mma_gemv, pack_mma
 
-    if not _plain_linear4bit(module) or not mma_available(module.weight.device):
+    weight = typing.cast(torch.Tensor, module.weight)
+    if not _plain_linear4bit(module) or not mma_available(weight.device):
         return _gemv(module)
     packed = pack_mma(module)
     if packed is None:
@@ -188,7 +191,7 @@ def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
     def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
         return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu)
 
-    forward.fused = fused
+    forward.fused = fused  # type: ignore[attr-defined]
     return forward
 
 

@@ -13,6 +13,7 @@ path in `generation.py`.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -262,8 +263,8 @@ def _read_lora(
                 continue
             for adapter in proj.lora_A:
                 found.setdefault(adapter, {})[name] = (
-                    cast(proj.lora_A[adapter].weight),
-                    cast(proj.lora_B[adapter].weight),
+                    cast(typing.cast(torch.Tensor, proj.lora_A[adapter].weight)),
+                    cast(typing.cast(torch.Tensor, proj.lora_B[adapter].weight)),
                     float(proj.scaling[adapter]),
                 )
     return found

@@ -14,6 +14,7 @@ Two ways to add the adapters' updates to a base projection's output:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -134,8 +135,9 @@ class LoraBank:
         Made once per adapter set."""
         key = (layer, projs, slot)
         if key not in self._shared_a:
-            factors = [self.slot_factors(layer, proj, slot) for proj in projs]
-            present = all(f is not None for f in factors)
+            found = [self.slot_factors(layer, proj, slot) for proj in projs]
+            factors = [f for f in found if f is not None]
+            present = len(factors) == len(found)
             self._shared_a[key] = torch.cat([f[0] for f in factors]) if present else None
         return self._shared_a[key]
 
@@ -220,9 +222,7 @@ def read_peft_factors(
                 continue
             for adapter in module.lora_A:
                 layers = found.setdefault(adapter, [{} for _ in layer_modules])
-                layers[index][proj] = (
-                    module.lora_A[adapter].weight,
-                    module.lora_B[adapter].weight,
-                    float(module.scaling[adapter]),
-                )
+                a_weight = typing.cast(torch.Tensor, module.lora_A[adapter].weight)
+                b_weight = typing.cast(torch.Tensor, module.lora_B[adapter].weight)
+                layers[index][proj] = (a_weight, b_weight, float(module.scaling[adapter]))
     return found

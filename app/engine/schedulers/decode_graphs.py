@@ -111,7 +111,7 @@ class GraphedDecode:
         if distinct == {None}:
             return "base"
         if len(distinct) == 1:
-            return f"one:{self._batch.lora.names.index(adapters[0])}"
+            return f"one:{self._batch.lora.names.index(str(adapters[0]))}"  # not None here
         return "lora"
 
     def _follow_bank(self) -> None:
