@@ -160,6 +160,7 @@ def evaluate_finance(
     max_new_tokens: int = 128,
     system: str | None = None,
     types: tuple[str, ...] = QUESTION_TYPES,
+    device: str = "cpu",
 ) -> FinanceReport:
     """Answer `questions` on every side and score them.
 
@@ -187,7 +188,7 @@ def evaluate_finance(
         base_model=base_model or (manifest.base_model if manifest else ""), models_dir=models_dir
     )
     try:
-        loaded = load_base_model(resolve_base_model(config), device="cpu", quantization="none")
+        loaded = load_base_model(resolve_base_model(config), device=device, quantization="none")
     except (ModelLoadError, OSError, ValueError) as exc:
         raise SetupError(f"could not load {config.base_model}: {exc}") from None
 

@@ -33,8 +33,8 @@ from app.groups import service as groups
 from app.ops.requests import client_ip
 from app.store import crud
 from app.store.models import Conversation, Message, User
+from app.web.calculations import answer_html, token_html
 from app.web.errors import error_page
-from app.web.markdown import render_markdown
 from app.web.templating import is_htmx, render, render_fragment, templates
 
 # CSRF is checked by CurrentUser (every route here needs it), after the sign-in check.
@@ -391,10 +391,10 @@ async def stream_message(
         async with contextlib.aclosing(updates):
             async for update in updates:
                 if update.kind == "token":
-                    yield ServerSentEvent(html.escape(update.text), event="token")
+                    yield ServerSentEvent(token_html(templates, update.text), event="token")
                     text += update.text
                     if time.monotonic() - rendered_at >= HTML_EVERY_S:
-                        page = await asyncio.to_thread(render_markdown, text)
+                        page = await asyncio.to_thread(answer_html, templates, text)
                         rendered_at = time.monotonic()
                         yield ServerSentEvent(page, event="html")
                 elif update.kind == "state":

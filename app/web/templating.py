@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from app.web.calculations import answer_html
 from app.web.csrf import csrf_token
 from app.web.markdown import render_markdown
 
@@ -55,6 +56,7 @@ def human_time(value: Any) -> str:
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.filters["markdown"] = render_markdown
+templates.env.filters["answer_markdown"] = lambda text: answer_html(templates, text)
 templates.env.filters["number"] = human_number
 templates.env.filters["when"] = human_time
 templates.env.globals["csrf_token"] = csrf_token

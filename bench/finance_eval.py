@@ -1,0 +1,93 @@
+"""Finance evaluation bench: SmolLM2 base vs the smollm2-cpu adapter, without and with the
+calculator, on a fixed random subset of TAT-QA dev arithmetic questions.
+
+    python bench/finance_eval.py --train --limit 150 --seed 21 \
+        --out bench/results/finance-eval.json
+
+`--train` first trains the adapter with the `smollm2-cpu` preset (into --run-dir); otherwise
+--adapter names an adapter package. Each side's answers go through Teller's serving engine and
+calculator loop (`training.finance_eval`); scores are TAT-QA's exact match and F1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training.finance_eval import SIDES, evaluate_finance, render_finance_report  # noqa: E402
+from training.tatqa import read_questions, sample  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "tatqa" / "tatqa_dataset_dev.json"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--adapter", type=Path, help="adapter package (else --train)")
+    parser.add_argument("--train", action="store_true", help="train the smollm2-cpu preset first")
+    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/finance-eval-run"))  # noqa: S108
+    parser.add_argument("--train-set", nargs="*", default=[], help="preset overrides")
+    parser.add_argument("--models-dir", default=str(REPO / "models"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--limit", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--sides", default="base,base+calculator,adapter,adapter+calculator")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/finance-eval.json")
+    args = parser.parse_args()
+
+    record: dict = {
+        "bench": "finance-eval",
+        "data": args.data.name,
+        "question_type": "arithmetic",
+        "limit": args.limit,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+        "device": args.device,
+        "machine": platform.machine(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+    }
+    adapter = args.adapter
+    if args.train:
+        started = time.monotonic()
+        overrides = [f"models_dir={args.models_dir}", *args.train_set]
+        subprocess.run(
+            [sys.executable, "-m", "training", "smollm2-cpu", "--output", str(args.run_dir),
+             "--quiet", "--set", *overrides],
+            cwd=REPO, check=True,
+        )  # fmt: skip
+        record["train_seconds"] = round(time.monotonic() - started, 1)
+        record["train_overrides"] = overrides
+        adapter = args.run_dir / "adapter"
+    questions = sample(read_questions(args.data), types=("arithmetic",), limit=args.limit,
+                       seed=args.seed)  # fmt: skip
+    wanted = args.sides.split(",")
+    sides = tuple(s for s in SIDES if s.name in wanted)
+    started = time.monotonic()
+    report = evaluate_finance(
+        adapter, questions, data=args.data.name, models_dir=args.models_dir, sides=sides,
+        max_new_tokens=args.max_new_tokens, types=("arithmetic",), device=args.device,
+    )  # fmt: skip
+    record["eval_seconds"] = round(time.monotonic() - started, 1)
+    if adapter is not None and (adapter / "teller.json").exists():
+        record["adapter_manifest"] = json.loads((adapter / "teller.json").read_text())
+    record["report"] = report.to_dict(answers=len(questions))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(render_finance_report(report))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
