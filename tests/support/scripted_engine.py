@@ -9,16 +9,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+from app.engine.stopping import StopStringFilter
 from app.engine.types import EngineInfo, Event, FinishEvent, GenerationRequest, TokenEvent
 
 
 class ScriptedEngine:
-    """Yields `chunks` as token events (then a `stop` finish); `delay` seconds between them."""
+    """Yields `chunks` as token events (then a `stop` finish); `delay` seconds between them.
+
+    Stop strings end a request as the real engines do (the FinishEvent names the one hit);
+    a request that continues its answer (`continue_final`, the calculator's continuation)
+    goes on with the chunks after that stop.
+    """
 
     def __init__(self, chunks: Sequence[str] = ("Hello", " there."), delay: float = 0.0) -> None:
         self.chunks = list(chunks)
         self.delay = delay
         self.requests: list[GenerationRequest] = []
+        self._resume = 0
         self.info = EngineInfo(model="scripted", device="cpu", dtype="float32", quantization="none")
         self.queue_depth = 0
         """Never holds a request back (`Engine.queue_depth`)."""
@@ -28,16 +35,28 @@ class ScriptedEngine:
         self.requests.append(request)
         self.active_streams += 1
         try:
-            sent = 0
-            for chunk in self.chunks:
+            start = self._resume if request.continue_final else 0
+            stops, sent, parts = StopStringFilter(request.sampling.stop), 0, []
+            for index, chunk in enumerate(self.chunks[start:], start=start):
                 if request.cancel.is_set():
-                    yield FinishEvent("cancelled", "".join(self.chunks[:sent]), 3, sent)
+                    yield FinishEvent("cancelled", "".join(parts), 3, sent)
                     return
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 sent += 1
-                yield TokenEvent(chunk)
-            yield FinishEvent("stop", "".join(self.chunks), 3, sent)
+                text, stopped = stops.push(chunk)
+                if text:
+                    parts.append(text)
+                    yield TokenEvent(text)
+                if stopped:
+                    self._resume = index + 1
+                    yield FinishEvent("stop", "".join(parts), 3, sent, stop=stops.matched)
+                    return
+            tail = stops.flush()
+            if tail:
+                parts.append(tail)
+                yield TokenEvent(tail)
+            yield FinishEvent("stop", "".join(parts), 3, sent)
         finally:
             self.active_streams -= 1
 
