@@ -62,7 +62,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     ranges: list[tuple[int, int]] = []
     for key, entry in header.items():
         tensors[key] = _tensor_info(name, key, entry, data_size)
-        ranges.append(tuple(entry["data_offsets"]))  # type: ignore[arg-type]
+        start, end = entry["data_offsets"]
+        ranges.append((start, end))
     if not tensors:
         raise AdapterError(f"{name} holds no tensors")
     position = 0

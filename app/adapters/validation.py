@@ -161,7 +161,7 @@ def check_package(
         raise AdapterError(mismatch_message(manifest.base_model or "(unknown)", served_base))
     rank = _check_rank(config, max_rank)
     layers = base_layers(served_base)
-    targets = config.get("target_modules")
+    targets = config.get("target_modules") or []  # peft_config checked it is a list or str
     _check_targets(targets, layers)
     tensors = read_header(folder / WEIGHTS_FILE)
     _check_tensors(tensors, layers, config)

@@ -140,7 +140,8 @@ class OidcProvider:
         with self._lock:
             if self._keys is None or refresh:
                 try:
-                    self._keys = KeySet.import_key_set(self._get_json(metadata["jwks_uri"]))
+                    jwks: Any = self._get_json(metadata["jwks_uri"])  # checked by joserfc
+                    self._keys = KeySet.import_key_set(jwks)
                 except (JoseError, ValueError, TypeError, KeyError):
                     raise ProviderUnavailable(
                         "The provider's signing keys cannot be read."

@@ -113,7 +113,7 @@ def start_session(
 def logout(request: Request, session: SessionDep, user: CurrentUser) -> Response:
     end_session(session=session, token=request.cookies.get(COOKIE))
     audit.record_event(session=session, action=audit.SIGN_OUT, actor_id=user.id)
-    response = _see_other("/login")
+    response: Response = _see_other("/login")
     if request.headers.get("HX-Request") == "true":
         response = Response(status_code=204, headers={"HX-Redirect": "/login"})
     clear_session_cookie(response, request)

@@ -100,7 +100,7 @@ def knowledge_add(args: argparse.Namespace, settings: Settings) -> str:
     else:
         from app.store.db import make_session_factory
 
-        factory = make_session_factory(bind)
+        factory = make_session_factory(bind.engine)
         for filename, document_id in queued:
             started = time.monotonic()
             ingest_next(

@@ -109,7 +109,7 @@ class SqliteFts:
     def selective(self, session: Session, words: Sequence[str]) -> list[str]:
         return selective(
             words,
-            scope=str(session.get_bind().url),
+            scope=_database_of(session),
             rows=session.scalar(SQLITE_ROWS) or 0,
             count=lambda w: session.scalar(SQLITE_COUNT, {"match": f'{TEXT_COLUMNS} : "{w}"'}),
         )
@@ -130,7 +130,7 @@ class SqliteFts:
         bases = " OR ".join(f'base : "kb{int(i)}"' for i in knowledge_base_ids)
         match = f"{TEXT_COLUMNS} : (" + " OR ".join(f'"{w}"' for w in words) + f") AND ({bases})"
         rows = session.execute(text(SQLITE_SEARCH), {"match": match, "limit": limit})
-        return [(int(chunk_id), float(score)) for chunk_id, score in rows]
+        return [(int(chunk_id), float(score)) for chunk_id, score in rows.tuples()]
 
 
 class PostgresFts:
@@ -152,7 +152,7 @@ class PostgresFts:
             return []
         words = selective(
             words,
-            scope=str(session.get_bind().url),
+            scope=_database_of(session),
             rows=session.scalar(POSTGRES_ROWS) or 0,
             count=lambda w: session.scalar(POSTGRES_COUNT, {"match": w}),
         )
@@ -162,7 +162,13 @@ class PostgresFts:
         rows = session.execute(
             POSTGRES_SEARCH, {"match": match, "bases": list(knowledge_base_ids), "limit": limit}
         )
-        return [(int(chunk_id), float(score)) for chunk_id, score in rows]
+        return [(int(chunk_id), float(score)) for chunk_id, score in rows.tuples()]
+
+
+def _database_of(session: Session) -> str:
+    """The database a session works on, to keep word counts per database."""
+    bind = session.get_bind()
+    return str(bind.engine.url)
 
 
 def index_for(session: Session) -> LexicalIndex:

@@ -44,7 +44,7 @@ def stacked_bars(
     every = max(1, count // 10)
     for i, label in enumerate(labels):
         x = LEFT + i * step + (step - bar) / 2
-        y = TOP + plot_h
+        y: float = TOP + plot_h
         for css, values in series:
             h = plot_h * values[i] / top
             if h > 0:

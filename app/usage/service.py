@@ -356,7 +356,7 @@ def _cell(value: str) -> str:
 def quota_table(*, session: Session, now: datetime | None = None) -> list[dict[str, object]]:
     """Users with their own quota: limits and what they used today / this month."""
     now = now or now_utc()
-    rows = []
+    rows: list[dict[str, object]] = []
     for user, quota in store.list_user_quotas(session=session):
         rows.append(
             {

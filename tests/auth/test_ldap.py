@@ -184,4 +184,5 @@ def test_a_group_removed_in_the_directory_is_gone_at_the_next_sign_in(env: Ldap)
                 AuditRecord.action == "group.membership_synced"
             )
         ]
-    assert {"provider": "ldap", "added": [], "removed": ["Finance"]} in synced
+    expected = {"provider": "ldap", "added": [], "removed": ["Finance"]}
+    assert any(expected.items() <= change.items() for change in synced)
