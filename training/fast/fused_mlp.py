@@ -18,7 +18,8 @@ distribution). With `bf16_activations` the same function follows that path's bf1
 
 `fused_mlp(model)` swaps it in for the duration of a training step, on MLPs that qualify
 (`mlp_reason`): Falcon's MLP with both projections 4-bit (bitsandbytes) and one plain LoRA
-adapter each, exact GELU. Anything else keeps PEFT's forward.
+adapter each, exact GELU; and Llama-family SwiGLU MLPs through training/fast/fused_swiglu.py.
+Anything else keeps PEFT's forward.
 """
 
 from __future__ import annotations
@@ -206,15 +207,24 @@ def _fused_forward(mlp: Any):
 
 @contextmanager
 def fused_mlp(model: torch.nn.Module) -> Iterator[int]:
-    """Run every qualifying MLP of `model` through `FusedLoraMLP` inside the block; yields how
+    """Run every qualifying MLP of `model` through `FusedLoraMLP` (Falcon) or
+    `training.fast.fused_swiglu.FusedLoraSwiGLU` (Llama family) inside the block; yields how
     many. On exit each module's own forward is back (instance attribute removed).
 
     With gradient checkpointing, backward recomputes the forward: keep `backward()` inside
     the block too, or the recomputation runs PEFT's forward and checkpointing refuses it.
     """
-    swapped = [m for m in model.modules() if type(m).__name__ == "FalconMLP" and not mlp_reason(m)]
-    for module in swapped:
-        module.forward = _fused_forward(module)
+    from training.fast.fused_swiglu import fused_swiglu_forward, is_swiglu_mlp, swiglu_reason
+
+    swapped = []
+    for module in model.modules():
+        if type(module).__name__ == "FalconMLP" and not mlp_reason(module):
+            module.forward = _fused_forward(module)
+        elif is_swiglu_mlp(module) and not swiglu_reason(module):
+            module.forward = fused_swiglu_forward(module)
+        else:
+            continue
+        swapped.append(module)
     try:
         yield len(swapped)
     finally:
