@@ -16,13 +16,14 @@ TORCH_INDEX := $(if $(HAS_GPU),,$(shell curl -s -o /dev/null --max-time 5 $(CPU_
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test test-gpu lint install model browser postgres identity bench-cpu clean help
+.PHONY: run test test-gpu lint typecheck install model browser postgres identity bench-cpu clean help
 
 help:
 	@echo "make run   - install what is missing, fetch the default model, serve on http://127.0.0.1:8000"
 	@echo "make test  - install what is missing and run the whole test suite"
 	@echo "make test-gpu - the tests marked gpu (they need a CUDA GPU; make test leaves them out)"
 	@echo "make lint  - ruff"
+	@echo "make typecheck - mypy on app/ and training/"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +71,9 @@ test-gpu: model
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check app training tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app training
 
 bench-cpu: model
 	$(BIN)/python bench/cpu_generate.py
