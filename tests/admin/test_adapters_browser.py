@@ -137,9 +137,12 @@ def test_upload_activate_chat_roll_back_and_compare(
         ("complete", "tiny-test", 1, store.get("tiny-test", 1).sha256),
     ]
 
-    # Pick the bare base model for this conversation from the chat page.
-    with page.expect_navigation():  # the choice is saved, then the page reloads
+    # Pick the bare base model for this conversation from the chat page: saved on change,
+    # and the page says so (no button, no reload).
+    with page.expect_response(re.compile(r"/adapter$")):
         page.get_by_label("Adapter").select_option("base")
+    expect(page.locator(".adapter-choice .saved")).to_have_text("Saved")
+    page.reload()
     expect(page.get_by_label("Adapter")).to_have_value("base")
     ask(page, "Define liquidity.")
     assert answers(live)[-1][1:3] == (None, None)

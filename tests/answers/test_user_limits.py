@@ -56,7 +56,7 @@ def test_concurrent_streams_per_user(scripted_server) -> None:  # noqa: ANN001
             streams.append(STREAM_RE.search(page.text).group(1))
         with alice.http.stream("GET", streams[0]) as first:
             events = read_sse(first)
-            assert next(events)[0] == "token"
+            assert "token" in (event for event, _ in events)  # the first is generating
             busy = alice.http.get(streams[1])
             assert busy.status_code == 429
             assert int(busy.headers["Retry-After"]) >= 1

@@ -35,6 +35,7 @@ def test_rename_and_delete_are_audited(scripted_server) -> None:  # noqa: ANN001
                     "conversation_id": conversation,
                     "old_title": "Covenants of ACME",
                     "title": "ACME review",
+                    "ip": "127.0.0.1",  # every record written for a request has its address
                 },
             )
         ]
@@ -44,7 +45,15 @@ def test_rename_and_delete_are_audited(scripted_server) -> None:  # noqa: ANN001
 
         assert alice.post(f"/c/{conversation}/delete").is_redirect
         assert audit_rows(server, audit.CONVERSATION_DELETED) == [
-            ("alice", {"conversation_id": conversation, "title": "ACME review", "messages": 2})
+            (
+                "alice",
+                {
+                    "conversation_id": conversation,
+                    "title": "ACME review",
+                    "messages": 2,
+                    "ip": "127.0.0.1",
+                },
+            )
         ]
         with server.app.state.session_factory() as session:
             assert session.get(Conversation, conversation) is None
