@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.config import Settings  # noqa: E402
 from training.finance_eval import SIDES, evaluate_finance, render_finance_report  # noqa: E402
 from training.tatqa import read_questions, sample  # noqa: E402
 
@@ -36,6 +37,7 @@ def main() -> int:
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/finance-eval-run"))  # noqa: S108
     parser.add_argument("--train-set", nargs="*", default=[], help="preset overrides")
     parser.add_argument("--models-dir", default=str(REPO / "models"))
+    parser.add_argument("--base-model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, default=150)
     parser.add_argument("--seed", type=int, default=21)
@@ -75,8 +77,10 @@ def main() -> int:
     sides = tuple(s for s in SIDES if s.name in wanted)
     started = time.monotonic()
     report = evaluate_finance(
-        adapter, questions, data=args.data.name, models_dir=args.models_dir, sides=sides,
-        max_new_tokens=args.max_new_tokens, types=("arithmetic",), device=args.device,
+        adapter, questions, data=args.data.name, base_model=args.base_model,
+        models_dir=args.models_dir, sides=sides, max_new_tokens=args.max_new_tokens,
+        types=("arithmetic",), device=args.device,
+        system=Settings.model_fields["system_prompt"].default,  # what the server sends
     )  # fmt: skip
     record["eval_seconds"] = round(time.monotonic() - started, 1)
     if adapter is not None and (adapter / "teller.json").exists():

@@ -182,7 +182,7 @@ class _Loop:
                 if prompt_tokens is None:
                     prompt_tokens = finish.prompt_tokens
                 self.completion_tokens += finish.completion_tokens
-                if not (finish.reason == "stop" and finish.stop == CLOSE):
+                if not self._stopped_in_form(finish):
                     for item in self.scanner.flush():
                         yield self._emit(item)
                     yield self._finish(finish, prompt_tokens)
@@ -201,6 +201,16 @@ class _Loop:
                     return
         finally:
             await _close(stream)
+
+    def _stopped_in_form(self, finish: FinishEvent) -> bool:
+        """Whether this generation ended at a calculation's `>>`: the engine names the stop
+        string; an engine that cannot (a remote upstream) ends "stop" inside an open form, as
+        does a model that wrote end-of-sequence there (its calculation is computed too)."""
+        if finish.reason != "stop":
+            return False
+        return finish.stop == CLOSE or (
+            not finish.stop and self.scanner.inside and self.computed < self.limit
+        )
 
     def _ended(self, finish: FinishEvent) -> FinishEvent | None:
         """How the answer ends instead of continuing (Stop, or no tokens left), or None."""

@@ -95,8 +95,9 @@ class StopAwareScript:
     """Answers request N with `scripts[N]`, cut at the request's stop strings as the engines
     cut (the stop string itself is not emitted; the FinishEvent names it)."""
 
-    def __init__(self, scripts: Sequence[Sequence[str]]) -> None:
+    def __init__(self, scripts: Sequence[Sequence[str]], end: str = "stop") -> None:
         self.scripts = [list(s) for s in scripts]
+        self.end = end
         self.requests: list[GenerationRequest] = []
         self.info = EngineInfo(model="script", device="cpu", dtype="float32", quantization="none")
 
@@ -121,7 +122,7 @@ class StopAwareScript:
         tail = stops.flush()
         if tail:
             yield TokenEvent(tail)
-        yield FinishEvent("stop", "".join(sent) + tail, 5, len(chunks))
+        yield FinishEvent(self.end, "".join(sent) + tail, 5, len(chunks))  # type: ignore[arg-type]
 
 
 async def _collect(engine: object, request: GenerationRequest, limit: int = 8) -> list[Event]:
@@ -175,11 +176,19 @@ def test_an_unparseable_calculation_is_shown_with_its_reason() -> None:
 
 
 def test_an_unclosed_form_at_the_end_is_reported() -> None:
-    engine = StopAwareScript([["The NPV is <<calc: npv(0.1"]])
+    engine = StopAwareScript([["The NPV is <<calc: npv(0.1"]], end="length")
     events = asyncio.run(_collect(engine, _request()))
     calc = next(e for e in events if isinstance(e, CalculationEvent))
     assert calc.calculation.value is None and "not closed" in calc.calculation.error
     assert events[-1].text == "The NPV is <<calc: npv(0.1"  # type: ignore[union-attr]
+
+
+def test_a_stop_inside_a_form_without_its_name_is_computed() -> None:
+    """A remote upstream ends at the stop string without naming it (or the model wrote its
+    end-of-sequence inside the form): the form is computed all the same."""
+    engine = StopAwareScript([["Sum: <<calc: 2 + 3"], [" total."]])
+    events = asyncio.run(_collect(engine, _request()))
+    assert events[-1].text == "Sum: <<calc: 2 + 3>> = 5 total."  # type: ignore[union-attr]
 
 
 def test_stop_between_generations_ends_the_answer_as_cancelled() -> None:
