@@ -30,6 +30,7 @@ from app.deps import (
     message_allowed,
 )
 from app.groups import service as groups
+from app.improve.feedback import feedback_for
 from app.ops.requests import client_ip
 from app.store import crud
 from app.store.models import Conversation, Message, User
@@ -94,6 +95,13 @@ def _page_context(
         "conversation": conversation,
         "adapter_choices": groups.visible_choices(session=session, user=user, adapters=adapters),
         "limits": settings,
+        "feedbacks": {}
+        if conversation is None
+        else feedback_for(
+            session=session,
+            user_id=user.id,
+            message_ids=[m.id for m in conversation.messages if m.role == "assistant"],
+        ),
         **_knowledge_context(session, user, conversation),
     }
 

@@ -27,6 +27,11 @@ def _answered(server, user_id: int, question: str, answer: str) -> int:  # noqa:
         return reply.id
 
 
+def _conversation_of(server, message_id: int) -> int:  # noqa: ANN001
+    with server.app.state.session_factory() as session:
+        return session.get(Message, message_id).conversation_id
+
+
 def _user_id(server, name: str) -> int:  # noqa: ANN001
     from app.store.models import User
 
@@ -42,7 +47,12 @@ def test_feedback_to_frozen_dataset(scripted_server, tmp_path) -> None:  # noqa:
         bad = _answered(server, _user_id(server, "bob"), "VAT on 100 at 20%?", "It is 25.")
 
         ann.page("/")
-        assert ann.post(f"/messages/{good}/feedback", {"rating": "up"}).status_code == 303
+        rated = ann.post(f"/messages/{good}/feedback", {"rating": "up"})
+        assert rated.status_code == 303
+        # The reloaded conversation shows ann's own rating on the answer.
+        shown = ann.page(rated.headers["location"].split("#")[0]).text
+        assert f'id="feedback-{good}" data-rating="1"' in shown
+        assert 'aria-pressed="true" aria-label="Good answer"' in shown
         bob.page("/")
         # Someone else's answer is not found; a bad rating says what to send.
         assert bob.post(f"/messages/{good}/feedback", {"rating": "up"}).status_code == 404
@@ -57,6 +67,8 @@ def test_feedback_to_frozen_dataset(scripted_server, tmp_path) -> None:  # noqa:
             headers={"HX-Request": "true"},
         )
         assert changed.status_code == 200 and "feedback saved" in changed.text
+        shown = bob.page(f"/c/{_conversation_of(server, bad)}").text
+        assert f'id="feedback-{bad}" data-rating="-1"' in shown and "wrong rate" in shown
         with server.app.state.session_factory() as session:
             rows = session.scalars(select(Feedback).order_by(Feedback.id)).all()
             assert [(r.rating, r.correction) for r in rows] == [(1, ""), (-1, "VAT is 20.")]
