@@ -1,9 +1,12 @@
-"""QLoRA training throughput on the real Falcon-7B architecture: plain recipe vs Teller's.
+"""QLoRA training throughput on the real Falcon-7B (or Llama-3.1-8B) architecture: plain
+recipe vs Teller's.
 
 One GPU call, under 8 minutes on an H100:
 
     python bench/train_gpu.py                # writes bench/results/train-gpu.json
+    python bench/train_gpu.py --model llama  # Llama-3.1-8B: bench/results/train-gpu-llama.json
     python bench/train_gpu.py --smoke        # the whole script on CPU with the tiny Falcon
+    python bench/train_gpu.py --smoke --model llama   # ... with a tiny Llama-3.1 block
 
 Weights are random (speed does not depend on their values): Falcon-7B is built from its config
 directly in bf16 on the GPU, saved once as safetensors under /tmp (~14 GB; the GPU box has 64 GB
@@ -11,6 +14,9 @@ of disk), then loaded 4-bit NF4 through `app.engine.loader.load_base_model`, the
 serving and `teller train` use. There is no Falcon tokenizer offline, so the project's finance
 set is tokenized with the SmolLM2 tokenizer from models/; its ids (< 49152) are taken mod 65024,
 which leaves them unchanged, so the token-length distribution is that of the real data.
+`--model llama` builds meta-llama/Llama-3.1-8B's architecture (GQA 32/8 heads, llama3 RoPE
+scaling, untied 128,256-token head; ~16 GB in bf16) the same way, LoRA on all seven projections;
+its MLPs run through the fused SwiGLU function (training/fast/fused_swiglu.py).
 
 (a) baseline: transformers Trainer, every example padded to 512, batch 4, no packing, gradient
     checkpointing, paged 8-bit AdamW, bf16 autocast, `--loss-steps` (50) steps in data order.
@@ -49,10 +55,10 @@ from app.contract import PromptFormat  # noqa: E402
 from app.engine.loader import load_base_model  # noqa: E402
 from app.engine.tiny_models import ensure_tiny_model  # noqa: E402
 from bench.train_gpu_recipes import (  # noqa: E402
-    FALCON_TARGETS,
     attach_lora,
     run_baseline,
     run_teller,
+    targets_of,
     teller_attention,
     teller_throughput,
 )
@@ -76,6 +82,9 @@ FALCON_VOCAB = 65024
 TOKENIZER_DIR = REPO / "models" / "SmolLM2-135M-Instruct"
 DATA_FILE = REPO / "training" / "sample_data" / "finance_train.jsonl"
 RESULTS = REPO / "bench" / "results" / "train-gpu.json"
+LLAMA_VOCAB = 128256
+VOCAB = {"falcon": FALCON_VOCAB, "llama": LLAMA_VOCAB}
+RESULTS_BY_MODEL = {"falcon": RESULTS, "llama": REPO / "bench" / "results" / "train-gpu-llama.json"}
 
 
 def falcon_7b_config() -> Any:
@@ -100,35 +109,72 @@ def falcon_7b_config() -> Any:
     )
 
 
-def build_checkpoint(smoke: bool, workdir: Path) -> tuple[Path, int]:
+def llama_31_8b_config() -> Any:
+    """meta-llama/Llama-3.1-8B's architecture (config.json of the hub repo, written out)."""
+    from transformers import LlamaConfig
+
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    return LlamaConfig(
+        vocab_size=LLAMA_VOCAB,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        hidden_act="silu",
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_parameters=rope,
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    )
+
+
+def build_checkpoint(smoke: bool, workdir: Path, model: str = "falcon") -> tuple[Path, int]:
     """A random-weight model folder to load, and its parameter count (unquantized)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if smoke:
-        folder = ensure_tiny_model("falcon", workdir, TOKENIZER_DIR)
+        folder = ensure_tiny_model(
+            "falcon" if model == "falcon" else "llama3", workdir, TOKENIZER_DIR
+        )
         model = AutoModelForCausalLM.from_pretrained(folder)
         count = sum(p.numel() for p in model.parameters())
         del model
         return folder, count
     # Kept between runs on the same warm GPU box: saving 14 GB is the slowest setup step.
-    folder = Path(tempfile.gettempdir()) / "teller-bench-falcon-7b-random"
+    name = "falcon-7b" if model == "falcon" else "llama-3.1-8b"
+    folder = Path(tempfile.gettempdir()) / f"teller-bench-{name}-random"
     count_file = folder / "param_count.txt"
     if (folder / "config.json").exists() and count_file.exists():
         return folder, int(count_file.read_text())
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(falcon_7b_config(), dtype=torch.bfloat16)
-    count = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(folder, max_shard_size="5GB")
+        config = falcon_7b_config() if model == "falcon" else llama_31_8b_config()
+        built = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    count = sum(p.numel() for p in built.parameters())
+    built.save_pretrained(folder, max_shard_size="5GB")
     AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(folder)
     count_file.write_text(str(count))
-    del model
+    del built
     gc.collect()
     torch.cuda.empty_cache()
     return folder, count
 
 
-def load_examples(tokenizer: Any, eos_id: int, max_seq_len: int, want: int) -> tuple[list, str]:
+def load_examples(
+    tokenizer: Any, eos_id: int, max_seq_len: int, want: int, vocab: int = FALCON_VOCAB
+) -> tuple[list, str]:
     """Finance records in the Alpaca format, repeated until there are `want` examples."""
     if DATA_FILE.exists():
         records, source = read_records(DATA_FILE), f"{DATA_FILE.relative_to(REPO)}"
@@ -151,19 +197,25 @@ def load_examples(tokenizer: Any, eos_id: int, max_seq_len: int, want: int) -> t
     )
     examples = [
         Example(
-            [t % FALCON_VOCAB for t in e.input_ids],
-            [t if t == IGNORE_INDEX else t % FALCON_VOCAB for t in e.labels],
+            [t % vocab for t in e.input_ids],
+            [t if t == IGNORE_INDEX else t % vocab for t in e.labels],
         )
         for e in examples
     ]
     repeats = -(-want // len(examples))
-    tokenizer_note = "SmolLM2 tokenizer, ids mod 65024 (a no-op: all ids < 49152)"
+    tokenizer_note = f"SmolLM2 tokenizer, ids mod {vocab} (a no-op: all ids < 49152)"
     return (examples * repeats)[:want], f"{source}, {tokenizer_note}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny Falcon on CPU, seconds")
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, seconds")
+    parser.add_argument(
+        "--model",
+        choices=("falcon", "llama"),
+        default="falcon",
+        help="falcon: Falcon-7B; llama: the Llama-3.1-8B architecture",
+    )
     parser.add_argument("--steps", type=int, default=0, help="throughput steps (default 16/3)")
     parser.add_argument("--loss-steps", type=int, default=0, help="steps compared (50/3)")
     parser.add_argument("--warmup", type=int, default=-1, help="steps left out of timing")
@@ -193,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     out = args.out or (
-        RESULTS if not args.smoke else Path(tempfile.gettempdir()) / "train-gpu-smoke.json"
+        RESULTS_BY_MODEL[args.model]
+        if not args.smoke
+        else Path(tempfile.gettempdir()) / f"train-gpu-smoke-{args.model}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -202,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.perf_counter() - started:7.1f}s] {name} step {step}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="teller-bench-") as tmp:
-        folder, n_base = build_checkpoint(args.smoke, Path(tmp))
+        folder, n_base = build_checkpoint(args.smoke, Path(tmp), args.model)
         print(
             f"[{time.perf_counter() - started:7.1f}s] checkpoint ready: {n_base / 1e9:.3f}B params"
         )
@@ -229,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         base.config.use_cache = False
         eos_id = int(base.config.eos_token_id)
         want = max(args.loss_steps * args.batch_size, args.steps * args.rows_per_step * 4)
-        examples, data_note = load_examples(loaded.tokenizer, eos_id, args.seq_len, want)
+        examples, data_note = load_examples(
+            loaded.tokenizer, eos_id, args.seq_len, want, VOCAB[args.model]
+        )
         peak = matmul_tflops(device)
         dequant = dequant_paths(device)
         attention = {**attention_check(device), "teller": teller_attention(base, device)}
@@ -307,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     fast_recipe = (
         f"packed padding-free rows + {packed_how}, train_step with chunked loss over "
         "labelled positions, bf16 frozen weights, paged AdamW 8-bit, bf16 autocast"
-        + ("" if args.no_fused_mlp else "; 4-bit LoRA MLPs fused (training/fast/fused_mlp.py)")
+        + ("" if args.no_fused_mlp else f"; 4-bit LoRA MLPs fused ({FUSED_BY_MODEL[args.model]})")
         + ("; bf16 activations after every layer norm" if args.bf16_activations else "")
     )
     sections["teller_equal"]["recipe"] = (
@@ -324,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
         "smoke": args.smoke,
-        "model": "tiny random falcon" if args.smoke else "falcon-7b architecture, random weights",
+        "model": MODEL_NOTES[args.model][args.smoke],
         "base_params": n_base,
         "linear_4bit": loaded.linear_4bit,
         "quantization": "nf4 + double quant, bf16 compute" if not args.smoke else "nf4 (CPU)",
@@ -332,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "r": args.rank,
             "alpha": 16,
             "dropout": args.dropout,
-            "target_modules": FALCON_TARGETS,
+            "target_modules": targets_of(base),
         },
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
@@ -363,6 +419,19 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"\nwrote {out} in {results['wall_s']} s")
     return 0
+
+
+MODEL_NOTES = {
+    "falcon": {True: "tiny random falcon", False: "falcon-7b architecture, random weights"},
+    "llama": {
+        True: "tiny random llama (Llama 3.1 block: GQA, llama3 RoPE scaling, untied head)",
+        False: "llama-3.1-8b architecture, random weights",
+    },
+}
+FUSED_BY_MODEL = {
+    "falcon": "training/fast/fused_mlp.py",
+    "llama": "SwiGLU, training/fast/fused_swiglu.py",
+}
 
 
 def replace_steps(args: argparse.Namespace, steps: int) -> argparse.Namespace:

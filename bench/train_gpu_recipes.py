@@ -24,8 +24,14 @@ from training.fast import varlen_attention
 from training.fast.memory_plan import MemoryPlan, set_gradient_checkpointing
 from training.model_build import build_optimizer, build_scheduler
 from training.step import StepContext, train_step
+from training.targets import TARGETS_BY_MODEL_TYPE
 
 FALCON_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+def targets_of(base: Any) -> list[str]:
+    """LoRA on every linear layer of the blocks, by family (training/targets.py's table)."""
+    return list(TARGETS_BY_MODEL_TYPE[base.config.model_type])
 
 
 def sync(device: torch.device) -> None:
@@ -54,7 +60,7 @@ def attach_lora(base: Any, rank: int, dropout: float = 0.1) -> Any:
         r=rank,
         lora_alpha=16,
         lora_dropout=dropout,
-        target_modules=FALCON_TARGETS,
+        target_modules=targets_of(base),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(base, config)

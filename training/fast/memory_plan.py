@@ -35,8 +35,11 @@ def activation_bytes_per_token(
 
     Counted for a Falcon/Llama block: norm output (fp32), attention q/k/v/out, the MLP's
     up/activation outputs, and a dropout copy + mask per LoRA input, rounded up to
-    12 x hidden + 4 x intermediate values of 2 bytes per layer. With checkpointing only each
-    layer's input is kept, plus one layer recomputed at a time.
+    12 x hidden + 4 x intermediate values of 2 bytes per layer. A gated (SwiGLU) MLP, as in
+    Llama, Mistral and Qwen2, keeps two more intermediate-wide tensors (the gate and up
+    projections' outputs and LoRA updates, the product, the down projection's LoRA input and
+    mask: training/fast/fused_swiglu.py saves those): 6 x intermediate. With checkpointing
+    only each layer's input is kept, plus one layer recomputed at a time.
 
     Unless the model runs flash attention (or `VARLEN`, flash attention's variable-length
     form: training/fast/varlen_attention.py), attention with an explicit (packed) mask stores
@@ -51,7 +54,8 @@ def activation_bytes_per_token(
         or 4 * hidden
     )
     layers = int(model_config.num_hidden_layers)
-    per_layer = 2.0 * (12 * hidden + 4 * inter)
+    gated = str(getattr(model_config, "hidden_act", "")) in ("silu", "swish")
+    per_layer = 2.0 * (12 * hidden + (6 if gated else 4) * inter)
     if not attention.startswith("flash") and attention != VARLEN:
         per_layer += 4.0 * int(model_config.num_attention_heads) * seq_len
     if checkpointing:

@@ -10,6 +10,7 @@ import pytest
 
 from training.config_io import load_config
 from training.fast.memory_plan import activation_bytes_per_token, plan_memory
+from training.fast.varlen_attention import VARLEN
 from training.recipe import TrainingRecipe
 
 FALCON_7B = SimpleNamespace(
@@ -62,3 +63,14 @@ def test_recipe_with_memory_budget_chooses_its_layout(
     assert recipe.config.micro_batch_size * recipe.config.grad_accum >= rows_per_step
     assert not recipe.config.gradient_checkpointing  # a tiny model fits 4 GB without it
     assert not recipe.model.get_base_model().is_gradient_checkpointing
+
+
+def test_a_gated_mlp_counts_two_more_intermediate_tensors() -> None:
+    from transformers import FalconConfig, LlamaConfig
+
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    llama = LlamaConfig(**shape, intermediate_size=256, num_key_value_heads=2)
+    falcon = FalconConfig(**shape, ffn_hidden_size=256)
+    gated = activation_bytes_per_token(llama, checkpointing=False, attention=VARLEN)
+    plain = activation_bytes_per_token(falcon, checkpointing=False, attention=VARLEN)
+    assert gated - plain == 2 * 2.0 * 2 * 256  # layers x bytes x two tensors x intermediate
