@@ -127,9 +127,10 @@ class TrainConfig:
     chunked_loss: bool = True
     """Compute the loss over labelled positions in vocabulary-head chunks (no full logits)."""
     fused_mlp: bool = True
-    """Run each 4-bit LoRA Falcon MLP as one autograd function with one elementwise kernel
-    each way (training/fast/fused_mlp.py): the recipe's arithmetic with a fraction of the memory
-    traffic; a no-op for other models."""
+    """Run each 4-bit LoRA Falcon MLP, and each Llama-family SwiGLU MLP (Llama, Mistral, Qwen2),
+    as one autograd function with one elementwise kernel each way (training/fast/fused_mlp.py,
+    fused_swiglu.py): the recipe's arithmetic with a fraction of the memory traffic; a no-op
+    for other models."""
     bf16_activations: bool = False
     """On a GPU, keep activations in bf16 after each layer norm: more tokens/s, but the first
     steps' loss moves further from the fp32-activation QLoRA recipe's (figures:
