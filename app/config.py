@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     empty means the bundled training/sample_data/finance_eval.jsonl."""
     improve_eval_limit: int = Field(20, ge=1, le=10_000)
     """Records the gate scores per set (held-out split and finance set), per version."""
+    improve_eval_max_new_tokens: int = Field(48, ge=1, le=4096)
+    """Tokens the gate generates per answer it checks or shows (numeric accuracy, samples)."""
 
     # Company knowledge (app/knowledge, docs/knowledge.md).
     knowledge_max_file_bytes: int = Field(50 << 20, ge=1)

@@ -6,12 +6,15 @@ conversation holds the answer rates it; every change is audited.
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.answers.kinds import API_CALL
 from app.audit.service import record_event
 from app.store.improve_models import Feedback
-from app.store.models import Conversation, Message, User, utcnow
+from app.store.models import AuditRecord, Conversation, Message, User, utcnow
 
 MAX_TEXT = 20_000
 
@@ -118,3 +121,66 @@ def context_of(*, session: Session, message: Message, turns: int = 3) -> tuple[s
         question = earlier.pop().content
     lines = [f"{'User' if m.role == 'user' else 'Assistant'}: {m.content}" for m in earlier]
     return question, "\n".join(lines)
+
+
+def api_call_answer(*, session: Session, user: User, call_id: str) -> Message:
+    """The stored answer of a finished `/v1` call of `user`, kept on first use.
+
+    A `/v1` answer is not stored as a message while it runs; its end audit row holds the
+    prompt, the text and the adapter version. The first feedback on it stores that call as a
+    conversation whose id is the call id (both are 32 hex digits), so datasets and lineage
+    read it as they read a chat answer, and a second feedback finds the same answer.
+
+    Raises:
+        FeedbackError: a malformed call id (400), or no finished call of this person (404).
+    """
+    call_id = call_id.strip().lower()
+    if len(call_id) != 32 or any(c not in "0123456789abcdef" for c in call_id):
+        raise FeedbackError("call_id must be the 32 hex digits of an x-teller-call-id header.")
+    stored = session.get(Conversation, call_id)
+    if stored is not None:
+        if stored.user_id != user.id:
+            raise FeedbackError(f"No finished call {call_id} of yours.", 404)
+        return rateable_answer(session=session, user=user, message_id=stored.messages[-1].id)
+    rows = session.scalars(
+        select(AuditRecord).where(
+            AuditRecord.action == API_CALL,
+            AuditRecord.actor_id == user.id,
+            AuditRecord.details.contains(call_id),
+        )
+    )
+    details = next(
+        (d for d in (json.loads(row.details) for row in rows) if d.get("call_id") == call_id),
+        None,
+    )
+    if details is None:
+        raise FeedbackError(
+            f"No finished call {call_id} of yours (rate an answer after it has ended).", 404
+        )
+    prompt = details.get("prompt")
+    turns = (
+        [(m.get("role", "user"), str(m.get("content") or "")) for m in prompt]
+        if isinstance(prompt, list)
+        else [("user", str(prompt or ""))]
+    )
+    question = next((text for role, text in reversed(turns) if role == "user"), "")
+    conversation = Conversation(
+        id=call_id, user_id=user.id, title=f"API: {question[:60] or call_id}"
+    )
+    session.add(conversation)
+    session.flush()
+    for role, text in turns:
+        if role in ("user", "assistant"):
+            session.add(Message(conversation_id=call_id, role=role, content=text))
+    answer = Message(
+        conversation_id=call_id,
+        role="assistant",
+        content=str(details.get("text") or ""),
+        model=details.get("served_model"),
+        adapter_name=details.get("adapter_name"),
+        adapter_version=details.get("adapter_version"),
+        adapter_sha256=details.get("adapter_sha256"),
+    )
+    session.add(answer)
+    session.flush()
+    return answer

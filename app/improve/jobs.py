@@ -188,10 +188,10 @@ class JobRunner:
         return runs
 
     def _eval_args(self) -> list[str]:
-        limit = self.settings.improve_eval_limit
+        limit, tokens = self.settings.improve_eval_limit, self.settings.improve_eval_max_new_tokens
         return [
             "--models-dir", str(self.settings.models_dir), "--limit", str(limit),
-            "--max-checks", str(limit), "--samples", "2", "--max-new-tokens", "48",
+            "--max-checks", str(limit), "--samples", "2", "--max-new-tokens", str(tokens),
         ]  # fmt: skip
 
     def _spawn(self, job: TrainingJob) -> None:
@@ -201,6 +201,8 @@ class JobRunner:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Named base models (the preset's) are found where this server finds its own.
+            env=os.environ | {"TELLER_MODELS_DIR": str(self.settings.models_dir.resolve())},
             start_new_session=True,  # outlives the server; cancel signals its whole group
         )
         self.children[proc.pid] = proc

@@ -23,6 +23,8 @@ from app.audit import service as audit
 from app.deps import KnowledgeDep
 from app.engine.types import OutOfMemory, TokenEvent
 from app.groups import service as groups
+from app.improve.feedback import FeedbackError, api_call_answer, set_feedback
+from app.improve.schemas import ApiFeedback, ApiFeedbackRequest
 from app.keys import service as keys
 from app.openai_api import service, structured
 from app.openai_api.schemas import (
@@ -49,6 +51,7 @@ from app.ops.body_limit import BodyTooLarge
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
 from app.ops.oom import RETRY_AFTER_SECONDS
 from app.ops.requests import client_ip
+from app.store.models import User
 
 router = APIRouter(prefix="/v1")
 DONE = "data: [DONE]\n\n"
@@ -60,6 +63,8 @@ API_REFUSED = "api.refused"
 base, too large). Over-limit calls have `limits.rate_limited`; calls that started have their
 `api.call_started` / `api.call` pair, failures included."""
 AUDITED_REFUSALS = frozenset({400, 404, 413, 422})
+CALL_ID_HEADER = "x-teller-call-id"
+"""On every answer: the call id of its audit rows, which `POST /v1/feedback` takes."""
 
 
 async def openai_error_handler(request: Request, exc: Exception) -> Response:
@@ -238,6 +243,11 @@ def _error_chunk(call: Answer) -> str:
     return _sse(error.body())
 
 
+def _call_header(call: Answer) -> dict[str, str]:
+    """The call's id, which `POST /v1/feedback` takes to rate this answer."""
+    return {CALL_ID_HEADER: str(call.details.get("call_id", ""))}
+
+
 def _stream(call: Answer, chunks: AsyncIterator[str]) -> StreamingResponse:
     """SSE response; the call is closed (its end audited) before the last byte goes out, and
     by the background task if the body never started."""
@@ -254,7 +264,7 @@ def _stream(call: Answer, chunks: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(
         closing(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_call_header(call)},
         background=BackgroundTask(call.close_now),
     )
 
@@ -305,7 +315,8 @@ async def chat_completions(
                 ],
                 usage=_usage(call),
                 sources=sources,
-            ).model_dump(exclude=no_sources)
+            ).model_dump(exclude=no_sources),
+            headers=_call_header(call),
         )
 
     def chunk(delta: Delta, finish_reason: str | None = None, *, last: bool = False) -> str:
@@ -384,7 +395,8 @@ async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> R
                 model=body.model,
                 choices=[TextChoice(text="".join(call.parts), finish_reason=_finish_reason(call))],
                 usage=_usage(call),
-            ).model_dump()
+            ).model_dump(),
+            headers=_call_header(call),
         )
 
     def chunk(text: str, finish_reason: str | None = None) -> str:
@@ -414,3 +426,41 @@ async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> R
         yield DONE
 
     return _stream(call, chunks())
+
+
+# ---- feedback -----------------------------------------------------------------------------
+
+
+@router.post("/feedback")
+async def feedback(request: Request, caller: CallerDep, ctx: ContextDep) -> ApiFeedback:
+    """Rate a finished answer by its `x-teller-call-id` (docs/improvement-loop.md)."""
+    body = await parse_body(request, ApiFeedbackRequest)
+
+    def store() -> ApiFeedback:
+        with ctx.session_factory() as session:
+            user = session.get(User, caller.user_id)
+            assert user is not None  # noqa: S101 - the key's owner, checked by CallerDep
+            answer = api_call_answer(session=session, user=user, call_id=body.call_id)
+            row = set_feedback(
+                session=session,
+                user=user,
+                message_id=answer.id,
+                rating=body.rating,
+                comment=body.comment,
+                correction=body.correction,
+                via="api",
+            )
+            session.commit()
+            return ApiFeedback(
+                id=row.id,
+                call_id=answer.conversation_id,
+                message_id=answer.id,
+                rating=body.rating,
+                has_correction=bool(row.correction),
+            )
+
+    try:
+        return await asyncio.to_thread(store)
+    except FeedbackError as exc:
+        code = "call_not_found" if exc.status == 404 else None
+        raise OpenAIError(exc.status, str(exc), param="call_id", code=code) from None
