@@ -44,6 +44,7 @@ def main() -> int:
     parser.add_argument("--sides", default="base,base+calculator,adapter,adapter+calculator")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/finance-eval.json")
+    parser.add_argument("--progress", type=Path, help="append each answer here as it is scored")
     args = parser.parse_args()
 
     record: dict = {
@@ -81,6 +82,7 @@ def main() -> int:
         models_dir=args.models_dir, sides=sides, max_new_tokens=args.max_new_tokens,
         types=("arithmetic",), device=args.device,
         system=Settings.model_fields["system_prompt"].default,  # what the server sends
+        progress=args.progress,
     )  # fmt: skip
     record["eval_seconds"] = round(time.monotonic() - started, 1)
     if adapter is not None and (adapter / "teller.json").exists():

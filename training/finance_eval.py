@@ -120,7 +120,12 @@ def _summarise(result: SideResult, rows: list[tuple[Question, float, float]]) ->
 
 
 async def _run_side(
-    engine: Any, side: Side, questions: list[Question], system: str, max_new_tokens: int
+    engine: Any,
+    side: Side,
+    questions: list[Question],
+    system: str,
+    max_new_tokens: int,
+    progress: Path | None = None,
 ) -> SideResult:
     result = SideResult(side.name)
     rows: list[tuple[Question, float, float]] = []
@@ -144,6 +149,10 @@ async def _run_side(
              "gold": question.answer, "scale": question.scale, "text": text,
              "prediction": prediction, "predicted_scale": scale, "em": em, "f1": f1}
         )  # fmt: skip
+        if progress is not None:  # one line per answer: a run cut short keeps what it did
+            with progress.open("a", encoding="utf-8") as handle:
+                line = {"side": side.name, "calculations": made, "refused": refused}
+                handle.write(json.dumps({**line, **result.answers[-1]}) + "\n")
     result.seconds = round(time.monotonic() - started, 1)
     _summarise(result, rows)
     return result
@@ -161,6 +170,7 @@ def evaluate_finance(
     system: str | None = None,
     types: tuple[str, ...] = QUESTION_TYPES,
     device: str = "cpu",
+    progress: Path | None = None,
 ) -> FinanceReport:
     """Answer `questions` on every side and score them.
 
@@ -198,7 +208,8 @@ def evaluate_finance(
             if manifest is not None and adapter_dir is not None:
                 await engine.load_adapter(ADAPTER_NAME, adapter_dir, manifest.prompt_format)
             return [
-                await _run_side(engine, side, questions, system, max_new_tokens) for side in sides
+                await _run_side(engine, side, questions, system, max_new_tokens, progress)
+                for side in sides
             ]
         finally:
             await engine.close()
