@@ -3,23 +3,21 @@ per-conversation settings, and the state line of an answer that waits for the mo
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from app.chat import history
-from app.engine.types import EngineInfo, Event, FinishEvent, GenerationRequest, TokenEvent
 from app.main import create_app
 from app.store.models import Conversation
 from tests.live import LiveServer, live_server, read_sse
+from tests.support.scripted_engine import OneAtATimeEngine
 from tests.support.web import Browserless, signed_in_client
 
 STREAM_RE = re.compile(r'sse-connect="([^"]+)"')
@@ -238,52 +236,8 @@ def test_conversation_settings_stay_within_the_servers_limits(scripted_server) -
         assert (used.temperature, used.max_new_tokens) == (0.7, 64)
 
 
-class OneAtATime:
-    """An engine that writes one answer at a time, like the CPU default: the others wait
-    in its queue, which `queue_depth` and `active_streams` report as the real ones do."""
-
-    def __init__(self, chunks: Sequence[str], delay: float) -> None:
-        self.chunks, self.delay = list(chunks), delay
-        self.info = EngineInfo(
-            model="one-at-a-time", device="cpu", dtype="float32", quantization="none"
-        )
-        self.queue_depth = 0
-        self.active_streams = 0
-        self.requests: list[GenerationRequest] = []
-        self._turn: asyncio.Lock | None = None
-
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        self.requests.append(request)
-        self.queue_depth += 1  # accepted now, generating later
-        return self._stream(request)
-
-    async def _stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        self._turn = self._turn or asyncio.Lock()
-        self.active_streams += 1
-        waiting = True
-        try:
-            async with self._turn:
-                self.queue_depth, waiting = self.queue_depth - 1, False
-                for sent, chunk in enumerate(self.chunks):
-                    if request.cancel.is_set():
-                        yield FinishEvent("cancelled", "", 3, sent)
-                        return
-                    await asyncio.sleep(self.delay)
-                    yield TokenEvent(chunk)
-                yield FinishEvent("stop", "".join(self.chunks), 3, len(self.chunks))
-        finally:
-            self.queue_depth -= waiting
-            self.active_streams -= 1
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    async def close(self) -> None:
-        return None
-
-
 def test_a_waiting_answer_says_how_many_are_ahead_then_writing(make_settings) -> None:  # noqa: ANN001
-    engine = OneAtATime([f"word{i} " for i in range(30)], delay=0.05)
+    engine = OneAtATimeEngine([f"word{i} " for i in range(30)], delay=0.05)
     with live_server(create_app(make_settings(), engine=engine)) as server:
         alice = signed_in_client(server, "alice", "alice-password-1")
         bob = signed_in_client(server, "bob", "bob-password-12")

@@ -65,3 +65,47 @@ class ScriptedEngine:
 
     async def close(self) -> None:
         return None
+
+
+class OneAtATimeEngine:
+    """An engine that writes one answer at a time, like the CPU default: the others wait
+    in its queue, which `queue_depth` and `active_streams` report as the real ones do."""
+
+    def __init__(self, chunks: Sequence[str], delay: float) -> None:
+        self.chunks, self.delay = list(chunks), delay
+        self.info = EngineInfo(
+            model="one-at-a-time", device="cpu", dtype="float32", quantization="none"
+        )
+        self.queue_depth = 0
+        self.active_streams = 0
+        self.requests: list[GenerationRequest] = []
+        self._turn: asyncio.Lock | None = None
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self.requests.append(request)
+        self.queue_depth += 1  # accepted now, generating later
+        return self._stream(request)
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self._turn = self._turn or asyncio.Lock()
+        self.active_streams += 1
+        waiting = True
+        try:
+            async with self._turn:
+                self.queue_depth, waiting = self.queue_depth - 1, False
+                for sent, chunk in enumerate(self.chunks):
+                    if request.cancel.is_set():
+                        yield FinishEvent("cancelled", "", 3, sent)
+                        return
+                    await asyncio.sleep(self.delay)
+                    yield TokenEvent(chunk)
+                yield FinishEvent("stop", "".join(self.chunks), 3, len(self.chunks))
+        finally:
+            self.queue_depth -= waiting
+            self.active_streams -= 1
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    async def close(self) -> None:
+        return None
