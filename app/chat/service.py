@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -252,7 +252,7 @@ def _history(session: Session, message: Message, settings: Settings) -> list[Cha
 
 async def stream_answer(
     *, answer: Answer, message: Message, knowledge_runtime: KnowledgeRuntime | None = None
-) -> AsyncIterator[StreamUpdate]:
+) -> AsyncGenerator[StreamUpdate, None]:
     """Generate a pending answer on a reserved `answer`, yielding tokens, then the stored message.
 
     A message that is not pending (already answered, or being answered elsewhere) yields its

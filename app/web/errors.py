@@ -8,6 +8,8 @@ that does not ask for HTML — gets JSON (`/v1`'s own errors keep OpenAI's shape
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,7 +46,7 @@ def wants_page(request: Request) -> bool:
 
 
 def error_page(
-    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+    request: Request, status_code: int, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """The styled page: what happened, in words, and links back."""
     title = TITLES.get(status_code, "Something went wrong")
@@ -53,12 +55,12 @@ def error_page(
         "error.html",
         {"status_code": status_code, "title": title, "message": message},
         status_code=status_code,
-        headers=headers,
+        headers=dict(headers or {}),
     )
 
 
 def error_response(
-    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+    request: Request, status_code: int, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """`message` as this client wants it: a page, a sentence (HTMX) or JSON."""
     if wants_page(request):
