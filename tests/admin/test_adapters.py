@@ -4,6 +4,7 @@ concurrent conversations on different adapters, per-conversation choice, compare
 from __future__ import annotations
 
 import html
+import json
 import re
 import sqlite3
 import threading
@@ -211,6 +212,21 @@ def test_upload_page_stores_refuses_and_rolls_back(
     assert "Upload refused: adapter_model.bin: pickled weights are refused" in html.unescape(shown)
     assert "Upload refused" not in admin.page("/admin/adapters").text  # once
     assert snapshot(root) == before
+    # A package for another base model: the refusal says how to get one for this server.
+    foreign = make_package(tiny_llama_dir, tmp_path / "foreign", name="desk", seed=5)
+    manifest = json.loads((foreign / "teller.json").read_text())
+    (foreign / "teller.json").write_text(json.dumps({**manifest, "base_model": "tiiuae/falcon-7b"}))
+    admin.post(
+        "/admin/adapters/upload",
+        files={"package": ("f.zip", zip_folder(foreign, tmp_path / "f.zip").read_bytes())},
+    )
+    refusal = html.unescape(admin.page("/admin/adapters").text)
+    assert "trained on 'tiiuae/falcon-7b'" in refusal
+    assert "To use it here, train it again" in refusal and "TELLER_BASE_MODEL" in refusal
+    assert snapshot(root) == before
+    # Dates and figures read as people write them; the badges are explained.
+    assert re.search(r"created \d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC", refusal)
+    assert "e+0" not in refusal and "is the version an adapter's name stands for" in refusal
     # A good upload under a new name becomes v1 of that name (its own weights: the same
     # weights under another name are refused, see tests/adapters/test_refusals.py).
     desk = make_package(tiny_llama_dir, tmp_path / "desk", name="desk", seed=9)
