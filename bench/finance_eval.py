@@ -29,6 +29,33 @@ from training.tatqa import read_questions, sample  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tatqa" / "tatqa_dataset_dev.json"
 
 
+def summarise(paths: list[Path], out: Path, note: str) -> int:
+    """Build the results file from --progress files (runs cut short keep what they scored)."""
+    sides: dict[str, list[dict]] = {}
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            sides.setdefault(row["side"], []).append(row)
+    summary = {}
+    for name, rows in sides.items():
+        summary[name] = {
+            "questions": len(rows),
+            "exact_match": sum(r["em"] for r in rows) / len(rows),
+            "f1": sum(r["f1"] for r in rows) / len(rows),
+            "calculations": sum(r["calculations"] for r in rows),
+            "calculations_refused": sum(r["refused"] for r in rows),
+            "uids": [r["uid"] for r in rows],
+        }
+    record = {"bench": "finance-eval", "note": note, "sides": summary,
+              "answers": [r for rows in sides.values() for r in rows]}  # fmt: skip
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    for name, row in summary.items():
+        calcs = f"calcs {row['calculations']} ({row['calculations_refused']} refused)"
+        print(f"{name:20} EM {row['exact_match']:.1%}  F1 {row['f1']:.1%}  "
+              f"n={row['questions']}  {calcs}")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -45,7 +72,11 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/finance-eval.json")
     parser.add_argument("--progress", type=Path, help="append each answer here as it is scored")
+    parser.add_argument("--summarise", type=Path, nargs="*", help="progress files to summarise")
+    parser.add_argument("--note", default="", help="what the summarised run was")
     args = parser.parse_args()
+    if args.summarise:
+        return summarise(args.summarise, args.out, args.note)
 
     record: dict = {
         "bench": "finance-eval",
