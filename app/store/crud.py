@@ -200,8 +200,9 @@ def search_conversations(
 ) -> list[SearchHit]:
     """The user's conversations whose title or messages contain `text` (any case), newest first.
 
-    Bounded: at most `scan` matching messages are read (the newest first, through the
-    owner's conversation index), and at most `limit` conversations come back.
+    Bounded: only the owner's messages are read (their conversations' index, never another
+    user's rows), at most `scan` matches are kept (the newest), and at most `limit`
+    conversations come back.
     """
     pattern = _like(text)
     titles = session.execute(
@@ -213,11 +214,11 @@ def search_conversations(
         .order_by(Conversation.updated_at.desc())
         .limit(limit)
     ).all()
+    owned = select(Conversation.id).where(Conversation.user_id == user_id)
     messages = session.execute(
         select(Message.conversation_id, Message.content, Message.id)
-        .join(Conversation, Conversation.id == Message.conversation_id)
         .where(
-            Conversation.user_id == user_id,
+            Message.conversation_id.in_(owned),  # the owner's messages, through their index
             Message.content.ilike(pattern, escape="\\"),
         )
         .order_by(Message.id.desc())
