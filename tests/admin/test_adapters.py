@@ -81,10 +81,13 @@ def start_chat(client: Browserless, question: str, adapter: str = "") -> str:
     return STREAM_RE.search(response.text).group(1)
 
 
-def read_answer(client: Browserless, stream_url: str, on_first_token=None) -> str:  # noqa: ANN001
+def read_answer(client: Browserless, stream_url: str, on_first_token=None, tags=None) -> str:  # noqa: ANN001
+    """The answer's text; `tags` (a list) gets the adapter tag sent before any token."""
     tokens: list[str] = []
     with client.http.stream("GET", stream_url) as response:
         for event, data in read_sse(response):
+            if event == "adapter" and tags is not None and not tokens:
+                tags.append(html.unescape(data))
             if event == "token":
                 tokens.append(html.unescape(data))
                 if len(tokens) == 1 and on_first_token:
@@ -184,7 +187,9 @@ def test_base_model_choice_and_switching_a_conversation(
     assert admin.post(conversation + "/adapter", {"adapter": "tax"}).status_code == 303
     assert 'value="tax" selected' in admin.page(conversation).text
     admin.post(conversation + "/messages", {"content": question})
-    read_answer(admin, STREAM_RE.search(admin.page(conversation).text).group(1))
+    tags: list[str] = []
+    read_answer(admin, STREAM_RE.search(admin.page(conversation).text).group(1), tags=tags)
+    assert tags == ["· tax v1"], "the adapter is named from the start of the answer"
     rows = answer_rows(live)
     assert [(r[2], r[3]) for r in rows] == [(None, None), ("tax", 1)]
     assert "tax v1" in admin.page(conversation).text
