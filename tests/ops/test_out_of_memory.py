@@ -130,7 +130,10 @@ def test_chat_answer_gets_an_error_event_and_is_stored_as_error(oom_server: OomS
     oom_server.oom.arm()
     page = client.post("/c", {"content": "What is duration?"}, follow_redirects=True)
     conversation = page.url.path
-    events = read_answer(client, STREAM_RE.search(page.text).group(1))
+    streamed = read_answer(client, STREAM_RE.search(page.text).group(1))
+    # The adapter tag comes first, as the answer starts; then the failure and the stored answer.
+    assert streamed[0][0] == "adapter"
+    events = streamed[1:]
     names = [name for name, _ in events]
     assert names == ["error", "done"]
     assert html.unescape(events[0][1]) == "out of GPU memory"
