@@ -37,11 +37,11 @@ DANGEROUS_DOM = """() => {
   const bad = [];
   for (const el of root.querySelectorAll('*')) {
     const tag = el.tagName.toLowerCase();
-    // The page's own "Edit" form under a question (its text is in a textarea, as text).
-    const own = tag === 'form' && el.closest('.msg-actions') &&
-      /^\/c\/[0-9a-f]{32}\/messages\/\d+\/edit$/.test(el.getAttribute('action'));
-    if (own) continue;
-    if (['script', 'iframe', 'object', 'embed', 'svg', 'style', 'form', 'img'].includes(tag)) {
+    // Message text lands in a message's body; the page's own controls around it (edit,
+    // feedback) are forms by design, but none of them may run anything either.
+    const inText = el.closest('.msg .body');
+    const active = ['script', 'iframe', 'object', 'embed', 'svg', 'style', 'img'];
+    if (active.includes(tag) || (inText && tag === 'form')) {
       bad.push(tag);
     }
     for (const attr of el.attributes) {
