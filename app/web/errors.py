@@ -14,7 +14,6 @@ from fastapi import Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.ops.logs import REQUEST_ID
 from app.web.templating import is_htmx, render
 
 API_PREFIX = "/v1"
@@ -81,11 +80,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    """Registered in `app.main` for anything unhandled: a page or JSON, never a traceback (the
-    server's log has it, with the request id the page shows)."""
-    request_id = REQUEST_ID.get()
-    message = "The server failed on this request; nothing you typed was lost. Try again, and "
-    message += "tell your administrator if it keeps happening."
-    if request_id:
-        message += f" Request id: {request_id}."
+    """Registered in `app.main` for anything unhandled: a page or JSON, never a traceback or
+    the exception's text (the server's log has both)."""
+    message = (
+        "The server failed on this request; nothing you typed was lost. Try again, and tell "
+        "your administrator if it keeps happening."
+    )
     return error_response(request, status.HTTP_500_INTERNAL_SERVER_ERROR, message)
