@@ -149,15 +149,15 @@ def _round(value: float, digits: float = 0.0) -> float:
 
 def _numbers(name: str, args: tuple[float | list[float], ...]) -> list[float]:
     """`min(1, 2)` and `min([1, 2])` alike."""
-    if len(args) == 1 and isinstance(args[0], list):
-        values = args[0]
-    else:
-        values = list(args)
-    if any(isinstance(v, list) for v in values):
+    given: list[float | list[float]] = (
+        list(args[0]) if len(args) == 1 and isinstance(args[0], list) else list(args)
+    )
+    values = [v for v in given if not isinstance(v, list)]
+    if len(values) != len(given):
         raise FunctionError(f"{name} takes numbers or one list of numbers")
     if not values:
         raise FunctionError(f"{name} needs at least one number")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _min(*args: float | list[float]) -> float:

@@ -261,7 +261,8 @@ def review(
     if action == "edit":
         if not (instruction or "").strip() or not (output or "").strip():
             raise DatasetError("An edited record needs an instruction and an output.")
-        record.instruction, record.input, record.output = instruction, input_text or "", output
+        record.instruction = instruction or ""
+        record.input, record.output = input_text or "", output or ""
         record.pii = pii_flags(record.instruction, record.input, record.output)
         record.state = RecordState.APPROVED
     elif action in (RecordState.APPROVED, RecordState.REJECTED, RecordState.PENDING):

@@ -31,19 +31,9 @@ from app.store.improve_models import (
 )
 from app.store.models import Conversation, Message
 from app.web.flash import flash, take_flash
-from app.web.templating import is_htmx, render, render_fragment, templates
+from app.web.templating import is_htmx, render, render_fragment
 
 router = APIRouter()
-
-# The admin menu gains the loop's pages (kept here, next to the routes they name).
-_pages = templates.env.globals["admin_pages"]
-if ("/admin/datasets", "Datasets") not in _pages:
-    templates.env.globals["admin_pages"] = (
-        *_pages[:1],
-        ("/admin/datasets", "Datasets"),
-        ("/admin/training", "Training"),
-        *_pages[1:],
-    )
 
 
 def get_jobs(request: Request) -> JobRunner:

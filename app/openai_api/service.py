@@ -176,7 +176,7 @@ def knowledge_base_ids(
                 param="knowledge_bases",
                 code="knowledge_base_not_found",
             )
-    return list(dict.fromkeys(found[name] for name in names))
+    return list(dict.fromkeys(usable_id for usable_id in found.values() if usable_id is not None))
 
 
 def sources(grounding: Grounding) -> list[Source]:

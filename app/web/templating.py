@@ -62,6 +62,8 @@ templates.env.filters["when"] = human_time
 templates.env.globals["csrf_token"] = csrf_token
 templates.env.globals["admin_pages"] = (
     ("/admin/adapters", "Adapters"),
+    ("/admin/datasets", "Datasets"),
+    ("/admin/training", "Training"),
     ("/admin/knowledge", "Knowledge"),
     ("/admin/users", "Users"),
     ("/admin/groups", "Groups"),

@@ -181,7 +181,8 @@ def _spec(mlp: Any, x: torch.Tensor) -> tuple[SwigluSpec, list[torch.nn.Paramete
     autocast = torch.is_autocast_enabled(x.device.type)
     lora_dtype = torch.get_autocast_dtype(x.device.type) if autocast else factors[0].dtype
     base_dtype = projections[0].base.compute_dtype
-    return SwigluSpec(*projections, base_dtype, lora_dtype), factors
+    gate, up, down = projections
+    return SwigluSpec(gate, up, down, base_dtype, lora_dtype), factors
 
 
 def fused_swiglu_forward(mlp: Any):
