@@ -71,6 +71,12 @@ def main() -> int:
     parser.add_argument("--sides", default="base,base+calculator,adapter,adapter+calculator")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/finance-eval.json")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="questions at once on the batch scheduler (1: sequential engine)",
+    )
     parser.add_argument("--progress", type=Path, help="append each answer here as it is scored")
     parser.add_argument("--summarise", type=Path, nargs="*", help="progress files to summarise")
     parser.add_argument("--note", default="", help="what the summarised run was")
@@ -85,6 +91,7 @@ def main() -> int:
         "limit": args.limit,
         "seed": args.seed,
         "max_new_tokens": args.max_new_tokens,
+        "concurrency": args.concurrency,
         "device": args.device,
         "machine": platform.machine(),
         "commit": subprocess.run(
@@ -113,7 +120,7 @@ def main() -> int:
         models_dir=args.models_dir, sides=sides, max_new_tokens=args.max_new_tokens,
         types=("arithmetic",), device=args.device,
         system=Settings.model_fields["system_prompt"].default,  # what the server sends
-        progress=args.progress,
+        progress=args.progress, concurrency=args.concurrency,
     )  # fmt: skip
     record["eval_seconds"] = round(time.monotonic() - started, 1)
     if adapter is not None and (adapter / "teller.json").exists():

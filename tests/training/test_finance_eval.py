@@ -50,3 +50,21 @@ def test_base_model_with_and_without_calculator(default_model_dir: Path) -> None
         assert 0.0 <= side.exact_match <= 1.0 and set(side.by_type) == {"arithmetic"}
     table = render_finance_report(report)
     assert "base+calculator" in table and "arithmetic EM" in table
+
+
+def test_questions_in_flight_together_keep_their_order_and_answers(
+    default_model_dir: Path,
+) -> None:
+    """`--concurrency` shares batches on the batch scheduler: the report lists questions in
+    file order and (greedy, float32) each answer is the one the sequential engine gives."""
+    questions = read_questions(SAMPLE)[:3]
+    runs = [
+        evaluate_finance(
+            None, questions, data=str(SAMPLE), base_model=str(default_model_dir),
+            sides=SIDES[1:2], max_new_tokens=10, system="", concurrency=concurrency,
+        )  # fmt: skip
+        for concurrency in (1, 3)
+    ]
+    one, batched = (run.sides[0].answers for run in runs)
+    assert [a["uid"] for a in batched] == [q.uid for q in questions]
+    assert [a["text"] for a in batched] == [a["text"] for a in one]

@@ -43,7 +43,7 @@ TRAIN_FILE = "finance_train.jsonl"
 EVAL_FILE = "finance_eval.jsonl"
 CALCULATIONS_PER_CONCEPT_RECORD = 1.5  # 60% calculations, 40% concepts
 EVAL_SHARE_OF_CALCULATIONS = 0.2
-TABLE_RECORDS = 300  # questions on small report tables, the TAT-QA layout
+TABLE_RECORDS = 600  # questions on small report tables, the TAT-QA layout
 
 
 # --- calculation examples ---------------------------------------------------------------------

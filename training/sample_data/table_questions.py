@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from app.answers.calculator import calculate, format_number
+from app.answers.calculator import calculate
 from training.tatqa import context_text
 
 ITEMS = (
@@ -25,29 +25,63 @@ ITEMS = (
     "Interest expense", "Income tax expense", "Subscription revenue", "Services revenue",
 )  # fmt: skip
 SCALES = (("thousands", " thousand"), ("millions", " million"), ("", ""))
-KINDS = ("change", "percent_change", "average", "share", "sum", "lookup")
+KINDS = ("change", "percent_change", "average", "share", "ratio", "sum", "total", "lookup")
+WEIGHTS = (5, 4, 5, 2, 1, 1, 2, 1)  # roughly how often TAT-QA's arithmetic questions ask each
+CHANGE = (
+    "What is the change in {item} from {before} to {now}?",
+    "What was the change in {item} between {before} and {now}?",
+    "What is the increase / (decrease) in {item} from {before} to {now}?",
+    "What is the difference in {item} between {now} and {before}?",
+)
+PERCENT_CHANGE = (
+    "What is the percentage change in {item} from {before} to {now}?",
+    "What was the percentage change in {item} between {before} and {now}?",
+    "What is the percentage change in {item} between {now} and {before}?",
+)
+AVERAGE = (
+    "What is the average {item} for {years}?",
+    "What was the average {item} between {span}?",
+    "What is the average {item} in {years}?",
+)
+TOTAL = (
+    "What is the total {item} in {years}?",
+    "What was the total {item} between {span}?",
+)
+DISTRACTORS = (
+    "{item} was {value}{unit} in {year}, as shown above.",
+    "In {year}, {item} included {value}{unit} of items that do not recur.",
+    "Management considers {item} of {value}{unit} in {year} a key measure.",
+)
 
 
-def _amount(rng: random.Random) -> float:
-    return round(rng.uniform(20, 9000), rng.choice((0, 1, 1, 2)))
+def _amount(rng: random.Random, digits: int) -> float:
+    return round(rng.uniform(20, 9000), digits)
 
 
-def _cell(value: float, dollar: bool) -> str:
-    text = f"{value:,.{len(format_number(value).partition('.')[2])}f}"
+def _cell(value: float, dollar: bool, digits: int) -> str:
+    text = f"{value:,.{digits}f}"
     return f"${text}" if dollar else text
 
 
+def _years_phrase(years: list[str]) -> str:
+    return " and ".join(years) if len(years) == 2 else f"{', '.join(years[:-1])} and {years[-1]}"
+
+
 def table_record(rng: random.Random) -> dict[str, Any]:
-    """One question about one invented table, with its worked answer and a check."""
-    years = [str(y) for y in range(rng.randint(2017, 2021), 2016, -1)][: rng.choice((2, 3))]
-    if len(years) < 2:
-        years = ["2019", "2018"]
-    items = rng.sample(ITEMS, rng.randint(3, 5))
-    values = {item: [_amount(rng) for _ in years] for item in items}
+    """One question about one invented table, with its worked answer and a check.
+
+    Tables have 4-11 line items over 2-3 years, newest first, and a paragraph that mentions a
+    figure of another line item, as report tables do, so the answer has to be read off the
+    right row and column rather than the first number in sight.
+    """
+    years = [str(y) for y in range(rng.randint(2018, 2021), 2010, -1)][: rng.choice((2, 3))]
+    items = rng.sample(ITEMS, rng.randint(4, 11))
+    digits = rng.choice((0, 0, 1, 2))  # one precision a table, as reports print them
+    values = {item: [_amount(rng, digits) for _ in years] for item in items}
     unit, suffix = rng.choice(SCALES)
     dollar = rng.random() < 0.5
     header = [f"(in {unit})" if unit else "", *years]
-    rows = [header] + [[item, *(_cell(v, dollar) for v in values[item])] for item in items]
+    rows = [header] + [[item, *(_cell(v, dollar, digits) for v in values[item])] for item in items]
     paragraph = rng.choice(
         (
             "The following table summarizes selected financial data{s}.",
@@ -55,26 +89,49 @@ def table_record(rng: random.Random) -> dict[str, Any]:
             "The table below sets out the components for each year{s}.",
         )
     ).format(s=f" (in {unit})" if unit else "")
-    kind = rng.choice(KINDS)
-    item, other = items[0], items[1]
+    kind = rng.choices(KINDS, weights=WEIGHTS)[0]
+    item, other = rng.sample(items, 2)
     now, before = sorted(rng.sample(range(len(years)), 2)) if kind != "lookup" else (0, 1)
     a, b = values[item][now], values[item][before]
-    cells = {v: _cell(v, dollar) for v in (a, b, values[other][now])}
+    c = values[other][now]
+    cells = {v: _cell(v, dollar, digits) for v in (a, b, c, *values[item])}
+    said = rng.choice([i for i in items if i != item])
+    year_said = rng.randrange(len(years))
+    distractor = rng.choice(DISTRACTORS).format(
+        item=said, value=_cell(values[said][year_said], dollar, digits), unit=suffix,
+        year=years[year_said],
+    )  # fmt: skip
+    paragraph = f"{paragraph} {distractor}"
+    slots = {"item": item, "now": years[now], "before": years[before]}
     if kind == "change":
-        question = f"What is the change in {item} from {years[before]} to {years[now]}?"
+        question = rng.choice(CHANGE).format(**slots)
         expression, scale = f"{cells[a]} - {cells[b]}", suffix
     elif kind == "percent_change":
-        question = f"What is the percentage change in {item} from {years[before]} to {years[now]}?"
+        question = rng.choice(PERCENT_CHANGE).format(**slots)
         expression, scale = f"round(percent({cells[a]} - {cells[b]}, {cells[b]}), 2)", "%"
-    elif kind == "average":
-        question = f"What is the average {item} for {years[now]} and {years[before]}?"
-        expression, scale = f"({cells[a]} + {cells[b]}) / 2", suffix
+    elif kind in ("average", "total"):
+        chosen = sorted(rng.sample(range(len(years)), rng.randint(2, len(years))))
+        picked = [years[i] for i in chosen]
+        terms = " + ".join(cells[values[item][i]] for i in chosen)
+        first, last = min(picked), max(picked)
+        span = f"{first} and {last}" if len(picked) == 2 else rng.choice(("{}-{}", "{} to {}"))
+        phrase = {"years": _years_phrase(sorted(picked)), "span": span.format(first, last)}
+        templates = AVERAGE if kind == "average" else TOTAL
+        question = rng.choice(templates).format(item=item, **phrase)
+        average = f"round(({terms}) / {len(chosen)}, 2)"
+        expression, scale = (average if kind == "average" else terms), suffix
     elif kind == "share":
-        c = values[other][now]
-        question = f"What is {item} as a percentage of {other} in {years[now]}?"
+        question = rng.choice(
+            (
+                "What is {item} as a percentage of {other} in {now}?",
+                "What is the proportion of {item} over {other} in {now}?",
+            )
+        ).format(other=other, **slots)
         expression, scale = f"round(percent({cells[a]}, {cells[c]}), 2)", "%"
+    elif kind == "ratio":
+        question = f"What is the ratio of {item} to {other} in {years[now]}?"
+        expression, scale = f"round({cells[a]} / {cells[c]}, 2)", ""
     elif kind == "sum":
-        c = values[other][now]
         question = f"What is the total of {item} and {other} in {years[now]}?"
         expression, scale = f"{cells[a]} + {cells[c]}", suffix
     else:
@@ -95,6 +152,6 @@ def table_record(rng: random.Random) -> dict[str, Any]:
             "kind": f"table_{kind}",
             "params": {"expression": expression, "value": a},
             "answer": round(answer, 6),
-            "unit": "%" if scale == "%" else (suffix.strip() or "number"),
+            "unit": "%" if scale == "%" else (scale.strip() or "number"),
         },
     }

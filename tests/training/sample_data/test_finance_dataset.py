@@ -141,7 +141,7 @@ UNITS = {
 """The answer line copies the calculator's rounded result, with the unit's sign."""
 
 TABLE_KINDS = {"table_change", "table_percent_change", "table_average", "table_share",
-               "table_sum", "table_lookup"}  # fmt: skip
+               "table_ratio", "table_total", "table_sum", "table_lookup"}  # fmt: skip
 
 
 # --- tests ------------------------------------------------------------------------------------
