@@ -25,7 +25,6 @@ from app.auth.access import NotSignedIn, not_signed_in
 from app.auth.oidc import OidcProvider
 from app.auth.oidc_router import router as oidc_router
 from app.auth.router import router as auth_router
-from app.auth.sessions import COOKIE as SESSION_COOKIE
 from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.config import Settings
@@ -45,17 +44,11 @@ from app.ops.router import router as ops_router
 from app.store.db import make_engine, make_session_factory, migrate
 from app.usage import metrics as usage_metrics
 from app.web import errors
-from app.web.csrf import set_csrf_cookie
 from app.web.router import router as web_router
+from app.web.security_headers import SecurityHeadersMiddleware
 from app.web.templating import STATIC_DIR, is_htmx
 
 log = logging.getLogger(__name__)
-
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
-    "object-src 'none'"
-)
 
 
 @asynccontextmanager
@@ -147,18 +140,8 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
         },
     )
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next) -> Response:  # noqa: ANN001
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        if request.cookies.get(SESSION_COOKIE):
-            # Signed-in pages hold private conversations: never keep them in a shared cache or
-            # show them from the back button after sign-out.
-            response.headers.setdefault("Cache-Control", "no-store")
-        set_csrf_cookie(response, request)
-        return response
+    # CSP and the other security headers, `no-store` when signed in, the CSRF cookie.
+    app.add_middleware(SecurityHeadersMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
