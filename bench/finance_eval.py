@@ -56,6 +56,18 @@ def summarise(paths: list[Path], out: Path, note: str) -> int:
     return 0
 
 
+def _device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model: what the seconds in the report ran on."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -66,6 +78,7 @@ def main() -> int:
     parser.add_argument("--models-dir", default=str(REPO / "models"))
     parser.add_argument("--base-model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="the served model's (float32: exact)")
     parser.add_argument("--limit", type=int, default=150)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--sides", default="base,base+calculator,adapter,adapter+calculator")
@@ -93,6 +106,8 @@ def main() -> int:
         "max_new_tokens": args.max_new_tokens,
         "concurrency": args.concurrency,
         "device": args.device,
+        "device_name": _device_name(args.device),
+        "dtype": args.dtype,
         "machine": platform.machine(),
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -120,7 +135,7 @@ def main() -> int:
         models_dir=args.models_dir, sides=sides, max_new_tokens=args.max_new_tokens,
         types=("arithmetic",), device=args.device,
         system=Settings.model_fields["system_prompt"].default,  # what the server sends
-        progress=args.progress, concurrency=args.concurrency,
+        progress=args.progress, concurrency=args.concurrency, dtype=args.dtype,
     )  # fmt: skip
     record["eval_seconds"] = round(time.monotonic() - started, 1)
     if adapter is not None and (adapter / "teller.json").exists():

@@ -184,6 +184,7 @@ def evaluate_finance(
     device: str = "cpu",
     progress: Path | None = None,
     concurrency: int = 1,
+    dtype: str = "auto",
 ) -> FinanceReport:
     """Answer `questions` on every side and score them.
 
@@ -215,7 +216,9 @@ def evaluate_finance(
         base_model=base_model or (manifest.base_model if manifest else ""), models_dir=models_dir
     )
     try:
-        loaded = load_base_model(resolve_base_model(config), device=device, quantization="none")
+        loaded = load_base_model(
+            resolve_base_model(config), device=device, quantization="none", dtype=dtype
+        )
     except (ModelLoadError, OSError, ValueError) as exc:
         raise SetupError(f"could not load {config.base_model}: {exc}") from None
 
