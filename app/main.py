@@ -29,6 +29,7 @@ from app.chat.router import router as chat_router
 from app.chat.service import wait_for_streams
 from app.config import Settings
 from app.engine.factory import build_engine
+from app.improve.draft_runs import DraftRuns
 from app.improve.jobs import JobRunner
 from app.improve.router import router as improve_router
 from app.keys.router import router as keys_router
@@ -85,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Training jobs run in worker processes; this loop follows them (and resumes lost ones).
     app.state.jobs = JobRunner(settings, app.state.session_factory, app.state.adapters)
     jobs_loop = asyncio.create_task(app.state.jobs.run())
+    app.state.drafts = DraftRuns()  # dataset records drafted from passages, in the background
     head_export = asyncio.create_task(head_export_loop(settings, app.state.session_factory))
     try:
         yield
@@ -94,6 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         head_export.cancel()
         stop_adapter_service(app.state.adapters)
         await asyncio.to_thread(stop_knowledge, app.state.knowledge)  # a page at most
+        await app.state.drafts.close()  # its answer being written ends as stopped
         await wait_for_streams(app.state.streams, settings.shutdown_grace_seconds)
         await export_at_shutdown(settings, app.state.session_factory)  # after answers are stored
         if app.state.engine_override is None:

@@ -17,6 +17,9 @@ API_CALL_INTERRUPTED = "api.call_interrupted"
 COMPARE_ANSWER_STARTED = "compare.answer_started"
 COMPARE_ANSWER = "compare.answer"
 COMPARE_ANSWER_INTERRUPTED = "compare.answer_interrupted"
+DATASET_DRAFT_STARTED = "dataset.draft_started"
+DATASET_DRAFT = "dataset.draft"
+DATASET_DRAFT_INTERRUPTED = "dataset.draft_interrupted"
 
 
 @dataclass(frozen=True)
@@ -37,4 +40,9 @@ API = AnswerKind("api", API_CALL_STARTED, API_CALL, API_CALL_INTERRUPTED, "call_
 COMPARE = AnswerKind(
     "compare", COMPARE_ANSWER_STARTED, COMPARE_ANSWER, COMPARE_ANSWER_INTERRUPTED, "answer_id"
 )
-KINDS = (CHAT, API, COMPARE)
+DRAFT = AnswerKind(
+    "draft", DATASET_DRAFT_STARTED, DATASET_DRAFT, DATASET_DRAFT_INTERRUPTED, "answer_id"
+)
+"""Question/answer pairs the served model drafts from a knowledge-base passage
+(`app.improve.drafts`), one answer per passage."""
+KINDS = (CHAT, API, COMPARE, DRAFT)

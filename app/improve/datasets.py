@@ -224,27 +224,6 @@ def add_upload(
     return added, dropped
 
 
-def add_draft(
-    *, session: Session, version: DatasetVersion, passage_id: int, passage: str, text: str
-) -> int:
-    """Add question/answer pairs the served model drafted from a passage (`Q: ... A: ...`
-    blocks); each keeps its passage. Returns how many were added."""
-    _editable(version)
-    seen = _seen(version)
-    added = 0
-    for match in re.finditer(r"Q:\s*(.+?)\s*A:\s*(.+?)(?=\n\s*Q:|\Z)", text, re.S):
-        record = DatasetRecord(
-            instruction=match.group(1).strip(),
-            output=match.group(2).strip(),
-            source="draft",
-            source_note=passage,
-            passage_id=passage_id,
-        )
-        added += _add(version, seen, record)
-    session.commit()
-    return added
-
-
 def review(
     *,
     session: Session,

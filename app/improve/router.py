@@ -18,10 +18,14 @@ from app.adapters.errors import AdapterError
 from app.admin.adapters import web_actor
 from app.deps import AdaptersDep, AdminUser, CurrentUser, SessionDep, SettingsDep
 from app.improve import datasets as ds
+from app.improve.draft_routes import DraftsDep
+from app.improve.draft_routes import router as draft_router
+from app.improve.drafts import DEFAULT_PASSAGES, MAX_PASSAGES, passage_links
 from app.improve.feedback import FeedbackError, feedback_for, set_feedback
 from app.improve.jobs import PRESETS, JobError, JobRunner, read_metrics, read_state
 from app.improve.lineage import lineage_of
 from app.improve.progress import progress_view
+from app.knowledge.service import visible_knowledge_bases
 from app.store.improve_models import (
     ACTIVE_JOB_STATES,
     Dataset,
@@ -34,6 +38,7 @@ from app.web.flash import flash, take_flash
 from app.web.templating import is_htmx, render, render_fragment
 
 router = APIRouter()
+router.include_router(draft_router)  # before /admin/datasets/{id}/{action} catches /draft
 
 
 def get_jobs(request: Request) -> JobRunner:
@@ -126,16 +131,22 @@ def _dataset(session: SessionDep, dataset_id: int) -> Dataset:
 
 @router.get("/admin/datasets/{dataset_id}")
 def dataset_page(
-    request: Request, admin: AdminUser, session: SessionDep, dataset_id: int
+    request: Request, admin: AdminUser, session: SessionDep, drafts: DraftsDep, dataset_id: int
 ) -> Response:
     dataset = _dataset(session, dataset_id)
     outcome = take_flash(request, f"/admin/datasets/{dataset_id}")
     latest = dataset.versions[-1]
-    return render(
-        request,
-        "improve/dataset.html",
-        {"dataset": dataset, "version": latest, **outcome},
-    )
+    passages = {r.passage_id for r in latest.records if r.passage_id}
+    context = {
+        "dataset": dataset,
+        "version": latest,
+        "knowledge_bases": visible_knowledge_bases(session=session, user=admin),
+        "run": drafts.latest(dataset_id),
+        "draft_default": DEFAULT_PASSAGES,
+        "draft_max": MAX_PASSAGES,
+        "passage_links": passage_links(session=session, passage_ids=passages),
+    }
+    return render(request, "improve/dataset.html", context | outcome)
 
 
 @router.post("/admin/datasets/{dataset_id}/{action}")

@@ -1,3 +1,4 @@
-"""Fixtures of the improvement-loop tests: live servers with a scripted engine."""
+"""Fixtures of the improvement-loop tests: live servers with the tiny model or a scripted
+engine."""
 
-from tests.support.web import make_settings, scripted_server  # noqa: F401 - fixtures
+from tests.support.web import make_settings, scripted_server, server  # noqa: F401 - fixtures
