@@ -16,6 +16,7 @@ from app.adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
 from app.adapters.service import Actor, AdapterService
 from app.admin.adapters_compare import router as compare_router
 from app.deps import AdaptersDep, AdminUser, SessionDep
+from app.improve.gate import summaries as gate_summaries
 from app.store.models import User
 from app.web.flash import flash, take_flash
 from app.web.templating import is_htmx, render
@@ -36,8 +37,11 @@ def status_of(exc: AdapterError) -> int:
     return status.HTTP_400_BAD_REQUEST
 
 
-def page_context(adapters: AdapterService) -> dict[str, Any]:
+def page_context(adapters: AdapterService, request: Request) -> dict[str, Any]:
+    """What the page shows: the store, its state, and each evaluated version's gate."""
     registry = adapters.registry
+    with request.app.state.session_factory() as session:
+        gates = gate_summaries(session=session)
     state = registry.state()
     versions = registry.versions()
     default = registry.default()
@@ -52,6 +56,7 @@ def page_context(adapters: AdapterService) -> dict[str, Any]:
         "compare_right": default.ref if default else "base",
         "compare_left": refs[-1] if refs else "base",
         "served_base": registry.served_base,
+        "gates": gates,
     }
 
 
@@ -68,14 +73,14 @@ def _page(
     if not is_htmx(request):
         flash(request, PAGE, notice=notice, error=error)
         return RedirectResponse(PAGE, status_code=status.HTTP_303_SEE_OTHER)
-    context = page_context(adapters) | {"notice": notice, "error": error}
+    context = page_context(adapters, request) | {"notice": notice, "error": error}
     return render(request, "admin/adapters.html", context, block="store", status_code=code)
 
 
 @router.get("")
 def adapters_page(request: Request, admin: AdminUser, adapters: AdaptersDep) -> Response:
     outcome = take_flash(request, PAGE)
-    context = page_context(adapters) | {
+    context = page_context(adapters, request) | {
         "notice": outcome.get("notice", ""),
         "error": outcome.get("error", ""),
     }

@@ -12,6 +12,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.store.improve_models import TrainingJob
+
 METRICS = (
     # (key, label, report, field, higher is better)
     ("heldout_loss", "held-out loss", "heldout", "loss", False),
@@ -79,3 +84,27 @@ def compare(run_dir: Path, *, default_ref: str | None) -> dict[str, Any]:
         "samples": samples,
         "records": {"heldout": new.get("records", 0)},
     }
+
+
+def summaries(*, session: Session) -> dict[str, dict[str, Any]]:
+    """The gate of every evaluated version, by ref (`name@version`), for the adapters page:
+    the job (its page shows the whole evaluation), what it was compared with, the metric rows
+    and the metrics it lost on. The newest job wins where a version was evaluated twice."""
+    jobs = session.scalars(
+        select(TrainingJob)
+        .where(TrainingJob.adapter_name.is_not(None), TrainingJob.evaluation != "")
+        .order_by(TrainingJob.id)
+    )
+    found: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        try:
+            result = json.loads(job.evaluation)
+        except ValueError:
+            continue
+        found[f"{job.adapter_name}@{job.adapter_version}"] = {
+            "job_id": job.id,
+            "against": result.get("against", ""),
+            "metrics": result.get("metrics", []),
+            "worse": result.get("worse", []),
+        }
+    return found
