@@ -34,7 +34,13 @@ async def one_stream(client: httpx.AsyncClient, key: str, body: dict) -> dict:
                 first = first or time.perf_counter()
                 chunks += 1
     tokens = usage["completion_tokens"] if usage else chunks
-    return {"ttft": (first or time.perf_counter()) - start, "chunks": chunks, "tokens": tokens}
+    prompt = usage["prompt_tokens"] if usage else 0
+    return {
+        "ttft": (first or time.perf_counter()) - start,
+        "chunks": chunks,
+        "tokens": tokens,
+        "prompt_tokens": prompt,
+    }
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -65,6 +71,9 @@ async def run_level(url: str, key: str, streams: int, models: list[str], tokens:
     return {
         "streams": streams, "ok": len(ok), "errors": errors[:3],
         "output_tokens": output, "wall_s": wall, "aggregate_tok_s": output / wall,
+        "prompt_tokens": sum(r["prompt_tokens"] for r in ok),
+        # Text chunks per output token: below 1 when tokens that waited left together.
+        "chunks_per_token": sum(r["chunks"] for r in ok) / max(1, output),
         "ttft_p50_ms": percentile([1000 * r["ttft"] for r in ok], 50),
         "ttft_p95_ms": percentile([1000 * r["ttft"] for r in ok], 95),
     }  # fmt: skip

@@ -70,6 +70,8 @@ class FormScanner:
 
     def push(self, text: str) -> list[str | _Form]:
         """Plain text safe to show now, and any form completed inside `text`."""
+        if not self.inside and not self._held and OPEN[0] not in text:
+            return [text] if text else []  # the common case, per token: nothing can begin a form
         self._held += text
         out: list[str | _Form] = []
         while True:

@@ -178,9 +178,12 @@ class Answer:
         try:
             async for event in self._engine_events():
                 if isinstance(event, TokenEvent):
-                    self.first_token_at = self.first_token_at or time.monotonic()
                     self.parts.append(event.text)
-                    await self._every_few_seconds()
+                    # Per token only a clock read: the database is seen every few seconds.
+                    now = time.monotonic()
+                    self.first_token_at = self.first_token_at or now
+                    if now - self._checked >= OWNER_CHECK_SECONDS:
+                        await self._every_few_seconds()
                 elif isinstance(event, FinishEvent):
                     self.finish = event
                     if event.reason == "error":
@@ -208,8 +211,6 @@ class Answer:
     async def _every_few_seconds(self) -> None:
         """Store the text so far (the surface's checkpoint) and stop if the owner was disabled
         (perhaps by `teller users disable` in another process)."""
-        if time.monotonic() - self._checked < OWNER_CHECK_SECONDS:
-            return
         self._checked = time.monotonic()
         if await asyncio.to_thread(self._checkpoint_and_check_owner, self.text):
             self.stop(StopReason.DISABLED)  # stored as stopped, like Stop

@@ -76,7 +76,8 @@ class OutOfMemory(EngineError):
 
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
-    """New text; may cover several tokens when bytes of one character were held back."""
+    """New text; may cover several tokens when bytes of one character were held back, or when
+    several were already waiting as the reader asked for the next event."""
 
     text: str
 

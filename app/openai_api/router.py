@@ -27,13 +27,12 @@ from app.improve.feedback import FeedbackError, api_call_answer, set_feedback
 from app.improve.schemas import ApiFeedback, ApiFeedbackRequest
 from app.keys import service as keys
 from app.openai_api import service, structured
+from app.openai_api.chunks import DONE, ChatChunks, TextChunks, sse
 from app.openai_api.schemas import (
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChunkChoice,
     ChunkToolCall,
     Completion,
     CompletionRequest,
@@ -54,7 +53,6 @@ from app.ops.requests import client_ip
 from app.store.models import User
 
 router = APIRouter(prefix="/v1")
-DONE = "data: [DONE]\n\n"
 Body = TypeVar("Body", bound=BaseModel)
 API_MODELS = "api.models"
 """A key listed the models (or looked one up)."""
@@ -229,18 +227,9 @@ async def _collect(request: Request, call: Answer) -> None:
         raise OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
 
 
-def _sse(payload: BaseModel | dict[str, Any]) -> str:
-    data = (
-        payload.model_dump_json(exclude_none=False)
-        if isinstance(payload, BaseModel)
-        else json.dumps(payload)
-    )
-    return f"data: {data}\n\n"
-
-
 def _error_chunk(call: Answer) -> str:
     error = OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
-    return _sse(error.body())
+    return sse(error.body())
 
 
 def _call_header(call: Answer) -> dict[str, str]:
@@ -319,53 +308,39 @@ async def chat_completions(
             headers=_call_header(call),
         )
 
-    def chunk(delta: Delta, finish_reason: str | None = None, *, last: bool = False) -> str:
-        """One chunk; the `last` before `[DONE]` carries the sources (with `knowledge_bases`)."""
-        exclude = (set() if body.include_usage else {"usage"}) | (set() if last else {"sources"})
-        return _sse(
-            ChatCompletionChunk(
-                id=ident,
-                created=created,
-                model=body.model,
-                choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
-                sources=sources if last else None,
-            ).model_dump(exclude=exclude | no_sources)
-        )
+    out = ChatChunks(
+        ident=ident,
+        created=created,
+        model=body.model,
+        include_usage=body.include_usage,
+        sources=sources,
+    )
 
     async def chunks() -> AsyncIterator[str]:
-        yield chunk(Delta(role="assistant", content=""))
+        yield out.chunk(Delta(role="assistant", content=""))
         held, deciding = "", plan.tools_offered  # a tool call is sent whole, once complete
         async for event in call.events():
             if not isinstance(event, TokenEvent):
                 continue
             if not deciding:
-                yield chunk(Delta(content=event.text))
+                yield out.text(event.text)
                 continue
             held += event.text
             if held.strip() and not held.lstrip().startswith("<"):
                 deciding = False
-                yield chunk(Delta(content=held))
+                yield out.text(held)
         tool_call = structured.parse_tool_call(held) if deciding and held else None
         if tool_call:
-            yield chunk(Delta(tool_calls=[ChunkToolCall(index=0, **tool_call.model_dump())]))
+            yield out.chunk(Delta(tool_calls=[ChunkToolCall(index=0, **tool_call.model_dump())]))
         elif deciding and held:
-            yield chunk(Delta(content=held))
+            yield out.text(held)
         if call.error:
             yield _error_chunk(call)
         else:
             reason = "tool_calls" if tool_call else _finish_reason(call)
-            yield chunk(Delta(), reason, last=not body.include_usage)
+            yield out.chunk(Delta(), reason, last=not body.include_usage)
             if body.include_usage:
-                yield _sse(
-                    ChatCompletionChunk(
-                        id=ident,
-                        created=created,
-                        model=body.model,
-                        choices=[],
-                        usage=_usage(call),
-                        sources=sources,
-                    ).model_dump(exclude=no_sources)
-                )
+                yield out.usage(_usage(call))
         yield DONE
 
     return _stream(call, chunks())
@@ -399,30 +374,18 @@ async def completions(request: Request, caller: CallerDep, ctx: ContextDep) -> R
             headers=_call_header(call),
         )
 
-    def chunk(text: str, finish_reason: str | None = None) -> str:
-        return _sse(
-            Completion(
-                id=ident,
-                created=created,
-                model=body.model,
-                choices=[TextChoice(text=text, finish_reason=finish_reason)],
-            ).model_dump(exclude={"usage"})
-        )
+    out = TextChunks(ident=ident, created=created, model=body.model)
 
     async def chunks() -> AsyncIterator[str]:
         async for event in call.events():
             if isinstance(event, TokenEvent):
-                yield chunk(event.text)
+                yield out.text(event.text)
         if call.error:
             yield _error_chunk(call)
         else:
-            yield chunk("", _finish_reason(call))
+            yield out.chunk("", _finish_reason(call))
             if body.include_usage:
-                yield _sse(
-                    Completion(
-                        id=ident, created=created, model=body.model, choices=[], usage=_usage(call)
-                    )
-                )
+                yield out.usage(_usage(call))
         yield DONE
 
     return _stream(call, chunks())

@@ -44,6 +44,7 @@ from app.engine.types import (
     Event,
     FinishEvent,
     GenerationRequest,
+    TokenEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -276,11 +277,21 @@ class Worker:
     async def stream(
         self, events: asyncio.Queue[Event], request: GenerationRequest
     ) -> AsyncIterator[Event]:
-        """A request's events as the caller reads them, until its FinishEvent."""
+        """A request's events as the caller reads them, until its FinishEvent.
+
+        Token events already waiting when the caller reads come as one (`joined`): a reader
+        that keeps up gets one event per token, one that fell behind (an event loop busy
+        with many streams) catches up in one event instead of paying its per-event cost
+        (an SSE chunk, a socket write) for every token.
+        """
         self.active_streams += 1
+        held: Event | None = None
         try:
             while True:
-                event = await events.get()
+                event = held if held is not None else await events.get()
+                held = None
+                if type(event) is TokenEvent and not events.empty():
+                    event, held = joined(event, events)
                 yield event
                 if isinstance(event, FinishEvent):
                     return
@@ -294,3 +305,15 @@ class Worker:
         self._queue.put_nowait(STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+
+
+def joined(first: TokenEvent, events: asyncio.Queue[Event]) -> tuple[TokenEvent, Event | None]:
+    """`first` and the token events queued behind it as one event (their texts in order),
+    and the event that stopped the join (a FinishEvent), to be given next."""
+    texts = [first.text]
+    while not events.empty():
+        event = events.get_nowait()
+        if type(event) is not TokenEvent:
+            return TokenEvent("".join(texts)), event
+        texts.append(event.text)
+    return TokenEvent("".join(texts)), None
