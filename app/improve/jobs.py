@@ -28,6 +28,7 @@ from app.audit.service import record_event
 from app.config import Settings
 from app.improve.datasets import version_dir
 from app.improve.gate import compare
+from app.improve.memory import MemoryPlanReport, check_memory
 from app.store.improve_models import ACTIVE_JOB_STATES, DatasetVersion, JobState, TrainingJob
 from app.store.models import utcnow
 
@@ -36,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ("smollm2-cpu", "falcon-7b-qlora")
 FINANCE_EVAL = REPO_ROOT / "training" / "sample_data" / "finance_eval.jsonl"
 WORKER_ACTOR = Actor(via="training-job")
+CPU_NOTE = "CPU run: no GPU memory check."
 
 
 class JobError(ValueError):
@@ -135,13 +137,14 @@ class JobRunner:
             sets.append(f"max_steps={max_steps}")
         if base_model.strip():
             sets.append(f"base_model={base_model.strip()}")
+        note = self.memory_note(preset, sets)  # before anything is made: it may refuse
         job = TrainingJob(
             dataset_version_id=version.id,
             preset=preset,
             base_model=base_model.strip(),
             overrides=json.dumps(sets),
             created_by=admin_id,
-            note=self.memory_note(preset),
+            note=note,
         )
         session.add(job)
         session.flush()
@@ -170,10 +173,45 @@ class JobRunner:
         )
         return job
 
-    def memory_note(self, preset: str) -> str:
-        if preset.endswith("-cpu"):
-            return "CPU run: no GPU memory check."
-        return "GPU memory was not checked against the memory plan (not implemented yet)."
+    def memory_note(self, preset: str, sets: list[str]) -> str:
+        """The job's memory plan against the GPU's free memory (serving shares the GPU): the
+        note the job page shows, or a refusal saying what to change.
+
+        Raises:
+            JobError: the plan does not fit (`app.improve.memory.check_memory` says what to
+                change), the preset needs a GPU and none is visible, or the job's settings
+                are wrong (the plan fails as training would).
+        """
+        if preset.endswith("-cpu") and not any(s.startswith("device=") for s in sets):
+            return CPU_NOTE
+        result = subprocess.run(  # noqa: S603 - our interpreter and module, checked arguments
+            [sys.executable, "-m", "app.improve.memory_probe", preset, *sets],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env=os.environ | {"TELLER_MODELS_DIR": str(self.settings.models_dir.resolve())},
+            timeout=300,
+            check=False,
+        )
+        reason = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
+        if result.returncode == 2:
+            raise JobError(f"The job's memory plan failed: {reason}")
+        if result.returncode != 0:
+            log.warning("memory probe failed: %s", result.stderr[-2000:])
+            return f"GPU memory was not checked: the memory plan failed ({reason})."
+        probe = json.loads(result.stdout)
+        if probe["device"] == "cpu" or (probe["device"] == "auto" and not probe["cuda"]):
+            return CPU_NOTE
+        if not probe["cuda"]:
+            raise JobError(
+                f"Preset {preset} trains on a CUDA GPU and none is visible here: choose a CPU "
+                "preset (smollm2-cpu), or add device=cpu and quantization=none to Other fields."
+            )
+        plan = MemoryPlanReport.from_dict(probe["plan"])
+        check = check_memory(plan, probe["free_bytes"], probe["total_bytes"])
+        if not check.fits:
+            raise JobError(check.message)
+        return check.message
 
     def _evaluations(self, held_out: Path, run_dir: Path) -> list[list[str]]:
         """(label, adapter folder, data): the new version on the held-out split and the
