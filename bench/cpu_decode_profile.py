@@ -1,0 +1,251 @@
+"""Where a decode step of the lean CPU path goes, and what weight-only int8/int4 would change.
+
+    .venv/bin/python bench/cpu_decode_profile.py [--steps 64] [--out FILE]
+
+SmolLM2-135M-Instruct on `FastLlama` (app/engine/models/llama_cpu.py) in bf16 and float32:
+wall time per decode step after a 45-token prompt; torch.profiler's self time per op over the
+same steps, the matmuls grouped by weight shape with the bytes each reads and the bandwidth
+that implies; each weight shape timed alone as a one-row matmul in float32, bf16 and torch's
+weight-only int8 (`_weight_int8pack_mm`) and int4 (`_weight_int4pack_mm_for_cpu`, groups of
+32, the granularity of llama.cpp's Q4_1) kernels, and the step those would add up to; and a
+plain memory read for the box's bandwidth. Compare with llama.cpp's row in
+`bench/results/cpu-llamacpp.json` (Q4_1: about 5 bits a weight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.engine.loader import load_base_model  # noqa: E402
+from app.engine.models.llama_cpu import PROJECTIONS, FastLlama  # noqa: E402
+
+PROMPT_TOKENS = 45
+
+
+def step_time(fast: FastLlama, steps: int) -> float:
+    """Median wall seconds of one decode step (the cache grows by one each step)."""
+    fast.start(PROMPT_TOKENS + 3 * steps + 8)
+    fast.forward(list(range(100, 100 + PROMPT_TOKENS)), None)
+    for _ in range(4):
+        fast.forward([504], None)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fast.forward([504], None)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def shape_names(fast: FastLlama) -> dict[tuple[int, int], str]:
+    names: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for name in PROJECTIONS:
+        shape = tuple(fast.layers[0].weights[name].shape)
+        names[shape].append(name)  # type: ignore[index]
+    names[tuple(fast.lm_head.shape)].append("lm_head")  # type: ignore[index]
+    return {shape: "+".join(n) for shape, n in names.items()}  # type: ignore[misc]
+
+
+def profile_ops(fast: FastLlama, steps: int) -> dict[str, Any]:
+    """Self CPU time per op and per matmul weight shape, per decode step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fast.start(PROMPT_TOKENS + steps + 8)
+    fast.forward(list(range(100, 100 + PROMPT_TOKENS)), None)
+    fast.forward([504], None)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            fast.forward([504], None)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_us = sum(e.self_cpu_time_total for e in ops)
+    names = shape_names(fast)
+    element = torch.finfo(fast.dtype).bits // 8
+    by_shape: dict[str, dict[str, float]] = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key not in ("aten::mm", "aten::addmm"):
+            continue
+        # mm sees the weight transposed: (in, out)
+        weight = next(
+            (
+                (s[1], s[0])
+                for s in event.input_shapes
+                if len(s) == 2 and (s[1], s[0]) in names and s[0] != 1
+            ),
+            None,
+        )
+        if weight is None:
+            continue
+        label = names[weight]
+        row = by_shape.setdefault(label, {"shape": list(weight), "calls_per_step": 0, "ms": 0.0})
+        row["calls_per_step"] += event.count / steps
+        row["ms"] += event.self_cpu_time_total / steps / 1000
+    for row in by_shape.values():
+        read = row["shape"][0] * row["shape"][1] * element * row["calls_per_step"]
+        row["mb_read"] = round(read / 1e6, 1)
+        row["gb_s"] = round(read / 1e9 / (row["ms"] / 1000), 1) if row["ms"] else None
+        row["ms"] = round(row["ms"], 2)
+    return {
+        "profiled_ms_per_step": round(total_us / steps / 1000, 2),
+        "matmuls_by_weight": by_shape,
+        "top_ops": [
+            {
+                "op": e.key,
+                "calls_per_step": e.count / steps,
+                "self_ms_per_step": round(e.self_cpu_time_total / steps / 1000, 3),
+                "share": round(e.self_cpu_time_total / total_us, 3),
+            }
+            for e in ops[:12]
+        ],
+    }
+
+
+def time_call(call: Any, repeats: int = 200) -> float:
+    """Median microseconds of `call()`."""
+    for _ in range(10):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e6
+
+
+def kernels(fast: FastLlama) -> dict[str, Any]:
+    """Each weight shape as a one-row matmul in fp32, bf16, int8 and int4 weight-only."""
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    for name in PROJECTIONS:
+        counts[tuple(fast.layers[0].weights[name].shape)] += len(fast.layers)  # type: ignore[index]
+    counts[tuple(fast.lm_head.shape)] += 1  # type: ignore[index]
+    names = shape_names(fast)
+    rows: dict[str, Any] = {}
+    step_us: dict[str, float] = defaultdict(float)
+    torch.manual_seed(0)
+    for (out, inp), calls in counts.items():
+        w32 = torch.randn(out, inp) * 0.02
+        row: dict[str, Any] = {"shape": [out, inp], "calls_per_step": calls}
+        x32, x16 = torch.randn(1, inp), torch.randn(1, inp, dtype=torch.bfloat16)
+        w16 = w32.to(torch.bfloat16)
+        scale8 = w32.abs().amax(1) / 127
+        s16 = scale8.to(torch.bfloat16)
+        w8 = torch.round(w32 / scale8[:, None]).to(torch.int8)
+        variants: dict[str, tuple[Any, int]] = {
+            "fp32": (lambda x=x32, w=w32: F.linear(x, w), out * inp * 4),
+            "bf16": (lambda x=x16, w=w16: F.linear(x, w), out * inp * 2),
+            "int8": (
+                lambda x=x16, w=w8, s=s16: torch._weight_int8pack_mm(x, w, s),
+                out * inp + out * 2,
+            ),
+        }
+        int4 = _int4(w32)
+        if int4 is not None:
+            packed, scales_zeros = int4
+            variants["int4"] = (
+                lambda x=x16, p=packed, sz=scales_zeros: torch._weight_int4pack_mm_for_cpu(
+                    x, p, 32, sz
+                ),
+                out * inp // 2 + (out * inp // 32) * 4,
+            )
+        for label, (call, nbytes) in variants.items():
+            with torch.inference_mode():
+                us = time_call(call)
+            row[f"{label}_us"] = round(us, 1)
+            row[f"{label}_gb_s"] = round(nbytes / 1e3 / us, 1)
+            step_us[label] += us * calls
+        rows[names[(out, inp)]] = row
+    return {
+        "by_weight": rows,
+        "matmul_ms_per_step": {k: round(v / 1000, 2) for k, v in step_us.items()},
+    }
+
+
+def _int4(w32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(packed weight, scales and zeros) for torch's CPU int4 kernel, groups of 32, or None."""
+    out, inp = w32.shape
+    groups = w32.reshape(out, inp // 32, 32)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-8)
+    q = torch.clamp(torch.round((groups - low[..., None]) / scale[..., None]), 0, 15)
+    q = q.reshape(out, inp).to(torch.int32)
+    zero = low + 8 * scale  # the kernel computes (q - 8) * scale + zero
+    scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    try:
+        packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+    except RuntimeError:
+        return None
+    return packed, scales_zeros
+
+
+def bandwidth() -> dict[str, float]:
+    """GB/s of reading a 256 MB buffer (sum), the box's practical ceiling for decode."""
+    data = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
+    out = {}
+    for threads in (1, len(os.sched_getaffinity(0))):
+        torch.set_num_threads(threads)
+        us = time_call(lambda: data.sum(), repeats=20)
+        out[f"read_gb_s_{threads}_threads"] = round(data.numel() * 4 / 1e3 / us, 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct"))
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results" / "cpu-decode-profile.json"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    load_before = os.getloadavg()
+    model = load_base_model(args.model, device="cpu", dtype="float32").model
+    report: dict[str, Any] = {
+        "cpu": _cpu(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_before": load_before,
+        "prompt_tokens": PROMPT_TOKENS,
+    }
+    for dtype in (torch.bfloat16, torch.float32):
+        fast = FastLlama(model, 1024, dtype)
+        label = str(dtype).removeprefix("torch.")
+        with torch.inference_mode():
+            ms = step_time(fast, args.steps) * 1000
+            report[label] = {"wall_ms_per_step": round(ms, 2), "tok_s": round(1000 / ms, 1)}
+            report[label].update(profile_ops(fast, min(args.steps, 32)))
+        if dtype == torch.bfloat16:
+            report["kernels"] = kernels(fast)
+    report["memory"] = bandwidth()
+    report["load_average_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("memory",)}, indent=1))  # noqa: T201
+    for label in ("bfloat16", "float32"):
+        print(label, report[label]["wall_ms_per_step"], "ms/step")  # noqa: T201
+        for name, row in report[label]["matmuls_by_weight"].items():
+            print(f"  {name:24} {row['ms']:6.2f} ms  {row['mb_read']:6.1f} MB  {row['gb_s']} GB/s")  # noqa: T201
+    print("kernels ms/step:", report["kernels"]["matmul_ms_per_step"])  # noqa: T201
+    print(f"wrote {args.out}")  # noqa: T201
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+if __name__ == "__main__":
+    main()
