@@ -1,8 +1,9 @@
 """Which batched forward serves a model, by architecture family, and the interface they share.
 
-The batch scheduler and its CUDA graphs talk to a `BatchedForward`; each family has its own
-module (`falcon`, `llama`), and `unsupported_reason` says why a model takes none of them (the
-sequential scheduler then serves it).
+The batch scheduler and its CUDA graphs talk to a `BatchedForward`: a `SlotBatch`
+(models/slot_batch.py) over one family's blocks, each family in its own module (`falcon`,
+`llama`); `unsupported_reason` says why a model takes none of them (the sequential scheduler
+then serves it).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -121,6 +122,10 @@ class Projections:
             return None
         return (low_rank_row(x, factors[0]) if low is None else low), factors[1]
 
+    def bind(self, adapters: Sequence[str | None] | None, mask: LoraRows) -> BoundProjections:
+        """These projections with one step's way of adding LoRA (see `LoraRows`)."""
+        return BoundProjections(self, adapters, mask)
+
     def shared_low(
         self, h: torch.Tensor, index: int, names: tuple[str, ...], mask: LoraRows
     ) -> tuple[torch.Tensor | None, ...]:
@@ -136,6 +141,36 @@ class Projections:
         if stacked is None:
             return nothing
         return tuple(low_rank_row(h, stacked).chunk(len(names), dim=-1))
+
+
+@dataclass(frozen=True)
+class BoundProjections:
+    """`Projections` with a step's LoRA choice bound, so a family's block names only the
+    layer, the projection and its input."""
+
+    projections: Projections
+    adapters: Sequence[str | None] | None
+    mask: LoraRows
+
+    def project(
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        *,
+        gelu: bool = False,
+        low: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`Projections.project` with this step's adapters and mask."""
+        return self.projections.project(
+            x, index, name, self.adapters, self.mask, gelu=gelu, low=low
+        )
+
+    def shared_low(
+        self, h: torch.Tensor, index: int, names: tuple[str, ...]
+    ) -> tuple[torch.Tensor | None, ...]:
+        """`Projections.shared_low` with this step's mask."""
+        return self.projections.shared_low(h, index, names, self.mask)
 
 
 class KVCache:
@@ -174,6 +209,12 @@ def prefill_visibility(lengths: torch.Tensor, longest: int) -> torch.Tensor:
     causal = position.view(1, longest, 1) >= position.view(1, 1, longest)  # (1, S, S)
     real_key = position.view(1, 1, longest) < lengths.view(-1, 1, 1)  # (N, 1, S)
     return (causal & real_key).unsqueeze(1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding as transformers applies it (`apply_rotary_pos_emb`, one tensor);
+    cos/sin broadcast against x."""
+    return x * cos + rotate_half(x) * sin
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

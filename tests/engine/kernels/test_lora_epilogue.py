@@ -161,7 +161,7 @@ def test_falcon_decode_through_the_epilogue_equals_the_unfused_path(
         batch = FalconBatch(
             model, slots=2, max_tokens=64, linear_override=quantized_override(fused)
         )
-        assert hasattr(batch.layers[0].linears["dense"], "fused") == fused
+        assert hasattr(batch.projections.linears[0]["dense"], "fused") == fused
         for adapter in ("growth", "income", None):
             slot = None if adapter is None else batch.lora.names.index(adapter)
             _, fixed = decode_both_ways(batch, [adapter], lora_slot=slot)

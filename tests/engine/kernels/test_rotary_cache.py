@@ -1,7 +1,7 @@
 """The one-launch rotary + KV-cache write gives the torch decode path's queries and cache.
 
 The kernel runs under Triton's CPU interpreter here (it truncates where a GPU rounds to
-nearest, hence the bf16 tolerance; float32 agrees to rounding); FalconBatch's own
+nearest, hence the bf16 tolerance; float32 agrees to rounding); FalconBlocks' own
 `_split_rotated` and indexed cache writes are the reference.
 """
 
@@ -14,7 +14,7 @@ from tests.subprocess_python import run_json, run_python
 CHECK = textwrap.dedent(
     """
     import json, types, torch
-    from app.engine.models.falcon import FalconBatch
+    from app.engine.models.falcon import FalconBlocks
     from app.engine.kernels.rotary_cache import rotate_into_cache
     torch.manual_seed(0)
     heads, dim, slots, tokens = 4, 16, 4, 32
@@ -33,7 +33,7 @@ CHECK = textwrap.dedent(
         fake = types.SimpleNamespace(n_kv=1, n_heads=heads, head_dim=dim)
         c = cos[positions].unsqueeze(1).unsqueeze(1)
         s = sin[positions].unsqueeze(1).unsqueeze(1)
-        q_ref, k, v = FalconBatch._split_rotated(fake, qkv, c, s)
+        q_ref, k, v = FalconBlocks._split_rotated(fake, qkv, c, s)
         rows = torch.arange(3)
         k_ref[rows, :, positions] = k[:, :, 0]
         v_ref[rows, :, positions] = v[:, :, 0]
@@ -89,7 +89,7 @@ def test_compiled_kernel_rounds_each_product_like_torch():
 GQA_CHECK = textwrap.dedent(
     """
     import json, types, torch
-    from app.engine.models.llama import LlamaBatch
+    from app.engine.models.llama import LlamaBlocks
     from app.engine.kernels.rotary_cache import rotate_gqa_into_cache
     torch.manual_seed(0)
     heads, kv, dim, slots, tokens = 8, 2, 16, 4, 32
@@ -100,7 +100,7 @@ GQA_CHECK = textwrap.dedent(
         table = torch.cat([angles, angles], dim=-1)
         cos, sin = table.cos().to(dtype), table.sin().to(dtype)
         positions = torch.tensor([0, tokens - 1, 7])
-        # views as LlamaBatch._heads makes them: (B, 1, n*D) -> (B, n, 1, D)
+        # views as LlamaBlocks._heads makes them: (B, 1, n*D) -> (B, n, 1, D)
         q = torch.randn(3, 1, heads * dim).to(dtype).view(3, 1, heads, dim).transpose(1, 2)
         k = torch.randn(3, 1, kv * dim).to(dtype).view(3, 1, kv, dim).transpose(1, 2)
         v = torch.randn(3, 1, kv * dim).to(dtype).view(3, 1, kv, dim).transpose(1, 2)
@@ -110,7 +110,7 @@ GQA_CHECK = textwrap.dedent(
 
         c = cos[positions].view(3, 1, 1, dim)
         s = sin[positions].view(3, 1, 1, dim)
-        q_ref, k_rot = LlamaBatch._rotate(None, q, k, c, s)
+        q_ref, k_rot = LlamaBlocks._rotate(q, k, c, s)
         rows = torch.arange(3)
         k_ref[rows, :, positions] = k_rot[:, :, 0]
         v_ref[rows, :, positions] = v[:, :, 0]

@@ -56,7 +56,7 @@ def test_one_row_on_one_adapter_goes_through_the_epilogue(
         slot = batch.lora.names.index(adapter)
         eager, fused = decode_both_ways(batch, [adapter], lora_slot=slot)
         assert torch.allclose(fused, eager, atol=1e-4, rtol=1e-4), adapter
-        layers = len(batch.layers)
+        layers = batch.n_layers
         assert len(calls) == 4 * layers  # every projection of the decode step, fused
         assert sum(gelu for _, _, gelu in calls) == layers  # GELU only on the up projection
         # growth adapts all four; income only query_key_value, its other factors are the
@@ -71,7 +71,7 @@ def test_the_base_model_row_and_several_rows_keep_the_plain_path(
     calls: list = []
     batch = fused_batch(tiny_falcon_dir, packages, calls)
     base = batch.decode(torch.tensor([3]), torch.tensor([4]), 5)
-    assert len(calls) == 4 * len(batch.layers) and not any(has for _, has, _ in calls)
+    assert len(calls) == 4 * batch.n_layers and not any(has for _, has, _ in calls)
     calls.clear()
     batch.decode(torch.tensor([3, 4]), torch.tensor([4, 5]), 6, lora_slot=0)  # two rows
     assert calls == []

@@ -18,6 +18,7 @@ from app.engine.loader import load_base_model
 from app.engine.models.families import batched_forward, family, unsupported_reason
 from app.engine.models.llama import PROJECTIONS, LlamaBatch
 from tests.adapters.packages import make_package
+from tests.engine.batch_reference import decode_both_ways
 
 VARIANTS = ("llama", "llama3", "qwen2", "mistral")
 
@@ -82,19 +83,6 @@ def test_prefill_then_decode_equal_peft(variant: tuple, adapter: str | None) -> 
     expected = reference[len(ids) - 1 :]
     assert torch.allclose(torch.stack(got), expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(torch.stack(got).argmax(-1), expected.argmax(-1))
-
-
-def decode_both_ways(batch: LlamaBatch, adapters: list[str | None], **fixed_shape) -> tuple:  # noqa: ANN003
-    rows = len(adapters)
-    torch.manual_seed(11)
-    for slot, adapter in enumerate(adapters):
-        batch.prefill(slot, torch.randint(0, 1000, (5 + slot,)).tolist(), adapter)
-    tokens, positions = torch.randint(0, 1000, (rows,)), torch.arange(5, 5 + rows)
-    snapshot = (batch.k_cache.clone(), batch.v_cache.clone())
-    eager = batch.decode(tokens, positions, 5 + rows, adapters=adapters)
-    batch.k_cache.copy_(snapshot[0])
-    batch.v_cache.copy_(snapshot[1])
-    return eager, batch.decode(tokens, positions, 5 + rows, **fixed_shape)
 
 
 def test_fixed_shape_lora_layouts_equal_per_adapter_updates(variant: tuple) -> None:
