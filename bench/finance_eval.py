@@ -128,7 +128,12 @@ def main() -> int:
     questions = sample(read_questions(args.data), types=("arithmetic",), limit=args.limit,
                        seed=args.seed)  # fmt: skip
     wanted = args.sides.split(",")
-    sides = tuple(s for s in SIDES if s.name in wanted)
+    by_name = {side.name: side for side in SIDES}
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        parser.error(f"--sides takes {', '.join(by_name)}; not {', '.join(unknown)}")
+    sides = tuple(by_name[name] for name in wanted)  # in the order given: a run cut short
+    # keeps the sides that matter most
     started = time.monotonic()
     report = evaluate_finance(
         adapter, questions, data=args.data.name, base_model=args.base_model,
