@@ -12,10 +12,8 @@ rounding (module docstring of training/fast/fused_mlp.py lists it); `act_dtype` 
 recipe's activations have: fp32 (norm outputs in fp32, the default) or the compute dtype
 (`bf16_activations`), which rounds h, the gradient sums and GELU's gradient to it as autograd
 would. Dropout masks come from Triton's Philox (torch's stream on CPU): another draw than
-PEFT's `nn.Dropout`, the same distribution.
-
-On CUDA with Triton the two Triton kernels run; elsewhere the torch functions below, written
-op for op like the recipe, serve (CPU training and the tests' reference).
+PEFT's `nn.Dropout`, the same distribution. Where the Triton kernels run, and the torch path
+both MLPs share: training/fast/elementwise.py.
 """
 
 from __future__ import annotations
@@ -23,18 +21,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU installs: the torch path serves
-    triton = None
-
-BLOCK = 2048
-
-
-def triton_runs(tensor: torch.Tensor) -> bool:
-    """True where the Triton kernels run on this tensor (CUDA with triton installed)."""
-    return triton is not None and tensor.is_cuda
+from training.fast.elementwise import (
+    BLOCK,
+    activation_grad,
+    adapted,
+    seeded_dropout,
+    tl,
+    triton,
+    triton_runs,
+)
 
 
 def up_activation_forward(
@@ -62,15 +57,7 @@ def up_activation_forward(
     """
     if triton_runs(base) and _kernel_dtypes_ok(base, update, act_dtype):
         return _forward_triton(base, update, scale, p, seed, act_dtype)
-    h = base.to(act_dtype) + (update * scale).to(act_dtype)
-    gelu = F.gelu(h)
-    g = gelu.to(base.dtype)
-    if p == 0:
-        return g, g, None
-    generator = torch.Generator(device=base.device).manual_seed(seed)
-    keep = torch.rand(gelu.shape, generator=generator, device=base.device) >= p
-    dropped = torch.ops.aten.native_dropout_backward(gelu, keep, 1.0 / (1.0 - p))
-    return g, dropped, keep.to(torch.uint8)
+    return seeded_dropout(F.gelu(adapted(base, update, scale, act_dtype)), base.dtype, p, seed)
 
 
 def up_activation_backward(
@@ -96,11 +83,8 @@ def up_activation_backward(
     """
     if triton_runs(base) and _kernel_dtypes_ok(base, update, act_dtype):
         return _backward_triton(grad_g, grad_dropped, keep, base, update, scale, p, act_dtype)
-    h = base.to(act_dtype) + (update * scale).to(act_dtype)
-    from_lora = grad_dropped.to(act_dtype)
-    if keep is not None:
-        from_lora = torch.ops.aten.native_dropout_backward(from_lora, keep.bool(), 1 / (1 - p))
-    total = grad_g.to(act_dtype) + from_lora
+    h = adapted(base, update, scale, act_dtype)
+    total = activation_grad(grad_g, grad_dropped, keep, p, act_dtype)
     grad_h = torch.ops.aten.gelu_backward(total, h).to(base.dtype)
     return grad_h, (grad_h.to(update.dtype) * scale)
 

@@ -14,9 +14,7 @@ hu likewise, in `act_dtype` (fp32 with fp32 norm outputs; the compute dtype with
 gradient at a is the sum of both branches' (fp32), then mul's and SiLU's backward as autograd
 computes them (grad·hu, grad·SiLU(hg), `silu_backward`). Dropout masks come from Triton's
 Philox (torch's generator on CPU): another draw than PEFT's `nn.Dropout`, same distribution.
-
-On CUDA with Triton the two Triton kernels run; elsewhere the torch functions below, written
-op for op like the recipe, serve (CPU training and the tests' reference).
+Where the Triton kernels run, and the torch path both MLPs share: training/fast/elementwise.py.
 """
 
 from __future__ import annotations
@@ -24,18 +22,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from training.fast.fused_mlp_kernels import BLOCK, triton_runs
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU installs: the torch path serves
-    triton = None
-
-
-def _h(base: torch.Tensor, update: torch.Tensor, scale: float, act: torch.dtype) -> torch.Tensor:
-    """The projection's output as the recipe adds it: fp32(base) + fp32(bf16(update·s))."""
-    return base.to(act) + (update * scale).to(act)
+from training.fast.elementwise import (
+    BLOCK,
+    activation_grad,
+    adapted,
+    seeded_dropout,
+    tl,
+    triton,
+    triton_runs,
+)
 
 
 def swiglu_forward(
@@ -63,14 +58,9 @@ def swiglu_forward(
     base_u, update_u, scale_u = up
     if triton_runs(base_g) and _kernel_ok(act_dtype, base_g, update_g, base_u, update_u):
         return _forward_triton(gate, up, p, seed, act_dtype)
-    a = F.silu(_h(base_g, update_g, scale_g, act_dtype)) * _h(base_u, update_u, scale_u, act_dtype)
-    a_c = a.to(base_g.dtype)
-    if p == 0:
-        return a_c, a_c, None
-    generator = torch.Generator(device=a.device).manual_seed(seed)
-    keep = torch.rand(a.shape, generator=generator, device=a.device) >= p
-    dropped = torch.ops.aten.native_dropout_backward(a, keep, 1.0 / (1.0 - p))
-    return a_c, dropped, keep.to(torch.uint8)
+    hg = adapted(base_g, update_g, scale_g, act_dtype)
+    a = F.silu(hg) * adapted(base_u, update_u, scale_u, act_dtype)
+    return seeded_dropout(a, base_g.dtype, p, seed)
 
 
 def swiglu_backward(
@@ -97,12 +87,9 @@ def swiglu_backward(
     base_u, update_u, scale_u = up
     if triton_runs(base_g) and _kernel_ok(act_dtype, base_g, update_g, base_u, update_u):
         return _backward_triton(grad_a, grad_dropped, keep, gate, up, p, act_dtype)
-    hg = _h(base_g, update_g, scale_g, act_dtype)
-    hu = _h(base_u, update_u, scale_u, act_dtype)
-    from_lora = grad_dropped.to(act_dtype)
-    if keep is not None:
-        from_lora = torch.ops.aten.native_dropout_backward(from_lora, keep.bool(), 1 / (1 - p))
-    total = grad_a.to(act_dtype) + from_lora
+    hg = adapted(base_g, update_g, scale_g, act_dtype)
+    hu = adapted(base_u, update_u, scale_u, act_dtype)
+    total = activation_grad(grad_a, grad_dropped, keep, p, act_dtype)
     grad_g = torch.ops.aten.silu_backward(total * hu, hg).to(base_g.dtype)
     grad_u = (total * F.silu(hg)).to(base_u.dtype)
     return (
