@@ -3,12 +3,15 @@
 Reports held-out loss/perplexity for base and adapter side by side (the same model object
 with the adapter switched off, so the comparison costs one load), numeric-answer accuracy on
 records that carry a `check` (greedy decoding, the number after `Answer:`, 1% relative
-tolerance), and a few sample generations.
+tolerance), and a few sample generations. `evaluate_runs` scores several (adapter, data) pairs
+on one load of their base model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +110,23 @@ def _expected(record: Record) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class EvalRun:
+    """One (adapter, data) pair of an evaluation run."""
+
+    adapter_dir: Path
+    data_path: Path
+
+
+def _manifest(adapter_dir: Path) -> AdapterManifest:
+    if not adapter_dir.is_dir():
+        raise SetupError(f"adapter folder not found: {adapter_dir}")
+    try:
+        return AdapterManifest.read(adapter_dir)
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"{adapter_dir}: not an adapter package ({exc})") from None
+
+
 def evaluate_adapter(
     adapter_dir: Path,
     data_path: Path,
@@ -126,29 +146,126 @@ def evaluate_adapter(
         DataError: the data file is missing or invalid.
         SetupError: the adapter or its base model cannot be loaded.
     """
+    (report,) = evaluate_runs(
+        [EvalRun(adapter_dir, data_path)],
+        base_model=base_model,
+        models_dir=models_dir,
+        device=device,
+        limit=limit,
+        max_checks=max_checks,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    return report
+
+
+def evaluate_runs(
+    runs: Sequence[EvalRun],
+    *,
+    base_model: str = "",
+    models_dir: str = "",
+    device: str = "auto",
+    limit: int = 0,
+    max_checks: int = 50,
+    samples: int = 3,
+    max_new_tokens: int = 256,
+    batch_size: int = 4,
+) -> list[EvalReport]:
+    """Score each (adapter, data) pair against the base model, one report per run, loading
+    each base model once for the whole list (the evaluation gate scores a new version and the
+    default on a held-out split and a finance set: one load instead of four).
+
+    Every adapter is attached to the loaded model under its own name and switched on for its
+    runs; the base model's scores (adapters off) on a data file are computed once and reused
+    for every adapter scored on it with the same prompt settings.
+
+    Raises:
+        DataError: a data file is missing or invalid.
+        SetupError: an adapter or its base model cannot be loaded.
+    """
     from peft import PeftModel
 
-    if not adapter_dir.is_dir():
-        raise SetupError(f"adapter folder not found: {adapter_dir}")
-    try:
-        manifest = AdapterManifest.read(adapter_dir)
-    except (OSError, ValueError) as exc:
-        raise SetupError(f"{adapter_dir}: not an adapter package ({exc})") from None
-    records = read_records(data_path)
-    if limit > 0:
-        records = records[:limit]
-    hyper = manifest.training.hyperparameters
-    config = TrainConfig(base_model=base_model or manifest.base_model, models_dir=models_dir)
-    quantization = "nf4" if hyper.get("quantization") == "nf4" and has_cuda() else "none"
-    try:
-        loaded = load_base_model(
-            resolve_base_model(config), device=device, quantization=quantization
-        )
-        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir))
-    except (ModelLoadError, OSError, ValueError) as exc:
-        raise SetupError(f"could not load {config.base_model} with {adapter_dir}: {exc}") from None
-    model.eval()
+    manifests = [_manifest(run.adapter_dir) for run in runs]
+    records: dict[Path, list[Record]] = {}
+    for run in runs:
+        if run.data_path not in records:
+            found = read_records(run.data_path)
+            records[run.data_path] = found[:limit] if limit > 0 else found
+    groups: dict[tuple[str, str], list[int]] = {}
+    configs = []
+    for index, manifest in enumerate(manifests):
+        config = TrainConfig(base_model=base_model or manifest.base_model, models_dir=models_dir)
+        hyper = manifest.training.hyperparameters
+        quantization = "nf4" if hyper.get("quantization") == "nf4" and has_cuda() else "none"
+        configs.append(config)
+        groups.setdefault((resolve_base_model(config), quantization), []).append(index)
+    reports: list[EvalReport | None] = [None] * len(runs)
+    for (source, quantization), indices in groups.items():
+        names: dict[Path, str] = {}
+        try:
+            loaded = load_base_model(source, device=device, quantization=quantization)
+            model: Any = None
+            for index in indices:
+                folder = runs[index].adapter_dir
+                if folder in names:
+                    continue
+                names[folder] = f"adapter{len(names)}"
+                if model is None:
+                    model = PeftModel.from_pretrained(
+                        loaded.model, str(folder), adapter_name=names[folder]
+                    )
+                else:
+                    model.load_adapter(str(folder), adapter_name=names[folder])
+        except (ModelLoadError, OSError, ValueError) as exc:
+            raise SetupError(f"could not load {source} with its adapters: {exc}") from None
+        model.eval()
+        base_scores: dict[tuple[Any, ...], _BaseSide] = {}
+        for index in indices:
+            run = runs[index]
+            model.set_adapter(names[run.adapter_dir])
+            reports[index] = _score_run(
+                model,
+                loaded,
+                manifests[index],
+                run,
+                records[run.data_path],
+                base_scores,
+                base_model=configs[index].base_model,
+                max_checks=max_checks,
+                samples=samples,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
+    return [report for report in reports if report is not None]
+
+
+@dataclass
+class _BaseSide:
+    """The base model's scores on one data file, kept for the next adapter scored on it."""
+
+    scores: SideScores
+    answers: dict[int, str]
+    """Greedy answers by record index."""
+
+
+def _score_run(
+    model: Any,
+    loaded: Any,
+    manifest: AdapterManifest,
+    run: EvalRun,
+    records: list[Record],
+    base_scores: dict[tuple[Any, ...], _BaseSide],
+    *,
+    base_model: str,
+    max_checks: int,
+    samples: int,
+    max_new_tokens: int,
+    batch_size: int,
+) -> EvalReport:
+    """One run on the loaded model with its adapter active: loss, numeric checks, samples."""
     tokenizer = loaded.tokenizer
+    hyper = manifest.training.hyperparameters
     eos_id = end_of_sequence_id(
         loaded.model.config, getattr(loaded.model, "generation_config", None), tokenizer
     )
@@ -169,38 +286,51 @@ def evaluate_adapter(
         device=loaded.device,
         dtype=loaded.dtype,
     )
-    base, tuned = SideScores(), SideScores()
+    tuned = SideScores()
     tuned.loss, tokens = heldout_loss(model, rows, **score)
-    with model.disable_adapter():
-        base.loss, _ = heldout_loss(model, rows, **score)
-    base.perplexity, tuned.perplexity = perplexity(base.loss), perplexity(tuned.loss)
-
+    tuned.perplexity = perplexity(tuned.loss)
     generator = Generator(
         model, tokenizer, manifest.prompt_format, system, eos_id, loaded.device, max_new_tokens
     )
-    checked = [(r, x) for r in records if (x := _expected(r)) is not None][:max_checks]
-    for record, expected in checked:
-        for side, use_adapter in ((base, False), (tuned, True)):
-            side.numeric_total += 1
-            answer = generator.answer(record, use_adapter=use_adapter)
-            side.numeric_correct += is_close(parse_answer(answer), expected)
+    key = (run.data_path, manifest.prompt_format, system, max_seq_len, max_checks, samples)
+    base = base_scores.get(key)
+    if base is None:
+        base = base_scores[key] = _BaseSide(SideScores(), {})
+        with model.disable_adapter():
+            base.scores.loss, _ = heldout_loss(model, rows, **score)
+        base.scores.perplexity = perplexity(base.scores.loss)
+
+    def base_answer(index: int) -> str:
+        if index not in base.answers:
+            base.answers[index] = generator.answer(records[index], use_adapter=False)
+        return base.answers[index]
+
+    checked = [(i, x) for i, r in enumerate(records) if (x := _expected(r)) is not None]
+    fresh = not base.scores.numeric_total
+    for index, expected in checked[:max_checks]:
+        if fresh:
+            base.scores.numeric_total += 1
+            base.scores.numeric_correct += is_close(parse_answer(base_answer(index)), expected)
+        tuned.numeric_total += 1
+        answer = generator.answer(records[index], use_adapter=True)
+        tuned.numeric_correct += is_close(parse_answer(answer), expected)
     shown = []
-    for record in records[:samples]:
+    for index, record in enumerate(records[:samples]):
         shown.append(
             {
                 "instruction": record.instruction,
                 "expected": record.output,
-                "base": generator.answer(record, use_adapter=False),
+                "base": base_answer(index),
                 "adapter": generator.answer(record, use_adapter=True),
             }
         )
     return EvalReport(
-        str(adapter_dir),
-        config.base_model,
-        str(data_path),
+        str(run.adapter_dir),
+        base_model,
+        str(run.data_path),
         len(records),
         tokens,
-        base,
+        dataclasses.replace(base.scores),
         tuned,
         shown,
     )
@@ -241,4 +371,12 @@ def write_report_json(report: EvalReport, path: Path) -> None:
     path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["DataError", "EvalReport", "evaluate_adapter", "render_report", "write_report_json"]
+__all__ = [
+    "DataError",
+    "EvalReport",
+    "EvalRun",
+    "evaluate_adapter",
+    "evaluate_runs",
+    "render_report",
+    "write_report_json",
+]

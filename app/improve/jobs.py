@@ -152,7 +152,7 @@ class JobRunner:
         spec = {
             "train": [preset, "--set", *sets] if sets else [preset],
             "evaluate": self._evaluations(files / "eval.jsonl", Path(job.run_dir)),
-            "eval_args": self._eval_args(),
+            "eval_options": self._eval_options(),
         }
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(job.run_dir) / "job.json").write_text(json.dumps(spec), encoding="utf-8")
@@ -225,12 +225,16 @@ class JobRunner:
             runs.append(["default-finance", str(default.path), finance])
         return runs
 
-    def _eval_args(self) -> list[str]:
-        limit, tokens = self.settings.improve_eval_limit, self.settings.improve_eval_max_new_tokens
-        return [
-            "--models-dir", str(self.settings.models_dir), "--limit", str(limit),
-            "--max-checks", str(limit), "--samples", "2", "--max-new-tokens", str(tokens),
-        ]  # fmt: skip
+    def _eval_options(self) -> dict[str, Any]:
+        """`training.evaluate.evaluate_runs` options (app/improve/gate_eval.py)."""
+        limit = self.settings.improve_eval_limit
+        return {
+            "models_dir": str(self.settings.models_dir),
+            "limit": limit,
+            "max_checks": limit,
+            "samples": 2,
+            "max_new_tokens": self.settings.improve_eval_max_new_tokens,
+        }
 
     def _spawn(self, job: TrainingJob) -> None:
         proc = subprocess.Popen(  # noqa: S603 - our interpreter and module

@@ -1,8 +1,9 @@
 """`python -m app.improve.worker RUN_DIR`: one training job, outside the web server.
 
 Reads RUN_DIR/job.json (the `teller train` arguments and what to evaluate), runs
-`teller train`, then the evaluation gate's `teller eval` runs, each as its own command, and
-writes RUN_DIR/state.json at every phase. The server only reads these files, so a restarted
+`teller train`, then the evaluation gate (`python -m app.improve.gate_eval`: every evaluation
+on one load of the model), each as its own command, and writes RUN_DIR/state.json at every
+phase. The server only reads these files, so a restarted
 server finds the job where it is; this process runs in its own session and outlives it.
 """
 
@@ -55,14 +56,12 @@ def _train(run_dir: Path, spec: dict, log: Path) -> bool:
 
 
 def _evaluate(run_dir: Path, spec: dict, log: Path) -> int:
+    """Every gate evaluation in one process, on one load of the base model (gate_eval.py)."""
     write_state(run_dir, phase="evaluating", pid=os.getpid())
-    for label, adapter, data in spec["evaluate"]:
-        out = run_dir / f"eval-{label}.json"
-        code, reason = _run([*TELLER, "eval", adapter, "--data", data, "--json", str(out),
-                             *spec["eval_args"]], log)  # fmt: skip
-        if code != 0:
-            write_state(run_dir, phase="failed", exit_code=code, error=f"evaluation: {reason}")
-            return 1
+    code, reason = _run([sys.executable, "-m", "app.improve.gate_eval", str(run_dir)], log)
+    if code != 0:
+        write_state(run_dir, phase="failed", exit_code=code, error=f"evaluation: {reason}")
+        return 1
     write_state(run_dir, phase="done", exit_code=0)
     return 0
 
