@@ -19,6 +19,7 @@ from training.config_io import ConfigError, load_config, preset_names
 from training.data.loading import DataError
 from training.model_build import SetupError
 from training.package import PackageError
+from training.run_log import describe_peaks
 
 EXPECTED_ERRORS = (ConfigError, DataError, SetupError, ModelLoadError, PackageError)
 EXIT_FAILED = 1
@@ -99,6 +100,10 @@ def train_main(argv: list[str]) -> int:
     lines.append(
         f"metrics: {result.run_dir / 'metrics.jsonl'}  plot: {result.run_dir / 'loss.png'}"
     )
+    if result.peaks:
+        lines.append(describe_peaks(result.peaks))
+    if result.check_command:
+        lines.append(f"check it: {result.check_command}")
     if result.interrupted:
         lines.append("interrupted: adapter saved; continue with --resume")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ run code on import), and a manifest written through `app.contract.AdapterManifes
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,21 @@ def check_package(folder: Path) -> None:
         raise PackageError(f"{folder}: pickled files are not allowed: {', '.join(pickles)}")
 
 
-def readme_text(manifest: AdapterManifest) -> str:
+def eval_command(adapter_dir: Path, held_out: Path, *, limit: int = 0, models_dir: str = "") -> str:
+    """The `teller eval` line that scores an adapter on the records its run held out.
+
+    `limit` keeps it to the records the run itself scored (`data.max_eval_examples`), so the
+    report repeats the run's held-out loss; `models_dir` where the base model was found.
+    """
+    words = ["teller", "eval", str(adapter_dir), "--data", str(held_out)]
+    if limit > 0:
+        words += ["--limit", str(limit)]
+    if models_dir:
+        words += ["--models-dir", models_dir]
+    return shlex.join(words)
+
+
+def readme_text(manifest: AdapterManifest, check_command: str = "") -> str:
     metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(manifest.metrics.items()))
     hp = manifest.training.hyperparameters
     return f"""# {manifest.name}
@@ -67,9 +82,20 @@ A LoRA adapter for `{manifest.base_model}`, trained by `teller train`.
 |---|---|
 {metrics}
 
-Import it with `teller adapters import PATH`, check it with
-`teller eval PATH --data held_out.jsonl`.
+Import it with `teller adapters import PATH`. {_check_sentence(check_command)}
 """
+
+
+def _check_sentence(check_command: str) -> str:
+    if not check_command:
+        return (
+            "This run held out no records; check it with `teller eval PATH --data FILE` on "
+            "records it did not train on."
+        )
+    return (
+        "Check it against the records its run held out (`held_out.jsonl` in the run folder), "
+        f"from the folder `teller train` ran in:\n\n```sh\n{check_command}\n```"
+    )
 
 
 def write_package(
@@ -81,8 +107,11 @@ def write_package(
     prompt_format: PromptFormat,
     training: TrainingInfo,
     metrics: dict[str, float],
+    check_command: str = "",
 ) -> AdapterManifest:
     """Write (or overwrite) the package folder and return its manifest.
+
+    `check_command` (see `eval_command`) goes into the README; empty when nothing was held out.
 
     Raises:
         PackageError: the result is incomplete or holds a pickle.
@@ -100,7 +129,7 @@ def write_package(
         sha256=sha256_file(staging / WEIGHTS_FILE),
     )
     manifest.write(staging)
-    (staging / "README.md").write_text(readme_text(manifest), encoding="utf-8")
+    (staging / "README.md").write_text(readme_text(manifest, check_command), encoding="utf-8")
     check_package(staging)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)

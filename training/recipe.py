@@ -33,7 +33,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.config_io import check_choices, config_to_dict
 from training.data.encoding import Example, encode_records, end_of_sequence_id
-from training.data.loading import LoadedData, load_data
+from training.data.loading import LoadedData, load_data, write_records
 from training.data.packing import Row, attention_of, batch_rows, make_rows
 from training.fast import varlen_attention
 from training.fast.memory_plan import fixed_bytes, plan_memory, set_gradient_checkpointing
@@ -45,12 +45,15 @@ from training.model_build import (
     build_trainable_model,
     check_quantization_possible,
 )
-from training.package import write_package
-from training.run_log import MetricsLog, Progress, plot_loss
+from training.package import eval_command, write_package
+from training.run_log import MetricsLog, Progress, describe_peaks, peak_memory_mb, plot_loss
 from training.scoring import heldout_loss, perplexity
 from training.step import StepContext, train_step
 
 log = logging.getLogger(__name__)
+
+HELD_OUT_FILE = "held_out.jsonl"
+"""The run's held-out records, in its run folder (a package may hold only its own files)."""
 
 
 @dataclass
@@ -63,6 +66,10 @@ class RunResult:
     steps: int
     interrupted: bool
     losses: list[float] = field(default_factory=list)
+    peaks: dict[str, int] = field(default_factory=dict)
+    """`peak_rss_mb` (and `peak_gpu_mb` on CUDA), as the run log's last line has them."""
+    check_command: str = ""
+    """`teller eval` on the run's held-out records (as the package README gives it)."""
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,11 +94,13 @@ class TrainingRecipe:
         self.resume = resume
         self.show_progress = progress
         self.run_dir = run_dir_of(config)
+        self.held_out_path = self.run_dir / HELD_OUT_FILE
         self.step = 0
         self.tokens = 0
         self.losses: list[float] = []
         self.interrupted = False
         self.metrics: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -164,6 +173,8 @@ class TrainingRecipe:
         (self.run_dir / "config.yaml").write_text(
             yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8"
         )
+        if self.data.eval:  # what the adapter README's `teller eval` line scores
+            write_records(self.held_out_path, self.data.eval)
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", append=state is not None)
         if state is None and self.eval_rows:
             base_loss = self._eval_loss()
@@ -264,7 +275,8 @@ class TrainingRecipe:
                 self.tokens += useful
                 self.losses.append(loss)
                 lr = self.scheduler.get_last_lr()[0]
-                progress.update(loss, useful / elapsed, lr)
+                peaks = peak_memory_mb(self.device)
+                progress.update(loss, useful / elapsed, lr, peaks["peak_rss_mb"])
                 if self.step % max(1, cfg.log_every) == 0 or self.step == self.total_steps:
                     self.metrics_log.write(
                         {
@@ -274,6 +286,7 @@ class TrainingRecipe:
                             "tokens": self.tokens,
                             "tokens_per_s": round(useful / elapsed, 2),
                             "step_time_s": round(elapsed, 4),
+                            **peaks,
                         }
                     )
                 if (
@@ -332,9 +345,25 @@ class TrainingRecipe:
             prompt_format=self.prompt_format,
             training=training,
             metrics=self.metrics,
+            check_command=self.check_command(),
         )
         plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        self.peaks = peak_memory_mb(self.device)  # after the final evaluation: the whole run
+        self.metrics_log.write({"step": self.step, **self.peaks})
+        log.info("%s (resident, whole process)", describe_peaks(self.peaks))
         return manifest
+
+    def check_command(self) -> str:
+        """`teller eval` on the held-out records this run scored; empty if none were held out."""
+        if not self.data.eval:
+            return ""
+        scored = self.config.data.max_eval_examples
+        return eval_command(
+            self.run_dir / "adapter",
+            self.held_out_path,
+            limit=scored if 0 < scored < len(self.data.eval) else 0,
+            models_dir=self.config.models_dir,
+        )
 
     # ---- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -366,6 +395,8 @@ class TrainingRecipe:
                 self.step,
                 self.interrupted,
                 list(self.losses),
+                dict(self.peaks),
+                self.check_command(),
             )
         finally:
             self.cleanup()

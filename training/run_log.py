@@ -1,4 +1,5 @@
-"""What a run leaves behind while it runs: metrics JSONL, a loss-curve PNG, a progress bar.
+"""What a run leaves behind while it runs: metrics JSONL, a loss-curve PNG, a progress bar,
+and the process's peak memory.
 
 JSONL is appended and flushed per line, so a crashed or interrupted run still has its curve.
 """
@@ -10,7 +11,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
+
+MB = 1_000_000
+"""Megabytes as the run log counts them (decimal, like the GB of the summary line)."""
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (the kernel's high-water mark), or 0 where
+    the platform does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, int]:
+    """`peak_rss_mb` of the process, plus `peak_gpu_mb` (tensors allocated) on CUDA."""
+    peaks = {"peak_rss_mb": round(peak_rss_bytes() / MB)}
+    if device.type == "cuda":
+        peaks["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / MB)
+    return peaks
+
+
+def describe_peaks(peaks: dict[str, int]) -> str:
+    """`peak memory 1.4 GB` (and `, GPU 10.2 GB`): the summary line's words."""
+    text = f"peak memory {peaks.get('peak_rss_mb', 0) / 1000:.1f} GB"
+    if "peak_gpu_mb" in peaks:
+        text += f", GPU {peaks['peak_gpu_mb'] / 1000:.1f} GB"
+    return text
 
 
 class MetricsLog:
@@ -76,8 +108,13 @@ class Progress:
             dynamic_ncols=True,
         )
 
-    def update(self, loss: float, tokens_per_s: float, lr: float) -> None:
-        self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
+    def update(self, loss: float, tokens_per_s: float, lr: float, peak_rss_mb: int = 0) -> None:
+        self._bar.set_postfix(
+            loss=f"{loss:.4f}",
+            tok_s=f"{tokens_per_s:,.0f}",
+            lr=f"{lr:.2e}",
+            mem=f"{peak_rss_mb / 1000:.1f}GB",
+        )
         self._bar.update(1)
 
     def note(self, text: str) -> None:

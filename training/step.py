@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from training.data.packing import Row, collate, count_tokens
-from training.fast.chunked_loss import chunked_loss
+from training.fast.chunked_loss import chunk_tokens, chunked_loss
 from training.fast.fused_mlp import fused_mlp
 from training.fast.varlen_attention import VARLEN, packed_attention
 from training.scoring import autocast_for
@@ -54,7 +54,7 @@ def train_step(ctx: StepContext, window: list[list[Row]]) -> tuple[float, int]:
             with autocast_for(ctx.device, ctx.dtype):
                 inputs = {k: v.to(ctx.device) for k, v in batch.items()}
                 if ctx.chunked_loss:
-                    loss = chunked_loss(ctx.model, inputs, n_items)
+                    loss = chunked_loss(ctx.model, inputs, n_items, chunk_tokens(ctx.device))
                 else:
                     loss = ctx.model(**inputs, use_cache=False, num_items_in_batch=n_items).loss
             loss.backward()  # already divided by the window's response tokens

@@ -13,7 +13,9 @@ as a crash. Here a handled SIGTERM exits 0, and Ctrl-C still exits 130 as shells
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -27,6 +29,7 @@ from app.config import Settings
 from app.ops.logs import log_config
 
 SIGINT_STATUS = 130
+log = logging.getLogger(__name__)
 
 
 class GracefulServer(uvicorn.Server):
@@ -45,6 +48,20 @@ class GracefulServer(uvicorn.Server):
             # Only sets threading.Events: safe inside a signal handler.
             streams.stop_all()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # right under uvicorn's "running on" line
+            log.info(welcome_line(self._url(), first_run=needs_first_admin(self.app)))
+
+    def _url(self) -> str:
+        host = self.config.host or "127.0.0.1"
+        # A server on every interface is reached from this machine at the loopback address.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        port = self.config.port or self.servers[0].sockets[0].getsockname()[1]
+        return f"{'https' if self.config.ssl else 'http'}://{host}:{port}/"
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
@@ -57,6 +74,24 @@ class GracefulServer(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+def needs_first_admin(app: FastAPI) -> bool:
+    """Whether the first visit will make the admin account (`/setup`): no user yet."""
+    from app.auth.service import count_users
+
+    settings: Settings = app.state.settings
+    if not settings.local_accounts:
+        return False
+    with app.state.session_factory() as session:
+        return count_users(session=session) == 0
+
+
+def welcome_line(url: str, *, first_run: bool) -> str:
+    """What a newcomer does next, logged once the server listens."""
+    if first_run:
+        return f"Open {url} in a browser: the first visit creates the admin account."
+    return f"Open {url} in a browser to sign in."
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:

@@ -42,6 +42,17 @@ class Record:
     def prompt_key(self) -> tuple[str, str]:
         return (_norm(self.instruction), _norm(self.input))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as `read_records` reads it back (`check` only when present)."""
+        raw: dict[str, Any] = {
+            "instruction": self.instruction,
+            "input": self.input,
+            "output": self.output,
+        }
+        if self.check is not None:
+            raw["check"] = self.check
+        return raw
+
 
 @dataclass
 class LoadedData:
@@ -162,6 +173,14 @@ def read_records(path: Path) -> list[Record]:
     if not records:
         raise DataError(f"{path}: holds no records")
     return records
+
+
+def write_records(path: Path, records: list[Record]) -> Path:
+    """`records` as JSON lines that `read_records` (and so `teller eval --data`) reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
 
 
 def read_hub_dataset(dataset_id: str) -> tuple[list[Record], str]:

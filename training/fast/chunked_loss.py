@@ -19,12 +19,30 @@ from torch.utils.checkpoint import checkpoint
 from training.data.encoding import IGNORE_INDEX
 
 CHUNK_TOKENS = 2048
-"""Labelled positions per head/cross-entropy chunk: 2048 x 65K fp32 logits is 0.5 GB."""
+"""Labelled positions per head/cross-entropy chunk on a GPU: 2048 x 65K fp32 logits is 0.5 GB."""
+CPU_CHUNK_TOKENS = 256
+"""On CPU, where the memory of a laptop is the limit: 256 x 49K fp32 logits is 50 MB (and a
+256-row head matmul is still large enough to run at full speed)."""
+
+
+def chunk_tokens(device: torch.device) -> int:
+    """Labelled positions per chunk on `device`; the loss is the same for any chunk size."""
+    return CHUNK_TOKENS if device.type == "cuda" else CPU_CHUNK_TOKENS
 
 
 def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = F.linear(hidden, weight)
     return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def _causal_lm(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_chunked_loss(model: Any) -> bool:
+    """Whether `chunked_loss` applies: a bias-free output head (every model Teller trains)."""
+    head = _causal_lm(model).get_output_embeddings()
+    return head is not None and getattr(head, "bias", None) is None
 
 
 def chunked_loss(
@@ -36,7 +54,7 @@ def chunked_loss(
     without materializing full logits. The decoder body is called directly, so LoRA layers
     (replaced in place by PEFT) still apply.
     """
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = _causal_lm(model)
     body = causal_lm.base_model
     head = causal_lm.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
