@@ -19,7 +19,8 @@ random, non-zero LoRA adapters (r=64, every linear module of the blocks) are sav
   4 adapters (aggregate output tokens/s, p50/p95 TTFT). Each level runs twice; the second
   (warm) counts.
 - `http`: the same engine behind the real app and uvicorn, 32 concurrent `/v1/chat/completions`
-  SSE streams over the 4 adapters (imported through the adapter registry).
+  SSE streams over the 4 adapters (imported through the adapter registry), and its share of
+  the in-process figure at 32 streams.
 - `correctness`: the lean forward's prefill logits against PEFT's (relative L2 error, same
   argmax), and how many of 32 greedy tokens Teller's graphed path shares with `generate`.
 - `floor`: measured device-to-device copy bandwidth and the bytes one decode step must read.
@@ -275,6 +276,15 @@ def serving_over_http(
 # ---- floor, table, main --------------------------------------------------------------------
 
 
+def http_share(http: dict, teller: dict) -> dict:
+    """HTTP's aggregate tokens/s as a share of the in-process engine's at the same number of
+    streams (the issue's target: within 10%), when both were measured."""
+    same = [c for c in teller.get("concurrency", []) if c["streams"] == http.get("streams")]
+    if not same or "aggregate_tok_s" not in http:
+        return {}
+    return {"share_of_in_process": http["aggregate_tok_s"] / same[0]["aggregate_tok_s"]}
+
+
 def print_table(results: dict) -> None:
     base, floor = results["baseline"], results["floor"]
     gb = floor["bytes_per_token"] / 1e9
@@ -299,9 +309,11 @@ def print_table(results: dict) -> None:
         print(f"{name:32} {decode or 0:9.1f} {ttft or 0:7.1f}ms {' '.join(cells)}")  # noqa: T201
     if "aggregate_tok_s" in results.get("http", {}):
         h = results["http"]
+        share = h.get("share_of_in_process")
         print(
             f"HTTP/SSE x{h['streams']}: {h['aggregate_tok_s']:.0f} tok/s, TTFT p50 "
             f"{h['ttft_p50_ms']:.0f} ms p95 {h['ttft_p95_ms']:.0f} ms, ok {h['ok']}"
+            + (f", {share:.0%} of in process" if share else "")
         )  # noqa: T201
 
 
@@ -313,7 +325,12 @@ def main() -> int:  # noqa: PLR0915
     parser.add_argument("--commit", default="", help="the commit measured (default: git's HEAD)")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument(
-        "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 64]
+        "--levels",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="concurrent streams in process (default 8,32,64; --smoke 2,4)",
+    )
+    parser.add_argument(
+        "--concurrent-tokens", type=int, help="tokens per concurrent stream (128; --smoke 8)"
     )
     parser.add_argument("--variants", default="bnb,bnb_flat,triton,hybrid")
     parser.add_argument("--no-http", action="store_true")
@@ -327,10 +344,9 @@ def main() -> int:  # noqa: PLR0915
     args.out = args.out or REPO / "bench" / "results" / f"serve-gpu{suffix}.json"
     args.baseline_tokens = 8 if args.smoke else 48
     args.decode_tokens = 16 if args.smoke else 256
-    args.concurrent_tokens = 8 if args.smoke else 128
+    args.concurrent_tokens = args.concurrent_tokens or (8 if args.smoke else 128)
     args.http_streams = 32
-    if args.smoke:
-        args.levels = [2, 4]
+    args.levels = args.levels or ([2, 4] if args.smoke else [8, 32, 64])
     device = torch.device("cpu" if args.smoke else "cuda")
     work = Path(tempfile.mkdtemp(prefix="teller-serve-bench-"))
     results: dict[str, Any] = {
@@ -432,6 +448,7 @@ def main() -> int:  # noqa: PLR0915
                 results["http"] = run_http(engine, folder, adapters, work, args)
             except Exception as exc:  # noqa: BLE001
                 results["http"] = {"failed": repr(exc)[:500], "streams": args.http_streams}
+            results["http"] |= http_share(results["http"], results["teller"][variant])
     _save(args.out, results)
     print_table(results)
     print(json.dumps(results["correctness"] if "correctness" in results else {}, indent=1))  # noqa: T201

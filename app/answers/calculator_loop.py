@@ -138,6 +138,8 @@ class _Loop:
         self.parts: list[str] = []
         self.computed = 0
         self.completion_tokens = 0
+        self._arrived = 0
+        """Engine token events not yet counted on an event given out (their text is held)."""
 
     def segment(self) -> GenerationRequest:
         """The next generation: the answer so far continued, with what is left of the budget."""
@@ -157,14 +159,17 @@ class _Loop:
         return dataclasses.replace(base, messages=messages, continue_final=True)
 
     def _emit(self, item: str | _Form) -> TokenEvent:
+        tokens, self._arrived = self._arrived, 0
         if isinstance(item, str):
-            event = TokenEvent(item)
+            event = TokenEvent(item, tokens=tokens)
         elif not item.expression:
             reason = f"the calculation was not closed with '{CLOSE}'"
-            event = CalculationEvent(item.raw, Calculation(item.raw, None, reason))
+            calculation = Calculation(item.raw, None, reason)
+            event = CalculationEvent(item.raw, calculation, tokens=tokens)
         else:  # closed inside the text: only once the limit took the stop string away
             reason = f"not computed: more than {self.limit} calculations in one answer"
-            event = CalculationEvent(item.raw, Calculation(item.expression, None, reason))
+            calculation = Calculation(item.expression, None, reason)
+            event = CalculationEvent(item.raw, calculation, tokens=tokens)
         self.parts.append(event.text)
         return event
 
@@ -177,6 +182,7 @@ class _Loop:
                     if isinstance(event, FinishEvent):
                         finish = event
                         break
+                    self._arrived += event.tokens
                     for item in self.scanner.push(event.text):
                         yield self._emit(item)
                 if finish is None:
@@ -228,7 +234,8 @@ class _Loop:
         if not self.scanner.inside:
             return self._emit(CLOSE)  # '>>' in ordinary text: keep it and go on
         calculation = calculate(self.scanner.take_open_form())
-        event = CalculationEvent(calculation.text, calculation)
+        tokens, self._arrived = self._arrived, 0
+        event = CalculationEvent(calculation.text, calculation, tokens=tokens)
         self.parts.append(event.text)
         return event
 

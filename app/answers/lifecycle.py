@@ -74,6 +74,9 @@ class Answer:
     finish: FinishEvent | None = None
     error: str | None = None
     parts: list[str] = field(default_factory=list)
+    streamed_tokens: int = 0
+    """Token events the engine gave (`TokenEvent.tokens`): the count of an answer that ended
+    without the engine's own (its reader left)."""
     started: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     _running: Running | None = None
@@ -179,6 +182,7 @@ class Answer:
             async for event in self._engine_events():
                 if isinstance(event, TokenEvent):
                     self.parts.append(event.text)
+                    self.streamed_tokens += event.tokens
                     # Per token only a clock read: the database is seen every few seconds.
                     now = time.monotonic()
                     self.first_token_at = self.first_token_at or now
@@ -193,7 +197,7 @@ class Answer:
                     return
         except EngineError as exc:
             self.error = str(exc)
-            self.finish = FinishEvent("error", self.text, 0, len(self.parts), error=str(exc))
+            self.finish = FinishEvent("error", self.text, 0, self.streamed_tokens, error=str(exc))
             yield self.finish
         finally:
             self.request.cancel.set()
@@ -264,6 +268,11 @@ class Answer:
         return self.lease.version if self.lease is not None else None
 
     @property
+    def completion_tokens(self) -> int:
+        """The engine's count, or the token events streamed when it gave none."""
+        return self.finish.completion_tokens if self.finish else self.streamed_tokens
+
+    @property
     def first_token_seconds(self) -> float | None:
         return None if self.first_token_at is None else self.first_token_at - self.started
 
@@ -316,14 +325,14 @@ class Answer:
                     surface=self.kind.surface,
                     adapter=self.version.name if self.version else None,
                     prompt_tokens=(finish.prompt_tokens or 0) if finish else 0,
-                    completion_tokens=finish.completion_tokens if finish else len(self.parts),
+                    completion_tokens=self.completion_tokens,
                 )
         except Exception:  # noqa: BLE001 - a failed usage write is logged, never silent
             log.exception("could not record the usage of an answer")
         metrics.record_answer(
             surface=self.kind.surface,
             status=self.status,
-            completion_tokens=finish.completion_tokens if finish else len(self.parts),
+            completion_tokens=self.completion_tokens,
             first_token_seconds=self.first_token_seconds,
             error=self.error,
             failure=self.failure,
@@ -367,7 +376,7 @@ class Answer:
                     "adapter_sha256": version.sha256 if version else None,
                     "sampling": dataclasses.asdict(self.request.sampling),
                     "prompt_tokens": finish.prompt_tokens if finish else None,
-                    "completion_tokens": finish.completion_tokens if finish else len(self.parts),
+                    "completion_tokens": self.completion_tokens,
                     "first_token_ms": None
                     if self.first_token_at is None
                     else round((self.first_token_at - self.started) * 1000),

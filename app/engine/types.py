@@ -80,6 +80,9 @@ class TokenEvent:
     several were already waiting as the reader asked for the next event."""
 
     text: str
+    tokens: int = field(default=1, kw_only=True)
+    """Engine events joined in this one (1 as the engine emits it): what an answer that ends
+    without a FinishEvent (its reader left) counts as generated."""
 
 
 @dataclass(frozen=True, slots=True)

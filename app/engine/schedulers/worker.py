@@ -310,10 +310,11 @@ class Worker:
 def joined(first: TokenEvent, events: asyncio.Queue[Event]) -> tuple[TokenEvent, Event | None]:
     """`first` and the token events queued behind it as one event (their texts in order),
     and the event that stopped the join (a FinishEvent), to be given next."""
-    texts = [first.text]
+    texts, tokens = [first.text], first.tokens
     while not events.empty():
         event = events.get_nowait()
         if type(event) is not TokenEvent:
-            return TokenEvent("".join(texts)), event
+            return TokenEvent("".join(texts), tokens=tokens), event
         texts.append(event.text)
-    return TokenEvent("".join(texts)), None
+        tokens += event.tokens
+    return TokenEvent("".join(texts), tokens=tokens), None
