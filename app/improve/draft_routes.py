@@ -114,7 +114,7 @@ def stop_drafting(
     _dataset(session, dataset_id)
     run = drafts.latest(dataset_id)
     page = f"/admin/datasets/{dataset_id}"
-    if run is None or not run.running:
+    if run is None or not run.running or run.stopping:
         return _back(request, page, error="No drafting is running for this dataset.")
     run.stop(f"Stopped by {admin.username}.")
     return _back(request, page, notice="Drafting stops after the passage being written.")

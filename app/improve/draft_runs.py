@@ -57,7 +57,9 @@ class DraftRun:
     malformed: int = 0
     failed: int = 0
     state: str = "running"
-    """`running`, `finished` or `stopped`."""
+    """`running`, `finished` or `stopped` (set when the task has ended)."""
+    stopping: bool = False
+    """Asked to stop: no passage after the one being written."""
     note: str = ""
     problems: list[str] = field(default_factory=list)
     current: Answer | None = None
@@ -75,12 +77,16 @@ class DraftRun:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(f"{passage.where} (passage {passage.chunk_id}): {what}")
 
-    def stop(self, reason: str) -> None:
-        """End the run after the passage being written (which stops now)."""
-        if self.running:
-            self.state, self.note = "stopped", reason
+    def halt(self, reason: str) -> None:
+        """Start no further passage (the run ends as stopped, saying why)."""
+        if self.running and not self.stopping:
+            self.stopping, self.note = True, reason
+
+    def stop(self, reason: str, why: StopReason = StopReason.USER) -> None:
+        """End the run now: the passage being written stops too (its audit row says `why`)."""
+        self.halt(reason)
         if self.current is not None:
-            self.current.stop(StopReason.USER)
+            self.current.stop(why)
 
 
 class DraftRuns:
@@ -125,7 +131,7 @@ class DraftRuns:
         """At shutdown: stop every run (the answer being written ends as stopped)."""
         running = [run for run in self._runs.values() if run.running]
         for run in running:
-            run.stop("The server is shutting down.")
+            run.stop("The server is shutting down.", StopReason.SHUTDOWN)
         tasks = [run.task for run in running if run.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
@@ -134,17 +140,16 @@ class DraftRuns:
 async def _drive(ctx: AnswerContext, run: DraftRun, endpoint: str) -> None:
     try:
         for passage in run.passages:
-            if not run.running:
+            if run.stopping:
                 break
             if await _one(ctx, run, passage, endpoint):
                 run.done += 1
-        if run.running:
-            run.state = "finished"
     except Exception as exc:  # noqa: BLE001 - the page says what happened; the log has the rest
         log.exception("drafting run %d failed", run.id)
-        run.state, run.note = "stopped", f"Drafting failed: {exc}"
+        run.halt(f"Drafting failed: {exc}")
     finally:
         run.current = None
+        run.state = "stopped" if run.stopping else "finished"
         await asyncio.to_thread(_summarise, ctx.session_factory, run)
 
 
@@ -155,7 +160,7 @@ async def _one(ctx: AnswerContext, run: DraftRun, passage: DraftPassage, endpoin
     try:
         answer = Answer.reserve(ctx, DRAFT, user_id=run.admin_id, where=where)
     except LimitExceeded as exc:
-        run.state, run.note = "stopped", exc.message
+        run.halt(exc.message)
         return False
     run.current = answer
     sampling = SamplingParams(temperature=0.0, max_new_tokens=DRAFT_MAX_NEW_TOKENS)
@@ -197,7 +202,7 @@ async def _one(ctx: AnswerContext, run: DraftRun, passage: DraftPassage, endpoin
             _store, ctx.session_factory, run.version_id, passage, parsed.pairs
         )
     except DatasetError as exc:
-        run.state, run.note = "stopped", str(exc)
+        run.halt(str(exc))
         return True
     run.added += added
     run.duplicates += dropped

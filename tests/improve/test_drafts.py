@@ -324,3 +324,32 @@ def test_a_draft_cut_by_a_crash_is_closed_at_the_next_start(tmp_path) -> None:  
     (details,) = [json.loads(row[0]) for row in rows]
     assert details["answer_id"] == "cut" and details["endpoint"] == where["endpoint"]
     assert details["status"] == "interrupted"
+
+
+def test_stop_ends_the_run_after_the_passage_being_written(scripted_server) -> None:  # noqa: ANN001
+    reply = ['{"question": "What was revenue in 2023?", ', '"answer": "$4.2 billion."}'] * 20
+    with scripted_server(chunks=reply, delay=0.1) as server:
+        admin = signed_in_client(server, ADMIN_NAME, ADMIN_PASSWORD, admin=True)
+        base_id = knowledge_base(admin)
+        page = new_dataset(admin)
+        dataset_id = int(page.rsplit("/", 1)[1])
+        draft(admin, page, base_id, 3)
+        progress = admin.http.get(f"{page}/drafting", headers={"HX-Request": "true"})
+        assert 'data-state="running"' in progress.text and "Stop drafting" in progress.text
+        # A page that watched the run end is told to reload; until then it gets the block.
+        watching = admin.http.get(f"{page}/drafting?watching=1", headers={"HX-Request": "true"})
+        assert "HX-Refresh" not in watching.headers
+        stopped = admin.post(f"{page}/draft/stop", follow_redirects=True)
+        assert "Drafting stops after the passage being written" in stopped.text
+        run = wait_drafted(server, dataset_id)
+        assert (run.state, run.note) == ("stopped", f"Stopped by {ADMIN_NAME}.")
+        assert run.done == 1 and run.failed == 1 and not draft_records(server)
+        ended = [d for a, d in audit_rows(server, "dataset.draft") if a == "dataset.draft"]
+        assert [(d["status"], d["stop_reason"]) for d in ended] == [("stopped", "user")]
+        reload = admin.http.get(f"{page}/drafting?watching=1", headers={"HX-Request": "true"})
+        assert reload.headers["HX-Refresh"] == "true"
+        shown = admin.page(page).text
+        assert "Drafting from Filings stopped: 1 of 3 passage(s)" in shown
+        assert "Stopped by admin." in shown
+        again = admin.post(f"{page}/draft/stop", follow_redirects=True)
+        assert "No drafting is running for this dataset." in again.text
