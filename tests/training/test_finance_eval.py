@@ -60,8 +60,14 @@ def test_questions_in_flight_together_keep_their_order_and_answers(
     questions = read_questions(SAMPLE)[:3]
     runs = [
         evaluate_finance(
-            None, questions, data=str(SAMPLE), base_model=str(default_model_dir),
-            sides=SIDES[1:2], max_new_tokens=10, system="", concurrency=concurrency,
+            None,
+            questions,
+            data=str(SAMPLE),
+            base_model=str(default_model_dir),
+            sides=SIDES[1:2],
+            max_new_tokens=10,
+            system="",
+            concurrency=concurrency,
         )  # fmt: skip
         for concurrency in (1, 3)
     ]
