@@ -123,56 +123,74 @@ def time_call(call: Any, repeats: int = 200) -> float:
     return sorted(times)[len(times) // 2] * 1e6
 
 
-def kernels(fast: FastLlama) -> dict[str, Any]:
-    """Each weight shape as a one-row matmul in fp32, bf16, int8 and int4 weight-only."""
-    counts: dict[tuple[int, int], int] = defaultdict(int)
-    for name in PROJECTIONS:
-        counts[tuple(fast.layers[0].weights[name].shape)] += len(fast.layers)  # type: ignore[index]
-    counts[tuple(fast.lm_head.shape)] += 1  # type: ignore[index]
-    names = shape_names(fast)
-    rows: dict[str, Any] = {}
-    step_us: dict[str, float] = defaultdict(float)
-    torch.manual_seed(0)
-    for (out, inp), calls in counts.items():
-        w32 = torch.randn(out, inp) * 0.02
-        row: dict[str, Any] = {"shape": [out, inp], "calls_per_step": calls}
-        x32, x16 = torch.randn(1, inp), torch.randn(1, inp, dtype=torch.bfloat16)
+FORMATS = ("fp32", "bf16", "int8", "int4")
+
+
+def _prepared(fmt: str, w32: torch.Tensor) -> tuple[Any, int]:
+    """(a one-row matmul over `w32` stored as `fmt`, the bytes that weight occupies)."""
+    out, inp = w32.shape
+    if fmt == "fp32":
+        return (lambda x, w=w32: F.linear(x.float(), w)), out * inp * 4
+    if fmt == "bf16":
         w16 = w32.to(torch.bfloat16)
-        scale8 = w32.abs().amax(1) / 127
-        s16 = scale8.to(torch.bfloat16)
-        w8 = torch.round(w32 / scale8[:, None]).to(torch.int8)
-        variants: dict[str, tuple[Any, int]] = {
-            "fp32": (lambda x=x32, w=w32: F.linear(x, w), out * inp * 4),
-            "bf16": (lambda x=x16, w=w16: F.linear(x, w), out * inp * 2),
-            "int8": (
-                lambda x=x16, w=w8, s=s16: torch._weight_int8pack_mm(x, w, s),
-                out * inp + out * 2,
-            ),
+        return (lambda x, w=w16: F.linear(x, w)), out * inp * 2
+    if fmt == "int8":
+        scale = w32.abs().amax(1) / 127
+        w8 = torch.round(w32 / scale[:, None]).to(torch.int8)
+        s16 = scale.to(torch.bfloat16)
+        return (lambda x, w=w8, s=s16: torch._weight_int8pack_mm(x, w, s)), out * inp + out * 2
+    packed, scales_zeros = _int4(w32)
+    return (
+        lambda x, p=packed, sz=scales_zeros: torch._weight_int4pack_mm_for_cpu(x, p, 32, sz)
+    ), out * inp // 2 + (out * inp // 32) * 4
+
+
+def kernels(fast: FastLlama, repeats: int = 5) -> dict[str, Any]:
+    """A decode step's 211 one-row matmuls (every layer's own weight, as the model streams
+    them from memory, not one weight hot in cache) in fp32, bf16, int8 and int4 weight-only:
+    milliseconds per step, and per weight shape the time per call and the bandwidth."""
+    shapes = [tuple(fast.layers[0].weights[name].shape) for name in PROJECTIONS]
+    order = [shape for _ in fast.layers for shape in shapes] + [tuple(fast.lm_head.shape)]
+    names = shape_names(fast)
+    out: dict[str, Any] = {}
+    for fmt in FORMATS:
+        torch.manual_seed(0)
+        calls = [(shape, *_prepared(fmt, torch.randn(*shape) * 0.02)) for shape in order]
+        xs = {n: torch.randn(1, n, dtype=torch.bfloat16) for n in {s[1] for s in order}}
+        whole = _best(calls, xs, repeats)
+        by_shape: dict[str, Any] = {}
+        for shape in dict.fromkeys(order):
+            subset = [c for c in calls if c[0] == shape]
+            seconds = _best(subset, xs, repeats)
+            by_shape[names[shape]] = {
+                "calls": len(subset),
+                "us_per_call": round(seconds / len(subset) * 1e6, 1),
+                "gb_s": round(sum(c[2] for c in subset) / 1e9 / seconds, 1),
+            }
+        total = sum(c[2] for c in calls)
+        out[fmt] = {
+            "matmul_ms_per_step": round(whole * 1000, 2),
+            "mb_per_step": round(total / 1e6, 1),
+            "gb_s": round(total / 1e9 / whole, 1),
+            "by_weight": by_shape,
         }
-        int4 = _int4(w32)
-        if int4 is not None:
-            packed, scales_zeros = int4
-            variants["int4"] = (
-                lambda x=x16, p=packed, sz=scales_zeros: torch._weight_int4pack_mm_for_cpu(
-                    x, p, 32, sz
-                ),
-                out * inp // 2 + (out * inp // 32) * 4,
-            )
-        for label, (call, nbytes) in variants.items():
-            with torch.inference_mode():
-                us = time_call(call)
-            row[f"{label}_us"] = round(us, 1)
-            row[f"{label}_gb_s"] = round(nbytes / 1e3 / us, 1)
-            step_us[label] += us * calls
-        rows[names[(out, inp)]] = row
-    return {
-        "by_weight": rows,
-        "matmul_ms_per_step": {k: round(v / 1000, 2) for k, v in step_us.items()},
-    }
+    return out
 
 
-def _int4(w32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(packed weight, scales and zeros) for torch's CPU int4 kernel, groups of 32, or None."""
+@torch.inference_mode()
+def _best(calls: list[Any], xs: dict[int, torch.Tensor], repeats: int) -> float:
+    """Fastest of `repeats` passes over `calls` (after one warm-up pass), in seconds."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for (_, inp), call, _ in calls:
+            call(xs[inp])
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def _int4(w32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed weight, scales and zeros) for torch's CPU int4 kernel, groups of 32."""
     out, inp = w32.shape
     groups = w32.reshape(out, inp // 32, 32)
     low, high = groups.amin(-1), groups.amax(-1)
@@ -181,34 +199,27 @@ def _int4(w32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     q = q.reshape(out, inp).to(torch.int32)
     zero = low + 8 * scale  # the kernel computes (q - 8) * scale + zero
     scales_zeros = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
-    try:
-        packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
-    except RuntimeError:
-        return None
-    return packed, scales_zeros
+    return torch._convert_weight_to_int4pack_for_cpu(q, 1), scales_zeros
 
 
 def bandwidth() -> dict[str, float]:
     """GB/s of reading a 256 MB buffer (sum), the box's practical ceiling for decode."""
     data = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
-    out = {}
-    for threads in (1, len(os.sched_getaffinity(0))):
-        torch.set_num_threads(threads)
-        us = time_call(lambda: data.sum(), repeats=20)
-        out[f"read_gb_s_{threads}_threads"] = round(data.numel() * 4 / 1e3 / us, 1)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    return out
+    threads = torch.get_num_threads()
+    us = time_call(lambda: data.sum(), repeats=20)
+    return {f"read_gb_s_{threads}_threads": round(data.numel() * 4 / 1e3 / us, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct"))
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "results" / "cpu-decode-profile.json"
     )
     args = parser.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     model = load_base_model(args.model, device="cpu", dtype="float32").model
     report: dict[str, Any] = {
@@ -236,7 +247,8 @@ def main() -> None:
         print(label, report[label]["wall_ms_per_step"], "ms/step")  # noqa: T201
         for name, row in report[label]["matmuls_by_weight"].items():
             print(f"  {name:24} {row['ms']:6.2f} ms  {row['mb_read']:6.1f} MB  {row['gb_s']} GB/s")  # noqa: T201
-    print("kernels ms/step:", report["kernels"]["matmul_ms_per_step"])  # noqa: T201
+    for fmt, row in report["kernels"].items():
+        print(f"{fmt}: {row['matmul_ms_per_step']} ms/step {row['gb_s']} GB/s")  # noqa: T201
     print(f"wrote {args.out}")  # noqa: T201
 
 

@@ -20,18 +20,22 @@ llama.cpp runs its AVX512-VNNI kernels, as on any CPU without AMX.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess  # noqa: S404 - runs pip, cmake and ninja with fixed argument lists
 import sys
 import tarfile
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """Pinned llama-cpp-python: its vendored llama.cpp is what the row measures."""
@@ -144,7 +148,8 @@ def _run(step: str, cmd: list[str], log: Path, cwd: Path | None = None) -> None:
 def _require(tool: str) -> str:
     found = shutil.which(tool)
     if found is None:
-        raise BuildError(f"building llama.cpp needs `{tool}` on PATH (apt-get install {tool})")
+        package = {"ninja": "ninja-build", "c++": "g++"}.get(tool, tool)
+        raise BuildError(f"building llama.cpp needs `{tool}` on PATH (apt-get install {package})")
     return found
 
 
@@ -199,50 +204,117 @@ def obtain(quiet: bool = False) -> LlamaCpp:
 
 # --- measuring: runs in a child process, so a native crash is reported, not fatal ---------------
 
+Run = dict[str, Any]
+"""One timed generation: ttft_ms, decode_tok_s (wall clock per streamed token) and the same
+from process CPU time (ttft_cpu_ms, decode_cpu_tok_s), completion_tokens."""
 
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    """In the child: llama-cpp-python on the GGUF, timed as Teller's rows are (wall clock per
-    streamed token): decode of the chat prompt (best of `repeats`), TTFT of the long prompt."""
+
+def _child_loop(spec: dict[str, Any]) -> None:
+    """In the child: load the GGUF with llama-cpp-python, say so, then answer one request per
+    stdin line ("decode": the chat prompt to `new_tokens`; "ttft": the long prompt to its
+    first token; "info") with one JSON line, until stdin closes."""
     import llama_cpp  # noqa: PLC0415 - only importable in the child (PYTHONPATH, LLAMA_CPP_LIB_PATH)
 
     threads = spec["threads"]
     llm = llama_cpp.Llama(spec["gguf"], n_threads=threads, n_threads_batch=threads,
                           n_ctx=spec["n_ctx"], n_batch=spec["n_batch"], verbose=False)  # fmt: skip
+    last: list[int] = []
 
-    def run(ids: list[int], tokens: int) -> dict[str, Any]:
+    def run(ids: list[int], tokens: int) -> Run:
         llm.reset()  # no prefix reuse between runs: every prompt is evaluated anew
         out: list[int] = []
-        start = time.perf_counter()
-        first = None
+        start, start_cpu = time.perf_counter(), time.process_time()
+        first, first_cpu = None, start_cpu
         for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            first = first or time.perf_counter()
+            if first is None:
+                first, first_cpu = time.perf_counter(), time.process_time()
             out.append(token)
             if len(out) >= tokens or token == llm.token_eos():
                 break
-        end = time.perf_counter()
+        end, end_cpu = time.perf_counter(), time.process_time()
         first = first or end
-        decode = (len(out) - 1) / (end - first) if len(out) > 1 else 0.0
-        return {"ttft_ms": (first - start) * 1000, "decode_tok_s": decode,
-                "completion_tokens": len(out), "ids": out}  # fmt: skip
+        many = len(out) > 1
+        last[:] = out
+        return {"ttft_ms": (first - start) * 1000, "ttft_cpu_ms": (first_cpu - start_cpu) * 1000,
+                "decode_tok_s": (len(out) - 1) / (end - first) if many else 0.0,
+                "decode_cpu_tok_s": (len(out) - 1) / (end_cpu - first_cpu) if many else 0.0,
+                "completion_tokens": len(out)}  # fmt: skip
 
     run(spec["prompt_ids"][:8], 4)  # warm-up
-    runs = [run(spec["prompt_ids"], spec["new_tokens"]) for _ in range(spec["repeats"])]
-    best = max(runs, key=lambda r: r["decode_tok_s"])
-    ttfts = [run(spec["long_ids"], 1)["ttft_ms"] for _ in range(3)]
-    text = llm.detokenize(best.pop("ids")[:32]).decode(errors="replace")
-    return {
-        **best,
-        "decode_tok_s_runs": [round(r["decode_tok_s"], 1) for r in runs],
-        "ttft_100_prompt_ms": min(ttfts),
-        "ttft_100_prompt_tokens": len(spec["long_ids"]),
-        "first32_text": text,
-        "llama_cpp_python": llama_cpp.__version__,
-        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
-    }
+    print(json.dumps({"ready": True}), flush=True)  # noqa: T201
+    for line in sys.stdin:
+        request = line.strip()
+        if request == "decode":
+            answer: dict[str, Any] = run(spec["prompt_ids"], spec["new_tokens"])
+            answer["first32_text"] = llm.detokenize(last[:32]).decode(errors="replace")
+        elif request == "ttft":
+            answer = run(spec["long_ids"], 1)
+        else:
+            info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+            answer = {"llama_cpp_python": llama_cpp.__version__, "system_info": info}
+        print(json.dumps(answer), flush=True)  # noqa: T201
 
 
-def _crash_message(what: str, result: subprocess.CompletedProcess[str]) -> str:
-    code = result.returncode
+class ChildFailed(RuntimeError):
+    """The llama.cpp child crashed, exited or took too long; the message says which and how."""
+
+
+class LlamaCppChild:
+    """llama.cpp (through its Python bindings) in a child process, asked for one run at a time,
+    so its runs can alternate with Teller's on a box that other jobs slow down unevenly."""
+
+    def __init__(self, build: LlamaCpp, spec: dict[str, Any], timeout: float = 900) -> None:
+        self.timeout = timeout
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
+        cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "child"]
+        self._process = subprocess.Popen(  # noqa: S603
+            cmd, env=build.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._stderr, text=True, bufsize=1,
+        )  # fmt: skip
+        self._stdin = cast("IO[str]", self._process.stdin)
+        self._stdout = cast("IO[str]", self._process.stdout)
+        self._stdin.write(json.dumps(spec) + "\n")
+        self._stdin.flush()
+        self._read("loading the model and a warm-up run")
+
+    def ask(self, request: str) -> dict[str, Any]:
+        """One run ("decode" or "ttft") or "info"."""
+        try:
+            self._stdin.write(request + "\n")
+            self._stdin.flush()
+        except BrokenPipeError:
+            pass  # it died: _read says how
+        return self._read(request)
+
+    def _read(self, what: str) -> dict[str, Any]:
+        ready, _, _ = select.select([self._stdout], [], [], self.timeout)
+        line = self._stdout.readline() if ready else None
+        if line:
+            return json.loads(line)
+        if line is None:
+            self._process.kill()
+            self._process.wait()
+            raise ChildFailed(f"llama.cpp took over {self.timeout:.0f} s ({what})")
+        code = self._process.wait()
+        raise ChildFailed(_crash_message(f"llama.cpp ({what})", code, self._stderr_text()))
+
+    def _stderr_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            with contextlib.suppress(BrokenPipeError):
+                self._stdin.close()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._stderr.close()
+
+
+def _crash_message(what: str, code: int, stderr: str) -> str:
     if code < 0:
         try:
             how = f"crashed with {signal.Signals(-code).name}"
@@ -250,23 +322,21 @@ def _crash_message(what: str, result: subprocess.CompletedProcess[str]) -> str:
             how = f"was killed by signal {-code}"
     else:
         how = f"exited with status {code}"
-    tail = "\n".join(result.stderr.strip().splitlines()[-8:])
+    lines = [line for line in stderr.strip().splitlines() if "Extension modules" not in line]
+    tail = "\n".join(lines[-12:])
     return f"{what} {how}:\n{tail}" if tail else f"{what} {how}"
 
 
-def measure_python(build: LlamaCpp, spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
-    """The bindings' row, in a child process; {"failed": why} if it crashes or times out."""
-    cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "child"]
-    try:
-        result = subprocess.run(  # noqa: S603
-            cmd, input=json.dumps(spec), env=build.env(), capture_output=True, text=True,
-            timeout=timeout, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return {"failed": f"llama.cpp (llama-cpp-python) took over {timeout:.0f} s"}
-    if result.returncode != 0:
-        return {"failed": _crash_message("llama.cpp (llama-cpp-python)", result)}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _summary(decodes: list[Run], ttfts: list[Run]) -> dict[str, Any]:
+    """Best-of figures of one engine's runs (other jobs only ever slow a run down)."""
+    best = max(decodes, key=lambda r: r["decode_tok_s"])
+    return {
+        **{k: v for k, v in best.items() if k != "decode_cpu_tok_s"},
+        "decode_tok_s_runs": [round(r["decode_tok_s"], 1) for r in decodes],
+        "decode_cpu_tok_s": max(r["decode_cpu_tok_s"] for r in decodes),
+        "ttft_100_prompt_ms": min(t["ttft_ms"] for t in ttfts),
+        "ttft_100_prompt_cpu_ms": min(t["ttft_cpu_ms"] for t in ttfts),
+    }
 
 
 def measure_llama_bench(
@@ -296,7 +366,7 @@ def measure_llama_bench(
         except subprocess.TimeoutExpired:
             return {"failed": f"llama-bench took over {timeout:.0f} s"}
         if result.returncode != 0:
-            return {"failed": _crash_message("llama-bench", result)}
+            return {"failed": _crash_message("llama-bench", result.returncode, result.stderr)}
         rows.extend(json.loads(result.stdout))
     prefill = next(r for r in rows if r["n_prompt"] == prompt)
     decode = next(r for r in rows if r["n_gen"] == new_tokens)
@@ -320,8 +390,15 @@ def measure(
     threads: int,
     new_tokens: int,
     repeats: int,
+    teller: Callable[[str], Run] | None = None,
 ) -> dict[str, Any]:
-    """The llama.cpp row: obtained (cached or built), then measured in child processes."""
+    """The llama.cpp row: obtained (cached or built), then measured in a child process.
+
+    With `teller` (a function doing Teller's own "decode" or "ttft" run of the same prompts),
+    the runs alternate, Teller's then llama.cpp's, `repeats` rounds, and `paired` gives both
+    engines' best-of figures from those same rounds and each round's decode ratio: on a box
+    that other jobs slow down unevenly, a pair measured back to back is the fairest comparison.
+    """
     if not gguf.is_file():
         return {"skipped": f"no GGUF file at {gguf}"}
     try:
@@ -329,9 +406,34 @@ def measure(
     except BuildError as exc:
         return {"skipped": str(exc)}
     spec = {"gguf": str(gguf), "threads": threads, "n_ctx": 1024, "n_batch": 512,
-            "prompt_ids": prompt_ids, "long_ids": long_ids, "new_tokens": new_tokens,
-            "repeats": repeats}  # fmt: skip
-    row = measure_python(build, spec)
+            "prompt_ids": prompt_ids, "long_ids": long_ids, "new_tokens": new_tokens}  # fmt: skip
+    mine: dict[str, list[Run]] = {"decode": [], "ttft": []}
+    theirs: dict[str, list[Run]] = {"decode": [], "ttft": []}
+    try:
+        child = LlamaCppChild(build, spec)
+        try:
+            for _ in range(repeats):
+                for kind in ("decode", "ttft"):
+                    if teller is not None:
+                        mine[kind].append(teller(kind))
+                    theirs[kind].append(child.ask(kind))
+            info = child.ask("info")
+        finally:
+            child.close()
+    except ChildFailed as exc:
+        row: dict[str, Any] = {"failed": str(exc)}
+    else:
+        row = {**_summary(theirs["decode"], theirs["ttft"]), **info}
+        row["ttft_100_prompt_tokens"] = len(long_ids)
+        if teller is not None:
+            ratios = [
+                m["decode_tok_s"] / t["decode_tok_s"]
+                for m, t in zip(mine["decode"], theirs["decode"], strict=True)
+            ]
+            row["paired"] = {
+                "teller": _summary(mine["decode"], mine["ttft"]),
+                "decode_ratio_per_round": [round(r, 3) for r in ratios],
+            }
     row["llama_bench"] = measure_llama_bench(
         build, gguf, threads, len(long_ids), new_tokens, len(prompt_ids), repeats
     )
@@ -350,7 +452,7 @@ def measure(
 
 def main() -> None:
     if sys.argv[1:] == ["child"]:
-        print(json.dumps(_child(json.loads(sys.stdin.read()))))  # noqa: T201
+        _child_loop(json.loads(sys.stdin.readline()))
         return
     try:
         result = obtain()
