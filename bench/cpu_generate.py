@@ -62,6 +62,8 @@ QUESTION = [
 ]
 NEW_TOKENS = 128
 REPEATS = 3
+ROUNDS = 5
+"""Alternating Teller/llama.cpp rounds: more than REPEATS, as each pair is what is compared."""
 NOTES = (
     "Profile (torch.profiler, --profile, quiet 2-core box): a transformers fp32 decode step of "
     "SmolLM2-135M is ~42 ms, of which aten::mm is ~33 ms (211 calls) and SDPA ~5 ms; module, "
@@ -311,13 +313,13 @@ def llama_cpp(
 ) -> dict[str, Any] | None:
     """llama.cpp on the GGUF (bench/llama_cpp_ref.py: built once, run in a child process):
     decode of the same chat prompt's token ids, TTFT of the same 100 tokens, best of
-    REPEATS rounds that alternate with the same runs on `teller` (TELLER_DTYPE=auto's engine)."""
+    ROUNDS rounds that alternate with the same runs on `teller` (TELLER_DTYPE=auto's engine)."""
     if gguf is None:
         return None
     long_ids = tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"]
     return llama_cpp_ref.measure(
         gguf, prompt_ids, long_ids, threads=torch.get_num_threads(),
-        new_tokens=NEW_TOKENS, repeats=REPEATS, teller=teller_run(teller),
+        new_tokens=NEW_TOKENS, repeats=ROUNDS, teller=teller_run(teller),
     )  # fmt: skip
 
 
@@ -451,7 +453,7 @@ def main() -> None:
                 f"first token after {row['ttft_min_ms']:.0f}-{row['ttft_max_ms']:.0f} ms"
             )
             continue
-        if "decode_ratio" in str(row):
+        if name == "llama_cpp_vs_teller":
             for teller, share in row.items():
                 if isinstance(share, dict) and "decode_ratio" in share:
                     table.append(
