@@ -36,6 +36,7 @@ from training.data.encoding import Example, encode_records, end_of_sequence_id
 from training.data.loading import LoadedData, load_data, write_records
 from training.data.packing import Row, attention_of, batch_rows, make_rows
 from training.fast import varlen_attention
+from training.fast.host_memory import return_freed_tensors_to_the_os
 from training.fast.memory_plan import fixed_bytes, plan_memory, set_gradient_checkpointing
 from training.model_build import (
     SetupError,
@@ -130,6 +131,8 @@ class TrainingRecipe:
         )
         self.tm: TrainableModel = build_trainable_model(cfg)
         self.model = self.tm.model
+        if self.tm.loaded.device.type == "cpu":
+            return_freed_tensors_to_the_os()  # resident memory = what tensors hold (see there)
         # Flash attention over packed examples where it runs, else SDPA with the block mask.
         self.attention = varlen_attention.choose(self.model, self.tm.loaded.device) or (
             attention_of(self.model)

@@ -11,4 +11,6 @@ them with tiny models).
 - `chunked_loss`: cross-entropy over labelled positions only, in vocabulary-head chunks.
 - `precision`: frozen weights kept in bf16; opt-in bf16 activations after layer norms.
 - `memory_plan`: the micro-batch / gradient-checkpointing choice for a memory budget.
+- `host_memory`: on CPU, freed activations go back to the operating system (glibc's mmap
+  threshold), so a run's resident memory follows what its tensors hold.
 """
