@@ -8,8 +8,9 @@ same steps, the matmuls grouped by weight shape with the bytes each reads and th
 that implies; each weight shape timed alone as a one-row matmul in float32, bf16 and torch's
 weight-only int8 (`_weight_int8pack_mm`) and int4 (`_weight_int4pack_mm_for_cpu`, groups of
 32, the granularity of llama.cpp's Q4_1) kernels, and the step those would add up to; and a
-plain memory read for the box's bandwidth. Compare with llama.cpp's row in
-`bench/results/cpu-llamacpp.json` (Q4_1: about 5 bits a weight).
+plain memory read for the box's bandwidth; llama.cpp's decode step (llama-bench, from the
+build `bench/llama_cpp_ref.py` caches) before and after, and the bf16 step with its matmuls
+swapped for each format's, as a share of llama.cpp's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from app.engine.loader import load_base_model  # noqa: E402
 from app.engine.models.llama_cpu import PROJECTIONS, FastLlama  # noqa: E402
+from bench import llama_cpp_ref  # noqa: E402
 
 PROMPT_TOKENS = 45
 
@@ -216,12 +218,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument(
+        "--gguf", type=Path, default=None, help="Q4_1 GGUF for llama.cpp's step (default: cached)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "results" / "cpu-decode-profile.json"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     model = load_base_model(args.model, device="cpu", dtype="float32").model
+    gguf = args.gguf or llama_cpp_ref.CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    before = llama_cpp_step(gguf, args.threads)
     report: dict[str, Any] = {
         "cpu": _cpu(),
         "threads": torch.get_num_threads(),
@@ -239,6 +246,13 @@ def main() -> None:
         if dtype == torch.bfloat16:
             report["kernels"] = kernels(fast)
     report["memory"] = bandwidth()
+    after = llama_cpp_step(gguf, args.threads)
+    report["llama_cpp"] = {"before": before, "after": after}
+    steps = [r["ms_per_step"] for r in (before, after) if "ms_per_step" in r]
+    if steps:
+        reference = sum(steps) / len(steps)
+        report["llama_cpp"]["ms_per_step"] = round(reference, 2)
+        report["projection"] = project(report, reference)
     report["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -249,7 +263,46 @@ def main() -> None:
             print(f"  {name:24} {row['ms']:6.2f} ms  {row['mb_read']:6.1f} MB  {row['gb_s']} GB/s")  # noqa: T201
     for fmt, row in report["kernels"].items():
         print(f"{fmt}: {row['matmul_ms_per_step']} ms/step {row['gb_s']} GB/s")  # noqa: T201
+    for fmt, row in report.get("projection", {}).get("formats", {}).items():
+        print(f"{fmt} step {row['step_ms']} ms = {row['share_of_llama_cpp']:.0%} of llama.cpp")  # noqa: T201
     print(f"wrote {args.out}")  # noqa: T201
+
+
+def llama_cpp_step(gguf: Path, threads: int) -> dict[str, Any]:
+    """llama.cpp's decode step on the same box at the same threads (llama-bench, 64 tokens
+    after 45), from the build `bench/llama_cpp_ref.py` caches; or why not."""
+    if not gguf.is_file():
+        return {"skipped": f"no GGUF at {gguf} (bench/cpu_generate.py --gguf default fetches it)"}
+    try:
+        build = llama_cpp_ref.obtain()
+    except llama_cpp_ref.BuildError as exc:
+        return {"skipped": str(exc)}
+    row = llama_cpp_ref.measure_llama_bench(build, gguf, threads, 100, 64, PROMPT_TOKENS, 3)
+    if "decode_tok_s" in row:
+        row["ms_per_step"] = round(1000 / row["decode_tok_s"], 2)
+    return row
+
+
+def project(report: dict[str, Any], reference_ms: float) -> dict[str, Any]:
+    """The bf16 step with its matmuls swapped for each format's (everything else as measured),
+    against llama.cpp's step."""
+    bf16 = report["bfloat16"]
+    matmuls = sum(row["ms"] for row in bf16["matmuls_by_weight"].values())
+    other = max(bf16["wall_ms_per_step"] - matmuls, 0.0)
+    formats = {}
+    for fmt, row in report["kernels"].items():
+        step = row["matmul_ms_per_step"] + other
+        formats[fmt] = {
+            "step_ms": round(step, 1),
+            "share_of_llama_cpp": round(reference_ms / step, 3),
+        }
+    return {
+        "what": "bf16 step's non-matmul time plus each format's 211 matmuls, against llama.cpp",
+        "bf16_matmul_ms": round(matmuls, 1),
+        "bf16_other_ms": round(other, 1),
+        "measured_bf16_share_of_llama_cpp": round(reference_ms / bf16["wall_ms_per_step"], 3),
+        "formats": formats,
+    }
 
 
 def _cpu() -> str:
