@@ -31,6 +31,9 @@ from app.answers.calculator import (
         ("$1,200 * 2", 2400),
         ("percent(150 - 120, 120)", 25),
         ("PERCENT(1, 8)", 12.5),  # function names are case-insensitive
+        ("percent_change(120, 150)", 25),
+        ("percent_change(1,496.5, 1,202.9)", (1202.9 - 1496.5) / 1496.5 * 100),
+        ("percent_change(-200, -100)", -50),  # TAT-QA's (new - old) / old, sign and all
         ("round(2.71828, 2)", 2.72),
         ("abs(-3)", 3),
         ("min(4, 2, 9)", 2),
@@ -97,6 +100,8 @@ def test_finance_functions_match_numpy_financial(expression: str, expected: floa
         ("(-8) ** 0.5", "not real"),
         ("irr([100, 200])", "both signs"),
         ("percent(1, 0)", "whole of 0"),
+        ("percent_change(0, 5)", "from 0"),
+        ("percent_change(5)", "takes 2 arguments"),
         ("[1, 2]", "must give one number"),
         ("1 +", "not a valid expression"),
         ("", "empty"),

@@ -2,11 +2,12 @@
 compute with the calculator, in the layout `teller eval` asks TAT-QA questions
 (`training.tatqa.context_text`).
 
-Every computed figure is a calculator form whose result the calculator itself wrote
-(`app.answers.calculator.calculate`), so the training text is byte for byte what serving
-produces; the answer line copies that result and states the table's scale (`million`) or `%`,
-as TAT-QA's scoring needs. The tables are invented (line items, years, amounts): no TAT-QA
-text is used, so evaluating on TAT-QA stays a held-out test.
+Every computed figure is one flat calculator form (`percent_change(old, new)`,
+`average(a, b)`, `a - b`: no nesting for a small model to lose an argument in) whose result
+the calculator itself wrote (`app.answers.calculator.calculate`), so the training text is
+byte for byte what serving produces; the answer line copies that result and states the
+table's scale (`million`) or `%`, as TAT-QA's scoring needs. The tables are invented (line
+items, years, amounts): no TAT-QA text is used, so evaluating on TAT-QA stays a held-out test.
 """
 
 from __future__ import annotations
@@ -108,18 +109,18 @@ def table_record(rng: random.Random) -> dict[str, Any]:
         expression, scale = f"{cells[a]} - {cells[b]}", suffix
     elif kind == "percent_change":
         question = rng.choice(PERCENT_CHANGE).format(**slots)
-        expression, scale = f"round(percent({cells[a]} - {cells[b]}, {cells[b]}), 2)", "%"
+        expression, scale = f"percent_change({cells[b]}, {cells[a]})", "%"
     elif kind in ("average", "total"):
         chosen = sorted(rng.sample(range(len(years)), rng.randint(2, len(years))))
         picked = [years[i] for i in chosen]
-        terms = " + ".join(cells[values[item][i]] for i in chosen)
+        figures = [cells[values[item][i]] for i in chosen]
         first, last = min(picked), max(picked)
         span = f"{first} and {last}" if len(picked) == 2 else rng.choice(("{}-{}", "{} to {}"))
         phrase = {"years": _years_phrase(sorted(picked)), "span": span.format(first, last)}
         templates = AVERAGE if kind == "average" else TOTAL
         question = rng.choice(templates).format(item=item, **phrase)
-        average = f"round(({terms}) / {len(chosen)}, 2)"
-        expression, scale = (average if kind == "average" else terms), suffix
+        average = f"average({', '.join(figures)})"
+        expression, scale = (average if kind == "average" else " + ".join(figures)), suffix
     elif kind == "share":
         question = rng.choice(
             (
@@ -127,7 +128,7 @@ def table_record(rng: random.Random) -> dict[str, Any]:
                 "What is the proportion of {item} over {other} in {now}?",
             )
         ).format(other=other, **slots)
-        expression, scale = f"round(percent({cells[a]}, {cells[c]}), 2)", "%"
+        expression, scale = f"percent({cells[a]}, {cells[c]})", "%"
     elif kind == "ratio":
         question = f"What is the ratio of {item} to {other} in {years[now]}?"
         expression, scale = f"round({cells[a]} / {cells[c]}, 2)", ""
