@@ -21,11 +21,7 @@ picker needs, and it does not capture bitsandbytes NF4 steps in CUDA graphs; hen
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
-import threading
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,21 +34,19 @@ from app.engine.loader import LoadedModel
 from app.engine.models.families import BatchedForward, batched_forward
 from app.engine.sampling import sample_rows
 from app.engine.schedulers.decode_graphs import GraphedDecode
+from app.engine.schedulers.delivery import Outbox
+from app.engine.schedulers.host import SchedulerHost
 from app.engine.schedulers.launched_step import LaunchedStep
-from app.engine.schedulers.worker import STOP, Control, Job, ServedModel, Worker
-from app.engine.types import (
-    EngineError,
-    EngineInfo,
-    Event,
-    FinishEvent,
-    GenerationRequest,
-    OutOfMemory,
-)
+from app.engine.schedulers.waiting import WaitingJobs
+from app.engine.schedulers.worker import Control, Job
+from app.engine.types import EngineError, EngineInfo, GenerationRequest, OutOfMemory
 
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.001
-"""How long a Python thread may hold the interpreter lock before others get a turn."""
+"""How long a Python thread may hold the interpreter lock before others get a turn: the
+worker thread runs Python between GPU steps, and the default 5 ms would let it keep the lock
+while requests wait on the web server's loop."""
 
 PREFILL_TOKEN_BUDGET = 4096
 """Prompt tokens prefilled per loop iteration before running rows get their next step."""
@@ -67,7 +61,7 @@ class _Row:
 
 
 class BatchEngine:
-    """The batching loop over a `ServedModel`, fed by a `Worker` (as the sequential one is).
+    """The batching loop, on the worker thread of a `SchedulerHost` (as the sequential one is).
 
     Args:
         max_batch: rows decoded together; also the KV cache's slot count.
@@ -95,8 +89,12 @@ class BatchEngine:
         run_ahead: bool | None = None,
         base_prompt_format: PromptFormat | None = None,
     ) -> None:
-        self.served = ServedModel(
-            loaded, max_context_tokens=max_context_tokens, base_prompt_format=base_prompt_format
+        self.host = SchedulerHost(
+            loaded,
+            max_queue=max_queue,
+            max_context_tokens=max_context_tokens,
+            base_prompt_format=base_prompt_format,
+            switch_interval_s=SWITCH_INTERVAL_S,
         )
         self._max_context = max_context_tokens
         self._max_batch = max_batch
@@ -104,7 +102,7 @@ class BatchEngine:
         self._linear_override = linear_override
         on_cuda = loaded.device.type == "cuda"
         self._batch_prefill = on_cuda if batch_prefill is None else batch_prefill
-        self._waiting: deque[Job] = deque()
+        self._waiting = WaitingJobs(self.host.worker)
         self._rows: list[_Row] = []
         self._batch: BatchedForward | None = None
         self._graphed: GraphedDecode | None = None
@@ -116,53 +114,42 @@ class BatchEngine:
         self.steps_ahead = 0
         self._eos: set[int] = set()
         self._broken = ""
-        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Event], Any, Event]] = []
-        # The worker thread runs Python between GPU steps; the default 5 ms switch interval
-        # would let it keep the interpreter lock while requests wait on the web server's loop.
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
-        self.ready = threading.Event()
-        self._worker = Worker(self.served, max_queue=max_queue)
-        self._worker.start(self._work)
+        self._outbox = Outbox()
+        self.ready = self.host.ready
+        """Set once the weights, cache and graphs are laid out (or that failed)."""
+        self.host.start(self._work, warm_up=self._warm_up, on_warm_up_failure=self._failed)
 
     @property
     def info(self) -> EngineInfo:
-        return self.served.info
+        return self.host.info
 
     @property
     def model(self) -> Any:
-        return self.served.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.served.tokenizer
+        return self.host.model
 
     @property
     def queue_depth(self) -> int:
         """Requests accepted but not decoding yet (being prepared or waiting for a slot)."""
-        return self._worker.queue_depth
+        return self.host.queue_depth
 
     @property
     def active_streams(self) -> int:
-        return self._worker.active_streams
+        return self.host.active_streams
 
     def count_tokens(self, text: str) -> int:
-        return self.served.count_tokens(text)
-
-    def prompt_format(self, adapter: str | None) -> PromptFormat:
-        return self.served.prompt_format(adapter)
+        return self.host.count_tokens(text)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """See `ServedModel.prepare`."""
-        return self.served.prepare(request)
+        return self.host.prepare(request)
 
     async def load_adapter(self, name: str, path: Path, prompt_format: PromptFormat) -> None:
         """Attach a LoRA adapter between steps; the bank and graphs follow (`_run_control`)."""
-        await self._worker.control(lambda: self.served.attach_adapter(name, path, prompt_format))
+        await self.host.load_adapter(name, path, prompt_format)
 
     async def unload_adapter(self, name: str) -> None:
         """Detach an adapter between steps; rows still using it end with an error."""
-        await self._worker.control(lambda: self.served.detach_adapter(name))
+        await self.host.unload_adapter(name)
 
     @property
     def _ready_batch(self) -> BatchedForward:
@@ -171,42 +158,13 @@ class BatchEngine:
         return self._batch
 
     def generate(self, request: GenerationRequest) -> Any:
-        """Queue a request and return its event stream (an async iterator of events).
-
-        Events go to an outbox that the worker hands to the caller's event loop once per
-        step, in one `call_soon_threadsafe` per loop: with 64 answers streaming, waking the
-        web server's loop once per token per answer would keep it (and the interpreter lock)
-        busy with wake-ups instead of serving requests.
-        """
-        self.served.check_adapter(request.adapter)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def emit(event: Event) -> None:
-            self._outbox.append((loop, events, request, event))
-
-        self._worker.submit(Job(request, emit), retry_after=2)
-        return self._worker.stream(events, request)
+        """See `SchedulerHost.open_stream`. Events wait in the outbox and reach the caller's
+        event loop once per step (`delivery.Outbox`)."""
+        return self.host.open_stream(request, retry_after=2, emitter=self._outbox.emitter)
 
     async def close(self) -> None:
         """Stop the worker (running and waiting answers end with an error event)."""
-        await self._worker.close()
-        sys.setswitchinterval(self._switch_interval)
-
-    def _flush(self) -> None:
-        """Deliver this step's events, one hand-over per event loop."""
-        if not self._outbox:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Outgoing]] = {}
-        for loop, events, request, event in self._outbox:
-            by_loop.setdefault(loop, []).append((events, request, event))
-        self._outbox.clear()
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # that loop is closed: nobody is listening any more
-                for _, request, _ in items:
-                    request.cancel.set()
+        await self.host.close()
 
     # ---- worker ---------------------------------------------------------------------------
 
@@ -218,7 +176,7 @@ class BatchEngine:
             max_tokens=self._max_context,
             linear_override=self._linear_override,
         )
-        self._eos = eos_ids(self.tokenizer, self.model)
+        self._eos = eos_ids(self.host.served.tokenizer, self.model)
         if self._graphs_wanted:
             try:
                 self._graphed = GraphedDecode(self._batch, self._max_batch)
@@ -229,26 +187,24 @@ class BatchEngine:
         wanted = self._run_ahead_wanted
         self._run_ahead = self._graphed is not None if wanted is None else wanted
 
+    def _failed(self, exc: Exception) -> None:
+        """A failed warm-up: every request then fails with the reason."""
+        log.exception("batch engine failed to start")
+        self._broken = f"the model could not be prepared: {exc}"
+
     def _work(self) -> None:
-        try:
-            self._warm_up()
-        except Exception as exc:  # noqa: BLE001 - every request then fails with the reason
-            log.exception("batch engine failed to start")
-            self._broken = f"the model could not be prepared: {exc}"
-        finally:
-            self.ready.set()
         while True:
             try:
                 running = self._iterate()
             finally:
-                self._flush()
+                self._outbox.flush()
             if not running:
                 return
 
     def _iterate(self) -> bool:
         """One turn of the loop: controls, admissions, one decode step; False on stop."""
         idle = not self._rows and not self._waiting
-        if not self._take_items(block=idle):
+        if not self._waiting.take(block=idle, run_control=self._run_control):
             self._fail_all("the server is shutting down")
             return False
         if self._broken:
@@ -267,20 +223,6 @@ class BatchEngine:
             self._fail_running(EngineError(str(exc)))
         return True
 
-    def _take_items(self, *, block: bool) -> bool:
-        """Move queued jobs to the waiting list and run control actions; False on stop."""
-        while True:
-            item = self._worker.take(block=block)
-            if item is None:
-                return True
-            block = False
-            if item is STOP:
-                return False
-            if isinstance(item, Control):
-                self._run_control(item)
-            else:
-                self._waiting.append(item)
-
     def _run_control(self, item: Control) -> None:
         if self._ahead is not None:
             # The step queued ahead reads the adapter factors and graphs a load or unload
@@ -291,14 +233,14 @@ class BatchEngine:
             self._batch.set_adapters(self.model)
             self._recapture()
         for row in list(self._rows):
-            if row.adapter is not None and row.adapter not in self.served.adapter_formats:
+            if row.adapter is not None and row.adapter not in self.host.served.adapter_formats:
                 row.decoder.finish("error", error=f"adapter {row.adapter!r} was unloaded")
         self._compact()
 
     def _recapture(self) -> None:
         """Capture the mixed-adapter graphs for the new adapter set now, during the load,
         rather than one bucket at a time in front of the next users' first tokens."""
-        if self._graphed is None or not self.served.adapter_formats:
+        if self._graphed is None or not self.host.served.adapter_formats:
             return
         try:
             self._graphed.warm_up(modes=("lora",))
@@ -314,8 +256,7 @@ class BatchEngine:
         budget = PREFILL_TOKEN_BUDGET
         starting: list[tuple[SequenceDecoder, PreparedRequest]] = []
         while self._waiting and len(self._rows) + len(starting) < self._max_batch and budget > 0:
-            job = self._waiting.popleft()
-            self._worker.taken()
+            job = self._waiting.next()
             ready = self._prepare_job(job)
             if ready is not None:
                 starting.append(ready)
@@ -348,27 +289,25 @@ class BatchEngine:
             _push(row, logits[index], chosen[index])
         self._compact()
         # First tokens go out now, not after the decode step that follows in this turn.
-        self._flush()
+        self._outbox.flush()
 
     def _prepare_job(self, job: Job) -> tuple[SequenceDecoder, PreparedRequest] | None:
         """A waiting request ready to prefill, or None when it already ended (with its event)."""
-        refusal = job.refusal()
-        if refusal is not None or job.prepared is None:
-            job.emit(refusal or FinishEvent("error", "", 0, 0, error="no prompt"))
+        prepared = job.admitted()
+        if prepared is None:
             return None
-        prepared = job.prepared
         decoder = self._decoder(prepared, job)
         if not decoder.wants_more:
             decoder.finish("length")
             return None
-        if prepared.adapter and prepared.adapter not in self.served.adapter_formats:
+        if prepared.adapter and prepared.adapter not in self.host.served.adapter_formats:
             decoder.finish("error", error=f"adapter {prepared.adapter!r} is not loaded")
             return None
         return decoder, prepared
 
     def _decoder(self, prepared: PreparedRequest, job: Job) -> SequenceDecoder:
         device = self._ready_batch.device
-        return SequenceDecoder(self.tokenizer, prepared, self._eos, job.emit, device)
+        return SequenceDecoder(self.host.served.tokenizer, prepared, self._eos, job.emit, device)
 
     def _step(self) -> None:
         """One token for every running row.
@@ -495,9 +434,7 @@ class BatchEngine:
     def _fail_all(self, error: str) -> None:
         """End running and waiting requests alike (shutdown, an engine that cannot start)."""
         self._fail_running(EngineError(error))
-        while self._waiting:
-            self._waiting.popleft().emit(FinishEvent("error", "", 0, 0, error=error))
-            self._worker.taken()
+        self._waiting.fail_all(error)
 
 
 def _push(row: _Row, logits: torch.Tensor, chosen: int) -> None:
@@ -507,12 +444,3 @@ def _push(row: _Row, logits: torch.Tensor, chosen: int) -> None:
         row.decoder.push(logits)
     else:
         row.decoder.push_token(chosen)
-
-
-_Outgoing = tuple["asyncio.Queue[Event]", Any, Event]
-
-
-def _deliver(items: list[_Outgoing]) -> None:
-    """On the caller's event loop: put each event on its stream's queue."""
-    for events, _, event in items:
-        events.put_nowait(event)

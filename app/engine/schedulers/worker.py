@@ -9,8 +9,9 @@
   of waiting requests is what answers busy. Control actions (adapter loads and unloads) go
   through the same queue, so they run between forward passes, never during one.
 
-A scheduler owns one of each and runs its own loop on the worker's thread (`Worker.start`):
-the sequential one answers one request at a time, the batch one steps many together.
+A scheduler owns one of each through its `SchedulerHost` (`host.py`), which starts the
+worker's thread with the scheduler's warm-up and loop: the sequential one answers one request
+at a time, the batch one steps many together.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ class Job:
         if self.prepared is None:
             return self.failure or FinishEvent("error", "", 0, 0, error="no prompt")
         return None
+
+    def admitted(self) -> PreparedRequest | None:
+        """The prepared request to run, or None once this job has ended with its refusal."""
+        refusal = self.refusal()
+        if refusal is not None:
+            self.emit(refusal)
+            return None
+        return self.prepared
 
 
 @dataclass
