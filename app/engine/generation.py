@@ -6,7 +6,6 @@ every event, so the scheduler decides where it runs and tests can call it direct
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,15 +79,8 @@ class TransformersStepper:
         return self._run([token])
 
 
-@dataclass
-class GenerationStats:
-    prompt_tokens: int
-    completion_tokens: int
-    first_token_s: float | None
-    total_s: float
-
-
-def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+def eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    """Token ids that end an answer: the tokenizer's and the generation config's EOS."""
     ids: set[int] = set()
     for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
         if isinstance(source, int):
@@ -122,8 +114,6 @@ class SequenceDecoder:
         device: torch.device,
     ) -> None:
         self.request = request
-        self.started = time.perf_counter()
-        self.first_token_s: float | None = None
         self.completion = 0
         self.last_token: int | None = None
         self.finished = False
@@ -195,25 +185,10 @@ class SequenceDecoder:
         )
         return True
 
-    def stats(self) -> GenerationStats:
-        return GenerationStats(
-            prompt_tokens=len(self.request.prompt_ids),
-            completion_tokens=self.completion,
-            first_token_s=self.first_token_s,
-            total_s=time.perf_counter() - self.started,
-        )
-
     def _send(self, text: str) -> None:
         if text:
-            if self.first_token_s is None:
-                self.first_token_s = time.perf_counter() - self.started
             self._parts.append(text)
             self._emit(TokenEvent(text))
-
-
-def eos_ids(tokenizer: Any, model: Any) -> set[int]:
-    """Token ids that end an answer: the tokenizer's and the generation config's EOS."""
-    return _eos_ids(tokenizer, model)
 
 
 @torch.inference_mode()
@@ -223,19 +198,19 @@ def run_generation(
     request: PreparedRequest,
     emit: Callable[[Event], None],
     stepper: Stepper | None = None,
-) -> GenerationStats:
-    """Generate until EOS, a stop string, the token limit or cancellation; emit every event.
+) -> None:
+    """Generate until EOS, a stop string, the token limit or cancellation; emit every event
+    (what the answer took is counted from those events, by `app.answers`).
 
     Args:
         stepper: runs the forward passes; the transformers path when None.
     """
     device = next(model.parameters()).device
-    decoder = SequenceDecoder(tokenizer, request, _eos_ids(tokenizer, model), emit, device)
+    decoder = SequenceDecoder(tokenizer, request, eos_ids(tokenizer, model), emit, device)
     if not decoder.wants_more:  # max_new_tokens of 0: nothing to generate
         decoder.finish("length")
-        return decoder.stats()
+        return
     stepper = stepper or TransformersStepper(model, request.forward_kwargs)
     logits = stepper.prefill(request.prompt_ids)  # (V,)
     while not decoder.push(logits):
         logits = stepper.decode(decoder.last_token)  # type: ignore[arg-type]
-    return decoder.stats()
