@@ -27,19 +27,16 @@ class DocumentState(StrEnum):
 
 UNFINISHED = (DocumentState.QUEUED, DocumentState.PARSING, DocumentState.INDEXING)
 
-EVERYONE = "everyone"
-
 
 class KnowledgeBase(Base):
-    """A named collection of documents. Admins own it; `visible_to` is `everyone` until groups
-    exist (then a group list)."""
+    """A named collection of documents. Admins own it; who else may see it is what their groups
+    grant (`app.knowledge.service.visible_knowledge_bases`)."""
 
     __tablename__ = "knowledge_bases"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    visible_to: Mapped[str] = mapped_column(String(255), default=EVERYONE)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
