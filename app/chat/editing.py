@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.chat.schemas import ChatInputError
-from app.chat.service import clean_content
+from app.chat.service import ask, clean_content
 from app.config import Settings
 from app.store import crud
 from app.store.models import Conversation, Message, MessageStatus, User
@@ -44,29 +44,13 @@ def edit_and_resend(
     removed = crud.delete_messages_from(
         session=session, conversation=conversation, message_id=original.id
     )
-    question = crud.add_message(
-        session=session, conversation=conversation, role="user", content=text
-    )
-    answer = crud.add_message(
+    return ask(
         session=session,
+        user=user,
         conversation=conversation,
-        role="assistant",
-        content="",
-        status=MessageStatus.PENDING,
+        text=text,
+        audit_details={"replaces_message_id": original.id, "messages_removed": removed},
     )
-    audit.record_event(
-        session=session,
-        action=audit.CHAT_PROMPT,
-        actor_id=user.id,
-        details={
-            "conversation_id": conversation.id,
-            "message_id": question.id,
-            "text": text,
-            "replaces_message_id": original.id,
-            "messages_removed": removed,
-        },
-    )
-    return question, answer
 
 
 def _number(value: str, what: str, low: float, high: float, example: str) -> float | None:

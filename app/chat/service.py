@@ -120,23 +120,51 @@ def start_turn(
                 conversation_id=conversation.id,
                 knowledge_base_ids=knowledge_base_ids,
             )
+    question, answer = ask(session=session, user=user, conversation=conversation, text=text)
+    return conversation, question, answer
+
+
+def ask(
+    *,
+    session: Session,
+    user: User,
+    conversation: Conversation,
+    text: str,
+    audit_details: dict[str, object] | None = None,
+) -> tuple[Message, Message]:
+    """Store `text` (already checked) as the user's question with a pending answer after it,
+    and audit the question as a prompt.
+
+    Args:
+        audit_details: more for the prompt's audit row (what an edited question replaced).
+    """
     question = crud.add_message(
         session=session, conversation=conversation, role="user", content=text
     )
-    answer = crud.add_message(
+    answer = pending_answer(session=session, conversation=conversation)
+    audit.record_event(
+        session=session,
+        action=audit.CHAT_PROMPT,
+        actor_id=user.id,
+        details={
+            "conversation_id": conversation.id,
+            "message_id": question.id,
+            "text": text,
+            **(audit_details or {}),
+        },
+    )
+    return question, answer
+
+
+def pending_answer(*, session: Session, conversation: Conversation) -> Message:
+    """An empty answer waiting for the model (its stream writes it)."""
+    return crud.add_message(
         session=session,
         conversation=conversation,
         role="assistant",
         content="",
         status=MessageStatus.PENDING,
     )
-    audit.record_event(
-        session=session,
-        action=audit.CHAT_PROMPT,
-        actor_id=user.id,
-        details={"conversation_id": conversation.id, "message_id": question.id, "text": text},
-    )
-    return conversation, question, answer
 
 
 def checked_adapter_choice(
@@ -177,13 +205,7 @@ def regenerate(*, session: Session, conversation: Conversation) -> Message:
     if last.status in (MessageStatus.PENDING, MessageStatus.STREAMING):
         raise ChatInputError("The answer is still being written; stop it first.")
     crud.delete_message(session=session, message=last)
-    return crud.add_message(
-        session=session,
-        conversation=conversation,
-        role="assistant",
-        content="",
-        status=MessageStatus.PENDING,
-    )
+    return pending_answer(session=session, conversation=conversation)
 
 
 def sampling_for(

@@ -18,6 +18,7 @@ from app.deps import (
     message_allowed,
 )
 from app.store import crud
+from app.store.models import Conversation, Message
 from app.web.templating import is_htmx, render
 
 router = APIRouter()
@@ -70,12 +71,18 @@ def send_message(
         )
     except ChatInputError as exc:
         return input_error(request, exc)
+    return _turn(request, conversation, [question, answer])
+
+
+def _turn(request: Request, conversation: Conversation, messages: list[Message]) -> Response:
+    """The new messages as the page appends them (HTMX; the answer's stream starts from
+    there), or the conversation page again (a plain form post)."""
     if not is_htmx(request):
         return redirect(request, f"/c/{conversation.id}")
     return render(
         request,
         "partials/turn.html",
-        {"conversation": conversation, "messages": [question, answer]},
+        {"conversation": conversation, "messages": messages},
         block="turn",
     )
 
@@ -97,14 +104,7 @@ def regenerate(request: Request, session: SessionDep, conversation: Conversation
         answer = service.regenerate(session=session, conversation=conversation)
     except ChatInputError as exc:
         return input_error(request, exc)
-    if not is_htmx(request):
-        return redirect(request, f"/c/{conversation.id}")
-    return render(
-        request,
-        "partials/turn.html",
-        {"conversation": conversation, "messages": [answer]},
-        block="turn",
-    )
+    return _turn(request, conversation, [answer])
 
 
 @router.post(
