@@ -48,6 +48,11 @@ TOTAL = (
     "What is the total {item} in {years}?",
     "What was the total {item} between {span}?",
 )
+ZERO_DIVISOR = {"percent_change": "before", "share": "other", "ratio": "other"}
+"""Kinds that divide, and which figure: the earlier year's, or the other line item's."""
+ZERO_DIVISOR_SHARE = 0.1
+"""How often that figure is 0. The calculator refuses, and the answer says it cannot compute
+(and why) instead of a figure: the model learns to end there rather than invent a number."""
 DISTRACTORS = (
     "{item} was {value}{unit} in {year}, as shown above.",
     "In {year}, {item} included {value}{unit} of items that do not recur.",
@@ -93,6 +98,12 @@ def table_record(rng: random.Random) -> dict[str, Any]:
     kind = rng.choices(KINDS, weights=WEIGHTS)[0]
     item, other = rng.sample(items, 2)
     now, before = sorted(rng.sample(range(len(years)), 2)) if kind != "lookup" else (0, 1)
+    zero = ZERO_DIVISOR.get(kind) if rng.random() < ZERO_DIVISOR_SHARE else None
+    if zero is not None:  # the figure this kind divides by is 0: the answer is a refusal
+        row, column = (item, before) if zero == "before" else (other, now)
+        values[row][column] = 0.0
+        rows[1 + items.index(row)][1 + column] = _cell(0.0, dollar, digits)
+        refusal = f"cannot compute ({row} was 0 in {years[column]})"
     a, b = values[item][now], values[item][before]
     c = values[other][now]
     cells = {v: _cell(v, dollar, digits) for v in (a, b, c, *values[item])}
@@ -131,20 +142,25 @@ def table_record(rng: random.Random) -> dict[str, Any]:
         expression, scale = f"percent({cells[a]}, {cells[c]})", "%"
     elif kind == "ratio":
         question = f"What is the ratio of {item} to {other} in {years[now]}?"
-        expression, scale = f"round({cells[a]} / {cells[c]}, 2)", ""
+        expression, scale = f"{cells[a]} / {cells[c]}", ""
     elif kind == "sum":
         question = f"What is the total of {item} and {other} in {years[now]}?"
         expression, scale = f"{cells[a]} + {cells[c]}", suffix
     else:
         question = f"What was {item} in {years[now]}?"
         expression, scale = "", suffix
+    answer: float | None = a
     if expression:
         calculation = calculate(expression)
-        assert calculation.value is not None, calculation.error  # noqa: S101 - generator bug
         answer, result = calculation.value, calculation.result_text
-        output = f"{calculation.text}\nAnswer: {result}{scale}"
+        if zero is not None:
+            assert answer is None, expression  # noqa: S101 - generator bug
+            kind, output = "undefined", f"{calculation.text}\nAnswer: {refusal}"
+        else:
+            assert answer is not None, calculation.error  # noqa: S101 - generator bug
+            output = f"{calculation.text}\nAnswer: {result}{scale}"
     else:
-        answer, output = a, f"Answer: {cells[a]}{scale}"
+        output = f"Answer: {cells[a]}{scale}"
     return {
         "instruction": question,
         "input": context_text(rows, [paragraph]),
@@ -152,7 +168,7 @@ def table_record(rng: random.Random) -> dict[str, Any]:
         "check": {
             "kind": f"table_{kind}",
             "params": {"expression": expression, "value": a},
-            "answer": round(answer, 6),
+            "answer": None if answer is None else round(answer, 6),
             "unit": "%" if scale == "%" else (scale.strip() or "number"),
         },
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -141,7 +142,8 @@ UNITS = {
 """The answer line copies the calculator's rounded result, with the unit's sign."""
 
 TABLE_KINDS = {"table_change", "table_percent_change", "table_average", "table_share",
-               "table_ratio", "table_total", "table_sum", "table_lookup"}  # fmt: skip
+               "table_ratio", "table_total", "table_sum", "table_lookup",
+               "table_undefined"}  # fmt: skip
 
 
 # --- tests ------------------------------------------------------------------------------------
@@ -211,12 +213,16 @@ def test_every_computed_figure_goes_through_the_calculator(
         forms = list(FORM.finditer(record["output"]))
         lookup = record["check"]["kind"] == "table_lookup"
         assert lookup or forms, record["output"]
+        refused = record["check"]["kind"] == "table_undefined"
         for form in forms:
             assert form["result"] == calculate(form["expression"]).result_text
-            assert not form["result"].startswith("[error")
+            assert form["result"].startswith("[error") == refused, record["output"]
         if forms:
             answer_line = record["output"].rstrip().splitlines()[-1]
-            assert form["result"].lstrip("-") in answer_line, answer_line
+            if refused:  # a refusal ends the answer with why, never with a figure
+                assert re.fullmatch(r"Answer: cannot compute \(.+ was 0 in \d{4}\)", answer_line)
+            else:
+                assert form["result"].lstrip("-") in answer_line, answer_line
 
 
 def test_table_questions_compute_with_the_calculator(
@@ -227,6 +233,10 @@ def test_table_questions_compute_with_the_calculator(
     for record in tables:
         check = record["check"]
         assert record["input"].startswith("Table:\n") and "\n\nText:\n" in record["input"]
+        if check["kind"] == "table_undefined":  # the figure it divides by is 0 in the table
+            assert check["answer"] is None
+            assert calculate(check["params"]["expression"]).value is None
+            continue
         if check["params"]["expression"]:
             value = calculate(check["params"]["expression"]).value
             assert value is not None and math.isclose(value, check["answer"], abs_tol=1e-6)
