@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     """Requests waiting for the model; beyond this they get 503 with Retry-After."""
     cpu_threads: int = Field(0, ge=0)
     """Torch intra-op threads on CPU; 0 lets Teller pick (all physical cores)."""
+    cpu_int4: Literal["auto", "always", "off"] = "auto"
+    """Int4 weights on the lean CPU path (Llama family, sequential engine). `auto`: where the
+    model came from a 4-bit file (its weights on 16 levels per group of 32, as the embedded
+    default's Q4_1), with `dtype=auto`; nothing lost but bf16 scales. `always`: any model,
+    rounded to 4 bits as a Q4_1 file would be (lossy). `off`: never."""
 
     # Accounts, limits and retention (app/auth, app/audit).
     session_hours: int = Field(12, ge=1, le=24 * 90)

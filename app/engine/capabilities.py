@@ -42,6 +42,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@cache
+def cpu_int4_kernel_fast() -> bool:
+    """True when torch's CPU int4 matmul (`_weight_int4pack_mm_for_cpu`) is vectorised here.
+
+    torch builds it for AVX512 and AVX2; on any other CPU it is a scalar loop, tens of times
+    slower than a bf16 matmul, so int4 weights would only cost speed.
+    """
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
 def supports_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()

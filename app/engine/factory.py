@@ -8,9 +8,9 @@ import os
 import torch
 
 from app.config import Settings
-from app.engine.capabilities import cpu_has_native_bf16
+from app.engine.capabilities import cpu_has_native_bf16, cpu_int4_kernel_fast
 from app.engine.kernels.nf4_routing import nf4_override
-from app.engine.loader import LoadedModel, load_base_model
+from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
 from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import Engine
 
@@ -48,6 +48,12 @@ def build_engine(settings: Settings) -> Engine:
     if use_batch_scheduler(settings.scheduler, loaded, settings.max_context_tokens):
         from app.engine.schedulers.batch import BatchEngine
 
+        if settings.cpu_int4 == "always" and loaded.device.type == "cpu":
+            raise ModelLoadError(
+                "TELLER_CPU_INT4=always runs on the sequential engine's lean CPU path; "
+                "set TELLER_SCHEDULER=sequential (or auto) or TELLER_CPU_INT4=auto"
+            )
+
         log.info("continuous batching, up to %d answers per step", settings.max_batch)
         cast = cpu_fast_dtype(loaded, settings.dtype)
         if cast is not None:  # the batched forward computes in the model's own dtype
@@ -64,7 +70,7 @@ def build_engine(settings: Settings) -> Engine:
         loaded,
         max_queue=settings.max_queue,
         max_context_tokens=settings.max_context_tokens,
-        fast_dtype=cpu_fast_dtype(loaded, settings.dtype),
+        fast_dtype=cpu_lean_dtype(loaded, settings.dtype, settings.cpu_int4),
     )
 
 
@@ -107,6 +113,44 @@ def cpu_fast_dtype(loaded: LoadedModel, setting: str) -> torch.dtype | None:
         return None
     params = sum(p.numel() for p in loaded.model.parameters())
     return torch.bfloat16 if params >= BF16_MIN_PARAMS else None
+
+
+def cpu_lean_dtype(loaded: LoadedModel, dtype: str, int4: str) -> torch.dtype | None:
+    """The lean CPU path's format: int4 weights (`INT4`) where `TELLER_CPU_INT4` asks for
+    them and the model can take them, else `cpu_fast_dtype`'s choice.
+
+    `auto` picks int4 only for a model that came from a 4-bit file (`four_bit_share`), with
+    `TELLER_DTYPE=auto` and torch's vectorised int4 kernel on this CPU: then nothing changes
+    but the bf16 rounding of each group's scale and zero, and a decode step reads a quarter
+    of bf16's bytes (bench/results/cpu-llamacpp.json). `always` rounds any Llama-family model's
+    projections to 4 bits first (lossy, as converting it to a Q4_1 file would be).
+
+    Raises:
+        ModelLoadError: `always` was asked for a model the lean CPU path cannot run.
+    """
+    from app.engine.models.llama_cpu import unsupported_reason
+    from app.engine.models.llama_cpu_int4 import (
+        INT4,
+        four_bit_share,
+        int4_reason,
+        round_projections,
+    )
+
+    if int4 == "off" or loaded.device.type != "cpu":
+        return cpu_fast_dtype(loaded, dtype)
+    reason = unsupported_reason(loaded.model) or int4_reason(loaded.model)
+    if int4 == "always":
+        if reason is not None:
+            raise ModelLoadError(f"TELLER_CPU_INT4=always cannot run this model: {reason}")
+        round_projections(loaded.model)
+        log.info("lean CPU path: projections rounded to int4 (TELLER_CPU_INT4=always)")
+        return INT4
+    if reason is None and dtype == "auto" and cpu_int4_kernel_fast():
+        share = four_bit_share(loaded.model)
+        if share > 0:
+            log.info("lean CPU path: int4 weights (%.0f%% of projections are 4-bit)", share * 100)
+            return INT4
+    return cpu_fast_dtype(loaded, dtype)
 
 
 def build_remote_engine(settings: Settings) -> Engine:

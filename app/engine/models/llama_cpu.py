@@ -23,8 +23,14 @@ import torch.nn.functional as F  # noqa: N812
 
 from app.engine.models.peft_layout import adapter_reason, base_model
 
+if typing.TYPE_CHECKING:
+    from app.engine.models.llama_cpu_int4 import Int4Llama
+
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+INT4 = torch.uint4
+"""The `dtype` that asks `FastLlama` for int4 weights (`llama_cpu_int4.Int4Llama`)."""
 
 Lora = tuple[torch.Tensor, torch.Tensor, float]
 """(A (r, in), B (out, r), scale) of one adapted projection."""
@@ -74,10 +80,19 @@ class FastLlama:
         max_tokens: initial cache length; grows when a longer request comes.
         dtype: compute dtype. bfloat16 halves the bytes each decode step reads, which is what
             bounds a small model on a CPU with native bf16 dot products (AVX512-BF16/AMX);
-            None keeps the model's own dtype and gives bit-identical results to it.
+            None keeps the model's own dtype and gives bit-identical results to it. `INT4`
+            runs the int4 forward instead (`llama_cpu_int4`: a model from a 4-bit file at a
+            quarter of bf16's bytes); this class then only hands each call on to it.
     """
 
     def __init__(self, model: Any, max_tokens: int, dtype: torch.dtype | None = None) -> None:
+        self._int4: Int4Llama | None = None
+        if dtype == INT4:
+            from app.engine.models.llama_cpu_int4 import Int4Llama
+
+            self._int4 = Int4Llama(model, max_tokens)
+            self.dtype = INT4
+            return
         base = base_model(model)
         self.dtype = dtype or next(base.parameters()).dtype
         config = base.config
@@ -115,11 +130,14 @@ class FastLlama:
         """Re-read every adapter's LoRA factors after one was loaded or unloaded."""
         from peft import PeftModel
 
+        if self._int4 is not None:
+            self._int4.set_adapters(model)
+            return
         peft = isinstance(model, PeftModel)
         base = base_model(model)
         self._merged = None
         for layer, module in zip(self.layers, base.model.layers, strict=True):
-            layer.lora = _read_lora(module, self._cast) if peft else {}
+            layer.lora = read_lora(module, self._cast) if peft else {}
 
     def merge(self, adapter: str | None) -> None:
         """Fold `adapter` into a private copy of the weights so its requests run at base speed.
@@ -129,15 +147,17 @@ class FastLlama:
         (tens of milliseconds), so one sequence at a time always gains by merging its adapter.
         The sum is formed in float32 from the model's own weights, then cast once.
         """
-        if adapter is None or (self._merged and self._merged[0] == adapter):
+        if self._int4 is not None or adapter is None:
+            return  # int4 weights run adapters unmerged
+        if self._merged and self._merged[0] == adapter:
             return
         self._merged = None  # free the previous copy before building the next
         merged: list[dict[str, torch.Tensor]] = []
         for layer, module in zip(self.layers, self._source_layers, strict=True):
-            factors = _read_lora(module, lambda t: t.detach().float()).get(adapter, {})
+            factors = read_lora(module, lambda t: t.detach().float()).get(adapter, {})
             weights = dict(layer.weights)
             for name, (a, b, scale) in factors.items():
-                source = _plain_weight(_owner(module, name)).detach().float()
+                source = plain_weight(owner(module, name)).detach().float()
                 weights[name] = torch.addmm(source, b, a, alpha=scale).to(self.dtype)
             merged.append(weights)
         self._merged = (adapter, merged)
@@ -147,6 +167,9 @@ class FastLlama:
 
     def start(self, total_tokens: int) -> None:
         """Begin a new sequence that will hold at most `total_tokens` tokens."""
+        if self._int4 is not None:
+            self._int4.start(total_tokens)
+            return
         self._grow(total_tokens)
         self.length = 0
 
@@ -158,6 +181,8 @@ class FastLlama:
             token_ids: the prompt (prefill) or the one token just chosen (decode).
             adapter: a loaded adapter's name, or None for the base model.
         """
+        if self._int4 is not None:
+            return self._int4.forward(token_ids, adapter)
         start, count = self.length, len(token_ids)
         end = start + count
         if end > self.max_tokens:
@@ -230,27 +255,27 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _plain_weight(module: Any) -> torch.Tensor:
+def plain_weight(module: Any) -> torch.Tensor:
     """A projection's base weight, under a PEFT LoRA wrapper or not."""
     return getattr(module, "base_layer", module).weight
 
 
-def _owner(module: Any, name: str) -> Any:
+def owner(module: Any, name: str) -> Any:
     """The projection module `name` of one decoder layer."""
     return getattr(module.self_attn if name in ATTENTION else module.mlp, name)
 
 
 def _read_layer(module: Any, cast: Callable[[torch.Tensor], torch.Tensor]) -> _Layer:
-    weights = {name: cast(_plain_weight(_owner(module, name))) for name in PROJECTIONS}
+    weights = {name: cast(plain_weight(owner(module, name))) for name in PROJECTIONS}
     return _Layer(
         weights=weights,
         input_norm=cast(module.input_layernorm.weight),
         post_norm=cast(module.post_attention_layernorm.weight),
-        lora=_read_lora(module, cast),
+        lora=read_lora(module, cast),
     )
 
 
-def _read_lora(
+def read_lora(
     module: Any, cast: Callable[[torch.Tensor], torch.Tensor]
 ) -> dict[str, dict[str, Lora]]:
     from peft.tuners.lora import LoraLayer

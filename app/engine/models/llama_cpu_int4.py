@@ -1,0 +1,349 @@
+"""The lean CPU Llama forward with int4 weights: a 4-bit model decoded at 4 bits per weight.
+
+A model that came from a 4-bit file (the embedded default: a Q4_1 GGUF) holds float32 weights
+that sit on 16 levels per group of 32; torch's CPU int4 kernel reads them back at a quarter of
+bf16's bytes with nothing lost but the bf16 rounding of each group's scale and zero
+(`kernels/cpu_int4.py`). Decode is then no longer bound by the matmuls but by the dozens of
+small ops per layer, so this forward keeps those few:
+
+- q, k and v are one matmul, gate and up another (their rows concatenated);
+- q and k rows are reordered per head so that rotary pairs sit side by side, and rotary
+  embedding is one complex multiply (attention scores are unchanged: q and k get the same
+  order, and the cache holds k in it);
+- the residual stream and the KV cache stay float32; only the matmuls' inputs are bf16 (the
+  kernel's one fast path).
+
+Projections whose weights are not 4-bit (a mixed-precision file) run as bf16 matmuls. The tied
+embedding/lm_head of the default came from Q8_0 blocks; `HEAD_FORMATS` says how it is read.
+LoRA adapters stay unmerged (a 4-bit weight plus a LoRA delta is no longer 4-bit): each fused
+projection adds `x @ A.T @ B.T`, the factors of its members stacked, scale folded into B.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from app.engine.kernels.cpu_int4 import (
+    Int4Linear,
+    Int8Linear,
+    concat,
+    fit_grid,
+    looks_4bit,
+    round_to_int4,
+    shape_fits,
+)
+from app.engine.models.llama_cpu import INT4, PROJECTIONS, owner, plain_weight, read_lora
+from app.engine.models.peft_layout import base_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INT4", "Int4Llama", "four_bit_share", "int4_reason", "round_projections"]
+
+FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
+         "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}  # fmt: skip
+HeadFormat = Literal["int8", "int4", "bf16"]
+HEAD_FORMATS: tuple[HeadFormat, ...] = ("int8", "int4", "bf16")
+"""How the lm_head is read: int8 per output row (llama.cpp keeps its output matrix in Q8_0),
+int4 in groups of 32, or bf16. The embedding lookup always reads the model's own rows."""
+CANDIDATES = 64
+"""Tokens whose logits are recomputed from the model's own float rows after a quantized head
+has found them: the ones sampling and greedy decoding look at."""
+
+
+class Bf16Linear:
+    """A projection that is not 4-bit: a plain bf16 matmul (bf16 in, bf16 out)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight.detach().to(torch.bfloat16).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+Projection = Int4Linear | Bf16Linear
+LoraPair = tuple[torch.Tensor, torch.Tensor]
+"""(A (r, in), B (out, r) with the scale folded in), bf16, one per fused projection."""
+
+
+@dataclass
+class _Block:
+    """One decoder layer: four fused projections and two norms (float32)."""
+
+    proj: dict[str, Projection]
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    lora: dict[str, dict[str, LoraPair]] = field(default_factory=dict)
+    """Adapter name → fused projection name → its stacked factors."""
+
+
+class Int4Llama:
+    """A Llama-family model with int4 projections, one sequence at a time (see module doc).
+
+    Args:
+        model: the transformers (or PEFT-wrapped) Llama model, float32 on CPU.
+        max_tokens: initial cache length; grows when a longer request comes.
+        head: how the lm_head is read (`HEAD_FORMATS`).
+        candidates: logits recomputed at full precision after the quantized head (`Head`).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        max_tokens: int,
+        head: HeadFormat = "int8",
+        candidates: int = CANDIDATES,
+    ) -> None:
+        base = base_model(model)
+        config = base.config
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.eps = config.rms_norm_eps
+        inner = base.model
+        self.embed = inner.embed_tokens.weight.detach()  # (V, C), shared with the model
+        self.lm_head = Head(base.lm_head.weight, head, candidates)
+        self.final_norm = inner.norm.weight.detach().float()
+        self._order = _rotary_order(self.n_heads, self.n_kv, self.head_dim)
+        self.blocks = [self._block(layer) for layer in inner.layers]
+        self.int4_share = _int4_share(self.blocks)
+        self._rotary = inner.rotary_emb
+        self.max_tokens = 0
+        self.length = 0
+        self._grow(max_tokens)
+        self.set_adapters(model)
+
+    def _block(self, layer: Any) -> _Block:
+        proj: dict[str, Projection] = {}
+        for fused, names in FUSED.items():
+            weights = [self._reorder(name, plain_weight(owner(layer, name))) for name in names]
+            grids = [fit_grid(w) for w in weights]
+            exact = all(g.exact for g in grids)
+            proj[fused] = Int4Linear(concat(grids)) if exact else Bf16Linear(torch.cat(weights))
+        return _Block(
+            proj=proj,
+            input_norm=layer.input_layernorm.weight.detach().float(),
+            post_norm=layer.post_attention_layernorm.weight.detach().float(),
+        )
+
+    def _reorder(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """q and k rows in rotary-pair order (see `_rotary_order`); others as they are."""
+        if name == "q_proj":
+            return rows[self._order[: self.n_heads * self.head_dim]]
+        if name == "k_proj":
+            return rows[self._order[: self.n_kv * self.head_dim]]
+        return rows
+
+    def _grow(self, max_tokens: int) -> None:
+        """(Re)allocate the KV cache and rotary table for sequences up to `max_tokens`."""
+        if max_tokens <= self.max_tokens:
+            return
+        shape = (len(self.blocks), self.n_kv, max_tokens, self.head_dim)
+        self.keys = torch.zeros(shape)  # (L, KV, T, D) float32
+        self.values = torch.zeros(shape)
+        positions = torch.arange(max_tokens).unsqueeze(0)  # (1, T)
+        cos, sin = self._rotary(self.embed[:1].unsqueeze(0), positions)  # (1, T, D)
+        half = self.head_dim // 2
+        # transformers' tables repeat each frequency in both halves; one copy is the angle.
+        self.turn = torch.complex(cos[0, :, :half].float(), sin[0, :, :half].float())  # (T, D/2)
+        self.max_tokens = max_tokens
+
+    def set_adapters(self, model: Any) -> None:
+        """Re-read every adapter's LoRA factors, stacked per fused projection."""
+        from peft import PeftModel
+
+        peft = isinstance(model, PeftModel)
+        for block, layer in zip(self.blocks, base_model(model).model.layers, strict=True):
+            block.lora = self._stack_lora(layer) if peft else {}
+
+    def _stack_lora(self, layer: Any) -> dict[str, dict[str, LoraPair]]:
+        """Each adapter's factors per fused projection: A stacked over the members, B block
+        diagonal (a member's rows see only its own rank), q/k rows in rotary order."""
+        stacked: dict[str, dict[str, LoraPair]] = {}
+        for adapter, factors in read_lora(layer, lambda t: t.detach().float()).items():
+            for fused, names in FUSED.items():
+                present = [name for name in names if name in factors]
+                if not present:
+                    continue
+                rows = {name: plain_weight(owner(layer, name)).shape[0] for name in names}
+                a = torch.cat([factors[name][0] for name in present])  # (R, in)
+                b = torch.zeros(sum(rows.values()), a.shape[0])  # (out, R)
+                row = col = 0
+                for name in names:
+                    if name in factors:
+                        a_part, b_part, scale = factors[name]
+                        rank = a_part.shape[0]
+                        b[row : row + rows[name], col : col + rank] = self._reorder(
+                            name, b_part * scale
+                        )
+                        col += rank
+                    row += rows[name]
+                pair = (a.to(torch.bfloat16), b.to(torch.bfloat16))
+                stacked.setdefault(adapter, {})[fused] = pair
+        return stacked
+
+    def merge(self, adapter: str | None) -> None:
+        """Nothing to do: adapters run unmerged on top of the int4 weights."""
+
+    def start(self, total_tokens: int) -> None:
+        """Begin a new sequence that will hold at most `total_tokens` tokens."""
+        self._grow(total_tokens)
+        self.length = 0
+
+    @torch.inference_mode()
+    def forward(self, token_ids: list[int], adapter: str | None) -> torch.Tensor:
+        """Run the new tokens after what the cache holds; return the last position's logits.
+
+        Args:
+            token_ids: the prompt (prefill) or the one token just chosen (decode).
+            adapter: a loaded adapter's name, or None for the base model.
+        """
+        start, count = self.length, len(token_ids)
+        end = start + count
+        if end > self.max_tokens:
+            raise ValueError(f"sequence of {end} tokens exceeds the cache ({self.max_tokens})")
+        if count > 1 and start > 0:
+            raise ValueError("a multi-token step must start an empty cache")
+        x = self.embed[torch.tensor(token_ids)].float()  # (T, C) float32 residual stream
+        step = _Step(self, count, start, end)
+        for index, block in enumerate(self.blocks):
+            lora = block.lora.get(adapter, {}) if adapter else {}
+            h = step.norm(x, block.input_norm)
+            x += self._attention(step, h, block, lora, index)
+            h = step.norm(x, block.post_norm)
+            gate, up = _run(block.proj["gate_up"], h, lora.get("gate_up")).chunk(2, -1)
+            x += _run(block.proj["down"], F.silu(gate) * up, lora.get("down"))
+        self.length = end
+        last = x[-1]  # (C,)
+        return self.lm_head(last * torch.rsqrt(last.pow(2).mean() + self.eps) * self.final_norm)
+
+    def _attention(
+        self, step: _Step, h: torch.Tensor, block: _Block, lora: dict[str, LoraPair], index: int
+    ) -> torch.Tensor:
+        count, heads, kv, dim = step.count, self.n_heads, self.n_kv, self.head_dim
+        qkv = _run(block.proj["qkv"], h, lora.get("qkv"))  # (T, (H + 2 KV) D) bf16
+        pairs = qkv[:, : (heads + kv) * dim].float().view(count, heads + kv, dim // 2, 2)
+        turned = torch.mul(torch.view_as_complex(pairs), step.turn, out=step.turned)
+        rotated = torch.view_as_real(turned).view(count, heads + kv, dim)  # (T, H+KV, D)
+        keys, values = self.keys[index], self.values[index]  # (KV, S, D) each
+        keys[:, step.start : step.end] = rotated[:, heads:].transpose(0, 1)
+        values[:, step.start : step.end] = (
+            qkv[:, (heads + kv) * dim :].view(count, kv, dim).transpose(0, 1)
+        )
+        out = F.scaled_dot_product_attention(
+            rotated[:, :heads].transpose(0, 1).unsqueeze(0),  # (1, H, T, D)
+            keys[:, : step.end].unsqueeze(0), values[:, : step.end].unsqueeze(0),
+            is_causal=count > 1, enable_gqa=True,
+        )  # (1, H, T, D)  # fmt: skip
+        out = out[0].transpose(0, 1).reshape(count, heads * dim).to(torch.bfloat16)  # (T, H*D)
+        return _run(block.proj["o"], out, lora.get("o"))
+
+
+class _Step:
+    """What one forward call's layers share: positions, rotation, scratch buffers."""
+
+    def __init__(self, model: Int4Llama, count: int, start: int, end: int) -> None:
+        self.count, self.start, self.end = count, start, end
+        self.turn = model.turn[start:end].unsqueeze(1)  # (T, 1, D/2) complex
+        heads = model.n_heads + model.n_kv
+        self.turned = torch.empty(count, heads, model.head_dim // 2, dtype=torch.complex64)
+        width = model.embed.shape[1]
+        self._normed = torch.empty(count, width, dtype=torch.bfloat16)
+        self._eps = torch.tensor(model.eps)
+        self._inv_width = 1.0 / width
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm of the float32 stream in five ops, written as bf16 for the next matmul:
+        `x * rsqrt(|x|^2 / C + eps) * weight`."""
+        length = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (T, 1)
+        scale = torch.rsqrt(torch.addcmul(self._eps, length, length, value=self._inv_width))
+        return torch.mul(x * scale, weight, out=self._normed)
+
+
+def _run(proj: Projection, x: torch.Tensor, lora: LoraPair | None) -> torch.Tensor:
+    out = proj(x)
+    if lora is not None:
+        a, b = lora
+        out = out + F.linear(F.linear(x, a), b)
+    return out
+
+
+def _rotary_order(heads: int, kv: int, dim: int) -> torch.Tensor:
+    """Row order that puts each head's rotary pair (i, i + D/2) side by side."""
+    half = torch.arange(dim // 2)
+    within = torch.stack([half, half + dim // 2], -1).reshape(dim)  # 0, D/2, 1, D/2+1, ...
+    return (torch.arange(max(heads, kv))[:, None] * dim + within).reshape(-1)
+
+
+class Head:
+    """The lm_head: every logit from a quantized copy of the output matrix, then the best
+    `candidates` recomputed from the model's own float rows, so the tokens that decoding
+    picks from carry full-precision logits and the rest differ by the quantization's error.
+
+    Args:
+        weight: (V, C) output matrix (the model's own, shared, not copied).
+        fmt: the quantized copy's format (`HEAD_FORMATS`); bf16 is used as it is.
+        candidates: logits recomputed exactly; 0 keeps the quantized ones.
+    """
+
+    def __init__(self, weight: torch.Tensor, fmt: HeadFormat, candidates: int = CANDIDATES) -> None:
+        out, inp = weight.shape
+        self.weight = weight.detach()
+        self.candidates = 0 if fmt == "bf16" else min(candidates, out)
+        self.fmt = fmt if shape_fits(out, inp) else "bf16"
+        if self.fmt == "int8":
+            self._quantized: Any = Int8Linear(weight)
+        elif self.fmt == "int4":
+            self._quantized = Int4Linear(fit_grid(weight))
+        else:
+            self._quantized = Bf16Linear(weight)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        """(C,) float32 final hidden state → (V,) float32 logits."""
+        logits = self._quantized(h.to(torch.bfloat16).unsqueeze(0))[0].float()
+        if self.candidates:
+            best = logits.topk(self.candidates, sorted=False).indices  # (K,)
+            logits[best] = self.weight[best].float() @ h
+        return logits
+
+
+def _int4_share(blocks: list[_Block]) -> float:
+    """Share of the projections' weights that run as int4."""
+    sizes = [(p.out_features * p.in_features if isinstance(p, Int4Linear) else 0,
+              p.weight.numel() if isinstance(p, Bf16Linear) else p.out_features * p.in_features)
+             for b in blocks for p in b.proj.values()]  # fmt: skip
+    return sum(s for s, _ in sizes) / max(sum(t for _, t in sizes), 1)
+
+
+def _projection_weights(model: Any) -> list[torch.Tensor]:
+    layers = base_model(model).model.layers
+    return [plain_weight(owner(layer, name)) for layer in layers for name in PROJECTIONS]
+
+
+def int4_reason(model: Any) -> str | None:
+    """Why int4 weights cannot serve this (lean-path) model, or None when they can."""
+    for weight in _projection_weights(model)[: len(PROJECTIONS)]:
+        out, inp = weight.shape
+        if not shape_fits(out, inp):
+            return f"a {out}x{inp} projection (int4 needs inputs in 32s and outputs in 16s)"
+    return None
+
+
+def four_bit_share(model: Any) -> float:
+    """Share of the projections' weights that look 4-bit (`looks_4bit`: first rows checked;
+    `Int4Llama` checks every row before packing)."""
+    weights = _projection_weights(model)
+    four_bit = sum(w.numel() for w in weights if looks_4bit(w))
+    return four_bit / max(sum(w.numel() for w in weights), 1)
+
+
+@torch.no_grad()
+def round_projections(model: Any) -> None:
+    """Round every projection weight, in place, to 16 levels per group of 32 (Q4_1's way),
+    so that the int4 forward (and any other path) serves the same 4-bit model."""
+    for weight in _projection_weights(model):
+        weight.copy_(round_to_int4(weight))
