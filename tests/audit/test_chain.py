@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from app.audit import service as audit
 from app.audit.verify import verify_chain
+from app.auth.service import create_user
 from app.store.models import AuditRecord
 from tests.audit.writer import append_from_process
 from tests.support.db import tamper
@@ -115,3 +118,74 @@ def test_concurrent_processes_never_fork_the_chain(session_factory, db_path: Pat
         report = verify_chain(session=session, retention_days=0)
     assert report.ok, report.problems
     assert report.checked == 60
+
+
+def _held_writers(session_factory, details: list[dict]) -> dict[int, Exception]:  # noqa: ANN001
+    """One thread per row, all queued behind the held append lock, then let go together."""
+    database = session_factory.kw["bind"]
+    errors: dict[int, Exception] = {}
+
+    def writer(n: int) -> None:
+        with session_factory() as session:
+            try:
+                audit.record_event(session=session, action=audit.API_CALL, details=details[n])
+            except Exception as exc:  # noqa: BLE001 - the test looks at which row failed
+                errors[n] = exc
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(len(details))]
+    with audit._append_lock:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(audit._queues.get(database, [])) < len(details):
+            assert time.monotonic() < deadline, "the writers never queued"
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    return errors
+
+
+def test_rows_waiting_for_the_lock_are_written_in_one_transaction(session_factory) -> None:  # noqa: ANN001
+    fill(session_factory, 2)
+    commits: list[int] = []
+    event.listen(session_factory.kw["bind"], "commit", lambda _connection: commits.append(1))
+    assert _held_writers(session_factory, [{"n": n} for n in range(8)]) == {}
+    assert len(commits) == 1
+    with session_factory() as session:
+        report = verify_chain(session=session, retention_days=0)
+        rows = list(session.scalars(select(AuditRecord).where(AuditRecord.id > 2)))
+    assert report.ok and report.checked == 10, report.problems
+    assert sorted(json.loads(r.details)["n"] for r in rows) == list(range(8))
+    assert all(r.created_at >= rows[0].created_at for r in rows)
+
+
+def test_a_row_the_database_refuses_fails_alone(session_factory) -> None:  # noqa: ANN001
+    loop: dict = {}
+    loop["itself"] = loop  # JSON cannot write it
+    details = [{"n": n} for n in range(6)]
+    details[3] = loop
+    errors = _held_writers(session_factory, details)
+    assert list(errors) == [3] and isinstance(errors[3], ValueError)
+    with session_factory() as session:
+        report = verify_chain(session=session, retention_days=0)
+        written = [json.loads(r.details)["n"] for r in session.scalars(select(AuditRecord))]
+    assert report.ok and report.checked == 5, report.problems
+    assert sorted(written) == [0, 1, 2, 4, 5]
+
+
+def test_an_actor_is_named_by_their_username_now(session_factory) -> None:  # noqa: ANN001
+    with session_factory() as session:
+        ann = create_user(session=session, username="ann", password="ann-password-12")
+        ann.username = "ann.b"  # renamed in the caller's own pending changes
+        audit.record_event(session=session, action=audit.API_CALL, actor_id=ann.id)
+        audit.record_event(
+            session=session, action=audit.SIGN_IN_FAILED, details={"username": "nobody"}
+        )
+        gone = audit.record_event(
+            session=session, action=audit.API_CALL, actor_id=999, details={"username": "old"}
+        )
+    with session_factory() as session:
+        names = [
+            r.actor_name for r in session.scalars(select(AuditRecord).order_by(AuditRecord.id))
+        ]
+    assert names[-3:] == ["ann.b", "nobody", "old"] and gone.actor_id == 999

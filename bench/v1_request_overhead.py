@@ -1,0 +1,509 @@
+"""What one `/v1/chat/completions` request costs the server beyond the engine's own work.
+
+The real app under uvicorn on a tiny random Llama (the batch scheduler, so the engine's time
+is small and every request's fixed cost shows): `--requests` concurrent streamed requests of
+`--tokens` tokens from a client in its own process (httpx, as `sse_load.py`), against the same
+requests handed straight to the same engine in process, round by round, alternating:
+
+    .venv/bin/python bench/v1_request_overhead.py                     # 32 x 4 tokens, profile
+    .venv/bin/python bench/v1_request_overhead.py --commit-before HEAD~3   # old app alternating
+
+Per request it reports first-token time and end-to-end time (p50/p95, HTTP minus in process,
+the median over rounds), the server's CPU time per request by thread (event loop, thread
+pools, engine; from /proc, Linux), and with `--profile` a yappi CPU profile of the server's
+threads (`pip install yappi`, or put it on PYTHONPATH) in microseconds per request. Each side
+runs in a fresh child process that imports the app from its own tree (`git archive` of the
+commit for `--commit-before`), so before and after run on the same box in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "How does free cash flow differ from net income? Walk through the adjustments."
+PROFILE_TOP = 40
+RESULT = "v1-request-overhead-cpu.json"
+
+
+# ---- the client (its own process, so it never takes the server's interpreter lock) --------
+
+
+async def _one_call(client: Any, key: str, index: int, tokens: int) -> dict:
+    body = {
+        "model": "tiny-random-llama",
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": tokens,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": f"({index}) {QUESTION}"}],
+    }
+    start, first, usage = time.perf_counter(), None, None
+    headers = {"Authorization": f"Bearer {key}"}
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+        if r.status_code != 200:
+            return {"error": f"{r.status_code} {(await r.aread())[:200]!r}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            usage = chunk.get("usage") or usage
+            choices = chunk.get("choices") or []
+            if first is None and choices and choices[0]["delta"].get("content"):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return {
+        "ttft": (first or end) - start,
+        "e2e": end - start,
+        "tokens": usage["completion_tokens"] if usage else 0,
+    }
+
+
+async def _client_round(url: str, key: str, requests: int, tokens: int) -> list[dict]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=requests + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        return await asyncio.gather(*(_one_call(client, key, i, tokens) for i in range(requests)))
+
+
+def run_client(url: str, key: str, requests: int, tokens: int) -> list[dict]:
+    """One HTTP round from a child process: each request's timings."""
+    command = [
+        sys.executable, __file__, "--client", url, key,
+        "--requests", str(requests), "--tokens", str(tokens),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the client failed: {done.stderr[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- in process -----------------------------------------------------------------------------
+
+
+async def _engine_call(engine: Any, index: int, tokens: int) -> dict:
+    from app.contract import ChatMessage
+    from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+
+    request = GenerationRequest(
+        messages=[ChatMessage("user", f"({index}) {QUESTION}")],
+        sampling=SamplingParams(temperature=0, max_new_tokens=tokens),
+    )
+    start, first = time.perf_counter(), None
+    async for event in engine.generate(request):
+        if first is None and isinstance(event, TokenEvent) and event.text:
+            first = time.perf_counter()
+        if isinstance(event, FinishEvent):
+            end = time.perf_counter()
+            return {
+                "ttft": (first or end) - start,
+                "e2e": end - start,
+                "tokens": event.completion_tokens,
+            }
+    raise RuntimeError("the stream ended without a finish event")
+
+
+async def _engine_round(engine: Any, requests: int, tokens: int) -> list[dict]:
+    return await asyncio.gather(*(_engine_call(engine, i, tokens) for i in range(requests)))
+
+
+# ---- CPU time per thread (Linux /proc) ------------------------------------------------------
+
+
+def _thread_cpu() -> dict[int, float]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def _category(name: str, loop_ids: set[int], tid: int) -> str:
+    if tid in loop_ids:
+        return "event_loop"
+    if name == "teller-engine":
+        return "engine"
+    if name.startswith("AnyIO worker"):
+        return "anyio_threadpool"
+    if name.startswith("asyncio_"):
+        return "asyncio_executor"
+    return "other"
+
+
+class CpuMeter:
+    """CPU seconds by thread kind over a span (threads that end inside it are missed; the
+    process total is kept beside the sum)."""
+
+    def __init__(self, loop_ids: set[int]) -> None:
+        self.loop_ids = loop_ids
+
+    def __enter__(self) -> CpuMeter:
+        self.before, self.process_before = _thread_cpu(), _process_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = _thread_cpu()
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        self.by_kind: dict[str, float] = {}
+        for tid, seconds in after.items():
+            kind = _category(names.get(tid, ""), self.loop_ids, tid)
+            spent = seconds - self.before.get(tid, 0.0)
+            self.by_kind[kind] = self.by_kind.get(kind, 0.0) + spent
+        self.process = _process_cpu() - self.process_before
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- one side: an app tree, its engine and server -------------------------------------------
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def _summary(results: list[dict], wall: float, cpu: CpuMeter, requests: int) -> dict:
+    errors = [r["error"] for r in results if "error" in r]
+    ok = [r for r in results if "error" not in r]
+    out: dict[str, Any] = {"ok": len(ok), "errors": errors[:3], "wall_s": round(wall, 4)}
+    out["tokens"] = sum(r["tokens"] for r in ok)
+    for name in ("ttft", "e2e"):
+        values = [1000 * r[name] for r in ok] or [float("nan")]
+        out[f"{name}_p50_ms"] = round(_percentile(values, 50), 2)
+        out[f"{name}_p95_ms"] = round(_percentile(values, 95), 2)
+    out["cpu_ms_per_request"] = {k: round(1000 * v / requests, 3) for k, v in cpu.by_kind.items()}
+    out["process_cpu_ms_per_request"] = round(1000 * cpu.process / requests, 3)
+    return out
+
+
+def measure_side(args: argparse.Namespace) -> dict:
+    """Run in a child process whose app is imported from `args.app_root`."""
+    root = Path(args.app_root).resolve()
+    sys.path.insert(0, str(root))
+    import torch
+
+    from app.auth import service as accounts
+    from app.config import Settings
+    from app.engine.factory import build_engine
+    from app.engine.tiny_models import ensure_tiny_model
+    from app.keys import service as keys
+    from app.main import create_app
+    from tests.live import live_server
+
+    torch.set_num_threads(1)  # a tiny model: threads only fight the server for the cores
+    work = Path(tempfile.mkdtemp(prefix="teller-v1-overhead-"))
+    model = ensure_tiny_model("llama", REPO / "models", REPO / "models" / "SmolLM2-135M-Instruct")
+    settings = Settings(
+        data_dir=work / "data",
+        models_dir=work / "models",
+        base_model=str(model),
+        scheduler="batch",
+        max_batch=max(32, args.requests),
+        max_new_tokens=args.tokens,
+        default_temperature=0.0,
+        messages_per_minute=100_000,
+        max_concurrent_streams=1000,
+        log_format="text",
+        cpu_threads=1,
+        **({"database_url": args.database_url} if args.database_url else {}),
+    )
+    engine = build_engine(settings)
+    threads_before = {t.native_id for t in threading.enumerate()}
+    rounds: list[dict] = []
+    profile: dict | None = None
+    with live_server(create_app(settings, engine=engine)) as live:
+        server_threads = {t for t in threading.enumerate() if t.native_id not in threads_before}
+        server_loop = {t.native_id for t in server_threads if t.name.endswith("(run)")}
+        with live.app.state.session_factory() as session:
+            secret = "bench-password-1"  # noqa: S105 - a throwaway account in a temp database
+            user = accounts.create_user(session=session, username="bench", password=secret)
+            key = keys.create_key(session=session, user=user, name="bench").secret
+        own_loop = {threading.main_thread().native_id}
+        # Untimed: the first requests of each path (imports, caches, the engine's warm-up).
+        asyncio.run(_engine_round(engine, args.requests, args.tokens))
+        run_client(live.url, key, args.requests, args.tokens)
+        for _ in range(args.rounds):
+            with CpuMeter(own_loop) as cpu:
+                start = time.perf_counter()
+                results = asyncio.run(_engine_round(engine, args.requests, args.tokens))
+                wall = time.perf_counter() - start
+            in_process = _summary(results, wall, cpu, args.requests)
+            with CpuMeter(server_loop) as cpu:
+                start = time.perf_counter()
+                results = run_client(live.url, key, args.requests, args.tokens)
+                wall = time.perf_counter() - start
+            http = _summary(results, wall, cpu, args.requests)
+            rounds.append({"in_process": in_process, "http": http, "load": os.getloadavg()})
+        if args.profile:
+            profile = profile_http(live.url, key, args, server_loop)
+        audit = _verify_audit(live.app.state.session_factory, settings)
+    return {"rounds": rounds, "profile": profile, "audit": audit}
+
+
+def _verify_audit(session_factory: Any, settings: Any) -> dict:
+    """Whether the chain the run wrote verifies and holds a start and an end row per call
+    (the bench must not trade either for speed)."""
+    from sqlalchemy import func, select
+
+    from app.audit.verify import verify_chain
+    from app.store.models import AuditRecord
+
+    with session_factory() as session:
+        report = verify_chain(session=session, retention_days=settings.audit_retention_days)
+        rows = dict(
+            session.execute(
+                select(AuditRecord.action, func.count()).group_by(AuditRecord.action)
+            ).all()
+        )
+    return {
+        "verifies": report.ok,
+        "records": report.checked,
+        "api_call_started": rows.get("api.call_started", 0),
+        "api_call": rows.get("api.call", 0),
+    }
+
+
+def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int]) -> dict:
+    """yappi's CPU profile of the server's threads over `--profile-rounds` HTTP rounds."""
+    try:
+        import yappi
+    except ImportError:
+        return {"skipped": "yappi is not installed (pip install yappi)"}
+    calls = args.requests * args.profile_rounds
+    yappi.set_clock_type("cpu")
+    yappi.start(builtins=True, profile_threads=True)
+    try:
+        for _ in range(args.profile_rounds):
+            run_client(url, key, args.requests, args.tokens)
+    finally:
+        yappi.stop()
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    kinds: dict[int, str] = {}
+    totals: dict[str, float] = {}
+    for thread in yappi.get_thread_stats():
+        kind = _category(thread.name or "", loop_ids, thread.tid)
+        kind = "engine" if names.get(thread.tid) == "teller-engine" else kind
+        kinds[thread.id] = kind
+        totals[kind] = totals.get(kind, 0.0) + thread.ttot
+    own: dict[str, float] = {}
+    inclusive: dict[str, float] = {}
+    by_module: dict[str, float] = {}
+    for kind_id, kind in kinds.items():
+        if kind == "engine":
+            continue
+        for stat in yappi.get_func_stats(filter={"ctx_id": kind_id}):
+            name = f"{_short_module(stat.module)}:{stat.name}"
+            own[name] = own.get(name, 0.0) + stat.tsub
+            inclusive[name] = inclusive.get(name, 0.0) + stat.ttot
+            group = _module_group(stat.module)
+            by_module[group] = by_module.get(group, 0.0) + stat.tsub
+    yappi.clear_stats()
+
+    def per_call(table: dict[str, float], top: int) -> dict[str, float]:
+        ranked = sorted(table.items(), key=lambda item: -item[1])[:top]
+        return {name: round(1e6 * seconds / calls, 1) for name, seconds in ranked}
+
+    app_inclusive = {k: v for k, v in inclusive.items() if k.startswith("app/")}
+    return {
+        "rounds": args.profile_rounds,
+        "requests": calls,
+        "note": "yappi CPU clock, microseconds per request; profiling slows every call",
+        "thread_us_per_request": per_call(totals, 10),
+        "own_time_by_package_us": per_call(by_module, 25),
+        "own_time_top_us": per_call(own, PROFILE_TOP),
+        "app_inclusive_top_us": per_call(app_inclusive, PROFILE_TOP),
+    }
+
+
+def _short_module(path: str) -> str:
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    for marker in ("/app/", "/tests/"):
+        if marker in path:
+            return marker.strip("/") + "/" + path.split(marker, 1)[1]
+    return path
+
+
+def _module_group(path: str) -> str:
+    short = _short_module(path)
+    if short.startswith(("app/", "tests/")):
+        return "/".join(short.split("/")[:2])
+    if "/" not in short:
+        return short or "builtins"
+    top = short.split("/")[0]
+    return top if not top.startswith(".") else short
+
+
+# ---- orchestration --------------------------------------------------------------------------
+
+
+def _git(*command: str, cwd: Path = REPO) -> str:
+    return subprocess.run(
+        ["git", *command], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def export_commit(revision: str, target: Path) -> str:
+    """The tree of `revision` under `target` (no work tree changes, no shared git state)."""
+    commit = _git("rev-parse", revision)
+    archive = target.with_suffix(".tar")
+    with archive.open("wb") as out:
+        subprocess.run(["git", "archive", commit], cwd=REPO, stdout=out, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    archive.unlink()
+    return commit
+
+
+def run_side(root: Path, args: argparse.Namespace, profile: bool) -> dict:
+    command = [
+        sys.executable, __file__, "--side", str(root),
+        "--requests", str(args.requests), "--tokens", str(args.tokens),
+        "--rounds", str(args.rounds), "--profile-rounds", str(args.profile_rounds),
+    ]  # fmt: skip
+    if profile:
+        command.append("--profile")
+    if args.database_url:
+        command += ["--database-url", args.database_url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the side at {root} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def combine(runs: list[dict]) -> dict:
+    """Medians over every round of every run of one side, and HTTP minus in process."""
+    rounds = [r for run in runs for r in run["rounds"]]
+    out: dict[str, Any] = {"rounds": len(rounds)}
+    for path in ("in_process", "http"):
+        out[path] = {
+            name: round(statistics.median(r[path][name] for r in rounds), 2)
+            for name in ("ttft_p50_ms", "ttft_p95_ms", "e2e_p50_ms", "e2e_p95_ms", "wall_s")
+        }
+        kinds = {k for r in rounds for k in r[path]["cpu_ms_per_request"]}
+        out[path]["cpu_ms_per_request"] = {
+            k: round(statistics.median(r[path]["cpu_ms_per_request"].get(k, 0) for r in rounds), 3)
+            for k in sorted(kinds)
+        }
+        out[path]["process_cpu_ms_per_request"] = round(
+            statistics.median(r[path]["process_cpu_ms_per_request"] for r in rounds), 3
+        )
+        out[path]["errors"] = sum(len(r[path]["errors"]) for r in rounds)
+    out["overhead_ms"] = {
+        name: round(statistics.median(r["http"][name] - r["in_process"][name] for r in rounds), 2)
+        for name in ("ttft_p50_ms", "ttft_p95_ms", "e2e_p50_ms", "e2e_p95_ms")
+    }
+    out["overhead_ms"]["wall_ms"] = round(
+        1000 * statistics.median(r["http"]["wall_s"] - r["in_process"]["wall_s"] for r in rounds),
+        2,
+    )
+    out["audit_verifies"] = all(run["audit"]["verifies"] for run in runs)
+    out["audit_rows_paired"] = all(
+        run["audit"]["api_call_started"] == run["audit"]["api_call"] for run in runs
+    )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=32, help="concurrent requests")
+    parser.add_argument("--tokens", type=int, default=4, help="max_tokens of each")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side run")
+    parser.add_argument("--pairs", type=int, default=2, help="side runs, alternating")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile-rounds", type=int, default=3)
+    parser.add_argument("--commit-before", help="also measure this commit, alternating")
+    parser.add_argument("--database-url", default="", help="default: SQLite in a temp folder")
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results" / RESULT)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        url, key = args.client
+        print(json.dumps(asyncio.run(_client_round(url, key, args.requests, args.tokens))))  # noqa: T201
+        return 0
+    if args.side:
+        args.app_root = args.side
+        print(json.dumps(measure_side(args)))  # noqa: T201
+        return 0
+
+    sides: dict[str, Path] = {"after": REPO}
+    commits = {"after": _git("rev-parse", "HEAD")}
+    dirty = bool(_git("status", "--porcelain", "--", "app", "bench/v1_request_overhead.py"))
+    scratch = Path(tempfile.mkdtemp(prefix="teller-v1-overhead-trees-"))
+    if args.commit_before:
+        sides = {"before": scratch / "before", **sides}
+        commits["before"] = export_commit(args.commit_before, sides["before"])
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for pair in range(args.pairs):
+        for name, root in sides.items():
+            last = pair == args.pairs - 1
+            print(f"pair {pair + 1}/{args.pairs}: {name}", file=sys.stderr)  # noqa: T201
+            runs[name].append(run_side(root, args, profile=args.profile and last))
+    result: dict[str, Any] = {
+        "bench": "bench/v1_request_overhead.py",
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_end": os.getloadavg(),
+        },
+        "commits": commits,
+        "after_has_uncommitted_changes": dirty,
+        "settings": {
+            "requests": args.requests,
+            "tokens": args.tokens,
+            "rounds_per_run": args.rounds,
+            "runs_per_side": args.pairs,
+            "model": "tiny random Llama (2 layers, width 64), batch scheduler, 1 torch thread",
+            "database": args.database_url.split("@")[-1] if args.database_url else "SQLite",
+            "client": "httpx in its own process, one connection per request",
+        },
+        "sides": {name: combine(found) for name, found in runs.items()},
+        "profiles": {name: found[-1]["profile"] for name, found in runs.items()},
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for name, side in result["sides"].items():
+        print(name, json.dumps({k: side[k] for k in ("overhead_ms",)}), file=sys.stderr)  # noqa: T201
+    print(json.dumps(result["sides"]))  # noqa: T201
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
