@@ -116,6 +116,8 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.state.engine = None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(ops_router)
+    # Before the pages: a route is found by trying each in order, and /v1 is the hot path.
+    app.include_router(openai_router)
     app.include_router(web_router)  # the favicon
     app.include_router(chat_router)
     app.include_router(admin_router)  # every /admin page
@@ -123,7 +125,6 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:  # 
     app.include_router(auth_router)
     app.include_router(oidc_router)
     app.include_router(keys_router)
-    app.include_router(openai_router)
     app.add_exception_handler(NotSignedIn, not_signed_in)
     app.add_exception_handler(OpenAIError, openai_error_handler)
 

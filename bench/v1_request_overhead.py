@@ -299,15 +299,17 @@ def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int
             run_client(url, key, args.requests, args.tokens)
     finally:
         yappi.stop()
-    names = {t.native_id: t.name for t in threading.enumerate()}
+    by_ident = {t.ident: t for t in threading.enumerate()}  # yappi's tid is the ident
     kinds: dict[int, str] = {}
     totals: dict[str, float] = {}
     for thread in yappi.get_thread_stats():
-        kind = _category(thread.name or "", loop_ids, thread.tid)
-        kind = "engine" if names.get(thread.tid) == "teller-engine" else kind
+        found = by_ident.get(thread.tid)
+        name, native = (found.name, found.native_id) if found else (thread.name or "", 0)
+        kind = _category(name, loop_ids, native or 0)
         kinds[thread.id] = kind
         totals[kind] = totals.get(kind, 0.0) + thread.ttot
     own: dict[str, float] = {}
+    loop_own: dict[str, float] = {}
     inclusive: dict[str, float] = {}
     by_module: dict[str, float] = {}
     for kind_id, kind in kinds.items():
@@ -316,6 +318,8 @@ def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int
         for stat in yappi.get_func_stats(filter={"ctx_id": kind_id}):
             name = f"{_short_module(stat.module)}:{stat.name}"
             own[name] = own.get(name, 0.0) + stat.tsub
+            if kind == "event_loop":
+                loop_own[name] = loop_own.get(name, 0.0) + stat.tsub
             inclusive[name] = inclusive.get(name, 0.0) + stat.ttot
             group = _module_group(stat.module)
             by_module[group] = by_module.get(group, 0.0) + stat.tsub
@@ -329,10 +333,13 @@ def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int
     return {
         "rounds": args.profile_rounds,
         "requests": calls,
-        "note": "yappi CPU clock, microseconds per request; profiling slows every call",
+        "note": "yappi CPU clock, microseconds per request, threads other than the engine's "
+        "(own time: in the function itself; inclusive: with what it calls); profiling slows "
+        "every call several times, so compare shares, not totals",
         "thread_us_per_request": per_call(totals, 10),
         "own_time_by_package_us": per_call(by_module, 25),
         "own_time_top_us": per_call(own, PROFILE_TOP),
+        "event_loop_own_time_top_us": per_call(loop_own, PROFILE_TOP),
         "app_inclusive_top_us": per_call(app_inclusive, PROFILE_TOP),
     }
 

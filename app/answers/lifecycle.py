@@ -118,6 +118,33 @@ class Answer:
                 record_refusal(session=session, user_id=user_id, where=where, reason=exc.message)
             raise
 
+    @classmethod
+    async def reserve_off_loop(
+        cls,
+        ctx: AnswerContext,
+        kind: AnswerKind,
+        *,
+        user_id: int,
+        where: dict[str, Any],
+        count_message: bool = False,
+    ) -> Answer:
+        """`reserve` on a worker thread, so its quota reads never hold up the event loop; a
+        caller cancelled meanwhile gives the slot back once the thread has taken it.
+
+        Raises:
+            LimitExceeded: see `reserve`.
+        """
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
+                cls.reserve, ctx, kind, user_id=user_id, where=where, count_message=count_message
+            )
+        )
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(_release_unclaimed)
+            raise
+
     async def start(
         self,
         request: GenerationRequest,
@@ -129,6 +156,7 @@ class Answer:
         checkpoint: Callable[[str], None] | None = None,
         log_prompt: Any = None,
         fixed_answer: str | None = None,
+        access: groups.Access | None = None,
     ) -> None:
         """Register, audit the start, lease the adapter `choice`, hand the request to the engine.
 
@@ -136,6 +164,8 @@ class Answer:
             fixed_answer: the whole answer, given without the engine or an adapter (the chosen
                 knowledge bases hold nothing relevant: `app.knowledge.grounding`); streamed,
                 stored and audited like a generated one.
+            access: the user's grants as this request read them already (`/v1` reads them
+                with the key); None reads them now.
 
         Raises:
             AdapterError: `choice` names nothing installed, or it cannot be loaded.
@@ -143,7 +173,10 @@ class Answer:
         """
         self.request, self.details, self.checkpoint = request, details, checkpoint
         self.log_prompt = log_prompt
-        choice = await asyncio.to_thread(self._permitted_choice, choice)  # the user's groups
+        if access is None:
+            choice = await asyncio.to_thread(self._permitted_choice, choice)  # the user's groups
+        else:
+            choice = groups.permitted_choice(access, choice, self.ctx.adapters)
         self._running = self.ctx.streams.register(
             Running(self.user_id, request.cancel, conversation_id, message_id)
         )
@@ -312,13 +345,14 @@ class Answer:
     def _record(self) -> None:
         if self._running is None:
             return  # reserved, never started: no start row to pair, nothing was generated
-        try:
-            self._audit_end()
-        except Exception:  # noqa: BLE001 - a failed audit write is logged, never silent
-            log.exception("could not audit the end of an answer")
         finish = self.finish
-        try:
-            with self.ctx.session_factory() as session:
+        with self.ctx.session_factory() as session:
+            try:
+                self._audit_end(session)
+            except Exception:  # noqa: BLE001 - a failed audit write is logged, never silent
+                log.exception("could not audit the end of an answer")
+                session.rollback()
+            try:
                 usage.record_answer(
                     session=session,
                     user_id=self.user_id,
@@ -327,8 +361,8 @@ class Answer:
                     prompt_tokens=(finish.prompt_tokens or 0) if finish else 0,
                     completion_tokens=self.completion_tokens,
                 )
-        except Exception:  # noqa: BLE001 - a failed usage write is logged, never silent
-            log.exception("could not record the usage of an answer")
+            except Exception:  # noqa: BLE001 - a failed usage write is logged, never silent
+                log.exception("could not record the usage of an answer")
         metrics.record_answer(
             surface=self.kind.surface,
             status=self.status,
@@ -361,32 +395,37 @@ class Answer:
                 },
             )
 
-    def _audit_end(self) -> None:
+    def _audit_end(self, session: Session) -> None:
         version, finish = self.version, self.finish
-        with self.ctx.session_factory() as session:
-            audit.record_event(
-                session=session,
-                action=self.kind.ended,
-                actor_id=self.user_id,
-                details={
-                    **self.details,
-                    "served_model": self.ctx.engine.info.model,
-                    "adapter_name": version.name if version else None,
-                    "adapter_version": version.version if version else None,
-                    "adapter_sha256": version.sha256 if version else None,
-                    "sampling": dataclasses.asdict(self.request.sampling),
-                    "prompt_tokens": finish.prompt_tokens if finish else None,
-                    "completion_tokens": self.completion_tokens,
-                    "first_token_ms": None
-                    if self.first_token_at is None
-                    else round((self.first_token_at - self.started) * 1000),
-                    "total_ms": round((time.monotonic() - self.started) * 1000),
-                    "status": self.status,
-                    "stop_reason": self.stop_reason,
-                    "error": self.error,
-                    "text": self.text,
-                },
-            )
+        audit.record_event(
+            session=session,
+            action=self.kind.ended,
+            actor_id=self.user_id,
+            details={
+                **self.details,
+                "served_model": self.ctx.engine.info.model,
+                "adapter_name": version.name if version else None,
+                "adapter_version": version.version if version else None,
+                "adapter_sha256": version.sha256 if version else None,
+                "sampling": dataclasses.asdict(self.request.sampling),
+                "prompt_tokens": finish.prompt_tokens if finish else None,
+                "completion_tokens": self.completion_tokens,
+                "first_token_ms": None
+                if self.first_token_at is None
+                else round((self.first_token_at - self.started) * 1000),
+                "total_ms": round((time.monotonic() - self.started) * 1000),
+                "status": self.status,
+                "stop_reason": self.stop_reason,
+                "error": self.error,
+                "text": self.text,
+            },
+        )
+
+
+def _release_unclaimed(job: asyncio.Future[Answer]) -> None:
+    """The slot of a reservation whose caller left before it was made."""
+    if not job.cancelled() and job.exception() is None:
+        job.result().slot.release()
 
 
 async def _fixed(text: str) -> AsyncIterator[Event]:

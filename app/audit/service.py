@@ -23,6 +23,7 @@ database refuses is written again row by row, so one bad row fails alone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -30,12 +31,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from app.store.db import rows_affected
 from app.store.models import AuditHead, AuditRecord, User, utcnow
 
 GENESIS = "0" * 64
@@ -117,8 +117,32 @@ def _short(value: Any, limit: int) -> str | None:
     return None if value is None else str(value)[:limit]
 
 
+@dataclass
+class Head:
+    """The chain's head as read under the lock; `append` moves it, leaving `appending` stores
+    it (with a retention cut's new base)."""
+
+    last_id: int
+    last_hash: str
+    base_id: int
+    base_hash: str
+
+
+_HEAD_ROW = cast(Table, AuditHead.__table__)
+_LOCK_HEAD = (
+    update(_HEAD_ROW)
+    .where(_HEAD_ROW.c.id == HEAD_ID)
+    .values(last_id=_HEAD_ROW.c.last_id)
+    .returning(
+        _HEAD_ROW.c.last_id, _HEAD_ROW.c.last_hash, _HEAD_ROW.c.base_id, _HEAD_ROW.c.base_hash
+    )
+)
+"""A write on the head row (SQLite's write lock, PostgreSQL's row lock) that reads it too."""
+_STORE_HEAD = update(_HEAD_ROW).where(_HEAD_ROW.c.id == HEAD_ID)
+
+
 @contextmanager
-def appending(session: Session) -> Iterator[AuditHead]:
+def appending(session: Session) -> Iterator[Head]:
     """Hold the chain's write lock and yield its head; commit on leaving, roll back on error.
 
     Everything that moves the head (an append, a retention cut and the record naming it) runs
@@ -131,21 +155,20 @@ def appending(session: Session) -> Iterator[AuditHead]:
 
 
 @contextmanager
-def _locked_head(session: Session) -> Iterator[AuditHead]:
-    """`appending` for a thread that holds `_append_lock` already."""
+def _locked_head(session: Session) -> Iterator[Head]:
+    """`appending` for a thread that holds `_append_lock` already. The head row is written
+    (locked) and read in one statement, the transaction's first."""
     try:
-        locked = session.execute(
-            update(AuditHead)
-            .where(AuditHead.id == HEAD_ID)
-            .values(last_id=AuditHead.last_id)
-            .execution_options(synchronize_session=False)
-        )
-        head = session.get(AuditHead, HEAD_ID, populate_existing=True)
-        if head is None or rows_affected(locked) == 0:
-            head = AuditHead(id=HEAD_ID, last_id=0, last_hash=GENESIS, base_id=0, base_hash=GENESIS)
-            session.add(head)
-            session.flush()
+        found = session.execute(_LOCK_HEAD).first()
+        if found is None:
+            head = Head(0, GENESIS, 0, GENESIS)
+            session.execute(insert(_HEAD_ROW), [{"id": HEAD_ID, **dataclasses.asdict(head)}])
+        else:
+            head = Head(int(found[0]), str(found[1]), int(found[2]), str(found[3]))
+        read = dataclasses.replace(head)
         yield head
+        if head != read:
+            session.execute(_STORE_HEAD, [dataclasses.asdict(head)])
         session.commit()
     except BaseException:
         session.rollback()
@@ -155,13 +178,22 @@ def _locked_head(session: Session) -> Iterator[AuditHead]:
 def append(
     *,
     session: Session,
-    head: AuditHead,
+    head: Head,
     action: str,
     details: dict[str, Any],
     actor_id: int | None = None,
     actor_name: str | None = None,
 ) -> AuditRecord:
     """Add the next record after `head` and move the head to it (inside `appending`)."""
+    record = _next_record(head, action, details, actor_id, actor_name)
+    session.execute(_INSERT_RECORD, [_values(record)])
+    return record
+
+
+def _next_record(
+    head: Head, action: str, details: dict[str, Any], actor_id: int | None, actor_name: str | None
+) -> AuditRecord:
+    """The record after `head` (not stored yet); `head` moves to it."""
     adapter = details.get("adapter_name") or details.get("adapter")
     record = AuditRecord(
         id=head.last_id + 1,
@@ -176,9 +208,18 @@ def append(
         prev_hash=head.last_hash,
     )
     record.hash = compute_hash(record)
-    session.add(record)
     head.last_id, head.last_hash = record.id, record.hash
     return record
+
+
+_INSERT_RECORD = insert(cast(Table, AuditRecord.__table__))
+"""Rows go in through Core, several in one statement: the ORM's unit of work cost more than
+the rest of an append (bench/results/v1-request-overhead-cpu.json)."""
+_RECORD_COLUMNS = tuple(column.key for column in AuditRecord.__table__.columns)
+
+
+def _values(record: AuditRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _RECORD_COLUMNS}
 
 
 def record_event(
@@ -255,26 +296,24 @@ def _append_all(session: Session, group: list[_Queued]) -> None:
     """The rows in order after the head, one commit. An actor's name is their username now
     (one query for the group), else the details' `username` (e.g. a failed sign-in)."""
     ids = {row.actor_id for row in group if row.actor_id is not None}
-    records = []
     with _locked_head(session) as head:  # before any read: a write transaction from the start
         names: dict[int, str] = {}
         if ids:
             query = select(User.id, User.username).where(User.id.in_(ids))
             names = dict(session.execute(query).tuples().all())
-        for row in group:
-            name = names.get(row.actor_id) if row.actor_id is not None else None
-            records.append(
-                append(
-                    session=session,
-                    head=head,
-                    action=row.action,
-                    details=row.details,
-                    actor_id=row.actor_id,
-                    actor_name=name or row.details.get("username"),
-                )
+        records = [
+            _next_record(
+                head,
+                row.action,
+                row.details,
+                row.actor_id,
+                (names.get(row.actor_id) if row.actor_id is not None else None)
+                or row.details.get("username"),
             )
+            for row in group
+        ]
+        session.execute(_INSERT_RECORD, [_values(record) for record in records])
     for row, record in zip(group, records, strict=True):
-        session.expunge(record)  # handed to other threads: no longer this session's
         row.record = record
 
 

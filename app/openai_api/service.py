@@ -240,7 +240,9 @@ async def open_call(
         )
     where = {"endpoint": endpoint, "key_id": caller.key_id, "ip": caller.ip}
     try:
-        answer = Answer.reserve(ctx, API, user_id=caller.user_id, where=where, count_message=True)
+        answer = await Answer.reserve_off_loop(
+            ctx, API, user_id=caller.user_id, where=where, count_message=True
+        )
     except LimitExceeded as exc:
         raise OpenAIError(
             429,
@@ -276,6 +278,7 @@ async def open_call(
             details={**details, "prompt": prompt_record},
             log_prompt=prompt_record,
             fixed_answer=grounding.fixed_answer if grounding else None,
+            access=caller.access,  # read with the key, moments ago
         )
         first = await answer.first_event()
         if isinstance(first, FinishEvent) and first.reason == "error":

@@ -27,6 +27,13 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+POOL_SIZE = 16
+"""Connections kept open between requests: about as many as threads that use the database at
+once in a burst (a key check per request on the request thread pool, an answer's audit rows on
+worker threads). SQLAlchemy's default of 5 made a burst of 32 `/v1` calls open and close a
+connection for most of them (bench/results/v1-request-overhead-cpu.json)."""
+MAX_OVERFLOW = 32
+"""More connections opened under a larger burst, closed once returned."""
 
 
 def prepare_sqlite_file(path: Path) -> None:
@@ -53,7 +60,11 @@ def make_engine(url: str) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
             prepare_sqlite_file(Path(database))
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        pooled = bool(database) and database != ":memory:" and "mode=memory" not in url
+        sizes = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW} if pooled else {}
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **sizes
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -65,7 +76,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
