@@ -310,6 +310,7 @@ def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int
         totals[kind] = totals.get(kind, 0.0) + thread.ttot
     own: dict[str, float] = {}
     loop_own: dict[str, float] = {}
+    loop_inclusive: dict[str, float] = {}
     inclusive: dict[str, float] = {}
     by_module: dict[str, float] = {}
     for kind_id, kind in kinds.items():
@@ -320,6 +321,7 @@ def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int
             own[name] = own.get(name, 0.0) + stat.tsub
             if kind == "event_loop":
                 loop_own[name] = loop_own.get(name, 0.0) + stat.tsub
+                loop_inclusive[name] = loop_inclusive.get(name, 0.0) + stat.ttot
             inclusive[name] = inclusive.get(name, 0.0) + stat.ttot
             group = _module_group(stat.module)
             by_module[group] = by_module.get(group, 0.0) + stat.tsub
@@ -340,6 +342,7 @@ def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int
         "own_time_by_package_us": per_call(by_module, 25),
         "own_time_top_us": per_call(own, PROFILE_TOP),
         "event_loop_own_time_top_us": per_call(loop_own, PROFILE_TOP),
+        "event_loop_inclusive_top_us": per_call(loop_inclusive, PROFILE_TOP),
         "app_inclusive_top_us": per_call(app_inclusive, PROFILE_TOP),
     }
 
@@ -410,13 +413,14 @@ def combine(runs: list[dict]) -> dict:
             name: round(statistics.median(r[path][name] for r in rounds), 2)
             for name in ("ttft_p50_ms", "ttft_p95_ms", "e2e_p50_ms", "e2e_p95_ms", "wall_s")
         }
+        # CPU time: the mean (the total over every round), /proc counts in 10 ms ticks.
         kinds = {k for r in rounds for k in r[path]["cpu_ms_per_request"]}
         out[path]["cpu_ms_per_request"] = {
-            k: round(statistics.median(r[path]["cpu_ms_per_request"].get(k, 0) for r in rounds), 3)
+            k: round(statistics.mean(r[path]["cpu_ms_per_request"].get(k, 0) for r in rounds), 3)
             for k in sorted(kinds)
         }
         out[path]["process_cpu_ms_per_request"] = round(
-            statistics.median(r[path]["process_cpu_ms_per_request"] for r in rounds), 3
+            statistics.mean(r[path]["process_cpu_ms_per_request"] for r in rounds), 3
         )
         out[path]["errors"] = sum(len(r[path]["errors"]) for r in rounds)
     out["overhead_ms"] = {

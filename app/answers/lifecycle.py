@@ -346,23 +346,26 @@ class Answer:
         if self._running is None:
             return  # reserved, never started: no start row to pair, nothing was generated
         finish = self.finish
+        cost: dict[str, Any] = {
+            "user_id": self.user_id,
+            "surface": self.kind.surface,
+            "adapter": self.version.name if self.version else None,
+            "prompt_tokens": (finish.prompt_tokens or 0) if finish else 0,
+            "completion_tokens": self.completion_tokens,
+        }
         with self.ctx.session_factory() as session:
-            try:
-                self._audit_end(session)
+            spent = usage.answer_usage(**cost)
+            try:  # the end row and the usage row commit together
+                self._audit_end(session, with_rows=[spent])
             except Exception:  # noqa: BLE001 - a failed audit write is logged, never silent
                 log.exception("could not audit the end of an answer")
                 session.rollback()
-            try:
-                usage.record_answer(
-                    session=session,
-                    user_id=self.user_id,
-                    surface=self.kind.surface,
-                    adapter=self.version.name if self.version else None,
-                    prompt_tokens=(finish.prompt_tokens or 0) if finish else 0,
-                    completion_tokens=self.completion_tokens,
-                )
-            except Exception:  # noqa: BLE001 - a failed usage write is logged, never silent
-                log.exception("could not record the usage of an answer")
+                try:  # the usage alone, so the quota still counts the answer
+                    usage.record_answer(session=session, **cost)
+                except Exception:  # noqa: BLE001 - a failed usage write is logged, never silent
+                    log.exception("could not record the usage of an answer")
+            else:
+                usage.counted(spent)
         metrics.record_answer(
             surface=self.kind.surface,
             status=self.status,
@@ -395,12 +398,13 @@ class Answer:
                 },
             )
 
-    def _audit_end(self, session: Session) -> None:
+    def _audit_end(self, session: Session, *, with_rows: list[object]) -> None:
         version, finish = self.version, self.finish
         audit.record_event(
             session=session,
             action=self.kind.ended,
             actor_id=self.user_id,
+            with_rows=with_rows,
             details={
                 **self.details,
                 "served_model": self.ctx.engine.info.model,

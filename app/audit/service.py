@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -228,8 +228,12 @@ def record_event(
     action: str,
     actor_id: int | None = None,
     details: dict[str, Any] | None = None,
+    with_rows: Sequence[object] = (),
 ) -> AuditRecord:
     """Append one row to the chain and commit (the caller's pending changes commit first).
+
+    `with_rows` (new ORM rows) commit in the same transaction as the record, both or neither:
+    an answer's usage with its end row.
 
     `details` is free-form JSON. A few keys are also copied into indexed columns so the admin
     page can filter on them: `ip`, `conversation_id`, `adapter_name` (or `adapter`), and
@@ -241,7 +245,7 @@ def record_event(
     address = _request_address.get()
     if address is not None and "ip" not in details:
         details["ip"] = address
-    row, database = _Queued(action, details, actor_id), session.get_bind()
+    row, database = _Queued(action, details, actor_id, tuple(with_rows)), session.get_bind()
     session.commit()
     with _queue_lock:
         _queues.setdefault(database, []).append(row)
@@ -263,6 +267,7 @@ class _Queued:
     action: str
     details: dict[str, Any]
     actor_id: int | None
+    rows: tuple[object, ...] = ()
     record: AuditRecord | None = None
     error: Exception | None = None
 
@@ -313,6 +318,10 @@ def _append_all(session: Session, group: list[_Queued]) -> None:
             for row in group
         ]
         session.execute(_INSERT_RECORD, [_values(record) for record in records])
+        others = [other for row in group for other in row.rows]
+        session.add_all(others)
+    for other in others:
+        session.expunge(other)  # its caller's again, not this session's
     for row, record in zip(group, records, strict=True):
         row.record = record
 

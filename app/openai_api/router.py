@@ -239,7 +239,8 @@ def _call_header(call: Answer) -> dict[str, str]:
 
 def _stream(call: Answer, chunks: AsyncIterator[str]) -> StreamingResponse:
     """SSE response; the call is closed (its end audited) before the last byte goes out, and
-    by the background task if the body never started."""
+    by the background task if the body never started (an async task: a sync one would take a
+    thread-pool hop on every call only to find the call closed)."""
 
     async def closing() -> AsyncIterator[str]:
         try:
@@ -254,7 +255,7 @@ def _stream(call: Answer, chunks: AsyncIterator[str]) -> StreamingResponse:
         closing(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_call_header(call)},
-        background=BackgroundTask(call.close_now),
+        background=BackgroundTask(call.close),
     )
 
 

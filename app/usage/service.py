@@ -133,10 +133,31 @@ def record_answer(
     now: datetime | None = None,
 ) -> None:
     """Store what one finished answer cost (any status: a stopped answer used the model too)."""
-    from app.usage.metrics import count_tokens
+    row = answer_usage(
+        user_id=user_id,
+        surface=surface,
+        adapter=adapter,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        now=now,
+    )
+    session.add(row)
+    session.commit()
+    counted(row)
 
-    store.add_usage(
-        session=session,
+
+def answer_usage(
+    *,
+    user_id: int,
+    surface: str,
+    adapter: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    now: datetime | None = None,
+) -> UsageRecord:
+    """What one finished answer cost, as a row not stored yet: the answer lifecycle commits it
+    in the transaction of the answer's end audit row (both or neither); then `counted`."""
+    return UsageRecord(
         user_id=user_id,
         day=(now or now_utc()).date(),
         surface=surface,
@@ -144,7 +165,13 @@ def record_answer(
         prompt_tokens=max(0, prompt_tokens),
         completion_tokens=max(0, completion_tokens),
     )
-    count_tokens(surface, prompt_tokens, completion_tokens)
+
+
+def counted(row: UsageRecord) -> None:
+    """The usage metrics of a stored row."""
+    from app.usage.metrics import count_tokens
+
+    count_tokens(row.surface, row.prompt_tokens, row.completion_tokens)
 
 
 # ---- quota changes --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import event, select
 from app.audit import service as audit
 from app.audit.verify import verify_chain
 from app.auth.service import create_user
+from app.store.identity_models import UsageRecord
 from app.store.models import AuditRecord
 from tests.audit.writer import append_from_process
 from tests.support.db import tamper
@@ -120,7 +122,11 @@ def test_concurrent_processes_never_fork_the_chain(session_factory, db_path: Pat
     assert report.checked == 60
 
 
-def _held_writers(session_factory, details: list[dict]) -> dict[int, Exception]:  # noqa: ANN001
+def _held_writers(
+    session_factory,  # noqa: ANN001
+    details: list[dict],
+    with_rows: list[list[object]] | None = None,
+) -> dict[int, Exception]:
     """One thread per row, all queued behind the held append lock, then let go together."""
     database = session_factory.kw["bind"]
     errors: dict[int, Exception] = {}
@@ -128,7 +134,12 @@ def _held_writers(session_factory, details: list[dict]) -> dict[int, Exception]:
     def writer(n: int) -> None:
         with session_factory() as session:
             try:
-                audit.record_event(session=session, action=audit.API_CALL, details=details[n])
+                audit.record_event(
+                    session=session,
+                    action=audit.API_CALL,
+                    details=details[n],
+                    with_rows=with_rows[n] if with_rows else (),
+                )
             except Exception as exc:  # noqa: BLE001 - the test looks at which row failed
                 errors[n] = exc
 
@@ -189,3 +200,26 @@ def test_an_actor_is_named_by_their_username_now(session_factory) -> None:  # no
             r.actor_name for r in session.scalars(select(AuditRecord).order_by(AuditRecord.id))
         ]
     assert names[-3:] == ["ann.b", "nobody", "old"] and gone.actor_id == 999
+
+
+def test_rows_given_with_a_record_commit_with_it_or_not_at_all(session_factory) -> None:  # noqa: ANN001
+    with session_factory() as session:
+        ann = create_user(session=session, username="ann", password="ann-password-12")
+    loop: dict = {}
+    loop["itself"] = loop
+
+    def spent(tokens: int) -> UsageRecord:
+        return UsageRecord(
+            user_id=ann.id, day=date(2026, 1, 2), surface="api", adapter="base",
+            prompt_tokens=tokens, completion_tokens=0,
+        )  # fmt: skip
+
+    errors = _held_writers(
+        session_factory,
+        [{"n": 0}, loop, {"n": 2}],
+        with_rows=[[spent(10)], [spent(20)], [spent(30), spent(40)]],
+    )
+    assert list(errors) == [1]
+    with session_factory() as session:
+        kept = sorted(session.scalars(select(UsageRecord.prompt_tokens)))
+    assert kept == [10, 30, 40]
