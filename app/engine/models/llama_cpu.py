@@ -29,7 +29,7 @@ if typing.TYPE_CHECKING:
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-INT4 = torch.uint4
+INT4: torch.dtype = torch.uint4  # type: ignore[attr-defined]  # not in torch's stubs
 """The `dtype` that asks `FastLlama` for int4 weights (`llama_cpu_int4.Int4Llama`)."""
 
 Lora = tuple[torch.Tensor, torch.Tensor, float]
