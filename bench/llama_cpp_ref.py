@@ -298,6 +298,14 @@ class LlamaCppChild:
         code = self._process.wait()
         raise ChildFailed(_crash_message(f"llama.cpp ({what})", code, self._stderr_text()))
 
+    def cpu_seconds(self) -> float:
+        """CPU time the child has used so far (all its threads), from /proc."""
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def _stderr_text(self) -> str:
         self._stderr.seek(0)
         return self._stderr.read()
@@ -409,14 +417,24 @@ def measure(
             "prompt_ids": prompt_ids, "long_ids": long_ids, "new_tokens": new_tokens}  # fmt: skip
     mine: dict[str, list[Run]] = {"decode": [], "ttft": []}
     theirs: dict[str, list[Run]] = {"decode": [], "ttft": []}
+    # Neither side may spin while the other runs (OpenMP workers busy-wait for a while after
+    # a parallel region): each side's CPU time during the other's runs says whether it did.
+    idle = {"llama_cpp_cpu_s_while_teller_ran": 0.0, "teller_cpu_s_while_llama_cpp_ran": 0.0,
+            "teller_wall_s": 0.0, "llama_cpp_wall_s": 0.0}  # fmt: skip
     try:
         child = LlamaCppChild(build, spec)
         try:
             for _ in range(repeats):
                 for kind in ("decode", "ttft"):
                     if teller is not None:
+                        cpu, wall = child.cpu_seconds(), time.perf_counter()
                         mine[kind].append(teller(kind))
+                        idle["llama_cpp_cpu_s_while_teller_ran"] += child.cpu_seconds() - cpu
+                        idle["teller_wall_s"] += time.perf_counter() - wall
+                    cpu, wall = time.process_time(), time.perf_counter()
                     theirs[kind].append(child.ask(kind))
+                    idle["teller_cpu_s_while_llama_cpp_ran"] += time.process_time() - cpu
+                    idle["llama_cpp_wall_s"] += time.perf_counter() - wall
             info = child.ask("info")
         finally:
             child.close()
@@ -433,6 +451,7 @@ def measure(
             row["paired"] = {
                 "teller": _summary(mine["decode"], mine["ttft"]),
                 "decode_ratio_per_round": [round(r, 3) for r in ratios],
+                "other_side_idle": {k: round(v, 3) for k, v in idle.items()},
             }
     row["llama_bench"] = measure_llama_bench(
         build, gguf, threads, len(long_ids), new_tokens, len(prompt_ids), repeats
