@@ -73,16 +73,18 @@ async def _one_call(client: Any, key: str, index: int, tokens: int) -> dict:
     }
 
 
-async def _client_round(url: str, key: str, requests: int, tokens: int) -> list[dict]:
+async def _client_round(url: str, key: str, requests: int, tokens: int) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=requests + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        return await asyncio.gather(*(_one_call(client, key, i, tokens) for i in range(requests)))
+        start = time.perf_counter()
+        calls = await asyncio.gather(*(_one_call(client, key, i, tokens) for i in range(requests)))
+        return {"wall_s": time.perf_counter() - start, "calls": calls}
 
 
-def run_client(url: str, key: str, requests: int, tokens: int) -> list[dict]:
-    """One HTTP round from a child process: each request's timings."""
+def run_client(url: str, key: str, requests: int, tokens: int) -> dict:
+    """One HTTP round from a child process: its wall time and each request's timings."""
     command = [
         sys.executable, __file__, "--client", url, key,
         "--requests", str(requests), "--tokens", str(tokens),
@@ -250,11 +252,9 @@ def measure_side(args: argparse.Namespace) -> dict:
                 results = asyncio.run(_engine_round(engine, args.requests, args.tokens))
                 wall = time.perf_counter() - start
             in_process = _summary(results, wall, cpu, args.requests)
-            with CpuMeter(server_loop) as cpu:
-                start = time.perf_counter()
-                results = run_client(live.url, key, args.requests, args.tokens)
-                wall = time.perf_counter() - start
-            http = _summary(results, wall, cpu, args.requests)
+            with CpuMeter(server_loop) as cpu:  # the client's start-up is not timed
+                done = run_client(live.url, key, args.requests, args.tokens)
+            http = _summary(done["calls"], done["wall_s"], cpu, args.requests)
             rounds.append({"in_process": in_process, "http": http, "load": os.getloadavg()})
         if args.profile:
             profile = profile_http(live.url, key, args, server_loop)

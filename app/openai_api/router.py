@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
 from app.answers.lifecycle import Answer, AnswerContext
@@ -71,8 +72,13 @@ async def openai_error_handler(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
-def api_caller(request: Request) -> Caller:
-    """The key's owner, or 401 in OpenAI's shape (missing, unknown or revoked key)."""
+async def api_caller(request: Request) -> Caller:
+    """The key's owner, or 401 in OpenAI's shape (missing, unknown or revoked key).
+
+    The database is read on the event loop's worker threads, where the answer's own rows are
+    written: a burst of calls then uses as many connections as those threads, not one per
+    call (sync dependencies run on a pool of 40).
+    """
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
@@ -81,13 +87,24 @@ def api_caller(request: Request) -> Caller:
             "Missing API key: send 'Authorization: Bearer <key>' (create one at /settings/keys).",
             code="invalid_api_key",
         )
-    with request.app.state.session_factory() as session:
-        found = keys.authenticate(session=session, secret=secret.strip())
+    caller = await asyncio.to_thread(
+        _key_owner, request.app.state.session_factory, secret.strip(), client_ip(request)
+    )
+    if caller is None:
+        raise OpenAIError(401, "Invalid or revoked API key.", code="invalid_api_key")
+    return caller
+
+
+def _key_owner(
+    session_factory: sessionmaker[Session], secret: str, ip: str | None
+) -> Caller | None:
+    with session_factory() as session:
+        found = keys.authenticate(session=session, secret=secret)
         if found is None:
-            raise OpenAIError(401, "Invalid or revoked API key.", code="invalid_api_key")
+            return None
         user, key = found
         access = groups.access_for(session=session, user=user)
-        return Caller(user.id, user.username, key.id, client_ip(request), access)
+        return Caller(user.id, user.username, key.id, ip, access)
 
 
 def api_context(request: Request) -> AnswerContext:
