@@ -215,6 +215,8 @@ def measure_side(args: argparse.Namespace) -> dict:
     from tests.live import live_server
 
     torch.set_num_threads(1)  # a tiny model: threads only fight the server for the cores
+    if args.database_url:  # every run starts from an empty schema
+        _empty_postgres(args.database_url)
     work = Path(tempfile.mkdtemp(prefix="teller-v1-overhead-"))
     model = ensure_tiny_model("llama", REPO / "models", REPO / "models" / "SmolLM2-135M-Instruct")
     settings = Settings(
@@ -260,6 +262,16 @@ def measure_side(args: argparse.Namespace) -> dict:
             profile = profile_http(live.url, key, args, server_loop)
         audit = _verify_audit(live.app.state.session_factory, settings)
     return {"rounds": rounds, "profile": profile, "audit": audit}
+
+
+def _empty_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
 
 
 def _verify_audit(session_factory: Any, settings: Any) -> dict:
@@ -394,8 +406,7 @@ def run_side(root: Path, args: argparse.Namespace, profile: bool) -> dict:
         "--requests", str(args.requests), "--tokens", str(args.tokens),
         "--rounds", str(args.rounds), "--profile-rounds", str(args.profile_rounds),
     ]  # fmt: skip
-    if profile:
-        command.append("--profile")
+    command.append("--profile" if profile else "--no-profile")
     if args.database_url:
         command += ["--database-url", args.database_url]
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
@@ -447,7 +458,9 @@ def main() -> int:
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile-rounds", type=int, default=3)
     parser.add_argument("--commit-before", help="also measure this commit, alternating")
-    parser.add_argument("--database-url", default="", help="default: SQLite in a temp folder")
+    parser.add_argument(
+        "--database-url", default="", help="an empty PostgreSQL database (its schema is dropped)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results" / RESULT)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=2, help=argparse.SUPPRESS)
@@ -491,11 +504,13 @@ def main() -> int:
             "rounds_per_run": args.rounds,
             "runs_per_side": args.pairs,
             "model": "tiny random Llama (2 layers, width 64), batch scheduler, 1 torch thread",
-            "database": args.database_url.split("@")[-1] if args.database_url else "SQLite",
+            "database": args.database_url.split("+")[0].split(":")[0]
+            if args.database_url
+            else "sqlite",
             "client": "httpx in its own process, one connection per request",
         },
         "sides": {name: combine(found) for name, found in runs.items()},
-        "profiles": {name: found[-1]["profile"] for name, found in runs.items()},
+        "profiles": {name: found[-1].pop("profile") for name, found in runs.items()},
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
