@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.capabilities import cpu_has_native_bf16
 from app.engine.kernels.cpu_int4 import (
     Int4Linear,
     Int8Linear,
@@ -75,6 +76,10 @@ class _Block:
     """One decoder layer: four fused projections and two norms (float32)."""
 
     proj: dict[str, Projection]
+    """Fused projection name → its weights as decode reads them."""
+    prefill: dict[str, Projection]
+    """The same as a prompt's many rows read them (bf16 where the CPU multiplies bf16 natively:
+    torch's int4 kernel computes row by row, bf16 matmuls use AMX/AVX512-BF16 tiles)."""
     input_norm: torch.Tensor
     post_norm: torch.Tensor
     lora: dict[str, dict[str, LoraPair]] = field(default_factory=dict)
@@ -97,8 +102,11 @@ class Int4Llama:
         max_tokens: int,
         head: HeadFormat = "int8",
         candidates: int = CANDIDATES,
+        cache_dtype: torch.dtype = torch.float32,
+        prefill_bf16: bool | None = None,
     ) -> None:
         base = base_model(model)
+        self.prefill_bf16 = cpu_has_native_bf16() if prefill_bf16 is None else prefill_bf16
         config = base.config
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
@@ -112,6 +120,7 @@ class Int4Llama:
         self.blocks = [self._block(layer) for layer in inner.layers]
         self.int4_share = _int4_share(self.blocks)
         self._rotary = inner.rotary_emb
+        self.cache_dtype = cache_dtype
         self.max_tokens = 0
         self.length = 0
         self._grow(max_tokens)
@@ -119,13 +128,20 @@ class Int4Llama:
 
     def _block(self, layer: Any) -> _Block:
         proj: dict[str, Projection] = {}
+        prefill: dict[str, Projection] = {}
         for fused, names in FUSED.items():
             weights = [self._reorder(name, plain_weight(owner(layer, name))) for name in names]
             grids = [fit_grid(w) for w in weights]
             exact = all(g.exact for g in grids)
-            proj[fused] = Int4Linear(concat(grids)) if exact else Bf16Linear(torch.cat(weights))
+            if exact:
+                proj[fused] = Int4Linear(concat(grids))
+            if not exact or self.prefill_bf16:
+                prefill[fused] = Bf16Linear(torch.cat([w.to(torch.bfloat16) for w in weights]))
+            proj.setdefault(fused, prefill[fused])
+            prefill.setdefault(fused, proj[fused])
         return _Block(
             proj=proj,
+            prefill=prefill,
             input_norm=layer.input_layernorm.weight.detach().float(),
             post_norm=layer.post_attention_layernorm.weight.detach().float(),
         )
@@ -143,8 +159,10 @@ class Int4Llama:
         if max_tokens <= self.max_tokens:
             return
         shape = (len(self.blocks), self.n_kv, max_tokens, self.head_dim)
-        self.keys = torch.zeros(shape)  # (L, KV, T, D) float32
-        self.values = torch.zeros(shape)
+        self.keys = torch.zeros(shape, dtype=self.cache_dtype)  # (L, KV, T, D)
+        self.values = torch.zeros(shape, dtype=self.cache_dtype)
+        self._keys = [layer.unsqueeze(0) for layer in self.keys]  # (1, KV, T, D) views
+        self._values = [layer.unsqueeze(0) for layer in self.values]
         positions = torch.arange(max_tokens).unsqueeze(0)  # (1, T)
         cos, sin = self._rotary(self.embed[:1].unsqueeze(0), positions)  # (1, T, D)
         half = self.head_dim // 2
@@ -208,6 +226,8 @@ class Int4Llama:
             raise ValueError(f"sequence of {end} tokens exceeds the cache ({self.max_tokens})")
         if count > 1 and start > 0:
             raise ValueError("a multi-token step must start an empty cache")
+        if count == 1:
+            return self._decode(token_ids[0], adapter)
         x = self.embed[torch.tensor(token_ids)].float()  # (T, C) float32 residual stream
         step = _Step(self, count, start, end)
         for index, block in enumerate(self.blocks):
@@ -215,17 +235,49 @@ class Int4Llama:
             h = step.norm(x, block.input_norm)
             x += self._attention(step, h, block, lora, index)
             h = step.norm(x, block.post_norm)
+            gate, up = _run(block.prefill["gate_up"], h, lora.get("gate_up")).chunk(2, -1)
+            x += _run(block.prefill["down"], F.silu(gate) * up, lora.get("down"))
+        self.length = end
+        last = x[-1]  # (C,)
+        return self.lm_head(last * torch.rsqrt(last.pow(2).mean() + self.eps) * self.final_norm)
+
+    def _decode(self, token: int, adapter: str | None) -> torch.Tensor:
+        """One new token: `forward`'s maths with each layer's few dozen calls made fewer
+        (a decode step's non-matmul time is mostly the cost of calling ops)."""
+        heads, kv, dim = self.n_heads, self.n_kv, self.head_dim
+        position, end = self.length, self.length + 1
+        turned = torch.empty(heads + kv, dim // 2, dtype=torch.complex64)
+        step = _Step(self, 1, position, end)
+        x = self.embed[token : token + 1].to(torch.float32, copy=True)  # (1, C)
+        turn = self.turn[position]  # (D/2,) complex
+        split = (heads + kv) * dim
+        for index, block in enumerate(self.blocks):
+            lora = block.lora.get(adapter, {}) if adapter else {}
+            qkv = _run(block.proj["qkv"], step.norm(x, block.input_norm), lora.get("qkv"))
+            pairs = qkv[0, :split].float().view(heads + kv, dim // 2, 2)
+            torch.mul(torch.view_as_complex(pairs), turn, out=turned)
+            rotated = torch.view_as_real(turned).view(heads + kv, dim)  # (H+KV, D)
+            keys, values = self._keys[index], self._values[index]  # (1, KV, S, D) each
+            keys[0, :, position] = rotated[heads:]
+            values[0, :, position] = qkv[0, split:].view(kv, dim)
+            out = F.scaled_dot_product_attention(
+                rotated[:heads].view(1, heads, 1, dim).to(self.cache_dtype),
+                keys[:, :, :end], values[:, :, :end], enable_gqa=True,
+            )  # (1, H, 1, D)  # fmt: skip
+            out = out.reshape(1, heads * dim).to(torch.bfloat16)
+            x += _run(block.proj["o"], out, lora.get("o"))
+            h = step.norm(x, block.post_norm)
             gate, up = _run(block.proj["gate_up"], h, lora.get("gate_up")).chunk(2, -1)
             x += _run(block.proj["down"], F.silu(gate) * up, lora.get("down"))
         self.length = end
-        last = x[-1]  # (C,)
+        last = x[0]  # (C,)
         return self.lm_head(last * torch.rsqrt(last.pow(2).mean() + self.eps) * self.final_norm)
 
     def _attention(
         self, step: _Step, h: torch.Tensor, block: _Block, lora: dict[str, LoraPair], index: int
     ) -> torch.Tensor:
         count, heads, kv, dim = step.count, self.n_heads, self.n_kv, self.head_dim
-        qkv = _run(block.proj["qkv"], h, lora.get("qkv"))  # (T, (H + 2 KV) D) bf16
+        qkv = _run(block.prefill["qkv"], h, lora.get("qkv"))  # (T, (H + 2 KV) D) bf16
         pairs = qkv[:, : (heads + kv) * dim].float().view(count, heads + kv, dim // 2, 2)
         turned = torch.mul(torch.view_as_complex(pairs), step.turn, out=step.turned)
         rotated = torch.view_as_real(turned).view(count, heads + kv, dim)  # (T, H+KV, D)
@@ -235,12 +287,12 @@ class Int4Llama:
             qkv[:, (heads + kv) * dim :].view(count, kv, dim).transpose(0, 1)
         )
         out = F.scaled_dot_product_attention(
-            rotated[:, :heads].transpose(0, 1).unsqueeze(0),  # (1, H, T, D)
+            rotated[:, :heads].transpose(0, 1).unsqueeze(0).to(self.cache_dtype),  # (1, H, T, D)
             keys[:, : step.end].unsqueeze(0), values[:, : step.end].unsqueeze(0),
             is_causal=count > 1, enable_gqa=True,
         )  # (1, H, T, D)  # fmt: skip
         out = out[0].transpose(0, 1).reshape(count, heads * dim).to(torch.bfloat16)  # (T, H*D)
-        return _run(block.proj["o"], out, lora.get("o"))
+        return _run(block.prefill["o"], out, lora.get("o"))
 
 
 class _Step:
