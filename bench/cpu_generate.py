@@ -388,7 +388,8 @@ def table_lines(results: dict[str, Any]) -> list[str]:
                     lines.append(
                         f"{fmt:28} greedy token as float32's at {q['greedy_agreement']:.1%} of "
                         f"{row['steps']} steps, mean KL {q['mean_kl']:.5f}, top-10 logits moved "
-                        f"up to {q['max_top10_logit_change']:.2f}"
+                        f"up to {q['max_top10_logit_change']:.2f}, "
+                        f"step {q['decode_step_ms_median']} ms"
                     )
         elif "decode_tok_s" not in row:
             if "failed" in row or "skipped" in row:

@@ -204,18 +204,27 @@ def measure_lean(args: argparse.Namespace, results: dict[str, Any], lora: Path |
             asyncio.run(engine.close())
 
 
+HEADS = (("int8", 64), ("int4", 256), ("int4", 64), ("bf16", 0))
+"""lm_head variants of the int4 path compared in `quality`: format and logits recomputed."""
+
+
 @torch.inference_mode()
 def quality(model: Any, prompt_ids: list[int], steps: int = NEW_TOKENS) -> dict[str, Any]:
     """Each lean format's logits against float32's along float32's greedy answer (teacher
     forced, so one early near-tie does not send the rest down another path): how often the
-    greedy token agrees, the mean KL divergence, the largest change among float32's top ten."""
+    greedy token agrees, the mean KL divergence, the largest change among float32's top ten;
+    for the int4 path's lm_head variants (`HEADS`) also the median decode step."""
     from app.engine.models.llama_cpu import FastLlama
+    from app.engine.models.llama_cpu_int4 import Int4Llama
 
-    def logits(fast: FastLlama, tokens: list[int]) -> torch.Tensor:
+    def logits(fast: Any, tokens: list[int]) -> tuple[torch.Tensor, float]:
         fast.start(len(prompt_ids) + steps + 1)
-        rows = [fast.forward(prompt_ids, None)]
-        rows += [fast.forward([token], None) for token in tokens[:-1]]
-        return torch.stack(rows)  # (steps, V)
+        rows, times = [fast.forward(prompt_ids, None)], []
+        for token in tokens[:-1]:
+            started = time.perf_counter()
+            rows.append(fast.forward([token], None))
+            times.append(time.perf_counter() - started)
+        return torch.stack(rows), sorted(times)[len(times) // 2] * 1000  # (steps, V), ms
 
     reference = FastLlama(model, 1024)
     reference.start(len(prompt_ids) + steps + 1)
@@ -223,12 +232,13 @@ def quality(model: Any, prompt_ids: list[int], steps: int = NEW_TOKENS) -> dict[
     for _ in range(steps):
         tokens.append(int(row.argmax()))
         row = reference.forward([tokens[-1]], None)
-    expected = logits(reference, tokens)
+    expected, _ = logits(reference, tokens)
+    variants = {name: FastLlama(model, 1024, fmt) for name, fmt in LEAN_FORMATS.items() if fmt}
+    for head, candidates in HEADS:
+        variants[f"int4 head {head}+{candidates}"] = Int4Llama(model, 1024, head, candidates)
     out: dict[str, Any] = {"steps": steps, "reference": "teller_fast_fp32"}
-    for name, fmt in LEAN_FORMATS.items():
-        if fmt is None:
-            continue
-        got = logits(FastLlama(model, 1024, fmt), tokens)
+    for name, fast in variants.items():
+        got, step_ms = logits(fast, tokens)
         p, q = expected.log_softmax(-1), got.log_softmax(-1)
         top = expected.topk(10, -1).indices
         agree = got.argmax(-1) == expected.argmax(-1)
@@ -237,5 +247,6 @@ def quality(model: Any, prompt_ids: list[int], steps: int = NEW_TOKENS) -> dict[
             "greedy_agreement": round(agree.float().mean().item(), 4),
             "mean_kl": round((p.exp() * (p - q)).sum(-1).mean().item(), 6),
             "max_top10_logit_change": round(change.abs().max().item(), 3),
+            "decode_step_ms_median": round(step_ms, 2),
         }
     return out

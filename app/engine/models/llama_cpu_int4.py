@@ -13,8 +13,11 @@ small ops per layer, so this forward keeps those few:
 - the residual stream and the KV cache stay float32; only the matmuls' inputs are bf16 (the
   kernel's one fast path).
 
-Projections whose weights are not 4-bit (a mixed-precision file) run as bf16 matmuls. The tied
-embedding/lm_head of the default came from Q8_0 blocks; `HEAD_FORMATS` says how it is read.
+Projections whose weights are not 4-bit (a mixed-precision file) run as bf16 matmuls; prompts
+(many rows) run through bf16 copies where the CPU has native bf16. The tied embedding/lm_head of
+the default came from Q8_0 blocks, so int4 cannot hold it exactly: every logit comes from an
+int4 copy and the `CANDIDATES` best are recomputed from the float rows (`Head`; the variants'
+speed and distance from float32 are in bench/results/cpu-llamacpp.json, quality_vs_float32).
 LoRA adapters stay unmerged (a 4-bit weight plus a LoRA delta is no longer 4-bit): each fused
 projection adds `x @ A.T @ B.T`, the factors of its members stacked, scale folded into B.
 """
@@ -49,11 +52,14 @@ FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}  # fmt: skip
 HeadFormat = Literal["int8", "int4", "bf16"]
 HEAD_FORMATS: tuple[HeadFormat, ...] = ("int8", "int4", "bf16")
-"""How the lm_head is read: int8 per output row (llama.cpp keeps its output matrix in Q8_0),
-int4 in groups of 32, or bf16. The embedding lookup always reads the model's own rows."""
-CANDIDATES = 64
-"""Tokens whose logits are recomputed from the model's own float rows after a quantized head
-has found them: the ones sampling and greedy decoding look at."""
+"""How the lm_head's every logit is computed: int8 per output row (llama.cpp keeps its output
+matrix in Q8_0), int4 in groups of 32 (the default: 18 MB a step instead of int8's 28 or
+bf16's 57), or bf16. The embedding lookup always reads the model's own rows."""
+CANDIDATES = 256
+"""Tokens whose logits are recomputed from the model's own float rows once the quantized head
+has found them: the ones greedy decoding and top-p sampling pick from. With an int4 head, 256
+keep the whole distribution as close to float32's as the bf16 path was; 64 would leave the
+tail's int4 error (bench/results/cpu-llamacpp.json)."""
 
 
 class Bf16Linear:
@@ -100,7 +106,7 @@ class Int4Llama:
         self,
         model: Any,
         max_tokens: int,
-        head: HeadFormat = "int8",
+        head: HeadFormat = "int4",
         candidates: int = CANDIDATES,
         cache_dtype: torch.dtype = torch.float32,
         prefill_bf16: bool | None = None,

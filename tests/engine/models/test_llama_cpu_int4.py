@@ -17,7 +17,7 @@ from app.engine.factory import build_engine, cpu_lean_dtype
 from app.engine.kernels.cpu_int4 import GROUP, fit_grid
 from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
 from app.engine.models.llama_cpu import INT4, PROJECTIONS, FastLlama, owner, plain_weight
-from app.engine.models.llama_cpu_int4 import four_bit_share
+from app.engine.models.llama_cpu_int4 import Head, four_bit_share
 from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams
 from tests.adapters.packages import make_package
@@ -60,9 +60,13 @@ def choices(
     return torch.stack(ours), torch.stack(theirs)
 
 
-def error(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Each step's largest logit difference as a share of the reference logits' range."""
-    return (other - reference).abs().amax(-1) / (reference.amax(-1) - reference.amin(-1))
+def error(reference: torch.Tensor, other: torch.Tensor, top: int = 32) -> torch.Tensor:
+    """Each step's largest difference among the reference's `top` logits (the head recomputes
+    its best candidates exactly; `test_the_head_recomputes_its_best_candidates` covers the
+    rest), as a share of the reference logits' range."""
+    best = reference.topk(top, -1).indices
+    change = (other.gather(-1, best) - reference.gather(-1, best)).abs().amax(-1)
+    return change / (reference.amax(-1) - reference.amin(-1))
 
 
 def assert_same_greedy_tokens(
@@ -96,6 +100,19 @@ def test_int4_gives_the_float32_paths_greedy_tokens(tiny_llama_dir: Path) -> Non
     int4 = FastLlama(model, 128, INT4)
     assert int4._int4 is not None and int4._int4.int4_share == 1.0
     assert_same_greedy_tokens(*choices(FastLlama(model, 128), int4))
+
+
+def test_the_head_recomputes_its_best_candidates() -> None:
+    """Every logit from the int4 copy, the best ones from the float rows: greedy picks as
+    float32 would, the rest within int4's error."""
+    weight = torch.randn(4096, 64)
+    h = torch.randn(64)
+    exact = weight @ h
+    logits = Head(weight, "int4", candidates=16)(h)
+    best = logits.topk(16).indices
+    assert torch.allclose(logits[best], exact[best], atol=1e-5)
+    assert int(logits.argmax()) == int(exact.argmax())
+    assert (logits - exact).abs().amax() <= 0.1 * (exact.amax() - exact.amin())
 
 
 def test_a_projection_that_is_not_4bit_runs_in_bf16(tiny_llama_dir: Path) -> None:
