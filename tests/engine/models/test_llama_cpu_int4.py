@@ -104,12 +104,14 @@ def test_int4_gives_the_float32_paths_greedy_tokens(tiny_llama_dir: Path) -> Non
 
 def test_the_head_recomputes_its_best_candidates() -> None:
     """Every logit from the int4 copy, the best ones from the float rows: greedy picks as
-    float32 would, the rest within int4's error."""
-    weight = torch.randn(4096, 64)
-    h = torch.randn(64)
+    float32 would, the rest within int4's error. (Only the clear leaders are checked exact: near
+    the 16th, a non-candidate's int4 logit may outrank a recomputed one.)"""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(4096, 64, generator=generator)
+    h = torch.randn(64, generator=generator)
     exact = weight @ h
     logits = Head(weight, "int4", candidates=16)(h)
-    best = logits.topk(16).indices
+    best = logits.topk(8).indices
     assert torch.allclose(logits[best], exact[best], atol=1e-5)
     assert int(logits.argmax()) == int(exact.argmax())
     assert (logits - exact).abs().amax() <= 0.1 * (exact.amax() - exact.amin())
