@@ -127,6 +127,8 @@ class Int4Llama:
         self.int4_share = _int4_share(self.blocks)
         self._rotary = inner.rotary_emb
         self.cache_dtype = cache_dtype
+        self._zero = torch.zeros(1, dtype=cache_dtype)
+        self._scale = self.head_dim**-0.5
         self.max_tokens = 0
         self.length = 0
         self._grow(max_tokens)
@@ -267,11 +269,13 @@ class Int4Llama:
             keys, values = self._keys[index], self._values[index]  # (1, KV, S, D) each
             keys[0, :, position] = rotated[heads:]
             values[0, :, position] = qkv[0, split:].view(kv, dim)
-            out = F.scaled_dot_product_attention(
-                rotated[:heads].view(1, heads, 1, dim).to(self.cache_dtype),
-                keys[:, :, :end], values[:, :, :end], enable_gqa=True,
-            )  # (1, H, 1, D)  # fmt: skip
-            out = out.reshape(1, heads * dim).to(torch.bfloat16)
+            # One query row per head: two batched matmuls over the KV heads beat SDPA's
+            # setup, the more so the longer the context.
+            query = rotated[:heads].view(kv, heads // kv, dim).to(self.cache_dtype)  # (KV, G, D)
+            scores = torch.baddbmm(self._zero, query, keys[0, :, :end].transpose(1, 2),
+                                   beta=0, alpha=self._scale)  # (KV, G, S)  # fmt: skip
+            out = torch.bmm(scores.softmax(-1), values[0, :, :end])  # (KV, G, D)
+            out = out.view(1, heads * dim).to(torch.bfloat16)
             x += _run(block.proj["o"], out, lora.get("o"))
             h = step.norm(x, block.post_norm)
             gate, up = _run(block.proj["gate_up"], h, lora.get("gate_up")).chunk(2, -1)
