@@ -19,7 +19,7 @@ from app.answers.lifecycle import AnswerContext
 from app.answers.limits import LimitExceeded, UserLimits
 from app.answers.recovery import recover_interrupted
 from app.answers.streams import ActiveStreams
-from app.audit.head_log import export_at_shutdown, head_export_loop
+from app.audit.head_log import export_now, head_export_loop
 from app.audit.retention import retention_loop
 from app.auth.access import NotSignedIn, not_signed_in
 from app.auth.oidc import OidcProvider
@@ -87,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.jobs = JobRunner(settings, app.state.session_factory, app.state.adapters)
     jobs_loop = asyncio.create_task(app.state.jobs.run())
     app.state.drafts = DraftRuns()  # dataset records drafted from passages, in the background
+    await export_now(settings, app.state.session_factory)
     head_export = asyncio.create_task(head_export_loop(settings, app.state.session_factory))
     try:
         yield
@@ -98,7 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(stop_knowledge, app.state.knowledge)  # a page at most
         await app.state.drafts.close()  # its answer being written ends as stopped
         await wait_for_streams(app.state.streams, settings.shutdown_grace_seconds)
-        await export_at_shutdown(settings, app.state.session_factory)  # after answers are stored
+        await export_now(settings, app.state.session_factory)  # after answers are stored
         if app.state.engine_override is None:
             await engine.close()
         app.state.engine = None

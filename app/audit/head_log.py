@@ -71,15 +71,18 @@ def _export_logged(settings: Settings, session_factory: sessionmaker[Session]) -
 async def head_export_loop(
     settings: Settings, session_factory: sessionmaker[Session], every: float | None = None
 ) -> None:
-    """Export at start, then every `every` seconds (TELLER_AUDIT_HEAD_EVERY_MINUTES) until
-    cancelled; the lifespan exports once more at shutdown, after running answers are stored."""
+    """Export every `every` seconds (TELLER_AUDIT_HEAD_EVERY_MINUTES) until cancelled. The
+    lifespan exports at start (`export_now`, before the server listens, so the line never lands
+    between uvicorn's address and the welcome under it) and once more at shutdown, after running
+    answers are stored."""
     every = settings.audit_head_every_minutes * 60 if every is None else every
     while True:
-        await asyncio.to_thread(_export_logged, settings, session_factory)
         await asyncio.sleep(every)
+        await export_now(settings, session_factory)
 
 
-async def export_at_shutdown(settings: Settings, session_factory: sessionmaker[Session]) -> None:
+async def export_now(settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    """One export off the event loop; a failure is logged, never raised."""
     await asyncio.to_thread(_export_logged, settings, session_factory)
 
 
