@@ -34,7 +34,8 @@ def run_python(script: str, *args: str, interpret: bool = False, timeout: int = 
     return done.stdout
 
 
-def run_json(script: str, *args: str, interpret: bool = True, timeout: int = 300) -> Any:
-    """The JSON the script prints on its last line."""
+def run_json(script: str, *args: str, interpret: bool, timeout: int = 300) -> Any:
+    """The JSON the script prints on its last line. `interpret` has no default: a GPU check
+    that forgot it once ran under the interpreter and failed on its rounding."""
     stdout = run_python(script, *args, interpret=interpret, timeout=timeout)
     return json.loads(stdout.strip().splitlines()[-1])

@@ -117,7 +117,7 @@ def test_triton_epilogue_under_the_interpreter() -> None:
     """
     pytest.importorskip("triton")
     script = INTERPRETER_SCRIPT.format(repo=str(REPO))
-    results = run_json(script, timeout=240)
+    results = run_json(script, interpret=True, timeout=240)
     assert len(results) == 7
     for _k, n, _split, _gelu, dtype, out_dtype, shape, err, without in results:
         assert out_dtype == dtype and shape == [n]

@@ -35,7 +35,7 @@ CHECK = textwrap.dedent(
 
 
 def test_kernel_matches_torch_under_the_interpreter():
-    report = run_json(CHECK)
+    report = run_json(CHECK, interpret=True)
     for key, (rel, shape, dtype) in report.items():
         rank, _, wanted = key.split("-", 2)
         assert shape == [1, 1, int(rank)] and dtype == wanted

@@ -174,7 +174,7 @@ def test_triton_kernel_under_the_interpreter():
     """
     pytest.importorskip("triton")
     script = INTERPRETER_SCRIPT.format(repo=str(REPO))
-    results = run_json(script, timeout=240)
+    results = run_json(script, interpret=True, timeout=240)
     assert len(results) == 11
     for _k, n, _decode, dtype, out_dtype, shape, err in results:
         assert out_dtype == dtype and shape == [n]

@@ -132,7 +132,7 @@ def test_triton_kernel_under_the_interpreter():
     """
     pytest.importorskip("triton")
     script = INTERPRETER_SCRIPT.format(repo=str(REPO))
-    results = run_json(script, timeout=240)
+    results = run_json(script, interpret=True, timeout=240)
     assert len(results) == 9
     for m, _k, n, dtype, out_dtype, shape, err in results:
         assert out_dtype == dtype and shape == [m, n]

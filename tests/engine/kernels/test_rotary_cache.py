@@ -54,7 +54,7 @@ CHECK = textwrap.dedent(
 
 
 def test_kernel_matches_the_torch_decode_path():
-    report = run_json(CHECK)
+    report = run_json(CHECK, interpret=True)
     for dtype, found in report.items():
         tolerance = 1e-6 if "float32" in dtype else 1e-2
         assert found["q"] < tolerance and found["k"] < tolerance, (dtype, found)
@@ -131,7 +131,7 @@ GQA_CHECK = textwrap.dedent(
 
 
 def test_gqa_kernel_matches_the_llama_decode_path():
-    report = run_json(GQA_CHECK)
+    report = run_json(GQA_CHECK, interpret=True)
     for dtype, found in report.items():
         tolerance = 1e-6 if "float32" in dtype else 1e-2
         assert found["q"] < tolerance and found["k"] < tolerance, (dtype, found)

@@ -31,7 +31,7 @@ CHECK = textwrap.dedent(
 
 
 def test_kernel_matches_torch_under_the_interpreter():
-    report = run_json(CHECK)
+    report = run_json(CHECK, interpret=True)
     for key, (rel, shape, dtype) in report.items():
         width, wanted = key.split("-", 1)
         assert shape == [1, 1, int(width)] and dtype == wanted
@@ -67,7 +67,7 @@ RMS_CHECK = textwrap.dedent(
 
 
 def test_rms_kernel_matches_transformers_under_the_interpreter():
-    report = run_json(RMS_CHECK)
+    report = run_json(RMS_CHECK, interpret=True)
     for key, (rel, shape, dtype) in report.items():
         width, wanted = key.split("-", 1)
         assert shape == [1, 1, int(width)] and dtype == wanted
