@@ -7,6 +7,12 @@ requests handed straight to the same engine in process, round by round, alternat
 
     .venv/bin/python bench/v1_request_overhead.py                     # 32 x 4 tokens, profile
     .venv/bin/python bench/v1_request_overhead.py --commit-before HEAD~3   # old app alternating
+    .venv/bin/python bench/v1_request_overhead.py --commit-before HEAD \
+        --uvicorn-before loop=asyncio,http=h11       # one tree: uvicorn's pure-Python loop/parser
+
+Each side's server is configured as `teller serve` configures uvicorn (loop and HTTP parser
+"auto": uvloop and httptools when installed), plus `--uvicorn-before`/`--uvicorn-after`
+options; the result names the loop and protocol each side really ran.
 
 Per request it reports first-token time and end-to-end time (p50/p95, HTTP minus in process,
 the median over rounds), the server's CPU time per request by thread (event loop, thread
@@ -146,7 +152,7 @@ def _category(name: str, loop_ids: set[int], tid: int) -> str:
         return "engine"
     if name.startswith("AnyIO worker"):
         return "anyio_threadpool"
-    if name.startswith("asyncio_"):
+    if name.startswith(("asyncio_", "uvloop_")):  # the loop's default executor
         return "asyncio_executor"
     return "other"
 
@@ -234,10 +240,12 @@ def measure_side(args: argparse.Namespace) -> dict:
         **({"database_url": args.database_url} if args.database_url else {}),
     )
     engine = build_engine(settings)
+    options = _uvicorn_options(args.uvicorn)
     threads_before = {t.native_id for t in threading.enumerate()}
     rounds: list[dict] = []
     profile: dict | None = None
-    with live_server(create_app(settings, engine=engine)) as live:
+    with live_server(create_app(settings, engine=engine), **options) as live:
+        server = _server_kind(live.server)
         server_threads = {t for t in threading.enumerate() if t.native_id not in threads_before}
         server_loop = {t.native_id for t in server_threads if t.name.endswith("(run)")}
         with live.app.state.session_factory() as session:
@@ -261,7 +269,25 @@ def measure_side(args: argparse.Namespace) -> dict:
         if args.profile:
             profile = profile_http(live.url, key, args, server_loop)
         audit = _verify_audit(live.app.state.session_factory, settings)
-    return {"rounds": rounds, "profile": profile, "audit": audit}
+    return {"rounds": rounds, "profile": profile, "audit": audit, "server": server}
+
+
+def _uvicorn_options(text: str) -> dict[str, str]:
+    """`loop=asyncio,http=h11` as uvicorn.Config keywords."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"uvicorn options are KEY=VALUE,...; got {text!r}")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _server_kind(server: Any) -> dict[str, str]:
+    """The event loop and HTTP protocol a running uvicorn server really uses."""
+    loop = server.servers[0].get_loop() if server.servers else None
+    protocol = server.config.http_protocol_class
+    return {
+        "loop": f"{type(loop).__module__}.{type(loop).__name__}",
+        "http": f"{protocol.__module__}.{protocol.__name__}",
+    }
 
 
 def _empty_postgres(url: str) -> None:
@@ -400,13 +426,14 @@ def export_commit(revision: str, target: Path) -> str:
     return commit
 
 
-def run_side(root: Path, args: argparse.Namespace, profile: bool) -> dict:
+def run_side(root: Path, args: argparse.Namespace, profile: bool, uvicorn: str) -> dict:
     command = [
         sys.executable, __file__, "--side", str(root),
         "--requests", str(args.requests), "--tokens", str(args.tokens),
         "--rounds", str(args.rounds), "--profile-rounds", str(args.profile_rounds),
     ]  # fmt: skip
     command.append("--profile" if profile else "--no-profile")
+    command += ["--uvicorn", uvicorn]
     if args.database_url:
         command += ["--database-url", args.database_url]
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
@@ -442,6 +469,7 @@ def combine(runs: list[dict]) -> dict:
         1000 * statistics.median(r["http"]["wall_s"] - r["in_process"]["wall_s"] for r in rounds),
         2,
     )
+    out["server"] = sorted({json.dumps(run["server"], sort_keys=True) for run in runs})
     out["audit_verifies"] = all(run["audit"]["verifies"] for run in runs)
     out["audit_rows_paired"] = all(
         run["audit"]["api_call_started"] == run["audit"]["api_call"] for run in runs
@@ -462,6 +490,14 @@ def main() -> int:
         "--database-url", default="", help="an empty PostgreSQL database (its schema is dropped)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench/results" / RESULT)
+    parser.add_argument(
+        "--uvicorn-before",
+        default="",
+        help="uvicorn.Config options of the before side "
+        "(loop=asyncio,http=h11: its pure-Python loop and parser)",
+    )
+    parser.add_argument("--uvicorn-after", default="", help="the same for the after side")
+    parser.add_argument("--uvicorn", default="", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -486,7 +522,8 @@ def main() -> int:
         for name, root in sides.items():
             last = pair == args.pairs - 1
             print(f"pair {pair + 1}/{args.pairs}: {name}", file=sys.stderr)  # noqa: T201
-            runs[name].append(run_side(root, args, profile=args.profile and last))
+            options = args.uvicorn_before if name == "before" else args.uvicorn_after
+            runs[name].append(run_side(root, args, args.profile and last, options))
     result: dict[str, Any] = {
         "bench": "bench/v1_request_overhead.py",
         "machine": {
@@ -508,6 +545,7 @@ def main() -> int:
             if args.database_url
             else "sqlite",
             "client": "httpx in its own process, one connection per request",
+            "uvicorn_options": {"before": args.uvicorn_before, "after": args.uvicorn_after},
         },
         "sides": {name: combine(found) for name, found in runs.items()},
         "profiles": {name: found[-1].pop("profile") for name, found in runs.items()},
