@@ -1,10 +1,12 @@
-// nf4_mma_gemv: NF4 weight x one bf16 row on tensor cores (see nf4_mma.py's docstring).
-// A template: nf4_mma.kernel_source fills in the code tables, warps and depth (the marked
-// names below) and prepends DECODE; compiled at run time by NVRTC (torch.cuda._compile_kernel),
-// so plain C++ and PTX, no headers.
+// nf4_mma_gemv: NF4 weight x one bf16 row on tensor cores; nf4_mma_rows: the same weights x
+// up to 8 * CHUNKS rows (see nf4_mma.py's docstring). A template: nf4_mma.kernel_source fills in
+// the code tables, warps, depth, tiles and chunks (the marked names below) and prepends DECODE;
+// compiled at run time by NVRTC (torch.cuda._compile_kernel), so plain C++ and PTX, no headers.
 @TABLES@
 #define WARPS @WARPS@
 #define DEPTH @DEPTH@
+#define TILES @TILES@    // nf4_mma_rows: row tiles each warp multiplies per group of x it loads
+#define CHUNKS @CHUNKS@  // nf4_mma_rows: 8-row chunks of activations (the mma's 8 columns)
 
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
   unsigned d;
@@ -41,14 +43,22 @@ __device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, uns
 #endif
 }
 
-__device__ __forceinline__ void mma(float &c0, float &c1, float &c2, float &c3, unsigned w,
-                                    unsigned b0, unsigned b1, const unsigned *lut) {
-  unsigned a0, a1, a2, a3;
-  decode_word(w, lut, a0, a1, a2, a3);
+// c += A B for one decoded A fragment (16 weight rows x 16 k) and one B fragment (16 k x 8
+// columns): lane (g, t) holds c = C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1].
+__device__ __forceinline__ void mma_decoded(float &c0, float &c1, float &c2, float &c3,
+                                            unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                            unsigned b0, unsigned b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma(float &c0, float &c1, float &c2, float &c3, unsigned w,
+                                    unsigned b0, unsigned b1, const unsigned *lut) {
+  unsigned a0, a1, a2, a3;
+  decode_word(w, lut, a0, a1, a2, a3);
+  mma_decoded(c0, c1, c2, c3, a0, a1, a2, a3, b0, b1);
 }
 
 __device__ __forceinline__ void load16(const unsigned *p, unsigned &a, unsigned &b, unsigned &c,
@@ -192,5 +202,112 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
       }
     }
     __syncthreads();  // partial is rewritten by the next tile
+  }
+}
+
+
+// x fragments of one group for every lane: column g of chunk c is activation row 8 c + g
+// (zeros past the last row).
+__device__ __forceinline__ void load_x_row(const unsigned *x, long long row_pairs, int row,
+                                           int rows, int q, int t, unsigned *b) {
+  if (row < rows) {
+    const unsigned *xp = x + row * row_pairs + q * 32 + t;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) b[j] = 0u;
+  }
+}
+
+// The batched-decode kernel: `rows` activation rows (at most 8 * CHUNKS) share each decoded
+// weight fragment, as the mma's eight columns. A block serves TILES neighbouring row tiles at a
+// time (blockIdx.x, + gridDim.x, ...); its warps split K by groups, each decoding its group's
+// TILES fragments once and multiplying them with every chunk of x, so one load of x serves
+// TILES tiles. Per group the fp16 scales of rows g and g + 8 multiply the fp32 products, as in
+// nf4_mma_gemv; the warps' sums meet in shared memory (fp32 atomics) and are rounded once.
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+nf4_mma_rows(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
+             const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
+             const unsigned *__restrict__ pairs, int rows, int tiles) {
+  __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
+  __shared__ float red[TILES * 16 * CHUNKS * 8];  // [weight row of the set][activation row]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const long long word_step = (long long)tiles * 128;  // words of one group, all tiles
+  const long long row_pairs = (long long)groups * 32;  // bf16 pairs of one activation row
+  const int width = CHUNKS * 8;
+  for (int i = threadIdx.x; i < 256 * 32; i += WARPS * 32) table[i] = pairs[i >> 5];
+  const unsigned *lut = table + lane;
+  const int sets = (tiles + TILES - 1) / TILES;
+
+  for (int set = blockIdx.x; set < sets; set += gridDim.x) {
+    const int tile0 = set * TILES;
+    for (int i = threadIdx.x; i < TILES * 16 * width; i += WARPS * 32) red[i] = 0.f;
+    __syncthreads();  // the table (first set) and the zeroed sums are ready
+    float acc[TILES][CHUNKS][4];
+#pragma unroll
+    for (int tt = 0; tt < TILES; ++tt)
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) acc[tt][c][0] = acc[tt][c][1] = acc[tt][c][2] = acc[tt][c][3] = 0.f;
+
+    for (int q = warp; q < groups; q += WARPS) {
+      unsigned u[TILES][4];
+      unsigned short sc[TILES][2];
+#pragma unroll
+      for (int tt = 0; tt < TILES; ++tt) {  // every tile's loads first: TILES in flight
+        const int tile = tile0 + tt < tiles ? tile0 + tt : tiles - 1;  // past the end: ignored
+        load16(words + q * word_step + ((long long)tile * 32 + lane) * 4, u[tt][0], u[tt][1],
+               u[tt][2], u[tt][3]);
+        load_scales(scales + ((long long)q * tiles + tile) * 16, g, sc[tt]);
+      }
+      unsigned a[TILES][4][4];
+      float s[TILES][2];
+#pragma unroll
+      for (int tt = 0; tt < TILES; ++tt) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          decode_word(u[tt][j], lut, a[tt][j][0], a[tt][j][1], a[tt][j][2], a[tt][j][3]);
+        s[tt][0] = half_to_float(sc[tt][0]);
+        s[tt][1] = half_to_float(sc[tt][1]);
+      }
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+        unsigned b[8];
+        load_x_row(x, row_pairs, c * 8 + g, rows, q, t, b);
+#pragma unroll
+        for (int tt = 0; tt < TILES; ++tt) {
+          float p0 = 0.f, p1 = 0.f, p2 = 0.f, p3 = 0.f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            mma_decoded(p0, p1, p2, p3, a[tt][j][0], a[tt][j][1], a[tt][j][2], a[tt][j][3],
+                        b[2 * j], b[2 * j + 1]);
+          acc[tt][c][0] += s[tt][0] * p0;
+          acc[tt][c][1] += s[tt][0] * p1;
+          acc[tt][c][2] += s[tt][1] * p2;
+          acc[tt][c][3] += s[tt][1] * p3;
+        }
+      }
+    }
+
+#pragma unroll
+    for (int tt = 0; tt < TILES; ++tt)
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+        float *top = red + (tt * 16 + g) * width + c * 8 + 2 * t;  // weight row g, rows 2t, 2t+1
+        float *low = top + 8 * width;                              // weight row g + 8
+        atomicAdd(top, acc[tt][c][0]);
+        atomicAdd(top + 1, acc[tt][c][1]);
+        atomicAdd(low, acc[tt][c][2]);
+        atomicAdd(low + 1, acc[tt][c][3]);
+      }
+    __syncthreads();
+    const long long n = (long long)tiles * 16;
+    for (int i = threadIdx.x; i < TILES * 16 * rows; i += WARPS * 32) {
+      const int r = i % (TILES * 16), row = i / (TILES * 16);  // neighbours write neighbours
+      const int weight_row = tile0 * 16 + r;
+      if (weight_row < n) out[row * n + weight_row] = float_to_bf16(red[r * width + row]);
+    }
+    __syncthreads();  // red is zeroed again for the next set
   }
 }

@@ -31,6 +31,16 @@ once (one row tile each, its warps splitting K) read neighbouring bytes, as a co
 tile-major order had thousands of warps each streaming its own distant region. Scales: fp16,
 16 per (group, tile).
 
+`nf4_mma_rows` serves 2-64 rows (batched decode) from the same packed words: the mma's eight
+columns, unused by the GEMV, carry eight activation rows, so each decoded fragment serves up to
+64 rows in 1-8 chunks, where the Triton `nf4_matmul` it is meant to replace decodes every weight
+with a table load per element (11-19 % of copy bandwidth on an H200). Its warps split K; each
+decodes a group's fragments for `TILES` neighbouring row tiles once and multiplies them with
+every chunk of x, and the warps' fp32 sums meet in shared memory. Written without a card to run
+it (NVRTC compiles it in `make test`); tests/engine/kernels/test_nf4_mma_gpu.py and
+bench/nf4_mma_rows_gpu.py check and time it on one, and the `mma` routing
+(`nf4_routing.nf4_override`) serves with it.
+
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
 multiplies in torch, and `dequantize_mma` undoes the layout, which is how the CPU tests check
@@ -63,6 +73,9 @@ WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two
 PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
 # one block per tile by 1-13 % per Falcon-7B shape on an H200 (nf4-mma.json's sweep)
 GROUP = 64  # k per scale: one lane's 16 bytes hold its four 16-wide k steps of a group
+MAX_ROWS = 64  # nf4_mma_rows: eight chunks of the mma's eight columns
+ROWS_CONFIG = (8, 2, 2)  # nf4_mma_rows: warps per block, row tiles per warp, blocks per SM;
+# a first guess, not yet measured (bench/nf4_mma_gpu.py --rows sweeps it)
 _SOURCE_FILE = Path(__file__).with_suffix(".cu")
 """The kernel's CUDA C++, a template `kernel_source` fills in."""
 
@@ -194,9 +207,70 @@ def nf4_mma_gemv(
     return out.reshape(*lead, weight.out_features)
 
 
-def kernel_source(warps: int, depth: int = DEPTH, decode: int = 1) -> str:
-    """The CUDA C++ of the kernel for `warps` warps per block, each keeping `depth` groups'
-    loads in flight (plain C++ and PTX, no headers)."""
+def nf4_mma_rows(
+    x: torch.Tensor, weight: MmaNF4, *, config: tuple[int, int, int] | None = None
+) -> torch.Tensor:
+    """`x @ W.T` for 2 to `MAX_ROWS` bf16 activation rows (batched decode), in bf16 with fp32
+    accumulation, from the same packed weight `nf4_mma_gemv` reads: the rows share each
+    decoded weight fragment as the mma's eight columns, so a step of many streams decodes the
+    weights once, as one stream does. No epilogue: the batched forwards add the LoRA bank's
+    updates after it.
+
+    On CUDA one kernel launch (capturable in a CUDA graph after the first call, which
+    compiles it); elsewhere torch dequantizes and multiplies.
+
+    Args:
+        x: (..., in_features) with at most `MAX_ROWS` rows.
+        config: (warps per block, row tiles per warp and loaded group, blocks per SM) for
+            benchmarks; by default `ROWS_CONFIG`.
+
+    Raises:
+        ValueError: the rows or their width do not fit.
+    """
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    if x.shape[-1] != weight.in_features or not 1 <= rows <= MAX_ROWS:
+        raise ValueError(f"nf4_mma_rows takes 1 to {MAX_ROWS} rows of {weight.in_features} values")
+    if not mma_available(x.device):
+        return reference_rows(flat, dequantize_mma(weight)).reshape(*lead, weight.out_features)
+    if x.dtype != torch.bfloat16:
+        raise ValueError("the tensor-core kernels take bf16 activations")
+    flat = flat.contiguous()
+    out = torch.empty(rows, weight.out_features, dtype=torch.bfloat16, device=x.device)
+    warps, tiles_per_set, per_sm = config or ROWS_CONFIG
+    tiles = weight.out_features // TILE_ROWS
+    sets = -(-tiles // tiles_per_set)
+    blocks = min(sets, per_sm * sm_count(x.device))
+    chunks = rows_chunks(rows)
+    _kernel(x.device.index or 0, warps, DEPTH, 1, tiles_per_set, chunks, "nf4_mma_rows")(
+        grid=(blocks, 1, 1),
+        block=(32 * warps, 1, 1),
+        args=[
+            weight.words, weight.scales, flat, out, weight.in_features // GROUP,
+            code_tables(x.device)[1], rows, tiles,
+        ],
+    )  # fmt: skip
+    return out.reshape(*lead, weight.out_features)
+
+
+def rows_chunks(rows: int) -> int:
+    """8-row chunks the rows kernel is compiled for: 1, 2, 4 or 8 (fewer variants to compile;
+    rows past the last are zeros the kernel does not store)."""
+    return 1 << max(0, (rows - 1) // 8).bit_length()
+
+
+def reference_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What the rows kernel computes, in torch: fp32 products rounded once to x's dtype."""
+    return (x.float() @ weight.float().T).to(x.dtype)
+
+
+def kernel_source(
+    warps: int, depth: int = DEPTH, decode: int = 1, tiles: int = 1, chunks: int = 1
+) -> str:
+    """The CUDA C++ of both kernels for `warps` warps per block: the GEMV keeping `depth`
+    groups' loads in flight, the rows kernel with `tiles` row tiles per warp and `chunks`
+    8-row chunks of activations (plain C++ and PTX, no headers)."""
     bits = bf16_code_bits()
     lo, hi = [b & 0xFF for b in bits], [b >> 8 for b in bits]
 
@@ -207,12 +281,22 @@ def kernel_source(warps: int, depth: int = DEPTH, decode: int = 1) -> str:
         f"#define LO{i} {word(lo[4 * i : 4 * i + 4])}\n#define HI{i} {word(hi[4 * i : 4 * i + 4])}"
         for i in range(4)
     )
-    source = _SOURCE_FILE.read_text().replace("@TABLES@", tables).replace("@WARPS@", str(warps))
-    source = source.replace("@DEPTH@", str(depth))
+    source = _SOURCE_FILE.read_text().replace("@TABLES@", tables)
+    for name, value in (("WARPS", warps), ("DEPTH", depth), ("TILES", tiles), ("CHUNKS", chunks)):
+        source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {decode}\n{source}"
 
 
 @cache
-def _kernel(device_index: int, warps: int, depth: int, decode: int):
+def _kernel(
+    device_index: int,
+    warps: int,
+    depth: int,
+    decode: int,
+    tiles: int = 1,
+    chunks: int = 1,
+    name: str = "nf4_mma_gemv",
+):
     with torch.cuda.device(device_index):
-        return torch.cuda._compile_kernel(kernel_source(warps, depth, decode), "nf4_mma_gemv")
+        source = kernel_source(warps, depth, decode, tiles, chunks)
+        return torch.cuda._compile_kernel(source, name)

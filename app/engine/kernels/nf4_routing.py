@@ -27,7 +27,7 @@ TRITON_MAX_ROWS = 64
 """Above this many rows (prefill) the matmul is compute-bound and cuBLAS wins."""
 
 NF4Kernel = Literal[
-    "auto", "bnb", "bnb_flat", "triton", "hybrid", "hybrid_triton_gemv", "hybrid_bnb_gemv"
+    "auto", "bnb", "bnb_flat", "triton", "hybrid", "hybrid_triton_gemv", "hybrid_bnb_gemv", "mma"
 ]
 
 HEADROOM_BYTES = 4 << 30
@@ -47,6 +47,10 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
       reading them at full speed at every batch size;
     - `hybrid_triton_gemv`: `hybrid` with the Triton `nf4_gemv` for one row (its epilogue too);
     - `hybrid_bnb_gemv`: `hybrid` with bitsandbytes' GEMV for one row (one copy fewer);
+    - `mma`: the tensor-core kernels for every decode step (`nf4_mma_gemv` for one row,
+      `nf4_mma_rows` for 2..64, from one repacked copy), `bnb_flat` for prompts. Not yet
+      measured against `hybrid` on a card, so `auto` does not pick it; `bench/serve_gpu.py
+      --variants hybrid,mma` compares them;
     - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
@@ -60,6 +64,8 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
         log.info("NF4 kernels: %s (%.1f GiB free before repacking)", kernel, free / 2**30)
     if kernel == "bnb_flat":
         return flat_nf4_linear
+    if kernel == "mma":
+        return _mma_every_row
     if triton is None:
         raise ValueError(f"NF4 kernel {kernel!r} needs Triton on CUDA")
     if kernel == "triton":
@@ -192,6 +198,38 @@ def _mma_or_gemv(module: torch.nn.Module) -> Linear | None:
         return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu)
 
     forward.fused = fused  # type: ignore[attr-defined]
+    return forward
+
+
+def _mma_every_row(module: torch.nn.Module) -> Linear | None:
+    """`mma` routing for one projection: the tensor-core kernels for up to `MAX_ROWS` rows
+    (callable, plus `.fused(x, lora, gelu)` for the one-row epilogue), `bnb_flat` above, and
+    `bnb_flat` alone where NVRTC or the shape does not fit the kernels."""
+    from app.engine.kernels.availability import mma_available
+    from app.engine.kernels.nf4_flat import flat_nf4_linear
+    from app.engine.kernels.nf4_mma import MAX_ROWS, nf4_mma_gemv, nf4_mma_rows, pack_mma
+
+    prompt = flat_nf4_linear(module)
+    weight = typing.cast(torch.Tensor, module.weight)
+    if prompt is None or not _plain_linear4bit(module) or not mma_available(weight.device):
+        return prompt
+    packed = pack_mma(module)
+    if packed is None:
+        return prompt
+    bias = typing.cast(torch.Tensor | None, module.bias)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > MAX_ROWS:
+            return prompt(x)
+        out = nf4_mma_gemv(x, packed) if rows == 1 else nf4_mma_rows(x, packed)
+        return out if bias is None else out + bias
+
+    def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
+        return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu)
+
+    if bias is None:
+        forward.fused = fused  # type: ignore[attr-defined]
     return forward
 
 

@@ -7,6 +7,12 @@ the PTX ISA defines the m16n8k16 A fragment, lane by lane, independently of the 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,13 +20,19 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from app.engine.kernels.nf4_format import NF4_CODE  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
+    MAX_ROWS,
     dequantize_mma,
     kernel_source,
     mma_reason,
     nf4_mma_gemv,
+    nf4_mma_rows,
     pack_mma,
+    rows_chunks,
 )
 from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
+from tests.support import nvrtc  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
@@ -93,6 +105,54 @@ def test_unsupported_shapes_say_why():
 
 
 def test_kernel_source_is_complete():
-    source = kernel_source(8)
+    source = kernel_source(8, tiles=2, chunks=4)
     assert "@" not in source and "#define WARPS 8" in source
+    assert "#define TILES 2" in source and "#define CHUNKS 4" in source
     assert source.count("#define LO") == 4 and "mma.sync.aligned.m16n8k16" in source
+
+
+@pytest.mark.parametrize("rows", [2, 9, MAX_ROWS])
+def test_rows_path_multiplies_like_bitsandbytes_on_cpu(rows: int):
+    module = make_linear4bit(48, 128, double_quant=True, seed=rows)
+    x = torch.randn(rows, 128).bfloat16()
+    out = nf4_mma_rows(x.view(rows, 1, 128), pack_mma(module))
+    assert out.shape == (rows, 1, 48) and out.dtype == torch.bfloat16
+    assert rel_err(out.view(rows, 48), x.float() @ bnb_dense(module).T) < 1e-2
+    with pytest.raises(ValueError, match=f"1 to {MAX_ROWS} rows of 128"):
+        nf4_mma_rows(torch.randn(MAX_ROWS + 1, 128).bfloat16(), pack_mma(module))
+
+
+def test_rows_compile_to_power_of_two_chunks():
+    """Few compiled variants: 1-8 rows one chunk, 9-16 two, 17-32 four, 33-64 eight."""
+    assert [rows_chunks(r) for r in (1, 8, 9, 16, 17, 32, 33, 64)] == [1, 1, 2, 2, 4, 4, 8, 8]
+
+
+@pytest.mark.parametrize(
+    ("warps", "depth", "decode", "tiles", "chunks"),
+    [(16, 1, 1, 1, 1), (16, 2, 0, 1, 1), (8, 1, 1, 2, 4), (16, 1, 1, 4, 8), (4, 1, 1, 1, 2)],
+)
+def test_kernel_source_compiles_for_hopper(warps, depth, decode, tiles, chunks):
+    """NVRTC compiles both kernels for sm_90 here, without a GPU: a broken template fails
+    `make test`, not the first run on a card."""
+    if not nvrtc.available():
+        pytest.fail("NVRTC is missing: `make test` installs nvidia-cuda-nvrtc-cu12")
+    assert nvrtc.compile_errors(kernel_source(warps, depth, decode, tiles, chunks)) is None
+
+
+def test_rows_bench_smoke(tmp_path: Path):
+    """bench/nf4_mma_rows_gpu.py's own logic (kernels, step totals, the wrong-result check,
+    JSON) on CPU with tiny shapes."""
+    out = tmp_path / "rows.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "nf4_mma_rows_gpu.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "OUT"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["wrong_results"] == [] and len(result["shapes"]) == 2
+    for shape in result["shapes"]:
+        assert sorted(map(int, shape["rows"])) == [1, 2, 4, 8, 16, 32, 64]
+        assert all(cell["mma_rows"]["rel_err"] < 1e-2 for cell in shape["rows"].values())
+    steps = result["decode_step_projections_ms"]["tiny"]
+    assert steps["1"]["mma_gemv"] > 0 and steps["64"]["mma_rows"] > 0

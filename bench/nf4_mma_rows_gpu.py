@@ -1,0 +1,206 @@
+"""Check and time the batched-decode tensor-core kernel (nf4_mma_rows) against the Triton
+`nf4_matmul` that serves 2-64 rows today, bitsandbytes, and the one-row GEMV, on the projection
+shapes of Llama-3.1-8B and Falcon-7B.
+
+    python bench/nf4_mma_rows_gpu.py [--out bench/results/nf4-mma-rows.json]   # CUDA
+    python bench/nf4_mma_rows_gpu.py --smoke                                   # CPU, tiny
+
+Why: at 32 streams a Llama-3.1-8B decode step spends most of its time in `nf4_matmul`, which
+reaches 11-19 % of copy bandwidth (bench/results/nf4-matmul.json); the tensor-core GEMV reads
+the same weights at 25-40 % for one row, and its mma has eight columns of which it uses one.
+`nf4_mma_rows` decodes each weight fragment once for all rows.
+
+Per shape and row count: every kernel's relative error against x @ dequantize_4bit(W).T in
+float32 and its median time, replayed from a CUDA graph over enough weight copies that L2 never
+holds them (bench/nf4_gemv_gpu.py's Timer), as % of a measured device-to-device copy; a sweep of
+the rows kernel's launch configurations (warps, row tiles per warp, blocks per SM) with their
+registers per thread; and per model the projections' time of one decode step (all layers) per
+kernel at each row count, which is what `--variants mma` against `hybrid` changes in
+bench/serve_gpu.py. The run fails (exit 1) when any rows-kernel result is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit  # noqa: E402
+from app.engine.kernels.nf4_mma import (  # noqa: E402
+    DEPTH,
+    ROWS_CONFIG,
+    _kernel,
+    nf4_mma_gemv,
+    nf4_mma_rows,
+    pack_mma,
+    rows_chunks,
+)
+from bench.nf4_bench_common import make_linear, rel_err, save  # noqa: E402
+from bench.nf4_gemv_gpu import Timer, bnb_gemv, short  # noqa: E402
+
+MODELS = {  # (K, N) of each 4-bit projection of one layer, and the layer count
+    "llama-3.1-8b": ([(4096, 4096), (4096, 1024), (4096, 1024), (4096, 4096),
+                      (4096, 14336), (4096, 14336), (14336, 4096)], 32),
+    "falcon-7b": ([(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)], 32),
+}  # fmt: skip
+ROWS = [1, 2, 4, 8, 16, 32, 64]
+SWEEP = [  # (warps, row tiles per warp, blocks per SM)
+    ROWS_CONFIG, (4, 1, 4), (4, 2, 4), (8, 1, 2), (8, 2, 3), (8, 4, 2), (16, 1, 2), (16, 2, 1),
+]  # fmt: skip
+SWEEP_ROWS = {8, 32, 64}
+SMOKE = {"tiny": ([(256, 64), (128, 96)], 2)}
+ROTATE_BYTES = 256 << 20
+WRONG = 2e-2  # bf16 results of a correct kernel are ~3e-3 from the float32 product
+
+
+def registers(warps: int, tiles: int, chunks: int) -> int:
+    """Registers per thread of one compiled rows-kernel variant."""
+    function = _kernel(torch.cuda.current_device(), warps, DEPTH, 1, tiles, chunks, "nf4_mma_rows")
+    count = ctypes.c_int()
+    runtime = torch.cuda._utils._get_gpu_runtime_library()
+    runtime.cuFuncGetAttribute(ctypes.byref(count), 4, function.func)  # NUM_REGS
+    return count.value
+
+
+def measure_shape(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
+    copies = max(2, math.ceil(ROTATE_BYTES / (n * k // 2))) if timer.cuda else 2
+    modules = [make_linear(n, k, device) for _ in range(copies)]
+    import bitsandbytes as bnb
+
+    probe = modules[0].weight
+    dense = bnb.functional.dequantize_4bit(probe.data, probe.quant_state).float()
+    mma = [pack_mma(m) for m in modules]
+    triton = [pack_linear4bit(m) for m in modules] if timer.cuda else None
+    weight_bytes = n * k // 2 + n * (k // 64) * 2
+    row: dict = {"K": k, "N": n, "weight_bytes": weight_bytes, "copies": copies, "rows": {}}
+    for rows in ROWS:
+        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
+        kernels = Kernels(x, x.float() @ dense.T, weight_bytes + rows * (k + n) * 2, timer, copy)
+        row["rows"][str(rows)] = kernels.measure(mma, triton, modules)
+    return row
+
+
+class Kernels:
+    """Every kernel on one activation block `x`: its error against `ref` and its time."""
+
+    def __init__(self, x: torch.Tensor, ref: torch.Tensor, moved: int, timer: Timer, copy: float):
+        self.x, self.ref, self.moved, self.timer, self.copy = x, ref, moved, timer, copy
+
+    def timed(self, run, packs: list) -> dict:  # noqa: ANN001
+        entry: dict = {}
+        try:
+            entry["rel_err"] = rel_err(run(packs[0]), self.ref)
+            entry["us"] = self.timer.time_us([lambda p=p: run(p) for p in packs])
+            if self.timer.cuda:
+                entry["pct_copy"] = 100 * self.moved / entry["us"] / 1e3 / self.copy
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails is a finding
+            entry["error"] = short(exc)
+        return entry
+
+    def measure(self, mma: list, triton: list | None, modules: list) -> dict:
+        x, rows = self.x, self.x.shape[0]
+        cell: dict = {"mma_rows": self.timed(lambda p: nf4_mma_rows(x, p), mma)}
+        if rows == 1:
+            cell["mma_gemv"] = self.timed(lambda p: nf4_mma_gemv(x, p), mma)
+        if triton is not None:
+            cell["nf4_matmul"] = self.timed(lambda p: nf4_matmul(x, p), triton)
+            cell["bnb"] = self.timed(lambda m: bnb_gemv(x, m), modules)
+        if self.timer.cuda and rows in SWEEP_ROWS:
+            cell["sweep"] = []
+            for config in SWEEP:
+                entry = self.timed(lambda p, c=config: nf4_mma_rows(x, p, config=c), mma)
+                entry["config"] = dict(zip(("warps", "tiles", "per_sm"), config, strict=True))
+                try:
+                    entry["registers"] = registers(config[0], config[1], rows_chunks(rows))
+                except Exception as exc:  # noqa: BLE001
+                    entry["registers_error"] = short(exc)
+                cell["sweep"].append(entry)
+        return cell
+
+
+def step_ms(shapes: list[dict], model_shapes: list[tuple[int, int]], layers: int) -> dict:
+    """Projection time of one decode step per kernel and row count (best sweep config too)."""
+    by_shape = {(s["K"], s["N"]): s for s in shapes}
+    out: dict = {}
+    for rows in ROWS:
+        cells = [by_shape[shape]["rows"][str(rows)] for shape in model_shapes]
+        totals: dict = {}
+        names = {name for cell in cells for name in cell if name != "sweep"}
+        for name in sorted(names):
+            times = [cell.get(name, {}).get("us") for cell in cells]
+            if all(t is not None for t in times):
+                totals[name] = round(layers * sum(times) / 1000, 3)
+        best = [
+            min((e["us"] for e in cell.get("sweep", []) if "us" in e), default=None)
+            for cell in cells
+        ]
+        if all(b is not None for b in best):
+            totals["mma_rows_best_config"] = round(layers * sum(best) / 1000, 3)
+        out[str(rows)] = totals
+    return out
+
+
+def wrong_results(shapes: list[dict]) -> list[str]:
+    found = []
+    for shape in shapes:
+        for rows, cell in shape["rows"].items():
+            entries = [("mma_rows", cell["mma_rows"])]
+            entries += [(f"sweep {e['config']}", e) for e in cell.get("sweep", [])]
+            for name, entry in entries:
+                if "error" in entry or entry.get("rel_err", 1.0) > WRONG:
+                    found.append(f"{shape['K']}x{shape['N']} rows={rows} {name}: {entry}")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/nf4-mma-rows.json"))
+    args = parser.parse_args()
+    device = "cpu" if args.smoke else "cuda"
+    timer = Timer(cuda=device == "cuda")
+    models = SMOKE if args.smoke else MODELS
+    unique = sorted({shape for shapes, _ in models.values() for shape in shapes})
+    copy = timer.copy_gbps()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    shapes = []
+    for k, n in unique:
+        shapes.append(measure_shape(k, n, device, timer, copy))
+        if timer.cuda:
+            torch.cuda.empty_cache()
+    result: dict = {
+        "bench": "bench/nf4_mma_rows_gpu.py",
+        "device": torch.cuda.get_device_name() if timer.cuda else "cpu (smoke)",
+        "torch": torch.__version__,
+        "commit": commit or None,
+        "settings": {"rows": ROWS, "sweep": SWEEP, "sweep_rows": sorted(SWEEP_ROWS)},
+        "copy_gbps": copy,
+        "shapes": shapes,
+        "decode_step_projections_ms": {
+            name: step_ms(shapes, model_shapes, layers)
+            for name, (model_shapes, layers) in models.items()
+        },
+    }
+    wrong = wrong_results(shapes)
+    result["wrong_results"] = wrong
+    save(result, args.out)
+    for name, steps in result["decode_step_projections_ms"].items():
+        print(name)  # noqa: T201
+        for rows, totals in steps.items():
+            print(f"  rows {rows:>2}: " + ", ".join(f"{k} {v} ms" for k, v in totals.items()))  # noqa: T201
+    if wrong:
+        print("WRONG RESULTS:", *wrong, sep="\n  ")  # noqa: T201
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

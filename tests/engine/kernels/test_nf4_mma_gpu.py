@@ -1,0 +1,78 @@
+"""The tensor-core NF4 kernels on a GPU: every launch configuration gives the dequantized
+product, one row (the GEMV) and 2-64 rows (the batched-decode kernel), on shapes whose row
+tiles do not fill the last block's set and with rows that leave chunks part empty."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+bnb = pytest.importorskip("bitsandbytes")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels"),
+]
+
+from app.engine.kernels.nf4_mma import MmaNF4, nf4_mma_rows, pack_mma  # noqa: E402
+from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
+
+CONFIGS = [None, (4, 1, 2), (8, 4, 1), (16, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def weight():
+    module = make_linear4bit(48 * 16 + 16, 640, double_quant=True, seed=7)  # 49 row tiles
+    packed = pack_mma(module)  # packed on the CPU, the words moved to the card
+    on_card = MmaNF4(packed.words.cuda(), packed.scales.cuda(), *packed_shape(packed))
+    return on_card, bnb_dense(module).cuda()
+
+
+def packed_shape(packed: MmaNF4) -> tuple[int, int]:
+    return packed.out_features, packed.in_features
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 32, 33, 64])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_rows_kernel_gives_the_dequantized_product(weight, rows, config):
+    packed, dense = weight
+    x = torch.randn(rows, 640, device="cuda").bfloat16()
+    out = nf4_mma_rows(x, packed, config=config)
+    want = x.float() @ dense.T
+    assert out.shape == (rows, dense.shape[0])
+    assert rel_err(out, want) < 5e-3, (rows, config)  # bf16 rounding of the result
+    for row in range(rows):  # no row swapped with another, none left at zero
+        assert rel_err(out[row], want[row]) < 1e-2, (rows, config, row)
+
+
+def test_rows_kernel_replays_in_a_cuda_graph(weight):
+    packed, dense = weight
+    x = torch.randn(32, 640, device="cuda").bfloat16()
+    nf4_mma_rows(x, packed)  # compiles before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = nf4_mma_rows(x, packed)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(out, x.float() @ dense.T) < 5e-3
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 100])
+def test_mma_routing_serves_every_row_count(rows):
+    """The `mma` routing: the GEMV for one row, the rows kernel up to 64, bitsandbytes above."""
+    from app.engine.kernels.nf4_routing import _mma_every_row
+
+    module = bnb.nn.Linear4bit(
+        512, 256, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4", device="meta"
+    )
+    module.weight = bnb.nn.Params4bit(
+        torch.randn(256, 512) * 0.05, requires_grad=False, quant_type="nf4"
+    ).to("cuda")
+    module.bias = torch.nn.Parameter(torch.randn(256, device="cuda").bfloat16())
+    linear = _mma_every_row(module)
+    assert linear is not None and not hasattr(linear, "fused")  # a bias: no fused epilogue
+    x = torch.randn(rows, 1, 512, device="cuda").bfloat16()
+    want = module(x).float()
+    assert rel_err(linear(x), want) < 1e-2
