@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request, status
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
@@ -47,11 +48,10 @@ async def stream_message(
     Raises:
         LimitExceeded: every one of the user's generation slots is busy (429).
     """
-    message = crud.get_message(session=session, conversation=conversation, message_id=message_id)
+    message = await asyncio.to_thread(_stored_answer, session, conversation, message_id)
     if message is None or message.role != "assistant":
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such answer in this conversation.")
-    session.close()
-    answer = Answer.reserve(
+    answer = await Answer.reserve_off_loop(  # its quota reads never hold up the event loop
         answers,
         CHAT,
         user_id=conversation.user_id,
@@ -87,10 +87,20 @@ async def stream_message(
                     )
                     yield ServerSentEvent(final, event="done")
 
-    # The answer closes itself before "done"; this closes it if the stream never started.
+    # The answer closes itself before "done"; this closes it if the stream never started (an
+    # async task: a sync one took a thread-pool hop per answer only to find it closed).
     return EventSourceResponse(
-        events(), ping=15, send_timeout=30, background=BackgroundTask(answer.close_now)
+        events(), ping=15, send_timeout=30, background=BackgroundTask(answer.close)
     )
+
+
+def _stored_answer(session: Session, conversation: Conversation, message_id: int) -> Message | None:
+    """The answer's message row (a database read: run it on a worker thread); the request's
+    session is closed after, since the stream may outlive it by minutes."""
+    try:
+        return crud.get_message(session=session, conversation=conversation, message_id=message_id)
+    finally:
+        session.close()
 
 
 def _message_html(request: Request, conversation: Conversation, message: Message | None) -> str:

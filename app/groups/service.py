@@ -63,26 +63,29 @@ EVERYTHING = Access(None, None)
 """An administrator's access, and everyone's while no group exists."""
 
 
-def _unrestricted(session: Session, user: User) -> bool:
-    return user.role == Role.ADMIN or not store.any_group(session=session)
-
-
 def access_for(*, session: Session, user: User) -> Access:
     """The user's grants, read now."""
-    if _unrestricted(session, user):
+    return access_of(session=session, user_id=user.id, role=user.role)
+
+
+def access_of(
+    *, session: Session, user_id: int, role: str, groups_exist: bool | None = None
+) -> Access:
+    """`access_for` from the user's id and role (`/v1` reads them with the key).
+
+    Args:
+        groups_exist: whether any group exists, as the caller's own query just read it;
+            None reads it now.
+    """
+    if role == Role.ADMIN:
         return EVERYTHING
-    groups = store.user_groups(session=session, user_id=user.id)
-    ids = [g.id for g in groups]
-    adapters = frozenset(store.group_adapters(session=session, group_ids=ids))
-    default = next(
-        (g.default_adapter for g in groups if g.default_adapter in adapters),
-        None,
-    )
-    return Access(
-        adapters,
-        frozenset(store.group_knowledge_bases(session=session, group_ids=ids)),
-        default,
-    )
+    if groups_exist is None:
+        groups_exist = store.any_group(session=session)
+    if not groups_exist:
+        return EVERYTHING
+    defaults, adapters, bases = store.user_grants(session=session, user_id=user_id)
+    default = next((name for name in defaults if name in adapters), None)
+    return Access(frozenset(adapters), frozenset(bases), default)
 
 
 def allowed_adapters(*, session: Session, user: User) -> frozenset[str] | None:

@@ -121,24 +121,44 @@ def count_live_keys(*, session: Session, user_id: int) -> int:
     )
 
 
-def authenticate(*, session: Session, secret: str) -> tuple[User, ApiKey] | None:
-    """The owner and key for a bearer secret, or None (unknown, revoked, disabled owner)."""
+@dataclass(frozen=True)
+class KeyOwner:
+    """A live key's owner as one query read it (plain values, safe past the session)."""
+
+    user_id: int
+    username: str
+    role: str
+    key_id: int
+    groups_exist: bool
+    """Whether any group exists (read in the same query: the owner's grants depend on it)."""
+
+
+def key_owner(*, session: Session, secret: str) -> KeyOwner | None:
+    """The owner of a bearer secret, or None (unknown or revoked key, disabled owner).
+
+    Read from the database on every call, never cached: a revoked key, or an owner disabled
+    meanwhile, is refused on the very next request.
+    """
     if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         return None
-    found = session.execute(  # key and owner in one query: every /v1 call starts here
-        select(ApiKey, User)
-        .join(User, User.id == ApiKey.user_id)
-        .where(ApiKey.key_hash == hash_key(secret))
-    ).first()
-    if found is None:
-        return None
-    key, user = found
-    if key.revoked_at is not None or user.disabled:
+    found = store.key_owner_row(session=session, key_hash=hash_key(secret))
+    if found is None or found.revoked_at is not None or found.disabled:
         return None
     now = utcnow()
     if (
-        key.last_used_at is None
-        or (now - key.last_used_at).total_seconds() > LAST_USED_RESOLUTION_S
+        found.last_used_at is None
+        or (now - found.last_used_at).total_seconds() > LAST_USED_RESOLUTION_S
     ):
-        store.set_key_last_used(session=session, key=key, at=now)
-    return user, key
+        store.set_key_last_used(session=session, key_id=found.key_id, at=now)
+    return KeyOwner(
+        found.user_id, found.username, found.role, found.key_id, bool(found.groups_exist)
+    )
+
+
+def authenticate(*, session: Session, secret: str) -> tuple[User, ApiKey] | None:
+    """`key_owner` as the owner's and the key's rows (None: unknown, revoked, disabled owner)."""
+    owner = key_owner(session=session, secret=secret)
+    if owner is None:
+        return None
+    user, key = session.get(User, owner.user_id), session.get(ApiKey, owner.key_id)
+    return (user, key) if user is not None and key is not None else None

@@ -99,12 +99,16 @@ def _key_owner(
     session_factory: sessionmaker[Session], secret: str, ip: str | None
 ) -> Caller | None:
     with session_factory() as session:
-        found = keys.authenticate(session=session, secret=secret)
-        if found is None:
+        owner = keys.key_owner(session=session, secret=secret)
+        if owner is None:
             return None
-        user, key = found
-        access = groups.access_for(session=session, user=user)
-        return Caller(user.id, user.username, key.id, ip, access)
+        access = groups.access_of(
+            session=session,
+            user_id=owner.user_id,
+            role=owner.role,
+            groups_exist=owner.groups_exist,
+        )
+        return Caller(owner.user_id, owner.username, owner.key_id, ip, access)
 
 
 def api_context(request: Request) -> AnswerContext:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy import CursorResult, Row, Table, bindparam, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.store.identity_crud import add_identity
-from app.store.identity_models import SignInRequest
+from app.store.identity_models import Group, SignInRequest
 from app.store.models import ApiKey, AuthSession, User
 
 
@@ -228,6 +228,36 @@ def set_key_revoked(*, session: Session, key: ApiKey, at: datetime) -> None:
     session.commit()
 
 
-def set_key_last_used(*, session: Session, key: ApiKey, at: datetime) -> None:
-    key.last_used_at = at
+def set_key_last_used(*, session: Session, key_id: int, at: datetime) -> None:
+    session.execute(_KEY_USED, {"key_id": key_id, "at": at})
     session.commit()
+
+
+_KEYS, _USERS = cast(Table, ApiKey.__table__), cast(Table, User.__table__)
+_KEY_OWNER = (
+    select(
+        _KEYS.c.id.label("key_id"),
+        _KEYS.c.revoked_at,
+        _KEYS.c.last_used_at,
+        _USERS.c.id.label("user_id"),
+        _USERS.c.username,
+        _USERS.c.role,
+        _USERS.c.disabled,
+        exists().where(cast(Table, Group.__table__).c.id.is_not(None)).label("groups_exist"),
+    )
+    .join_from(_KEYS, _USERS, _USERS.c.id == _KEYS.c.user_id)
+    .where(_KEYS.c.key_hash == bindparam("key_hash"))
+)
+"""Built once: every `/v1` call runs it, and a statement reused keeps SQLAlchemy's cache key
+and compiled form (building it per call cost more than the query; see
+bench/results/v1-request-overhead-cpu.json)."""
+_KEY_USED = (
+    update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(last_used_at=bindparam("at"))
+)
+
+
+def key_owner_row(*, session: Session, key_hash: str) -> Row[Any] | None:
+    """The key with this hash and its owner, with whether any group exists (the owner's
+    grants depend on it), in one query: `key_id, revoked_at, last_used_at, user_id, username,
+    role, disabled, groups_exist`; None for an unknown hash."""
+    return session.execute(_KEY_OWNER, {"key_hash": key_hash}).first()

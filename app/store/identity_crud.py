@@ -5,8 +5,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import date
+from typing import Any, cast
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from app.store.db import rows_affected
@@ -25,6 +40,11 @@ from app.store.models import User, utcnow
 # ---- groups ---------------------------------------------------------------------------------
 
 
+def cast_null(kind: Integer | String) -> Any:
+    """A typed NULL (PostgreSQL wants one where UNION branches meet)."""
+    return sql_cast(null(), kind)
+
+
 def any_group(*, session: Session) -> bool:
     return bool(session.scalar(select(exists().where(Group.id.is_not(None)))))
 
@@ -41,31 +61,48 @@ def find_group(*, session: Session, name: str) -> Group | None:
     return session.scalar(select(Group).where(func.lower(Group.name) == name.strip().lower()))
 
 
-def user_groups(*, session: Session, user_id: int) -> list[Group]:
-    """The user's groups as the database says now (a removal shows on the next request)."""
-    query = (
-        select(Group)
-        .join(GroupMember, GroupMember.group_id == Group.id)
-        .where(GroupMember.user_id == user_id)
-        .order_by(Group.name)
+def _table(model: Any) -> Table:
+    return cast(Table, model.__table__)
+
+
+_GROUPS, _MEMBERS = _table(Group), _table(GroupMember)
+_ADAPTERS, _BASES = _table(GroupAdapter), _table(GroupKnowledgeBase)
+_MY_GROUPS = select(_MEMBERS.c.group_id).where(_MEMBERS.c.user_id == bindparam("user_id"))
+_NO_TEXT, _NO_NUMBER = cast_null(String(128)), cast_null(Integer())
+_USER_GRANTS = union_all(
+    select(
+        literal_column("0").label("kind"),
+        _GROUPS.c.name.label("name"),
+        _GROUPS.c.default_adapter.label("text"),
+        _NO_NUMBER.label("number"),
     )
-    return list(session.scalars(query))
+    .join_from(_MEMBERS, _GROUPS, _GROUPS.c.id == _MEMBERS.c.group_id)
+    .where(_MEMBERS.c.user_id == bindparam("user_id")),
+    select(literal_column("1"), _NO_TEXT, _ADAPTERS.c.adapter, _NO_NUMBER).where(
+        _ADAPTERS.c.group_id.in_(_MY_GROUPS)
+    ),
+    select(literal_column("2"), _NO_TEXT, _NO_TEXT, _BASES.c.knowledge_base_id).where(
+        _BASES.c.group_id.in_(_MY_GROUPS)
+    ),
+).order_by(literal_column("kind"), literal_column("name"))
+"""Built once (a reused statement keeps SQLAlchemy's cache key and compiled form)."""
 
 
-def group_adapters(*, session: Session, group_ids: Iterable[int]) -> set[str]:
-    ids = list(group_ids)
-    if not ids:
-        return set()
-    query = select(GroupAdapter.adapter).where(GroupAdapter.group_id.in_(ids))
-    return set(session.scalars(query))
-
-
-def group_knowledge_bases(*, session: Session, group_ids: Iterable[int]) -> set[int]:
-    ids = list(group_ids)
-    if not ids:
-        return set()
-    query = select(GroupKnowledgeBase.knowledge_base_id).where(GroupKnowledgeBase.group_id.in_(ids))
-    return set(session.scalars(query))
+def user_grants(*, session: Session, user_id: int) -> tuple[list[str | None], set[str], set[int]]:
+    """In one query, as the database says now: the default adapter of each of the user's
+    groups (None where it names none), by group name; the adapters and the knowledge base ids
+    their groups grant."""
+    defaults: list[str | None] = []
+    adapters: set[str] = set()
+    bases: set[int] = set()
+    for row in session.execute(_USER_GRANTS, {"user_id": user_id}):
+        if int(row.kind) == 0:
+            defaults.append(row.text)
+        elif int(row.kind) == 1:
+            adapters.add(row.text)
+        else:
+            bases.add(int(row.number))
+    return defaults, adapters, bases
 
 
 def set_group_grants(
@@ -182,6 +219,34 @@ def set_user_quota(
         session.add(quota)
     quota.tokens_per_day, quota.tokens_per_month = per_day, per_month
     quota.updated_at = utcnow()
+
+
+_QUOTAS = _table(UserQuota)
+_USER_QUOTAS = union_all(
+    select(
+        literal_column("0").label("kind"),
+        _NO_TEXT.label("name"),
+        _QUOTAS.c.tokens_per_day,
+        _QUOTAS.c.tokens_per_month,
+    ).where(_QUOTAS.c.user_id == bindparam("user_id")),
+    select(
+        literal_column("1"), _GROUPS.c.name, _GROUPS.c.tokens_per_day, _GROUPS.c.tokens_per_month
+    )
+    .join_from(_MEMBERS, _GROUPS, _GROUPS.c.id == _MEMBERS.c.group_id)
+    .where(
+        _MEMBERS.c.user_id == bindparam("user_id"),
+        or_(_GROUPS.c.tokens_per_day.is_not(None), _GROUPS.c.tokens_per_month.is_not(None)),
+    ),
+).order_by(literal_column("kind"), literal_column("name"))
+
+
+def user_quotas(
+    *, session: Session, user_id: int
+) -> list[tuple[str | None, int | None, int | None]]:
+    """`(group name, tokens per day, tokens per month)` of every quota on the user, in one
+    query: their own first (name None), then their groups' that set one, by name."""
+    rows = session.execute(_USER_QUOTAS, {"user_id": user_id})
+    return [(row.name, row.tokens_per_day, row.tokens_per_month) for row in rows]
 
 
 def list_user_quotas(*, session: Session) -> list[tuple[User, UserQuota]]:

@@ -63,17 +63,13 @@ def window_end(window: str, now: datetime) -> datetime:
 
 
 def limits_for(*, session: Session, user_id: int) -> list[Limit]:
-    """Every quota on the user: their own, then their groups' (read now)."""
+    """Every quota on the user: their own, then their groups' (read now, in one query)."""
     limits: list[Limit] = []
-    own = store.get_user_quota(session=session, user_id=user_id)
-    if own is not None:
-        for window, tokens in (("day", own.tokens_per_day), ("month", own.tokens_per_month)):
+    for group, per_day, per_month in store.user_quotas(session=session, user_id=user_id):
+        source = "your own quota" if group is None else f"the group {group}"
+        for window, tokens in (("day", per_day), ("month", per_month)):
             if tokens is not None:
-                limits.append(Limit(window, tokens, "your own quota"))
-    for group in store.user_groups(session=session, user_id=user_id):
-        for window, tokens in (("day", group.tokens_per_day), ("month", group.tokens_per_month)):
-            if tokens is not None:
-                limits.append(Limit(window, tokens, f"the group {group.name}"))
+                limits.append(Limit(window, tokens, source))
     return limits
 
 
