@@ -1,4 +1,7 @@
-"""One-line dependencies, as `Annotated` aliases routes can declare."""
+"""One-line dependencies, as `Annotated` aliases routes can declare.
+
+Those that only read `app.state` are `async`: FastAPI runs a plain `def` dependency on its
+thread pool, a hop per dependency per request for a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -23,11 +26,11 @@ from app.usage import service as usage
 from app.web.csrf import verify_csrf
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
 
 
@@ -36,20 +39,20 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_streams(request: Request) -> ActiveStreams:
+async def get_streams(request: Request) -> ActiveStreams:
     return request.app.state.streams
 
 
-def get_adapters(request: Request) -> AdapterService:
+async def get_adapters(request: Request) -> AdapterService:
     return request.app.state.adapters
 
 
-def get_knowledge(request: Request) -> KnowledgeRuntime:
+async def get_knowledge(request: Request) -> KnowledgeRuntime:
     """Retrieval with the server's embedder and top k (`app.knowledge.worker`)."""
     return request.app.state.knowledge
 
 
-def get_oidc(request: Request) -> OidcProvider:
+async def get_oidc(request: Request) -> OidcProvider:
     """The OpenID Connect provider the lifespan made; 404 where none is configured."""
     provider = request.app.state.oidc
     if provider is None:
@@ -61,11 +64,11 @@ def get_limits(request: Request) -> UserLimits:
     return request.app.state.limits
 
 
-def get_compare_jobs(request: Request) -> CompareJobs:
+async def get_compare_jobs(request: Request) -> CompareJobs:
     return request.app.state.compare_jobs
 
 
-def get_answers(request: Request) -> AnswerContext:
+async def get_answers(request: Request) -> AnswerContext:
     """What every answer needs (engine, adapters, limits, ...); 503 while the model loads."""
     answers = getattr(request.app.state, "answers", None)
     if answers is None:

@@ -33,7 +33,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session
 
 from app.store.models import AuditHead, AuditRecord, User, utcnow
@@ -232,8 +232,9 @@ def record_event(
 ) -> AuditRecord:
     """Append one row to the chain and commit (the caller's pending changes commit first).
 
-    `with_rows` (new ORM rows) commit in the same transaction as the record, both or neither:
-    an answer's usage with its end row.
+    `with_rows` (new ORM rows of plain columns) commit in the same transaction as the
+    record, both or neither: an answer's usage with its end row. They are inserted through
+    Core and stay the caller's objects (not added to any session, their ids not read back).
 
     `details` is free-form JSON. A few keys are also copied into indexed columns so the admin
     page can filter on them: `ip`, `conversation_id`, `adapter_name` (or `adapter`), and
@@ -300,12 +301,12 @@ def _write_group(session: Session, group: list[_Queued]) -> None:
 def _append_all(session: Session, group: list[_Queued]) -> None:
     """The rows in order after the head, one commit. An actor's name is their username now
     (one query for the group), else the details' `username` (e.g. a failed sign-in)."""
-    ids = {row.actor_id for row in group if row.actor_id is not None}
+    ids = sorted({row.actor_id for row in group if row.actor_id is not None})
     with _locked_head(session) as head:  # before any read: a write transaction from the start
         names: dict[int, str] = {}
         if ids:
-            query = select(User.id, User.username).where(User.id.in_(ids))
-            names = dict(session.execute(query).tuples().all())
+            found = session.execute(_ACTOR_NAMES, {"ids": ids})
+            names = {int(user.id): str(user.username) for user in found}
         records = [
             _next_record(
                 head,
@@ -318,12 +319,34 @@ def _append_all(session: Session, group: list[_Queued]) -> None:
             for row in group
         ]
         session.execute(_INSERT_RECORD, [_values(record) for record in records])
-        others = [other for row in group for other in row.rows]
-        session.add_all(others)
-    for other in others:
-        session.expunge(other)  # its caller's again, not this session's
+        _insert_rows(session, [other for row in group for other in row.rows])
     for row, record in zip(group, records, strict=True):
         row.record = record
+
+
+_USERS = cast(Table, User.__table__)
+_ACTOR_NAMES = select(_USERS.c.id, _USERS.c.username).where(
+    _USERS.c.id.in_(bindparam("ids", expanding=True))
+)
+"""Built once: a statement reused keeps SQLAlchemy's cache key (building it cost more than
+running it)."""
+
+
+def _insert_rows(session: Session, rows: Sequence[object]) -> None:
+    """New ORM rows (plain columns, no relationships) inserted through Core, one statement
+    per table: the unit of work cost an answer more than its usage row's insert. The objects
+    stay their callers' (never added to this session); column defaults apply as in the ORM."""
+    by_table: dict[Table, list[dict[str, Any]]] = {}
+    for row in rows:
+        state = inspect(row)
+        values = {
+            prop.columns[0].key: state.dict[prop.key]
+            for prop in state.mapper.column_attrs
+            if state.dict.get(prop.key) is not None
+        }
+        by_table.setdefault(cast(Table, state.mapper.local_table), []).append(values)
+    for table, batch in by_table.items():
+        session.execute(insert(table), batch)
 
 
 def iter_records(session: Session, batch: int = 1000) -> Iterator[AuditRecord]:

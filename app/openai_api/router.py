@@ -111,8 +111,9 @@ def _key_owner(
         return Caller(owner.user_id, owner.username, owner.key_id, ip, access)
 
 
-def api_context(request: Request) -> AnswerContext:
-    """What an answer needs; 503 in OpenAI's shape while the model loads."""
+async def api_context(request: Request) -> AnswerContext:
+    """What an answer needs; 503 in OpenAI's shape while the model loads (async: it only
+    reads `app.state`, and a plain `def` would take a thread-pool hop per call)."""
     answers = getattr(request.app.state, "answers", None)
     if answers is None:
         raise OpenAIError(
