@@ -38,13 +38,15 @@ SWEEP = [
 ]  # fmt: skip
 
 
-def kernel_registers(config: tuple[int, int, int, int]) -> int:
+def kernel_registers(config: tuple[int, ...], korder: int = 0) -> int:
     """Registers per thread of the compiled kernel (they bound how many blocks fit an SM)."""
     import ctypes
 
-    from app.engine.kernels.nf4_mma import _kernel
+    from app.engine.kernels.nf4_mma import KernelVariant, _kernel
 
-    function = _kernel(torch.cuda.current_device(), *config[:3]).func
+    chain = config[4] if len(config) > 4 else 0
+    variant = KernelVariant(*config[:3], korder=korder, chain=chain)
+    function = _kernel(torch.cuda.current_device(), variant).func
     count = ctypes.c_int()
     runtime = torch.cuda._utils._get_gpu_runtime_library()
     runtime.cuFuncGetAttribute(ctypes.byref(count), 4, function)  # CU_FUNC_ATTRIBUTE_NUM_REGS

@@ -35,7 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
     DEPTH,
+    K_ORDERS,
+    PER_SM,
     ROWS_CONFIG,
+    WARPS,
+    KernelVariant,
     _kernel,
     nf4_mma_gemv,
     nf4_mma_rows,
@@ -54,15 +58,17 @@ ROWS = [1, 2, 4, 8, 16, 32, 64]
 SWEEP = [  # (warps, row tiles per warp, blocks per SM)
     ROWS_CONFIG, (4, 1, 4), (4, 2, 4), (8, 1, 2), (8, 2, 3), (8, 4, 2), (16, 1, 2), (16, 2, 1),
 ]  # fmt: skip
+CHAINED = (WARPS, DEPTH, 1, PER_SM, 1)  # the default GEMV with its four mma chained
 SWEEP_ROWS = {1, 8, 32, 64}  # 1: the rows kernel against the GEMV
 SMOKE = {"tiny": ([(256, 64), (128, 96)], 2)}
 ROTATE_BYTES = 256 << 20
 WRONG = 2e-2  # bf16 results of a correct kernel are ~3e-3 from the float32 product
 
 
-def registers(warps: int, tiles: int, chunks: int) -> int:
+def registers(warps: int, tiles: int, chunks: int, korder: int) -> int:
     """Registers per thread of one compiled rows-kernel variant."""
-    function = _kernel(torch.cuda.current_device(), warps, DEPTH, 1, tiles, chunks, "nf4_mma_rows")
+    variant = KernelVariant(warps, tiles=tiles, chunks=chunks, korder=korder)
+    function = _kernel(torch.cuda.current_device(), variant, "nf4_mma_rows")
     count = ctypes.c_int()
     runtime = torch.cuda._utils._get_gpu_runtime_library()
     runtime.cuFuncGetAttribute(ctypes.byref(count), 4, function.func)  # NUM_REGS
@@ -76,7 +82,7 @@ def measure_shape(k: int, n: int, device: str, timer: Timer, copy: float) -> dic
 
     probe = modules[0].weight
     dense = bnb.functional.dequantize_4bit(probe.data, probe.quant_state).float()
-    mma = [pack_mma(m) for m in modules]
+    mma = {order: [pack_mma(m, k_order=order) for m in modules] for order in K_ORDERS}
     triton = [pack_linear4bit(m) for m in modules] if timer.cuda else None
     weight_bytes = n * k // 2 + n * (k // 64) * 2
     row: dict = {"K": k, "N": n, "weight_bytes": weight_bytes, "copies": copies, "rows": {}}
@@ -104,24 +110,34 @@ class Kernels:
             entry["error"] = short(exc)
         return entry
 
-    def measure(self, mma: list, triton: list | None, modules: list) -> dict:
+    def measure(self, mma: dict[int, list], triton: list | None, modules: list) -> dict:
+        """Each kernel once (`_k1`: the weight packed in k order 1, `K_ORDERS`); at
+        `SWEEP_ROWS` the rows kernel's launch configurations in both orders."""
         x, rows = self.x, self.x.shape[0]
-        cell: dict = {"mma_rows": self.timed(lambda p: nf4_mma_rows(x, p), mma)}
-        if rows == 1:
-            cell["mma_gemv"] = self.timed(lambda p: nf4_mma_gemv(x, p), mma)
+        cell: dict = {}
+        for order, packs in mma.items():
+            suffix = f"_k{order}" if order else ""
+            cell["mma_rows" + suffix] = self.timed(lambda p: nf4_mma_rows(x, p), packs)
+            if rows == 1:
+                cell["mma_gemv" + suffix] = self.timed(lambda p: nf4_mma_gemv(x, p), packs)
+                cell["mma_gemv_chain" + suffix] = self.timed(
+                    lambda p: nf4_mma_gemv(x, p, config=CHAINED), packs
+                )
         if triton is not None:
             cell["nf4_matmul"] = self.timed(lambda p: nf4_matmul(x, p), triton)
             cell["bnb"] = self.timed(lambda m: bnb_gemv(x, m), modules)
         if self.timer.cuda and rows in SWEEP_ROWS:
             cell["sweep"] = []
-            for config in SWEEP:
-                entry = self.timed(lambda p, c=config: nf4_mma_rows(x, p, config=c), mma)
-                entry["config"] = dict(zip(("warps", "tiles", "per_sm"), config, strict=True))
-                try:
-                    entry["registers"] = registers(config[0], config[1], rows_chunks(rows))
-                except Exception as exc:  # noqa: BLE001
-                    entry["registers_error"] = short(exc)
-                cell["sweep"].append(entry)
+            for order, packs in mma.items():
+                for config in SWEEP:
+                    entry = self.timed(lambda p, c=config: nf4_mma_rows(x, p, config=c), packs)
+                    entry["config"] = dict(zip(("warps", "tiles", "per_sm"), config, strict=True))
+                    entry["config"]["k_order"] = order
+                    try:
+                        entry["registers"] = registers(*config[:2], rows_chunks(rows), order)
+                    except Exception as exc:  # noqa: BLE001
+                        entry["registers_error"] = short(exc)
+                    cell["sweep"].append(entry)
         return cell
 
 
@@ -151,7 +167,7 @@ def wrong_results(shapes: list[dict]) -> list[str]:
     found = []
     for shape in shapes:
         for rows, cell in shape["rows"].items():
-            entries = [("mma_rows", cell["mma_rows"])]
+            entries = [(name, cell[name]) for name in cell if name.startswith("mma_")]
             entries += [(f"sweep {e['config']}", e) for e in cell.get("sweep", [])]
             for name, entry in entries:
                 if "error" in entry or entry.get("rel_err", 1.0) > WRONG:

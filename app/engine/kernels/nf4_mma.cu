@@ -7,6 +7,8 @@
 #define DEPTH @DEPTH@
 #define TILES @TILES@    // nf4_mma_rows: row tiles each warp multiplies per group of x it loads
 #define CHUNKS @CHUNKS@  // nf4_mma_rows: 8-row chunks of activations (the mma's 8 columns)
+#define KORDER @KORDER@  // the packed weight's k order: 0 the PTX fragment's, 1 lane-contiguous
+#define CHAIN @CHAIN@    // nf4_mma_gemv: 1 chains a group's four mma into one accumulator
 
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
   unsigned d;
@@ -85,8 +87,22 @@ __device__ __forceinline__ unsigned short float_to_bf16(float f) {
   return h;
 }
 
-// x fragments of one group for lanes with g == 0 (column 0 of B); other lanes multiply zeros.
+// 32 bytes of x for one lane, cached in L1 (every block reads the same row).
+__device__ __forceinline__ void load32_cached(const unsigned *p, unsigned *b) {
+  asm("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "l"(p));
+  asm("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(b[4]), "=r"(b[5]), "=r"(b[6]), "=r"(b[7]) : "l"(p + 4));
+}
+
+// x fragments of one group. KORDER 1: the packing put lane t's eight k pairs of the group at
+// pairs 8t .. 8t + 7 of x (register 2j + h = step j, half h), so every lane loads them with two
+// 16-byte loads and all eight columns of B hold x. KORDER 0 (the PTX order, k = 16j + 2t + 8h):
+// lanes with g == 0 (column 0 of B) load eight words; other lanes multiply zeros.
 __device__ __forceinline__ void load_x(const unsigned *x, int q, int g, int t, unsigned *b) {
+#if KORDER == 1
+  load32_cached(x + q * 32 + 8 * t, b);
+#else
 #pragma unroll
   for (int j = 0; j < 8; ++j) b[j] = 0u;
   if (g == 0) {
@@ -94,6 +110,7 @@ __device__ __forceinline__ void load_x(const unsigned *x, int q, int g, int t, u
 #pragma unroll
     for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
   }
+#endif
 }
 
 __device__ __forceinline__ void load_scales(const unsigned short *s, int g,
@@ -164,6 +181,14 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
             load_x(x, ahead, g, t, b[d]);
             load_scales(s + ahead * tiles * 16, g, sc[d]);
           }
+#if CHAIN == 1  // one accumulator: no zeroing or adding of four, a chain of four mma
+          float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            mma(c0, c1, c2, c3, cur[j], xb[2 * j], xb[2 * j + 1], lut);
+          acc0 += s0 * c0;  // lanes with t == 0: column 0
+          acc1 += s1 * c2;
+#else
           float c[4][4];  // four independent products: no chain of dependent mma latencies
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
@@ -172,6 +197,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
           }
           acc0 += s0 * ((c[0][0] + c[1][0]) + (c[2][0] + c[3][0]));  // lanes with t == 0
           acc1 += s1 * ((c[0][2] + c[1][2]) + (c[2][2] + c[3][2]));
+#endif
         }
       }
     }
@@ -211,9 +237,13 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
 __device__ __forceinline__ void load_x_row(const unsigned *x, long long row_pairs, int row,
                                            int rows, int q, int t, unsigned *b) {
   if (row < rows) {
+#if KORDER == 1
+    load32_cached(x + row * row_pairs + q * 32 + 8 * t, b);
+#else
     const unsigned *xp = x + row * row_pairs + q * 32 + t;
 #pragma unroll
     for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
+#endif
   } else {
 #pragma unroll
     for (int j = 0; j < 8; ++j) b[j] = 0u;

@@ -41,6 +41,12 @@ it (NVRTC compiles it in `make test`); tests/engine/kernels/test_nf4_mma_gpu.py 
 bench/nf4_mma_rows_gpu.py check and time it on one, and the `mma` routing
 (`nf4_routing.nf4_override`) serves with it.
 
+Two variants wait for a card to decide them (bench/nf4_mma_rows_gpu.py times both): the k
+order 1 packing (`K_ORDERS`), where each lane's x for a group is 32 contiguous bytes (two
+16-byte loads instead of eight 4-byte loads and their zeroing, about a fifth of the GEMV's
+instructions per group, which is what bounds it), and `CHAIN`, a group's four mma into one
+accumulator (no zeroing and summing of four).
+
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
 multiplies in torch, and `dequantize_mma` undoes the layout, which is how the CPU tests check
@@ -69,10 +75,19 @@ from app.engine.kernels.nf4_format import (
 
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
+CHAIN = 0  # 1: a group's four mma chained into one accumulator (not yet measured)
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
 PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
 # one block per tile by 1-13 % per Falcon-7B shape on an H200 (nf4-mma.json's sweep)
 GROUP = 64  # k per scale: one lane's 16 bytes hold its four 16-wide k steps of a group
+K_ORDERS = {
+    0: "PTX: lane (g, t), step j, half h holds k = 16 j + 2 t + 8 h (+1) of its group",
+    1: "lane-contiguous: k = 16 t + 4 j + 2 h (+1), so lane t's x is 16 neighbouring values",
+}
+"""How the packing orders k within a 64-wide group. Any order gives the same sums as long as x
+is read in the same one: order 1 lets each lane load its x with two 16-byte loads, where order 0
+takes eight 4-byte loads (and zeroing) per group, a fifth of the GEMV's instructions."""
+K_ORDER = 0  # the default packing, until order 1 is measured on a card
 MAX_ROWS = 64  # nf4_mma_rows: eight chunks of the mma's eight columns
 ROWS_CONFIG = (8, 2, 2)  # nf4_mma_rows: warps per block, row tiles per warp, blocks per SM;
 # a first guess, not yet measured (bench/nf4_mma_gpu.py --rows sweeps it)
@@ -88,6 +103,7 @@ class MmaNF4:
     scales: torch.Tensor  # fp16 (K/64, N/16, 16), contiguous
     out_features: int
     in_features: int
+    k_order: int = 0  # `K_ORDERS`: which k of its group each fragment position holds
 
     @property
     def nbytes(self) -> int:
@@ -108,11 +124,12 @@ def mma_reason(module) -> str | None:
     return None
 
 
-def pack_mma(module) -> MmaNF4 | None:
+def pack_mma(module, k_order: int = K_ORDER) -> MmaNF4 | None:
     """Repack a bitsandbytes NF4 `Linear4bit` for `nf4_mma_gemv`, or None when its shape
     (`mma_reason`) or its scales (outside fp16's normal range) do not fit the kernel.
 
     Copies what it needs and leaves the module serving as before. Call it once at load.
+    `k_order` is one of `K_ORDERS`.
     """
     if mma_reason(module) is not None:
         return None
@@ -120,10 +137,17 @@ def pack_mma(module) -> MmaNF4 | None:
     n, k = codes.shape[0], codes.shape[1] * 2
     blocksize = int(module.weight.quant_state.blocksize)
     idx = torch.stack([codes >> 4, codes & 0xF], dim=-1).reshape(n, k).to(torch.int64)
-    # row = 16 r + 8 h + g, k = 64 q + 16 j + 8 c + 2 t + e  ->  lane 4 g + t, word j,
-    # nibble 4 c + 2 h + e (the mma A fragment's register order).
-    idx = idx.view(n // 16, 2, 8, k // 64, 4, 2, 4, 2)  # r h g q j c t e
-    nibbles = idx.permute(0, 3, 2, 6, 4, 5, 1, 7).reshape(n // 16, k // 64, 32, 4, 8)
+    # row = 16 r + 8 h + g, k = 64 q + 16 j + 8 c + 2 t + e (order 0; order 1: 64 q + 16 t +
+    # 4 j + 2 c + e)  ->  lane 4 g + t, word j, nibble 4 c + 2 h + e (the A fragment's order).
+    if k_order == 0:
+        idx = idx.view(n // 16, 2, 8, k // 64, 4, 2, 4, 2)  # r h g q j c t e
+        nibbles = idx.permute(0, 3, 2, 6, 4, 5, 1, 7)
+    elif k_order == 1:
+        idx = idx.view(n // 16, 2, 8, k // 64, 4, 4, 2, 2)  # r h g q t j c e
+        nibbles = idx.permute(0, 3, 2, 4, 5, 6, 1, 7)
+    else:
+        raise ValueError(f"k_order must be one of {sorted(K_ORDERS)}")
+    nibbles = nibbles.reshape(n // 16, k // 64, 32, 4, 8)
     shifts = torch.arange(0, 32, 4, device=idx.device, dtype=torch.int64)
     words = (nibbles << shifts).sum(dim=-1)
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
@@ -135,7 +159,7 @@ def pack_mma(module) -> MmaNF4 | None:
     if nonzero.numel() and (nonzero.min() < FP16_TINY or nonzero.max() > FP16_BIG):
         return None
     scales = scales.view(n // 16, 16, k // 64).permute(2, 0, 1).to(torch.float16)
-    return MmaNF4(words.transpose(0, 1).contiguous(), scales.contiguous(), n, k)
+    return MmaNF4(words.transpose(0, 1).contiguous(), scales.contiguous(), n, k, k_order)
 
 
 def dequantize_mma(weight: MmaNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -144,7 +168,10 @@ def dequantize_mma(weight: MmaNF4, dtype: torch.dtype = torch.float32) -> torch.
     shifts = torch.arange(0, 32, 4, device=weight.words.device, dtype=torch.int32)
     nibbles = (weight.words.transpose(0, 1)[..., None] >> shifts) & 0xF  # (N/16, K/64, ...)
     idx = nibbles.view(n // 16, k // 64, 8, 4, 4, 2, 2, 2)  # r q g t j c h e
-    idx = idx.permute(0, 6, 2, 1, 4, 5, 3, 7).reshape(n, k)
+    if weight.k_order == 0:  # k = 64 q + 16 j + 8 c + 2 t + e
+        idx = idx.permute(0, 6, 2, 1, 4, 5, 3, 7).reshape(n, k)
+    else:  # k = 64 q + 16 t + 4 j + 2 c + e
+        idx = idx.permute(0, 6, 2, 1, 3, 4, 5, 7).reshape(n, k)
     code = torch.tensor(NF4_CODE, dtype=torch.float32, device=idx.device)
     scales = weight.scales.float().permute(1, 2, 0).reshape(n, k // GROUP)
     values = code[idx.long()].view(n, k // GROUP, GROUP) * scales[..., None]
@@ -157,7 +184,7 @@ def nf4_mma_gemv(
     *,
     lora: tuple[torch.Tensor, torch.Tensor] | None = None,
     gelu: bool = False,
-    config: tuple[int, int, int, int] | None = None,
+    config: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation), optionally plus a
     LoRA update and through GELU, all before the one rounding.
@@ -172,8 +199,9 @@ def nf4_mma_gemv(
         gelu: apply exact (erf) GELU to the result.
         config: (warps per block, groups each warp loads ahead, decode 0 = byte permutes /
             1 = shared-memory table, blocks per SM: 0 = one block per row tile, else that
-            many blocks per SM each serving several tiles) for benchmarks; by default
-            `WARPS`, `DEPTH`, 1, `PER_SM`.
+            many blocks per SM each serving several tiles[, chain: 1 = a group's four mma
+            into one accumulator]) for benchmarks; by default `WARPS`, `DEPTH`, 1, `PER_SM`,
+            `CHAIN`.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -193,10 +221,11 @@ def nf4_mma_gemv(
         rank = t.numel()
         if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
             raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
-    warps, depth, decode, per_sm = config or (WARPS, DEPTH, 1, PER_SM)
+    warps, depth, decode, per_sm, chain = (*(config or (WARPS, DEPTH, 1, PER_SM)), CHAIN)[:5]
     tiles = weight.out_features // TILE_ROWS
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
-    _kernel(x.device.index or 0, warps, depth, decode)(
+    variant = KernelVariant(warps, depth, decode, korder=weight.k_order, chain=chain)
+    _kernel(x.device.index or 0, variant)(
         grid=(blocks, 1, 1),
         block=(32 * warps, 1, 1),
         args=[
@@ -242,8 +271,10 @@ def nf4_mma_rows(
     tiles = weight.out_features // TILE_ROWS
     sets = -(-tiles // tiles_per_set)
     blocks = min(sets, per_sm * sm_count(x.device))
-    chunks = rows_chunks(rows)
-    _kernel(x.device.index or 0, warps, DEPTH, 1, tiles_per_set, chunks, "nf4_mma_rows")(
+    variant = KernelVariant(
+        warps, tiles=tiles_per_set, chunks=rows_chunks(rows), korder=weight.k_order
+    )
+    _kernel(x.device.index or 0, variant, "nf4_mma_rows")(
         grid=(blocks, 1, 1),
         block=(32 * warps, 1, 1),
         args=[
@@ -265,12 +296,25 @@ def reference_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x.float() @ weight.float().T).to(x.dtype)
 
 
-def kernel_source(
-    warps: int, depth: int = DEPTH, decode: int = 1, tiles: int = 1, chunks: int = 1
-) -> str:
-    """The CUDA C++ of both kernels for `warps` warps per block: the GEMV keeping `depth`
-    groups' loads in flight, the rows kernel with `tiles` row tiles per warp and `chunks`
-    8-row chunks of activations (plain C++ and PTX, no headers)."""
+@dataclass(frozen=True)
+class KernelVariant:
+    """The compile-time settings of one build of the kernel source (`kernel_source`)."""
+
+    warps: int
+    depth: int = DEPTH
+    decode: int = 1
+    tiles: int = 1
+    chunks: int = 1
+    korder: int = 0
+    chain: int = 0
+
+
+def kernel_source(variant: KernelVariant) -> str:
+    """The CUDA C++ of both kernels for one variant: `warps` warps per block; the GEMV keeping
+    `depth` groups' loads in flight, decoding by table (`decode` 1) or byte permutes (0),
+    chaining a group's mma (`chain`); the rows kernel with `tiles` row tiles per warp and
+    `chunks` 8-row chunks of activations; x read in the weight's `korder` (`K_ORDERS`). Plain
+    C++ and PTX, no headers."""
     bits = bf16_code_bits()
     lo, hi = [b & 0xFF for b in bits], [b >> 8 for b in bits]
 
@@ -282,21 +326,15 @@ def kernel_source(
         for i in range(4)
     )
     source = _SOURCE_FILE.read_text().replace("@TABLES@", tables)
-    for name, value in (("WARPS", warps), ("DEPTH", depth), ("TILES", tiles), ("CHUNKS", chunks)):
+    for name, value in (
+        ("WARPS", variant.warps), ("DEPTH", variant.depth), ("TILES", variant.tiles),
+        ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
+    ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
-    return f"#define DECODE {decode}\n{source}"
+    return f"#define DECODE {variant.decode}\n{source}"
 
 
 @cache
-def _kernel(
-    device_index: int,
-    warps: int,
-    depth: int,
-    decode: int,
-    tiles: int = 1,
-    chunks: int = 1,
-    name: str = "nf4_mma_gemv",
-):
+def _kernel(device_index: int, variant: KernelVariant, name: str = "nf4_mma_gemv"):
     with torch.cuda.device(device_index):
-        source = kernel_source(warps, depth, decode, tiles, chunks)
-        return torch.cuda._compile_kernel(source, name)
+        return torch.cuda._compile_kernel(kernel_source(variant), name)

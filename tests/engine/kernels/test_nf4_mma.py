@@ -20,7 +20,9 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from app.engine.kernels.nf4_format import NF4_CODE  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
+    K_ORDERS,
     MAX_ROWS,
+    KernelVariant,
     dequantize_mma,
     kernel_source,
     mma_reason,
@@ -35,20 +37,23 @@ from tests.support import nvrtc  # noqa: E402
 REPO = Path(__file__).resolve().parents[3]
 
 
+@pytest.mark.parametrize("k_order", sorted(K_ORDERS))
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize(("n", "k"), [(32, 128), (48, 320)])
-def test_packing_round_trips_bitsandbytes_weight(double_quant: bool, n: int, k: int):
+def test_packing_round_trips_bitsandbytes_weight(double_quant: bool, n: int, k: int, k_order):
     module = make_linear4bit(n, k, double_quant=double_quant, seed=n + k)
-    packed = pack_mma(module)
+    packed = pack_mma(module, k_order=k_order)
     assert packed is not None
     assert packed.words.shape == (k // 64, n // 16, 32, 4)
     assert rel_err(dequantize_mma(packed), bnb_dense(module)) < 1e-3  # fp16 scales
 
 
-def fragment_tile(words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def fragment_tile(words: torch.Tensor, scales: torch.Tensor, k_order: int = 0) -> torch.Tensor:
     """The 16 x 64 weight tile of one (row tile, group), read as each lane's mma A fragment:
-    register i of lane (g, t) holds rows g / g+8 and columns 2t, 2t+1 / 2t+8, 2t+9, low half
-    first (PTX ISA, mma.m16n8k16 for .bf16), one word per 16-column k step."""
+    register i of lane (g, t) holds rows g / g+8 and mma columns 2t, 2t+1 / 2t+8, 2t+9, low
+    half first (PTX ISA, mma.m16n8k16 for .bf16), one word per 16-column k step. Which k of
+    the group an mma column of step j is: 16 j + column (order 0), or for order 1 the
+    lane-contiguous 16 t + 4 j + 2 h + e (h: the second column pair, e: the half)."""
     tile = torch.zeros(16, 64)
     code = torch.tensor(NF4_CODE)
     for lane in range(32):
@@ -60,17 +65,22 @@ def fragment_tile(words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
             for register, (row, col) in enumerate(places):
                 for half in range(2):
                     value = code[nibbles[2 * register + half]]
-                    tile[row, 16 * step + col + half] = value * float(scales[row])
+                    k = 16 * step + col + half
+                    if k_order == 1:
+                        k = 16 * t + 4 * step + 2 * (register // 2) + half
+                    tile[row, k] = value * float(scales[row])
     return tile
 
 
-def test_words_are_mma_fragments():
+@pytest.mark.parametrize("k_order", sorted(K_ORDERS))
+def test_words_are_mma_fragments(k_order: int):
     module = make_linear4bit(32, 128, double_quant=True, seed=5)
-    packed = pack_mma(module)
+    packed = pack_mma(module, k_order=k_order)
     dense = bnb_dense(module)
     for tile in range(2):
         for group in range(2):
-            got = fragment_tile(packed.words[group, tile], packed.scales[group, tile])
+            words, scales = packed.words[group, tile], packed.scales[group, tile]
+            got = fragment_tile(words, scales, k_order)
             want = dense[16 * tile : 16 * tile + 16, 64 * group : 64 * group + 64]
             assert rel_err(got, want) < 1e-3, (tile, group)
 
@@ -98,6 +108,11 @@ def test_lora_and_gelu_epilogue_on_cpu():
     assert rel_err(plain, want) > 0.1  # the epilogue did something
 
 
+def test_an_unknown_k_order_is_refused():
+    with pytest.raises(ValueError, match="k_order must be one of"):
+        pack_mma(make_linear4bit(32, 128, double_quant=True, seed=1), k_order=2)
+
+
 def test_unsupported_shapes_say_why():
     assert "out_features" in mma_reason(make_linear4bit(40, 128, double_quant=True, seed=1))
     assert pack_mma(make_linear4bit(40, 128, double_quant=True, seed=1)) is None
@@ -105,17 +120,19 @@ def test_unsupported_shapes_say_why():
 
 
 def test_kernel_source_is_complete():
-    source = kernel_source(8, tiles=2, chunks=4)
+    source = kernel_source(KernelVariant(8, tiles=2, chunks=4, korder=1, chain=1))
     assert "@" not in source and "#define WARPS 8" in source
     assert "#define TILES 2" in source and "#define CHUNKS 4" in source
+    assert "#define KORDER 1" in source and "#define CHAIN 1" in source
     assert source.count("#define LO") == 4 and "mma.sync.aligned.m16n8k16" in source
 
 
+@pytest.mark.parametrize("k_order", sorted(K_ORDERS))
 @pytest.mark.parametrize("rows", [2, 9, MAX_ROWS])
-def test_rows_path_multiplies_like_bitsandbytes_on_cpu(rows: int):
+def test_rows_path_multiplies_like_bitsandbytes_on_cpu(rows: int, k_order: int):
     module = make_linear4bit(48, 128, double_quant=True, seed=rows)
     x = torch.randn(rows, 128).bfloat16()
-    out = nf4_mma_rows(x.view(rows, 1, 128), pack_mma(module))
+    out = nf4_mma_rows(x.view(rows, 1, 128), pack_mma(module, k_order=k_order))
     assert out.shape == (rows, 1, 48) and out.dtype == torch.bfloat16
     assert rel_err(out.view(rows, 48), x.float() @ bnb_dense(module).T) < 1e-2
     with pytest.raises(ValueError, match=f"1 to {MAX_ROWS} rows of 128"):
@@ -128,15 +145,23 @@ def test_rows_compile_to_power_of_two_chunks():
 
 
 @pytest.mark.parametrize(
-    ("warps", "depth", "decode", "tiles", "chunks"),
-    [(16, 1, 1, 1, 1), (16, 2, 0, 1, 1), (8, 1, 1, 2, 4), (16, 1, 1, 4, 8), (4, 1, 1, 1, 2)],
+    "variant",
+    [
+        KernelVariant(16),
+        KernelVariant(16, depth=2, decode=0),
+        KernelVariant(8, tiles=2, chunks=4),
+        KernelVariant(16, tiles=4, chunks=8, korder=1),
+        KernelVariant(4, chunks=2, korder=1, chain=1),
+        KernelVariant(16, depth=2, chain=1),
+    ],
+    ids=str,
 )
-def test_kernel_source_compiles_for_hopper(warps, depth, decode, tiles, chunks):
+def test_kernel_source_compiles_for_hopper(variant):
     """NVRTC compiles both kernels for sm_90 here, without a GPU: a broken template fails
     `make test`, not the first run on a card."""
     if not nvrtc.available():
         pytest.fail("NVRTC is missing: `make test` installs nvidia-cuda-nvrtc-cu12")
-    assert nvrtc.compile_errors(kernel_source(warps, depth, decode, tiles, chunks)) is None
+    assert nvrtc.compile_errors(kernel_source(variant)) is None
 
 
 def test_rows_bench_smoke(tmp_path: Path):

@@ -4,6 +4,8 @@ tiles do not fill the last block's set and with rows that leave chunks part empt
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -14,22 +16,27 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels"),
 ]
 
-from app.engine.kernels.nf4_mma import MmaNF4, nf4_mma_rows, pack_mma  # noqa: E402
+from app.engine.kernels.nf4_mma import (  # noqa: E402
+    CHAIN,
+    DEPTH,
+    K_ORDERS,
+    PER_SM,
+    WARPS,
+    nf4_mma_gemv,
+    nf4_mma_rows,
+    pack_mma,
+)
 from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
 CONFIGS = [None, (4, 1, 2), (8, 4, 1), (16, 2, 3)]
 
 
-@pytest.fixture(scope="module")
-def weight():
+@pytest.fixture(scope="module", params=sorted(K_ORDERS), ids=lambda o: f"k_order{o}")
+def weight(request):
     module = make_linear4bit(48 * 16 + 16, 640, double_quant=True, seed=7)  # 49 row tiles
-    packed = pack_mma(module)  # packed on the CPU, the words moved to the card
-    on_card = MmaNF4(packed.words.cuda(), packed.scales.cuda(), *packed_shape(packed))
+    packed = pack_mma(module, k_order=request.param)  # packed on the CPU, moved to the card
+    on_card = dataclasses.replace(packed, words=packed.words.cuda(), scales=packed.scales.cuda())
     return on_card, bnb_dense(module).cuda()
-
-
-def packed_shape(packed: MmaNF4) -> tuple[int, int]:
-    return packed.out_features, packed.in_features
 
 
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 32, 33, 64])
@@ -43,6 +50,20 @@ def test_rows_kernel_gives_the_dequantized_product(weight, rows, config):
     assert rel_err(out, want) < 5e-3, (rows, config)  # bf16 rounding of the result
     for row in range(rows):  # no row swapped with another, none left at zero
         assert rel_err(out[row], want[row]) < 1e-2, (rows, config, row)
+
+
+@pytest.mark.parametrize("chain", sorted({CHAIN, 1 - CHAIN}))
+def test_gemv_with_its_epilogue_gives_the_dequantized_product(weight, chain):
+    packed, dense = weight
+    x = torch.randn(1, 640, device="cuda").bfloat16()
+    t = torch.randn(1, 16, device="cuda").bfloat16()
+    b = (torch.randn(dense.shape[0], 48, device="cuda") * 0.1).bfloat16()[:, 16:32]  # a bank
+    config = (WARPS, DEPTH, 1, PER_SM, chain)
+    plain = nf4_mma_gemv(x, packed, config=config)
+    assert rel_err(plain, x.float() @ dense.T) < 5e-3
+    fused = nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=config)
+    want = torch.nn.functional.gelu(x.float() @ dense.T + t.float() @ b.float().T)
+    assert rel_err(fused, want) < 5e-3
 
 
 def test_rows_kernel_replays_in_a_cuda_graph(weight):
