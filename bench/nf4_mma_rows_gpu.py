@@ -58,7 +58,12 @@ ROWS = [1, 2, 4, 8, 16, 32, 64]
 SWEEP = [  # (warps, row tiles per warp, blocks per SM)
     ROWS_CONFIG, (4, 1, 4), (4, 2, 4), (8, 1, 2), (8, 2, 3), (8, 4, 2), (16, 1, 2), (16, 2, 1),
 ]  # fmt: skip
-CHAINED = (WARPS, DEPTH, 1, PER_SM, 1)  # the default GEMV with its four mma chained
+GEMV_VARIANTS = {  # the one-row GEMV as it serves, and with each untried switch
+    "mma_gemv": (WARPS, DEPTH, 1, PER_SM, 0),
+    "mma_gemv_chain": (WARPS, DEPTH, 1, PER_SM, 1),
+    "mma_gemv_wide": (WARPS, DEPTH, 2, PER_SM, 0),
+    "mma_gemv_wide_chain": (WARPS, DEPTH, 2, PER_SM, 1),
+}
 SWEEP_ROWS = {1, 8, 32, 64}  # 1: the rows kernel against the GEMV
 SMOKE = {"tiny": ([(256, 64), (128, 96)], 2)}
 ROTATE_BYTES = 256 << 20
@@ -118,10 +123,9 @@ class Kernels:
         for order, packs in mma.items():
             suffix = f"_k{order}" if order else ""
             cell["mma_rows" + suffix] = self.timed(lambda p: nf4_mma_rows(x, p), packs)
-            if rows == 1:
-                cell["mma_gemv" + suffix] = self.timed(lambda p: nf4_mma_gemv(x, p), packs)
-                cell["mma_gemv_chain" + suffix] = self.timed(
-                    lambda p: nf4_mma_gemv(x, p, config=CHAINED), packs
+            for name, config in GEMV_VARIANTS.items() if rows == 1 else ():
+                cell[name + suffix] = self.timed(
+                    lambda p, c=config: nf4_mma_gemv(x, p, config=c), packs
                 )
         if triton is not None:
             cell["nf4_matmul"] = self.timed(lambda p: nf4_matmul(x, p), triton)

@@ -30,15 +30,40 @@ __device__ __forceinline__ void decode4(unsigned sel, unsigned &p0, unsigned &p1
 #define DECODE 1
 #endif
 
+// The byte -> bf16 pair table in shared memory, replicated per lane so a warp's 32 lookups
+// never share a bank. DECODE 1: 32 KB, entry `byte` of lane l at word 32 byte + l (two integer
+// ops make each address). DECODE 2: 64 KB of dynamic shared memory (the launch passes it),
+// entry at byte offset 256 byte + 4 l, half of it unused, so that one byte permute of the
+// packed word and the lane's offset is the whole address.
+#if DECODE == 2
+#define TABLE_WORDS (256 * 64)
+#define TABLE_SHIFT 6
+#define TABLE_DECL extern __shared__ unsigned table[]
+#else
+#define TABLE_WORDS (256 * 32)
+#define TABLE_SHIFT 5
+#define TABLE_DECL __shared__ unsigned table[TABLE_WORDS]
+#endif
+
+__device__ __forceinline__ unsigned lookup(const unsigned *table, unsigned offset) {
+  return *(const unsigned *)((const char *)table + offset);
+}
+
 
 // One word's eight nibbles -> the four bf16-pair registers of the A fragment.
 __device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, unsigned &a0,
                                             unsigned &a1, unsigned &a2, unsigned &a3) {
-#if DECODE == 1  // shared-memory table of bf16 pairs per byte, one copy per lane (no conflicts)
+#if DECODE == 1  // the 32 KB table; lut is this lane's column of it
   a0 = lut[(w & 0xFFu) << 5];
   a1 = lut[((w >> 8) & 0xFFu) << 5];
   a2 = lut[((w >> 16) & 0xFFu) << 5];
   a3 = lut[(w >> 24) << 5];
+#elif DECODE == 2  // the 64 KB table; lut is its base: offset = (byte i of w) << 8 | lane << 2
+  const unsigned lane4 = (threadIdx.x & 31u) << 2;
+  a0 = lookup(lut, prmt(w, lane4, 0x5504u));
+  a1 = lookup(lut, prmt(w, lane4, 0x5514u));
+  a2 = lookup(lut, prmt(w, lane4, 0x5524u));
+  a3 = lookup(lut, prmt(w, lane4, 0x5534u));
 #else  // byte permutes on register constants
   decode4(w, a0, a1);
   decode4(w >> 16, a2, a3);
@@ -142,7 +167,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
              const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
              const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu,
              int tiles) {
-  __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
+  TABLE_DECL;  // byte -> bf16 pair, one copy per lane
   __shared__ float partial[WARPS * 16];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -157,9 +182,9 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   unsigned short sc[DEPTH][2];
   preload(words + ((long long)tile * 32 + lane) * 4, scales + tile * 16, x, word_step, tiles,
           warp, groups, g, t, u, b, sc);
-  for (int i = threadIdx.x; i < 256 * 32; i += WARPS * 32) table[i] = pairs[i >> 5];
+  for (int i = threadIdx.x; i < TABLE_WORDS; i += WARPS * 32) table[i] = pairs[i >> TABLE_SHIFT];
   __syncthreads();
-  const unsigned *lut = table + lane;
+  const unsigned *lut = DECODE == 2 ? table : table + lane;
 
   for (; tile < tiles; tile += gridDim.x) {
     const unsigned *w = words + ((long long)tile * 32 + lane) * 4;  // + q * tiles * 128
@@ -260,15 +285,15 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
 nf4_mma_rows(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
              const unsigned *__restrict__ pairs, int rows, int tiles) {
-  __shared__ unsigned table[256 * 32];  // byte -> bf16 pair, one copy per lane
+  TABLE_DECL;  // byte -> bf16 pair, one copy per lane
   __shared__ float red[TILES * 16 * CHUNKS * 8];  // [weight row of the set][activation row]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const long long word_step = (long long)tiles * 128;  // words of one group, all tiles
   const long long row_pairs = (long long)groups * 32;  // bf16 pairs of one activation row
   const int width = CHUNKS * 8;
-  for (int i = threadIdx.x; i < 256 * 32; i += WARPS * 32) table[i] = pairs[i >> 5];
-  const unsigned *lut = table + lane;
+  for (int i = threadIdx.x; i < TABLE_WORDS; i += WARPS * 32) table[i] = pairs[i >> TABLE_SHIFT];
+  const unsigned *lut = DECODE == 2 ? table : table + lane;
   const int sets = (tiles + TILES - 1) / TILES;
 
   for (int set = blockIdx.x; set < sets; set += gridDim.x) {

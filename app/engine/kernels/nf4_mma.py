@@ -41,11 +41,13 @@ it (NVRTC compiles it in `make test`); tests/engine/kernels/test_nf4_mma_gpu.py 
 bench/nf4_mma_rows_gpu.py check and time it on one, and the `mma` routing
 (`nf4_routing.nf4_override`) serves with it.
 
-Two variants wait for a card to decide them (bench/nf4_mma_rows_gpu.py times both): the k
+Three variants wait for a card to decide them (bench/nf4_mma_rows_gpu.py times both): the k
 order 1 packing (`K_ORDERS`), where each lane's x for a group is 32 contiguous bytes (two
 16-byte loads instead of eight 4-byte loads and their zeroing, about a fifth of the GEMV's
 instructions per group, which is what bounds it), and `CHAIN`, a group's four mma into one
-accumulator (no zeroing and summing of four).
+accumulator (no zeroing and summing of four), and `decode=2`, a 64 KB table laid out so that
+one byte permute of the packed word with the lane's offset is a lookup's whole address (two
+integer ops before).
 
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
@@ -76,6 +78,7 @@ from app.engine.kernels.nf4_format import (
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
 CHAIN = 0  # 1: a group's four mma chained into one accumulator (not yet measured)
+WIDE_TABLE_BYTES = 256 * 64 * 4  # decode 2's table: one address op per lookup (not yet measured)
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
 PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
 # one block per tile by 1-13 % per Falcon-7B shape on an H200 (nf4-mma.json's sweep)
@@ -198,7 +201,8 @@ def nf4_mma_gemv(
             slice of `LoraBank`'s stacked B is fine): adds t B.T.
         gelu: apply exact (erf) GELU to the result.
         config: (warps per block, groups each warp loads ahead, decode 0 = byte permutes /
-            1 = shared-memory table, blocks per SM: 0 = one block per row tile, else that
+            1 = shared-memory table / 2 = the 64 KB table addressed by one byte permute
+            (`WIDE_TABLE_BYTES`), blocks per SM: 0 = one block per row tile, else that
             many blocks per SM each serving several tiles[, chain: 1 = a group's four mma
             into one accumulator]) for benchmarks; by default `WARPS`, `DEPTH`, 1, `PER_SM`,
             `CHAIN`.
@@ -225,9 +229,11 @@ def nf4_mma_gemv(
     tiles = weight.out_features // TILE_ROWS
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
     variant = KernelVariant(warps, depth, decode, korder=weight.k_order, chain=chain)
-    _kernel(x.device.index or 0, variant)(
+    kernel = _kernel(x.device.index or 0, variant)
+    kernel(
         grid=(blocks, 1, 1),
         block=(32 * warps, 1, 1),
+        shared_mem=WIDE_TABLE_BYTES if decode == 2 else 0,
         args=[
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
             code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0, int(gelu), tiles,
@@ -337,4 +343,23 @@ def kernel_source(variant: KernelVariant) -> str:
 @cache
 def _kernel(device_index: int, variant: KernelVariant, name: str = "nf4_mma_gemv"):
     with torch.cuda.device(device_index):
-        return torch.cuda._compile_kernel(kernel_source(variant), name)
+        kernel = torch.cuda._compile_kernel(kernel_source(variant), name)
+        if variant.decode == 2:  # the 64 KB table is dynamic shared memory, over the 48 KB default
+            _allow_shared_memory(kernel, WIDE_TABLE_BYTES)
+        return kernel
+
+
+def _allow_shared_memory(kernel, size: int) -> None:  # noqa: ANN001
+    """Let `kernel` launch with `size` bytes of dynamic shared memory: torch's own setter where
+    this torch has it (it also records the size its launcher checks), else the driver's."""
+    setter = getattr(kernel, "set_shared_memory_config", None)
+    if setter is not None:
+        setter(size)
+        return
+    import ctypes
+
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    max_dynamic_shared = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    driver = _get_gpu_runtime_library()
+    _check_cuda(driver.cuFuncSetAttribute(kernel.func, max_dynamic_shared, ctypes.c_int(size)))

@@ -153,6 +153,8 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(16, tiles=4, chunks=8, korder=1),
         KernelVariant(4, chunks=2, korder=1, chain=1),
         KernelVariant(16, depth=2, chain=1),
+        KernelVariant(16, decode=2, korder=1, chain=1),
+        KernelVariant(8, decode=2, tiles=2, chunks=8),
     ],
     ids=str,
 )
