@@ -104,18 +104,15 @@ class Answer:
             where: what the refusal's audit row says of the request (endpoint, key, address).
 
         Raises:
-            LimitExceeded: the user is over their message rate or has every slot busy (the
-                refusal is audited).
+            LimitExceeded: the user is over a token quota or their message rate, or has every
+                slot busy (the refusal is audited).
         """
         try:
             with ctx.session_factory() as session:
                 usage.check_quota(session=session, user_id=user_id)  # tokens per day / month
-            if count_message:
-                ctx.limits.check_message(user_id)
-            return cls(ctx, kind, user_id, ctx.limits.acquire_stream(user_id))
+            return cls._take_slot(ctx, kind, user_id, count_message)
         except LimitExceeded as exc:
-            with ctx.session_factory() as session:
-                record_refusal(session=session, user_id=user_id, where=where, reason=exc.message)
+            _audit_refusal(ctx, user_id, where, exc)
             raise
 
     @classmethod
@@ -127,13 +124,26 @@ class Answer:
         user_id: int,
         where: dict[str, Any],
         count_message: bool = False,
+        quotas: bool = True,
     ) -> Answer:
         """`reserve` on a worker thread, so its quota reads never hold up the event loop; a
         caller cancelled meanwhile gives the slot back once the thread has taken it.
 
+        Args:
+            quotas: False when the caller's own query, moments ago, found no token quota on
+                the user (`/v1` reads it with the key): then nothing is read, and the slot is
+                taken on the event loop (memory only; a refusal's audit row is written on a
+                worker thread).
+
         Raises:
             LimitExceeded: see `reserve`.
         """
+        if not quotas:
+            try:
+                return cls._take_slot(ctx, kind, user_id, count_message)
+            except LimitExceeded as exc:
+                await asyncio.to_thread(_audit_refusal, ctx, user_id, where, exc)
+                raise
         job = asyncio.ensure_future(
             asyncio.to_thread(
                 cls.reserve, ctx, kind, user_id=user_id, where=where, count_message=count_message
@@ -144,6 +154,15 @@ class Answer:
         except asyncio.CancelledError:
             job.add_done_callback(_release_unclaimed)
             raise
+
+    @classmethod
+    def _take_slot(
+        cls, ctx: AnswerContext, kind: AnswerKind, user_id: int, count_message: bool
+    ) -> Answer:
+        """The per-user limits kept in memory: message rate, then a generation slot."""
+        if count_message:
+            ctx.limits.check_message(user_id)
+        return cls(ctx, kind, user_id, ctx.limits.acquire_stream(user_id))
 
     async def start(
         self,
@@ -436,6 +455,13 @@ async def _fixed(text: str) -> AsyncIterator[Event]:
     """The events of an answer known before any model runs."""
     yield TokenEvent(text)
     yield FinishEvent("stop", text, 0, 0)
+
+
+def _audit_refusal(
+    ctx: AnswerContext, user_id: int, where: dict[str, Any], exc: LimitExceeded
+) -> None:
+    with ctx.session_factory() as session:
+        record_refusal(session=session, user_id=user_id, where=where, reason=exc.message)
 
 
 def record_refusal(*, session: Session, user_id: int, where: dict[str, Any], reason: str) -> None:

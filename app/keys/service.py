@@ -131,6 +131,9 @@ class KeyOwner:
     key_id: int
     groups_exist: bool
     """Whether any group exists (read in the same query: the owner's grants depend on it)."""
+    quotas_exist: bool
+    """Whether a token quota applies to the owner (their own or a group's), read in the same
+    query: without one, their answers need not read their usage."""
 
 
 def key_owner(*, session: Session, secret: str) -> KeyOwner | None:
@@ -151,7 +154,12 @@ def key_owner(*, session: Session, secret: str) -> KeyOwner | None:
     ):
         store.set_key_last_used(session=session, key_id=found.key_id, at=now)
     return KeyOwner(
-        found.user_id, found.username, found.role, found.key_id, bool(found.groups_exist)
+        found.user_id,
+        found.username,
+        found.role,
+        found.key_id,
+        bool(found.groups_exist),
+        bool(found.quotas_exist),
     )
 
 

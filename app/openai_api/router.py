@@ -108,7 +108,9 @@ def _key_owner(
             role=owner.role,
             groups_exist=owner.groups_exist,
         )
-        return Caller(owner.user_id, owner.username, owner.key_id, ip, access)
+        return Caller(
+            owner.user_id, owner.username, owner.key_id, ip, access, quotas=owner.quotas_exist
+        )
 
 
 async def api_context(request: Request) -> AnswerContext:

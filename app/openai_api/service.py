@@ -57,6 +57,9 @@ class Caller:
     ip: str | None
     access: Access = EVERYTHING
     """The adapters the key's owner may use now (their groups' grants; None: all)."""
+    quotas: bool = True
+    """Whether a token quota applies to the key's owner, as the key check read it (False:
+    the reservation need not read their usage)."""
 
 
 # ---- model ids ----------------------------------------------------------------------------
@@ -241,7 +244,12 @@ async def open_call(
     where = {"endpoint": endpoint, "key_id": caller.key_id, "ip": caller.ip}
     try:
         answer = await Answer.reserve_off_loop(
-            ctx, API, user_id=caller.user_id, where=where, count_message=True
+            ctx,
+            API,
+            user_id=caller.user_id,
+            where=where,
+            count_message=True,
+            quotas=caller.quotas,  # read with the key, moments ago
         )
     except LimitExceeded as exc:
         raise OpenAIError(

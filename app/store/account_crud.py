@@ -9,12 +9,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Row, Table, bindparam, delete, exists, func, select, update
+from sqlalchemy import (
+    CursorResult,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.store.identity_crud import add_identity
-from app.store.identity_models import Group, SignInRequest
+from app.store.identity_models import Group, GroupMember, SignInRequest, UserQuota
 from app.store.models import ApiKey, AuthSession, User
 
 
@@ -234,6 +245,19 @@ def set_key_last_used(*, session: Session, key_id: int, at: datetime) -> None:
 
 
 _KEYS, _USERS = cast(Table, ApiKey.__table__), cast(Table, User.__table__)
+_GROUPS, _MEMBERS = cast(Table, Group.__table__), cast(Table, GroupMember.__table__)
+_QUOTAS = cast(Table, UserQuota.__table__)
+_QUOTAS_EXIST = or_(
+    exists().where(
+        _QUOTAS.c.user_id == _USERS.c.id,
+        or_(_QUOTAS.c.tokens_per_day.is_not(None), _QUOTAS.c.tokens_per_month.is_not(None)),
+    ),
+    exists().where(
+        _MEMBERS.c.user_id == _USERS.c.id,
+        _GROUPS.c.id == _MEMBERS.c.group_id,
+        or_(_GROUPS.c.tokens_per_day.is_not(None), _GROUPS.c.tokens_per_month.is_not(None)),
+    ),
+)
 _KEY_OWNER = (
     select(
         _KEYS.c.id.label("key_id"),
@@ -243,7 +267,8 @@ _KEY_OWNER = (
         _USERS.c.username,
         _USERS.c.role,
         _USERS.c.disabled,
-        exists().where(cast(Table, Group.__table__).c.id.is_not(None)).label("groups_exist"),
+        exists().where(_GROUPS.c.id.is_not(None)).label("groups_exist"),
+        _QUOTAS_EXIST.label("quotas_exist"),
     )
     .join_from(_KEYS, _USERS, _USERS.c.id == _KEYS.c.user_id)
     .where(_KEYS.c.key_hash == bindparam("key_hash"))
@@ -258,6 +283,7 @@ _KEY_USED = (
 
 def key_owner_row(*, session: Session, key_hash: str) -> Row[Any] | None:
     """The key with this hash and its owner, with whether any group exists (the owner's
-    grants depend on it), in one query: `key_id, revoked_at, last_used_at, user_id, username,
-    role, disabled, groups_exist`; None for an unknown hash."""
+    grants depend on it) and whether any token quota applies to the owner (their own or a
+    group's), in one query: `key_id, revoked_at, last_used_at, user_id, username, role,
+    disabled, groups_exist, quotas_exist`; None for an unknown hash."""
     return session.execute(_KEY_OWNER, {"key_hash": key_hash}).first()
