@@ -105,16 +105,28 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": True, "forwarded_allow_ips": settings.trusted_proxies}
 
 
-def serve(app: FastAPI, settings: Settings) -> int:
-    """Serve until stopped; the exit status for the `teller serve` process."""
-    config = uvicorn.Config(
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for `teller serve`.
+
+    The event loop and HTTP parser stay "auto": uvloop and httptools, pinned in
+    pyproject.toml, where installed (they cut the server's CPU per `/v1` call:
+    bench/results/v1-request-overhead-cpu-uvloop.json); asyncio's loop and h11 otherwise.
+    """
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        loop="auto",
+        http="auto",
         log_config=log_config(settings.log_format),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
         **proxy_options(settings),
     )
+
+
+def serve(app: FastAPI, settings: Settings) -> int:
+    """Serve until stopped; the exit status for the `teller serve` process."""
+    config = server_config(app, settings)
     AppStatus.disable_automatic_graceful_drain()
     server = GracefulServer(config, app)
     server.run()
