@@ -55,14 +55,17 @@ MODELS = {  # (K, N) of each 4-bit projection of one layer, and the layer count
     "falcon-7b": ([(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)], 32),
 }  # fmt: skip
 ROWS = [1, 2, 4, 8, 16, 32, 64]
-SWEEP = [  # (warps, row tiles per warp, blocks per SM)
+SWEEP = [  # (warps, row tiles per warp, blocks per SM[, decode])
     ROWS_CONFIG, (4, 1, 4), (4, 2, 4), (8, 1, 2), (8, 2, 3), (8, 4, 2), (16, 1, 2), (16, 2, 1),
+    (8, 2, 2, 2), (8, 4, 2, 2),
 ]  # fmt: skip
-GEMV_VARIANTS = {  # the one-row GEMV as it serves, and with each untried switch
-    "mma_gemv": (WARPS, DEPTH, 1, PER_SM, 0),
-    "mma_gemv_chain": (WARPS, DEPTH, 1, PER_SM, 1),
-    "mma_gemv_wide": (WARPS, DEPTH, 2, PER_SM, 0),
-    "mma_gemv_wide_chain": (WARPS, DEPTH, 2, PER_SM, 1),
+GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean): as it serves, then switches
+    "mma_gemv": (WARPS, DEPTH, 1, PER_SM, 0, 0),
+    "mma_gemv_chain": (WARPS, DEPTH, 1, PER_SM, 1, 0),
+    "mma_gemv_wide": (WARPS, DEPTH, 2, PER_SM, 0, 0),
+    "mma_gemv_lean": (WARPS, DEPTH, 1, PER_SM, 0, 1),
+    "mma_gemv_wide_lean_chain": (WARPS, DEPTH, 2, PER_SM, 1, 1),
+    "mma_gemv_wide_lean_chain_8w3": (8, DEPTH, 2, 3, 1, 1),
 }
 SWEEP_ROWS = {1, 8, 32, 64}  # 1: the rows kernel against the GEMV
 SMOKE = {"tiny": ([(256, 64), (128, 96)], 2)}
@@ -70,9 +73,9 @@ ROTATE_BYTES = 256 << 20
 WRONG = 2e-2  # bf16 results of a correct kernel are ~3e-3 from the float32 product
 
 
-def registers(warps: int, tiles: int, chunks: int, korder: int) -> int:
+def registers(warps: int, tiles: int, chunks: int, korder: int, decode: int) -> int:
     """Registers per thread of one compiled rows-kernel variant."""
-    variant = KernelVariant(warps, tiles=tiles, chunks=chunks, korder=korder)
+    variant = KernelVariant(warps, decode=decode, tiles=tiles, chunks=chunks, korder=korder)
     function = _kernel(torch.cuda.current_device(), variant, "nf4_mma_rows")
     count = ctypes.c_int()
     runtime = torch.cuda._utils._get_gpu_runtime_library()
@@ -135,10 +138,12 @@ class Kernels:
             for order, packs in mma.items():
                 for config in SWEEP:
                     entry = self.timed(lambda p, c=config: nf4_mma_rows(x, p, config=c), packs)
-                    entry["config"] = dict(zip(("warps", "tiles", "per_sm"), config, strict=True))
+                    names = ("warps", "tiles", "per_sm", "decode")
+                    entry["config"] = dict(zip(names, (*config, 1)[:4], strict=True))
                     entry["config"]["k_order"] = order
                     try:
-                        entry["registers"] = registers(*config[:2], rows_chunks(rows), order)
+                        chunks, decode = rows_chunks(rows), entry["config"]["decode"]
+                        entry["registers"] = registers(*config[:2], chunks, order, decode)
                     except Exception as exc:  # noqa: BLE001
                         entry["registers_error"] = short(exc)
                     cell["sweep"].append(entry)

@@ -9,6 +9,7 @@
 #define CHUNKS @CHUNKS@  // nf4_mma_rows: 8-row chunks of activations (the mma's 8 columns)
 #define KORDER @KORDER@  // the packed weight's k order: 0 the PTX fragment's, 1 lane-contiguous
 #define CHAIN @CHAIN@    // nf4_mma_gemv: 1 chains a group's four mma into one accumulator
+#define LEAN @LEAN@      // nf4_mma_gemv: 1 walks K with running pointers and two buffers
 
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
   unsigned d;
@@ -36,18 +37,29 @@ __device__ __forceinline__ void decode4(unsigned sel, unsigned &p0, unsigned &p1
 // entry at byte offset 256 byte + 4 l, half of it unused, so that one byte permute of the
 // packed word and the lane's offset is the whole address.
 #if DECODE == 2
+// The kernel has no static shared memory, so the dynamic table starts the CTA's window, right
+// after the 1 KB the driver reserves on sm_80-sm_90 (not launched in a cluster: no rank bits).
+// Each lookup uses that address as an immediate; the kernel traps at start if the table is
+// anywhere else, so a layout change fails the GPU tests instead of reading the wrong bytes.
+extern __shared__ unsigned wide_table[];
+#define WIDE_TABLE_AT 1024u
+#define WIDE_TABLE_AT_TEXT "1024"
 #define TABLE_WORDS (256 * 64)
 #define TABLE_SHIFT 6
-#define TABLE_DECL extern __shared__ unsigned table[]
+#define TABLE_DECL unsigned *table = wide_table
 #else
 #define TABLE_WORDS (256 * 32)
 #define TABLE_SHIFT 5
 #define TABLE_DECL __shared__ unsigned table[TABLE_WORDS]
 #endif
 
-__device__ __forceinline__ unsigned lookup(const unsigned *table, unsigned offset) {
-  return *(const unsigned *)((const char *)table + offset);
+#if DECODE == 2
+__device__ __forceinline__ unsigned lookup(unsigned offset) {
+  unsigned v;  // WIDE_TABLE_AT as the load's immediate: no add per lookup
+  asm("ld.shared.u32 %0, [%1+" WIDE_TABLE_AT_TEXT "];" : "=r"(v) : "r"(offset));
+  return v;
 }
+#endif
 
 
 // One word's eight nibbles -> the four bf16-pair registers of the A fragment.
@@ -60,10 +72,10 @@ __device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, uns
   a3 = lut[(w >> 24) << 5];
 #elif DECODE == 2  // the 64 KB table; lut is its base: offset = (byte i of w) << 8 | lane << 2
   const unsigned lane4 = (threadIdx.x & 31u) << 2;
-  a0 = lookup(lut, prmt(w, lane4, 0x5504u));
-  a1 = lookup(lut, prmt(w, lane4, 0x5514u));
-  a2 = lookup(lut, prmt(w, lane4, 0x5524u));
-  a3 = lookup(lut, prmt(w, lane4, 0x5534u));
+  a0 = lookup(prmt(w, lane4, 0x5504u));
+  a1 = lookup(prmt(w, lane4, 0x5514u));
+  a2 = lookup(prmt(w, lane4, 0x5524u));
+  a3 = lookup(prmt(w, lane4, 0x5534u));
 #else  // byte permutes on register constants
   decode4(w, a0, a1);
   decode4(w >> 16, a2, a3);
@@ -161,6 +173,49 @@ __device__ __forceinline__ void preload(const unsigned *w, const unsigned short 
   }
 }
 
+// LEAN: one group's words, x fragments and scales from running pointers (x already offset to
+// the lane's first pair, scales to row g).
+__device__ __forceinline__ void load_group(const unsigned *w, const unsigned short *s,
+                                           const unsigned *xp, int g, unsigned *u, unsigned *b,
+                                           unsigned short *sc) {
+  load16(w, u[0], u[1], u[2], u[3]);
+#if KORDER == 1
+  load32_cached(xp, b);
+#else
+#pragma unroll
+  for (int j = 0; j < 8; ++j) b[j] = 0u;
+  if (g == 0) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
+  }
+#endif
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(sc[0]) : "l"(s));
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(sc[1]) : "l"(s + 8));
+}
+
+// One group's products added to rows g (acc0) and g + 8 (acc1), each scaled once.
+__device__ __forceinline__ void group_product(const unsigned *u, const unsigned *b,
+                                              const unsigned short *sc, const unsigned *lut,
+                                              float &acc0, float &acc1) {
+  const float s0 = half_to_float(sc[0]), s1 = half_to_float(sc[1]);
+#if CHAIN == 1
+  float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) mma(c0, c1, c2, c3, u[j], b[2 * j], b[2 * j + 1], lut);
+  acc0 += s0 * c0;  // lanes with t == 0: column 0
+  acc1 += s1 * c2;
+#else
+  float c[4][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    mma(c[j][0], c[j][1], c[j][2], c[j][3], u[j], b[2 * j], b[2 * j + 1], lut);
+  }
+  acc0 += s0 * ((c[0][0] + c[1][0]) + (c[2][0] + c[3][0]));
+  acc1 += s1 * ((c[0][2] + c[1][2]) + (c[2][2] + c[3][2]));
+#endif
+}
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
@@ -168,7 +223,11 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
              const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu,
              int tiles) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
+#if DECODE == 2  // no static shared memory: the dynamic table starts the window, at 0
+  float *partial = (float *)(wide_table + TABLE_WORDS);
+#else
   __shared__ float partial[WARPS * 16];
+#endif
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const long long word_step = (long long)tiles * 128;
@@ -178,18 +237,56 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   // DEPTH groups' words, x fragments and scales are loaded ahead of the group being
   // multiplied (more than one in flight cost occupancy and was slower on an H200); the
   // first tile's are on their way while the table fills.
+#if LEAN == 1
+  // Two buffers in turn (a group is multiplied from one while the next loads into the other:
+  // no register copies) and pointers that step by WARPS groups (no 64-bit index arithmetic).
+  unsigned ua[4], ub[4], ba[8], bb[8];
+  unsigned short sa[2], sb[2];
+  const long long w_step = (long long)WARPS * word_step;
+  const long long s_step = (long long)WARPS * tiles * 16;
+  const int x_lane = KORDER == 1 ? 8 * t : t;
+  if (tile < tiles && warp < groups)
+    load_group(words + ((long long)tile * 32 + lane) * 4 + warp * word_step,
+               scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g,
+               x + warp * 32 + x_lane, g, ua, ba, sa);
+#else
   unsigned u[DEPTH][4], b[DEPTH][8];
   unsigned short sc[DEPTH][2];
   preload(words + ((long long)tile * 32 + lane) * 4, scales + tile * 16, x, word_step, tiles,
           warp, groups, g, t, u, b, sc);
+#endif
+#if DECODE == 2
+  if ((unsigned)__cvta_generic_to_shared(wide_table) != WIDE_TABLE_AT) __trap();
+#endif
   for (int i = threadIdx.x; i < TABLE_WORDS; i += WARPS * 32) table[i] = pairs[i >> TABLE_SHIFT];
   __syncthreads();
   const unsigned *lut = DECODE == 2 ? table : table + lane;
 
   for (; tile < tiles; tile += gridDim.x) {
+    float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
+#if LEAN == 1
+    const unsigned *wp = words + ((long long)tile * 32 + lane) * 4 + warp * word_step;
+    const unsigned short *sp = scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g;
+    const unsigned *xp = x + warp * 32 + x_lane;
+    for (int q = warp; q < groups; q += 2 * WARPS) {  // group q is in buffer a
+      if (q + WARPS < groups) load_group(wp + w_step, sp + s_step, xp + WARPS * 32, g, ub, bb, sb);
+      group_product(ua, ba, sa, lut, acc0, acc1);
+      if (q + WARPS >= groups) break;
+      if (q + 2 * WARPS < groups)
+        load_group(wp + 2 * w_step, sp + 2 * s_step, xp + 2 * WARPS * 32, g, ua, ba, sa);
+      group_product(ub, bb, sb, lut, acc0, acc1);
+      wp += 2 * w_step;
+      sp += 2 * s_step;
+      xp += 2 * WARPS * 32;
+    }
+    const int next = tile + gridDim.x;  // the next tile's first loads fly during the epilogue
+    if (next < tiles && warp < groups)
+      load_group(words + ((long long)next * 32 + lane) * 4 + warp * word_step,
+                 scales + (long long)next * 16 + (long long)warp * tiles * 16 + g,
+                 x + warp * 32 + x_lane, g, ua, ba, sa);
+#else
     const unsigned *w = words + ((long long)tile * 32 + lane) * 4;  // + q * tiles * 128
     const unsigned short *s = scales + tile * 16;  // + q * tiles * 16
-    float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
     for (int base = warp; base < groups; base += DEPTH * WARPS) {
 #pragma unroll
       for (int d = 0; d < DEPTH; ++d) {
@@ -230,6 +327,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     if (next < tiles)
       preload(words + ((long long)next * 32 + lane) * 4, scales + next * 16, x, word_step,
               tiles, warp, groups, g, t, u, b, sc);
+#endif
 
     if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
     __syncthreads();
@@ -286,7 +384,12 @@ nf4_mma_rows(const unsigned *__restrict__ words, const unsigned short *__restric
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
              const unsigned *__restrict__ pairs, int rows, int tiles) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
+#if DECODE == 2  // no static shared memory: the dynamic table starts the window
+  float *red = (float *)(wide_table + TABLE_WORDS);
+  if ((unsigned)__cvta_generic_to_shared(wide_table) != WIDE_TABLE_AT) __trap();
+#else
   __shared__ float red[TILES * 16 * CHUNKS * 8];  // [weight row of the set][activation row]
+#endif
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const long long word_step = (long long)tiles * 128;  // words of one group, all tiles

@@ -77,7 +77,9 @@ from app.engine.kernels.nf4_format import (
 
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
+DECODE = 1  # the GEMV's decode: 1 the 32 KB table (2: `WIDE_TABLE_BYTES`, 0: byte permutes)
 CHAIN = 0  # 1: a group's four mma chained into one accumulator (not yet measured)
+LEAN = 0  # 1: the GEMV walks K with running pointers and two buffers in turn (not yet measured)
 WIDE_TABLE_BYTES = 256 * 64 * 4  # decode 2's table: one address op per lookup (not yet measured)
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
 PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
@@ -200,12 +202,13 @@ def nf4_mma_gemv(
             the scale folded in, (out_features, R) bf16 with unit column stride (a column
             slice of `LoraBank`'s stacked B is fine): adds t B.T.
         gelu: apply exact (erf) GELU to the result.
-        config: (warps per block, groups each warp loads ahead, decode 0 = byte permutes /
-            1 = shared-memory table / 2 = the 64 KB table addressed by one byte permute
-            (`WIDE_TABLE_BYTES`), blocks per SM: 0 = one block per row tile, else that
-            many blocks per SM each serving several tiles[, chain: 1 = a group's four mma
-            into one accumulator]) for benchmarks; by default `WARPS`, `DEPTH`, 1, `PER_SM`,
-            `CHAIN`.
+        config: (warps per block, groups each warp loads ahead (one with lean), decode 0 =
+            byte permutes / 1 = shared-memory table / 2 = the 64 KB table addressed by one
+            byte permute (`WIDE_TABLE_BYTES`), blocks per SM: 0 = one block per row tile,
+            else that many blocks per SM each serving several tiles[, chain: 1 = a group's
+            four mma into one accumulator[, lean: 1 = running pointers and two buffers in
+            turn]]) for benchmarks; by default `WARPS`, `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`,
+            `LEAN`.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -225,15 +228,15 @@ def nf4_mma_gemv(
         rank = t.numel()
         if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
             raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
-    warps, depth, decode, per_sm, chain = (*(config or (WARPS, DEPTH, 1, PER_SM)), CHAIN)[:5]
+    warps, depth, decode, per_sm, chain, lean = _gemv_settings(config)
     tiles = weight.out_features // TILE_ROWS
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
-    variant = KernelVariant(warps, depth, decode, korder=weight.k_order, chain=chain)
+    variant = KernelVariant(warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean)
     kernel = _kernel(x.device.index or 0, variant)
     kernel(
         grid=(blocks, 1, 1),
         block=(32 * warps, 1, 1),
-        shared_mem=WIDE_TABLE_BYTES if decode == 2 else 0,
+        shared_mem=_dynamic_shared(variant, warps * 16),
         args=[
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
             code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0, int(gelu), tiles,
@@ -243,7 +246,7 @@ def nf4_mma_gemv(
 
 
 def nf4_mma_rows(
-    x: torch.Tensor, weight: MmaNF4, *, config: tuple[int, int, int] | None = None
+    x: torch.Tensor, weight: MmaNF4, *, config: tuple[int, ...] | None = None
 ) -> torch.Tensor:
     """`x @ W.T` for 2 to `MAX_ROWS` bf16 activation rows (batched decode), in bf16 with fp32
     accumulation, from the same packed weight `nf4_mma_gemv` reads: the rows share each
@@ -256,8 +259,9 @@ def nf4_mma_rows(
 
     Args:
         x: (..., in_features) with at most `MAX_ROWS` rows.
-        config: (warps per block, row tiles per warp and loaded group, blocks per SM) for
-            benchmarks; by default `ROWS_CONFIG`.
+        config: (warps per block, row tiles per warp and loaded group, blocks per SM[,
+            decode: 1 the 32 KB table, 2 the 64 KB one]) for benchmarks; by default
+            `ROWS_CONFIG`.
 
     Raises:
         ValueError: the rows or their width do not fit.
@@ -273,22 +277,39 @@ def nf4_mma_rows(
         raise ValueError("the tensor-core kernels take bf16 activations")
     flat = flat.contiguous()
     out = torch.empty(rows, weight.out_features, dtype=torch.bfloat16, device=x.device)
-    warps, tiles_per_set, per_sm = config or ROWS_CONFIG
+    warps, tiles_per_set, per_sm, decode = (*(config or ROWS_CONFIG), 1)[:4]
     tiles = weight.out_features // TILE_ROWS
     sets = -(-tiles // tiles_per_set)
     blocks = min(sets, per_sm * sm_count(x.device))
     variant = KernelVariant(
-        warps, tiles=tiles_per_set, chunks=rows_chunks(rows), korder=weight.k_order
+        warps, decode=decode, tiles=tiles_per_set, chunks=rows_chunks(rows), korder=weight.k_order
     )
     _kernel(x.device.index or 0, variant, "nf4_mma_rows")(
         grid=(blocks, 1, 1),
         block=(32 * warps, 1, 1),
+        shared_mem=_dynamic_shared(variant, tiles_per_set * 16 * variant.chunks * 8),
         args=[
             weight.words, weight.scales, flat, out, weight.in_features // GROUP,
             code_tables(x.device)[1], rows, tiles,
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)
+
+
+def _gemv_settings(config: tuple[int, ...] | None) -> tuple[int, int, int, int, int, int]:
+    """(warps, depth, decode, per_sm, chain, lean) from a GEMV `config`, defaults filled in."""
+    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN)
+    given = tuple(config or ())
+    if len(given) > len(defaults) or (given and len(given) < 4):
+        raise ValueError("config is (warps, depth, decode, per_sm[, chain[, lean]])")
+    warps, depth, decode, per_sm, chain, lean = given + defaults[len(given) :]
+    return warps, depth, decode, per_sm, chain, lean
+
+
+def _dynamic_shared(variant: KernelVariant, sums: int) -> int:
+    """Dynamic shared memory a launch needs: decode 2's table and, after it, the `sums` fp32
+    partial sums the kernel keeps there (it has no static shared memory then)."""
+    return WIDE_TABLE_BYTES + 4 * sums if variant.decode == 2 else 0
 
 
 def rows_chunks(rows: int) -> int:
@@ -313,6 +334,7 @@ class KernelVariant:
     chunks: int = 1
     korder: int = 0
     chain: int = 0
+    lean: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -335,6 +357,7 @@ def kernel_source(variant: KernelVariant) -> str:
     for name, value in (
         ("WARPS", variant.warps), ("DEPTH", variant.depth), ("TILES", variant.tiles),
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
+        ("LEAN", variant.lean),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"
@@ -345,7 +368,7 @@ def _kernel(device_index: int, variant: KernelVariant, name: str = "nf4_mma_gemv
     with torch.cuda.device(device_index):
         kernel = torch.cuda._compile_kernel(kernel_source(variant), name)
         if variant.decode == 2:  # the 64 KB table is dynamic shared memory, over the 48 KB default
-            _allow_shared_memory(kernel, WIDE_TABLE_BYTES)
+            _allow_shared_memory(kernel, WIDE_TABLE_BYTES + 32 * 1024)  # + the sums after it
         return kernel
 
 

@@ -32,7 +32,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     rows_chunks,
 )
 from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
-from tests.support import nvrtc  # noqa: E402
+from bench.cuda_offline import compile_errors, nvrtc_available  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -155,15 +155,17 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(16, depth=2, chain=1),
         KernelVariant(16, decode=2, korder=1, chain=1),
         KernelVariant(8, decode=2, tiles=2, chunks=8),
+        KernelVariant(16, decode=2, korder=1, chain=1, lean=1),
+        KernelVariant(8, decode=1, lean=1),
     ],
     ids=str,
 )
 def test_kernel_source_compiles_for_hopper(variant):
     """NVRTC compiles both kernels for sm_90 here, without a GPU: a broken template fails
     `make test`, not the first run on a card."""
-    if not nvrtc.available():
+    if not nvrtc_available():
         pytest.fail("NVRTC is missing: `make test` installs nvidia-cuda-nvrtc-cu12")
-    assert nvrtc.compile_errors(kernel_source(variant)) is None
+    assert compile_errors(kernel_source(variant)) is None
 
 
 def test_rows_bench_smoke(tmp_path: Path):

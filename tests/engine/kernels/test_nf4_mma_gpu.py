@@ -28,7 +28,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
 )
 from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
-CONFIGS = [None, (4, 1, 2), (8, 4, 1), (16, 2, 3)]
+CONFIGS = [None, (4, 1, 2), (8, 4, 1), (16, 2, 3), (8, 2, 2, 2)]  # the last: decode 2
 
 
 @pytest.fixture(scope="module", params=sorted(K_ORDERS), ids=lambda o: f"k_order{o}")
@@ -52,14 +52,15 @@ def test_rows_kernel_gives_the_dequantized_product(weight, rows, config):
         assert rel_err(out[row], want[row]) < 1e-2, (rows, config, row)
 
 
+@pytest.mark.parametrize("lean", [0, 1])
 @pytest.mark.parametrize("decode", [0, 1, 2])
 @pytest.mark.parametrize("chain", sorted({CHAIN, 1 - CHAIN}))
-def test_gemv_with_its_epilogue_gives_the_dequantized_product(weight, chain, decode):
+def test_gemv_with_its_epilogue_gives_the_dequantized_product(weight, chain, decode, lean):
     packed, dense = weight
     x = torch.randn(1, 640, device="cuda").bfloat16()
     t = torch.randn(1, 16, device="cuda").bfloat16()
     b = (torch.randn(dense.shape[0], 48, device="cuda") * 0.1).bfloat16()[:, 16:32]  # a bank
-    config = (WARPS, DEPTH, decode, PER_SM, chain)
+    config = (WARPS, DEPTH, decode, PER_SM, chain, lean)
     plain = nf4_mma_gemv(x, packed, config=config)
     assert rel_err(plain, x.float() @ dense.T) < 5e-3
     fused = nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=config)
