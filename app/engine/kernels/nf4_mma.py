@@ -95,7 +95,13 @@ takes eight 4-byte loads (and zeroing) per group, a fifth of the GEMV's instruct
 K_ORDER = 0  # the default packing, until order 1 is measured on a card
 MAX_ROWS = 64  # nf4_mma_rows: eight chunks of the mma's eight columns
 ROWS_CONFIG = (8, 2, 2)  # nf4_mma_rows: warps per block, row tiles per warp, blocks per SM;
-# a first guess, not yet measured (bench/nf4_mma_gpu.py --rows sweeps it)
+# a first guess, not yet measured (bench/nf4_mma_rows_gpu.py sweeps it)
+CANDIDATE_K_ORDER = 1
+CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1)  # wide table, chained mma, lean loop
+CANDIDATE_ROWS = (*ROWS_CONFIG, 2)  # wide table
+"""The combination bench/results/nf4-mma-sass.json favours (60.5 instead of 144 instructions
+per 512 bytes for one row), which the `mma` routing serves with, so that `bench/serve_gpu.py
+--variants hybrid,mma` measures it end to end before it becomes the default."""
 _SOURCE_FILE = Path(__file__).with_suffix(".cu")
 """The kernel's CUDA C++, a template `kernel_source` fills in."""
 

@@ -48,9 +48,9 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     - `hybrid_triton_gemv`: `hybrid` with the Triton `nf4_gemv` for one row (its epilogue too);
     - `hybrid_bnb_gemv`: `hybrid` with bitsandbytes' GEMV for one row (one copy fewer);
     - `mma`: the tensor-core kernels for every decode step (`nf4_mma_gemv` for one row,
-      `nf4_mma_rows` for 2..64, from one repacked copy), `bnb_flat` for prompts. Not yet
-      measured against `hybrid` on a card, so `auto` does not pick it; `bench/serve_gpu.py
-      --variants hybrid,mma` compares them;
+      `nf4_mma_rows` for 2..64, from one repacked copy, in the `CANDIDATE_*` variants of
+      `nf4_mma`), `bnb_flat` for prompts. Not yet measured against `hybrid` on a card, so
+      `auto` does not pick it; `bench/serve_gpu.py --variants hybrid,mma` compares them;
     - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
@@ -207,13 +207,21 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     `bnb_flat` alone where NVRTC or the shape does not fit the kernels."""
     from app.engine.kernels.availability import mma_available
     from app.engine.kernels.nf4_flat import flat_nf4_linear
-    from app.engine.kernels.nf4_mma import MAX_ROWS, nf4_mma_gemv, nf4_mma_rows, pack_mma
+    from app.engine.kernels.nf4_mma import (
+        CANDIDATE_GEMV,
+        CANDIDATE_K_ORDER,
+        CANDIDATE_ROWS,
+        MAX_ROWS,
+        nf4_mma_gemv,
+        nf4_mma_rows,
+        pack_mma,
+    )
 
     prompt = flat_nf4_linear(module)
     weight = typing.cast(torch.Tensor, module.weight)
     if prompt is None or not _plain_linear4bit(module) or not mma_available(weight.device):
         return prompt
-    packed = pack_mma(module)
+    packed = pack_mma(module, k_order=CANDIDATE_K_ORDER)
     if packed is None:
         return prompt
     bias = typing.cast(torch.Tensor | None, module.bias)
@@ -222,11 +230,14 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
         rows = x.numel() // x.shape[-1]
         if rows > MAX_ROWS:
             return prompt(x)
-        out = nf4_mma_gemv(x, packed) if rows == 1 else nf4_mma_rows(x, packed)
+        if rows == 1:
+            out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
+        else:
+            out = nf4_mma_rows(x, packed, config=CANDIDATE_ROWS)
         return out if bias is None else out + bias
 
     def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
-        return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu)
+        return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu, config=CANDIDATE_GEMV)
 
     if bias is None:
         forward.fused = fused  # type: ignore[attr-defined]
