@@ -512,7 +512,7 @@ def main() -> int:
 
     sides: dict[str, Path] = {"after": REPO}
     commits = {"after": _git("rev-parse", "HEAD")}
-    dirty = bool(_git("status", "--porcelain", "--", "app", "bench/v1_request_overhead.py"))
+    dirty = _git("status", "--porcelain", "--", "app", "bench/v1_request_overhead.py").splitlines()
     scratch = Path(tempfile.mkdtemp(prefix="teller-v1-overhead-trees-"))
     if args.commit_before:
         sides = {"before": scratch / "before", **sides}
@@ -534,7 +534,8 @@ def main() -> int:
             "load_average_at_end": os.getloadavg(),
         },
         "commits": commits,
-        "after_has_uncommitted_changes": dirty,
+        "after_has_uncommitted_changes": bool(dirty),
+        "uncommitted_paths": [line[3:] for line in dirty],
         "settings": {
             "requests": args.requests,
             "tokens": args.tokens,
