@@ -34,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
+    CANDIDATE_ROWS,
     DEPTH,
     K_ORDERS,
     PER_SM,
     ROWS_CONFIG,
+    TILES_BY_CHUNKS,
     WARPS,
     KernelVariant,
     _kernel,
@@ -57,7 +59,7 @@ MODELS = {  # (K, N) of each 4-bit projection of one layer, and the layer count
 ROWS = [1, 2, 4, 8, 16, 32, 64]
 SWEEP = [  # (warps, row tiles per warp, blocks per SM[, decode])
     ROWS_CONFIG, (4, 1, 4), (4, 2, 4), (8, 1, 2), (8, 2, 3), (8, 4, 2), (16, 1, 2), (16, 2, 1),
-    (8, 2, 2, 2), (8, 4, 2, 2),
+    (8, 2, 2, 2), (8, 4, 2, 2), CANDIDATE_ROWS,
 ]  # fmt: skip
 GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean): as it serves, then switches
     "mma_gemv": (WARPS, DEPTH, 1, PER_SM, 0, 0),
@@ -75,6 +77,7 @@ WRONG = 2e-2  # bf16 results of a correct kernel are ~3e-3 from the float32 prod
 
 def registers(warps: int, tiles: int, chunks: int, korder: int, decode: int) -> int:
     """Registers per thread of one compiled rows-kernel variant."""
+    tiles = tiles or TILES_BY_CHUNKS[chunks]
     variant = KernelVariant(warps, decode=decode, tiles=tiles, chunks=chunks, korder=korder)
     function = _kernel(torch.cuda.current_device(), variant, "nf4_mma_rows")
     count = ctypes.c_int()

@@ -38,6 +38,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     K_ORDER,
     LEAN,
     ROWS_CONFIG,
+    TILES_BY_CHUNKS,
     WARPS,
     KernelVariant,
 )
@@ -55,7 +56,11 @@ GEMV = {  # name -> variant of nf4_mma_gemv
 }
 ROWS = {  # name -> variant of nf4_mma_rows
     f"{chunks * 8}_rows{suffix}": KernelVariant(
-        ROWS_CONFIG[0], tiles=ROWS_CONFIG[1], chunks=chunks, korder=korder, decode=decode
+        ROWS_CONFIG[0],
+        tiles=ROWS_CONFIG[1] or TILES_BY_CHUNKS[chunks],
+        chunks=chunks,
+        korder=korder,
+        decode=decode,
     )
     for chunks in (1, 4, 8)
     for suffix, korder, decode in (("", 0, 1), ("_k_order_1", 1, 1), ("_k_order_1_wide", 1, 2))

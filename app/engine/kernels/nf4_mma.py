@@ -94,8 +94,13 @@ is read in the same one: order 1 lets each lane load its x with two 16-byte load
 takes eight 4-byte loads (and zeroing) per group, a fifth of the GEMV's instructions."""
 K_ORDER = 0  # the default packing, until order 1 is measured on a card
 MAX_ROWS = 64  # nf4_mma_rows: eight chunks of the mma's eight columns
-ROWS_CONFIG = (8, 2, 2)  # nf4_mma_rows: warps per block, row tiles per warp, blocks per SM;
-# a first guess, not yet measured (bench/nf4_mma_rows_gpu.py sweeps it)
+ROWS_CONFIG = (8, 0, 2)  # nf4_mma_rows: warps per block, row tiles per warp (0: by chunks,
+# `TILES_BY_CHUNKS`), blocks per SM; a first guess, not yet measured (bench/nf4_mma_rows_gpu.py
+# sweeps it)
+TILES_BY_CHUNKS = {1: 4, 2: 2, 4: 2, 8: 1}
+"""Row tiles per warp for each chunk count: more tiles share each load of x, more chunks share
+each decoded fragment; both cost registers (tiles x chunks x 4 accumulators), and 64 rows with
+two tiles take all 255 (nf4-mma-sass.json: 4/1 and 2/2 use 64 and 94, 2/4 128, 1/8 98)."""
 CANDIDATE_K_ORDER = 1
 CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1)  # wide table, chained mma, lean loop
 CANDIDATE_ROWS = (*ROWS_CONFIG, 2)  # wide table
@@ -284,6 +289,7 @@ def nf4_mma_rows(
     flat = flat.contiguous()
     out = torch.empty(rows, weight.out_features, dtype=torch.bfloat16, device=x.device)
     warps, tiles_per_set, per_sm, decode = (*(config or ROWS_CONFIG), 1)[:4]
+    tiles_per_set = tiles_per_set or TILES_BY_CHUNKS[rows_chunks(rows)]
     tiles = weight.out_features // TILE_ROWS
     sets = -(-tiles // tiles_per_set)
     blocks = min(sets, per_sm * sm_count(x.device))
