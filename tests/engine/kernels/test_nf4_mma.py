@@ -31,8 +31,8 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     pack_mma,
     rows_chunks,
 )
-from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 from bench.cuda_offline import compile_errors, nvrtc_available  # noqa: E402
+from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 
