@@ -85,6 +85,8 @@ class Answer:
     _checked: float = field(default_factory=time.monotonic)
     _closed: bool = False
     _stop_reason: StopReason | None = None
+    _sampling: dict[str, Any] = field(default_factory=dict)
+    """The request's sampling as both audit rows state it (converted once)."""
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -191,6 +193,7 @@ class Answer:
             EngineError: the engine refused the request (`EngineBusy`: its queue is full).
         """
         self.request, self.details, self.checkpoint = request, details, checkpoint
+        self._sampling = dataclasses.asdict(request.sampling)
         self.log_prompt = log_prompt
         if access is None:
             choice = await asyncio.to_thread(self._permitted_choice, choice)  # the user's groups
@@ -413,7 +416,7 @@ class Answer:
                     **self.details,
                     "served_model": self.ctx.engine.info.model,
                     "adapter": choice,
-                    "sampling": dataclasses.asdict(self.request.sampling),
+                    "sampling": self._sampling,
                 },
             )
 
@@ -430,7 +433,7 @@ class Answer:
                 "adapter_name": version.name if version else None,
                 "adapter_version": version.version if version else None,
                 "adapter_sha256": version.sha256 if version else None,
-                "sampling": dataclasses.asdict(self.request.sampling),
+                "sampling": self._sampling,
                 "prompt_tokens": finish.prompt_tokens if finish else None,
                 "completion_tokens": self.completion_tokens,
                 "first_token_ms": None
