@@ -70,7 +70,7 @@ __device__ __forceinline__ void decode_word(unsigned w, const unsigned *lut, uns
   a1 = lut[((w >> 8) & 0xFFu) << 5];
   a2 = lut[((w >> 16) & 0xFFu) << 5];
   a3 = lut[(w >> 24) << 5];
-#elif DECODE == 2  // the 64 KB table; lut is its base: offset = (byte i of w) << 8 | lane << 2
+#elif DECODE == 2  // the 64 KB table (lut unused): address (byte i of w) << 8 | lane << 2
   const unsigned lane4 = (threadIdx.x & 31u) << 2;
   a0 = lookup(prmt(w, lane4, 0x5504u));
   a1 = lookup(prmt(w, lane4, 0x5514u));
