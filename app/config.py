@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     """Requests waiting for the model; beyond this they get 503 with Retry-After."""
     cpu_threads: int = Field(0, ge=0)
     """Torch intra-op threads on CPU; 0 lets Teller pick (all physical cores)."""
+    nf4_kernels: Literal["auto", "hybrid", "mma", "bnb_flat", "bnb"] = "auto"
+    """Which kernels run NF4 projections in the batch scheduler on CUDA
+    (`app.engine.kernels.nf4_routing`). `auto`: the fastest measured routing whose repacked
+    copies fit the card; `mma`: the tensor-core kernels for every decode row count (one copy;
+    not yet measured on a card, so opt-in); `bnb_flat`, `bnb`: bitsandbytes only."""
     cpu_int4: Literal["auto", "always", "off"] = "auto"
     """Int4 weights on the lean CPU path (Llama family, sequential engine). `auto`: where the
     model came from a 4-bit file (its weights on 16 levels per group of 32, as the embedded

@@ -64,7 +64,7 @@ def build_engine(settings: Settings) -> Engine:
             max_batch=settings.max_batch,
             max_queue=settings.max_queue,
             max_context_tokens=settings.max_context_tokens,
-            linear_override=nf4_override(loaded),
+            linear_override=nf4_override(loaded, settings.nf4_kernels),
         )
     return SequentialEngine(
         loaded,

@@ -27,3 +27,20 @@ def test_packed_bytes_counts_the_stored_nibbles() -> None:
         torch.randn(64, 128), requires_grad=False, quant_type="nf4"
     ).to("cpu")
     assert packed_bytes(model) == 64 * 128 // 2  # two weights a byte; the plain Linear is not
+
+
+def test_an_unknown_kernel_setting_says_which_are_allowed(monkeypatch) -> None:  # noqa: ANN001
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
+    monkeypatch.setenv("TELLER_NF4_KERNELS", "fastest")
+    try:
+        Settings()
+    except ValidationError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("TELLER_NF4_KERNELS=fastest was accepted")
+    assert "nf4_kernels" in message and "'mma'" in message and "'auto'" in message
+    monkeypatch.setenv("TELLER_NF4_KERNELS", "mma")
+    assert Settings().nf4_kernels == "mma"
