@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,10 +34,15 @@ class BodyTooLarge(HTTPException):
 
 
 def _declared_length(scope: Scope) -> int | None:
-    try:
-        return int(Headers(scope=scope).get("content-length", ""))
-    except ValueError:
-        return None
+    # The first Content-Length, as `Headers(scope=scope).get` finds it, without building one
+    # per request (ASGI servers send header names in lower case).
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value.decode("latin-1"))
+            except ValueError:
+                return None
+    return None
 
 
 class BodyLimitMiddleware:
