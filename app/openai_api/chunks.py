@@ -12,6 +12,7 @@ The first, last and usage chunks, sent once per call, still go through the model
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from pydantic import BaseModel
@@ -53,8 +54,9 @@ class _Template:
         self.head, self.tail = (parts[0], parts[1]) if self.usable else ("", "")
 
     def render(self, text: str) -> str:
-        # json.dumps of a str is what json.dumps writes for it inside the chunk's dict.
-        return self.head + json.dumps(text) + self.tail
+        # What json.dumps writes for a str, inside the chunk's dict or alone: its default
+        # encoder's `encode_basestring_ascii`, called here without the two frames around it.
+        return self.head + encode_basestring_ascii(text) + self.tail
 
 
 class ChatChunks:

@@ -8,8 +8,8 @@ fields that would change the answer in ways Teller cannot honour (`n > 1`, legac
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -268,7 +268,8 @@ class CompletionRequest(_Sampling):
 
 
 def completion_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    """`prefix-` and 24 random hex digits (os.urandom: a uuid4 costs several times more)."""
+    return f"{prefix}-{os.urandom(12).hex()}"
 
 
 def now() -> int:

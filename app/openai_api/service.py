@@ -9,7 +9,7 @@ ids, sampling fields and the HTTP statuses a failed start becomes.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -262,7 +262,8 @@ async def open_call(
     prompt_record: Any = (
         prompt if prompt is not None else [{"role": m.role, "content": m.content} for m in messages]
     )
-    details = {**where, "call_id": uuid.uuid4().hex, "model": model, "stream": stream}
+    # 32 random hex digits, as uuid4().hex wrote them, without the UUID object (per call).
+    details = {**where, "call_id": os.urandom(16).hex(), "model": model, "stream": stream}
     grounding: Grounding | None = None
     try:
         if base_ids and knowledge_runtime is not None:
