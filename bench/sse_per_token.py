@@ -9,7 +9,8 @@ server's event-loop thread from /proc (Linux):
 
     python bench/sse_per_token.py                   # 32 streams x 256 tokens, 3 runs
     python bench/sse_per_token.py --tokens 1        # per-request cost instead
-    python bench/sse_per_token.py --tokens 1024 --profile --out bench/results/sse-per-token-cpu.json
+    python bench/sse_per_token.py --tokens 1024 --commit-before HEAD~1 --pairs 3 --profile \
+        --out bench/results/sse-per-token-cpu.json   # an older commit's app alternating
 
 Each request's own work (key check, audit rows, slot) is included, spread over its tokens.
 /proc counts CPU time in 10 ms ticks: 32 x 1024 tokens keep that under a tenth of a
@@ -24,23 +25,16 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from app.auth import service as accounts  # noqa: E402
-from app.config import Settings  # noqa: E402
-from app.keys import service as keys  # noqa: E402
-from app.main import create_app  # noqa: E402
-from tests.live import live_server  # noqa: E402
-from tests.support.scripted_engine import ScriptedEngine  # noqa: E402
-
 PROFILE_TOP = 40
 WORDS = [" the", " cash", " flow", "é", ' "quoted"', " net", "\n", " income"]
 
@@ -94,14 +88,16 @@ def _short(path: str) -> str:
     return path.removeprefix(str(REPO) + "/")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="one more run under yappi")
-    parser.add_argument("--out", type=Path, help="also write the result here (JSON)")
-    args = parser.parse_args()
+def measure_side(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs in a child process whose app is imported from `root`."""
+    sys.path.insert(0, str(root))
+    from app.auth import service as accounts
+    from app.config import Settings
+    from app.keys import service as keys
+    from app.main import create_app
+    from tests.live import live_server
+    from tests.support.scripted_engine import ScriptedEngine
+
     work = Path(tempfile.mkdtemp(prefix="teller-sse-bench-"))
     engine = ScriptedEngine([WORDS[i % len(WORDS)] for i in range(args.tokens)])
     settings = Settings(
@@ -142,32 +138,103 @@ def main() -> int:
                     "loop_us_per_token": 1e6 * cpu / max(1, load["output_tokens"]),
                 }
             )
+        loop = live.server.servers[0].get_loop() if live.server.servers else None
+        protocol = live.server.config.http_protocol_class
+        server = {
+            "loop": f"{type(loop).__module__}.{type(loop).__name__}",
+            "http": f"{protocol.__module__}.{protocol.__name__}",
+        }
         profile = profile_run(command, loop_thread) if args.profile else None
-    best = min(run["loop_us_per_token"] for run in runs)
+    return {"server": server, "runs": runs, "load_average": os.getloadavg(), "profile": profile}
+
+
+def _git(*command: str) -> str:
+    done = subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def export_commit(revision: str, target: Path) -> str:
+    """The tree of `revision` under `target` (no work tree changes, no shared git state)."""
+    commit = _git("rev-parse", revision)
+    archive = target.with_suffix(".tar")
+    with archive.open("wb") as out:
+        subprocess.run(["git", "archive", commit], cwd=REPO, stdout=out, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    archive.unlink()
+    return commit
+
+
+def run_side(root: Path, args: argparse.Namespace, profile: bool) -> dict[str, Any]:
+    command = [
+        sys.executable, __file__, "--side", str(root), "--streams", str(args.streams),
+        "--tokens", str(args.tokens), "--runs", str(args.runs),
+    ]  # fmt: skip
+    if profile:
+        command.append("--profile")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the side at {root} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summary(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every run of one side: the best and the median microseconds per token."""
+    values = [run["loop_us_per_token"] for side in found for run in side["runs"]]
+    return {
+        "loop_us_per_token_best": round(min(values), 3),
+        "loop_us_per_token_median": round(statistics.median(values), 3),
+        "runs": len(values),
+        "server": sorted({json.dumps(side["server"], sort_keys=True) for side in found}),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per side run")
+    parser.add_argument("--pairs", type=int, default=1, help="side runs, alternating")
+    parser.add_argument("--commit-before", help="also measure this commit, alternating")
+    parser.add_argument("--profile", action="store_true", help="one more run under yappi")
+    parser.add_argument("--out", type=Path, help="also write the result here (JSON)")
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(measure_side(Path(args.side), args)))  # noqa: T201
+        return 0
+    sides: dict[str, Path] = {"after": REPO}
+    commits = {"after": _git("rev-parse", "HEAD")}
+    if args.commit_before:
+        before = Path(tempfile.mkdtemp(prefix="teller-sse-trees-")) / "before"
+        commits["before"] = export_commit(args.commit_before, before)
+        sides = {"before": before, **sides}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    for pair in range(args.pairs):
+        for name, root in sides.items():
+            print(f"pair {pair + 1}/{args.pairs}: {name}", file=sys.stderr)  # noqa: T201
+            runs[name].append(run_side(root, args, args.profile and pair == args.pairs - 1))
+    dirty = _git("status", "--porcelain", "--", "app", "bench/sse_per_token.py").splitlines()
     result: dict[str, Any] = {
         "bench": "bench/sse_per_token.py",
-        "commit": _commit(),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-        "server": {"loop": live.server.config.loop, "http": live.server.config.http},
-        "streams": args.streams,
-        "tokens": args.tokens,
-        "loop_us_per_token_best": best,
-        "load_average": os.getloadavg(),
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_end": os.getloadavg(),
+        },
+        "commits": commits,
+        "uncommitted_paths": [line.split(maxsplit=1)[1] for line in dirty],
+        "settings": {"streams": args.streams, "tokens": args.tokens, "engine": "scripted"},
+        "sides": {name: summary(found) for name, found in runs.items()},
+        "profiles": {name: found[-1].pop("profile") for name, found in runs.items()},
         "runs": runs,
     }
-    if profile is not None:
-        result["profile"] = profile
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))  # noqa: T201
+    print(json.dumps(result["sides"]))  # noqa: T201
     return 0
-
-
-def _commit() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() or "unknown (not a git checkout)"
 
 
 if __name__ == "__main__":

@@ -535,7 +535,7 @@ def main() -> int:
         },
         "commits": commits,
         "after_has_uncommitted_changes": bool(dirty),
-        "uncommitted_paths": [line[3:] for line in dirty],
+        "uncommitted_paths": [line.split(maxsplit=1)[1] for line in dirty],
         "settings": {
             "requests": args.requests,
             "tokens": args.tokens,
