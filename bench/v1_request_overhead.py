@@ -16,8 +16,10 @@ options; the result names the loop and protocol each side really ran.
 
 Per request it reports first-token time and end-to-end time (p50/p95, HTTP minus in process,
 the median over rounds), the server's CPU time per request by thread (event loop, thread
-pools, engine; from /proc, Linux), and with `--profile` a yappi CPU profile of the server's
-threads (`pip install yappi`, or put it on PYTHONPATH) in microseconds per request. Each side
+pools, engine; from /proc, Linux), with `--profile` a yappi CPU profile of the server's
+threads (`pip install yappi`, or put it on PYTHONPATH) in microseconds per request, and the
+app's own middleware timed alone through ASGI (microseconds per request, nanoseconds per
+streamed chunk: changes of that size are below what /proc's 10 ms ticks resolve). Each side
 runs in a fresh child process that imports the app from its own tree (`git archive` of the
 commit for `--commit-before`), so before and after run on the same box in the same run.
 """
@@ -184,6 +186,89 @@ def _process_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# ---- the app's own middleware alone (a few microseconds: below /proc's and yappi's reach) ----
+
+MIDDLEWARE_CHUNKS = 64
+
+
+def time_middleware(app: Any, requests: int = 2000, repeats: int = 5) -> dict[str, float]:
+    """`app.user_middleware` (as `create_app` stacks it) around a route that streams
+    `MIDDLEWARE_CHUNKS` body chunks, called straight through ASGI with a `/v1` call's scope:
+    microseconds per request (no chunks) and nanoseconds per chunk beyond the route alone,
+    the best of `repeats` passes. Logging is set up as `teller serve` sets it (one line per
+    request at INFO; the live server above runs without it), written to /dev/null."""
+    import logging.config
+
+    from app.ops.logs import log_config
+
+    config = log_config(app.state.settings.log_format)
+    config["handlers"]["default"]["stream"] = open(os.devnull, "w")  # open until the process ends
+    logging.config.dictConfig(config)
+
+    def route(chunks: int) -> Any:
+        async def streamed(scope: dict, receive: Any, send: Any) -> None:
+            await receive()
+            start = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": start})
+            for _ in range(chunks):
+                await send(
+                    {"type": "http.response.body", "body": b"data: x\n\n", "more_body": True}
+                )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        return streamed
+
+    def stacked(inner: Any) -> Any:
+        for middleware in reversed(app.user_middleware):
+            inner = middleware.cls(inner, *middleware.args, **middleware.kwargs)
+        return inner
+
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"authorization", b"Bearer sk-bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"2"),
+        (b"accept", b"*/*"),
+        (b"user-agent", b"bench"),
+    ]
+
+    async def per_request(target: Any) -> float:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict) -> None:
+            pass
+
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(requests):
+                scope = {
+                    "type": "http",
+                    "method": "POST",
+                    "path": "/v1/chat/completions",
+                    "headers": list(headers),
+                    "client": ("127.0.0.1", 40000),
+                    "state": {},
+                }
+                await target(scope, receive, send)
+            best = min(best, (time.perf_counter() - start) / requests)
+        return best
+
+    async def measure() -> dict[str, float]:
+        times = {}
+        for chunks in (0, MIDDLEWARE_CHUNKS):
+            bare = await per_request(route(chunks))
+            times[chunks] = await per_request(stacked(route(chunks))) - bare
+        return {
+            "us_per_request": round(1e6 * times[0], 2),
+            "ns_per_chunk": round(1e9 * (times[MIDDLEWARE_CHUNKS] - times[0]) / MIDDLEWARE_CHUNKS),
+            "middleware": [m.cls.__name__ for m in app.user_middleware],
+        }
+
+    return asyncio.run(measure())
+
+
 # ---- one side: an app tree, its engine and server -------------------------------------------
 
 
@@ -269,7 +354,14 @@ def measure_side(args: argparse.Namespace) -> dict:
         if args.profile:
             profile = profile_http(live.url, key, args, server_loop)
         audit = _verify_audit(live.app.state.session_factory, settings)
-    return {"rounds": rounds, "profile": profile, "audit": audit, "server": server}
+    middleware = time_middleware(live.app)
+    return {
+        "rounds": rounds,
+        "profile": profile,
+        "audit": audit,
+        "server": server,
+        "middleware": middleware,
+    }
 
 
 def _uvicorn_options(text: str) -> dict[str, str]:
@@ -470,6 +562,13 @@ def combine(runs: list[dict]) -> dict:
         2,
     )
     out["server"] = sorted({json.dumps(run["server"], sort_keys=True) for run in runs})
+    timed = [run["middleware"] for run in runs if "middleware" in run]
+    if timed:  # the best run: what the code costs, less what the shared box took from it
+        out["middleware"] = {
+            "us_per_request": min(t["us_per_request"] for t in timed),
+            "ns_per_chunk": min(t["ns_per_chunk"] for t in timed),
+            "middleware": timed[-1]["middleware"],
+        }
     out["audit_verifies"] = all(run["audit"]["verifies"] for run in runs)
     out["audit_rows_paired"] = all(
         run["audit"]["api_call_started"] == run["audit"]["api_call"] for run in runs
