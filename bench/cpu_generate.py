@@ -30,8 +30,8 @@ decode and 100-token TTFT as a share of llama.cpp's; `teller_default` names the 
 TELLER_DTYPE=auto with TELLER_CPU_INT4=auto serves (marked `*` in the printed table).
 `--versus-llama-cpp` measures only those rows (quicker, so it can be repeated on a shared box).
 
-The batch scheduler (`BatchEngine`, the batched Llama forward) on CPU in float32 and bf16: one
-stream as above, and four users asking at once against the sequential engine (aggregate
+The batch scheduler (`BatchEngine`, the batched Llama forward) on CPU in float32, bf16 and
+int4 (projections packed for torch's int4 kernel, the rest bf16): one stream as above, and four users asking at once against the sequential engine (aggregate
 tokens/s, and the longest wait for a first token, which on the sequential engine is the
 answers ahead in the queue). `--schedulers` runs only those rows.
 """
@@ -56,8 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.engine.capabilities import cpu_has_native_bf16  # noqa: E402
-from app.engine.factory import cpu_lean_dtype  # noqa: E402
+from app.engine.factory import batch_int4_projections, cpu_lean_dtype  # noqa: E402
 from app.engine.loader import load_base_model  # noqa: E402
+from app.engine.models.llama_cpu import INT4  # noqa: E402
 from app.engine.schedulers.batch import BatchEngine  # noqa: E402
 from app.engine.schedulers.sequential import SequentialEngine  # noqa: E402
 from app.engine.types import GenerationRequest  # noqa: E402
@@ -115,20 +116,30 @@ def generate_baseline(loaded: Any, prompt_ids: list[int]) -> dict[str, Any]:
 
 
 def measure_schedulers(model: str, results: dict[str, Any]) -> None:
-    """One stream and four at once: the sequential lean path against the batch scheduler."""
-    for dtype in ("float32", "bfloat16"):
-        short = "fp32" if dtype == "float32" else "bf16"
-        fast = torch.bfloat16 if dtype == "bfloat16" else None
+    """One stream and four at once: the sequential lean path against the batch scheduler, in
+    float32, bf16 and int4 (the batch scheduler's int4 projections built by the factory's own
+    rule, `batch_int4_projections`, from the float32 weights before the bf16 cast)."""
+    for short in ("fp32", "bf16", "int4"):
+        fast = {"fp32": None, "bf16": torch.bfloat16, "int4": INT4}[short]
         sequential = lean_engine(model, fast)
         results.setdefault(f"teller_fast_{short}", measure_engine(sequential, None))
         results[f"teller_fast_{short}_x4"] = measure_concurrent(sequential, 4)
         asyncio.run(sequential.close())
-        batch = BatchEngine(
-            own_thread(lambda d=dtype: load_base_model(model, device="cpu", dtype=d)), max_batch=8
-        )
+        loaded, override = own_thread(batch_model, model, short)
+        batch = BatchEngine(loaded, max_batch=8, linear_override=override)
         results[f"teller_batch_{short}"] = measure_engine(batch, None)
         results[f"teller_batch_{short}_x4"] = measure_concurrent(batch, 4)
         asyncio.run(batch.close())
+
+
+def batch_model(model: str, short: str) -> tuple[Any, Any]:
+    """The model as the batch scheduler gets it in `short`'s format, and its linear override."""
+    loaded = load_base_model(model, device="cpu", dtype="float32")
+    override = batch_int4_projections(loaded, "auto", "auto") if short == "int4" else None
+    if short != "fp32":
+        loaded.model.to(torch.bfloat16)
+        loaded.dtype = torch.bfloat16
+    return loaded, override
 
 
 def make_lora(model_dir: Path, out: Path, rank: int = 16) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 
@@ -48,13 +49,10 @@ def build_engine(settings: Settings) -> Engine:
     if use_batch_scheduler(settings.scheduler, loaded, settings.max_context_tokens):
         from app.engine.schedulers.batch import BatchEngine
 
-        if settings.cpu_int4 == "always" and loaded.device.type == "cpu":
-            raise ModelLoadError(
-                "TELLER_CPU_INT4=always runs on the sequential engine's lean CPU path; "
-                "set TELLER_SCHEDULER=sequential (or auto) or TELLER_CPU_INT4=auto"
-            )
-
         log.info("continuous batching, up to %d answers per step", settings.max_batch)
+        override = nf4_override(loaded, settings.nf4_kernels)
+        if loaded.device.type == "cpu":  # packed from the float32 weights, before any cast
+            override = batch_int4_projections(loaded, settings.cpu_int4, settings.dtype)
         cast = cpu_fast_dtype(loaded, settings.dtype)
         if cast is not None:  # the batched forward computes in the model's own dtype
             loaded.model.to(cast)
@@ -64,7 +62,7 @@ def build_engine(settings: Settings) -> Engine:
             max_batch=settings.max_batch,
             max_queue=settings.max_queue,
             max_context_tokens=settings.max_context_tokens,
-            linear_override=nf4_override(loaded, settings.nf4_kernels),
+            linear_override=override,
         )
     return SequentialEngine(
         loaded,
@@ -151,6 +149,35 @@ def cpu_lean_dtype(loaded: LoadedModel, dtype: str, int4: str) -> torch.dtype | 
             log.info("lean CPU path: int4 weights (%.0f%% of projections are 4-bit)", share * 100)
             return INT4
     return cpu_fast_dtype(loaded, dtype)
+
+
+def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Any:
+    """Int4 projections for the batch scheduler on CPU (`Int4Projections`), or None.
+
+    The same rule as the lean path (`cpu_lean_dtype`): `auto` packs a Llama-family model that
+    came from a 4-bit file, with `TELLER_DTYPE=auto` and the vectorised int4 kernel; `always`
+    rounds every projection to 4 bits (lossy). Several users at once then share a quarter of
+    bf16's weight bytes per step (docs/cpu-serving.md has the figures).
+    """
+    from app.engine.kernels.cpu_int4_batch import Int4Projections
+    from app.engine.models.families import family
+    from app.engine.models.llama import LlamaBlocks
+    from app.engine.models.llama_cpu_int4 import four_bit_share
+    from app.engine.models.projections import base_linear
+
+    if int4 == "off" or family(loaded.model) != "llama":
+        return None
+    if int4 == "auto" and not (
+        dtype == "auto" and cpu_int4_kernel_fast() and four_bit_share(loaded.model) > 0
+    ):
+        return None
+    layers = LlamaBlocks(loaded.model).modules()
+    modules = [base_linear(module) for layer in layers for module in layer.values()]
+    projections = Int4Projections(modules, exact_only=int4 == "auto")
+    if projections.share == 0:
+        return None
+    log.info("batch scheduler: int4 weights for %.0f%% of projections", projections.share * 100)
+    return projections
 
 
 def build_remote_engine(settings: Settings) -> Engine:

@@ -15,9 +15,13 @@ from app.contract import ChatMessage, PromptFormat
 from app.engine.capabilities import cpu_int4_kernel_fast
 from app.engine.factory import build_engine, cpu_lean_dtype
 from app.engine.kernels.cpu_int4 import GROUP, fit_grid
+from app.engine.kernels.cpu_int4_batch import Int4Projections
 from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
+from app.engine.models.families import batched_forward
+from app.engine.models.llama import LlamaBlocks
 from app.engine.models.llama_cpu import INT4, PROJECTIONS, FastLlama, owner, plain_weight
-from app.engine.models.llama_cpu_int4 import Head, four_bit_share
+from app.engine.models.llama_cpu_int4 import Head, four_bit_share, round_projections
+from app.engine.schedulers.batch import BatchEngine
 from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams
 from tests.adapters.packages import make_package
@@ -194,17 +198,58 @@ def test_always_rounds_a_float_model_to_4bit(tiny_llama_dir: Path) -> None:
     assert (after - before).abs().amax() <= step / 2 + 1e-6
 
 
-def test_always_refuses_what_the_lean_path_cannot_run(
-    tiny_falcon_dir: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_always_refuses_what_the_lean_path_cannot_run(tiny_falcon_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="TELLER_CPU_INT4=always cannot run this model"):
         cpu_lean_dtype(load_base_model(str(tiny_falcon_dir), device="cpu"), "auto", "always")
+
+
+def test_the_batch_scheduler_on_cpu_runs_int4_projections(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TELLER_SCHEDULER=batch with int4: every projection of the batched forward runs torch's
+    int4 kernel on the 4-bit grid, its logits those of the same 4-bit model in float, and
+    several answers come back at once."""
     monkeypatch.setenv("TELLER_BASE_MODEL", str(tiny_llama_dir))
     monkeypatch.setenv("TELLER_DEVICE", "cpu")
     monkeypatch.setenv("TELLER_SCHEDULER", "batch")
     monkeypatch.setenv("TELLER_CPU_INT4", "always")
-    with pytest.raises(ModelLoadError, match="sequential engine's lean CPU path"):
-        build_engine(load_settings())
+    engine = build_engine(load_settings())
+    try:
+        assert isinstance(engine, BatchEngine)
+        projections = engine._linear_override
+        assert isinstance(projections, Int4Projections) and projections.share == 1.0
+        answers = asyncio.run(answer_together(engine, 3))
+        assert len(answers) == 3 and all(answers)
+    finally:
+        asyncio.run(engine.close())
+
+    rounded = load_base_model(str(tiny_llama_dir), device="cpu")
+    round_projections(rounded.model)  # the same 4-bit model, run in float32
+    layers = LlamaBlocks(rounded.model).modules()
+    int4 = Int4Projections([m for layer in layers for m in layer.values()], exact_only=True)
+    assert int4.share == 1.0  # rounded weights sit on their grid
+    plain = batched_forward(rounded.model, slots=2, max_tokens=32)
+    packed = batched_forward(rounded.model, slots=2, max_tokens=32, linear_override=int4)
+    tokens, positions = torch.tensor([5, 9]), torch.tensor([0, 0])
+    with torch.no_grad():
+        want = plain.decode(tokens, positions, 1)
+        got = packed.decode(tokens, positions, 1)
+    assert ((got - want).norm() / want.norm()).item() < 2e-2  # bf16 activations in the kernel
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+async def answer_together(engine: BatchEngine, count: int) -> list[str]:
+    async def one(index: int) -> str:
+        request = GenerationRequest(
+            messages=[ChatMessage(role="user", content=f"Question {index}?")],
+            sampling=SamplingParams(max_new_tokens=6, temperature=0.0),
+        )
+        async for event in engine.generate(request):
+            if isinstance(event, FinishEvent):
+                return event.text
+        raise AssertionError("no finish event")
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
 def test_a_bad_value_names_the_setting_and_its_choices(monkeypatch: pytest.MonkeyPatch) -> None:
