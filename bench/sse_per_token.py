@@ -82,10 +82,14 @@ def profile_run(command: list[str], loop_tid: str) -> dict[str, Any]:
 
 
 def _short(path: str) -> str:
+    """A module's path without its tree (this checkout or the exported one of a commit)."""
     for marker in ("/site-packages/", "/lib/python3"):
         if marker in path:
             return path.split(marker, 1)[1]
-    return path.removeprefix(str(REPO) + "/")
+    for marker in ("/app/", "/tests/"):
+        if marker in path:
+            return marker.strip("/") + "/" + path.split(marker, 1)[1]
+    return path
 
 
 def measure_side(root: Path, args: argparse.Namespace) -> dict[str, Any]:
