@@ -69,6 +69,17 @@ def _incoming_id(scope: Scope) -> str | None:
     return None
 
 
+STATE_KEY = "request_id"
+"""Where the request's id is kept in the ASGI scope's state."""
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id `RequestContextMiddleware` gave this request, also after it has returned:
+    Starlette renders an unhandled error's response outside every app middleware."""
+    state = scope.get("state")
+    return state.get(STATE_KEY) if state else None
+
+
 def new_request_id() -> str:
     """32 random hex digits, as `uuid4().hex` gave them (ids only need to be unique; without
     the `UUID` object it costs a fifth)."""
@@ -112,6 +123,8 @@ class RequestContextMiddleware:
             return
         request_id = _incoming_id(scope) or new_request_id()
         token = REQUEST_ID.set(request_id)
+        # for a response made outside this middleware (an unhandled error's, `request_id_of`)
+        scope.setdefault("state", {})[STATE_KEY] = request_id
         address = audit.set_request_address(_address_of(scope))  # on its audit records
         started = time.monotonic()
         status = 500

@@ -14,6 +14,9 @@ from fastapi import Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.ops.requests import HEADER as REQUEST_ID_HEADER
+from app.ops.requests import request_id_of
+from app.web.security_headers import with_headers
 from app.web.templating import is_htmx, render
 
 API_PREFIX = "/v1"
@@ -86,4 +89,12 @@ async def server_error(request: Request, exc: Exception) -> Response:
         "The server failed on this request; nothing you typed was lost. Try again, and tell "
         "your administrator if it keeps happening."
     )
-    return error_response(request, status.HTTP_500_INTERNAL_SERVER_ERROR, message)
+    response = error_response(request, status.HTTP_500_INTERNAL_SERVER_ERROR, message)
+    # Starlette sends this from outside the app's middleware, so the security headers and the
+    # request id those add to every other response are added here.
+    headers = with_headers(response.raw_headers, request.scope)
+    request_id = request_id_of(request.scope)
+    if request_id is not None:
+        headers.append((REQUEST_ID_HEADER.lower().encode("latin-1"), request_id.encode()))
+    response.raw_headers = headers
+    return response

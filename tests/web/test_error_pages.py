@@ -26,6 +26,12 @@ def test_each_client_gets_errors_in_its_own_form(make_settings) -> None:  # noqa
         assert "secret" not in page.text, "no traceback or exception text"
         api = httpx.get(f"{live.url}/broken")
         assert api.status_code == 500 and "secret" not in api.json()["detail"]
+        for failed in (page, api):  # sent from outside the app's middleware, headers all the same
+            assert "default-src" in failed.headers["content-security-policy"]
+            assert failed.headers["x-content-type-options"] == "nosniff"
+            assert failed.headers["referrer-policy"] == "same-origin"
+            assert len(failed.headers["x-request-id"]) == 32
+        assert page.headers["x-request-id"] != api.headers["x-request-id"]
 
         missing = httpx.get(f"{live.url}/nothing/here", headers=BROWSER)
         assert missing.status_code == 404 and "There is no page at this address" in missing.text
