@@ -163,6 +163,7 @@ def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Any:
     from app.engine.models.families import family
     from app.engine.models.llama import LlamaBlocks
     from app.engine.models.llama_cpu_int4 import four_bit_share
+    from app.engine.models.peft_layout import base_model
     from app.engine.models.projections import base_linear
 
     if int4 == "off" or family(loaded.model) != "llama":
@@ -173,7 +174,8 @@ def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Any:
         return None
     layers = LlamaBlocks(loaded.model).modules()
     modules = [base_linear(module) for layer in layers for module in layer.values()]
-    projections = Int4Projections(modules, exact_only=int4 == "auto")
+    head = base_model(loaded.model).lm_head
+    projections = Int4Projections(modules, exact_only=int4 == "auto", head=head)
     if projections.share == 0:
         return None
     log.info("batch scheduler: int4 weights for %.0f%% of projections", projections.share * 100)

@@ -30,9 +30,23 @@ class Int4Projections:
         modules: the projection modules (plain `nn.Linear`, float32 weights) to pack.
         exact_only: pack only weights that sit on a 4-bit grid (a model from a 4-bit file);
             False packs every module that fits the kernel's shapes, rounding it (lossy).
+        head: the lm_head, served as the lean path serves it (`Head`: every logit from an
+            int4 copy, the 256 best recomputed from its float32 rows, which it keeps).
     """
 
-    def __init__(self, modules: list[torch.nn.Module], *, exact_only: bool) -> None:
+    def __init__(
+        self,
+        modules: list[torch.nn.Module],
+        *,
+        exact_only: bool,
+        head: torch.nn.Module | None = None,
+    ) -> None:
+        from app.engine.models.llama_cpu_int4 import Head
+
+        self._head: tuple[torch.nn.Module, Head] | None = None
+        weight = getattr(head, "weight", None)
+        if head is not None and weight is not None and shape_fits(*weight.shape):
+            self._head = (head, Head(weight, "int4"))
         self._packed: dict[int, tuple[torch.nn.Module, Int4Linear]] = {}
         total = packed = 0
         for module in modules:
@@ -53,6 +67,8 @@ class Int4Projections:
 
     def __call__(self, module: torch.nn.Module) -> Linear | None:
         """The int4 forward for `module` (its bias added), or None to keep the module's own."""
+        if self._head is not None and module is self._head[0]:
+            return self._head[1].rows
         entry = self._packed.get(id(module))
         if entry is None:
             return None

@@ -376,6 +376,16 @@ class Head:
             logits[best] = self.weight[best].float() @ h
         return logits
 
+    def rows(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, C) final hidden states → (B, V) float32 logits, one quantized matmul for all
+        rows (the batch scheduler's head: `Int4Projections`)."""
+        logits = self._quantized(h.to(torch.bfloat16)).float()
+        if self.candidates:
+            best = logits.topk(self.candidates, dim=-1, sorted=False).indices  # (B, K)
+            exact = torch.einsum("bkc,bc->bk", self.weight[best].float(), h.float())
+            logits.scatter_(1, best, exact)
+        return logits
+
 
 def _int4_share(blocks: list[_Block]) -> float:
     """Share of the projections' weights that run as int4."""

@@ -122,6 +122,8 @@ class Blocks(Protocol):
     """The model's rotary module: (x, positions (1, T)) → cos, sin (1, T, D)."""
     n_kv: int
     head_dim: int
+    lm_head: Callable[[torch.Tensor], torch.Tensor]
+    """The output projection `logits` applies: the model's own, or a linear override's."""
 
     def modules(self) -> list[dict[str, torch.nn.Module]]:
         """Per layer, projection name → the module in the model (PEFT-wrapped or not)."""
@@ -182,6 +184,11 @@ class SlotBatch:
         self.n_layers = len(modules)
         self.lora = LoraBank(self.dtype, self.device)
         self.projections = Projections(modules, self.lora, linear_override)
+        head = blocks.lm_head
+        if linear_override is not None and isinstance(head, torch.nn.Module):
+            faster_head = linear_override(head)
+            if faster_head is not None:  # `logits` calls it; the model keeps its own head
+                blocks.lm_head = faster_head
         self.cache = KVCache(
             layers=self.n_layers, slots=slots, heads=blocks.n_kv, max_tokens=max_tokens,
             head_dim=blocks.head_dim, dtype=self.dtype, device=self.device,

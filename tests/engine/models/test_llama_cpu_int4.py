@@ -226,16 +226,37 @@ def test_the_batch_scheduler_on_cpu_runs_int4_projections(
     rounded = load_base_model(str(tiny_llama_dir), device="cpu")
     round_projections(rounded.model)  # the same 4-bit model, run in float32
     layers = LlamaBlocks(rounded.model).modules()
-    int4 = Int4Projections([m for layer in layers for m in layer.values()], exact_only=True)
+    int4 = Int4Projections(
+        [m for layer in layers for m in layer.values()],
+        exact_only=True,
+        head=rounded.model.lm_head,
+    )
     assert int4.share == 1.0  # rounded weights sit on their grid
+    assert int4(rounded.model.lm_head) is not None  # the head too, as the lean path runs it
     plain = batched_forward(rounded.model, slots=2, max_tokens=32)
     packed = batched_forward(rounded.model, slots=2, max_tokens=32, linear_override=int4)
     tokens, positions = torch.tensor([5, 9]), torch.tensor([0, 0])
     with torch.no_grad():
         want = plain.decode(tokens, positions, 1)
         got = packed.decode(tokens, positions, 1)
-    assert ((got - want).norm() / want.norm()).item() < 2e-2  # bf16 activations in the kernel
     assert torch.equal(got.argmax(-1), want.argmax(-1))
+    # The best logits are recomputed from the float rows: they differ only by the kernel's
+    # bf16 activations; the rest come from the head's int4 copy.
+    top = want.topk(16, dim=-1).indices
+    best_got, best_want = got.gather(1, top), want.gather(1, top)
+    assert ((best_got - best_want).norm() / best_want.norm()).item() < 2e-2
+    assert ((got - want).norm() / want.norm()).item() < 0.2
+
+
+def test_the_heads_rows_are_its_one_row_logits(tiny_llama_dir: Path) -> None:
+    """`Head.rows` (the batch scheduler's) gives each row what `Head` gives it alone: the
+    int4 logits, with the best candidates recomputed from the float rows."""
+    model = load_base_model(str(tiny_llama_dir), device="cpu").model
+    head = Head(model.lm_head.weight, "int4")
+    h = torch.randn(3, model.lm_head.in_features, generator=torch.Generator().manual_seed(4))
+    together = head.rows(h)
+    for row in range(3):
+        torch.testing.assert_close(together[row], head(h[row]), rtol=1e-5, atol=1e-5)
 
 
 async def answer_together(engine: BatchEngine, count: int) -> list[str]:
