@@ -31,9 +31,10 @@ TELLER_DTYPE=auto with TELLER_CPU_INT4=auto serves (marked `*` in the printed ta
 `--versus-llama-cpp` measures only those rows (quicker, so it can be repeated on a shared box).
 
 The batch scheduler (`BatchEngine`, the batched Llama forward) on CPU in float32, bf16 and
-int4 (projections packed for torch's int4 kernel, the rest bf16): one stream as above, and four users asking at once against the sequential engine (aggregate
-tokens/s, and the longest wait for a first token, which on the sequential engine is the
-answers ahead in the queue). `--schedulers` runs only those rows.
+int4 (projections packed for torch's int4 kernel, the rest bf16): one stream as above, and four
+users asking at once against the sequential engine (aggregate tokens/s, and the longest wait
+for a first token, which on the sequential engine is the answers ahead in the queue).
+`--schedulers` runs only those rows.
 """
 
 from __future__ import annotations
