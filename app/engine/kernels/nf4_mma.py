@@ -41,13 +41,14 @@ it (NVRTC compiles it in `make test`); tests/engine/kernels/test_nf4_mma_gpu.py 
 bench/nf4_mma_rows_gpu.py check and time it on one, and the `mma` routing
 (`nf4_routing.nf4_override`) serves with it.
 
-Three variants wait for a card to decide them (bench/nf4_mma_rows_gpu.py times both): the k
-order 1 packing (`K_ORDERS`), where each lane's x for a group is 32 contiguous bytes (two
-16-byte loads instead of eight 4-byte loads and their zeroing, about a fifth of the GEMV's
-instructions per group, which is what bounds it), and `CHAIN`, a group's four mma into one
-accumulator (no zeroing and summing of four), and `decode=2`, a 64 KB table laid out so that
-one byte permute of the packed word with the lane's offset is a lookup's whole address (two
-integer ops before).
+Four switches of the GEMV wait for a card to decide them (bench/nf4_mma_rows_gpu.py times
+each; bench/nf4_mma_sass.py counts their machine instructions without one: 144 per 512 bytes
+of weights as it serves, 60.5 with all four): the k order 1 packing (`K_ORDERS`), where each
+lane's x for a group is 32 contiguous bytes (two 16-byte loads instead of eight 4-byte loads
+and their zeroing); `CHAIN`, a group's four mma into one accumulator (no zeroing and summing
+of four); `decode=2`, a 64 KB table laid out so that one byte permute of the packed word with
+the lane's offset is a lookup's whole address (two integer ops before); and `LEAN`, running
+pointers and two register buffers in turn (no 64-bit index arithmetic or copies per group).
 
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
