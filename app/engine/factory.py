@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +14,9 @@ from app.engine.kernels.nf4_routing import nf4_override
 from app.engine.loader import LoadedModel, ModelLoadError, load_base_model
 from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import Engine
+
+if TYPE_CHECKING:
+    from app.engine.kernels.cpu_int4_batch import Int4Projections
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ def cpu_lean_dtype(loaded: LoadedModel, dtype: str, int4: str) -> torch.dtype | 
     return cpu_fast_dtype(loaded, dtype)
 
 
-def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Any:
+def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Int4Projections | None:
     """Int4 projections for the batch scheduler on CPU (`Int4Projections`), or None.
 
     The same rule as the lean path (`cpu_lean_dtype`): `auto` packs a Llama-family model that
