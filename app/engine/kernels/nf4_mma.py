@@ -129,13 +129,13 @@ class MmaNF4:
 
 
 def mma_reason(module) -> str | None:
-    """Why `pack_mma` cannot take this Linear4bit, or None when it can."""
+    """Why `pack_mma` cannot take this Linear4bit, or None when it can. A bias does not matter:
+    the kernels compute x W.T, and the routing adds the bias after them (and then offers no
+    fused epilogue, which would add the LoRA update before it)."""
     try:
         _, n, k, group = nf4_state(module, GROUP, per_word=8)
     except ValueError as exc:
         return str(exc)
-    if getattr(module, "bias", None) is not None:
-        return "the layer has a bias"
     if n % TILE_ROWS or k % GROUP or group != GROUP:
         return f"needs out_features % {TILE_ROWS} == 0 and 64-weight scale blocks"
     return None

@@ -82,20 +82,31 @@ def test_rows_kernel_replays_in_a_cuda_graph(weight):
     assert rel_err(out, x.float() @ dense.T) < 5e-3
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows", [1, 5, 64, 100])
-def test_mma_routing_serves_every_row_count(rows):
-    """The `mma` routing: the GEMV for one row, the rows kernel up to 64, bitsandbytes above."""
-    from app.engine.kernels.nf4_routing import _mma_every_row
+@pytest.mark.parametrize("routing", ["mma", "hybrid"])
+def test_routings_serve_every_row_count(routing, rows, bias):
+    """The `mma` routing (the GEMV for one row, the rows kernel up to 64, bitsandbytes above)
+    and `hybrid`, with and without a bias (Qwen2's q/k/v): what the module computes."""
+    from app.engine.kernels.nf4_routing import _mma_every_row, nf4_override
+    from app.engine.loader import LoadedModel
 
     module = bnb.nn.Linear4bit(
-        512, 256, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4", device="meta"
+        512, 256, bias=bias, compute_dtype=torch.bfloat16, quant_type="nf4", device="meta"
     )
     module.weight = bnb.nn.Params4bit(
         torch.randn(256, 512) * 0.05, requires_grad=False, quant_type="nf4"
     ).to("cuda")
-    module.bias = torch.nn.Parameter(torch.randn(256, device="cuda").bfloat16())
-    linear = _mma_every_row(module)
-    assert linear is not None and not hasattr(linear, "fused")  # a bias: no fused epilogue
+    if bias:
+        module.bias = torch.nn.Parameter(torch.randn(256, device="cuda").bfloat16())
+    if routing == "mma":
+        linear = _mma_every_row(module)
+    else:
+        holder = torch.nn.Sequential(module)
+        loaded = LoadedModel(holder, None, "test", torch.device("cuda"), torch.bfloat16, "nf4")
+        linear = nf4_override(loaded, "hybrid")(module)
+    assert linear is not None
+    assert hasattr(linear, "fused") is (not bias)  # a bias: no fused epilogue
     x = torch.randn(rows, 1, 512, device="cuda").bfloat16()
     want = module(x).float()
     assert rel_err(linear(x), want) < 1e-2
