@@ -77,6 +77,7 @@ from bench.cpu_runs import (  # noqa: E402
     quality,
     teller_run,
 )
+from bench.side_by_side import cpu_name  # noqa: E402
 
 ROUNDS = 5
 """Alternating Teller/llama.cpp rounds: more than REPEATS, as each pair is what is compared."""
@@ -281,16 +282,6 @@ def compare_with_llama_cpp(results: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_commit() -> str:
     result = subprocess.run(  # noqa: S603
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],  # noqa: S607
@@ -359,7 +350,7 @@ def main() -> None:
     table = table_lines(results)
     report = {
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": cpu_name(),
             "cores": len(os.sched_getaffinity(0)),
             "threads": torch.get_num_threads(),
             "native_bf16": cpu_has_native_bf16(),

@@ -28,21 +28,24 @@ import platform
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.side_by_side import (  # noqa: E402
+    export_commit,
+    git,
+    short_module,
+    thread_cpu_seconds,
+    uncommitted_paths,
+)
+
 PROFILE_TOP = 40
 WORDS = [" the", " cash", " flow", "é", ' "quoted"', " net", "\n", " income"]
-
-
-def thread_cpu_seconds(tid: str) -> float:
-    """User + system CPU time of one thread of this process."""
-    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def profile_run(command: list[str], loop_tid: str) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def profile_run(command: list[str], loop_tid: str) -> dict[str, Any]:
     inclusive: dict[str, float] = {}
     for ctx in loop:
         for stat in yappi.get_func_stats(filter={"ctx_id": ctx}):
-            name = f"{_short(stat.module)}:{stat.name}"
+            name = f"{short_module(stat.module)}:{stat.name}"
             own[name] = own.get(name, 0.0) + stat.tsub
             inclusive[name] = inclusive.get(name, 0.0) + stat.ttot
     yappi.clear_stats()
@@ -79,17 +82,6 @@ def profile_run(command: list[str], loop_tid: str) -> dict[str, Any]:
         "own_time_top_us": top(own),
         "inclusive_top_us": top(inclusive),
     }
-
-
-def _short(path: str) -> str:
-    """A module's path without its tree (this checkout or the exported one of a commit)."""
-    for marker in ("/site-packages/", "/lib/python3"):
-        if marker in path:
-            return path.split(marker, 1)[1]
-    for marker in ("/app/", "/tests/"):
-        if marker in path:
-            return marker.strip("/") + "/" + path.split(marker, 1)[1]
-    return path
 
 
 def measure_side(root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -152,23 +144,6 @@ def measure_side(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"server": server, "runs": runs, "load_average": os.getloadavg(), "profile": profile}
 
 
-def _git(*command: str) -> str:
-    done = subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def export_commit(revision: str, target: Path) -> str:
-    """The tree of `revision` under `target` (no work tree changes, no shared git state)."""
-    commit = _git("rev-parse", revision)
-    archive = target.with_suffix(".tar")
-    with archive.open("wb") as out:
-        subprocess.run(["git", "archive", commit], cwd=REPO, stdout=out, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    archive.unlink()
-    return commit
-
-
 def run_side(root: Path, args: argparse.Namespace, profile: bool) -> dict[str, Any]:
     command = [
         sys.executable, __file__, "--side", str(root), "--streams", str(args.streams),
@@ -208,7 +183,7 @@ def main() -> int:
         print(json.dumps(measure_side(Path(args.side), args)))  # noqa: T201
         return 0
     sides: dict[str, Path] = {"after": REPO}
-    commits = {"after": _git("rev-parse", "HEAD")}
+    commits = {"after": git("rev-parse", "HEAD")}
     if args.commit_before:
         before = Path(tempfile.mkdtemp(prefix="teller-sse-trees-")) / "before"
         commits["before"] = export_commit(args.commit_before, before)
@@ -218,7 +193,7 @@ def main() -> int:
         for name, root in sides.items():
             print(f"pair {pair + 1}/{args.pairs}: {name}", file=sys.stderr)  # noqa: T201
             runs[name].append(run_side(root, args, args.profile and pair == args.pairs - 1))
-    dirty = _git("status", "--porcelain", "--", "app", "bench/sse_per_token.py").splitlines()
+    dirty = uncommitted_paths("app", "bench/sse_per_token.py")
     result: dict[str, Any] = {
         "bench": "bench/sse_per_token.py",
         "machine": {
@@ -228,7 +203,7 @@ def main() -> int:
             "load_average_at_end": os.getloadavg(),
         },
         "commits": commits,
-        "uncommitted_paths": [line.split(maxsplit=1)[1] for line in dirty],
+        "uncommitted_paths": dirty,
         "settings": {"streams": args.streams, "tokens": args.tokens, "engine": "scripted"},
         "sides": {name: summary(found) for name, found in runs.items()},
         "profiles": {name: found[-1].pop("profile") for name, found in runs.items()},

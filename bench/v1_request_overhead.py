@@ -31,11 +31,9 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -43,8 +41,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.side_by_side import (  # noqa: E402
+    cpu_name,
+    export_commit,
+    git,
+    uncommitted_paths,
+)
+from bench.v1_request_measures import CpuMeter, profile_server, time_middleware  # noqa: E402
+
 QUESTION = "How does free cash flow differ from net income? Walk through the adjustments."
-PROFILE_TOP = 40
 RESULT = "v1-request-overhead-cpu.json"
 
 
@@ -132,143 +139,6 @@ async def _engine_round(engine: Any, requests: int, tokens: int) -> list[dict]:
     return await asyncio.gather(*(_engine_call(engine, i, tokens) for i in range(requests)))
 
 
-# ---- CPU time per thread (Linux /proc) ------------------------------------------------------
-
-
-def _thread_cpu() -> dict[int, float]:
-    ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
-
-
-def _category(name: str, loop_ids: set[int], tid: int) -> str:
-    if tid in loop_ids:
-        return "event_loop"
-    if name == "teller-engine":
-        return "engine"
-    if name.startswith("AnyIO worker"):
-        return "anyio_threadpool"
-    if name.startswith(("asyncio_", "uvloop_")):  # the loop's default executor
-        return "asyncio_executor"
-    return "other"
-
-
-class CpuMeter:
-    """CPU seconds by thread kind over a span (threads that end inside it are missed; the
-    process total is kept beside the sum)."""
-
-    def __init__(self, loop_ids: set[int]) -> None:
-        self.loop_ids = loop_ids
-
-    def __enter__(self) -> CpuMeter:
-        self.before, self.process_before = _thread_cpu(), _process_cpu()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        after = _thread_cpu()
-        names = {t.native_id: t.name for t in threading.enumerate()}
-        self.by_kind: dict[str, float] = {}
-        for tid, seconds in after.items():
-            kind = _category(names.get(tid, ""), self.loop_ids, tid)
-            spent = seconds - self.before.get(tid, 0.0)
-            self.by_kind[kind] = self.by_kind.get(kind, 0.0) + spent
-        self.process = _process_cpu() - self.process_before
-
-
-def _process_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-# ---- the app's own middleware alone (a few microseconds: below /proc's and yappi's reach) ----
-
-MIDDLEWARE_CHUNKS = 64
-
-
-def time_middleware(app: Any, requests: int = 2000, repeats: int = 5) -> dict[str, float]:
-    """`app.user_middleware` (as `create_app` stacks it) around a route that streams
-    `MIDDLEWARE_CHUNKS` body chunks, called straight through ASGI with a `/v1` call's scope:
-    microseconds per request (no chunks) and nanoseconds per chunk beyond the route alone,
-    the best of `repeats` passes. Logging is set up as `teller serve` sets it (one line per
-    request at INFO; the live server above runs without it), written to /dev/null."""
-    import logging.config
-
-    from app.ops.logs import log_config
-
-    config = log_config(app.state.settings.log_format)
-    config["handlers"]["default"]["stream"] = open(os.devnull, "w")  # open until the process ends
-    logging.config.dictConfig(config)
-
-    def route(chunks: int) -> Any:
-        async def streamed(scope: dict, receive: Any, send: Any) -> None:
-            await receive()
-            start = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-            await send({"type": "http.response.start", "status": 200, "headers": start})
-            for _ in range(chunks):
-                await send(
-                    {"type": "http.response.body", "body": b"data: x\n\n", "more_body": True}
-                )
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        return streamed
-
-    def stacked(inner: Any) -> Any:
-        for middleware in reversed(app.user_middleware):
-            inner = middleware.cls(inner, *middleware.args, **middleware.kwargs)
-        return inner
-
-    headers = [
-        (b"host", b"127.0.0.1:8000"),
-        (b"authorization", b"Bearer sk-bench"),
-        (b"content-type", b"application/json"),
-        (b"content-length", b"2"),
-        (b"accept", b"*/*"),
-        (b"user-agent", b"bench"),
-    ]
-
-    async def per_request(target: Any) -> float:
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-
-        async def send(message: dict) -> None:
-            pass
-
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(requests):
-                scope = {
-                    "type": "http",
-                    "method": "POST",
-                    "path": "/v1/chat/completions",
-                    "headers": list(headers),
-                    "client": ("127.0.0.1", 40000),
-                    "state": {},
-                }
-                await target(scope, receive, send)
-            best = min(best, (time.perf_counter() - start) / requests)
-        return best
-
-    async def measure() -> dict[str, float]:
-        times = {}
-        for chunks in (0, MIDDLEWARE_CHUNKS):
-            bare = await per_request(route(chunks))
-            times[chunks] = await per_request(stacked(route(chunks))) - bare
-        return {
-            "us_per_request": round(1e6 * times[0], 2),
-            "ns_per_chunk": round(1e9 * (times[MIDDLEWARE_CHUNKS] - times[0]) / MIDDLEWARE_CHUNKS),
-            "middleware": [m.cls.__name__ for m in app.user_middleware],
-        }
-
-    return asyncio.run(measure())
-
-
 # ---- one side: an app tree, its engine and server -------------------------------------------
 
 
@@ -352,7 +222,10 @@ def measure_side(args: argparse.Namespace) -> dict:
             http = _summary(done["calls"], done["wall_s"], cpu, args.requests)
             rounds.append({"in_process": in_process, "http": http, "load": os.getloadavg()})
         if args.profile:
-            profile = profile_http(live.url, key, args, server_loop)
+            profile = profile_server(
+                lambda: run_client(live.url, key, args.requests, args.tokens),
+                args.profile_rounds, args.requests * args.profile_rounds, server_loop,
+            )  # fmt: skip
         audit = _verify_audit(live.app.state.session_factory, settings)
     middleware = time_middleware(live.app)
     return {
@@ -415,107 +288,7 @@ def _verify_audit(session_factory: Any, settings: Any) -> dict:
     }
 
 
-def profile_http(url: str, key: str, args: argparse.Namespace, loop_ids: set[int]) -> dict:
-    """yappi's CPU profile of the server's threads over `--profile-rounds` HTTP rounds."""
-    try:
-        import yappi
-    except ImportError:
-        return {"skipped": "yappi is not installed (pip install yappi)"}
-    calls = args.requests * args.profile_rounds
-    yappi.set_clock_type("cpu")
-    yappi.start(builtins=True, profile_threads=True)
-    try:
-        for _ in range(args.profile_rounds):
-            run_client(url, key, args.requests, args.tokens)
-    finally:
-        yappi.stop()
-    by_ident = {t.ident: t for t in threading.enumerate()}  # yappi's tid is the ident
-    kinds: dict[int, str] = {}
-    totals: dict[str, float] = {}
-    for thread in yappi.get_thread_stats():
-        found = by_ident.get(thread.tid)
-        name, native = (found.name, found.native_id) if found else (thread.name or "", 0)
-        kind = _category(name, loop_ids, native or 0)
-        kinds[thread.id] = kind
-        totals[kind] = totals.get(kind, 0.0) + thread.ttot
-    own: dict[str, float] = {}
-    loop_own: dict[str, float] = {}
-    loop_inclusive: dict[str, float] = {}
-    inclusive: dict[str, float] = {}
-    by_module: dict[str, float] = {}
-    for kind_id, kind in kinds.items():
-        if kind == "engine":
-            continue
-        for stat in yappi.get_func_stats(filter={"ctx_id": kind_id}):
-            name = f"{_short_module(stat.module)}:{stat.name}"
-            own[name] = own.get(name, 0.0) + stat.tsub
-            if kind == "event_loop":
-                loop_own[name] = loop_own.get(name, 0.0) + stat.tsub
-                loop_inclusive[name] = loop_inclusive.get(name, 0.0) + stat.ttot
-            inclusive[name] = inclusive.get(name, 0.0) + stat.ttot
-            group = _module_group(stat.module)
-            by_module[group] = by_module.get(group, 0.0) + stat.tsub
-    yappi.clear_stats()
-
-    def per_call(table: dict[str, float], top: int) -> dict[str, float]:
-        ranked = sorted(table.items(), key=lambda item: -item[1])[:top]
-        return {name: round(1e6 * seconds / calls, 1) for name, seconds in ranked}
-
-    app_inclusive = {k: v for k, v in inclusive.items() if k.startswith("app/")}
-    return {
-        "rounds": args.profile_rounds,
-        "requests": calls,
-        "note": "yappi CPU clock, microseconds per request, threads other than the engine's "
-        "(own time: in the function itself; inclusive: with what it calls); profiling slows "
-        "every call several times, so compare shares, not totals",
-        "thread_us_per_request": per_call(totals, 10),
-        "own_time_by_package_us": per_call(by_module, 25),
-        "own_time_top_us": per_call(own, PROFILE_TOP),
-        "event_loop_own_time_top_us": per_call(loop_own, PROFILE_TOP),
-        "event_loop_inclusive_top_us": per_call(loop_inclusive, PROFILE_TOP),
-        "app_inclusive_top_us": per_call(app_inclusive, PROFILE_TOP),
-    }
-
-
-def _short_module(path: str) -> str:
-    for marker in ("/site-packages/", "/lib/python3"):
-        if marker in path:
-            return path.split(marker, 1)[1]
-    for marker in ("/app/", "/tests/"):
-        if marker in path:
-            return marker.strip("/") + "/" + path.split(marker, 1)[1]
-    return path
-
-
-def _module_group(path: str) -> str:
-    short = _short_module(path)
-    if short.startswith(("app/", "tests/")):
-        return "/".join(short.split("/")[:2])
-    if "/" not in short:
-        return short or "builtins"
-    top = short.split("/")[0]
-    return top if not top.startswith(".") else short
-
-
 # ---- orchestration --------------------------------------------------------------------------
-
-
-def _git(*command: str, cwd: Path = REPO) -> str:
-    return subprocess.run(
-        ["git", *command], cwd=cwd, capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def export_commit(revision: str, target: Path) -> str:
-    """The tree of `revision` under `target` (no work tree changes, no shared git state)."""
-    commit = _git("rev-parse", revision)
-    archive = target.with_suffix(".tar")
-    with archive.open("wb") as out:
-        subprocess.run(["git", "archive", commit], cwd=REPO, stdout=out, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    archive.unlink()
-    return commit
 
 
 def run_side(root: Path, args: argparse.Namespace, profile: bool, uvicorn: str) -> dict:
@@ -610,8 +383,8 @@ def main() -> int:
         return 0
 
     sides: dict[str, Path] = {"after": REPO}
-    commits = {"after": _git("rev-parse", "HEAD")}
-    dirty = _git("status", "--porcelain", "--", "app", "bench/v1_request_overhead.py").splitlines()
+    commits = {"after": git("rev-parse", "HEAD")}
+    dirty = uncommitted_paths("app", "bench/v1_request_overhead.py")
     scratch = Path(tempfile.mkdtemp(prefix="teller-v1-overhead-trees-"))
     if args.commit_before:
         sides = {"before": scratch / "before", **sides}
@@ -626,7 +399,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "bench": "bench/v1_request_overhead.py",
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -634,7 +407,7 @@ def main() -> int:
         },
         "commits": commits,
         "after_has_uncommitted_changes": bool(dirty),
-        "uncommitted_paths": [line.split(maxsplit=1)[1] for line in dirty],
+        "uncommitted_paths": dirty,
         "settings": {
             "requests": args.requests,
             "tokens": args.tokens,
@@ -657,16 +430,6 @@ def main() -> int:
         print(name, json.dumps({k: side[k] for k in ("overhead_ms",)}), file=sys.stderr)  # noqa: T201
     print(json.dumps(result["sides"]))  # noqa: T201
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
