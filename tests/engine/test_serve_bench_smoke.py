@@ -3,23 +3,15 @@ baseline, the batch engine at two concurrency levels, HTTP/SSE through the real 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.bench_smoke import run_smoke
 
 
 def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
-    out = tmp_path / "serve-gpu.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "serve_gpu.py"), "--smoke", "--variants", "bnb",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads(out.read_text())
+    results = run_smoke(
+        "serve_gpu.py", tmp_path / "serve-gpu.json", "--variants", "bnb", timeout=600, cwd=tmp_path
+    )
     assert results["baseline"]["decode_tok_s"] > 0
     teller = results["teller"]["bnb"]
     assert teller["decode_tok_s"] > 0 and teller["ttft_512_ms"] > 0

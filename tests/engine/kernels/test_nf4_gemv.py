@@ -8,10 +8,6 @@ inline PTX, which only a GPU runs (bench/nf4_gemv_gpu.py checks it there).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import pytest
 import torch
 
 from tests.subprocess_python import run_json
+from tests.support.bench_smoke import run_smoke  # noqa: E402
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -183,14 +180,7 @@ def test_triton_kernel_under_the_interpreter():
 
 def test_gpu_bench_smoke(tmp_path: Path):
     """The GPU bench's own logic (variants, baselines, JSON) on CPU with tiny shapes."""
-    out = tmp_path / "gemv.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "nf4_gemv_gpu.py"), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-        env={k: v for k, v in os.environ.items() if k != "OUT"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_smoke("nf4_gemv_gpu.py", tmp_path / "gemv.json", timeout=120)
     assert len(result["rows"]) == 2 and set(result["best_per_shape"]) == {"256x96", "192x80"}
     for row in result["rows"]:
         assert {v["config"]["decode"] for v in row["variants"]} == {"lut16", "lut256", "prmt"}

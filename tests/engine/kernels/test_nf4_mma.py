@@ -7,10 +7,6 @@ the PTX ISA defines the m16n8k16 A fragment, lane by lane, independently of the 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,8 +29,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
 )
 from bench.cuda_offline import compile_errors, nvrtc_available  # noqa: E402
 from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support.bench_smoke import run_smoke  # noqa: E402
 
 
 @pytest.mark.parametrize("k_order", sorted(K_ORDERS))
@@ -171,14 +166,7 @@ def test_kernel_source_compiles_for_hopper(variant):
 def test_rows_bench_smoke(tmp_path: Path):
     """bench/nf4_mma_rows_gpu.py's own logic (kernels, step totals, the wrong-result check,
     JSON) on CPU with tiny shapes."""
-    out = tmp_path / "rows.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "nf4_mma_rows_gpu.py"), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-        env={k: v for k, v in os.environ.items() if k != "OUT"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_smoke("nf4_mma_rows_gpu.py", tmp_path / "rows.json")
     assert result["wrong_results"] == [] and len(result["shapes"]) == 2
     for shape in result["shapes"]:
         assert sorted(map(int, shape["rows"])) == [1, 2, 4, 8, 16, 32, 64]
