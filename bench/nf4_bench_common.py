@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import bitsandbytes as bnb
 import torch
@@ -60,3 +61,17 @@ def save(result: dict, path: str | Path) -> None:
     Path(path).write_text(text)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], Path(path).name).write_text(text)
+
+
+def kernel_registers(variant: Any, name: str = "nf4_mma_gemv") -> int:
+    """Registers per thread of one compiled tensor-core kernel (`KernelVariant`, kernel name):
+    they bound how many blocks fit an SM."""
+    import ctypes
+
+    from app.engine.kernels.nf4_mma import _kernel
+
+    function = _kernel(torch.cuda.current_device(), variant, name).func
+    count = ctypes.c_int()
+    runtime = torch.cuda._utils._get_gpu_runtime_library()
+    runtime.cuFuncGetAttribute(ctypes.byref(count), 4, function)  # CU_FUNC_ATTRIBUTE_NUM_REGS
+    return count.value

@@ -22,8 +22,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine.kernels.nf4_gemv import nf4_gemv, pack_gemv  # noqa: E402
-from app.engine.kernels.nf4_mma import nf4_mma_gemv, pack_mma  # noqa: E402
-from bench.nf4_bench_common import make_linear, rel_err, replay_check, save  # noqa: E402
+from app.engine.kernels.nf4_mma import (  # noqa: E402
+    KernelVariant,  # noqa: E402
+    nf4_mma_gemv,
+    pack_mma,
+)
+from bench.nf4_bench_common import (  # noqa: E402
+    kernel_registers,
+    make_linear,
+    rel_err,
+    replay_check,
+    save,
+)
 from bench.nf4_gemv_gpu import Timer, bnb_gemv, short  # noqa: E402
 
 SHAPES = [(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)]  # (K, N) per layer
@@ -36,21 +46,6 @@ SWEEP = [
     (16, 1, 1, 2), (16, 2, 1, 2), (16, 2, 1, 1), (8, 2, 1, 3), (8, 2, 1, 4),
     (8, 3, 1, 3), (8, 4, 1, 3), (4, 2, 1, 6), (4, 4, 1, 6),
 ]  # fmt: skip
-
-
-def kernel_registers(config: tuple[int, ...], korder: int = 0) -> int:
-    """Registers per thread of the compiled kernel (they bound how many blocks fit an SM)."""
-    import ctypes
-
-    from app.engine.kernels.nf4_mma import KernelVariant, _kernel
-
-    chain = config[4] if len(config) > 4 else 0
-    variant = KernelVariant(*config[:3], korder=korder, chain=chain)
-    function = _kernel(torch.cuda.current_device(), variant).func
-    count = ctypes.c_int()
-    runtime = torch.cuda._utils._get_gpu_runtime_library()
-    runtime.cuFuncGetAttribute(ctypes.byref(count), 4, function)  # CU_FUNC_ATTRIBUTE_NUM_REGS
-    return count.value
 
 
 def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
@@ -90,7 +85,7 @@ def measure(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
                 entry["rel_err"] = rel_err(out, ref)
                 calls = [lambda p=p, c=config: nf4_mma_gemv(x, p, config=c) for p in mma_packs]
                 entry["us"] = timer.time_us(calls)
-                entry["registers"] = kernel_registers(config)
+                entry["registers"] = kernel_registers(KernelVariant(*config[:3]))
                 entry["pct_copy"] = 100 * moved / entry["us"] / 1e3 / copy
             except Exception as exc:  # noqa: BLE001
                 entry["error"] = short(exc)

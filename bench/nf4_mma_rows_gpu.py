@@ -22,7 +22,6 @@ bench/serve_gpu.py. The run fails (exit 1) when any rows-kernel result is wrong.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import subprocess
 import sys
@@ -42,13 +41,12 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     TILES_BY_CHUNKS,
     WARPS,
     KernelVariant,
-    _kernel,
     nf4_mma_gemv,
     nf4_mma_rows,
     pack_mma,
     rows_chunks,
 )
-from bench.nf4_bench_common import make_linear, rel_err, save  # noqa: E402
+from bench.nf4_bench_common import kernel_registers, make_linear, rel_err, save  # noqa: E402
 from bench.nf4_gemv_gpu import Timer, bnb_gemv, short  # noqa: E402
 
 MODELS = {  # (K, N) of each 4-bit projection of one layer, and the layer count
@@ -79,11 +77,7 @@ def registers(warps: int, tiles: int, chunks: int, korder: int, decode: int) -> 
     """Registers per thread of one compiled rows-kernel variant."""
     tiles = tiles or TILES_BY_CHUNKS[chunks]
     variant = KernelVariant(warps, decode=decode, tiles=tiles, chunks=chunks, korder=korder)
-    function = _kernel(torch.cuda.current_device(), variant, "nf4_mma_rows")
-    count = ctypes.c_int()
-    runtime = torch.cuda._utils._get_gpu_runtime_library()
-    runtime.cuFuncGetAttribute(ctypes.byref(count), 4, function.func)  # NUM_REGS
-    return count.value
+    return kernel_registers(variant, "nf4_mma_rows")
 
 
 def measure_shape(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
