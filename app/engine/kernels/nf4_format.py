@@ -61,13 +61,25 @@ def reference_row(
     dense: torch.Tensor,
     lora: tuple[torch.Tensor, torch.Tensor] | None = None,
     gelu: bool = False,
+    splits: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """What the one-row kernels compute, in torch (their CPU path): `x @ dense.T`, plus the
     LoRA update `t @ B.T` and GELU when asked, in fp32, rounded once to x's dtype, with x's
-    leading dims."""
+    leading dims. With `splits` (output rows where the next projection of a fused weight
+    begins), t holds one rank's worth of values per projection, each for its own rows."""
     out = x.reshape(1, -1).float() @ dense.T
     if lora is not None:
-        out = out + lora[0].reshape(1, -1).float() @ lora[1].float().T
+        t, b = lora[0].reshape(1, -1).float(), lora[1].float()
+        bounds = [0, *splits, dense.shape[0]]
+        rank = t.shape[1] // (len(bounds) - 1)
+        update = torch.cat(
+            [
+                t[:, i * rank : (i + 1) * rank] @ b[start:end].T
+                for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False))
+            ],
+            dim=1,
+        )
+        out = out + update
     out = torch.nn.functional.gelu(out) if gelu else out
     return out.to(x.dtype).reshape(*x.shape[:-1], dense.shape[0])
 

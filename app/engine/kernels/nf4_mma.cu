@@ -221,7 +221,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
              const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
              const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu,
-             int tiles) {
+             int tiles, int split1, int split2) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
 #if DECODE == 2  // no static shared memory: the dynamic table starts the window, at 0
   float *partial = (float *)(wide_table + TABLE_WORDS);
@@ -332,12 +332,16 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
     __syncthreads();
     // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
-    // folded into B) and GELU, in fp32, rounded once.
+    // folded into B) and GELU, in fp32, rounded once. Rows from split1 (and from split2) on
+    // belong to the next projection of a fused launch (q|k|v): they read the next `rank`
+    // values of t.
     for (int r = warp; r < 16; r += WARPS) {
       float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
-      const unsigned short *b_row = lora_b + (long long)(tile * 16 + r) * b_stride;
+      const int row = tile * 16 + r;
+      const unsigned short *b_row = lora_b + (long long)row * b_stride;
+      const unsigned short *t_row = lora_t + ((row >= split1) + (row >= split2)) * rank;
       for (int i = lane; i < rank; i += 32)
-        sum += bf16_to_float(lora_t[i]) * bf16_to_float(b_row[i]);
+        sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
         float other;

@@ -179,6 +179,27 @@ def pack_mma(module, k_order: int = K_ORDER) -> MmaNF4 | None:
     return MmaNF4(words.transpose(0, 1).contiguous(), scales.contiguous(), n, k, k_order)
 
 
+def concat_mma(parts: list[MmaNF4]) -> MmaNF4:
+    """Several projections of the same input (q, k, v) as one packed weight, their outputs
+    side by side: row tiles are the inner dimension of both the words and the scales, so this
+    is one concatenation each, and a single launch streams all three. Copies; the parts can be
+    dropped after.
+
+    Raises:
+        ValueError: the parts differ in input width or packing order.
+    """
+    first = parts[0]
+    if any(p.in_features != first.in_features or p.k_order != first.k_order for p in parts):
+        raise ValueError("concatenated projections need the same input width and k order")
+    return MmaNF4(
+        torch.cat([p.words for p in parts], dim=1),
+        torch.cat([p.scales for p in parts], dim=1),
+        sum(p.out_features for p in parts),
+        first.in_features,
+        first.k_order,
+    )
+
+
 def dequantize_mma(weight: MmaNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (out_features, in_features) weight the packed words stand for."""
     n, k = weight.out_features, weight.in_features
@@ -202,6 +223,7 @@ def nf4_mma_gemv(
     lora: tuple[torch.Tensor, torch.Tensor] | None = None,
     gelu: bool = False,
     config: tuple[int, ...] | None = None,
+    splits: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation), optionally plus a
     LoRA update and through GELU, all before the one rounding.
@@ -213,6 +235,9 @@ def nf4_mma_gemv(
         lora: (t, b): the row's low-rank activations t = x A.T (R values, bf16) and B with
             the scale folded in, (out_features, R) bf16 with unit column stride (a column
             slice of `LoraBank`'s stacked B is fine): adds t B.T.
+        splits: for a weight that is several projections side by side (`concat_mma`), the
+            output rows where the second (and third) begins, at most two: t then holds R
+            values per projection, and each row's update reads its own projection's.
         gelu: apply exact (erf) GELU to the result.
         config: (warps per block, groups each warp loads ahead (one with lean), decode 0 =
             byte permutes / 1 = shared-memory table / 2 = the 64 KB table addressed by one
@@ -228,18 +253,24 @@ def nf4_mma_gemv(
     if x.shape[-1] != weight.in_features or x.numel() != weight.in_features:
         raise ValueError(f"nf4_mma_gemv takes one row of {weight.in_features} values")
     lead = x.shape[:-1]
-    if not mma_available(x.device):
-        return reference_row(x, dequantize_mma(weight), lora, gelu)
-    if x.dtype != torch.bfloat16:
-        raise ValueError("the tensor-core GEMV takes bf16 activations")
-    row = x.reshape(-1).contiguous()
-    out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
+    if len(splits) > 2 or list(splits) != sorted(splits) or any(s % TILE_ROWS for s in splits):
+        raise ValueError(f"splits are at most two ascending multiples of {TILE_ROWS}")
+    row = x.reshape(-1)
     t, b, rank = row, row, 0  # placeholders the kernel never reads when rank is 0
     if lora is not None:
         t, b = lora[0].reshape(-1).contiguous(), lora[1]
-        rank = t.numel()
+        rank = t.numel() // (len(splits) + 1)
+        if t.numel() != rank * (len(splits) + 1):
+            raise ValueError("lora t must hold the same rank for each projection of the splits")
         if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
             raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
+    if not mma_available(x.device):
+        return reference_row(x, dequantize_mma(weight), lora, gelu, splits)
+    if x.dtype != torch.bfloat16:
+        raise ValueError("the tensor-core GEMV takes bf16 activations")
+    row = row.contiguous()
+    out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
+    split1, split2 = (*splits, weight.out_features, weight.out_features)[:2]
     warps, depth, decode, per_sm, chain, lean = _gemv_settings(config)
     tiles = weight.out_features // TILE_ROWS
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
@@ -252,6 +283,7 @@ def nf4_mma_gemv(
         args=[
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
             code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0, int(gelu), tiles,
+            split1, split2,
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)

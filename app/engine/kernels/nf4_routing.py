@@ -49,8 +49,10 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     - `hybrid_bnb_gemv`: `hybrid` with bitsandbytes' GEMV for one row (one copy fewer);
     - `mma`: the tensor-core kernels for every decode step (`nf4_mma_gemv` for one row,
       `nf4_mma_rows` for 2..64, from one repacked copy, in the `CANDIDATE_*` variants of
-      `nf4_mma`), `bnb_flat` for prompts. Not yet measured against `hybrid` on a card, so
-      `auto` does not pick it; `bench/serve_gpu.py --variants hybrid,mma` compares them;
+      `nf4_mma`), `bnb_flat` for prompts; projections of one input (Llama's q/k/v and
+      gate/up) joined into one copy, one launch each (`MmaRouting.join`). Not yet measured
+      against `hybrid` on a card, so `auto` does not pick it; `bench/serve_gpu.py --variants
+      hybrid,mma` compares them;
     - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
@@ -65,7 +67,7 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     if kernel == "bnb_flat":
         return flat_nf4_linear
     if kernel == "mma":
-        return _mma_every_row
+        return MmaRouting()
     if triton is None:
         raise ValueError(f"NF4 kernel {kernel!r} needs Triton on CUDA")
     if kernel == "triton":
@@ -239,6 +241,76 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
         return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu, config=CANDIDATE_GEMV)
 
+    if bias is None:
+        forward.fused = fused  # type: ignore[attr-defined]
+    return forward
+
+
+class MmaRouting:
+    """The `mma` routing as a linear override: `_mma_every_row` per projection, and `join`
+    for projections of one input."""
+
+    def __call__(self, module: torch.nn.Module) -> Linear | None:
+        return _mma_every_row(module)
+
+    def join(self, modules: list[torch.nn.Module]) -> Linear | None:
+        """Two or three projections of the same input (q, k, v; gate, up) as one packed
+        weight (`concat_mma`): their output side by side, one launch for any decode step
+        instead of one each (Llama-3.1-8B's k and v alone are 256 KB-per-row GEMVs that leave
+        SMs idle). Prompts still run each part through `bnb_flat`. The one-row epilogue adds
+        each part's LoRA update (`.fused(x, lora, splits)`) unless a part has a bias, which
+        is added after. None where a part does not fit the kernels."""
+        return _mma_joined(modules)
+
+
+def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
+    from app.engine.kernels.availability import mma_available
+    from app.engine.kernels.nf4_flat import flat_nf4_linear
+    from app.engine.kernels.nf4_mma import (
+        CANDIDATE_GEMV,
+        CANDIDATE_K_ORDER,
+        CANDIDATE_ROWS,
+        MAX_ROWS,
+        concat_mma,
+        nf4_mma_gemv,
+        nf4_mma_rows,
+        pack_mma,
+    )
+
+    if not 2 <= len(modules) <= 3 or not all(_plain_linear4bit(m) for m in modules):
+        return None
+    weight = typing.cast(torch.Tensor, modules[0].weight)
+    prompts = [flat_nf4_linear(m) for m in modules]
+    if not mma_available(weight.device) or any(p is None for p in prompts):
+        return None
+    parts = [pack_mma(m, k_order=CANDIDATE_K_ORDER) for m in modules]
+    if any(p is None for p in parts):
+        return None
+    packed = concat_mma(typing.cast(list, parts))
+    sizes = [typing.cast(int, m.out_features) for m in modules]
+    biases = [typing.cast(torch.Tensor | None, m.bias) for m in modules]
+    given = next((b for b in biases if b is not None), None)
+    bias = None
+    if given is not None:
+        bias = torch.cat([
+            b if b is not None else given.new_zeros(n) for b, n in zip(biases, sizes, strict=True)
+        ])  # fmt: skip
+    del parts
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > MAX_ROWS:  # bnb_flat adds each part's bias itself
+            return torch.cat([typing.cast(Linear, p)(x) for p in prompts], dim=-1)
+        if rows == 1:
+            out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
+        else:
+            out = nf4_mma_rows(x, packed, config=CANDIDATE_ROWS)
+        return out if bias is None else out + bias
+
+    def fused(x: torch.Tensor, lora, splits: tuple[int, ...]) -> torch.Tensor:  # noqa: ANN001
+        return nf4_mma_gemv(x, packed, lora=lora, config=CANDIDATE_GEMV, splits=splits)
+
+    forward.sizes = sizes  # type: ignore[attr-defined]
     if bias is None:
         forward.fused = fused  # type: ignore[attr-defined]
     return forward

@@ -74,6 +74,7 @@ class FalconBlocks:
         self.rotary_emb = transformer.rotary_emb
         self.final_norm = transformer.ln_f
         self.lm_head = base.lm_head
+        self.groups: tuple[tuple[str, ...], ...] = ()  # q/k/v are one projection already
         self._blocks = transformer.h
         self.layers = [
             _Layer(block.input_layernorm.weight, block.input_layernorm.bias)

@@ -93,6 +93,7 @@ class LlamaBlocks:
         self.rotary_emb = inner.rotary_emb
         self.final_norm = inner.norm.weight
         self.lm_head = base.lm_head
+        self.groups: tuple[tuple[str, ...], ...] = (QKV, GATE_UP)
         self._blocks = inner.layers
         self.layers = [
             _Layer(block.input_layernorm.weight, block.post_attention_layernorm.weight)
@@ -120,19 +121,14 @@ class LlamaBlocks:
         output (B, S, H·D).
         """
         layer = self.layers[index]
-        project, shared_low = proj.project, proj.shared_low
         h = self._norm(x, layer.input_norm)
-        low_q, low_k, low_v = shared_low(h, index, QKV)
-        q = self._heads(project(h, index, "q_proj", low=low_q), self.n_heads)
-        k = self._heads(project(h, index, "k_proj", low=low_k), self.n_kv)
-        v = self._heads(project(h, index, "v_proj", low=low_v), self.n_kv)
+        q, k, v = proj.project_group(h, index, QKV)
+        q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
         attn = attend(index, q, k, v)  # (B, S, H*D)
-        x = x + project(attn, index, "o_proj")
+        x = x + proj.project(attn, index, "o_proj")
         h = self._norm(x, layer.post_norm)
-        low_gate, low_up = shared_low(h, index, GATE_UP)
-        gate = project(h, index, "gate_proj", low=low_gate)
-        up = project(h, index, "up_proj", low=low_up)
-        return x + project(F.silu(gate) * up, index, "down_proj")
+        gate, up = proj.project_group(h, index, GATE_UP)
+        return x + proj.project(F.silu(gate) * up, index, "down_proj")
 
     @staticmethod
     def _rotate(

@@ -42,10 +42,21 @@ class LoraBank:
     adapters: dict[str, list[dict[str, Factors]]] = field(default_factory=dict)
     version: int = 0
     """Bumped whenever the adapter set changes (graphs over the stacked layout are rebuilt)."""
-    _stacked: dict[tuple[int, str], _Stacked] = field(default_factory=dict)
+    _stacked: dict[tuple[int, str], _Stacked | None] = field(default_factory=dict)
     _shared_a: dict[tuple[int, tuple[str, ...], int], torch.Tensor | None] = field(
         default_factory=dict
     )
+    groups: tuple[tuple[str, ...], ...] = ()
+    """Projections computed by one fused launch (`join`): their stacked B are row ranges of
+    one tensor, which that launch's epilogue reads as a whole (`group_b`)."""
+    _group_b: dict[tuple[int, tuple[str, ...]], torch.Tensor] = field(default_factory=dict)
+
+    def join(self, groups: tuple[tuple[str, ...], ...]) -> None:
+        """Lay out each group's stacked B as one tensor, the groups' rows side by side in
+        order (views for each projection, so nothing is stored twice)."""
+        self.groups = groups
+        self._stacked.clear()
+        self._group_b.clear()
 
     def replace(self, adapters: dict[str, list[dict[str, Factors]]]) -> None:
         """Take a new adapter set (factors cast once to the compute dtype)."""
@@ -58,6 +69,7 @@ class LoraBank:
         }
         self._stacked.clear()
         self._shared_a.clear()
+        self._group_b.clear()
         self.version += 1
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -141,6 +153,17 @@ class LoraBank:
             self._shared_a[key] = torch.cat([f[0] for f in factors]) if present else None
         return self._shared_a[key]
 
+    def group_b(self, layer: int, group: tuple[str, ...], slot: int) -> torch.Tensor | None:
+        """B·scale of the adapter in `slot` for a joined group, (Σ out, R) with strided rows:
+        each projection's rows in the group's order. None when an adapter set leaves one of
+        the group's projections untouched (then each has its own layout)."""
+        self._stacked_for(layer, group[0])
+        joined = self._group_b.get((layer, group))
+        if joined is None:
+            return None
+        rank = self.rank
+        return joined[:, slot * rank : (slot + 1) * rank]
+
     def add_grouped(
         self,
         out: torch.Tensor,
@@ -170,24 +193,41 @@ class LoraBank:
     def _stacked_for(self, layer: int, proj: str) -> _Stacked | None:
         key = (layer, proj)
         if key not in self._stacked:
-            rank = self.rank
-            factors = [layers[layer].get(proj) for layers in self.adapters.values()]
-            present = next((f for f in factors if f is not None), None)
-            if present is None:
-                return None
-            a_rows, b_cols = [], []
-            (_, in_features), (out_features, _) = present[0].shape, present[1].shape
-            for factor in factors:
-                a = torch.zeros(rank, in_features, dtype=self.dtype, device=self.device)
-                b = torch.zeros(out_features, rank, dtype=self.dtype, device=self.device)
-                if factor is not None:
-                    r = factor[0].shape[0]
-                    a[:r] = factor[0]
-                    b[:, :r] = factor[1] * factor[2]
-                a_rows.append(a)
-                b_cols.append(b)
-            self._stacked[key] = _Stacked(torch.cat(a_rows), torch.cat(b_cols, dim=1))
+            group = next((g for g in self.groups if proj in g), (proj,))
+            built: dict[str, _Stacked | None] = {n: self._stack(layer, n) for n in group}
+            stacked = [b for b in built.values() if b is not None]
+            if len(group) > 1 and len(stacked) == len(group):
+                joined = torch.cat([b.b for b in stacked])
+                self._group_b[(layer, group)] = joined
+                start = 0
+                for name, part in zip(group, stacked, strict=True):
+                    end = start + part.b.shape[0]
+                    built[name] = _Stacked(part.a, joined[start:end])
+                    start = end
+            for name, built_part in built.items():
+                self._stacked[(layer, name)] = built_part
         return self._stacked[key]
+
+    def _stack(self, layer: int, proj: str) -> _Stacked | None:
+        """Every loaded adapter's factors of one projection in the stacked layout, or None
+        when no adapter touches it."""
+        rank = self.rank
+        factors = [layers[layer].get(proj) for layers in self.adapters.values()]
+        present = next((f for f in factors if f is not None), None)
+        if present is None:
+            return None
+        a_rows, b_cols = [], []
+        (_, in_features), (out_features, _) = present[0].shape, present[1].shape
+        for factor in factors:
+            a = torch.zeros(rank, in_features, dtype=self.dtype, device=self.device)
+            b = torch.zeros(out_features, rank, dtype=self.dtype, device=self.device)
+            if factor is not None:
+                r = factor[0].shape[0]
+                a[:r] = factor[0]
+                b[:, :r] = factor[1] * factor[2]
+            a_rows.append(a)
+            b_cols.append(b)
+        return _Stacked(torch.cat(a_rows), torch.cat(b_cols, dim=1))
 
 
 def _add_product(out: torch.Tensor, low: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ the prefill attention choice.
   mix of adapters in fixed shapes), through one adapter's slot, or, for one row on one
   adapter, through the kernel's fused epilogue (the update, and GELU when asked, added before
   its single rounding). `shared_low` gives the low-rank `x A.T` of several projections that
-  read the same input from one launch.
+  read the same input from one launch, and `project_group` runs such projections (q, k, v) as
+  one launch where the linear override can join their weights (`LinearOverride.join`).
 - `KVCache`: one preallocated tensor per layer for keys and one for values, a slot per
   running sequence; batch row `i` lives in slot `i`, so decode attends over a view.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from itertools import accumulate
+from typing import Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -27,6 +30,10 @@ from app.engine.models.lora_bank import LoraBank
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 LinearOverride = Callable[[torch.nn.Module], Linear | None]
+"""Gets a base projection module and returns the faster callable to run instead (or None).
+An override may also have `join(modules) -> Linear | None`: several projections of one input
+as one callable whose output is theirs side by side, with `.sizes` (each one's width) and
+optionally `.fused(x, lora, splits)`, the one-row epilogue with one rank of t per part."""
 LoraRows = torch.Tensor | int | None
 """How a step adds LoRA: a (B, 1, S*R) row mask, one adapter's slot for every row, or none
 (then `adapters` per row, the PEFT way, or the bare model)."""
@@ -63,6 +70,8 @@ class Projections:
         lora: the adapters' factors (kept up to date by the model's `set_adapters`).
         linear_override: replaces a base projection's forward (a faster NF4 kernel); gets the
             module and returns the callable to use, or None to keep the module's own.
+        groups: projections that read the same input (q, k, v), which `project_group` runs
+            as one launch where the override's `join` takes them.
     """
 
     def __init__(
@@ -70,16 +79,30 @@ class Projections:
         modules: Sequence[dict[str, torch.nn.Module]],
         lora: LoraBank,
         linear_override: LinearOverride | None = None,
+        groups: tuple[tuple[str, ...], ...] = (),
     ) -> None:
         self.lora = lora
-        self.linears: list[dict[str, Linear]] = [
-            {
-                name: (linear_override and linear_override(base_linear(module)))
-                or base_linear(module)
-                for name, module in layer.items()
-            }
-            for layer in modules
-        ]
+        join: Callable[[list[torch.nn.Module]], Linear | None] | None
+        join = getattr(linear_override, "join", None)
+        self.joined: list[dict[tuple[str, ...], Linear]] = []
+        self.linears: list[dict[str, Linear]] = []
+        for layer in modules:
+            joined: dict[tuple[str, ...], Linear] = {}
+            for group in groups:
+                if join is not None and all(name in layer for name in group):
+                    linear = join([base_linear(layer[name]) for name in group])
+                    if linear is not None:
+                        joined[group] = linear
+            linears = {name: _part(linear, group, name) for group, linear in joined.items()
+                       for name in group}  # fmt: skip
+            for name, module in layer.items():
+                if name not in linears:
+                    base = base_linear(module)
+                    linears[name] = (linear_override and linear_override(base)) or base
+            self.joined.append(joined)
+            self.linears.append(linears)
+        if any(self.joined):
+            lora.join(tuple(group for group in groups if any(group in j for j in self.joined)))
 
     def project(
         self,
@@ -104,14 +127,77 @@ class Projections:
         if fused is not None and adapters is None and not isinstance(mask, torch.Tensor):
             if x.numel() == x.shape[-1]:
                 return fused(x, self._slot_update(x, index, name, mask, low), gelu)
-        out = linear(x)
-        if isinstance(mask, int):
-            out = self.lora.add_one(out, x, index, name, mask)
-        elif mask is not None:
-            out = self.lora.add_masked(out, x, index, name, mask)
-        elif adapters is not None:
-            out = self.lora.add_grouped(out, x, index, name, adapters)
+        out = self._add_update(linear(x), x, index, name, adapters, mask)
         return F.gelu(out) if gelu else out
+
+    def project_group(
+        self,
+        x: torch.Tensor,
+        index: int,
+        names: tuple[str, ...],
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+    ) -> tuple[torch.Tensor, ...]:
+        """Each of `names` (projections of the same input x) plus its LoRA update.
+
+        Where the override joined them (`groups`), the base products are one launch, and one
+        row on one adapter adds every part's update in that launch's epilogue. Otherwise each
+        runs on its own, their low-rank activations still from one launch (`shared_low`).
+        The parts may be views of one output.
+        """
+        joined = self.joined[index].get(names)
+        if joined is None:
+            lows = self.shared_low(x, index, names, mask)
+            return tuple(
+                self.project(x, index, name, adapters, mask, low=low)
+                for name, low in zip(names, lows, strict=True)
+            )
+        sizes: list[int] = getattr(joined, "sizes")  # noqa: B009 - join's contract
+        fused = getattr(joined, "fused", None)
+        one_row = x.numel() == x.shape[-1] and adapters is None
+        if fused is not None and one_row and not isinstance(mask, torch.Tensor):
+            lora = self._group_update(x, index, names, mask)
+            if lora is not False:
+                return fused(x, lora, tuple(accumulate(sizes[:-1]))).split(sizes, dim=-1)
+        parts = joined(x).split(sizes, dim=-1)
+        return tuple(
+            self._add_update(part, x, index, name, adapters, mask)
+            for name, part in zip(names, parts, strict=True)
+        )
+
+    def _group_update(
+        self, x: torch.Tensor, index: int, names: tuple[str, ...], slot: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None | Literal[False]:
+        """(t of every part, the group's B·scale) for a joined group's epilogue; None when no
+        adapter applies; False when the adapter set leaves a part untouched (then the parts
+        add their updates one by one)."""
+        if slot is None:
+            return None
+        b = self.lora.group_b(index, names, slot)
+        stacked = self.lora.shared_a(index, names, slot)
+        if b is None or stacked is None:
+            touched = any(self.lora.slot_factors(index, n, slot) is not None for n in names)
+            return False if touched else None
+        return low_rank_row(x, stacked), b
+
+    def _add_update(
+        self,
+        out: torch.Tensor,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+    ) -> torch.Tensor:
+        """`out` (the base projection of x) plus the LoRA update the step's `mask` or
+        `adapters` ask for (`LoraRows`)."""
+        if isinstance(mask, int):
+            return self.lora.add_one(out, x, index, name, mask)
+        if mask is not None:
+            return self.lora.add_masked(out, x, index, name, mask)
+        if adapters is not None:
+            return self.lora.add_grouped(out, x, index, name, adapters)
+        return out
 
     def _slot_update(
         self, x: torch.Tensor, index: int, name: str, slot: int | None, low: torch.Tensor | None
@@ -172,6 +258,12 @@ class BoundProjections:
         """`Projections.shared_low` with this step's mask."""
         return self.projections.shared_low(h, index, names, self.mask)
 
+    def project_group(
+        self, x: torch.Tensor, index: int, names: tuple[str, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        """`Projections.project_group` with this step's adapters and mask."""
+        return self.projections.project_group(x, index, names, self.adapters, self.mask)
+
 
 class KVCache:
     """Keys and values of every running sequence: (layers, slots, KV heads, tokens, D) each."""
@@ -195,6 +287,19 @@ class KVCache:
         """Copy a sequence's cache from slot `source` to `target` (keeps rows contiguous)."""
         self.k[:, target] = self.k[:, source]
         self.v[:, target] = self.v[:, source]
+
+
+def _part(joined: Linear, group: tuple[str, ...], name: str) -> Linear:
+    """One projection of a joined group on its own (its slice of the joined output), for a
+    caller that asks for it by name: the group's weights are stored joined only."""
+    sizes: list[int] = getattr(joined, "sizes")  # noqa: B009 - join's contract
+    position = group.index(name)
+    start = sum(sizes[:position])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return joined(x)[..., start : start + sizes[position]]
+
+    return forward
 
 
 def decode_visibility(positions: torch.Tensor, context: int) -> torch.Tensor:

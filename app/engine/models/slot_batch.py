@@ -124,6 +124,8 @@ class Blocks(Protocol):
     head_dim: int
     lm_head: Callable[[torch.Tensor], torch.Tensor]
     """The output projection `logits` applies: the model's own, or a linear override's."""
+    groups: tuple[tuple[str, ...], ...]
+    """Projections of one input that `block` asks for together (`project_group`)."""
 
     def modules(self) -> list[dict[str, torch.nn.Module]]:
         """Per layer, projection name → the module in the model (PEFT-wrapped or not)."""
@@ -183,7 +185,7 @@ class SlotBatch:
         modules = blocks.modules()
         self.n_layers = len(modules)
         self.lora = LoraBank(self.dtype, self.device)
-        self.projections = Projections(modules, self.lora, linear_override)
+        self.projections = Projections(modules, self.lora, linear_override, blocks.groups)
         head = blocks.lm_head
         if linear_override is not None and isinstance(head, torch.nn.Module):
             faster_head = linear_override(head)

@@ -19,6 +19,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     K_ORDERS,
     MAX_ROWS,
     KernelVariant,
+    concat_mma,
     dequantize_mma,
     kernel_source,
     mma_reason,
@@ -101,6 +102,32 @@ def test_lora_and_gelu_epilogue_on_cpu():
     assert rel_err(out, want) < 1e-2
     plain = nf4_mma_gemv(x, pack_mma(module))
     assert rel_err(plain, want) > 0.1  # the epilogue did something
+
+
+def test_joined_projections_give_each_part_its_own_product_and_update():
+    """q, k, v packed side by side (`concat_mma`): one product, and with `splits` each part's
+    rows read their own rank of t, as three separate GEMVs with their own updates would."""
+    parts = [make_linear4bit(n, 128, double_quant=True, seed=n) for n in (64, 32, 32)]
+    packs = [pack_mma(m, k_order=1) for m in parts]
+    joined = concat_mma(packs)
+    assert (joined.out_features, joined.in_features) == (128, 128)
+    assert torch.equal(dequantize_mma(joined), torch.cat([dequantize_mma(p) for p in packs]))
+    x = torch.randn(1, 128).bfloat16()
+    t = torch.randn(1, 3 * 8).bfloat16()
+    b = torch.randn(128, 8 * 4).bfloat16()[:, 8:16]  # one slot's columns of a joined B
+    out = nf4_mma_gemv(x, joined, lora=(t, b), splits=(64, 96))
+    starts = (0, 64, 96, 128)
+    want = torch.cat([
+        nf4_mma_gemv(x, p, lora=(t[:, 8 * i : 8 * (i + 1)], b[starts[i] : starts[i + 1]]))
+        for i, p in enumerate(packs)
+    ], dim=-1)  # fmt: skip
+    assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="same rank"):
+        nf4_mma_gemv(x, joined, lora=(t[:, :20], b), splits=(64, 96))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        nf4_mma_gemv(x, joined, lora=(t, b), splits=(64, 90))
+    with pytest.raises(ValueError, match="same input width"):
+        concat_mma([packs[0], pack_mma(make_linear4bit(32, 256, double_quant=True, seed=1))])
 
 
 def test_an_unknown_k_order_is_refused():

@@ -110,3 +110,41 @@ def test_routings_serve_every_row_count(routing, rows, bias):
     x = torch.randn(rows, 1, 512, device="cuda").bfloat16()
     want = module(x).float()
     assert rel_err(linear(x), want) < 1e-2
+
+
+def _linear4bit(n: int, k: int, bias: bool, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    module = bnb.nn.Linear4bit(
+        k, n, bias=bias, compute_dtype=torch.bfloat16, quant_type="nf4", device="meta"
+    )
+    module.weight = bnb.nn.Params4bit(
+        torch.randn(n, k) * 0.05, requires_grad=False, quant_type="nf4"
+    ).to("cuda")
+    if bias:
+        module.bias = torch.nn.Parameter(torch.randn(n, device="cuda").bfloat16())
+    return module
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 5, 64, 100])
+def test_joined_projections_serve_every_row_count(rows, bias):
+    """q, k, v joined by the `mma` routing (one launch): each part what its module computes,
+    and one row's epilogue adds each part's own LoRA update (t of three ranks, one B)."""
+    from app.engine.kernels.nf4_routing import MmaRouting
+
+    parts = [_linear4bit(n, 512, bias, seed=n) for n in (256, 64, 64)]
+    joined = MmaRouting().join(parts)
+    assert joined is not None and joined.sizes == [256, 64, 64]
+    assert hasattr(joined, "fused") is (not bias)
+    x = torch.randn(rows, 1, 512, device="cuda").bfloat16()
+    want = torch.cat([m(x).float() for m in parts], dim=-1)
+    assert rel_err(joined(x), want) < 1e-2
+    if rows == 1 and not bias:
+        t = torch.randn(1, 3 * 16, device="cuda").bfloat16()
+        b = (torch.randn(384, 4 * 16, device="cuda") * 0.1).bfloat16()[:, 16:32]
+        update = torch.cat([
+            t[:, 16 * i : 16 * (i + 1)].float() @ b[s:e].float().T
+            for i, (s, e) in enumerate(((0, 256), (256, 320), (320, 384)))
+        ], dim=-1)  # fmt: skip
+        got = joined.fused(x, (t, b), (256, 320))
+        assert rel_err(got, want + update.view(1, 1, -1)) < 1e-2
