@@ -175,10 +175,12 @@ def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Int4Pr
         dtype == "auto" and cpu_int4_kernel_fast() and four_bit_share(loaded.model) > 0
     ):
         return None
-    layers = LlamaBlocks(loaded.model).modules()
+    blocks = LlamaBlocks(loaded.model)
+    layers = blocks.modules()
     modules = [base_linear(module) for layer in layers for module in layer.values()]
+    groups = [[base_linear(layer[n]) for n in group] for layer in layers for group in blocks.groups]
     head = base_model(loaded.model).lm_head
-    projections = Int4Projections(modules, exact_only=int4 == "auto", head=head)
+    projections = Int4Projections(modules, exact_only=int4 == "auto", head=head, groups=groups)
     if projections.share == 0:
         return None
     log.info("batch scheduler: int4 weights for %.0f%% of projections", projections.share * 100)

@@ -8,17 +8,22 @@ forward's `linear_override`. The grids are fitted from the float32 weights befor
 cast to bf16 (a bf16 weight is no longer on its 4-bit grid), and the packed copies are kept
 here, keyed by module, so the cast leaves them alone.
 
+Projections that read one input (Llama's q/k/v, gate/up) are packed as one matmul, their rows
+concatenated as the lean path fuses them (`concat`), and handed to `Projections.project_group`
+through `join`: one kernel call per group instead of one per projection, which at one row is
+mostly the kernel's fixed cost.
+
 Measured on a 2-core box (SmolLM2-135M from its Q4_1 file, `bench/cpu_generate.py
 --schedulers`): see docs/cpu-serving.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
-from app.engine.kernels.cpu_int4 import Int4Linear, fit_grid, shape_fits
+from app.engine.kernels.cpu_int4 import Int4Grid, Int4Linear, concat, fit_grid, shape_fits
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,6 +37,8 @@ class Int4Projections:
             False packs every module that fits the kernel's shapes, rounding it (lossy).
         head: the lm_head, served as the lean path serves it (`Head`: every logit from an
             int4 copy, the 256 best recomputed from its float32 rows, which it keeps).
+        groups: modules (among `modules`) that read the same input, each group packed as one
+            matmul (`join`) when all its members pack; the others are packed one by one.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class Int4Projections:
         *,
         exact_only: bool,
         head: torch.nn.Module | None = None,
+        groups: Sequence[Sequence[torch.nn.Module]] = (),
     ) -> None:
         from app.engine.models.llama_cpu_int4 import Head
 
@@ -47,21 +55,25 @@ class Int4Projections:
         weight = getattr(head, "weight", None)
         if head is not None and weight is not None and shape_fits(*weight.shape):
             self._head = (head, Head(weight, "int4"))
-        self._packed: dict[int, tuple[torch.nn.Module, Int4Linear]] = {}
-        total = packed = 0
-        for module in modules:
-            weight = getattr(module, "weight", None)
-            if not isinstance(module, torch.nn.Linear) or weight is None:
+        grids = {id(module): grid for module in modules if (grid := _grid(module, exact_only))}
+        # keyed by ids, the modules kept alongside so an id cannot be reused meanwhile
+        self._joined: dict[tuple[int, ...], tuple[list[torch.nn.Module], JoinedInt4]] = {}
+        self._members: dict[int, tuple[JoinedInt4, int]] = {}
+        for group in groups:
+            members = list(group)
+            if len(members) < 2 or not all(id(m) in grids for m in members):
                 continue
-            total += weight.numel()
-            if not shape_fits(*weight.shape):
-                continue
-            grid = fit_grid(weight.detach().float())
-            if exact_only and not grid.exact:
-                continue
-            # keyed by id, the module kept alongside so the id cannot be reused meanwhile
-            self._packed[id(module)] = (module, Int4Linear(grid))
-            packed += weight.numel()
+            joined = JoinedInt4(members, [grids.pop(id(m)) for m in members])
+            self._joined[tuple(id(m) for m in members)] = (members, joined)
+            for position, member in enumerate(members):
+                self._members[id(member)] = (joined, position)
+        self._packed = {
+            id(module): (module, Int4Linear(grids[id(module)]))
+            for module in modules
+            if id(module) in grids
+        }
+        total = sum(_weight_size(module) for module in modules)
+        packed = sum(_weight_size(m) for m in modules if id(m) in self._members or id(m) in grids)
         self.share = packed / max(total, 1)
         """Share of the projections' weights that run as int4."""
 
@@ -69,15 +81,79 @@ class Int4Projections:
         """The int4 forward for `module` (its bias added), or None to keep the module's own."""
         if self._head is not None and module is self._head[0]:
             return self._head[1].rows
+        member = self._members.get(id(module))
+        if member is not None:  # stored joined only: its slice of the group's output
+            return member[0].part(member[1])
         entry = self._packed.get(id(module))
         if entry is None:
             return None
-        linear = entry[1]
-        bias = getattr(module, "bias", None)
+        return _with_bias(entry[1], getattr(module, "bias", None))
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            # the kernel's fast path is bf16 in, bf16 out; a float32 forward converts around it
-            out = linear(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)).to(x.dtype)
-            return out if bias is None else out + bias
+    def join(self, modules: list[torch.nn.Module]) -> JoinedInt4 | None:
+        """`modules`' projections as one int4 matmul (`Projections.project_group`), or None
+        when they were not packed together (`groups`)."""
+        entry = self._joined.get(tuple(id(m) for m in modules))
+        return None if entry is None else entry[1]
 
-        return forward
+
+class JoinedInt4:
+    """Several projections of one input as one int4 matmul, outputs side by side.
+
+    Args:
+        modules: the projections, in output order (their biases, if any, are added).
+        grids: their weights' levels (`fit_grid`), packed as one `concat`-enated weight.
+    """
+
+    def __init__(self, modules: list[torch.nn.Module], grids: list[Int4Grid]) -> None:
+        self.sizes = [grid.q.shape[0] for grid in grids]
+        """Each projection's output width (`Projections.project_group`'s contract)."""
+        biases = [getattr(module, "bias", None) for module in modules]
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat([
+                b.detach() if b is not None else torch.zeros(size, dtype=torch.float32)
+                for b, size in zip(biases, self.sizes, strict=True)
+            ])  # fmt: skip
+        self._forward = _with_bias(Int4Linear(concat(grids)), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) → (..., sum(sizes)) in x's dtype."""
+        return self._forward(x)
+
+    def part(self, position: int) -> Linear:
+        """The projection at `position` alone (a slice of the joined output)."""
+        start = sum(self.sizes[:position])
+        end = start + self.sizes[position]
+        return lambda x: self._forward(x)[..., start:end]
+
+
+def _grid(module: torch.nn.Module, exact_only: bool) -> Int4Grid | None:
+    """The module's weight on its 4-bit grid, or None when it is not packed."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(module, torch.nn.Linear) or weight is None:
+        return None
+    if not shape_fits(*weight.shape):
+        return None
+    grid = fit_grid(weight.detach().float())
+    if exact_only and not grid.exact:
+        return None
+    return grid
+
+
+def _weight_size(module: torch.nn.Module) -> int:
+    weight = getattr(module, "weight", None)
+    return weight.numel() if isinstance(module, torch.nn.Linear) and weight is not None else 0
+
+
+def _with_bias(linear: Int4Linear, bias: torch.Tensor | None) -> Linear:
+    """`linear` for any activation dtype, plus `bias`."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # the kernel's fast path is bf16 in, bf16 out; a float32 forward converts around it
+        if x.dtype == torch.bfloat16:
+            out = linear(x)
+        else:
+            out = linear(x.to(torch.bfloat16)).to(x.dtype)
+        return out if bias is None else out.add_(bias)  # a fresh tensor; bias in any dtype
+
+    return forward

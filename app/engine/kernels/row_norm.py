@@ -43,7 +43,9 @@ def rms_norm_row(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     """transformers' `LlamaRMSNorm` over the last dim: one Triton launch when x is a single row
     on CUDA of at most `MAX_WIDTH` values, else torch's ops in transformers' order."""
     width = x.shape[-1]
-    if triton is None or not x.is_cuda or x.numel() != width or width > MAX_WIDTH:
+    if not x.is_cuda:  # the same ops in one call (upcast, mean of squares, rsqrt, cast back)
+        return weight * F.rms_norm(x, (width,), eps=eps)
+    if triton is None or x.numel() != width or width > MAX_WIDTH:
         wide = x.float()
         variance = wide.pow(2).mean(-1, keepdim=True)
         return weight * (wide * torch.rsqrt(variance + eps)).to(x.dtype)

@@ -158,6 +158,8 @@ class LlamaBlocks:
         return attend
 
     def decode_attention(self, step: DecodeStep, x: torch.Tensor) -> Attend:
+        if x.device.type == "cpu":
+            return self._cpu_decode_attention(step)
         batch, groups = step.batch, self.n_heads // self.n_kv
         fused_rotary = rotary_cache.gqa_kernel_runs(x, self.head_dim)
 
@@ -174,6 +176,45 @@ class LlamaBlocks:
             grouped = q.view(batch, self.n_kv, groups, self.head_dim)  # (B, KV, H/KV, D)
             out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=step.visible)
             return out.reshape(batch, 1, self.n_heads * self.head_dim)
+
+        return attend
+
+    def _cpu_decode_attention(self, step: DecodeStep) -> Attend:
+        """`decode_attention` in fewer ops per layer, for CPU, where a decode step of a small
+        model is bound by the cost of calling ops rather than by their arithmetic.
+
+        What the layers share is prepared once per step: the rotation's tables with
+        `rotate_half`'s sign folded into sin (the same products, so the same rounding), each
+        row's cache entries as flat indices (one `index_copy_` per tensor instead of
+        advanced-index writes), and an additive mask only when some row sees less than the
+        context (never at one row), so SDPA gets no boolean mask to convert per layer.
+        """
+        batch, groups, dim = step.batch, self.n_heads // self.n_kv, self.head_dim
+        half = dim // 2
+        sign = torch.ones(dim, dtype=step.sin.dtype)
+        sign[:half] = -1
+        sin = step.sin * sign  # (B, 1, 1, D)
+        slots, _, _, length, _ = step.cache.k.shape
+        heads = torch.arange(self.n_kv)
+        flat = (step.rows[:, None] * self.n_kv + heads) * length + step.positions[:, None]
+        flat = flat.reshape(-1)  # (B*KV,) entries of a layer's (slots*KV*T, D) cache
+        context = step.context
+        keys, values = step.cache.k[:, :batch, :, :context], step.cache.v[:, :batch, :, :context]
+        mask = None
+        if not bool(step.visible.all()):
+            mask = torch.zeros(step.visible.shape, dtype=step.cos.dtype)
+            mask.masked_fill_(~step.visible, float("-inf"))  # (B, 1, 1, T)
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q = q * step.cos + q.roll(half, -1) * sin  # (B, H, 1, D)
+            k = k * step.cos + k.roll(half, -1) * sin  # (B, KV, 1, D)
+            step.cache.k[index].view(-1, dim).index_copy_(0, flat, k.reshape(-1, dim))
+            step.cache.v[index].view(-1, dim).index_copy_(0, flat, v.reshape(-1, dim))
+            grouped = q.view(batch, self.n_kv, groups, dim)  # (B, KV, H/KV, D)
+            out = F.scaled_dot_product_attention(
+                grouped, keys[index], values[index], attn_mask=mask
+            )  # (B, KV, H/KV, D) over the (B, KV, T, D) cache view
+            return out.reshape(batch, 1, self.n_heads * dim)
 
         return attend
 

@@ -327,6 +327,8 @@ class SlotBatch:
             self.cache, rows, positions, context, cos, sin, (self.cos, self.sin), visible
         )
         attend = self.blocks.decode_attention(step, x)
+        if self.device.type == "cpu" and adapters is not None and not any(adapters):
+            adapters = None  # no row on an adapter: nothing to add per projection
         lora: LoraRows = lora_slot
         if lora_mask is not None:
             lora = lora_mask.unsqueeze(1)  # (B, 1, S*R) against (B, 1, ·) activations
