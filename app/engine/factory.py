@@ -162,7 +162,7 @@ def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Int4Pr
     rounds every projection to 4 bits (lossy). Several users at once then share a quarter of
     bf16's weight bytes per step (docs/cpu-serving.md has the figures).
     """
-    from app.engine.kernels.cpu_int4_batch import Int4Projections
+    from app.engine.kernels.cpu_int4_batch import DENSE_ROWS, Int4Projections
     from app.engine.models.families import family
     from app.engine.models.llama import LlamaBlocks
     from app.engine.models.llama_cpu_int4 import four_bit_share
@@ -180,7 +180,10 @@ def batch_int4_projections(loaded: LoadedModel, int4: str, dtype: str) -> Int4Pr
     modules = [base_linear(module) for layer in layers for module in layer.values()]
     groups = [[base_linear(layer[n]) for n in group] for layer in layers for group in blocks.groups]
     head = base_model(loaded.model).lm_head
-    projections = Int4Projections(modules, exact_only=int4 == "auto", head=head, groups=groups)
+    dense_rows = DENSE_ROWS if cpu_has_native_bf16() else None  # prompts as the lean path's
+    projections = Int4Projections(
+        modules, exact_only=int4 == "auto", head=head, groups=groups, dense_rows=dense_rows
+    )
     if projections.share == 0:
         return None
     log.info("batch scheduler: int4 weights for %.0f%% of projections", projections.share * 100)

@@ -22,10 +22,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels.cpu_int4 import Int4Grid, Int4Linear, concat, fit_grid, shape_fits
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+DENSE_ROWS = 8
+"""Rows from which a step multiplies by the modules' own (bf16) weights instead, where the CPU
+multiplies bf16 natively: torch's int4 kernel goes row by row (its time grows with the rows),
+a bf16 matmul runs in tiles (about flat up to 32 rows); on 2 cores they meet near 8 rows for
+SmolLM2's shapes. Prompts, and steps of 8 rows or more, take the bf16 weights, as the lean
+path's prefill does."""
 
 
 class Int4Projections:
@@ -39,6 +46,8 @@ class Int4Projections:
             int4 copy, the 256 best recomputed from its float32 rows, which it keeps).
         groups: modules (among `modules`) that read the same input, each group packed as one
             matmul (`join`) when all its members pack; the others are packed one by one.
+        dense_rows: rows from which the modules' own weights serve instead (`DENSE_ROWS`);
+            None: always int4 (a CPU without native bf16).
     """
 
     def __init__(
@@ -48,6 +57,7 @@ class Int4Projections:
         exact_only: bool,
         head: torch.nn.Module | None = None,
         groups: Sequence[Sequence[torch.nn.Module]] = (),
+        dense_rows: int | None = None,
     ) -> None:
         from app.engine.models.llama_cpu_int4 import Head
 
@@ -63,10 +73,11 @@ class Int4Projections:
             members = list(group)
             if len(members) < 2 or not all(id(m) in grids for m in members):
                 continue
-            joined = JoinedInt4(members, [grids.pop(id(m)) for m in members])
+            joined = JoinedInt4(members, [grids.pop(id(m)) for m in members], dense_rows)
             self._joined[tuple(id(m) for m in members)] = (members, joined)
             for position, member in enumerate(members):
                 self._members[id(member)] = (joined, position)
+        self._dense_rows = dense_rows
         self._packed = {
             id(module): (module, Int4Linear(grids[id(module)]))
             for module in modules
@@ -87,7 +98,7 @@ class Int4Projections:
         entry = self._packed.get(id(module))
         if entry is None:
             return None
-        return _with_bias(entry[1], getattr(module, "bias", None))
+        return _forward(entry[1], [module], getattr(module, "bias", None), self._dense_rows)
 
     def join(self, modules: list[torch.nn.Module]) -> JoinedInt4 | None:
         """`modules`' projections as one int4 matmul (`Projections.project_group`), or None
@@ -102,9 +113,12 @@ class JoinedInt4:
     Args:
         modules: the projections, in output order (their biases, if any, are added).
         grids: their weights' levels (`fit_grid`), packed as one `concat`-enated weight.
+        dense_rows: rows from which the modules' own weights serve (`Int4Projections`).
     """
 
-    def __init__(self, modules: list[torch.nn.Module], grids: list[Int4Grid]) -> None:
+    def __init__(
+        self, modules: list[torch.nn.Module], grids: list[Int4Grid], dense_rows: int | None
+    ) -> None:
         self.sizes = [grid.q.shape[0] for grid in grids]
         """Each projection's output width (`Projections.project_group`'s contract)."""
         biases = [getattr(module, "bias", None) for module in modules]
@@ -114,7 +128,7 @@ class JoinedInt4:
                 b.detach() if b is not None else torch.zeros(size, dtype=torch.float32)
                 for b, size in zip(biases, self.sizes, strict=True)
             ])  # fmt: skip
-        self._forward = _with_bias(Int4Linear(concat(grids)), bias)
+        self._forward = _forward(Int4Linear(concat(grids)), modules, bias, dense_rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) → (..., sum(sizes)) in x's dtype."""
@@ -145,10 +159,19 @@ def _weight_size(module: torch.nn.Module) -> int:
     return weight.numel() if isinstance(module, torch.nn.Linear) and weight is not None else 0
 
 
-def _with_bias(linear: Int4Linear, bias: torch.Tensor | None) -> Linear:
-    """`linear` for any activation dtype, plus `bias`."""
+def _forward(
+    linear: Int4Linear,
+    modules: list[torch.nn.Module],
+    bias: torch.Tensor | None,
+    dense_rows: int | None,
+) -> Linear:
+    """`linear` (the int4 copy of `modules`, side by side) plus `bias`, for any activation
+    dtype; from `dense_rows` rows, the modules' own weights (bf16 once the model is cast)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if dense_rows is not None and x.numel() >= dense_rows * x.shape[-1]:
+            parts = [F.linear(x, module.weight, module.bias) for module in modules]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         # the kernel's fast path is bf16 in, bf16 out; a float32 forward converts around it
         if x.dtype == torch.bfloat16:
             out = linear(x)

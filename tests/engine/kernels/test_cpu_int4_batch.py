@@ -23,13 +23,15 @@ def model(request: pytest.FixtureRequest, tiny_model_dir, tmp_path_factory):  # 
     return model
 
 
-def packed(model, *, joined: bool) -> Int4Projections:  # noqa: ANN001
+def packed(model, *, joined: bool, dense_rows: int | None = None) -> Int4Projections:  # noqa: ANN001
     """The model's projections packed by the factory's rule, groups joined or not."""
     blocks = LlamaBlocks(model)
     layers = blocks.modules()
     modules = [base_linear(m) for layer in layers for m in layer.values()]
     groups = [[base_linear(layer[n]) for n in group] for layer in layers for group in blocks.groups]
-    return Int4Projections(modules, exact_only=True, groups=groups if joined else ())
+    return Int4Projections(
+        modules, exact_only=True, groups=groups if joined else (), dense_rows=dense_rows
+    )
 
 
 @pytest.mark.parametrize("adapters", [["growth", None, "income"], [None], ["income"]])
@@ -65,3 +67,18 @@ def test_a_member_alone_is_its_slice_of_the_group(model) -> None:  # noqa: ANN00
         torch.testing.assert_close(part(x), alone(x), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(together[:, start:end], alone(x), rtol=1e-6, atol=1e-6)
         start = end
+
+
+def test_prompts_take_the_modules_own_weights_from_dense_rows(model) -> None:  # noqa: ANN001
+    """A prompt of `dense_rows` tokens or more multiplies by the modules' weights (bf16 tiles
+    beat the row-by-row int4 kernel there): its logits are the plain forward's; a one-row step
+    still runs int4 (bf16 activations: near the plain forward, not equal)."""
+    dense = packed(model, joined=True, dense_rows=8)
+    plain = LlamaBatch(model, slots=1, max_tokens=32)
+    mixed = LlamaBatch(model, slots=1, max_tokens=32, linear_override=dense)
+    prompt = list(range(5, 17))  # 12 rows
+    torch.testing.assert_close(mixed.prefill(0, prompt, None), plain.prefill(0, prompt, None))
+    step = torch.tensor([3]), torch.tensor([len(prompt)]), len(prompt) + 1
+    want, got = plain.decode(*step), mixed.decode(*step)
+    assert not torch.equal(got, want)
+    assert ((got - want).norm() / want.norm()).item() < 2e-2
