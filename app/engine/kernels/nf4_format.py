@@ -62,11 +62,13 @@ def reference_row(
     lora: tuple[torch.Tensor, torch.Tensor] | None = None,
     gelu: bool = False,
     splits: tuple[int, ...] = (),
+    gelu_from: int = 0,
 ) -> torch.Tensor:
     """What the one-row kernels compute, in torch (their CPU path): `x @ dense.T`, plus the
     LoRA update `t @ B.T` and GELU when asked, in fp32, rounded once to x's dtype, with x's
     leading dims. With `splits` (output rows where the next projection of a fused weight
-    begins), t holds one rank's worth of values per projection, each for its own rows."""
+    begins), t holds one rank's worth of values per projection, each for its own rows; GELU
+    then applies from row `gelu_from` on."""
     out = x.reshape(1, -1).float() @ dense.T
     if lora is not None:
         t, b = lora[0].reshape(1, -1).float(), lora[1].float()
@@ -80,7 +82,8 @@ def reference_row(
             dim=1,
         )
         out = out + update
-    out = torch.nn.functional.gelu(out) if gelu else out
+    if gelu:
+        out = torch.cat([out[:, :gelu_from], torch.nn.functional.gelu(out[:, gelu_from:])], dim=1)
     return out.to(x.dtype).reshape(*x.shape[:-1], dense.shape[0])
 
 

@@ -220,7 +220,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
 nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
              const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
-             const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu,
+             const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu_from,
              int tiles, int split1, int split2) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
 #if DECODE == 2  // no static shared memory: the dynamic table starts the window, at 0
@@ -332,9 +332,9 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
     __syncthreads();
     // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
-    // folded into B) and GELU, in fp32, rounded once. Rows from split1 (and from split2) on
-    // belong to the next projection of a fused launch (q|k|v): they read the next `rank`
-    // values of t.
+    // folded into B) and GELU (rows from gelu_from on), in fp32, rounded once. Rows from
+    // split1 (and from split2) on belong to the next projection of a joined launch (q|k|v):
+    // they read the next `rank` values of t.
     for (int r = warp; r < 16; r += WARPS) {
       float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
       const int row = tile * 16 + r;
@@ -350,7 +350,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
         sum += other;
       }
       if (lane == 0) {
-        if (gelu) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
+        if (row >= gelu_from) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
         out[tile * 16 + r] = float_to_bf16(sum);
       }
     }

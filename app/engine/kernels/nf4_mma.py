@@ -224,6 +224,7 @@ def nf4_mma_gemv(
     gelu: bool = False,
     config: tuple[int, ...] | None = None,
     splits: tuple[int, ...] = (),
+    gelu_from: int = 0,
 ) -> torch.Tensor:
     """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation), optionally plus a
     LoRA update and through GELU, all before the one rounding.
@@ -238,7 +239,8 @@ def nf4_mma_gemv(
         splits: for a weight that is several projections side by side (`concat_mma`), the
             output rows where the second (and third) begins, at most two: t then holds R
             values per projection, and each row's update reads its own projection's.
-        gelu: apply exact (erf) GELU to the result.
+        gelu: apply exact (erf) GELU to the result (its rows from `gelu_from` on: a joined
+            weight whose last part is an MLP's up projection).
         config: (warps per block, groups each warp loads ahead (one with lean), decode 0 =
             byte permutes / 1 = shared-memory table / 2 = the 64 KB table addressed by one
             byte permute (`WIDE_TABLE_BYTES`), blocks per SM: 0 = one block per row tile,
@@ -265,7 +267,7 @@ def nf4_mma_gemv(
         if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
             raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
     if not mma_available(x.device):
-        return reference_row(x, dequantize_mma(weight), lora, gelu, splits)
+        return reference_row(x, dequantize_mma(weight), lora, gelu, splits, gelu_from)
     if x.dtype != torch.bfloat16:
         raise ValueError("the tensor-core GEMV takes bf16 activations")
     row = row.contiguous()
@@ -282,7 +284,8 @@ def nf4_mma_gemv(
         shared_mem=_dynamic_shared(variant, warps * 16),
         args=[
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
-            code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0, int(gelu), tiles,
+            code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0,
+            gelu_from if gelu else weight.out_features, tiles,
             split1, split2,
         ],
     )  # fmt: skip

@@ -257,9 +257,10 @@ class MmaRouting:
         """Two or three projections of the same input (q, k, v; gate, up) as one packed
         weight (`concat_mma`): their output side by side, one launch for any decode step
         instead of one each (Llama-3.1-8B's k and v alone are 256 KB-per-row GEMVs that leave
-        SMs idle). Prompts still run each part through `bnb_flat`. The one-row epilogue adds
-        each part's LoRA update (`.fused(x, lora, splits)`) unless a part has a bias, which
-        is added after. None where a part does not fit the kernels."""
+        SMs idle; Falcon's q/k/v and MLP up projection read one layer norm too). Prompts
+        still run each part through `bnb_flat`. The one-row epilogue adds each part's LoRA
+        update, and GELU from a row on (`.fused(x, lora, splits, gelu_from)`), unless a part
+        has a bias, which is added after. None where a part does not fit the kernels."""
         return _mma_joined(modules)
 
 
@@ -307,8 +308,12 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
             out = nf4_mma_rows(x, packed, config=CANDIDATE_ROWS)
         return out if bias is None else out + bias
 
-    def fused(x: torch.Tensor, lora, splits: tuple[int, ...]) -> torch.Tensor:  # noqa: ANN001
-        return nf4_mma_gemv(x, packed, lora=lora, config=CANDIDATE_GEMV, splits=splits)
+    def fused(x: torch.Tensor, lora, splits: tuple[int, ...], gelu_from: int | None):  # noqa: ANN001, ANN202
+        gelu = gelu_from is not None
+        return nf4_mma_gemv(
+            x, packed, lora=lora, gelu=gelu, config=CANDIDATE_GEMV, splits=splits,
+            gelu_from=gelu_from or 0,
+        )  # fmt: skip
 
     forward.sizes = sizes  # type: ignore[attr-defined]
     if bias is None:

@@ -74,7 +74,7 @@ class FalconBlocks:
         self.rotary_emb = transformer.rotary_emb
         self.final_norm = transformer.ln_f
         self.lm_head = base.lm_head
-        self.groups: tuple[tuple[str, ...], ...] = ()  # q/k/v are one projection already
+        self.groups: tuple[tuple[str, ...], ...] = (SHARED_INPUT,)
         self._blocks = transformer.h
         self.layers = [
             _Layer(block.input_layernorm.weight, block.input_layernorm.bias)
@@ -115,13 +115,11 @@ class FalconBlocks:
         layer = self.layers[index]
         project = proj.project
         h = layer_norm_row(x, layer.norm_weight, layer.norm_bias, self.eps)
-        low_qkv, low_up = proj.shared_low(h, index, SHARED_INPUT)
-        qkv = project(h, index, "query_key_value", low=low_qkv)
+        qkv, mlp = proj.project_group(h, index, SHARED_INPUT, gelu_last=True)
         attn = attend(index, qkv)  # (B, H, S, D)
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
         attn = project(attn, index, "dense")
-        mlp = project(h, index, "dense_h_to_4h", gelu=True, low=low_up)
         mlp = project(mlp, index, "dense_4h_to_h")
         return x + (mlp + attn)
 

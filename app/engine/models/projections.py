@@ -33,7 +33,9 @@ LinearOverride = Callable[[torch.nn.Module], Linear | None]
 """Gets a base projection module and returns the faster callable to run instead (or None).
 An override may also have `join(modules) -> Linear | None`: several projections of one input
 as one callable whose output is theirs side by side, with `.sizes` (each one's width) and
-optionally `.fused(x, lora, splits)`, the one-row epilogue with one rank of t per part."""
+optionally `.fused(x, lora, splits, gelu_from)`, the one-row epilogue with one rank of t per
+part (splits: where each next part's rows begin) and GELU from row `gelu_from` on (None: no
+GELU)."""
 LoraRows = torch.Tensor | int | None
 """How a step adds LoRA: a (B, 1, S*R) row mask, one adapter's slot for every row, or none
 (then `adapters` per row, the PEFT way, or the bare model)."""
@@ -137,20 +139,24 @@ class Projections:
         names: tuple[str, ...],
         adapters: Sequence[str | None] | None,
         mask: LoraRows,
+        *,
+        gelu_last: bool = False,
     ) -> tuple[torch.Tensor, ...]:
-        """Each of `names` (projections of the same input x) plus its LoRA update.
+        """Each of `names` (projections of the same input x) plus its LoRA update, the last
+        one through GELU when `gelu_last` (Falcon's MLP up projection beside its q/k/v).
 
         Where the override joined them (`groups`), the base products are one launch, and one
-        row on one adapter adds every part's update in that launch's epilogue. Otherwise each
-        runs on its own, their low-rank activations still from one launch (`shared_low`).
-        The parts may be views of one output.
+        row on one adapter adds every part's update (and GELU) in that launch's epilogue.
+        Otherwise each runs on its own, their low-rank activations still from one launch
+        (`shared_low`). The parts may be views of one output.
         """
         joined = self.joined[index].get(names)
+        gelu = [gelu_last and i == len(names) - 1 for i in range(len(names))]
         if joined is None:
             lows = self.shared_low(x, index, names, mask)
             return tuple(
-                self.project(x, index, name, adapters, mask, low=low)
-                for name, low in zip(names, lows, strict=True)
+                self.project(x, index, name, adapters, mask, gelu=g, low=low)
+                for name, low, g in zip(names, lows, gelu, strict=True)
             )
         sizes: list[int] = getattr(joined, "sizes")  # noqa: B009 - join's contract
         fused = getattr(joined, "fused", None)
@@ -158,11 +164,16 @@ class Projections:
         if fused is not None and one_row and not isinstance(mask, torch.Tensor):
             lora = self._group_update(x, index, names, mask)
             if lora is not False:
-                return fused(x, lora, tuple(accumulate(sizes[:-1]))).split(sizes, dim=-1)
+                starts = tuple(accumulate(sizes[:-1]))
+                out = fused(x, lora, starts, starts[-1] if gelu_last else None)
+                return tuple(out.split(sizes, dim=-1))
         parts = joined(x).split(sizes, dim=-1)
         return tuple(
-            self._add_update(part, x, index, name, adapters, mask)
-            for name, part in zip(names, parts, strict=True)
+            F.gelu(out) if g else out
+            for out, g in (
+                (self._add_update(part, x, index, name, adapters, mask), g)
+                for name, part, g in zip(names, parts, gelu, strict=True)
+            )
         )
 
     def _group_update(
@@ -259,10 +270,12 @@ class BoundProjections:
         return self.projections.shared_low(h, index, names, self.mask)
 
     def project_group(
-        self, x: torch.Tensor, index: int, names: tuple[str, ...]
+        self, x: torch.Tensor, index: int, names: tuple[str, ...], *, gelu_last: bool = False
     ) -> tuple[torch.Tensor, ...]:
         """`Projections.project_group` with this step's adapters and mask."""
-        return self.projections.project_group(x, index, names, self.adapters, self.mask)
+        return self.projections.project_group(
+            x, index, names, self.adapters, self.mask, gelu_last=gelu_last
+        )
 
 
 class KVCache:

@@ -129,7 +129,8 @@ def _linear4bit(n: int, k: int, bias: bool, seed: int) -> torch.nn.Module:
 @pytest.mark.parametrize("rows", [1, 5, 64, 100])
 def test_joined_projections_serve_every_row_count(rows, bias):
     """q, k, v joined by the `mma` routing (one launch): each part what its module computes,
-    and one row's epilogue adds each part's own LoRA update (t of three ranks, one B)."""
+    and one row's epilogue adds each part's own LoRA update (t of three ranks, one B), and
+    GELU from a row on (Falcon's MLP up projection joined after its q/k/v)."""
     from app.engine.kernels.nf4_routing import MmaRouting
 
     parts = [_linear4bit(n, 512, bias, seed=n) for n in (256, 64, 64)]
@@ -146,5 +147,7 @@ def test_joined_projections_serve_every_row_count(rows, bias):
             t[:, 16 * i : 16 * (i + 1)].float() @ b[s:e].float().T
             for i, (s, e) in enumerate(((0, 256), (256, 320), (320, 384)))
         ], dim=-1)  # fmt: skip
-        got = joined.fused(x, (t, b), (256, 320))
-        assert rel_err(got, want + update.view(1, 1, -1)) < 1e-2
+        plain = want + update.view(1, 1, -1)
+        assert rel_err(joined.fused(x, (t, b), (256, 320), None), plain) < 1e-2
+        gelu_v = torch.cat([plain[..., :320], torch.nn.functional.gelu(plain[..., 320:])], -1)
+        assert rel_err(joined.fused(x, (t, b), (256, 320), 320), gelu_v) < 1e-2

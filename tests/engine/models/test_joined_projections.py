@@ -1,7 +1,8 @@
-"""Llama's q/k/v and gate/up as joined launches (`Projections.project_group` over a linear
-override with `join`, as the `mma` routing offers on a GPU): logits equal the separate
-projections' in every way a step adds LoRA, and one row on one adapter hands every part's
-update to the joined launch's epilogue.
+"""Llama's q/k/v and gate/up, and Falcon's q/k/v beside its MLP up projection, as joined
+launches (`Projections.project_group` over a linear override with `join`, as the `mma` routing
+offers on a GPU): logits equal the separate projections' in every way a step adds LoRA, and
+one row on one adapter hands every part's update (and Falcon's GELU) to the joined launch's
+epilogue.
 
 The tensor-core kernel runs only on a GPU (tests/engine/kernels/test_nf4_mma_gpu.py checks it
 there); here the join computes in torch with the kernels' own CPU path (`reference_row`), so
@@ -11,6 +12,8 @@ each part reads, the bias, and the fallbacks.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -18,7 +21,7 @@ import torch.nn.functional as F  # noqa: N812
 from app.engine.kernels.nf4_format import reference_row
 from app.engine.models.llama import GATE_UP, QKV, LlamaBatch
 from app.engine.models.lora_bank import LoraBank
-from tests.engine.batch_reference import decode_both_ways
+from tests.engine.batch_reference import decode_both_ways, peft_model
 from tests.engine.models.test_llama_batch import adapted
 
 
@@ -26,7 +29,7 @@ class TorchJoin:
     """A linear override that keeps every module's own forward and joins groups in torch."""
 
     def __init__(self) -> None:
-        self.epilogues: list[tuple[int, bool, tuple[int, ...]]] = []
+        self.epilogues: list[tuple[int, bool, tuple[int, ...], int | None]] = []
 
     def __call__(self, module: torch.nn.Module) -> None:
         return None
@@ -39,9 +42,10 @@ class TorchJoin:
         def forward(x: torch.Tensor) -> torch.Tensor:
             return F.linear(x, weight, bias)
 
-        def fused(x: torch.Tensor, lora, splits: tuple[int, ...]) -> torch.Tensor:  # noqa: ANN001
-            self.epilogues.append((weight.shape[0], lora is not None, splits))
-            return reference_row(x, weight, lora, False, splits)
+        def fused(x: torch.Tensor, lora, splits: tuple[int, ...], gelu_from: int | None):  # noqa: ANN001, ANN202
+            self.epilogues.append((weight.shape[0], lora is not None, splits, gelu_from))
+            gelu = gelu_from is not None
+            return reference_row(x, weight, lora, gelu, splits, gelu_from or 0)
 
         forward.sizes = [m.out_features for m in modules]
         if bias is None:
@@ -74,9 +78,9 @@ def test_one_row_hands_each_part_its_own_update(model) -> None:  # noqa: ANN001
     attention = model.base_model.model.model.layers[0].self_attn
     q, k, v = (getattr(attention, n).base_layer for n in QKV)
     bias = q.bias is not None
-    gate_up = [(2 * model.config.intermediate_size, True, (model.config.intermediate_size,))]
+    gate_up = [(2 * model.config.intermediate_size, True, (model.config.intermediate_size,), None)]
     qkv = [(q.out_features + k.out_features + v.out_features, True,
-            (q.out_features, q.out_features + k.out_features))]  # fmt: skip
+            (q.out_features, q.out_features + k.out_features), None)]  # fmt: skip
     expected_calls = ([] if bias else qkv) + gate_up
     for adapter in ("growth", "income"):  # every projection r=4 / q and v only, r=8
         join.epilogues.clear()
@@ -115,3 +119,30 @@ def test_no_join_keeps_each_projection_on_its_own(model) -> None:  # noqa: ANN00
     batch = LlamaBatch(model, slots=1, max_tokens=16)
     assert batch.projections.joined == [{}] * batch.n_layers
     assert batch.lora.groups == ()
+
+
+def test_falcon_joins_its_qkv_and_mlp_up_projection_gelu_on_the_second(
+    tiny_falcon_dir: Path, packages: dict[str, Path]
+) -> None:
+    from app.engine.models.falcon import SHARED_INPUT, FalconBatch
+
+    model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
+    plain = FalconBatch(model, slots=4, max_tokens=64)
+    join = TorchJoin()
+    joined = FalconBatch(model, slots=4, max_tokens=64, linear_override=join)
+    assert all(set(layer) == {SHARED_INPUT} for layer in joined.projections.joined)
+    adapters = ["income", None, "growth", "growth"]
+    expected, _ = decode_both_ways(plain, adapters)
+    eager, masked = decode_both_ways(joined, adapters, lora_mask=joined.lora.row_mask(adapters, 4))
+    assert torch.allclose(eager, expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(masked, expected, atol=1e-4, rtol=1e-4)
+    attention = model.base_model.model.transformer.h[0]
+    qkv = attention.self_attention.query_key_value.base_layer.out_features
+    up = attention.mlp.dense_h_to_4h.base_layer.out_features
+    for adapter in ("growth", "income"):
+        join.epilogues.clear()
+        slot = joined.lora.names.index(adapter)
+        expected, _ = decode_both_ways(plain, [adapter])
+        _, fused = decode_both_ways(joined, [adapter], lora_slot=slot)
+        assert torch.allclose(fused, expected, atol=1e-4, rtol=1e-4), adapter
+        assert join.epilogues == [(qkv + up, True, (qkv,), qkv)] * joined.n_layers
