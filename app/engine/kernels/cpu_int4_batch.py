@@ -19,6 +19,7 @@ Measured on a 2-core box (SmolLM2-135M from its Q4_1 file, `bench/cpu_generate.p
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 
 import torch
@@ -168,9 +169,14 @@ def _forward(
     """`linear` (the int4 copy of `modules`, side by side) plus `bias`, for any activation
     dtype; from `dense_rows` rows, the modules' own weights (bf16 once the model is cast)."""
 
+    dense = [
+        (typing.cast(torch.Tensor, m.weight), typing.cast(torch.Tensor | None, m.bias))
+        for m in modules
+    ]
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         if dense_rows is not None and x.numel() >= dense_rows * x.shape[-1]:
-            parts = [F.linear(x, module.weight, module.bias) for module in modules]
+            parts = [F.linear(x, w, b) for w, b in dense]
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         # the kernel's fast path is bf16 in, bf16 out; a float32 forward converts around it
         if x.dtype == torch.bfloat16:
