@@ -59,10 +59,12 @@ from app.engine.types import (  # noqa: E402
 from bench.serve_gpu_setup import (  # noqa: E402
     ADAPTERS,
     MODELS,
+    agreement,
     build_model,
     check_logits,
     copy_bandwidth,
     decode_bytes,
+    decode_logits,
     greedy_reference,
     lora_targets,
     make_adapters,
@@ -346,6 +348,7 @@ def main() -> int:  # noqa: PLR0915
     args.decode_tokens = 16 if args.smoke else 256
     args.concurrent_tokens = args.concurrent_tokens or (8 if args.smoke else 128)
     args.http_streams = 32
+    args.check_rows = 4 if args.smoke else 32
     args.levels = args.levels or ([2, 4] if args.smoke else [8, 32, 64])
     device = torch.device("cpu" if args.smoke else "cuda")
     work = Path(tempfile.mkdtemp(prefix="teller-serve-bench-"))
@@ -387,6 +390,9 @@ def main() -> int:  # noqa: PLR0915
     ref_ids = list(tok(tok.decode(prompt_ids(tok, 40, shift=3)))["input_ids"])
     correctness = check_logits(loaded, adapters[0], ref_ids)
     reference = greedy_reference(loaded, adapters[0], ref_ids, 32)
+    # Each variant's decode logits against bitsandbytes' on the same forward (1 and 32 rows):
+    # a kernel that is fast but wrong shows here, whichever variant runs last.
+    bnb_logits = decode_logits(loaded, adapters[0], None, ref_ids, args.check_rows)
     results["teller"] = {}
     engine: BatchEngine | None = None
     for variant in args.variants.split(","):
@@ -400,6 +406,8 @@ def main() -> int:  # noqa: PLR0915
             del engine
             gc.collect()
             torch.cuda.empty_cache() if device.type == "cuda" else None
+        got = decode_logits(loaded, adapters[0], override, ref_ids, args.check_rows)
+        checked = agreement(bnb_logits, got)
         engine = BatchEngine(
             loaded,
             max_batch=max(args.levels),
@@ -410,6 +418,7 @@ def main() -> int:  # noqa: PLR0915
         started = time.perf_counter()
         engine.ready.wait(600)
         section: dict[str, Any] = {"warm_up_s": time.perf_counter() - started}
+        section["against_bitsandbytes"] = checked
 
         async def load_and_measure(engine: BatchEngine = engine) -> dict:
             started = time.perf_counter()

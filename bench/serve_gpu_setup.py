@@ -277,6 +277,43 @@ def check_logits(loaded: LoadedModel, adapter: Path, ids: list[int]) -> dict:
     }
 
 
+def decode_logits(
+    loaded: LoadedModel, adapter: Path, override: Any, ids: list[int], rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step's logits on the batched forward with the NF4 `override` (None:
+    bitsandbytes as loaded), as serving runs it: one row on the adapter through its slot (the
+    one-row kernels' fused epilogue), then `rows` rows, every other on the adapter, through
+    the row mask (the many-row kernels). Returns (one row (V,), rows (rows, V))."""
+    device = loaded.device
+    with peft_adapter(loaded, adapter) as model, torch.inference_mode():
+        batch = batched_forward(
+            model, slots=rows, max_tokens=len(ids) + 2, linear_override=override
+        )
+        adapters = ["a0" if row % 2 == 0 else None for row in range(rows)]
+        for slot, name in enumerate(adapters):
+            batch.prefill(slot, ids, name)
+        tokens = torch.tensor(ids[-rows:] * rows, device=device)[:rows]
+        positions = torch.full((rows,), len(ids), device=device)
+        slot = batch.lora.names.index("a0")
+        one = batch.decode(tokens[:1], positions[:1], len(ids) + 1, lora_slot=slot)[0]
+        mask = batch.lora.row_mask(adapters, rows)
+        many = batch.decode(tokens, positions, len(ids) + 1, lora_mask=mask)
+        del batch
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    return one.float(), many.float()
+
+
+def agreement(reference: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> dict:
+    """How close a variant's `decode_logits` are to the reference's: relative L2 and the
+    share of rows with the same argmax, for one row and for many."""
+    out = {}
+    for label, ref, new in zip(("one_row", "rows"), reference, got, strict=True):
+        ref, new = ref.reshape(-1, ref.shape[-1]), new.reshape(-1, new.shape[-1])
+        out[f"{label}_logits_rel_l2"] = float((new - ref).norm() / ref.norm())
+        out[f"{label}_same_argmax"] = float((new.argmax(-1) == ref.argmax(-1)).float().mean())
+    return out
+
+
 def greedy_reference(loaded: LoadedModel, adapter: Path, ids: list[int], n: int) -> list[int]:
     tensor = torch.tensor([ids], device=loaded.device)
     with peft_adapter(loaded, adapter) as model, torch.inference_mode():

@@ -18,6 +18,10 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     assert [level["streams"] for level in teller["concurrency"]] == [2, 4]
     assert all(not level["errors"] for level in teller["concurrency"])
     assert results["correctness"]["greedy_shared_prefix_of_32"] == 32  # float32 on CPU
+    # the variant's decode logits against bitsandbytes' (on CPU the same forward: equal)
+    checked = teller["against_bitsandbytes"]
+    assert checked["one_row_logits_rel_l2"] == checked["rows_logits_rel_l2"] == 0.0
+    assert checked["one_row_same_argmax"] == checked["rows_same_argmax"] == 1.0
     http = results["http"]
     assert http["ok"] == http["streams"] == 32 and http["output_tokens"] > 0
     assert set(results["floor"]) == {"copy_gb_s", "bytes_per_token", "tok_s"}

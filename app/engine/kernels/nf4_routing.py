@@ -50,9 +50,10 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
     - `mma`: the tensor-core kernels for every decode step (`nf4_mma_gemv` for one row,
       `nf4_mma_rows` for 2..64, from one repacked copy, in the `CANDIDATE_*` variants of
       `nf4_mma`), `bnb_flat` for prompts; projections of one input (Llama's q/k/v and
-      gate/up) joined into one copy, one launch each (`MmaRouting.join`). Not yet measured
-      against `hybrid` on a card, so `auto` does not pick it; `bench/serve_gpu.py --variants
-      hybrid,mma` compares them;
+      gate/up; Falcon's q/k/v and MLP up) joined into one copy, one launch each
+      (`MmaRouting.join`). On an H100, 9-16% faster than `hybrid` for one stream and within
+      4% at 32 (docs/gpu-serving.md); `auto` picks it once its kernel tests have run on a
+      card (`bench/serve_gpu.py --variants hybrid,mma` compares the two);
     - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
