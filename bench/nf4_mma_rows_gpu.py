@@ -16,7 +16,9 @@ holds them (bench/nf4_gemv_gpu.py's Timer), as % of a measured device-to-device 
 the rows kernel's launch configurations (warps, row tiles per warp, blocks per SM) with their
 registers per thread; and per model the projections' time of one decode step (all layers) per
 kernel at each row count, which is what `--variants mma` against `hybrid` changes in
-bench/serve_gpu.py. The run fails (exit 1) when any rows-kernel result is wrong.
+bench/serve_gpu.py. For one row also the GEMV with a rank-64 LoRA update in its epilogue, with
+and without `prefetch` (its % of copy counts the weight's bytes, not B's). The run fails
+(exit 1) when any rows-kernel result is wrong.
 """
 
 from __future__ import annotations
@@ -59,14 +61,23 @@ SWEEP = [  # (warps, row tiles per warp, blocks per SM[, decode])
     ROWS_CONFIG, (4, 1, 4), (4, 2, 4), (8, 1, 2), (8, 2, 3), (8, 4, 2), (16, 1, 2), (16, 2, 1),
     (8, 2, 2, 2), (8, 4, 2, 2), CANDIDATE_ROWS,
 ]  # fmt: skip
-GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean): as it serves, then switches
+GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean[, prefetch]): as it serves,
+    # then switches
     "mma_gemv": (WARPS, DEPTH, 1, PER_SM, 0, 0),
     "mma_gemv_chain": (WARPS, DEPTH, 1, PER_SM, 1, 0),
     "mma_gemv_wide": (WARPS, DEPTH, 2, PER_SM, 0, 0),
     "mma_gemv_lean": (WARPS, DEPTH, 1, PER_SM, 0, 1),
     "mma_gemv_wide_lean_chain": (WARPS, DEPTH, 2, PER_SM, 1, 1),
     "mma_gemv_wide_lean_chain_8w3": (8, DEPTH, 2, 3, 1, 1),
+    "mma_gemv_prefetch": (WARPS, DEPTH, 1, PER_SM, 0, 0, 1),  # no adapter: its cost alone
 }
+LORA_GEMV_VARIANTS = {  # the GEMV with a rank-`LORA_RANK` update in its epilogue (one row)
+    "mma_gemv_lora": (WARPS, DEPTH, 1, PER_SM, 0, 0, 0),
+    "mma_gemv_lora_prefetch": (WARPS, DEPTH, 1, PER_SM, 0, 0, 1),
+    "mma_gemv_wide_lean_chain_lora": (WARPS, DEPTH, 2, PER_SM, 1, 1, 0),
+    "mma_gemv_wide_lean_chain_lora_prefetch": (WARPS, DEPTH, 2, PER_SM, 1, 1, 1),
+}
+LORA_RANK = 64  # r of the adapters measured serving Llama-3.1-8B (every projection)
 SWEEP_ROWS = {1, 8, 32, 64}  # 1: the rows kernel against the GEMV
 SMOKE = {"tiny": ([(256, 64), (128, 96)], 2)}
 ROTATE_BYTES = 256 << 20
@@ -104,10 +115,10 @@ class Kernels:
     def __init__(self, x: torch.Tensor, ref: torch.Tensor, moved: int, timer: Timer, copy: float):
         self.x, self.ref, self.moved, self.timer, self.copy = x, ref, moved, timer, copy
 
-    def timed(self, run, packs: list) -> dict:  # noqa: ANN001
+    def timed(self, run, packs: list, ref: torch.Tensor | None = None) -> dict:  # noqa: ANN001
         entry: dict = {}
         try:
-            entry["rel_err"] = rel_err(run(packs[0]), self.ref)
+            entry["rel_err"] = rel_err(run(packs[0]), self.ref if ref is None else ref)
             entry["us"] = self.timer.time_us([lambda p=p: run(p) for p in packs])
             if self.timer.cuda:
                 entry["pct_copy"] = 100 * self.moved / entry["us"] / 1e3 / self.copy
@@ -127,6 +138,8 @@ class Kernels:
                 cell[name + suffix] = self.timed(
                     lambda p, c=config: nf4_mma_gemv(x, p, config=c), packs
                 )
+            if rows == 1:
+                self.measure_lora(packs, suffix, cell)
         if triton is not None:
             cell["nf4_matmul"] = self.timed(lambda p: nf4_matmul(x, p), triton)
             cell["bnb"] = self.timed(lambda m: bnb_gemv(x, m), modules)
@@ -145,6 +158,22 @@ class Kernels:
                         entry["registers_error"] = short(exc)
                     cell["sweep"].append(entry)
         return cell
+
+    def measure_lora(self, packs: list, suffix: str, cell: dict) -> None:
+        """`LORA_GEMV_VARIANTS` on one row: t of `LORA_RANK` values and each weight copy its
+        own B (a bank's column slice, as `LoraBank` hands it), so B is read from memory as it
+        is serving many projections; the reference adds t B.T to the product."""
+        x, n = self.x, packs[0].out_features
+        t = torch.randn(1, LORA_RANK, device=x.device).bfloat16()
+        banks = [(torch.randn(n, 2 * LORA_RANK, device=x.device) * 0.1).bfloat16() for _ in packs]
+        pairs = [(p, bank[:, LORA_RANK:]) for p, bank in zip(packs, banks, strict=True)]
+        ref = self.ref + t.float() @ pairs[0][1].float().T
+        for name, config in LORA_GEMV_VARIANTS.items():
+            cell[name + suffix] = self.timed(
+                lambda pb, c=config: nf4_mma_gemv(x, pb[0], lora=(t, pb[1]), config=c),
+                pairs,
+                ref,
+            )
 
 
 def step_ms(shapes: list[dict], model_shapes: list[tuple[int, int]], layers: int) -> dict:

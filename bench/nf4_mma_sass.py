@@ -53,6 +53,13 @@ GEMV = {  # name -> variant of nf4_mma_gemv
     "lean_k_order_1_chain": KernelVariant(WARPS, DEPTH, 1, korder=1, chain=1, lean=1),
     "wide_lean_k_order_1_chain": KernelVariant(WARPS, DEPTH, 2, korder=1, chain=1, lean=1),
     "wide_lean_chain_8_warps": KernelVariant(8, DEPTH, 2, korder=1, chain=1, lean=1),
+    "prefetch": KernelVariant(WARPS, DEPTH, DECODE, korder=K_ORDER, prefetch=1),
+    "wide_lean_k_order_1_chain_prefetch": KernelVariant(
+        WARPS, DEPTH, 2, korder=1, chain=1, lean=1, prefetch=1
+    ),
+    "wide_lean_chain_8_warps_prefetch": KernelVariant(
+        8, DEPTH, 2, korder=1, chain=1, lean=1, prefetch=1
+    ),
 }
 ROWS = {  # name -> variant of nf4_mma_rows
     f"{chunks * 8}_rows{suffix}": KernelVariant(

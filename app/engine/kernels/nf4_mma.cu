@@ -10,6 +10,7 @@
 #define KORDER @KORDER@  // the packed weight's k order: 0 the PTX fragment's, 1 lane-contiguous
 #define CHAIN @CHAIN@    // nf4_mma_gemv: 1 chains a group's four mma into one accumulator
 #define LEAN @LEAN@      // nf4_mma_gemv: 1 walks K with running pointers and two buffers
+#define PREFETCH @PREFETCH@  // nf4_mma_gemv: 1 loads a tile's epilogue t and B before its K loop
 
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
   unsigned d;
@@ -193,6 +194,25 @@ __device__ __forceinline__ void load_group(const unsigned *w, const unsigned sho
   asm("ld.global.nc.u16 %0, [%1];" : "=h"(sc[1]) : "l"(s + 8));
 }
 
+#if PREFETCH == 1
+// Rows of a tile each warp finishes in the epilogue (r = warp, warp + WARPS, ...).
+#define ROWS_PER_WARP ((16 + WARPS - 1) / WARPS)
+
+// Four bf16 (8 bytes) into two registers, issued where it stands: volatile, so the compiler
+// does not sink it to its use after the K loop, which would bring back the latency it hides.
+__device__ __forceinline__ void load8(const unsigned short *p, unsigned &a, unsigned &b) {
+  asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(a), "=r"(b) : "l"(p));
+}
+
+// The dot product of two pairs of packed bf16 pairs, in fp32.
+__device__ __forceinline__ float dot4(unsigned t0, unsigned t1, unsigned b0, unsigned b1) {
+  float sum = __uint_as_float(t0 << 16) * __uint_as_float(b0 << 16);
+  sum += __uint_as_float(t0 & 0xFFFF0000u) * __uint_as_float(b0 & 0xFFFF0000u);
+  sum += __uint_as_float(t1 << 16) * __uint_as_float(b1 << 16);
+  return sum + __uint_as_float(t1 & 0xFFFF0000u) * __uint_as_float(b1 & 0xFFFF0000u);
+}
+#endif
+
 // One group's products added to rows g (acc0) and g + 8 (acc1), each scaled once.
 __device__ __forceinline__ void group_product(const unsigned *u, const unsigned *b,
                                               const unsigned short *sc, const unsigned *lut,
@@ -261,9 +281,32 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   for (int i = threadIdx.x; i < TABLE_WORDS; i += WARPS * 32) table[i] = pairs[i >> TABLE_SHIFT];
   __syncthreads();
   const unsigned *lut = DECODE == 2 ? table : table + lane;
+#if PREFETCH == 1
+  // The epilogue's t and B in registers, four bf16 per lane (k = 4 lane .. 4 lane + 3) of each
+  // row the warp finishes, loaded as 8-byte vectors when the tile starts so that they arrive
+  // during its K loop. Ranks above 128 or not a multiple of 4, and unaligned t or B, keep the
+  // loop that loads them in the epilogue (the same for every lane: no divergence).
+  const bool held = rank <= 128 && (rank & 3) == 0 && (b_stride & 3) == 0 &&
+                    (((unsigned long long)lora_b | (unsigned long long)lora_t) & 7) == 0;
+  const bool holds = held && 4 * lane < rank;  // lanes past the rank hold zeros
+#endif
 
   for (; tile < tiles; tile += gridDim.x) {
     float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
+#if PREFETCH == 1
+    unsigned ht0 = 0u, ht1 = 0u, hb[ROWS_PER_WARP][2];
+    if (holds) {  // splits are multiples of 16: a tile's rows share one projection's t
+      const int first = tile * 16;
+      load8(lora_t + ((first >= split1) + (first >= split2)) * rank + 4 * lane, ht0, ht1);
+    }
+#pragma unroll
+    for (int k = 0; k < ROWS_PER_WARP; ++k) {
+      hb[k][0] = hb[k][1] = 0u;
+      const int r = warp + k * WARPS;
+      if (holds && r < 16)
+        load8(lora_b + (long long)(tile * 16 + r) * b_stride + 4 * lane, hb[k][0], hb[k][1]);
+    }
+#endif
 #if LEAN == 1
     const unsigned *wp = words + ((long long)tile * 32 + lane) * 4 + warp * word_step;
     const unsigned short *sp = scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g;
@@ -335,6 +378,22 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     // folded into B) and GELU (rows from gelu_from on), in fp32, rounded once. Rows from
     // split1 (and from split2) on belong to the next projection of a joined launch (q|k|v):
     // they read the next `rank` values of t.
+#if PREFETCH == 1  // t and B are in registers already (`held`): FMAs only
+#pragma unroll
+    for (int k = 0; k < ROWS_PER_WARP; ++k) {
+      const int r = warp + k * WARPS;
+      if (r >= 16) break;
+      float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
+      const int row = tile * 16 + r;
+      if (held) {
+        sum += dot4(ht0, ht1, hb[k][0], hb[k][1]);
+      } else {
+        const unsigned short *b_row = lora_b + (long long)row * b_stride;
+        const unsigned short *t_row = lora_t + ((row >= split1) + (row >= split2)) * rank;
+        for (int i = lane; i < rank; i += 32)
+          sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
+      }
+#else
     for (int r = warp; r < 16; r += WARPS) {
       float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
       const int row = tile * 16 + r;
@@ -342,6 +401,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
       const unsigned short *t_row = lora_t + ((row >= split1) + (row >= split2)) * rank;
       for (int i = lane; i < rank; i += 32)
         sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
+#endif
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
         float other;

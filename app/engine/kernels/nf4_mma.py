@@ -49,6 +49,9 @@ and their zeroing); `CHAIN`, a group's four mma into one accumulator (no zeroing
 of four); `decode=2`, a 64 KB table laid out so that one byte permute of the packed word with
 the lane's offset is a lookup's whole address (two integer ops before); and `LEAN`, running
 pointers and two register buffers in turn (no 64-bit index arithmetic or copies per group).
+A fifth, `PREFETCH`, loads each tile's LoRA t and B rows (rank <= 128: four bf16 per lane and
+row, 8-byte loads) into registers when the tile's K loop starts, so the epilogue waits on no
+global load (ranks above 128 keep the loop that loads them there).
 
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
@@ -81,6 +84,7 @@ DEPTH = 1  # groups each warp loads ahead
 DECODE = 1  # the GEMV's decode: 1 the 32 KB table (2: `WIDE_TABLE_BYTES`, 0: byte permutes)
 CHAIN = 0  # 1: a group's four mma chained into one accumulator (not yet measured)
 LEAN = 0  # 1: the GEMV walks K with running pointers and two buffers in turn (not yet measured)
+PREFETCH = 0  # 1: the GEMV loads each tile's epilogue t and B before its K loop (not yet measured)
 WIDE_TABLE_BYTES = 256 * 64 * 4  # decode 2's table: one address op per lookup (not yet measured)
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
 PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
@@ -246,8 +250,9 @@ def nf4_mma_gemv(
             byte permute (`WIDE_TABLE_BYTES`), blocks per SM: 0 = one block per row tile,
             else that many blocks per SM each serving several tiles[, chain: 1 = a group's
             four mma into one accumulator[, lean: 1 = running pointers and two buffers in
-            turn]]) for benchmarks; by default `WARPS`, `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`,
-            `LEAN`.
+            turn[, prefetch: 1 = the epilogue's t and B loaded before the K loop]]]) for
+            benchmarks; by default `WARPS`, `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`, `LEAN`,
+            `PREFETCH`.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -273,10 +278,12 @@ def nf4_mma_gemv(
     row = row.contiguous()
     out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
     split1, split2 = (*splits, weight.out_features, weight.out_features)[:2]
-    warps, depth, decode, per_sm, chain, lean = _gemv_settings(config)
+    warps, depth, decode, per_sm, chain, lean, prefetch = _gemv_settings(config)
     tiles = weight.out_features // TILE_ROWS
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
-    variant = KernelVariant(warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean)
+    variant = KernelVariant(
+        warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch
+    )
     kernel = _kernel(x.device.index or 0, variant)
     kernel(
         grid=(blocks, 1, 1),
@@ -344,14 +351,15 @@ def nf4_mma_rows(
     return out.reshape(*lead, weight.out_features)
 
 
-def _gemv_settings(config: tuple[int, ...] | None) -> tuple[int, int, int, int, int, int]:
-    """(warps, depth, decode, per_sm, chain, lean) from a GEMV `config`, defaults filled in."""
-    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN)
+def _gemv_settings(config: tuple[int, ...] | None) -> tuple[int, int, int, int, int, int, int]:
+    """(warps, depth, decode, per_sm, chain, lean, prefetch) from a GEMV `config`, defaults
+    filled in."""
+    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN, PREFETCH)
     given = tuple(config or ())
     if len(given) > len(defaults) or (given and len(given) < 4):
-        raise ValueError("config is (warps, depth, decode, per_sm[, chain[, lean]])")
-    warps, depth, decode, per_sm, chain, lean = given + defaults[len(given) :]
-    return warps, depth, decode, per_sm, chain, lean
+        raise ValueError("config is (warps, depth, decode, per_sm[, chain[, lean[, prefetch]]])")
+    warps, depth, decode, per_sm, chain, lean, prefetch = given + defaults[len(given) :]
+    return warps, depth, decode, per_sm, chain, lean, prefetch
 
 
 def _dynamic_shared(variant: KernelVariant, sums: int) -> int:
@@ -383,12 +391,14 @@ class KernelVariant:
     korder: int = 0
     chain: int = 0
     lean: int = 0
+    prefetch: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
     """The CUDA C++ of both kernels for one variant: `warps` warps per block; the GEMV keeping
     `depth` groups' loads in flight, decoding by table (`decode` 1) or byte permutes (0),
-    chaining a group's mma (`chain`); the rows kernel with `tiles` row tiles per warp and
+    chaining a group's mma (`chain`), loading its epilogue's t and B before the K loop
+    (`prefetch`); the rows kernel with `tiles` row tiles per warp and
     `chunks` 8-row chunks of activations; x read in the weight's `korder` (`K_ORDERS`). Plain
     C++ and PTX, no headers."""
     bits = bf16_code_bits()
@@ -405,7 +415,7 @@ def kernel_source(variant: KernelVariant) -> str:
     for name, value in (
         ("WARPS", variant.warps), ("DEPTH", variant.depth), ("TILES", variant.tiles),
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
-        ("LEAN", variant.lean),
+        ("LEAN", variant.lean), ("PREFETCH", variant.prefetch),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"

@@ -146,6 +146,8 @@ def test_kernel_source_is_complete():
     assert "@" not in source and "#define WARPS 8" in source
     assert "#define TILES 2" in source and "#define CHUNKS 4" in source
     assert "#define KORDER 1" in source and "#define CHAIN 1" in source
+    assert "#define PREFETCH 0" in source
+    assert "#define PREFETCH 1" in kernel_source(KernelVariant(16, prefetch=1))
     assert source.count("#define LO") == 4 and "mma.sync.aligned.m16n8k16" in source
 
 
@@ -179,6 +181,11 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(8, decode=2, tiles=2, chunks=8),
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1),
         KernelVariant(8, decode=1, lean=1),
+        KernelVariant(16, prefetch=1),
+        KernelVariant(16, depth=2, decode=0, prefetch=1),
+        KernelVariant(8, korder=1, chain=1, lean=1, prefetch=1),
+        KernelVariant(4, decode=2, prefetch=1),
+        KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1),
     ],
     ids=str,
 )

@@ -16,6 +16,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels"),
 ]
 
+from app.engine.kernels.nf4_format import reference_row  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
     CHAIN,
     DEPTH,
@@ -52,20 +53,49 @@ def test_rows_kernel_gives_the_dequantized_product(weight, rows, config):
         assert rel_err(out[row], want[row]) < 1e-2, (rows, config, row)
 
 
+@pytest.mark.parametrize("prefetch", [0, 1])
 @pytest.mark.parametrize("lean", [0, 1])
 @pytest.mark.parametrize("decode", [0, 1, 2])
 @pytest.mark.parametrize("chain", sorted({CHAIN, 1 - CHAIN}))
-def test_gemv_with_its_epilogue_gives_the_dequantized_product(weight, chain, decode, lean):
+def test_gemv_with_its_epilogue_gives_the_dequantized_product(
+    weight, chain, decode, lean, prefetch
+):
     packed, dense = weight
     x = torch.randn(1, 640, device="cuda").bfloat16()
     t = torch.randn(1, 16, device="cuda").bfloat16()
     b = (torch.randn(dense.shape[0], 48, device="cuda") * 0.1).bfloat16()[:, 16:32]  # a bank
-    config = (WARPS, DEPTH, decode, PER_SM, chain, lean)
+    config = (WARPS, DEPTH, decode, PER_SM, chain, lean, prefetch)
     plain = nf4_mma_gemv(x, packed, config=config)
     assert rel_err(plain, x.float() @ dense.T) < 5e-3
     fused = nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=config)
     want = torch.nn.functional.gelu(x.float() @ dense.T + t.float() @ b.float().T)
     assert rel_err(fused, want) < 5e-3
+
+
+@pytest.mark.parametrize("warps", [4, 16])
+@pytest.mark.parametrize(
+    ("rank", "shift"),
+    [(4, 4), (64, 64), (128, 0), (16, 2), (6, 6), (192, 0)],  # the last three: the loop
+    ids=lambda v: str(v),
+)
+def test_prefetched_epilogue_gives_what_the_loop_gives(weight, warps, rank, shift):
+    """`prefetch`: t and B held in registers (rank <= 128, a multiple of 4, 8-byte aligned) or,
+    past those, the epilogue's loop: every row of three joined projections gets its own part's
+    update, through GELU from the third on, as without prefetch."""
+    packed, dense = weight  # 784 rows: projections of 256, 256 and 272
+    x = torch.randn(1, 640, device="cuda").bfloat16()
+    t = torch.randn(1, 3 * rank, device="cuda").bfloat16()
+    bank = (torch.randn(dense.shape[0], rank + 64, device="cuda") * 0.1).bfloat16()
+    lora = (t, bank[:, shift : shift + rank])  # a bank's columns, aligned or not
+    kwargs = {"lora": lora, "gelu": True, "splits": (256, 512), "gelu_from": 512}
+    want = reference_row(x.float(), dense, lora, True, (256, 512), 512)
+    outs = [
+        nf4_mma_gemv(x, packed, config=(warps, DEPTH, 1, PER_SM, 0, 0, prefetch), **kwargs)
+        for prefetch in (0, 1)
+    ]
+    for out in outs:
+        assert rel_err(out, want) < 5e-3, (warps, rank, shift)
+    assert rel_err(outs[1], outs[0]) < 5e-3  # fp32 sums in another order, rounded once
 
 
 def test_rows_kernel_replays_in_a_cuda_graph(weight):
