@@ -1,6 +1,7 @@
 """What the benches that run two commits side by side share: a commit's tree exported to run
 as the "before" side, the paths the "after" side ran uncommitted, one thread's CPU time from
-/proc, a module path shortened for a profile, and the CPU's name.
+/proc, a yappi CPU profile around a run, a module path shortened for a profile, and the
+CPU's name.
 
 Used by bench/v1_request_overhead.py and bench/sse_per_token.py (and `cpu_name` by
 bench/cpu_generate.py).
@@ -12,7 +13,11 @@ import os
 import platform
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +53,26 @@ def thread_cpu_seconds(tid: int | str) -> float:
     """
     fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_profiled(run: Callable[[], T]) -> tuple[Any, T] | None:
+    """`run()` under yappi (CPU clock, every thread of this process, builtins included):
+    (the yappi module, holding the stats until the caller's `clear_stats()`, and run's
+    result), or None where yappi is not installed."""
+    try:
+        import yappi
+    except ImportError:
+        return None
+    yappi.set_clock_type("cpu")
+    yappi.start(builtins=True, profile_threads=True)
+    try:
+        result = run()
+    finally:
+        yappi.stop()
+    return yappi, result
+
+
+NO_YAPPI = {"skipped": "yappi is not installed (pip install yappi)"}
 
 
 def short_module(path: str) -> str:

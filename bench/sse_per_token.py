@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.side_by_side import (  # noqa: E402
+    NO_YAPPI,
+    cpu_profiled,
     export_commit,
     git,
     short_module,
@@ -50,16 +52,12 @@ WORDS = [" the", " cash", " flow", "é", ' "quoted"', " net", "\n", " income"]
 
 def profile_run(command: list[str], loop_tid: str) -> dict[str, Any]:
     """One more run under yappi: the event loop thread's functions per token."""
-    try:
-        import yappi
-    except ImportError:
-        return {"skipped": "yappi is not installed (pip install yappi)"}
-    yappi.set_clock_type("cpu")
-    yappi.start(builtins=True, profile_threads=True)
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
-    finally:
-        yappi.stop()
+    profiled = cpu_profiled(
+        lambda: subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    )
+    if profiled is None:
+        return NO_YAPPI
+    yappi, done = profiled
     tokens = max(1, json.loads(done.stdout.strip().splitlines()[-1])["output_tokens"])
     idents = {t.ident for t in threading.enumerate() if str(t.native_id) == loop_tid}
     loop = [t.id for t in yappi.get_thread_stats() if t.tid in idents]

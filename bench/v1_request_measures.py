@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.side_by_side import short_module, thread_cpu_seconds
+from bench.side_by_side import NO_YAPPI, cpu_profiled, short_module, thread_cpu_seconds
 
 PROFILE_TOP = 40
 
@@ -157,17 +157,10 @@ def profile_server(
 ) -> dict:
     """yappi's CPU profile of this process's threads over `rounds` calls of `run_round`
     (`calls` requests in all), per request."""
-    try:
-        import yappi
-    except ImportError:
-        return {"skipped": "yappi is not installed (pip install yappi)"}
-    yappi.set_clock_type("cpu")
-    yappi.start(builtins=True, profile_threads=True)
-    try:
-        for _ in range(rounds):
-            run_round()
-    finally:
-        yappi.stop()
+    profiled = cpu_profiled(lambda: [run_round() for _ in range(rounds)])
+    if profiled is None:
+        return NO_YAPPI
+    yappi = profiled[0]
     by_ident = {t.ident: t for t in threading.enumerate()}  # yappi's tid is the ident
     kinds: dict[int, str] = {}
     totals: dict[str, float] = {}
