@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from tests.support.api import Api, settings_for, start_api
+from tests.support.asgi import http_scope
 from tests.support.scripted_engine import ScriptedEngine
 
 LIMIT_BYTES = 64 * 1024
@@ -131,21 +132,7 @@ def call_with_body(api: Api, *, content_length: int | None) -> tuple[int, dict, 
         headers.append((b"transfer-encoding", b"chunked"))
     else:
         headers.append((b"content-length", str(content_length).encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
+    scope = http_scope("POST", "/v1/chat/completions", headers)
     # Without a limit this never ends: the body does not.
     asyncio.run(asyncio.wait_for(api.live.app(scope, receive, send), timeout=60))
     start = next(m for m in sent if m["type"] == "http.response.start")

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
 from app.ops.body_limit import BodyLimitMiddleware, BodyTooLarge
+from tests.support.asgi import http_scope
 from tests.support.web import scripted_server  # noqa: F401
 
 CHUNK = 8 * 1024
@@ -34,21 +35,7 @@ def asgi_post(app, path: str, *, content_type: str, declared: int | None = None)
         if declared is None
         else (b"content-length", str(declared).encode())
     )
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
+    scope = http_scope("POST", path, headers)
     # Without a limit this never returns: the body has no end.
     asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=60))
     start = next(m for m in sent if m["type"] == "http.response.start")

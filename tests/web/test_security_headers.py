@@ -19,6 +19,7 @@ from app.ops.requests import RequestContextMiddleware
 from app.web.csrf import COOKIE as CSRF_COOKIE
 from app.web.security_headers import CONTENT_SECURITY_POLICY, SecurityHeadersMiddleware
 from tests.support.api import Api, settings_for, start_api
+from tests.support.asgi import http_scope
 from tests.support.scripted_engine import ScriptedEngine
 
 SECURITY = {
@@ -53,19 +54,8 @@ def through_middleware(
     headers = [(b"host", b"127.0.0.1:8000")]
     if cookies:
         headers.append((b"cookie", cookies.encode()))
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-        "app": SimpleNamespace(state=SimpleNamespace(settings=Settings(cookie_secure=False))),
-    }
+    scope = http_scope("GET", "/", headers)
+    scope["app"] = SimpleNamespace(state=SimpleNamespace(settings=Settings(cookie_secure=False)))
     stack = RequestContextMiddleware(SecurityHeadersMiddleware(app))
     asyncio.run(stack(scope, receive, send))
     start = sent[0]
