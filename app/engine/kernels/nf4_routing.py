@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 import typing
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from app.engine.loader import LoadedModel
 from app.engine.models.projections import Linear, LinearOverride
+
+if TYPE_CHECKING:
+    from app.engine.kernels.nf4_mma import MmaNF4
 
 log = logging.getLogger(__name__)
 
@@ -210,15 +213,7 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     `bnb_flat` alone where NVRTC or the shape does not fit the kernels."""
     from app.engine.kernels.availability import mma_available
     from app.engine.kernels.nf4_flat import flat_nf4_linear
-    from app.engine.kernels.nf4_mma import (
-        CANDIDATE_GEMV,
-        CANDIDATE_K_ORDER,
-        CANDIDATE_ROWS,
-        MAX_ROWS,
-        nf4_mma_gemv,
-        nf4_mma_rows,
-        pack_mma,
-    )
+    from app.engine.kernels.nf4_mma import CANDIDATE_GEMV, CANDIDATE_K_ORDER, nf4_mma_gemv, pack_mma
 
     prompt = flat_nf4_linear(module)
     weight = typing.cast(torch.Tensor, module.weight)
@@ -228,16 +223,7 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     if packed is None:
         return prompt
     bias = typing.cast(torch.Tensor | None, module.bias)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows > MAX_ROWS:
-            return prompt(x)
-        if rows == 1:
-            out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
-        else:
-            out = nf4_mma_rows(x, packed, config=CANDIDATE_ROWS)
-        return out if bias is None else out + bias
+    forward = _mma_decode(packed, prompt, bias)
 
     def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
         return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu, config=CANDIDATE_GEMV)
@@ -271,11 +257,8 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
     from app.engine.kernels.nf4_mma import (
         CANDIDATE_GEMV,
         CANDIDATE_K_ORDER,
-        CANDIDATE_ROWS,
-        MAX_ROWS,
         concat_mma,
         nf4_mma_gemv,
-        nf4_mma_rows,
         pack_mma,
     )
 
@@ -299,15 +282,10 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
         ])  # fmt: skip
     del parts
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows > MAX_ROWS:  # bnb_flat adds each part's bias itself
-            return torch.cat([typing.cast(Linear, p)(x) for p in prompts], dim=-1)
-        if rows == 1:
-            out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
-        else:
-            out = nf4_mma_rows(x, packed, config=CANDIDATE_ROWS)
-        return out if bias is None else out + bias
+    def prompt(x: torch.Tensor) -> torch.Tensor:  # bnb_flat adds each part's bias itself
+        return torch.cat([typing.cast(Linear, p)(x) for p in prompts], dim=-1)
+
+    forward = _mma_decode(packed, prompt, bias)
 
     def fused(x: torch.Tensor, lora, splits: tuple[int, ...], gelu_from: int | None):  # noqa: ANN001, ANN202
         gelu = gelu_from is not None
@@ -319,6 +297,31 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
     forward.sizes = sizes  # type: ignore[attr-defined]
     if bias is None:
         forward.fused = fused  # type: ignore[attr-defined]
+    return forward
+
+
+def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Linear:
+    """The `mma` routing's forward over one packed weight: the GEMV for one row, the rows
+    kernel up to `MAX_ROWS` (both in the `CANDIDATE_*` variants), plus `bias`; `prompt`
+    (bitsandbytes, which adds the bias itself) above."""
+    from app.engine.kernels.nf4_mma import (
+        CANDIDATE_GEMV,
+        CANDIDATE_ROWS,
+        MAX_ROWS,
+        nf4_mma_gemv,
+        nf4_mma_rows,
+    )
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > MAX_ROWS:
+            return prompt(x)
+        if rows == 1:
+            out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
+        else:
+            out = nf4_mma_rows(x, packed, config=CANDIDATE_ROWS)
+        return out if bias is None else out + bias
+
     return forward
 
 

@@ -167,14 +167,11 @@ class Projections:
                 starts = tuple(accumulate(sizes[:-1]))
                 out = fused(x, lora, starts, starts[-1] if gelu_last else None)
                 return tuple(out.split(sizes, dim=-1))
-        parts = joined(x).split(sizes, dim=-1)
-        return tuple(
-            F.gelu(out) if g else out
-            for out, g in (
-                (self._add_update(part, x, index, name, adapters, mask), g)
-                for name, part, g in zip(names, parts, gelu, strict=True)
-            )
-        )
+        outs = []
+        for name, part, g in zip(names, joined(x).split(sizes, dim=-1), gelu, strict=True):
+            out = self._add_update(part, x, index, name, adapters, mask)
+            outs.append(F.gelu(out) if g else out)
+        return tuple(outs)
 
     def _group_update(
         self, x: torch.Tensor, index: int, names: tuple[str, ...], slot: int | None
