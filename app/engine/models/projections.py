@@ -246,25 +246,10 @@ class BoundProjections:
     adapters: Sequence[str | None] | None
     mask: LoraRows
 
-    def project(
-        self,
-        x: torch.Tensor,
-        index: int,
-        name: str,
-        *,
-        gelu: bool = False,
-        low: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`Projections.project` with this step's adapters and mask."""
-        return self.projections.project(
-            x, index, name, self.adapters, self.mask, gelu=gelu, low=low
-        )
-
-    def shared_low(
-        self, h: torch.Tensor, index: int, names: tuple[str, ...]
-    ) -> tuple[torch.Tensor | None, ...]:
-        """`Projections.shared_low` with this step's mask."""
-        return self.projections.shared_low(h, index, names, self.mask)
+    def project(self, x: torch.Tensor, index: int, name: str) -> torch.Tensor:
+        """`Projections.project` with this step's adapters and mask (a projection whose
+        input no other reads; those that share one go through `project_group`)."""
+        return self.projections.project(x, index, name, self.adapters, self.mask)
 
     def project_group(
         self, x: torch.Tensor, index: int, names: tuple[str, ...], *, gelu_last: bool = False
