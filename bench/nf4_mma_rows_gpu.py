@@ -214,15 +214,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/nf4-mma-rows.json"))
+    parser.add_argument("--commit", default="", help="the commit measured (default: git's HEAD)")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     timer = Timer(cuda=device == "cuda")
     models = SMOKE if args.smoke else MODELS
     unique = sorted({shape for shapes, _ in models.values() for shape in shapes})
     copy = timer.copy_gbps()
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = (
+        args.commit
+        or subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    )
     shapes = []
     for k, n in unique:
         shapes.append(measure_shape(k, n, device, timer, copy))

@@ -84,7 +84,7 @@ DEPTH = 1  # groups each warp loads ahead
 DECODE = 1  # the GEMV's decode: 1 the 32 KB table (2: `WIDE_TABLE_BYTES`, 0: byte permutes)
 CHAIN = 0  # 1: a group's four mma chained into one accumulator (not yet measured)
 LEAN = 0  # 1: the GEMV walks K with running pointers and two buffers in turn (not yet measured)
-PREFETCH = 0  # 1: the GEMV loads each tile's epilogue t and B before its K loop (not yet measured)
+PREFETCH = 0  # 1: the GEMV loads each tile's epilogue t and B before its K loop (CANDIDATE_GEMV)
 WIDE_TABLE_BYTES = 256 * 64 * 4  # decode 2's table: one address op per lookup (not yet measured)
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
 PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
@@ -107,11 +107,13 @@ TILES_BY_CHUNKS = {1: 4, 2: 2, 4: 2, 8: 1}
 each decoded fragment; both cost registers (tiles x chunks x 4 accumulators), and 64 rows with
 two tiles take all 255 (nf4-mma-sass.json: 4/1 and 2/2 use 64 and 94, 2/4 128, 1/8 98)."""
 CANDIDATE_K_ORDER = 1
-CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1)  # wide table, chained mma, lean loop
+CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1, 1)  # wide table, chained mma, lean loop,
+# epilogue prefetched: a Llama-3.1-8B decode step's GEMVs with LoRA in 2.78 ms instead of 3.05
+# (nf4-mma-rows-h100.json)
 CANDIDATE_ROWS = (*ROWS_CONFIG, 2)  # wide table
 """The combination bench/results/nf4-mma-sass.json favours (60.5 instead of 144 instructions
-per 512 bytes for one row), which the `mma` routing serves with, so that `bench/serve_gpu.py
---variants hybrid,mma` measures it end to end before it becomes the default."""
+per 512 bytes for one row), which the `mma` routing (the default where its copy fits) serves
+with; `bench/serve_gpu.py --variants hybrid,mma` measures it end to end."""
 _SOURCE_FILE = Path(__file__).with_suffix(".cu")
 """The kernel's CUDA C++, a template `kernel_source` fills in."""
 

@@ -54,10 +54,10 @@ def nf4_override(loaded: LoadedModel, kernel: NF4Kernel = "auto") -> LinearOverr
       `nf4_mma_rows` for 2..64, from one repacked copy, in the `CANDIDATE_*` variants of
       `nf4_mma`), `bnb_flat` for prompts; projections of one input (Llama's q/k/v and
       gate/up; Falcon's q/k/v and MLP up) joined into one copy, one launch each
-      (`MmaRouting.join`). On an H100, 9-16% faster than `hybrid` for one stream and within
-      4% at 32 (docs/gpu-serving.md); `auto` picks it once its kernel tests have run on a
-      card (`bench/serve_gpu.py --variants hybrid,mma` compares the two);
-    - `auto`: the fastest of those whose copies fit in free GPU memory (`kernel_for_memory`).
+      (`MmaRouting.join`). On an H100, 9-17% faster than `hybrid` for one stream and 2-3%
+      at 32 (docs/gpu-serving.md; `bench/serve_gpu.py --variants hybrid,mma` compares them);
+    - `auto`: `mma` where its one copy fits in free GPU memory, else `bnb_flat`
+      (`kernel_for_memory`).
     """
     if loaded.device.type != "cuda" or loaded.quantization != "nf4" or kernel == "bnb":
         return None
@@ -117,12 +117,12 @@ def _with_bias(module: torch.nn.Module, linear: Linear | None) -> Linear | None:
 
 
 def kernel_for_memory(free_bytes: int, packed: int) -> NF4Kernel:
-    """The fastest routing whose repacked weight copies (`packed` bytes each) leave
-    `HEADROOM_BYTES` of `free_bytes`: a 7B model on a 16-24 GB card keeps bitsandbytes."""
+    """The fastest routing whose repacked weight copy (`packed` bytes) leaves `HEADROOM_BYTES`
+    of `free_bytes`: `mma`, which needs one copy and on an H100 beats `hybrid` (two copies)
+    for one stream and at 32 (serve-gpu-*-mma-h100.json); a 7B model on a 16 GB card keeps
+    bitsandbytes."""
     copies = max(0, (free_bytes - HEADROOM_BYTES) // max(1, int(packed * 1.1)))  # + scales
-    if copies >= 2:
-        return "hybrid"
-    return "hybrid_bnb_gemv" if copies == 1 else "bnb_flat"
+    return "mma" if copies >= 1 else "bnb_flat"
 
 
 def packed_bytes(model: torch.nn.Module) -> int:

@@ -12,10 +12,10 @@ FALCON_7B_PACKED = int(3.45 * GIB)  # its 4-bit projections as stored
 
 
 def test_the_kernels_whose_copies_fit_are_chosen_and_the_headroom_stays() -> None:
-    assert kernel_for_memory(130 * GIB, FALCON_7B_PACKED) == "hybrid"  # H200 after loading
-    assert kernel_for_memory(12 * GIB, FALCON_7B_PACKED) == "hybrid"  # two copies + headroom
-    assert kernel_for_memory(9 * GIB, FALCON_7B_PACKED) == "hybrid_bnb_gemv"  # one copy fits
-    assert kernel_for_memory(6 * GIB, FALCON_7B_PACKED) == "bnb_flat"  # none does
+    assert kernel_for_memory(130 * GIB, FALCON_7B_PACKED) == "mma"  # H200 after loading
+    assert kernel_for_memory(9 * GIB, FALCON_7B_PACKED) == "mma"  # its one copy + headroom
+    assert kernel_for_memory(7 * GIB, FALCON_7B_PACKED) == "bnb_flat"  # the copy would eat it
+    assert kernel_for_memory(6 * GIB, FALCON_7B_PACKED) == "bnb_flat"  # none fits
     assert kernel_for_memory(HEADROOM_BYTES, 1) == "bnb_flat"  # never eats the headroom
 
 
