@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels import rotary_cache
-from app.engine.kernels.row_norm import rms_norm_row
+from app.engine.kernels.row_norm import rms_norm_rows
 from app.engine.models.peft_layout import adapter_reason, base_model
 from app.engine.models.projections import BoundProjections, rotate
 from app.engine.models.slot_batch import (
@@ -104,8 +104,8 @@ class LlamaBlocks:
         return block_projections(self._blocks, "self_attn", PROJECTIONS, ATTENTION)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm as transformers' LlamaRMSNorm computes it (one launch for one CUDA row)."""
-        return rms_norm_row(x, weight, self.eps)
+        """RMSNorm as transformers' LlamaRMSNorm computes it (one launch on CUDA)."""
+        return rms_norm_rows(x, weight, self.eps)
 
     def _heads(self, flat: torch.Tensor, heads: int) -> torch.Tensor:
         """(B, S, heads·D) → (B, heads, S, D)."""
