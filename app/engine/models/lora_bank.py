@@ -9,7 +9,9 @@ Two ways to add the adapters' updates to a base projection's output:
   loaded adapters are stacked into one (S*R, in) matrix and the B factors, scale folded in, into
   one (out, S*R) matrix; a per-row mask keeps only the row's own adapter's R columns. Shapes
   depend only on the batch size, so a CUDA graph captured once serves every mix of adapters,
-  and each step reads each adapter's factors once however many rows use it.
+  and each step reads each adapter's factors once however many rows use it. On CUDA the
+  mask and the B product are one kernel (`add_lora_expand`), and a joined group's parts share
+  one A GEMM (`group_a`) and one such kernel: two launches per group instead of three per part.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+
+from app.engine.kernels.lora_expand import add_lora_expand
 
 Factors = tuple[torch.Tensor, torch.Tensor, float]
 """(A (r, in), B (out, r), scale) of one adapted projection."""
@@ -50,12 +54,14 @@ class LoraBank:
     """Projections computed by one fused launch (`join`): their stacked B are row ranges of
     one tensor, which that launch's epilogue reads as a whole (`group_b`)."""
     _group_b: dict[tuple[int, tuple[str, ...]], torch.Tensor] = field(default_factory=dict)
+    _group_a: dict[tuple[int, tuple[str, ...]], torch.Tensor | None] = field(default_factory=dict)
 
     def join(self, groups: tuple[tuple[str, ...], ...]) -> None:
         """Lay out each group's stacked B as one tensor, the groups' rows side by side in
         order (views for each projection, so nothing is stored twice)."""
         self.groups = groups
         self._stacked.clear()
+        self._group_a.clear()
         self._group_b.clear()
 
     def replace(self, adapters: dict[str, list[dict[str, Factors]]]) -> None:
@@ -69,6 +75,7 @@ class LoraBank:
         }
         self._stacked.clear()
         self._shared_a.clear()
+        self._group_a.clear()
         self._group_b.clear()
         self.version += 1
 
@@ -107,11 +114,29 @@ class LoraBank:
     def add_masked(
         self, out: torch.Tensor, x: torch.Tensor, layer: int, proj: str, mask: torch.Tensor
     ) -> torch.Tensor:
-        """`out + Σ_adapter mask·(x A.T) B.T·scale` for (B, in) rows and a (B, S*R) mask."""
+        """`out + Σ_adapter mask·(x A.T) B.T·scale` for (B, ..., in) rows and a mask
+        (B, S*R), or (B, 1, S*R) against (B, T, ·) rows. `out` itself is left as it is (it
+        may be a view of a joined output).
+
+        On CUDA in bf16 the mask and the B product are one kernel (`add_lora_expand`) that
+        writes the sum to a fresh tensor: two launches instead of three. Elsewhere (CPU) the
+        matmul, mask and addmm keep results bit-equal to PEFT's in float32.
+        """
         stacked = self._stacked_for(layer, proj)
         if stacked is None:
             return out
-        return _add_product(out, F.linear(x, stacked.a) * mask, stacked.b)
+        if not expand_runs(out):
+            return _add_product(out, F.linear(x, stacked.a) * mask, stacked.b)
+        total = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        add_lora_expand(
+            total.view(-1, out.shape[-1]),
+            F.linear(x, stacked.a).reshape(-1, stacked.a.shape[0]),
+            per_row_mask(mask, x),
+            stacked.b,
+            (0,),
+            base=_rows(out),
+        )
+        return total
 
     def add_one(
         self, out: torch.Tensor, x: torch.Tensor, layer: int, proj: str, slot: int
@@ -153,16 +178,34 @@ class LoraBank:
             self._shared_a[key] = torch.cat([f[0] for f in factors]) if present else None
         return self._shared_a[key]
 
-    def group_b(self, layer: int, group: tuple[str, ...], slot: int) -> torch.Tensor | None:
+    def group_b(
+        self, layer: int, group: tuple[str, ...], slot: int | None = None
+    ) -> torch.Tensor | None:
         """B·scale of the adapter in `slot` for a joined group, (Σ out, R) with strided rows:
-        each projection's rows in the group's order. None when an adapter set leaves one of
-        the group's projections untouched (then each has its own layout)."""
+        each projection's rows in the group's order; every slot's, (Σ out, S*R), when `slot`
+        is None. None when an adapter set leaves one of the group's projections untouched
+        (then each has its own layout)."""
         self._stacked_for(layer, group[0])
         joined = self._group_b.get((layer, group))
-        if joined is None:
-            return None
+        if joined is None or slot is None:
+            return joined
         rank = self.rank
         return joined[:, slot * rank : (slot + 1) * rank]
+
+    def group_a(self, layer: int, group: tuple[str, ...]) -> torch.Tensor | None:
+        """Every slot's A of the group's projections, (P*S*R, in), part-major (part p's S*R
+        rows in the stacked layout's slot order): one GEMM gives the low-rank activations of
+        every part for any mix of adapters, which `add_lora_expand` masks and multiplies by
+        the joined B (`group_b`) in one more launch. None when an adapter set leaves one of
+        the parts untouched (then each adds its own update). Made once per adapter set."""
+        key = (layer, group)
+        if key not in self._group_a:
+            parts = [self._stacked_for(layer, proj) for proj in group]
+            present = all(part is not None for part in parts)
+            self._group_a[key] = (
+                torch.cat([typing.cast(_Stacked, part).a for part in parts]) if present else None
+            )
+        return self._group_a[key]
 
     def add_grouped(
         self,
@@ -228,6 +271,27 @@ class LoraBank:
             a_rows.append(a)
             b_cols.append(b)
         return _Stacked(torch.cat(a_rows), torch.cat(b_cols, dim=1))
+
+
+def expand_runs(out: torch.Tensor) -> bool:
+    """Whether a masked update goes through `add_lora_expand` (CUDA bf16 outputs); CPU
+    steps keep the matmul, mask and addmm, bit-equal to PEFT's in float32."""
+    return out.is_cuda and out.dtype == torch.bfloat16
+
+
+def per_row_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(rows, S*R): the step's mask, (B, S*R) or (B, 1, S*R), for each of x's (B, ..., in)
+    rows (a view in decode steps; a prompt's T rows per sequence are copied out)."""
+    return mask.expand(*x.shape[:-1], mask.shape[-1]).reshape(-1, mask.shape[-1])
+
+
+def _rows(out: torch.Tensor) -> torch.Tensor:
+    """(rows, out) view of a (B, ..., out) output, strided rows kept (a part of a joined
+    output); a copy only where no such view exists."""
+    try:
+        return out.view(-1, out.shape[-1])
+    except RuntimeError:
+        return out.reshape(-1, out.shape[-1])
 
 
 def _add_product(out: torch.Tensor, low: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
