@@ -47,6 +47,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     nf4_mma_rows,
     pack_mma,
     rows_chunks,
+    rows_config,
 )
 from bench.nf4_bench_common import kernel_registers, make_linear, rel_err, save  # noqa: E402
 from bench.nf4_gemv_gpu import Timer, bnb_gemv, short  # noqa: E402
@@ -134,6 +135,10 @@ class Kernels:
         for order, packs in mma.items():
             suffix = f"_k{order}" if order else ""
             cell["mma_rows" + suffix] = self.timed(lambda p: nf4_mma_rows(x, p), packs)
+            served = rows_config(rows, packs[0].in_features, packs[0].out_features)
+            cell["mma_rows_served" + suffix] = self.timed(
+                lambda p, c=served: nf4_mma_rows(x, p, config=c), packs
+            )
             for name, config in GEMV_VARIANTS.items() if rows == 1 else ():
                 cell[name + suffix] = self.timed(
                     lambda p, c=config: nf4_mma_gemv(x, p, config=c), packs

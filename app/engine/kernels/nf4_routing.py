@@ -301,15 +301,15 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
 
 
 def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Linear:
-    """The `mma` routing's forward over one packed weight: the GEMV for one row, the rows
-    kernel up to `MAX_ROWS` (both in the `CANDIDATE_*` variants), plus `bias`; `prompt`
-    (bitsandbytes, which adds the bias itself) above."""
+    """The `mma` routing's forward over one packed weight: the GEMV for one row (the
+    `CANDIDATE_GEMV` variant), the rows kernel up to `MAX_ROWS` (`rows_config`), plus `bias`;
+    `prompt` (bitsandbytes, which adds the bias itself) above."""
     from app.engine.kernels.nf4_mma import (
         CANDIDATE_GEMV,
-        CANDIDATE_ROWS,
         MAX_ROWS,
         nf4_mma_gemv,
         nf4_mma_rows,
+        rows_config,
     )
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -319,7 +319,8 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
         if rows == 1:
             out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
         else:
-            out = nf4_mma_rows(x, packed, config=CANDIDATE_ROWS)
+            config = rows_config(rows, packed.in_features, packed.out_features)
+            out = nf4_mma_rows(x, packed, config=config)
         return out if bias is None else out + bias
 
     return forward
