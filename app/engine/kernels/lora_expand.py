@@ -36,6 +36,8 @@ BLOCK_N = 64
 """Output columns per program. Every real part size (multiples of 128) is a multiple, so a
 block lies in one part; 64 rather than 128 gives Llama-3.1-8B's q/k/v 96 programs per row
 block, most of an H100's 132 SMs."""
+WARPS = 4
+"""Warps per program (a first choice; bench/lora_expand_gpu.py sweeps it with `BLOCK_N`)."""
 MAX_PARTS = 4
 """Parts the kernel takes (its part boundaries are scalar arguments); more use the reference."""
 
@@ -160,19 +162,25 @@ def _launch(
     b: torch.Tensor,
     starts: tuple[int, ...],
     base: torch.Tensor,
+    *,
+    block_n: int = BLOCK_N,
+    warps: int = WARPS,
+    block_k: int = 64,
 ) -> None:
-    """The kernel on any device Triton runs on (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    """The kernel on any device Triton runs on (CUDA, or CPU under TRITON_INTERPRET=1);
+    `block_n` (a divisor of every part boundary), `warps` and `block_k` for benchmarks
+    (bench/lora_expand_gpu.py)."""
     rows, width = out.shape
     rank = mask.shape[1]
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
-    block_k = min(64, max(16, triton.next_power_of_2(rank)))
+    block_k = min(block_k, max(16, triton.next_power_of_2(rank)))
     bounds = (*starts[1:], *(width,) * (MAX_PARTS - len(starts)))  # unused parts: never
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(width, BLOCK_N))
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(width, block_n))
     _lora_expand[grid](
         out, base, low, mask, b, rows, width,
         out.stride(0), base.stride(0), low.stride(0), mask.stride(0), b.stride(0),
         *bounds, RANK=rank, FP32_DOT=_interpreting(),
-        BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=block_k, num_warps=4,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )  # fmt: skip
 
 
