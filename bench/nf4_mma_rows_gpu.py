@@ -58,9 +58,11 @@ MODELS = {  # (K, N) of each 4-bit projection of one layer, and the layer count
     "falcon-7b": ([(4544, 4672), (4544, 4544), (4544, 18176), (18176, 4544)], 32),
 }  # fmt: skip
 ROWS = [1, 2, 4, 8, 16, 32, 64]
-SWEEP = [  # (warps, row tiles per warp, blocks per SM[, decode])
+SWEEP = [  # (warps, row tiles per warp, blocks per SM[, decode[, ahead]])
     ROWS_CONFIG, (4, 1, 4), (4, 2, 4), (8, 1, 2), (8, 2, 3), (8, 4, 2), (16, 1, 2), (16, 2, 1),
     (8, 2, 2, 2), (8, 4, 2, 2), CANDIDATE_ROWS,
+    (8, 0, 2, 1, 1), (8, 0, 2, 2, 1), (8, 1, 2, 1, 1), (16, 1, 2, 1, 1), (4, 1, 4, 1, 1),
+    (8, 2, 3, 1, 1),
 ]  # fmt: skip
 GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean[, prefetch]): as it serves,
     # then switches
@@ -85,10 +87,12 @@ ROTATE_BYTES = 256 << 20
 WRONG = 2e-2  # bf16 results of a correct kernel are ~3e-3 from the float32 product
 
 
-def registers(warps: int, tiles: int, chunks: int, korder: int, decode: int) -> int:
+def registers(warps: int, tiles: int, chunks: int, korder: int, decode: int, ahead: int) -> int:
     """Registers per thread of one compiled rows-kernel variant."""
     tiles = tiles or TILES_BY_CHUNKS[chunks]
-    variant = KernelVariant(warps, decode=decode, tiles=tiles, chunks=chunks, korder=korder)
+    variant = KernelVariant(
+        warps, decode=decode, tiles=tiles, chunks=chunks, korder=korder, ahead=ahead
+    )
     return kernel_registers(variant, "nf4_mma_rows")
 
 
@@ -153,12 +157,15 @@ class Kernels:
             for order, packs in mma.items():
                 for config in SWEEP:
                     entry = self.timed(lambda p, c=config: nf4_mma_rows(x, p, config=c), packs)
-                    names = ("warps", "tiles", "per_sm", "decode")
-                    entry["config"] = dict(zip(names, (*config, 1)[:4], strict=True))
+                    names = ("warps", "tiles", "per_sm", "decode", "ahead")
+                    full = tuple(config) + (1, 0)[len(config) - 3 :]
+                    entry["config"] = dict(zip(names, full, strict=True))
                     entry["config"]["k_order"] = order
                     try:
                         chunks, decode = rows_chunks(rows), entry["config"]["decode"]
-                        entry["registers"] = registers(*config[:2], chunks, order, decode)
+                        entry["registers"] = registers(
+                            *config[:2], chunks, order, decode, entry["config"]["ahead"]
+                        )
                     except Exception as exc:  # noqa: BLE001
                         entry["registers_error"] = short(exc)
                     cell["sweep"].append(entry)

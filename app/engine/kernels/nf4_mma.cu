@@ -11,6 +11,7 @@
 #define CHAIN @CHAIN@    // nf4_mma_gemv: 1 chains a group's four mma into one accumulator
 #define LEAN @LEAN@      // nf4_mma_gemv: 1 walks K with running pointers and two buffers
 #define PREFETCH @PREFETCH@  // nf4_mma_gemv: 1 loads a tile's epilogue t and B before its K loop
+#define AHEAD @AHEAD@    // nf4_mma_rows: 1 loads the warp's next group of weights during this one
 
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
   unsigned d;
@@ -437,6 +438,22 @@ __device__ __forceinline__ void load_x_row(const unsigned *x, long long row_pair
   }
 }
 
+// One group's packed words and scales of every tile in the warp's set (all loads first: TILES
+// in flight); a tile past the last re-reads the last, whose sums are never stored.
+__device__ __forceinline__ void load_rows_group(const unsigned *__restrict__ words,
+                                                const unsigned short *__restrict__ scales, int q,
+                                                long long word_step, int tile0, int tiles,
+                                                int lane, int g, unsigned (&u)[TILES][4],
+                                                unsigned short (&sc)[TILES][2]) {
+#pragma unroll
+  for (int tt = 0; tt < TILES; ++tt) {
+    const int tile = tile0 + tt < tiles ? tile0 + tt : tiles - 1;
+    load16(words + q * word_step + ((long long)tile * 32 + lane) * 4, u[tt][0], u[tt][1],
+           u[tt][2], u[tt][3]);
+    load_scales(scales + ((long long)q * tiles + tile) * 16, g, sc[tt]);
+  }
+}
+
 // The batched-decode kernel: `rows` activation rows (at most 8 * CHUNKS) share each decoded
 // weight fragment, as the mma's eight columns. A block serves TILES neighbouring row tiles at a
 // time (blockIdx.x, + gridDim.x, ...); its warps split K by groups, each decoding its group's
@@ -473,16 +490,20 @@ nf4_mma_rows(const unsigned *__restrict__ words, const unsigned short *__restric
 #pragma unroll
       for (int c = 0; c < CHUNKS; ++c) acc[tt][c][0] = acc[tt][c][1] = acc[tt][c][2] = acc[tt][c][3] = 0.f;
 
+    unsigned u[TILES][4];
+    unsigned short sc[TILES][2];
+#if AHEAD == 1  // the first group's weights; each iteration then loads the next one's
+    if (warp < groups) load_rows_group(words, scales, warp, word_step, tile0, tiles, lane, g, u, sc);
+#endif
     for (int q = warp; q < groups; q += WARPS) {
-      unsigned u[TILES][4];
-      unsigned short sc[TILES][2];
-#pragma unroll
-      for (int tt = 0; tt < TILES; ++tt) {  // every tile's loads first: TILES in flight
-        const int tile = tile0 + tt < tiles ? tile0 + tt : tiles - 1;  // past the end: ignored
-        load16(words + q * word_step + ((long long)tile * 32 + lane) * 4, u[tt][0], u[tt][1],
-               u[tt][2], u[tt][3]);
-        load_scales(scales + ((long long)q * tiles + tile) * 16, g, sc[tt]);
-      }
+#if AHEAD == 1
+      unsigned un[TILES][4];
+      unsigned short scn[TILES][2];
+      if (q + WARPS < groups)  // in flight while this group is decoded and multiplied
+        load_rows_group(words, scales, q + WARPS, word_step, tile0, tiles, lane, g, un, scn);
+#else
+      load_rows_group(words, scales, q, word_step, tile0, tiles, lane, g, u, sc);
+#endif
       unsigned a[TILES][4][4];
       float s[TILES][2];
 #pragma unroll
@@ -510,6 +531,13 @@ nf4_mma_rows(const unsigned *__restrict__ words, const unsigned short *__restric
           acc[tt][c][3] += s[tt][1] * p3;
         }
       }
+#if AHEAD == 1
+#pragma unroll
+      for (int tt = 0; tt < TILES; ++tt) {
+        u[tt][0] = un[tt][0]; u[tt][1] = un[tt][1]; u[tt][2] = un[tt][2]; u[tt][3] = un[tt][3];
+        sc[tt][0] = scn[tt][0]; sc[tt][1] = scn[tt][1];
+      }
+#endif
     }
 
 #pragma unroll

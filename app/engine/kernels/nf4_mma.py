@@ -316,8 +316,8 @@ def nf4_mma_rows(
     Args:
         x: (..., in_features) with at most `MAX_ROWS` rows.
         config: (warps per block, row tiles per warp and loaded group, blocks per SM[,
-            decode: 1 the 32 KB table, 2 the 64 KB one]) for benchmarks; by default
-            `ROWS_CONFIG`.
+            decode: 1 the 32 KB table, 2 the 64 KB one[, ahead: 1 each warp loads its next
+            group's weights while it multiplies this one's]]); by default `ROWS_CONFIG`.
 
     Raises:
         ValueError: the rows or their width do not fit.
@@ -333,14 +333,18 @@ def nf4_mma_rows(
         raise ValueError("the tensor-core kernels take bf16 activations")
     flat = flat.contiguous()
     out = torch.empty(rows, weight.out_features, dtype=torch.bfloat16, device=x.device)
-    warps, tiles_per_set, per_sm, decode = (*(config or ROWS_CONFIG), 1)[:4]
+    given = tuple(config or ROWS_CONFIG)
+    if not 3 <= len(given) <= 5:
+        raise ValueError("config is (warps, tiles, per_sm[, decode[, ahead]])")
+    warps, tiles_per_set, per_sm, decode, ahead = given + (1, 0)[len(given) - 3 :]
     tiles_per_set = tiles_per_set or TILES_BY_CHUNKS[rows_chunks(rows)]
     tiles = weight.out_features // TILE_ROWS
     sets = -(-tiles // tiles_per_set)
     blocks = min(sets, per_sm * sm_count(x.device))
     variant = KernelVariant(
-        warps, decode=decode, tiles=tiles_per_set, chunks=rows_chunks(rows), korder=weight.k_order
-    )
+        warps, decode=decode, tiles=tiles_per_set, chunks=rows_chunks(rows),
+        korder=weight.k_order, ahead=ahead,
+    )  # fmt: skip
     _kernel(x.device.index or 0, variant, "nf4_mma_rows")(
         grid=(blocks, 1, 1),
         block=(32 * warps, 1, 1),
@@ -412,6 +416,7 @@ class KernelVariant:
     chain: int = 0
     lean: int = 0
     prefetch: int = 0
+    ahead: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -435,7 +440,7 @@ def kernel_source(variant: KernelVariant) -> str:
     for name, value in (
         ("WARPS", variant.warps), ("DEPTH", variant.depth), ("TILES", variant.tiles),
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
-        ("LEAN", variant.lean), ("PREFETCH", variant.prefetch),
+        ("LEAN", variant.lean), ("PREFETCH", variant.prefetch), ("AHEAD", variant.ahead),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"

@@ -186,6 +186,9 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(8, korder=1, chain=1, lean=1, prefetch=1),
         KernelVariant(4, decode=2, prefetch=1),
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1),
+        KernelVariant(8, tiles=2, chunks=4, korder=1, ahead=1),
+        KernelVariant(8, decode=2, tiles=2, chunks=4, korder=1, ahead=1),
+        KernelVariant(16, tiles=1, chunks=1, ahead=1),
     ],
     ids=str,
 )
