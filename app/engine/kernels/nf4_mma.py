@@ -374,21 +374,27 @@ def _dynamic_shared(variant: KernelVariant, sums: int) -> int:
     return WIDE_TABLE_BYTES + 4 * sums if variant.decode == 2 else 0
 
 
-def rows_config(rows: int, in_features: int, out_features: int) -> tuple[int, int, int, int]:
-    """The rows kernel's launch configuration (warps, row tiles per warp, blocks per SM, decode)
-    for a decode step of `rows` rows through an (out_features, in_features) weight, by the
-    sweep on an H100 (bench/results/nf4-mma-rows-h100.json, k order 1). The 64 KB table
-    (decode 2) only pays at 17-32 rows on wide weights: at 8 rows it took 1.5-3.4x as long as
-    the 32 KB one (Llama-3.1-8B's down projection 73.5 against 21.5 us), so 2-16 users
-    decode with decode 1; narrow weights want more warps per tile, 64 rows fewer warps."""
+def rows_config(rows: int, in_features: int, out_features: int) -> tuple[int, ...]:
+    """The rows kernel's launch configuration (warps, row tiles per warp, blocks per SM,
+    decode[, ahead]) for a decode step of `rows` rows through an (out_features, in_features)
+    weight, by the sweeps on an H100 (bench/results/nf4-mma-rows-h100.json and
+    nf4-mma-rows-ahead-h100.json, k order 1). The 64 KB table (decode 2) only pays at 17-32
+    rows on wide weights: at 8 rows it took 1.5-3.4x as long as the 32 KB one. Loading the
+    next group's weights ahead (`ahead`) pays at 8 rows (Llama-3.1-8B's down projection 18.8
+    against 21.5 us) and costs at 32, where the registers it takes are missed. Narrow weights
+    want more warps per tile, 64 rows fewer warps."""
     chunks = rows_chunks(rows)
     narrow = out_features <= 4096
     if chunks == 1:
-        return (16, 1, 2, 1) if narrow else (8, 0, 2, 1)
+        if out_features < 14336:
+            return (16, 1, 2, 1, 1)
+        return (8, 0, 2, 1) if in_features <= 4096 else (8, 2, 3, 1, 1)
     if chunks == 2:
         return (8, 0, 2, 1)
     if chunks == 4:
         return (8, 1, 2, 1) if narrow and in_features <= 4096 else CANDIDATE_ROWS
+    if narrow and in_features <= 4096:
+        return (8, 1, 2, 1, 1)
     return (4, 1, 4, 1) if in_features <= 4544 else (8, 2, 3, 1)
 
 

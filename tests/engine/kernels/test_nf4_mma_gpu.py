@@ -30,7 +30,10 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
 )
 from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
 
-SERVED_SHAPES = [(4096, 4096), (4096, 6144), (14336, 4096), (4544, 4544), (18176, 4544)]
+SERVED_SHAPES = [
+    (4096, 4096), (4096, 6144), (4096, 28672), (14336, 4096), (4544, 4544), (4544, 22848),
+    (18176, 4544),
+]  # fmt: skip
 CONFIGS = [None, (4, 1, 2), (8, 4, 1), (16, 2, 3), (8, 2, 2, 2), (8, 0, 2, 1, 1), (8, 2, 2, 2, 1)]
 CONFIGS += sorted(
     {rows_config(rows, k, n) for rows in range(2, 65) for k, n in SERVED_SHAPES}
