@@ -30,11 +30,14 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.engine.kernels.low_rank_row import low_rank_row  # noqa: E402
 from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
+    CANDIDATE_GEMV,
     CANDIDATE_ROWS,
     DEPTH,
     K_ORDERS,
@@ -43,6 +46,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     TILES_BY_CHUNKS,
     WARPS,
     KernelVariant,
+    Shrink,
     nf4_mma_gemv,
     nf4_mma_rows,
     pack_mma,
@@ -186,6 +190,23 @@ class Kernels:
                 pairs,
                 ref,
             )
+        # As the mma routing serves one adapted projection: t = x A.T in its own launch
+        # (low_rank_row) then the GEMV, against the GEMV computing t itself (`Shrink`).
+        a = (torch.randn(LORA_RANK, x.shape[-1], device=x.device) / x.shape[-1] ** 0.5).bfloat16()
+        t_a = F.linear(x, a)
+        ref_a = self.ref + t_a.float() @ pairs[0][1].float().T
+        cell["lora_two_launches" + suffix] = self.timed(
+            lambda pb: nf4_mma_gemv(
+                x, pb[0], lora=(low_rank_row(x, a), pb[1]), config=CANDIDATE_GEMV
+            ),
+            pairs,
+            ref_a,
+        )
+        cell["lora_shrink" + suffix] = self.timed(
+            lambda pb: nf4_mma_gemv(x, pb[0], lora=Shrink(a, pb[1]), config=CANDIDATE_GEMV),
+            pairs,
+            ref_a,
+        )
 
 
 def step_ms(shapes: list[dict], model_shapes: list[tuple[int, int]], layers: int) -> dict:

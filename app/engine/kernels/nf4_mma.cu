@@ -12,6 +12,9 @@
 #define LEAN @LEAN@      // nf4_mma_gemv: 1 walks K with running pointers and two buffers
 #define PREFETCH @PREFETCH@  // nf4_mma_gemv: 1 loads a tile's epilogue t and B before its K loop
 #define AHEAD @AHEAD@    // nf4_mma_rows: 1 loads the warp's next group of weights during this one
+#define SHRINK @SHRINK@  // nf4_mma_gemv: 1 computes the LoRA activations t = x A.T itself
+#define MAX_SHRINK 384   // t values SHRINK holds: three parts of rank 128
+#define SHRINK_WAIT_NS 100000ull  // how long a block waits for the grid's shares of t
 
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned c) {
   unsigned d;
@@ -205,6 +208,8 @@ __device__ __forceinline__ void load8(const unsigned short *p, unsigned &a, unsi
   asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(a), "=r"(b) : "l"(p));
 }
 
+#endif
+
 // The dot product of two pairs of packed bf16 pairs, in fp32.
 __device__ __forceinline__ float dot4(unsigned t0, unsigned t1, unsigned b0, unsigned b1) {
   float sum = __uint_as_float(t0 << 16) * __uint_as_float(b0 << 16);
@@ -212,6 +217,37 @@ __device__ __forceinline__ float dot4(unsigned t0, unsigned t1, unsigned b0, uns
   sum += __uint_as_float(t1 << 16) * __uint_as_float(b1 << 16);
   return sum + __uint_as_float(t1 & 0xFFFF0000u) * __uint_as_float(b1 & 0xFFFF0000u);
 }
+
+#if SHRINK == 1
+// Four fp32 t values times four packed bf16 of B.
+__device__ __forceinline__ float dot4f(const float *t, unsigned b0, unsigned b1) {
+  return t[0] * __uint_as_float(b0 << 16) + t[1] * __uint_as_float(b0 & 0xFFFF0000u) +
+         t[2] * __uint_as_float(b1 << 16) + t[3] * __uint_as_float(b1 & 0xFFFF0000u);
+}
+
+// One warp's dot product of row r of A (K bf16, rows contiguous) with x over the k chunks
+// first, first + step, ... (256 k each, eight per lane), summed across the warp.
+__device__ __forceinline__ float shrink_dot(const unsigned short *__restrict__ lora_a,
+                                            const unsigned *__restrict__ x, int r, int K,
+                                            int first, int step, int lane) {
+  float p = 0.f;
+  for (int k = first * 256 + lane * 8; k < K; k += step * 256) {
+    unsigned a0, a1, a2, a3, x0, x1, x2, x3;
+    load16((const unsigned *)(lora_a + (long long)r * K + k), a0, a1, a2, a3);
+    load16(x + (k >> 1), x0, x1, x2, x3);
+    p += dot4(a0, a1, x0, x1) + dot4(a2, a3, x2, x3);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    float other;
+    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
+                 : "=f"(other) : "f"(p), "r"(off));
+    p += other;
+  }
+  return p;
+}
+
+__device__ __forceinline__ float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
 #endif
 
 // One group's products added to rows g (acc0) and g + 8 (acc1), each scaled once.
@@ -237,17 +273,28 @@ __device__ __forceinline__ void group_product(const unsigned *u, const unsigned 
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+// SHRINK: every block must be resident at once (they wait for each other's shares of t), so
+// such a build keeps registers for two blocks an SM, the grid nf4_mma.py launches.
+extern "C" __global__ void __launch_bounds__(WARPS * 32, SHRINK == 1 ? 2 : 1)
 nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
              const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
              const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu_from,
-             int tiles, int split1, int split2) {
+             int tiles, int split1, int split2, const unsigned short *__restrict__ lora_a,
+             float *t_sum, unsigned *sync, int shrink_rows) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
 #if DECODE == 2  // no static shared memory: the dynamic table starts the window, at 0
   float *partial = (float *)(wide_table + TABLE_WORDS);
+#if SHRINK == 1
+  float *t_shared = partial + WARPS * 16;
+  int *t_whole = (int *)(t_shared + MAX_SHRINK);
+#endif
 #else
   __shared__ float partial[WARPS * 16];
+#if SHRINK == 1
+  __shared__ float t_shared[MAX_SHRINK];
+  __shared__ int t_whole[1];
+#endif
 #endif
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -279,6 +326,24 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
 #if DECODE == 2
   if ((unsigned)__cvta_generic_to_shared(wide_table) != WIDE_TABLE_AT) __trap();
 #endif
+#if SHRINK == 1
+  // This block's share of t = x A.T (the parts' A stacked, shrink_rows x K): items (row r,
+  // 256-wide chunk of k) spread over every warp of the grid, each summed into t_sum (zero
+  // at launch) while the first tile's weights are on their way; then the block checks in.
+  {
+    const int K = groups * 64, chunks = (K + 255) >> 8;
+    for (int item = blockIdx.x * WARPS + warp; item < shrink_rows * chunks;
+         item += gridDim.x * WARPS) {
+      const int r = item / chunks;
+      const float p = shrink_dot(lora_a, x, r, K, item - r * chunks, chunks, lane);
+      if (lane == 0) atomicAdd(t_sum + r, p);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(sync, 1u);
+  }
+  bool t_ready = false;
+#endif
   for (int i = threadIdx.x; i < TABLE_WORDS; i += WARPS * 32) table[i] = pairs[i >> TABLE_SHIFT];
   __syncthreads();
   const unsigned *lut = DECODE == 2 ? table : table + lane;
@@ -287,8 +352,13 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   // row the warp finishes, loaded as 8-byte vectors when the tile starts so that they arrive
   // during its K loop. Ranks above 128 or not a multiple of 4, and unaligned t or B, keep the
   // loop that loads them in the epilogue (the same for every lane: no divergence).
+#if SHRINK == 1  // t comes from shared memory
+  const bool held = rank <= 128 && (rank & 3) == 0 && (b_stride & 3) == 0 &&
+                    ((unsigned long long)lora_b & 7) == 0;
+#else
   const bool held = rank <= 128 && (rank & 3) == 0 && (b_stride & 3) == 0 &&
                     (((unsigned long long)lora_b | (unsigned long long)lora_t) & 7) == 0;
+#endif
   const bool holds = held && 4 * lane < rank;  // lanes past the rank hold zeros
 #endif
 
@@ -296,10 +366,12 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
 #if PREFETCH == 1
     unsigned ht0 = 0u, ht1 = 0u, hb[ROWS_PER_WARP][2];
+#if SHRINK == 0
     if (holds) {  // splits are multiples of 16: a tile's rows share one projection's t
       const int first = tile * 16;
       load8(lora_t + ((first >= split1) + (first >= split2)) * rank + 4 * lane, ht0, ht1);
     }
+#endif
 #pragma unroll
     for (int k = 0; k < ROWS_PER_WARP; ++k) {
       hb[k][0] = hb[k][1] = 0u;
@@ -374,6 +446,34 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
 #endif
 
     if (t == 0) { partial[warp * 16 + g] = acc0; partial[warp * 16 + g + 8] = acc1; }
+#if SHRINK == 1
+    if (!t_ready) {  // the first tile's epilogue: every block's share of t, rounded as bf16
+      if (threadIdx.x == 0) {
+        unsigned long long start, now;
+        unsigned arrived;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+        do {  // bounded: a block that cannot be resident must not hang the ones that are
+          asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(sync));
+          asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        } while (arrived < gridDim.x && now - start < SHRINK_WAIT_NS);
+        t_whole[0] = arrived >= gridDim.x;
+      }
+      __syncthreads();
+      if (t_whole[0]) {
+        for (int i = threadIdx.x; i < shrink_rows; i += WARPS * 32) {
+          float v;
+          asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(t_sum + i));
+          t_shared[i] = round_bf16(v);
+        }
+      } else {  // the grid was not all resident: this block computes the whole of t alone
+        for (int r = warp; r < shrink_rows; r += WARPS) {
+          const float p = shrink_dot(lora_a, x, r, groups * 64, 0, 1, lane);
+          if (lane == 0) t_shared[r] = round_bf16(p);
+        }
+      }
+      t_ready = true;
+    }
+#endif
     __syncthreads();
     // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
     // folded into B) and GELU (rows from gelu_from on), in fp32, rounded once. Rows from
@@ -387,21 +487,36 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
       float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
       const int row = tile * 16 + r;
       if (held) {
+#if SHRINK == 1
+        const int part = (row >= split1) + (row >= split2);
+        if (holds) sum += dot4f(t_shared + part * rank + 4 * lane, hb[k][0], hb[k][1]);
+#else
         sum += dot4(ht0, ht1, hb[k][0], hb[k][1]);
+#endif
       } else {
         const unsigned short *b_row = lora_b + (long long)row * b_stride;
+#if SHRINK == 1
+        const float *t_row = t_shared + ((row >= split1) + (row >= split2)) * rank;
+        for (int i = lane; i < rank; i += 32) sum += t_row[i] * bf16_to_float(b_row[i]);
+#else
         const unsigned short *t_row = lora_t + ((row >= split1) + (row >= split2)) * rank;
         for (int i = lane; i < rank; i += 32)
           sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
+#endif
       }
 #else
     for (int r = warp; r < 16; r += WARPS) {
       float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
       const int row = tile * 16 + r;
       const unsigned short *b_row = lora_b + (long long)row * b_stride;
+#if SHRINK == 1
+      const float *t_row = t_shared + ((row >= split1) + (row >= split2)) * rank;
+      for (int i = lane; i < rank; i += 32) sum += t_row[i] * bf16_to_float(b_row[i]);
+#else
       const unsigned short *t_row = lora_t + ((row >= split1) + (row >= split2)) * rank;
       for (int i = lane; i < rank; i += 32)
         sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
+#endif
 #endif
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
@@ -417,6 +532,19 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     }
     __syncthreads();  // partial is rewritten by the next tile
   }
+#if SHRINK == 1
+  // The last block out (every block has read t by then) zeroes t_sum and the two counters for
+  // the next launch.
+  if (threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(sync + 1, 1u) == gridDim.x - 1) {
+      for (int i = 0; i < shrink_rows; ++i) t_sum[i] = 0.f;
+      __threadfence();
+      atomicExch(sync, 0u);
+      atomicExch(sync + 1, 0u);
+    }
+  }
+#endif
 }
 
 

@@ -64,8 +64,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels.availability import mma_available, sm_count
 from app.engine.kernels.nf4_format import (
@@ -222,11 +224,24 @@ def dequantize_mma(weight: MmaNF4, dtype: torch.dtype = torch.float32) -> torch.
     return values.view(n, k).to(dtype)
 
 
+class Shrink(NamedTuple):
+    """A LoRA update whose low-rank activations the GEMV computes itself (`nf4_mma_gemv`):
+    `a` the parts' A stacked (parts x R, in_features), rows contiguous; `b` as in `lora`."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+MAX_SHRINK = 384
+"""t values the in-kernel shrink holds in shared memory (the .cu's MAX_SHRINK): three parts of
+rank 128."""
+
+
 def nf4_mma_gemv(
     x: torch.Tensor,
     weight: MmaNF4,
     *,
-    lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+    lora: tuple[torch.Tensor, torch.Tensor] | Shrink | None = None,
     gelu: bool = False,
     config: tuple[int, ...] | None = None,
     splits: tuple[int, ...] = (),
@@ -241,7 +256,10 @@ def nf4_mma_gemv(
     Args:
         lora: (t, b): the row's low-rank activations t = x A.T (R values, bf16) and B with
             the scale folded in, (out_features, R) bf16 with unit column stride (a column
-            slice of `LoraBank`'s stacked B is fine): adds t B.T.
+            slice of `LoraBank`'s stacked B is fine): adds t B.T. A `Shrink` (A, B) instead
+            has the kernel compute t itself, spread over the grid before the K loop (one
+            launch fewer per projection, `SHRINK` in the .cu), where it can (`_shrinks`);
+            elsewhere t is computed first, rounded to bf16 like the launch it replaces.
         splits: for a weight that is several projections side by side (`concat_mma`), the
             output rows where the second (and third) begins, at most two: t then holds R
             values per projection, and each row's update reads its own projection's.
@@ -265,8 +283,19 @@ def nf4_mma_gemv(
     if len(splits) > 2 or list(splits) != sorted(splits) or any(s % TILE_ROWS for s in splits):
         raise ValueError(f"splits are at most two ascending multiples of {TILE_ROWS}")
     row = x.reshape(-1)
+    warps, depth, decode, per_sm, chain, lean, prefetch = _gemv_settings(config)
+    shrink = None
+    if isinstance(lora, Shrink):
+        if _shrinks(x, lora, per_sm, len(splits) + 1):
+            shrink, lora = lora, None
+        else:
+            lora = (F.linear(row, lora.a), lora.b)  # t as low_rank_row gives it, in bf16
     t, b, rank = row, row, 0  # placeholders the kernel never reads when rank is 0
-    if lora is not None:
+    if shrink is not None:
+        b, rank = shrink.b, shrink.a.shape[0] // (len(splits) + 1)
+        if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
+            raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
+    elif lora is not None:
         t, b = lora[0].reshape(-1).contiguous(), lora[1]
         rank = t.numel() // (len(splits) + 1)
         if t.numel() != rank * (len(splits) + 1):
@@ -280,12 +309,16 @@ def nf4_mma_gemv(
     row = row.contiguous()
     out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
     split1, split2 = (*splits, weight.out_features, weight.out_features)[:2]
-    warps, depth, decode, per_sm, chain, lean, prefetch = _gemv_settings(config)
     tiles = weight.out_features // TILE_ROWS
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
     variant = KernelVariant(
-        warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch
-    )
+        warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch,
+        shrink=int(shrink is not None),
+    )  # fmt: skip
+    a, t_sum, sync, shrink_rows = row, row, row, 0  # unread unless the kernel shrinks
+    if shrink is not None:
+        a, shrink_rows = shrink.a, shrink.a.shape[0]
+        t_sum, sync = _shrink_workspace(weight)
     kernel = _kernel(x.device.index or 0, variant)
     kernel(
         grid=(blocks, 1, 1),
@@ -295,10 +328,48 @@ def nf4_mma_gemv(
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
             code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0,
             gelu_from if gelu else weight.out_features, tiles,
-            split1, split2,
+            split1, split2, a, t_sum, sync, shrink_rows,
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)
+
+
+def _shrinks(x: torch.Tensor, shrink: Shrink, per_sm: int, parts: int) -> bool:
+    """Whether the kernel can compute t itself: on CUDA where the tensor-core kernels run, a
+    grid of blocks that are all resident at once (`per_sm` blocks an SM, one or two), A of
+    bf16 rows whose 16-byte loads are aligned, and t small enough for shared memory."""
+    a = shrink.a
+    return (
+        x.is_cuda
+        and mma_available(x.device)
+        and 1 <= per_sm <= 2
+        and a.dtype == torch.bfloat16
+        and a.dim() == 2
+        and a.shape[1] == x.shape[-1]
+        and a.stride(1) == 1
+        and a.stride(0) == a.shape[1]
+        and a.data_ptr() % 16 == 0
+        and x.data_ptr() % 16 == 0
+        and a.shape[0] % parts == 0
+        and a.shape[0] <= MAX_SHRINK
+    )
+
+
+_WORKSPACES: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _shrink_workspace(weight: MmaNF4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp32 sums of t and the two block counters one packed weight's shrinking launches
+    share: zero between launches (the last block out resets them), made on first use (before
+    a graph captures the launch)."""
+    key = (weight.words.device.index or 0, weight.words.data_ptr())
+    if key not in _WORKSPACES:
+        device = weight.words.device
+        _WORKSPACES[key] = (
+            torch.zeros(MAX_SHRINK, dtype=torch.float32, device=device),
+            torch.zeros(2, dtype=torch.int32, device=device),
+        )
+    return _WORKSPACES[key]
 
 
 def nf4_mma_rows(
@@ -370,8 +441,10 @@ def _gemv_settings(config: tuple[int, ...] | None) -> tuple[int, int, int, int, 
 
 def _dynamic_shared(variant: KernelVariant, sums: int) -> int:
     """Dynamic shared memory a launch needs: decode 2's table and, after it, the `sums` fp32
-    partial sums the kernel keeps there (it has no static shared memory then)."""
-    return WIDE_TABLE_BYTES + 4 * sums if variant.decode == 2 else 0
+    partial sums the kernel keeps there (it has no static shared memory then), and with
+    `shrink` the t values and a flag."""
+    extra = MAX_SHRINK + 1 if variant.shrink else 0
+    return WIDE_TABLE_BYTES + 4 * (sums + extra) if variant.decode == 2 else 0
 
 
 def rows_config(rows: int, in_features: int, out_features: int) -> tuple[int, ...]:
@@ -423,6 +496,7 @@ class KernelVariant:
     lean: int = 0
     prefetch: int = 0
     ahead: int = 0
+    shrink: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -447,6 +521,7 @@ def kernel_source(variant: KernelVariant) -> str:
         ("WARPS", variant.warps), ("DEPTH", variant.depth), ("TILES", variant.tiles),
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
         ("LEAN", variant.lean), ("PREFETCH", variant.prefetch), ("AHEAD", variant.ahead),
+        ("SHRINK", variant.shrink),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"

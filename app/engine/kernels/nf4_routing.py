@@ -33,6 +33,10 @@ NF4Kernel = Literal[
     "auto", "bnb", "bnb_flat", "triton", "hybrid", "hybrid_triton_gemv", "hybrid_bnb_gemv", "mma"
 ]
 
+GEMV_SHRINKS = True
+"""The `mma` routing's one-row epilogue takes LoRA's A as well (`nf4_mma.Shrink`): the GEMV
+computes t = x A.T itself, one launch fewer per adapted projection (`.fused.shrinks`)."""
+
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
 Falcon-7B), CUDA graphs, prefill activations and the allocator's slack."""
@@ -228,6 +232,7 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
         return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu, config=CANDIDATE_GEMV)
 
+    fused.shrinks = GEMV_SHRINKS  # type: ignore[attr-defined]
     if bias is None:
         forward.fused = fused  # type: ignore[attr-defined]
     return forward
@@ -295,6 +300,7 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
         )  # fmt: skip
 
     forward.sizes = sizes  # type: ignore[attr-defined]
+    fused.shrinks = GEMV_SHRINKS  # type: ignore[attr-defined]
     if bias is None:
         forward.fused = fused  # type: ignore[attr-defined]
     return forward

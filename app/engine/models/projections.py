@@ -29,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from app.engine.kernels.lora_expand import add_lora_expand
 from app.engine.kernels.low_rank_row import low_rank_row
+from app.engine.kernels.nf4_mma import Shrink
 from app.engine.models.lora_bank import LoraBank, expand_runs, per_row_mask
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
@@ -131,7 +132,8 @@ class Projections:
         fused = getattr(linear, "fused", None)
         if fused is not None and adapters is None and not isinstance(mask, torch.Tensor):
             if x.numel() == x.shape[-1]:
-                return fused(x, self._slot_update(x, index, name, mask, low), gelu)
+                shrinks = getattr(fused, "shrinks", False)
+                return fused(x, self._slot_update(x, index, name, mask, low, shrinks), gelu)
         out = self._add_update(linear(x), x, index, name, adapters, mask)
         return F.gelu(out) if gelu else out
 
@@ -165,7 +167,7 @@ class Projections:
         fused = getattr(joined, "fused", None)
         one_row = x.numel() == x.shape[-1] and adapters is None
         if fused is not None and one_row and not isinstance(mask, torch.Tensor):
-            lora = self._group_update(x, index, names, mask)
+            lora = self._group_update(x, index, names, mask, getattr(fused, "shrinks", False))
             if lora is not False:
                 starts = tuple(accumulate(sizes[:-1]))
                 out = fused(x, lora, starts, starts[-1] if gelu_last else None)
@@ -212,11 +214,17 @@ class Projections:
         return tuple(parts)
 
     def _group_update(
-        self, x: torch.Tensor, index: int, names: tuple[str, ...], slot: int | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None | Literal[False]:
-        """(t of every part, the group's B·scale) for a joined group's epilogue; None when no
-        adapter applies; False when the adapter set leaves a part untouched (then the parts
-        add their updates one by one)."""
+        self,
+        x: torch.Tensor,
+        index: int,
+        names: tuple[str, ...],
+        slot: int | None,
+        shrinks: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor] | Shrink | None | Literal[False]:
+        """(t of every part, the group's B·scale) for a joined group's epilogue, or (every
+        part's A, B) as a `Shrink` when the kernel computes t itself (`shrinks`); None when
+        no adapter applies; False when the adapter set leaves a part untouched (then the
+        parts add their updates one by one)."""
         if slot is None:
             return None
         b = self.lora.group_b(index, names, slot)
@@ -224,7 +232,7 @@ class Projections:
         if b is None or stacked is None:
             touched = any(self.lora.slot_factors(index, n, slot) is not None for n in names)
             return False if touched else None
-        return low_rank_row(x, stacked), b
+        return Shrink(stacked, b) if shrinks else (low_rank_row(x, stacked), b)
 
     def _add_update(
         self,
@@ -246,12 +254,21 @@ class Projections:
         return out
 
     def _slot_update(
-        self, x: torch.Tensor, index: int, name: str, slot: int | None, low: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(x A.T, B·scale) of the adapter in `slot` for a fused epilogue, or None."""
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        slot: int | None,
+        low: torch.Tensor | None,
+        shrinks: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor] | Shrink | None:
+        """(x A.T, B·scale) of the adapter in `slot` for a fused epilogue, or (A, B) as a
+        `Shrink` when the kernel computes x A.T itself (`shrinks`); None without one."""
         factors = None if slot is None else self.lora.slot_factors(index, name, slot)
         if factors is None:
             return None
+        if low is None and shrinks:
+            return Shrink(factors[0], factors[1])
         return (low_rank_row(x, factors[0]) if low is None else low), factors[1]
 
     def bind(self, adapters: Sequence[str | None] | None, mask: LoraRows) -> BoundProjections:

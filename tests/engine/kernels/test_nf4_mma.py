@@ -19,6 +19,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     K_ORDERS,
     MAX_ROWS,
     KernelVariant,
+    Shrink,
     concat_mma,
     dequantize_mma,
     kernel_source,
@@ -130,6 +131,21 @@ def test_joined_projections_give_each_part_its_own_product_and_update():
         concat_mma([packs[0], pack_mma(make_linear4bit(32, 256, double_quant=True, seed=1))])
 
 
+def test_a_shrink_gives_the_update_of_its_activations_on_cpu():
+    """`Shrink` (A, B): where the kernel cannot compute t itself (here: no GPU), t is x A.T
+    rounded to bf16 first, so the answer is the two-launch one, bit for bit."""
+    parts = [make_linear4bit(n, 128, double_quant=True, seed=n) for n in (64, 32, 32)]
+    joined = concat_mma([pack_mma(m, k_order=1) for m in parts])
+    x = torch.randn(1, 128).bfloat16()
+    a = torch.randn(3 * 8, 128).bfloat16()
+    b = torch.randn(128, 8 * 4).bfloat16()[:, 8:16]
+    t = torch.nn.functional.linear(x, a)
+    want = nf4_mma_gemv(x, joined, lora=(t, b), splits=(64, 96), gelu=True, gelu_from=96)
+    got = nf4_mma_gemv(x, joined, lora=Shrink(a, b), splits=(64, 96), gelu=True, gelu_from=96)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, nf4_mma_gemv(x, joined, splits=(64, 96), gelu=True, gelu_from=96))
+
+
 def test_an_unknown_k_order_is_refused():
     with pytest.raises(ValueError, match="k_order must be one of"):
         pack_mma(make_linear4bit(32, 128, double_quant=True, seed=1), k_order=2)
@@ -189,6 +205,9 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(8, tiles=2, chunks=4, korder=1, ahead=1),
         KernelVariant(8, decode=2, tiles=2, chunks=4, korder=1, ahead=1),
         KernelVariant(16, tiles=1, chunks=1, ahead=1),
+        KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, shrink=1),
+        KernelVariant(16, decode=1, shrink=1),
+        KernelVariant(8, depth=2, decode=0, prefetch=1, shrink=1),
     ],
     ids=str,
 )

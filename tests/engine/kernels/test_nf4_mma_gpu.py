@@ -18,11 +18,13 @@ pytestmark = [
 
 from app.engine.kernels.nf4_format import reference_row  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
+    CANDIDATE_GEMV,
     CHAIN,
     DEPTH,
     K_ORDERS,
     PER_SM,
     WARPS,
+    Shrink,
     nf4_mma_gemv,
     nf4_mma_rows,
     pack_mma,
@@ -107,6 +109,55 @@ def test_prefetched_epilogue_gives_what_the_loop_gives(weight, warps, rank, shif
     assert rel_err(outs[1], outs[0]) < 5e-3  # fp32 sums in another order, rounded once
 
 
+SHRINK_CONFIGS = [
+    CANDIDATE_GEMV,  # what the mma routing serves with
+    (WARPS, DEPTH, 1, PER_SM),  # the 32 KB table
+    (WARPS, 2, 0, 1, 0, 0, 1),  # byte permutes, depth 2, one block an SM, prefetch
+    (8, DEPTH, 2, 2, 1, 1, 0),  # eight warps, no prefetch
+]
+
+
+@pytest.mark.parametrize("config", SHRINK_CONFIGS, ids=str)
+@pytest.mark.parametrize("rank", [16, 64, 128])
+def test_gemv_computes_lora_activations_itself(weight, config, rank):
+    """`Shrink`: the kernel sums t = x A.T over the grid and rounds it as the separate launch
+    does; three joined parts, each its own rank of t, GELU from the third: what the two-launch
+    epilogue gives."""
+    packed, dense = weight  # 784 rows: 256 | 256 | 272
+    x = torch.randn(1, 640, device="cuda").bfloat16()
+    a = (torch.randn(3 * rank, 640, device="cuda") / 640**0.5).bfloat16()
+    b = (torch.randn(dense.shape[0], rank, device="cuda") * 0.1).bfloat16()
+    kwargs = {"gelu": True, "splits": (256, 512), "gelu_from": 512, "config": config}
+    t = torch.nn.functional.linear(x, a)  # bf16, as low_rank_row gives it
+    want = reference_row(x.float(), dense, (t, b), True, (256, 512), 512)
+    two = nf4_mma_gemv(x, packed, lora=(t, b), **kwargs)
+    one = nf4_mma_gemv(x, packed, lora=Shrink(a, b), **kwargs)
+    assert rel_err(two, want) < 5e-3
+    assert rel_err(one, want) < 5e-3, config
+    assert rel_err(one, two) < 5e-3  # t's fp32 sums in another order, then the same rounding
+
+
+def test_shrinking_gemv_replays_in_a_cuda_graph(weight):
+    """The grid's shared sums and counters are zero again after every launch: replays with
+    new activations and a new adapter's A (copied in place) each give their own product."""
+    packed, dense = weight
+    x = torch.randn(1, 640, device="cuda").bfloat16()
+    a = (torch.randn(64, 640, device="cuda") / 640**0.5).bfloat16()
+    b = (torch.randn(dense.shape[0], 64, device="cuda") * 0.1).bfloat16()
+    nf4_mma_gemv(x, packed, lora=Shrink(a, b), config=CANDIDATE_GEMV)  # compiles
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = nf4_mma_gemv(x, packed, lora=Shrink(a, b), config=CANDIDATE_GEMV)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        a.copy_((torch.randn_like(a.float()) / 640**0.5).bfloat16())
+        graph.replay()
+        torch.cuda.synchronize()
+        t = torch.nn.functional.linear(x, a)
+        assert rel_err(out, reference_row(x.float(), dense, (t, b))) < 5e-3
+
+
 def test_rows_kernel_replays_in_a_cuda_graph(weight):
     packed, dense = weight
     x = torch.randn(32, 640, device="cuda").bfloat16()
@@ -188,5 +239,14 @@ def test_joined_projections_serve_every_row_count(rows, bias):
         ], dim=-1)  # fmt: skip
         plain = want + update.view(1, 1, -1)
         assert rel_err(joined.fused(x, (t, b), (256, 320), None), plain) < 1e-2
+        a = (torch.randn(3 * 16, 512, device="cuda") / 512**0.5).bfloat16()
+        t = torch.nn.functional.linear(x.view(1, 512), a)  # what the kernel computes itself
+        update = torch.cat([
+            t[:, 16 * i : 16 * (i + 1)].float() @ b[s:e].float().T
+            for i, (s, e) in enumerate(((0, 256), (256, 320), (320, 384)))
+        ], dim=-1)  # fmt: skip
+        assert joined.fused.shrinks
+        shrunk = joined.fused(x, Shrink(a, b), (256, 320), None)
+        assert rel_err(shrunk, want + update.view(1, 1, -1)) < 1e-2
         gelu_v = torch.cat([plain[..., :320], torch.nn.functional.gelu(plain[..., 320:])], -1)
         assert rel_err(joined.fused(x, (t, b), (256, 320), 320), gelu_v) < 1e-2
