@@ -286,7 +286,7 @@ def nf4_mma_gemv(
     warps, depth, decode, per_sm, chain, lean, prefetch = _gemv_settings(config)
     shrink = None
     if isinstance(lora, Shrink):
-        if _shrinks(x, lora, per_sm, len(splits) + 1):
+        if _shrinks(x, weight, lora, per_sm, len(splits) + 1):
             shrink, lora = lora, None
         else:
             lora = (F.linear(row, lora.a), lora.b)  # t as low_rank_row gives it, in bf16
@@ -318,7 +318,7 @@ def nf4_mma_gemv(
     a, t_sum, sync, shrink_rows = row, row, row, 0  # unread unless the kernel shrinks
     if shrink is not None:
         a, shrink_rows = shrink.a, shrink.a.shape[0]
-        t_sum, sync = _shrink_workspace(weight)
+        t_sum, sync = shrink_workspace(weight)
     kernel = _kernel(x.device.index or 0, variant)
     kernel(
         grid=(blocks, 1, 1),
@@ -334,14 +334,17 @@ def nf4_mma_gemv(
     return out.reshape(*lead, weight.out_features)
 
 
-def _shrinks(x: torch.Tensor, shrink: Shrink, per_sm: int, parts: int) -> bool:
+def _shrinks(x: torch.Tensor, weight: MmaNF4, shrink: Shrink, per_sm: int, parts: int) -> bool:
     """Whether the kernel can compute t itself: on CUDA where the tensor-core kernels run, a
     grid of blocks that are all resident at once (`per_sm` blocks an SM, one or two), A of
-    bf16 rows whose 16-byte loads are aligned, and t small enough for shared memory."""
+    bf16 rows whose 16-byte loads are aligned, t small enough for shared memory, and the
+    weight's workspace made (not while a graph is being captured: `shrink_workspace`)."""
     a = shrink.a
+    ready = (weight.words.device.index or 0, weight.words.data_ptr()) in _WORKSPACES
     return (
         x.is_cuda
         and mma_available(x.device)
+        and (ready or not torch.cuda.is_current_stream_capturing())
         and 1 <= per_sm <= 2
         and a.dtype == torch.bfloat16
         and a.dim() == 2
@@ -358,10 +361,11 @@ def _shrinks(x: torch.Tensor, shrink: Shrink, per_sm: int, parts: int) -> bool:
 _WORKSPACES: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _shrink_workspace(weight: MmaNF4) -> tuple[torch.Tensor, torch.Tensor]:
+def shrink_workspace(weight: MmaNF4) -> tuple[torch.Tensor, torch.Tensor]:
     """The fp32 sums of t and the two block counters one packed weight's shrinking launches
-    share: zero between launches (the last block out resets them), made on first use (before
-    a graph captures the launch)."""
+    share: zero between launches (the last block out resets them). Made when the routing
+    packs the weight, or on first use outside a graph capture, so that no graph's private
+    memory, freed with the graph, ever backs them."""
     key = (weight.words.device.index or 0, weight.words.data_ptr())
     if key not in _WORKSPACES:
         device = weight.words.device

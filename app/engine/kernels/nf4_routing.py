@@ -217,7 +217,13 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     `bnb_flat` alone where NVRTC or the shape does not fit the kernels."""
     from app.engine.kernels.availability import mma_available
     from app.engine.kernels.nf4_flat import flat_nf4_linear
-    from app.engine.kernels.nf4_mma import CANDIDATE_GEMV, CANDIDATE_K_ORDER, nf4_mma_gemv, pack_mma
+    from app.engine.kernels.nf4_mma import (
+        CANDIDATE_GEMV,
+        CANDIDATE_K_ORDER,
+        nf4_mma_gemv,
+        pack_mma,
+        shrink_workspace,
+    )
 
     prompt = flat_nf4_linear(module)
     weight = typing.cast(torch.Tensor, module.weight)
@@ -226,6 +232,8 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     packed = pack_mma(module, k_order=CANDIDATE_K_ORDER)
     if packed is None:
         return prompt
+    if GEMV_SHRINKS:
+        shrink_workspace(packed)
     bias = typing.cast(torch.Tensor | None, module.bias)
     forward = _mma_decode(packed, prompt, bias)
 
@@ -265,6 +273,7 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
         concat_mma,
         nf4_mma_gemv,
         pack_mma,
+        shrink_workspace,
     )
 
     if not 2 <= len(modules) <= 3 or not all(_plain_linear4bit(m) for m in modules):
@@ -277,6 +286,8 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
     if any(p is None for p in parts):
         return None
     packed = concat_mma(typing.cast(list, parts))
+    if GEMV_SHRINKS:
+        shrink_workspace(packed)
     sizes = [typing.cast(int, m.out_features) for m in modules]
     biases = [typing.cast(torch.Tensor | None, m.bias) for m in modules]
     given = next((b for b in biases if b is not None), None)
