@@ -72,7 +72,9 @@ def decode_attention(
         k_cache: (B' >= B, KV, T, D) bf16 keys with unit last stride: the cache view
             `DecodeStep.cached` gives, or the layer's whole cache (rows 0..B-1 are read).
         v_cache: values, shaped like `k_cache` (its own strides).
-        positions: (B,) integers < T, on the card (a graph replay reads them in place).
+        positions: (B,) integers on the card (a graph replay reads them in place); one at or
+            past T sees the whole view, as the mask does (a graph's warm-up passes decode
+            at the cache's last position over the shortest context).
 
     Returns:
         (B, H, D) bf16.
@@ -126,21 +128,23 @@ def _launch(
     splits, chunk = split_plan(length, batch * kv, sms)
     block_d = max(16, triton.next_power_of_2(dim))
     scale_log2 = math.log2(math.e) / math.sqrt(dim)  # exp2 of log2-scaled scores
+    interpreting = _interpreting()
     best = torch.empty(batch, heads, splits, dtype=torch.float32, device=q.device)
     total = torch.empty_like(best)
     acc = torch.empty(batch, heads, splits, dim, dtype=torch.float32, device=q.device)
+    g_pad = max(16, triton.next_power_of_2(groups))
     _partials[(batch, kv, splits)](
         q, k_cache, v_cache, positions, best, total, acc,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), scale_log2,
-        HEADS=heads, G=groups, D=dim, CHUNK=chunk, SPLITS=splits,
-        G_PAD=max(16, triton.next_power_of_2(groups)), BLOCK_D=block_d, BLOCK_N=BLOCK_N,
-        FP32_DOT=_interpreting(), num_warps=4,
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), scale_log2, length, chunk,
+        splits, HEADS=heads, G=groups, D=dim, G_PAD=g_pad, BLOCK_D=block_d, BLOCK_N=BLOCK_N,
+        FP32_DOT=interpreting, STATIC_CHUNK=chunk if interpreting else 0,
+        num_warps=8 if g_pad * block_d >= 8192 else 4,  # Falcon-7B's 128 x 64 tiles: 8
     )  # fmt: skip
     out = torch.empty(batch, heads, dim, dtype=q.dtype, device=q.device)
     _combine[(batch, heads)](
-        best, total, acc, out, out.stride(0), out.stride(1),
-        HEADS=heads, D=dim, SPLITS=splits, SPLITS_PAD=max(2, triton.next_power_of_2(splits)),
+        best, total, acc, out, out.stride(0), out.stride(1), splits,
+        HEADS=heads, D=dim, SPLITS_PAD=max(2, triton.next_power_of_2(splits)),
         BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
     )  # fmt: skip
     return out
@@ -157,10 +161,10 @@ if triton is not None:
     @triton.jit
     def _partials(
         q_ptr, k_ptr, v_ptr, pos_ptr, best_ptr, total_ptr, acc_ptr,
-        q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, scale_log2,
-        HEADS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-        SPLITS: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_N: tl.constexpr, FP32_DOT: tl.constexpr,
+        q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, scale_log2, length, chunk, splits,
+        HEADS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, G_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, FP32_DOT: tl.constexpr,
+        STATIC_CHUNK: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0).to(tl.int64)
         kv = tl.program_id(1).to(tl.int64)
@@ -175,16 +179,17 @@ if triton is not None:
         )  # (G_PAD, BLOCK_D)  # fmt: skip
         if FP32_DOT:
             q = q.to(tl.float32)
-        length = tl.load(pos_ptr + b).to(tl.int32) + 1  # row b sees 0..positions[b]
-        start = split * CHUNK
-        end = tl.minimum(start + CHUNK, length)  # <= start: nothing to read, neutral partial
+        # row b sees 0..positions[b], and never past the view (SDPA's mask: all of it)
+        seen = tl.minimum(tl.load(pos_ptr + b).to(tl.int32) + 1, length)
+        start = split * chunk
+        end = tl.minimum(start + chunk, seen)  # <= start: nothing to read, neutral partial
         best = tl.full((G_PAD,), float("-inf"), dtype=tl.float32)
         total = tl.zeros((G_PAD,), dtype=tl.float32)
         acc = tl.zeros((G_PAD, BLOCK_D), dtype=tl.float32)
         k_row = k_ptr + b * k_sb + kv * k_sh
         v_row = v_ptr + b * v_sb + kv * v_sh
         if FP32_DOT:  # the interpreter takes no tensor loop bounds: every block, guarded
-            for offset in range(0, CHUNK, BLOCK_N):
+            for offset in range(0, STATIC_CHUNK, BLOCK_N):
                 if start + offset < end:
                     best, total, acc = _block(
                         q, k_row, v_row, k_st, v_st, start + offset, end, d, d_ok, best,
@@ -196,7 +201,7 @@ if triton is not None:
                     q, k_row, v_row, k_st, v_st, t0, end, d, d_ok, best, total, acc,
                     scale_log2, BLOCK_N, FP32_DOT,
                 )  # fmt: skip
-        slot = (b * HEADS + head) * SPLITS + split  # (G_PAD,) partial index
+        slot = (b * HEADS + head) * splits + split  # (G_PAD,) partial index
         tl.store(best_ptr + slot, best, mask=g_ok)
         tl.store(total_ptr + slot, total, mask=g_ok)
         tl.store(acc_ptr + slot[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
@@ -229,16 +234,15 @@ if triton is not None:
 
     @triton.jit
     def _combine(
-        best_ptr, total_ptr, acc_ptr, out_ptr, out_sb, out_sh,
-        HEADS: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        best_ptr, total_ptr, acc_ptr, out_ptr, out_sb, out_sh, splits,
+        HEADS: tl.constexpr, D: tl.constexpr, SPLITS_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1).to(tl.int64)
         s = tl.arange(0, SPLITS_PAD)
         d = tl.arange(0, BLOCK_D)
-        s_ok, d_ok = s < SPLITS, d < D
-        slot = (b * HEADS + h) * SPLITS + s  # (SPLITS_PAD,)
+        s_ok, d_ok = s < splits, d < D
+        slot = (b * HEADS + h) * splits + s  # (SPLITS_PAD,)
         best = tl.load(best_ptr + slot, mask=s_ok, other=float("-inf"))
         total = tl.load(total_ptr + slot, mask=s_ok, other=0.0)
         top = tl.max(best, axis=0)  # finite: split 0 always holds position 0

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels import rotary_cache
+from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs
 from app.engine.kernels.row_norm import layer_norm_row
 from app.engine.models.peft_layout import adapter_reason, base_model
 from app.engine.models.projections import BoundProjections, rotate
@@ -146,6 +147,11 @@ class FalconBlocks:
                 q, k, v = self._split_rotated(qkv, step.cos, step.sin)
                 step.store(index, k, v)
             keys, values = step.cached(index)  # (B, KV, T, D)
+            if decode_kernel_runs(q, keys):  # split-sequence kernel, (B, H, D) in and out
+                batch = q.shape[0]
+                heads = q.reshape(batch, self.n_heads, self.head_dim)
+                out = decode_attention(heads, keys, values, step.positions)
+                return out.view(batch, self.n_heads, 1, self.head_dim)  # as SDPA's
             return F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=step.visible, enable_gqa=True
             )

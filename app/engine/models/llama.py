@@ -11,6 +11,8 @@ fused epilogue, and the low-rank `x A.T` of q/k/v (and of gate/up) comes from on
 Decode attention folds the query heads that share a KV head into that head's "query length"
 ((B, H, 1, D) → (B, KV, H/KV, D)): the same arithmetic as grouped-query SDPA, but a plain
 attention over the cache view that every SDPA kernel takes, with no copy of K/V per head.
+On CUDA in bf16 the split-sequence kernel (`kernels/decode_attention.py`) takes its place,
+reading each row's cache only up to the row's position; SDPA stays the fallback.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels import rotary_cache
+from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs
 from app.engine.kernels.row_norm import rms_norm_rows
 from app.engine.models.peft_layout import adapter_reason, base_model
 from app.engine.models.projections import BoundProjections, rotate
@@ -173,6 +176,10 @@ class LlamaBlocks:
                 q, k = self._rotate(q, k, step.cos, step.sin)  # (B, H, 1, D), (B, KV, 1, D)
                 step.store(index, k, v)
             keys, values = step.cached(index)  # (B, KV, T, D)
+            if decode_kernel_runs(q, keys):  # split-sequence kernel: head h = kv*G + g
+                heads = q.view(batch, self.n_heads, self.head_dim)  # (B, H, D)
+                out = decode_attention(heads, keys, values, step.positions)  # (B, H, D)
+                return out.view(batch, 1, self.n_heads * self.head_dim)
             grouped = q.view(batch, self.n_kv, groups, self.head_dim)  # (B, KV, H/KV, D)
             out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=step.visible)
             return out.reshape(batch, 1, self.n_heads * self.head_dim)

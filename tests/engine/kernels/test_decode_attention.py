@@ -21,11 +21,14 @@ CHECK = textwrap.dedent(
     from app.engine.models.projections import decode_visibility
     torch.manual_seed(0)
     report = {}
-    # (KV, G, D, T, slots, B*KV lanes that force splits): Llama-like GQA and Falcon-like MQA;
-    # T=150 is no multiple of the 64-position block, so the last chunk is partial.
-    for name, kv, groups, dim, length in (("gqa", 2, 4, 32, 150), ("mqa", 1, 7, 16, 150)):
+    # (KV, G, D, T, positions): Llama-like GQA and Falcon-like MQA; T=150 is no multiple of
+    # the 64-position block, so the last chunk is partial.
+    # "past": a row beyond the view (a graph's warm-up) sees all T of it, as the mask says.
+    cases = (("gqa", 2, 4, 32, 150, (0, 77, 149)), ("mqa", 1, 7, 16, 150, (0, 77, 149)),
+             ("past", 2, 4, 32, 150, (180, 3, 149)))
+    for name, kv, groups, dim, length, where in cases:
         batch, heads = 3, kv * groups
-        positions = torch.tensor([0, 77, length - 1])
+        positions = torch.tensor(where)
         cache_k = torch.randn(batch + 2, kv, length + 40, dim).bfloat16()  # more slots, longer
         cache_v = torch.randn(batch + 2, kv, length + 40, dim).bfloat16()
         keys, values = cache_k[:batch, :, :length], cache_v[:batch, :, :length]  # views
@@ -51,13 +54,14 @@ CHECK = textwrap.dedent(
 
 def test_kernel_matches_sdpa_under_the_interpreter():
     report = run_json(CHECK, interpret=True)
-    for name, heads in (("gqa", 8), ("mqa", 7)):
+    for name, heads, dim in (("gqa", 8, 32), ("mqa", 7, 16), ("past", 8, 32)):
         result = report[name]
-        assert result["shape"] == [3, heads, 32 if name == "gqa" else 16], result
+        assert result["shape"] == [3, heads, dim], result
         assert result["dtype"] == "torch.bfloat16"
         assert result["splits"] == 3, result  # 150 positions in three chunks of 64
         assert result["rel"] < 2e-2, (name, result)
-        assert result["first"] < 2e-2, (name, result)  # a bf16 step of values ~ N(0, 1)
+        if name != "past":  # row 0 at position 0: exactly its one value
+            assert result["first"] == 0.0, (name, result)
 
 
 @pytest.mark.parametrize(
