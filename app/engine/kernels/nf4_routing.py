@@ -33,9 +33,14 @@ NF4Kernel = Literal[
     "auto", "bnb", "bnb_flat", "triton", "hybrid", "hybrid_triton_gemv", "hybrid_bnb_gemv", "mma"
 ]
 
-GEMV_SHRINKS = True
-"""The `mma` routing's one-row epilogue takes LoRA's A as well (`nf4_mma.Shrink`): the GEMV
-computes t = x A.T itself, one launch fewer per adapted projection (`.fused.shrinks`)."""
+GEMV_SHRINKS = False
+"""Whether the `mma` routing's one-row epilogue takes LoRA's A as well (`nf4_mma.Shrink`):
+the GEMV computes t = x A.T itself, one launch fewer per adapted projection
+(`.fused.shrinks`). Off: on an H100 the shrinking GEMV took 21.3 us a call serving
+Llama-3.1-8B against 16.1 for the plain one plus 2.4 for `low_rank_row`
+(bench/results/profile-serve-llama-shrink-h100.txt), though alone, replayed, it was the
+faster pair (nf4-mma-rows-shrink-h100.json: `lora_shrink` against `lora_two_launches`): its
+grid-wide wait sits on the first tile's critical path and it runs with 64 registers."""
 
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
