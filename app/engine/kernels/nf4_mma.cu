@@ -210,6 +210,18 @@ __device__ __forceinline__ void load8(const unsigned short *p, unsigned &a, unsi
 
 #endif
 
+// The sum of every lane's value, in every lane (butterfly shuffles).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    float other;
+    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
+                 : "=f"(other) : "f"(v), "r"(off));
+    v += other;
+  }
+  return v;
+}
+
 // The dot product of two pairs of packed bf16 pairs, in fp32.
 __device__ __forceinline__ float dot4(unsigned t0, unsigned t1, unsigned b0, unsigned b1) {
   float sum = __uint_as_float(t0 << 16) * __uint_as_float(b0 << 16);
@@ -237,14 +249,7 @@ __device__ __forceinline__ float shrink_dot(const unsigned short *__restrict__ l
     load16(x + (k >> 1), x0, x1, x2, x3);
     p += dot4(a0, a1, x0, x1) + dot4(a2, a3, x2, x3);
   }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    float other;
-    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
-                 : "=f"(other) : "f"(p), "r"(off));
-    p += other;
-  }
-  return p;
+  return warp_sum(p);
 }
 
 __device__ __forceinline__ float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
@@ -518,13 +523,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
         sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
 #endif
 #endif
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        float other;
-        asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
-                     : "=f"(other) : "f"(sum), "r"(off));
-        sum += other;
-      }
+      sum = warp_sum(sum);
       if (lane == 0) {
         if (row >= gelu_from) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
         out[tile * 16 + r] = float_to_bf16(sum);
