@@ -43,12 +43,14 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     K_ORDERS,
     PER_SM,
     ROWS_CONFIG,
+    SHARED_ROWS_CONFIG,
     TILES_BY_CHUNKS,
     WARPS,
     KernelVariant,
     Shrink,
     nf4_mma_gemv,
     nf4_mma_rows,
+    nf4_mma_rows_shared,
     pack_mma,
     rows_chunks,
     rows_config,
@@ -85,6 +87,8 @@ LORA_GEMV_VARIANTS = {  # the GEMV with a rank-`LORA_RANK` update in its epilogu
     "mma_gemv_wide_lean_chain_lora_prefetch": (WARPS, DEPTH, 2, PER_SM, 1, 1, 1),
 }
 LORA_RANK = 64  # r of the adapters measured serving Llama-3.1-8B (every projection)
+SHARED_SWEEP = [SHARED_ROWS_CONFIG, (8, 2, 2), (4, 2, 2), (8, 1, 4), (16, 1, 2)]
+"""nf4_mma_rows_shared's (warps, tiles per warp, work items per SM), at every row count."""
 SWEEP_ROWS = {1, 8, 32, 64}  # 1: the rows kernel against the GEMV
 SMOKE = {"tiny": ([(256, 64), (128, 96)], 2)}
 ROTATE_BYTES = 256 << 20
@@ -153,6 +157,12 @@ class Kernels:
                 )
             if rows == 1:
                 self.measure_lora(packs, suffix, cell)
+            if order == 1 and rows > 1:  # x staged in shared memory (k order 1 only)
+                for config in SHARED_SWEEP:
+                    name = "mma_rows_shared_{}_{}_{}".format(*config)
+                    cell[name] = self.timed(
+                        lambda p, c=config: nf4_mma_rows_shared(x, p, config=c), packs
+                    )
         if triton is not None:
             cell["nf4_matmul"] = self.timed(lambda p: nf4_matmul(x, p), triton)
             cell["bnb"] = self.timed(lambda m: bnb_gemv(x, m), modules)

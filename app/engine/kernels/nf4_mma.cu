@@ -688,3 +688,183 @@ nf4_mma_rows(const unsigned *__restrict__ words, const unsigned short *__restric
     __syncthreads();  // red is zeroed again for the next set
   }
 }
+
+// Built where x's static buffers fit beside the table: k order 1, decode 1 up to 32 rows,
+// decode 0 (no table) up to 64.
+#if KORDER == 1 && (DECODE == 0 || (DECODE == 1 && CHUNKS <= 4))
+// nf4_mma_rows_shared: the rows kernel with the activations staged in shared memory once per
+// block and group, read there by every warp. In nf4_mma_rows each warp loads its group's x for
+// every chunk from L2, which at 32 rows is four times the bytes of the weights it multiplies
+// (bench/results/nf4-mma-rows-ahead-h100.json: 32 rows took three to six times the one-row
+// time). Here the warps of a block split the row tiles instead of K: a block serves a set of
+// WARPS * TILES tiles over a slice of K's groups, so one staged group of x serves them all.
+// Slices of K (ksplit > 1) keep every SM busy on narrow weights; each slice's fp32 sums go to
+// a partial buffer, and the slice that finishes a set last adds the partials and rounds once.
+#define XS_STRIDE 36  // words per staged activation row: 32 (64 bf16) + 4, so the eight rows a
+                      // quarter-warp reads with 16-byte loads fall in distinct banks
+
+__device__ __forceinline__ void stage_async(unsigned *dst, const unsigned *src, bool valid) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+               :: "r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+
+// Group q's x for every row of the chunks (zeros past `rows`) into `xs`, 16 bytes a copy.
+__device__ __forceinline__ void stage_group(unsigned *xs, const unsigned *__restrict__ x,
+                                            long long row_pairs, int q, int rows) {
+  for (int i = threadIdx.x; i < CHUNKS * 8 * 8; i += WARPS * 32) {
+    const int row = i >> 3, part = i & 7;  // 8 copies of 16 bytes a row
+    const bool valid = row < rows;
+    stage_async(xs + row * XS_STRIDE + part * 4,
+                x + (valid ? row * row_pairs + q * 32 + part * 4 : 0), valid);
+  }
+  asm volatile("cp.async.commit_group;");
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 2)
+nf4_mma_rows_shared(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
+                    const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
+                    const unsigned *__restrict__ pairs, int rows, int tiles, int ksplit,
+                    float *partials, unsigned *sems) {
+#if DECODE == 1  // the 32 KB table beside x's two buffers (9 KB at 32 rows): under the 48 KB
+  TABLE_DECL;    // of static shared memory; 64 rows (18 KB) decode by byte permutes instead
+#endif
+  __shared__ __align__(16) unsigned xs[2][CHUNKS * 8 * XS_STRIDE];
+  __shared__ int finishing;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const long long word_step = (long long)tiles * 128;
+  const long long row_pairs = (long long)groups * 32;
+  const long long n = (long long)tiles * 16;
+#if DECODE == 1
+  for (int i = threadIdx.x; i < TABLE_WORDS; i += WARPS * 32) table[i] = pairs[i >> TABLE_SHIFT];
+  const unsigned *lut = table + lane;
+#else
+  const unsigned *lut = pairs;  // unread: byte permutes
+#endif
+  const int set_tiles = WARPS * TILES;
+  const int sets = (tiles + set_tiles - 1) / set_tiles;
+  const int per = (groups + ksplit - 1) / ksplit;
+
+  for (int item = blockIdx.x; item < sets * ksplit; item += gridDim.x) {
+    const int set = item / ksplit, slice = item - set * ksplit;
+    const int q0 = slice * per, q1 = q0 + per < groups ? q0 + per : groups;
+    const int tile0 = set * set_tiles + warp * TILES;  // this warp's first tile
+    float acc[TILES][CHUNKS][4];
+#pragma unroll
+    for (int tt = 0; tt < TILES; ++tt)
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) acc[tt][c][0] = acc[tt][c][1] = acc[tt][c][2] = acc[tt][c][3] = 0.f;
+    unsigned u[TILES][4];
+    unsigned short sc[TILES][2];
+    __syncthreads();  // the table (first item), and no warp still reads xs from the last item
+    if (q0 < q1) {
+      stage_group(xs[0], x, row_pairs, q0, rows);
+      load_rows_group(words, scales, q0, word_step, tile0, tiles, lane, g, u, sc);
+    }
+    for (int q = q0; q < q1; ++q) {
+      const int buf = (q - q0) & 1;
+      asm volatile("cp.async.wait_group 0;");
+      __syncthreads();  // group q's x is staged; the other buffer is free
+      unsigned un[TILES][4];
+      unsigned short scn[TILES][2];
+      if (q + 1 < q1) {  // the next group's x and weights fly while this one is multiplied
+        stage_group(xs[buf ^ 1], x, row_pairs, q + 1, rows);
+        load_rows_group(words, scales, q + 1, word_step, tile0, tiles, lane, g, un, scn);
+      }
+      const unsigned *xb = xs[buf] + g * XS_STRIDE + 8 * t;  // column g of every chunk
+#pragma unroll
+      for (int tt = 0; tt < TILES; ++tt) {
+        unsigned a[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) decode_word(u[tt][j], lut, a[j][0], a[j][1], a[j][2], a[j][3]);
+        const float s0 = half_to_float(sc[tt][0]), s1 = half_to_float(sc[tt][1]);
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+          const uint4 lo = *(const uint4 *)(xb + c * 8 * XS_STRIDE);
+          const uint4 hi = *(const uint4 *)(xb + c * 8 * XS_STRIDE + 4);
+          const unsigned b[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+          float p0 = 0.f, p1 = 0.f, p2 = 0.f, p3 = 0.f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            mma_decoded(p0, p1, p2, p3, a[j][0], a[j][1], a[j][2], a[j][3], b[2 * j], b[2 * j + 1]);
+          acc[tt][c][0] += s0 * p0;
+          acc[tt][c][1] += s0 * p1;
+          acc[tt][c][2] += s1 * p2;
+          acc[tt][c][3] += s1 * p3;
+        }
+      }
+      if (q + 1 < q1) {
+#pragma unroll
+        for (int tt = 0; tt < TILES; ++tt) {
+          u[tt][0] = un[tt][0]; u[tt][1] = un[tt][1]; u[tt][2] = un[tt][2]; u[tt][3] = un[tt][3];
+          sc[tt][0] = scn[tt][0]; sc[tt][1] = scn[tt][1];
+        }
+      }
+    }
+
+    // Lane (g, t) holds weight rows g and g + 8 of each tile for activation rows 2t, 2t + 1 of
+    // each chunk.
+    if (ksplit == 1) {
+#pragma unroll
+      for (int tt = 0; tt < TILES; ++tt) {
+        const int tile = tile0 + tt;
+        if (tile >= tiles) break;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+          const int r0 = c * 8 + 2 * t;
+          const long long w0 = (long long)tile * 16 + g;
+          if (r0 < rows) {
+            out[r0 * n + w0] = float_to_bf16(acc[tt][c][0]);
+            out[r0 * n + w0 + 8] = float_to_bf16(acc[tt][c][2]);
+          }
+          if (r0 + 1 < rows) {
+            out[(r0 + 1) * n + w0] = float_to_bf16(acc[tt][c][1]);
+            out[(r0 + 1) * n + w0 + 8] = float_to_bf16(acc[tt][c][3]);
+          }
+        }
+      }
+      continue;
+    }
+    // This slice's sums into its partial buffer (slice, activation row, weight row), then the
+    // set's last slice adds every slice's and rounds once.
+    float *mine = partials + (long long)slice * rows * n;
+#pragma unroll
+    for (int tt = 0; tt < TILES; ++tt) {
+      const int tile = tile0 + tt;
+      if (tile >= tiles) break;
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) {
+        const int r0 = c * 8 + 2 * t;
+        const long long w0 = (long long)tile * 16 + g;
+        if (r0 < rows) { mine[r0 * n + w0] = acc[tt][c][0]; mine[r0 * n + w0 + 8] = acc[tt][c][2]; }
+        if (r0 + 1 < rows) {
+          mine[(r0 + 1) * n + w0] = acc[tt][c][1];
+          mine[(r0 + 1) * n + w0 + 8] = acc[tt][c][3];
+        }
+      }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) finishing = atomicAdd(sems + set, 1u) == (unsigned)(ksplit - 1);
+    __syncthreads();
+    if (finishing) {
+      __threadfence();
+      const long long first = (long long)set * set_tiles * 16;
+      const long long width = (first + set_tiles * 16 < n ? set_tiles * 16 : n - first);
+      for (long long i = threadIdx.x; i < rows * width; i += WARPS * 32) {
+        const long long r = i / width, w = first + (i - r * width);
+        float sum = 0.f;
+        for (int s = 0; s < ksplit; ++s) {
+          float v;
+          asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v)
+                       : "l"(partials + ((long long)s * rows + r) * n + w));
+          sum += v;
+        }
+        out[r * n + w] = float_to_bf16(sum);
+      }
+      if (threadIdx.x == 0) sems[set] = 0u;  // for the next launch
+    }
+  }
+}
+#endif

@@ -432,6 +432,94 @@ def nf4_mma_rows(
     return out.reshape(*lead, weight.out_features)
 
 
+SHARED_ROWS_CONFIG = (8, 1, 2)
+"""nf4_mma_rows_shared: (warps per block, row tiles per warp, work items per SM: sets of
+warps x tiles row tiles times slices of K, the slices chosen so the grid has about this many
+per SM). A first choice from the register counts (`bench/nf4_mma_sass.py`: 114 registers and
+no spills at 32 rows, 128 with two tiles a warp), not yet measured on a card."""
+
+
+def nf4_mma_rows_shared(
+    x: torch.Tensor, weight: MmaNF4, *, config: tuple[int, int, int] | None = None
+) -> torch.Tensor:
+    """`nf4_mma_rows` with each group of the activations staged in shared memory once per
+    block and read there by every warp, whose warps split the row tiles instead of K: at 32
+    rows the rows kernel's warps each load x from L2 for every group, four times the bytes of
+    the weights they multiply. Slices of K spread narrow weights over every SM; their fp32
+    partial sums meet in a workspace, added and rounded once by each set's last slice.
+
+    Not yet measured on a card, so no routing serves it; `bench/nf4_mma_rows_gpu.py` times
+    it beside the rows kernel and `tests/engine/kernels/test_nf4_mma_gpu.py` checks it.
+
+    Raises:
+        ValueError: the rows or their width do not fit, or the weight is not in k order 1.
+    """
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    if x.shape[-1] != weight.in_features or not 1 <= rows <= MAX_ROWS:
+        raise ValueError(f"nf4_mma_rows takes 1 to {MAX_ROWS} rows of {weight.in_features} values")
+    if not mma_available(x.device):
+        return reference_rows(flat, dequantize_mma(weight)).reshape(*lead, weight.out_features)
+    if weight.k_order != 1:
+        raise ValueError("nf4_mma_rows_shared reads x in k order 1: pack with k_order=1")
+    if x.dtype != torch.bfloat16:
+        raise ValueError("the tensor-core kernels take bf16 activations")
+    warps, tiles_per_warp, per_sm = config or SHARED_ROWS_CONFIG
+    flat = flat.contiguous()
+    out = torch.empty(rows, weight.out_features, dtype=torch.bfloat16, device=x.device)
+    tiles = weight.out_features // TILE_ROWS
+    groups = weight.in_features // GROUP
+    sets = -(-tiles // (warps * tiles_per_warp))
+    slots = per_sm * sm_count(x.device)
+    ksplit = max(1, min(groups, round(slots / sets)))
+    partials, sems = _rows_workspace(x.device, ksplit * rows * weight.out_features, sets)
+    chunks = rows_chunks(rows)
+    variant = KernelVariant(
+        warps, decode=1 if chunks <= 4 else 0, tiles=tiles_per_warp, chunks=chunks, korder=1
+    )
+    _kernel(x.device.index or 0, variant, "nf4_mma_rows_shared")(
+        grid=(min(sets * ksplit, slots), 1, 1),
+        block=(32 * warps, 1, 1),
+        args=[
+            weight.words, weight.scales, flat, out, groups, code_tables(x.device)[1], rows,
+            tiles, ksplit, partials, sems,
+        ],
+    )  # fmt: skip
+    return out.reshape(*lead, weight.out_features)
+
+
+_ROWS_WORKSPACES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+_OUTGROWN: list[tuple[torch.Tensor, torch.Tensor]] = []
+"""Workspaces a bigger one replaced: kept, since graphs captured earlier still use them."""
+ROWS_WORKSPACE_FLOATS = 4 << 20
+"""The partial sums' first size (16 MB): Llama-3.1-8B's and Falcon-7B's largest need at 64 rows
+is about 2.4 M floats."""
+
+
+def _rows_workspace(
+    device: torch.device, floats: int, sets: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A device's partial sums and per-set counters for `nf4_mma_rows_shared` (one launch at
+    a time on the decode stream uses them; the counters are zero between launches), grown to
+    fit, and only outside a graph capture, whose private memory goes with the graph."""
+    index = device.index or 0
+    held = _ROWS_WORKSPACES.get(index)
+    if held is None or held[0].numel() < floats or held[1].numel() < sets:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("nf4_mma_rows_shared: call it once before capturing a graph")
+        if held is not None:
+            _OUTGROWN.append(held)
+        size = max(floats, ROWS_WORKSPACE_FLOATS, held[0].numel() if held else 0)
+        count = max(sets, 4096, held[1].numel() if held else 0)
+        held = (
+            torch.empty(size, dtype=torch.float32, device=device),
+            torch.zeros(count, dtype=torch.int32, device=device),
+        )
+        _ROWS_WORKSPACES[index] = held
+    return held
+
+
 def _gemv_settings(config: tuple[int, ...] | None) -> tuple[int, int, int, int, int, int, int]:
     """(warps, depth, decode, per_sm, chain, lean, prefetch) from a GEMV `config`, defaults
     filled in."""

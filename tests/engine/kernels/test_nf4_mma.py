@@ -26,6 +26,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     mma_reason,
     nf4_mma_gemv,
     nf4_mma_rows,
+    nf4_mma_rows_shared,
     pack_mma,
     rows_chunks,
 )
@@ -179,6 +180,14 @@ def test_rows_path_multiplies_like_bitsandbytes_on_cpu(rows: int, k_order: int):
         nf4_mma_rows(torch.randn(MAX_ROWS + 1, 128).bfloat16(), pack_mma(module))
 
 
+def test_rows_with_x_in_shared_memory_multiply_like_bitsandbytes_on_cpu():
+    module = make_linear4bit(64, 256, double_quant=True, seed=5)
+    x = torch.randn(9, 256).bfloat16()
+    want = nf4_mma_rows(x, pack_mma(module, k_order=1))
+    assert torch.equal(nf4_mma_rows_shared(x, pack_mma(module, k_order=1)), want)
+    assert rel_err(want, x.float() @ bnb_dense(module).T) < 1e-2
+
+
 def test_rows_compile_to_power_of_two_chunks():
     """Few compiled variants: 1-8 rows one chunk, 9-16 two, 17-32 four, 33-64 eight."""
     assert [rows_chunks(r) for r in (1, 8, 9, 16, 17, 32, 33, 64)] == [1, 1, 2, 2, 4, 4, 8, 8]
@@ -208,6 +217,9 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, shrink=1),
         KernelVariant(16, decode=1, shrink=1),
         KernelVariant(8, depth=2, decode=0, prefetch=1, shrink=1),
+        KernelVariant(8, tiles=1, chunks=4, korder=1),  # + nf4_mma_rows_shared
+        KernelVariant(8, decode=0, tiles=1, chunks=8, korder=1),
+        KernelVariant(4, tiles=2, chunks=2, korder=1),
     ],
     ids=str,
 )

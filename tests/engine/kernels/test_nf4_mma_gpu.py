@@ -27,6 +27,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     Shrink,
     nf4_mma_gemv,
     nf4_mma_rows,
+    nf4_mma_rows_shared,
     pack_mma,
     rows_config,
 )
@@ -107,6 +108,47 @@ def test_prefetched_epilogue_gives_what_the_loop_gives(weight, warps, rank, shif
     for out in outs:
         assert rel_err(out, want) < 5e-3, (warps, rank, shift)
     assert rel_err(outs[1], outs[0]) < 5e-3  # fp32 sums in another order, rounded once
+
+
+SHARED_CONFIGS = [None, (8, 2, 2), (4, 2, 2), (8, 1, 8), (16, 1, 2), (8, 1, 1)]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 32, 33, 64])
+@pytest.mark.parametrize("config", SHARED_CONFIGS, ids=str)
+def test_rows_kernel_with_x_in_shared_memory_gives_the_dequantized_product(weight, rows, config):
+    """`nf4_mma_rows_shared`: warps splitting the row tiles, x staged per group, slices of K
+    (more slots than sets: several slices, their partials added by a set's last one)."""
+    packed, dense = weight
+    x = torch.randn(rows, 640, device="cuda").bfloat16()
+    if packed.k_order != 1:
+        with pytest.raises(ValueError, match="k order 1"):
+            nf4_mma_rows_shared(x, packed, config=config)
+        return
+    out = nf4_mma_rows_shared(x, packed, config=config)
+    want = x.float() @ dense.T
+    assert out.shape == (rows, dense.shape[0])
+    assert rel_err(out, want) < 5e-3, (rows, config)
+    for row in range(rows):  # no row swapped with another, none left at zero
+        assert rel_err(out[row], want[row]) < 1e-2, (rows, config, row)
+
+
+def test_rows_kernel_with_x_in_shared_memory_replays_in_a_cuda_graph(weight):
+    """The per-set counters are zero again after each launch: replays with new activations
+    each give their own product (eight slices of K a set here)."""
+    packed, dense = weight
+    if packed.k_order != 1:
+        pytest.skip("k order 1 only")
+    x = torch.randn(32, 640, device="cuda").bfloat16()
+    nf4_mma_rows_shared(x, packed, config=(8, 1, 8))  # compiles, makes the workspace
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = nf4_mma_rows_shared(x, packed, config=(8, 1, 8))
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, x.float() @ dense.T) < 5e-3
 
 
 SHRINK_CONFIGS = [
