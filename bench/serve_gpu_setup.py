@@ -246,17 +246,23 @@ def _baseline(model: Any, loaded: LoadedModel, args: argparse.Namespace) -> dict
     timed_generate(model, short, 4)  # warm-up
     out: dict[str, Any] = {"recipe": "transformers generate, unmerged PEFT LoRA, NF4 base"}
     with torch.inference_mode():
-        one, many = timed_generate(model, short, 1), timed_generate(model, short, n + 1)
-        out["decode_tok_s"] = n / (many - one)
+        out["decode_tok_s"] = decode_rate(model, short, n)
         out["ttft_512_ms"] = 1000 * statistics.median(
             timed_generate(model, long, 1) for _ in range(3)
         )
         batch = torch.tensor([prompt_ids(tok, 16, shift=i) for i in range(8)], device=device)
         out["batch8_aggregate_tok_s"] = 8 * n / timed_generate(model, batch, n)
         with model.disable_adapter():
-            one, many = timed_generate(model, short, 1), timed_generate(model, short, n + 1)
-            out["base_only_decode_tok_s"] = n / (many - one)
+            out["base_only_decode_tok_s"] = decode_rate(model, short, n)
     return out
+
+
+def decode_rate(model: Any, ids: torch.Tensor, n: int) -> float:
+    """Tokens a second of `generate` past the first: n tokens more over the time they added,
+    each time the median of three (one slow run on a busy host once made it negative)."""
+    one = statistics.median(timed_generate(model, ids, 1) for _ in range(3))
+    many = statistics.median(timed_generate(model, ids, n + 1) for _ in range(3))
+    return n / max(many - one, 1e-9)
 
 
 def check_logits(loaded: LoadedModel, adapter: Path, ids: list[int]) -> dict:
