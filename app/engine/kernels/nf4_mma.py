@@ -465,14 +465,12 @@ def nf4_mma_rows_shared(
         raise ValueError("nf4_mma_rows_shared reads x in k order 1: pack with k_order=1")
     if x.dtype != torch.bfloat16:
         raise ValueError("the tensor-core kernels take bf16 activations")
-    warps, tiles_per_warp, per_sm = config or SHARED_ROWS_CONFIG
+    warps, tiles_per_warp, _ = config = config or SHARED_ROWS_CONFIG
     flat = flat.contiguous()
     out = torch.empty(rows, weight.out_features, dtype=torch.bfloat16, device=x.device)
     tiles = weight.out_features // TILE_ROWS
     groups = weight.in_features // GROUP
-    sets = -(-tiles // (warps * tiles_per_warp))
-    slots = per_sm * sm_count(x.device)
-    ksplit = max(1, min(groups, round(slots / sets)))
+    sets, ksplit, slots = _shared_plan(weight, x.device, config)
     partials, sems = _rows_workspace(x.device, ksplit * rows * weight.out_features, sets)
     chunks = rows_chunks(rows)
     variant = KernelVariant(
@@ -487,6 +485,25 @@ def nf4_mma_rows_shared(
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)
+
+
+def _shared_plan(
+    weight: MmaNF4, device: torch.device, config: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """(sets of row tiles, slices of K, grid slots) of an `nf4_mma_rows_shared` launch: the
+    slices chosen so that sets x slices is about the slots (`config`'s items per SM)."""
+    warps, tiles_per_warp, per_sm = config
+    sets = -(-(weight.out_features // TILE_ROWS) // (warps * tiles_per_warp))
+    slots = per_sm * sm_count(device)
+    return sets, max(1, min(weight.in_features // GROUP, round(slots / sets))), slots
+
+
+def prepare_rows_shared(weight: MmaNF4) -> None:
+    """Make the device's `nf4_mma_rows_shared` workspace for `weight` at 64 rows now, while no
+    graph is being captured (the routing calls this when it packs the weight)."""
+    device = weight.words.device
+    sets, ksplit, _ = _shared_plan(weight, device, SHARED_ROWS_CONFIG)
+    _rows_workspace(device, ksplit * MAX_ROWS * weight.out_features, sets)
 
 
 _ROWS_WORKSPACES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

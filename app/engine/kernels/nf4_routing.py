@@ -42,6 +42,11 @@ Llama-3.1-8B against 16.1 for the plain one plus 2.4 for `low_rank_row`
 faster pair (nf4-mma-rows-shrink-h100.json: `lora_shrink` against `lora_two_launches`): its
 grid-wide wait sits on the first tile's critical path and it runs with 64 registers."""
 
+SHARED_ROWS_FROM: int | None = None
+"""Row count from which the `mma` routing's decode steps use `nf4_mma_rows_shared` (x staged
+in shared memory) instead of `nf4_mma_rows`; None: never, until a card has measured it
+(`bench/nf4_mma_rows_gpu.py`'s `mma_rows_shared_*` rows)."""
+
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
 Falcon-7B), CUDA graphs, prefill activations and the allocator's slack."""
@@ -331,8 +336,14 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
         MAX_ROWS,
         nf4_mma_gemv,
         nf4_mma_rows,
+        nf4_mma_rows_shared,
+        prepare_rows_shared,
         rows_config,
     )
+
+    shared_from = SHARED_ROWS_FROM if packed.k_order == 1 else None
+    if shared_from is not None:
+        prepare_rows_shared(packed)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
@@ -340,6 +351,8 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
             return prompt(x)
         if rows == 1:
             out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
+        elif shared_from is not None and rows >= shared_from:
+            out = nf4_mma_rows_shared(x, packed)
         else:
             config = rows_config(rows, packed.in_features, packed.out_features)
             out = nf4_mma_rows(x, packed, config=config)

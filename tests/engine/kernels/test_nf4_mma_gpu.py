@@ -244,6 +244,20 @@ def test_routings_serve_every_row_count(routing, rows, bias):
     assert rel_err(linear(x), want) < 1e-2
 
 
+@pytest.mark.parametrize("rows", [5, 32, 64])
+def test_mma_routing_serves_rows_through_the_shared_x_kernel_when_asked(rows, monkeypatch):
+    """`SHARED_ROWS_FROM`: from that row count the routing's decode steps use
+    `nf4_mma_rows_shared`; what the module computes, bias added after."""
+    from app.engine.kernels import nf4_routing
+
+    monkeypatch.setattr(nf4_routing, "SHARED_ROWS_FROM", 2)
+    module = _linear4bit(1024, 512, True, seed=3)
+    linear = nf4_routing._mma_every_row(module)
+    assert linear is not None
+    x = torch.randn(rows, 1, 512, device="cuda").bfloat16()
+    assert rel_err(linear(x), module(x).float()) < 1e-2
+
+
 def _linear4bit(n: int, k: int, bias: bool, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     module = bnb.nn.Linear4bit(
