@@ -79,12 +79,16 @@ GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean[, prefetch]): as
     "mma_gemv_wide_lean_chain": (WARPS, DEPTH, 2, PER_SM, 1, 1),
     "mma_gemv_wide_lean_chain_8w3": (8, DEPTH, 2, 3, 1, 1),
     "mma_gemv_prefetch": (WARPS, DEPTH, 1, PER_SM, 0, 0, 1),  # no adapter: its cost alone
+    # as served (88 registers: one block an SM) and with registers for two blocks an SM
+    "mma_gemv_served": CANDIDATE_GEMV,
+    "mma_gemv_served_occupy2": (*CANDIDATE_GEMV, 2),
 }
 LORA_GEMV_VARIANTS = {  # the GEMV with a rank-`LORA_RANK` update in its epilogue (one row)
     "mma_gemv_lora": (WARPS, DEPTH, 1, PER_SM, 0, 0, 0),
     "mma_gemv_lora_prefetch": (WARPS, DEPTH, 1, PER_SM, 0, 0, 1),
     "mma_gemv_wide_lean_chain_lora": (WARPS, DEPTH, 2, PER_SM, 1, 1, 0),
     "mma_gemv_wide_lean_chain_lora_prefetch": (WARPS, DEPTH, 2, PER_SM, 1, 1, 1),
+    "mma_gemv_served_lora_occupy2": (*CANDIDATE_GEMV, 2),
 }
 LORA_RANK = 64  # r of the adapters measured serving Llama-3.1-8B (every projection)
 SHARED_SWEEP = [SHARED_ROWS_CONFIG, (8, 2, 2), (4, 2, 2), (8, 1, 4), (16, 1, 2)]

@@ -13,6 +13,7 @@
 #define PREFETCH @PREFETCH@  // nf4_mma_gemv: 1 loads a tile's epilogue t and B before its K loop
 #define AHEAD @AHEAD@    // nf4_mma_rows: 1 loads the warp's next group of weights during this one
 #define SHRINK @SHRINK@  // nf4_mma_gemv: 1 computes the LoRA activations t = x A.T itself
+#define OCCUPY @OCCUPY@  // nf4_mma_gemv: blocks an SM its registers must leave room for
 #define MAX_SHRINK 384   // t values SHRINK holds: three parts of rank 128
 #define SHRINK_WAIT_NS 100000ull  // how long a block waits for the grid's shares of t
 
@@ -279,8 +280,9 @@ __device__ __forceinline__ void group_product(const unsigned *u, const unsigned 
 }
 
 // SHRINK: every block must be resident at once (they wait for each other's shares of t), so
-// such a build keeps registers for two blocks an SM, the grid nf4_mma.py launches.
-extern "C" __global__ void __launch_bounds__(WARPS * 32, SHRINK == 1 ? 2 : 1)
+// such a build keeps registers for two blocks an SM, the grid nf4_mma.py launches; OCCUPY
+// asks the same of any build (more warps in flight for fewer registers each).
+extern "C" __global__ void __launch_bounds__(WARPS * 32, SHRINK == 1 ? 2 : OCCUPY)
 nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
              const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
              const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,

@@ -270,9 +270,9 @@ def nf4_mma_gemv(
             byte permute (`WIDE_TABLE_BYTES`), blocks per SM: 0 = one block per row tile,
             else that many blocks per SM each serving several tiles[, chain: 1 = a group's
             four mma into one accumulator[, lean: 1 = running pointers and two buffers in
-            turn[, prefetch: 1 = the epilogue's t and B loaded before the K loop]]]) for
-            benchmarks; by default `WARPS`, `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`, `LEAN`,
-            `PREFETCH`.
+            turn[, prefetch: 1 = the epilogue's t and B loaded before the K loop[, occupy:
+            blocks an SM the registers leave room for]]]]) for benchmarks; by default `WARPS`,
+            `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`, `LEAN`, `PREFETCH`, 1.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -283,7 +283,7 @@ def nf4_mma_gemv(
     if len(splits) > 2 or list(splits) != sorted(splits) or any(s % TILE_ROWS for s in splits):
         raise ValueError(f"splits are at most two ascending multiples of {TILE_ROWS}")
     row = x.reshape(-1)
-    warps, depth, decode, per_sm, chain, lean, prefetch = _gemv_settings(config)
+    warps, depth, decode, per_sm, chain, lean, prefetch, occupy = _gemv_settings(config)
     shrink = None
     if isinstance(lora, Shrink):
         if _shrinks(x, weight, lora, per_sm, len(splits) + 1):
@@ -313,7 +313,7 @@ def nf4_mma_gemv(
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
     variant = KernelVariant(
         warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch,
-        shrink=int(shrink is not None),
+        shrink=int(shrink is not None), occupy=occupy,
     )  # fmt: skip
     a, t_sum, sync, shrink_rows = row, row, row, 0  # unread unless the kernel shrinks
     if shrink is not None:
@@ -537,15 +537,19 @@ def _rows_workspace(
     return held
 
 
-def _gemv_settings(config: tuple[int, ...] | None) -> tuple[int, int, int, int, int, int, int]:
-    """(warps, depth, decode, per_sm, chain, lean, prefetch) from a GEMV `config`, defaults
-    filled in."""
-    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN, PREFETCH)
+def _gemv_settings(
+    config: tuple[int, ...] | None,
+) -> tuple[int, int, int, int, int, int, int, int]:
+    """(warps, depth, decode, per_sm, chain, lean, prefetch, occupy) from a GEMV `config`,
+    defaults filled in."""
+    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN, PREFETCH, 1)
     given = tuple(config or ())
     if len(given) > len(defaults) or (given and len(given) < 4):
-        raise ValueError("config is (warps, depth, decode, per_sm[, chain[, lean[, prefetch]]])")
-    warps, depth, decode, per_sm, chain, lean, prefetch = given + defaults[len(given) :]
-    return warps, depth, decode, per_sm, chain, lean, prefetch
+        raise ValueError(
+            "config is (warps, depth, decode, per_sm[, chain[, lean[, prefetch[, occupy]]]])"
+        )
+    warps, depth, decode, per_sm, chain, lean, prefetch, occupy = given + defaults[len(given) :]
+    return warps, depth, decode, per_sm, chain, lean, prefetch, occupy
 
 
 def _dynamic_shared(variant: KernelVariant, sums: int) -> int:
@@ -606,6 +610,7 @@ class KernelVariant:
     prefetch: int = 0
     ahead: int = 0
     shrink: int = 0
+    occupy: int = 1
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -630,7 +635,7 @@ def kernel_source(variant: KernelVariant) -> str:
         ("WARPS", variant.warps), ("DEPTH", variant.depth), ("TILES", variant.tiles),
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
         ("LEAN", variant.lean), ("PREFETCH", variant.prefetch), ("AHEAD", variant.ahead),
-        ("SHRINK", variant.shrink),
+        ("SHRINK", variant.shrink), ("OCCUPY", variant.occupy),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"
