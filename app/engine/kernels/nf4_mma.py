@@ -33,25 +33,24 @@ tile-major order had thousands of warps each streaming its own distant region. S
 
 `nf4_mma_rows` serves 2-64 rows (batched decode) from the same packed words: the mma's eight
 columns, unused by the GEMV, carry eight activation rows, so each decoded fragment serves up to
-64 rows in 1-8 chunks, where the Triton `nf4_matmul` it is meant to replace decodes every weight
-with a table load per element (11-19 % of copy bandwidth on an H200). Its warps split K; each
-decodes a group's fragments for `TILES` neighbouring row tiles once and multiplies them with
-every chunk of x, and the warps' fp32 sums meet in shared memory. Written without a card to run
-it (NVRTC compiles it in `make test`); tests/engine/kernels/test_nf4_mma_gpu.py and
-bench/nf4_mma_rows_gpu.py check and time it on one, and the `mma` routing
-(`nf4_routing.nf4_override`) serves with it.
+64 rows in 1-8 chunks, where the Triton `nf4_matmul` decodes every weight with a table load per
+element. Its warps split K; each decodes a group's fragments for `TILES` neighbouring row
+tiles once and multiplies them with every chunk of x, and the warps' fp32 sums meet in shared
+memory; `rows_config` picks its launch by row count and shape, from the H100 sweeps
+(bench/results/nf4-mma-rows-*h100.json), `AHEAD` loading each warp's next group during this
+one's math where that paid (8 rows). `nf4_mma_rows_shared` stages each group of x in shared
+memory for every warp of a block instead (at 32 rows the rows kernel's warps re-read x from L2
+at four times the weights' bytes); it has yet to run on a card, so no routing serves it.
 
-Four switches of the GEMV wait for a card to decide them (bench/nf4_mma_rows_gpu.py times
-each; bench/nf4_mma_sass.py counts their machine instructions without one: 144 per 512 bytes
-of weights as it serves, 60.5 with all four): the k order 1 packing (`K_ORDERS`), where each
-lane's x for a group is 32 contiguous bytes (two 16-byte loads instead of eight 4-byte loads
-and their zeroing); `CHAIN`, a group's four mma into one accumulator (no zeroing and summing
-of four); `decode=2`, a 64 KB table laid out so that one byte permute of the packed word with
-the lane's offset is a lookup's whole address (two integer ops before); and `LEAN`, running
-pointers and two register buffers in turn (no 64-bit index arithmetic or copies per group).
-A fifth, `PREFETCH`, loads each tile's LoRA t and B rows (rank <= 128: four bf16 per lane and
-row, 8-byte loads) into registers when the tile's K loop starts, so the epilogue waits on no
-global load (ranks above 128 keep the loop that loads them there).
+The GEMV serves in the `CANDIDATE_GEMV` build (the `mma` routing, `auto`'s choice): the k order
+1 packing (`K_ORDERS`: each lane's x for a group is 32 contiguous bytes), `CHAIN` (a group's
+four mma into one accumulator), `decode=2` (a 64 KB table whose address is one byte permute),
+`LEAN` (running pointers, two register buffers in turn) and `PREFETCH` (each tile's LoRA t and
+B rows in registers when its K loop starts): 58.5 machine instructions per 512 bytes against
+144 before (bench/nf4_mma_sass.py counts them without a card). Two more switches are not
+served: `SHRINK` (the grid computes LoRA's t = x A.T itself), measured slower serving (see
+`nf4_routing.GEMV_SHRINKS`), and `OCCUPY` (registers for two blocks an SM, 64 against 88), not
+yet measured.
 
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
