@@ -71,6 +71,7 @@ from bench.serve_gpu_setup import (  # noqa: E402
     prompt_ids,
     run_baseline,
 )
+from bench.serve_switches import apply_variant  # noqa: E402
 
 # ---- Teller's engine -----------------------------------------------------------------------
 
@@ -345,7 +346,12 @@ def main() -> int:  # noqa: PLR0915
     parser.add_argument(
         "--concurrent-tokens", type=int, help="tokens per concurrent stream (128; --smoke 8)"
     )
-    parser.add_argument("--variants", default="bnb,bnb_flat,triton,hybrid")
+    parser.add_argument(
+        "--variants",
+        default="bnb,bnb_flat,triton,hybrid",
+        help="NF4 routings, each optionally with engine switches: mma+shared17+sdpa "
+        "(bench/serve_switches.py)",
+    )
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument(
         "--profile",
@@ -409,7 +415,7 @@ def main() -> int:  # noqa: PLR0915
     engine: BatchEngine | None = None
     for variant in args.variants.split(","):
         try:
-            override = nf4_override(loaded, variant)
+            override = nf4_override(loaded, apply_variant(variant))
         except ValueError as exc:
             results["teller"][variant] = {"skipped": str(exc)}
             continue

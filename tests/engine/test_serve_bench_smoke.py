@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.bench_smoke import run_smoke
 
 
@@ -25,3 +27,20 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     http = results["http"]
     assert http["ok"] == http["streams"] == 32 and http["output_tokens"] > 0
     assert set(results["floor"]) == {"copy_gb_s", "bytes_per_token", "tok_s"}
+
+
+def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
+    from app.engine.kernels import decode_attention, nf4_mma, nf4_routing
+    from bench.serve_switches import apply_variant
+
+    served = nf4_mma.CANDIDATE_GEMV
+    assert apply_variant("mma+shared17+occupy2+sdpa") == "mma"
+    assert nf4_routing.SHARED_ROWS_FROM == 17
+    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2)
+    assert decode_attention.ENABLED is False
+    assert apply_variant("hybrid") == "hybrid"
+    assert nf4_routing.SHARED_ROWS_FROM is None
+    assert nf4_mma.CANDIDATE_GEMV == served
+    assert decode_attention.ENABLED is True
+    with pytest.raises(ValueError, match="unknown switch 'fast'"):
+        apply_variant("mma+fast")

@@ -1,0 +1,51 @@
+"""Engine switches a serving variant can name beside its NF4 routing, so that one call to
+`bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
+calls are not comparable: a slow host once capped one call at ~280 tokens/s).
+
+    --variants mma,mma+shared17,mma+occupy2,mma+sdpa,mma+shrink
+
+- `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
+  (`nf4_routing.SHARED_ROWS_FROM`);
+- `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
+  eighth value);
+- `sdpa`: decode attention through SDPA instead of the Triton kernel
+  (`decode_attention.ENABLED`);
+- `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`).
+"""
+
+from __future__ import annotations
+
+from app.engine.kernels import decode_attention, nf4_mma, nf4_routing
+
+_DEFAULTS = {
+    (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
+    (nf4_routing, "GEMV_SHRINKS"): nf4_routing.GEMV_SHRINKS,
+    (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
+    (decode_attention, "ENABLED"): decode_attention.ENABLED,
+}
+
+
+def apply_variant(variant: str) -> str:
+    """Every switch back to its default, then `variant`'s (`routing+switch+...`) set; returns
+    the routing name for `nf4_override`.
+
+    Raises:
+        ValueError: a switch this module does not know.
+    """
+    for (module, name), value in _DEFAULTS.items():
+        setattr(module, name, value)
+    routing, *switches = variant.split("+")
+    for switch in switches:
+        if switch.startswith("shared") and switch[len("shared") :].isdigit():
+            nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
+        elif switch == "occupy2":
+            nf4_mma.CANDIDATE_GEMV = (*nf4_mma.CANDIDATE_GEMV[:7], 2)
+        elif switch == "sdpa":
+            decode_attention.ENABLED = False
+        elif switch == "shrink":
+            nf4_routing.GEMV_SHRINKS = True
+        else:
+            raise ValueError(
+                f"unknown switch {switch!r} in {variant!r}: sharedN, occupy2, sdpa, shrink"
+            )
+    return routing
