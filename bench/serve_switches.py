@@ -2,7 +2,7 @@
 `bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
 calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
-    --variants mma,mma+shared17,mma+occupy2,mma+sdpa,mma+shrink
+    --variants mma,mma+shared17,mma+occupy2,mma+residual,mma+sdpa,mma+shrink
 
 - `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
   (`nf4_routing.SHARED_ROWS_FROM`);
@@ -10,7 +10,9 @@ calls are not comparable: a slow host once capped one call at ~280 tokens/s).
   eighth value);
 - `sdpa`: decode attention through SDPA instead of the Triton kernel
   (`decode_attention.ENABLED`);
-- `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`).
+- `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`);
+- `residual`: the one-row epilogue adding the block's residual x
+  (`nf4_routing.EPILOGUE_RESIDUAL`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.engine.kernels import decode_attention, nf4_mma, nf4_routing
 _DEFAULTS = {
     (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
     (nf4_routing, "GEMV_SHRINKS"): nf4_routing.GEMV_SHRINKS,
+    (nf4_routing, "EPILOGUE_RESIDUAL"): nf4_routing.EPILOGUE_RESIDUAL,
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     (decode_attention, "ENABLED"): decode_attention.ENABLED,
 }
@@ -44,6 +47,8 @@ def apply_variant(variant: str) -> str:
             decode_attention.ENABLED = False
         elif switch == "shrink":
             nf4_routing.GEMV_SHRINKS = True
+        elif switch == "residual":
+            nf4_routing.EPILOGUE_RESIDUAL = True
         else:
             raise ValueError(
                 f"unknown switch {switch!r} in {variant!r}: sharedN, occupy2, sdpa, shrink"

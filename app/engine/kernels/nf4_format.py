@@ -63,12 +63,14 @@ def reference_row(
     gelu: bool = False,
     splits: tuple[int, ...] = (),
     gelu_from: int = 0,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What the one-row kernels compute, in torch (their CPU path): `x @ dense.T`, plus the
     LoRA update `t @ B.T` and GELU when asked, in fp32, rounded once to x's dtype, with x's
     leading dims. With `splits` (output rows where the next projection of a fused weight
     begins), t holds one rank's worth of values per projection, each for its own rows; GELU
-    then applies from row `gelu_from` on."""
+    then applies from row `gelu_from` on; then `residual` (a block's x) is added, before the
+    one rounding."""
     out = x.reshape(1, -1).float() @ dense.T
     if lora is not None:
         t, b = lora[0].reshape(1, -1).float(), lora[1].float()
@@ -84,6 +86,8 @@ def reference_row(
         out = out + update
     if gelu:
         out = torch.cat([out[:, :gelu_from], torch.nn.functional.gelu(out[:, gelu_from:])], dim=1)
+    if residual is not None:
+        out = out + residual.reshape(1, -1).float()
     return out.to(x.dtype).reshape(*x.shape[:-1], dense.shape[0])
 
 

@@ -288,7 +288,8 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
              const unsigned *__restrict__ pairs, const unsigned short *__restrict__ lora_t,
              const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu_from,
              int tiles, int split1, int split2, const unsigned short *__restrict__ lora_a,
-             float *t_sum, unsigned *sync, int shrink_rows) {
+             float *t_sum, unsigned *sync, int shrink_rows,
+             const unsigned short *__restrict__ residual, int has_residual) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
 #if DECODE == 2  // no static shared memory: the dynamic table starts the window, at 0
   float *partial = (float *)(wide_table + TABLE_WORDS);
@@ -528,6 +529,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
       sum = warp_sum(sum);
       if (lane == 0) {
         if (row >= gelu_from) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
+        if (has_residual) sum += bf16_to_float(residual[tile * 16 + r]);  // the block's x +
         out[tile * 16 + r] = float_to_bf16(sum);
       }
     }

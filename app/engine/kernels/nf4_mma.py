@@ -245,9 +245,11 @@ def nf4_mma_gemv(
     config: tuple[int, ...] | None = None,
     splits: tuple[int, ...] = (),
     gelu_from: int = 0,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`x @ W.T` for ONE bf16 activation row, in bf16 (fp32 accumulation), optionally plus a
-    LoRA update and through GELU, all before the one rounding.
+    LoRA update, through GELU and plus `residual` (a block's x: one launch fewer per
+    residual add), all before the one rounding.
 
     On CUDA one kernel launch, capturable in a CUDA graph after the first call (which compiles
     the kernel); elsewhere torch dequantizes and multiplies.
@@ -301,11 +303,17 @@ def nf4_mma_gemv(
             raise ValueError("lora t must hold the same rank for each projection of the splits")
         if b.shape != (weight.out_features, rank) or b.stride(1) != 1 or b.dtype != x.dtype:
             raise ValueError("lora B must be (out_features, rank) bf16 with unit column stride")
+    if residual is not None and (
+        residual.numel() != weight.out_features or residual.dtype != x.dtype
+    ):
+        raise ValueError(f"residual must be the {weight.out_features} outputs in x's dtype")
     if not mma_available(x.device):
-        return reference_row(x, dequantize_mma(weight), lora, gelu, splits, gelu_from)
+        dense = dequantize_mma(weight)
+        return reference_row(x, dense, lora, gelu, splits, gelu_from, residual)
     if x.dtype != torch.bfloat16:
         raise ValueError("the tensor-core GEMV takes bf16 activations")
     row = row.contiguous()
+    kept = row if residual is None else residual.reshape(-1).contiguous()
     out = torch.empty(weight.out_features, dtype=torch.bfloat16, device=x.device)
     split1, split2 = (*splits, weight.out_features, weight.out_features)[:2]
     tiles = weight.out_features // TILE_ROWS
@@ -327,7 +335,7 @@ def nf4_mma_gemv(
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
             code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0,
             gelu_from if gelu else weight.out_features, tiles,
-            split1, split2, a, t_sum, sync, shrink_rows,
+            split1, split2, a, t_sum, sync, shrink_rows, kept, int(residual is not None),
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)

@@ -42,6 +42,11 @@ Llama-3.1-8B against 16.1 for the plain one plus 2.4 for `low_rank_row`
 faster pair (nf4-mma-rows-shrink-h100.json: `lora_shrink` against `lora_two_launches`): its
 grid-wide wait sits on the first tile's critical path and it runs with 64 registers."""
 
+EPILOGUE_RESIDUAL = False
+"""Whether the `mma` routing's one-row epilogue also adds a block's residual x (`.fused`'s
+`residual`, `.fused.residual`): one launch fewer per residual add (two a Llama layer, one a
+Falcon layer), rounded once with the product. Off until measured on a card."""
+
 SHARED_ROWS_FROM: int | None = None
 """Row count from which the `mma` routing's decode steps use `nf4_mma_rows_shared` (x staged
 in shared memory) instead of `nf4_mma_rows`; None: never, until a card has measured it
@@ -247,10 +252,13 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     bias = typing.cast(torch.Tensor | None, module.bias)
     forward = _mma_decode(packed, prompt, bias)
 
-    def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
-        return nf4_mma_gemv(x, packed, lora=lora, gelu=gelu, config=CANDIDATE_GEMV)
+    def fused(x: torch.Tensor, lora, gelu: bool, residual=None) -> torch.Tensor:  # noqa: ANN001
+        return nf4_mma_gemv(
+            x, packed, lora=lora, gelu=gelu, config=CANDIDATE_GEMV, residual=residual
+        )
 
     fused.shrinks = GEMV_SHRINKS  # type: ignore[attr-defined]
+    fused.residual = EPILOGUE_RESIDUAL  # type: ignore[attr-defined]
     if bias is None:
         forward.fused = fused  # type: ignore[attr-defined]
     return forward

@@ -121,8 +121,7 @@ class FalconBlocks:
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
         attn = project(attn, index, "dense")
-        mlp = project(mlp, index, "dense_4h_to_h")
-        return x + (mlp + attn)
+        return x + project(mlp, index, "dense_4h_to_h", residual=attn)  # x + (mlp + attn)
 
     def prompt_attention(self, step: PromptStep) -> Attend:
         cos, sin = step.cos.unsqueeze(1), step.sin.unsqueeze(1)  # (S, 1, D)

@@ -128,10 +128,10 @@ class LlamaBlocks:
         q, k, v = proj.project_group(h, index, QKV)
         q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
         attn = attend(index, q, k, v)  # (B, S, H*D)
-        x = x + proj.project(attn, index, "o_proj")
+        x = proj.project(attn, index, "o_proj", residual=x)
         h = self._norm(x, layer.post_norm)
         gate, up = proj.project_group(h, index, GATE_UP)
-        return x + proj.project(F.silu(gate) * up, index, "down_proj")
+        return proj.project(F.silu(gate) * up, index, "down_proj", residual=x)
 
     @staticmethod
     def _rotate(

@@ -120,22 +120,30 @@ class Projections:
         *,
         gelu: bool = False,
         low: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The projection plus its LoRA update (then GELU when asked).
+        """The projection plus its LoRA update (then GELU when asked), plus `residual` (the
+        block's x) when given.
 
         One row on one adapter (or none) goes through the kernel's fused epilogue where the
         linear has one (`fused`, the one-row GEMVs): the update and GELU are added before its
-        single rounding, two launches fewer. `low` is x A.T when the caller computed it
-        together with other projections' (`shared_low`).
+        single rounding, two launches fewer, and the residual too where the epilogue takes it
+        (`fused.residual`). `low` is x A.T when the caller computed it together with other
+        projections' (`shared_low`).
         """
         linear = self.linears[index][name]
         fused = getattr(linear, "fused", None)
         if fused is not None and adapters is None and not isinstance(mask, torch.Tensor):
             if x.numel() == x.shape[-1]:
                 shrinks = getattr(fused, "shrinks", False)
-                return fused(x, self._slot_update(x, index, name, mask, low, shrinks), gelu)
+                lora = self._slot_update(x, index, name, mask, low, shrinks)
+                if residual is not None and getattr(fused, "residual", False):
+                    return fused(x, lora, gelu, residual=residual)
+                out = fused(x, lora, gelu)
+                return out if residual is None else out + residual
         out = self._add_update(linear(x), x, index, name, adapters, mask)
-        return F.gelu(out) if gelu else out
+        out = F.gelu(out) if gelu else out
+        return out if residual is None else out + residual
 
     def project_group(
         self,
@@ -301,10 +309,13 @@ class BoundProjections:
     adapters: Sequence[str | None] | None
     mask: LoraRows
 
-    def project(self, x: torch.Tensor, index: int, name: str) -> torch.Tensor:
+    def project(
+        self, x: torch.Tensor, index: int, name: str, *, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`Projections.project` with this step's adapters and mask (a projection whose
-        input no other reads; those that share one go through `project_group`)."""
-        return self.projections.project(x, index, name, self.adapters, self.mask)
+        input no other reads; those that share one go through `project_group`), plus
+        `residual` when given."""
+        return self.projections.project(x, index, name, self.adapters, self.mask, residual=residual)
 
     def project_group(
         self, x: torch.Tensor, index: int, names: tuple[str, ...], *, gelu_last: bool = False

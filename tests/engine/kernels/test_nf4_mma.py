@@ -147,6 +147,19 @@ def test_a_shrink_gives_the_update_of_its_activations_on_cpu():
     assert not torch.equal(got, nf4_mma_gemv(x, joined, splits=(64, 96), gelu=True, gelu_from=96))
 
 
+def test_the_epilogue_adds_a_residual_before_its_one_rounding_on_cpu():
+    module = make_linear4bit(32, 128, double_quant=True, seed=6)
+    packed = pack_mma(module)
+    x = torch.randn(1, 128).bfloat16()
+    residual = (torch.randn(1, 32) * 4).bfloat16()
+    want = (x.float() @ bnb_dense(module).T + residual.float()).bfloat16()
+    got = nf4_mma_gemv(x, packed, residual=residual)
+    assert rel_err(got, want) < 1e-2
+    assert rel_err(nf4_mma_gemv(x, packed), want) > 0.1  # the residual was added
+    with pytest.raises(ValueError, match="residual must be the 32 outputs"):
+        nf4_mma_gemv(x, packed, residual=residual[:, :16])
+
+
 def test_an_unknown_k_order_is_refused():
     with pytest.raises(ValueError, match="k_order must be one of"):
         pack_mma(make_linear4bit(32, 128, double_quant=True, seed=1), k_order=2)

@@ -164,6 +164,30 @@ def test_gemv_with_registers_for_two_blocks_an_sm_gives_what_it_gives_with_one(w
         assert rel_err(out, want) < 5e-3, occupy
 
 
+@pytest.mark.parametrize("config", [CANDIDATE_GEMV, (WARPS, DEPTH, 1, PER_SM)], ids=str)
+def test_gemv_epilogue_adds_the_residual(weight, config, monkeypatch):
+    """`residual`: a block's x added in the epilogue, after the LoRA update and GELU, before
+    the one rounding; and the `mma` routing's `.fused` takes it where `EPILOGUE_RESIDUAL`."""
+    from app.engine.kernels import nf4_routing
+
+    packed, dense = weight
+    x = torch.randn(1, 640, device="cuda").bfloat16()
+    t = torch.randn(1, 16, device="cuda").bfloat16()
+    b = (torch.randn(dense.shape[0], 16, device="cuda") * 0.1).bfloat16()
+    residual = (torch.randn(1, dense.shape[0], device="cuda") * 3).bfloat16()
+    want = reference_row(x.float(), dense, (t, b), True, residual=residual)
+    out = nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=config, residual=residual)
+    assert rel_err(out, want) < 5e-3
+    monkeypatch.setattr(nf4_routing, "EPILOGUE_RESIDUAL", True)
+    module = _linear4bit(512, 640, False, seed=11)
+    linear = nf4_routing._mma_every_row(module)
+    assert linear.fused.residual
+    x = torch.randn(1, 1, 640, device="cuda").bfloat16()
+    residual = (torch.randn(1, 1, 512, device="cuda") * 3).bfloat16()
+    got = linear.fused(x, None, False, residual=residual)
+    assert rel_err(got, module(x).float() + residual.float()) < 1e-2
+
+
 SHRINK_CONFIGS = [
     CANDIDATE_GEMV,  # what the mma routing serves with
     (WARPS, DEPTH, 1, PER_SM),  # the 32 KB table
