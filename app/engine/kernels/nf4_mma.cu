@@ -14,6 +14,7 @@
 #define AHEAD @AHEAD@    // nf4_mma_rows: 1 loads the warp's next group of weights during this one
 #define SHRINK @SHRINK@  // nf4_mma_gemv: 1 computes the LoRA activations t = x A.T itself
 #define OCCUPY @OCCUPY@  // nf4_mma_gemv: blocks an SM its registers must leave room for
+#define RESIDUAL @RESIDUAL@  // nf4_mma_gemv: 1 adds a residual row in the epilogue
 #define MAX_SHRINK 384   // t values SHRINK holds: three parts of rank 128
 #define SHRINK_WAIT_NS 100000ull  // how long a block waits for the grid's shares of t
 
@@ -289,7 +290,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
              const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu_from,
              int tiles, int split1, int split2, const unsigned short *__restrict__ lora_a,
              float *t_sum, unsigned *sync, int shrink_rows,
-             const unsigned short *__restrict__ residual, int has_residual) {
+             const unsigned short *__restrict__ residual) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
 #if DECODE == 2  // no static shared memory: the dynamic table starts the window, at 0
   float *partial = (float *)(wide_table + TABLE_WORDS);
@@ -529,7 +530,9 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
       sum = warp_sum(sum);
       if (lane == 0) {
         if (row >= gelu_from) sum = sum * 0.5f * (1.f + erff(sum * 0.7071067811865476f));
-        if (has_residual) sum += bf16_to_float(residual[tile * 16 + r]);  // the block's x +
+#if RESIDUAL == 1
+        sum += bf16_to_float(residual[tile * 16 + r]);  // the block's x
+#endif
         out[tile * 16 + r] = float_to_bf16(sum);
       }
     }

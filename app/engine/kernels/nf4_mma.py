@@ -320,7 +320,7 @@ def nf4_mma_gemv(
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
     variant = KernelVariant(
         warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch,
-        shrink=int(shrink is not None), occupy=occupy,
+        shrink=int(shrink is not None), occupy=occupy, residual=int(residual is not None),
     )  # fmt: skip
     a, t_sum, sync, shrink_rows = row, row, row, 0  # unread unless the kernel shrinks
     if shrink is not None:
@@ -335,7 +335,7 @@ def nf4_mma_gemv(
             weight.words, weight.scales, row, out, weight.in_features // GROUP,
             code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0,
             gelu_from if gelu else weight.out_features, tiles,
-            split1, split2, a, t_sum, sync, shrink_rows, kept, int(residual is not None),
+            split1, split2, a, t_sum, sync, shrink_rows, kept,
         ],
     )  # fmt: skip
     return out.reshape(*lead, weight.out_features)
@@ -618,6 +618,7 @@ class KernelVariant:
     ahead: int = 0
     shrink: int = 0
     occupy: int = 1
+    residual: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -642,7 +643,7 @@ def kernel_source(variant: KernelVariant) -> str:
         ("WARPS", variant.warps), ("DEPTH", variant.depth), ("TILES", variant.tiles),
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
         ("LEAN", variant.lean), ("PREFETCH", variant.prefetch), ("AHEAD", variant.ahead),
-        ("SHRINK", variant.shrink), ("OCCUPY", variant.occupy),
+        ("SHRINK", variant.shrink), ("OCCUPY", variant.occupy), ("RESIDUAL", variant.residual),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"

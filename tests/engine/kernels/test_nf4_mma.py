@@ -234,6 +234,7 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(8, decode=0, tiles=1, chunks=8, korder=1),
         KernelVariant(4, tiles=2, chunks=2, korder=1),
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, occupy=2),
+        KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, residual=1),
     ],
     ids=str,
 )
