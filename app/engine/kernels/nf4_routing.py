@@ -138,7 +138,7 @@ def _with_bias(module: torch.nn.Module, linear: Linear | None) -> Linear | None:
 def kernel_for_memory(free_bytes: int, packed: int) -> NF4Kernel:
     """The fastest routing whose repacked weight copy (`packed` bytes) leaves `HEADROOM_BYTES`
     of `free_bytes`: `mma`, which needs one copy and on an H100 beats `hybrid` (two copies)
-    for one stream and at 32 (serve-gpu-*-mma-h100.json); a 7B model on a 16 GB card keeps
+    for one stream and at 32 (serve-gpu-*-both-h100.json); a 7B model on a 16 GB card keeps
     bitsandbytes."""
     copies = max(0, (free_bytes - HEADROOM_BYTES) // max(1, int(packed * 1.1)))  # + scales
     return "mma" if copies >= 1 else "bnb_flat"
