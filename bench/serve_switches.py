@@ -12,12 +12,13 @@ calls are not comparable: a slow host once capped one call at ~280 tokens/s).
   (`decode_attention.ENABLED`);
 - `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`);
 - `residual`: the one-row epilogue adding the block's residual x
-  (`nf4_routing.EPILOGUE_RESIDUAL`).
+  (`nf4_routing.EPILOGUE_RESIDUAL`);
+- `silu`: Llama's `silu(gate) * up` in one Triton launch (`silu_mul.ENABLED`).
 """
 
 from __future__ import annotations
 
-from app.engine.kernels import decode_attention, nf4_mma, nf4_routing
+from app.engine.kernels import decode_attention, nf4_mma, nf4_routing, silu_mul
 
 _DEFAULTS = {
     (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
@@ -25,6 +26,7 @@ _DEFAULTS = {
     (nf4_routing, "EPILOGUE_RESIDUAL"): nf4_routing.EPILOGUE_RESIDUAL,
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     (decode_attention, "ENABLED"): decode_attention.ENABLED,
+    (silu_mul, "ENABLED"): silu_mul.ENABLED,
 }
 
 
@@ -49,6 +51,8 @@ def apply_variant(variant: str) -> str:
             nf4_routing.GEMV_SHRINKS = True
         elif switch == "residual":
             nf4_routing.EPILOGUE_RESIDUAL = True
+        elif switch == "silu":
+            silu_mul.ENABLED = True
         else:
             raise ValueError(
                 f"unknown switch {switch!r} in {variant!r}: sharedN, occupy2, sdpa, shrink"

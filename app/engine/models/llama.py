@@ -26,6 +26,7 @@ import torch.nn.functional as F  # noqa: N812
 from app.engine.kernels import rotary_cache
 from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs
 from app.engine.kernels.row_norm import rms_norm_rows
+from app.engine.kernels.silu_mul import silu_mul
 from app.engine.models.peft_layout import adapter_reason, base_model
 from app.engine.models.projections import BoundProjections, rotate
 from app.engine.models.slot_batch import (
@@ -131,7 +132,7 @@ class LlamaBlocks:
         x = proj.project(attn, index, "o_proj", residual=x)
         h = self._norm(x, layer.post_norm)
         gate, up = proj.project_group(h, index, GATE_UP)
-        return proj.project(F.silu(gate) * up, index, "down_proj", residual=x)
+        return proj.project(silu_mul(gate, up), index, "down_proj", residual=x)
 
     @staticmethod
     def _rotate(

@@ -1,0 +1,28 @@
+"""The one-launch SiLU·mul on a GPU: torch's answer within one bf16 step (its exp may differ
+from torch's in the last fp32 bits), on a joined gate/up output's halves at Llama-3.1-8B's
+width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels"),
+]
+
+from app.engine.kernels import silu_mul as module  # noqa: E402
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32, 64])
+def test_kernel_gives_torchs_activation(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module, "ENABLED", True)
+    joined = (torch.randn(rows, 1, 2 * 14336, device="cuda") * 3).bfloat16()
+    gate, up = joined[..., :14336], joined[..., 14336:]
+    got = module.silu_mul(gate, up)
+    want = torch.nn.functional.silu(gate) * up
+    assert got.shape == want.shape and got.is_contiguous()
+    steps = (got.float() - want.float()).abs() / want.float().abs().clamp_min(1e-30)
+    assert steps.max().item() <= 2**-7 + 1e-6
+    assert (got == want).float().mean().item() > 0.99
