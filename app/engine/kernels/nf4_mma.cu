@@ -224,6 +224,18 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// t as the epilogue reads it: a bf16 from the launch's t, or an fp32 the grid summed (SHRINK).
+__device__ __forceinline__ float t_value(unsigned short t) { return bf16_to_float(t); }
+__device__ __forceinline__ float t_value(float t) { return t; }
+
+// The lane's share of a row's LoRA update, t . B[row], added to sum (the loop the epilogue
+// keeps where t and B are not held in registers).
+template <typename T>
+__device__ __forceinline__ void add_lora_row(float &sum, const T *t_row,
+                                             const unsigned short *b_row, int rank, int lane) {
+  for (int i = lane; i < rank; i += 32) sum += t_value(t_row[i]) * bf16_to_float(b_row[i]);
+}
+
 // The dot product of two pairs of packed bf16 pairs, in fp32.
 __device__ __forceinline__ float dot4(unsigned t0, unsigned t1, unsigned b0, unsigned b1) {
   float sum = __uint_as_float(t0 << 16) * __uint_as_float(b0 << 16);
@@ -304,6 +316,11 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   __shared__ float t_shared[MAX_SHRINK];
   __shared__ int t_whole[1];
 #endif
+#endif
+#if SHRINK == 1
+#define T_SOURCE t_shared  // where the epilogue reads t
+#else
+#define T_SOURCE lora_t
 #endif
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -503,29 +520,15 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
         sum += dot4(ht0, ht1, hb[k][0], hb[k][1]);
 #endif
       } else {
-        const unsigned short *b_row = lora_b + (long long)row * b_stride;
-#if SHRINK == 1
-        const float *t_row = t_shared + ((row >= split1) + (row >= split2)) * rank;
-        for (int i = lane; i < rank; i += 32) sum += t_row[i] * bf16_to_float(b_row[i]);
-#else
-        const unsigned short *t_row = lora_t + ((row >= split1) + (row >= split2)) * rank;
-        for (int i = lane; i < rank; i += 32)
-          sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
-#endif
+        add_lora_row(sum, T_SOURCE + ((row >= split1) + (row >= split2)) * rank,
+                     lora_b + (long long)row * b_stride, rank, lane);
       }
 #else
     for (int r = warp; r < 16; r += WARPS) {
       float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
       const int row = tile * 16 + r;
-      const unsigned short *b_row = lora_b + (long long)row * b_stride;
-#if SHRINK == 1
-      const float *t_row = t_shared + ((row >= split1) + (row >= split2)) * rank;
-      for (int i = lane; i < rank; i += 32) sum += t_row[i] * bf16_to_float(b_row[i]);
-#else
-      const unsigned short *t_row = lora_t + ((row >= split1) + (row >= split2)) * rank;
-      for (int i = lane; i < rank; i += 32)
-        sum += bf16_to_float(t_row[i]) * bf16_to_float(b_row[i]);
-#endif
+      add_lora_row(sum, T_SOURCE + ((row >= split1) + (row >= split2)) * rank,
+                   lora_b + (long long)row * b_stride, rank, lane);
 #endif
       sum = warp_sum(sum);
       if (lane == 0) {
