@@ -38,20 +38,22 @@ from app.engine.kernels.low_rank_row import low_rank_row  # noqa: E402
 from app.engine.kernels.nf4_matmul import nf4_matmul, pack_linear4bit  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
     CANDIDATE_GEMV,
-    CANDIDATE_ROWS,
     DEPTH,
     K_ORDERS,
     PER_SM,
-    ROWS_CONFIG,
-    SHARED_ROWS_CONFIG,
-    TILES_BY_CHUNKS,
     WARPS,
     KernelVariant,
     Shrink,
     nf4_mma_gemv,
+    pack_mma,
+)
+from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
+    CANDIDATE_ROWS,
+    ROWS_CONFIG,
+    SHARED_ROWS_CONFIG,
+    TILES_BY_CHUNKS,
     nf4_mma_rows,
     nf4_mma_rows_shared,
-    pack_mma,
     rows_chunks,
     rows_config,
 )

@@ -37,10 +37,12 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     DEPTH,
     K_ORDER,
     LEAN,
-    ROWS_CONFIG,
-    TILES_BY_CHUNKS,
     WARPS,
     KernelVariant,
+)
+from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
+    ROWS_CONFIG,
+    TILES_BY_CHUNKS,
 )
 from bench.cuda_offline import _nvrtc, ptx, tool  # noqa: E402
 

@@ -341,8 +341,10 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
     `prompt` (bitsandbytes, which adds the bias itself) above."""
     from app.engine.kernels.nf4_mma import (
         CANDIDATE_GEMV,
-        MAX_ROWS,
         nf4_mma_gemv,
+    )
+    from app.engine.kernels.nf4_mma_rows import (
+        MAX_ROWS,
         nf4_mma_rows,
         nf4_mma_rows_shared,
         prepare_rows_shared,

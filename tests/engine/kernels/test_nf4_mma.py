@@ -17,7 +17,6 @@ bnb = pytest.importorskip("bitsandbytes")
 from app.engine.kernels.nf4_format import NF4_CODE  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
     K_ORDERS,
-    MAX_ROWS,
     KernelVariant,
     Shrink,
     concat_mma,
@@ -25,9 +24,12 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     kernel_source,
     mma_reason,
     nf4_mma_gemv,
+    pack_mma,
+)
+from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
+    MAX_ROWS,
     nf4_mma_rows,
     nf4_mma_rows_shared,
-    pack_mma,
     rows_chunks,
 )
 from bench.cuda_offline import compile_errors, nvrtc_available  # noqa: E402

@@ -26,9 +26,11 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     WARPS,
     Shrink,
     nf4_mma_gemv,
+    pack_mma,
+)
+from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
     nf4_mma_rows,
     nf4_mma_rows_shared,
-    pack_mma,
     rows_config,
 )
 from tests.engine.kernels.nf4_reference import bnb_dense, make_linear4bit, rel_err  # noqa: E402
