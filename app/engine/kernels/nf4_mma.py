@@ -84,10 +84,10 @@ from app.engine.kernels.nf4_format import (
 TILE_ROWS = 16
 DEPTH = 1  # groups each warp loads ahead
 DECODE = 1  # the GEMV's decode: 1 the 32 KB table (2: `WIDE_TABLE_BYTES`, 0: byte permutes)
-CHAIN = 0  # 1: a group's four mma chained into one accumulator (not yet measured)
-LEAN = 0  # 1: the GEMV walks K with running pointers and two buffers in turn (not yet measured)
+CHAIN = 0  # 1: a group's four mma chained into one accumulator (CANDIDATE_GEMV)
+LEAN = 0  # 1: the GEMV walks K with running pointers and two buffers in turn (CANDIDATE_GEMV)
 PREFETCH = 0  # 1: the GEMV loads each tile's epilogue t and B before its K loop (CANDIDATE_GEMV)
-WIDE_TABLE_BYTES = 256 * 64 * 4  # decode 2's table: one address op per lookup (not yet measured)
+WIDE_TABLE_BYTES = 256 * 64 * 4  # decode 2's table: one address op per lookup (CANDIDATE_GEMV)
 WARPS = 16  # per block (one 16-row tile; they split K): best of 4, 8, 16 on two H200s
 PER_SM = 2  # blocks per SM, each serving several row tiles (0: one block per tile); 2 beat
 # one block per tile by 1-13 % per Falcon-7B shape on an H200 (nf4-mma.json's sweep)
@@ -99,14 +99,14 @@ K_ORDERS = {
 """How the packing orders k within a 64-wide group. Any order gives the same sums as long as x
 is read in the same one: order 1 lets each lane load its x with two 16-byte loads, where order 0
 takes eight 4-byte loads (and zeroing) per group, a fifth of the GEMV's instructions."""
-K_ORDER = 0  # the default packing, until order 1 is measured on a card
+K_ORDER = 0  # `pack_mma`'s default; the `mma` routing packs in CANDIDATE_K_ORDER
 CANDIDATE_K_ORDER = 1
 CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1, 1)  # wide table, chained mma, lean loop,
 # epilogue prefetched: a Llama-3.1-8B decode step's GEMVs with LoRA in 2.78 ms instead of 3.05
 # (nf4-mma-rows-h100.json)
-"""The combination bench/results/nf4-mma-sass.json favours (60.5 instead of 144 instructions
-per 512 bytes for one row), which the `mma` routing (the default where its copy fits) serves
-with; `bench/serve_gpu.py --variants hybrid,mma` measures it end to end."""
+"""The build the `mma` routing (the default where its copy fits) serves one row with: 58.5
+instead of 144 machine instructions per 512 bytes (bench/nf4_mma_sass.py); `bench/serve_gpu.py
+--variants hybrid,mma` measures it end to end."""
 _SOURCE_FILE = Path(__file__).with_suffix(".cu")
 """The kernel's CUDA C++, a template `kernel_source` fills in."""
 

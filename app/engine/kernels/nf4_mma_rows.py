@@ -23,9 +23,8 @@ from app.engine.kernels.nf4_mma import (
 )
 
 MAX_ROWS = 64  # nf4_mma_rows: eight chunks of the mma's eight columns
-ROWS_CONFIG = (8, 0, 2)  # nf4_mma_rows: warps per block, row tiles per warp (0: by chunks,
-# `TILES_BY_CHUNKS`), blocks per SM; a first guess, not yet measured (bench/nf4_mma_rows_gpu.py
-# sweeps it)
+ROWS_CONFIG = (8, 0, 2)  # nf4_mma_rows without a config: warps per block, row tiles per warp
+# (0: by chunks, `TILES_BY_CHUNKS`), blocks per SM; the routing launches `rows_config`'s
 TILES_BY_CHUNKS = {1: 4, 2: 2, 4: 2, 8: 1}
 """Row tiles per warp for each chunk count: more tiles share each load of x, more chunks share
 each decoded fragment; both cost registers (tiles x chunks x 4 accumulators), and 64 rows with
