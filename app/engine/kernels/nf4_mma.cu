@@ -731,6 +731,36 @@ __device__ __forceinline__ void stage_group(unsigned *xs, const unsigned *__rest
   asm volatile("cp.async.commit_group;");
 }
 
+__device__ __forceinline__ void put(unsigned short *p, float v) { *p = float_to_bf16(v); }
+__device__ __forceinline__ void put(float *p, float v) { *p = v; }
+
+// A warp's sums into the (rows, n) matrix dst, bf16 (rounded) or fp32 (a partial): lane (g, t)
+// holds weight rows g and g + 8 of each of its tiles for activation rows 2t, 2t + 1 of each
+// chunk.
+template <typename T>
+__device__ __forceinline__ void store_tiles(T *dst, const float (&acc)[TILES][CHUNKS][4],
+                                            int tile0, int tiles, int rows, long long n, int g,
+                                            int t) {
+#pragma unroll
+  for (int tt = 0; tt < TILES; ++tt) {
+    const int tile = tile0 + tt;
+    if (tile >= tiles) break;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int r0 = c * 8 + 2 * t;
+      const long long w0 = (long long)tile * 16 + g;
+      if (r0 < rows) {
+        put(dst + r0 * n + w0, acc[tt][c][0]);
+        put(dst + r0 * n + w0 + 8, acc[tt][c][2]);
+      }
+      if (r0 + 1 < rows) {
+        put(dst + (r0 + 1) * n + w0, acc[tt][c][1]);
+        put(dst + (r0 + 1) * n + w0 + 8, acc[tt][c][3]);
+      }
+    }
+  }
+}
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32, 2)
 nf4_mma_rows_shared(const unsigned *__restrict__ words, const unsigned short *__restrict__ scales,
                     const unsigned *__restrict__ x, unsigned short *__restrict__ out, int groups,
@@ -813,47 +843,13 @@ nf4_mma_rows_shared(const unsigned *__restrict__ words, const unsigned short *__
       }
     }
 
-    // Lane (g, t) holds weight rows g and g + 8 of each tile for activation rows 2t, 2t + 1 of
-    // each chunk.
-    if (ksplit == 1) {
-#pragma unroll
-      for (int tt = 0; tt < TILES; ++tt) {
-        const int tile = tile0 + tt;
-        if (tile >= tiles) break;
-#pragma unroll
-        for (int c = 0; c < CHUNKS; ++c) {
-          const int r0 = c * 8 + 2 * t;
-          const long long w0 = (long long)tile * 16 + g;
-          if (r0 < rows) {
-            out[r0 * n + w0] = float_to_bf16(acc[tt][c][0]);
-            out[r0 * n + w0 + 8] = float_to_bf16(acc[tt][c][2]);
-          }
-          if (r0 + 1 < rows) {
-            out[(r0 + 1) * n + w0] = float_to_bf16(acc[tt][c][1]);
-            out[(r0 + 1) * n + w0 + 8] = float_to_bf16(acc[tt][c][3]);
-          }
-        }
-      }
+    if (ksplit == 1) {  // the whole of K: rounded straight into out
+      store_tiles(out, acc, tile0, tiles, rows, n, g, t);
       continue;
     }
     // This slice's sums into its partial buffer (slice, activation row, weight row), then the
     // set's last slice adds every slice's and rounds once.
-    float *mine = partials + (long long)slice * rows * n;
-#pragma unroll
-    for (int tt = 0; tt < TILES; ++tt) {
-      const int tile = tile0 + tt;
-      if (tile >= tiles) break;
-#pragma unroll
-      for (int c = 0; c < CHUNKS; ++c) {
-        const int r0 = c * 8 + 2 * t;
-        const long long w0 = (long long)tile * 16 + g;
-        if (r0 < rows) { mine[r0 * n + w0] = acc[tt][c][0]; mine[r0 * n + w0 + 8] = acc[tt][c][2]; }
-        if (r0 + 1 < rows) {
-          mine[(r0 + 1) * n + w0] = acc[tt][c][1];
-          mine[(r0 + 1) * n + w0 + 8] = acc[tt][c][3];
-        }
-      }
-    }
+    store_tiles(partials + (long long)slice * rows * n, acc, tile0, tiles, rows, n, g, t);
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) finishing = atomicAdd(sems + set, 1u) == (unsigned)(ksplit - 1);
