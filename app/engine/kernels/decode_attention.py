@@ -28,6 +28,7 @@ import os
 
 import torch
 
+from app.engine.kernels import pdl
 from app.engine.kernels.availability import sm_count, triton_available
 
 try:
@@ -140,12 +141,13 @@ def _launch(
         splits, HEADS=heads, G=groups, D=dim, G_PAD=g_pad, BLOCK_D=block_d, BLOCK_N=BLOCK_N,
         FP32_DOT=interpreting, STATIC_CHUNK=chunk if interpreting else 0,
         num_warps=8 if g_pad * block_d >= 8192 else 4,  # Falcon-7B's 128 x 64 tiles: 8
+        **pdl.triton_options(q.device),
     )  # fmt: skip
     out = torch.empty(batch, heads, dim, dtype=q.dtype, device=q.device)
     _combine[(batch, heads)](
         best, total, acc, out, out.stride(0), out.stride(1), splits,
         HEADS=heads, D=dim, SPLITS_PAD=max(2, triton.next_power_of_2(splits)),
-        BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
+        BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2, **pdl.triton_options(q.device),
     )  # fmt: skip
     return out
 
@@ -164,8 +166,9 @@ if triton is not None:
         q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, scale_log2, length, chunk, splits,
         HEADS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, G_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, FP32_DOT: tl.constexpr,
-        STATIC_CHUNK: tl.constexpr,
+        STATIC_CHUNK: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        pdl.start(PDL)
         b = tl.program_id(0).to(tl.int64)
         kv = tl.program_id(1).to(tl.int64)
         split = tl.program_id(2)
@@ -236,7 +239,9 @@ if triton is not None:
     def _combine(
         best_ptr, total_ptr, acc_ptr, out_ptr, out_sb, out_sh, splits,
         HEADS: tl.constexpr, D: tl.constexpr, SPLITS_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
+        pdl.start(PDL)
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1).to(tl.int64)
         s = tl.arange(0, SPLITS_PAD)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.kernels import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -42,6 +44,7 @@ def _launch(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     _low_rank_row[(rank,)](
         x.contiguous(), a, out, width, a.stride(0),
         BLOCK=block, ITERS=triton.cdiv(width, block), num_warps=max(1, block // 1024),
+        **pdl.triton_options(x.device),
     )  # fmt: skip
     return out
 
@@ -50,12 +53,18 @@ if triton is not None:
 
     @triton.jit
     def _low_rank_row(
-        x_ptr, a_ptr, out_ptr, width, a_stride, BLOCK: tl.constexpr, ITERS: tl.constexpr
-    ):
+        x_ptr, a_ptr, out_ptr, width, a_stride,
+        BLOCK: tl.constexpr, ITERS: tl.constexpr, PDL: tl.constexpr,
+    ):  # fmt: skip
         row = tl.program_id(0)
+        pdl.launch_dependents(PDL)
         offs = tl.arange(0, BLOCK)
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for it in tl.static_range(ITERS):  # unrolled: every block's loads can be in flight
+        mask = offs < width
+        # A's first block is constant: with PDL it loads while the kernel before finishes.
+        a = tl.load(a_ptr + row * a_stride + offs, mask=mask, other=0.0).to(tl.float32)
+        pdl.wait(PDL)
+        acc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * a
+        for it in tl.static_range(1, ITERS):  # unrolled: every block's loads can be in flight
             k = it * BLOCK + offs
             mask = k < width
             x = tl.load(x_ptr + k, mask=mask, other=0.0).to(tl.float32)

@@ -15,6 +15,8 @@
 #define SHRINK @SHRINK@  // nf4_mma_gemv: 1 computes the LoRA activations t = x A.T itself
 #define OCCUPY @OCCUPY@  // nf4_mma_gemv: blocks an SM its registers must leave room for
 #define RESIDUAL @RESIDUAL@  // nf4_mma_gemv: 1 adds a residual row in the epilogue
+#define PDL @PDL@        // nf4_mma_gemv: 1 launched as a dependent (pdl.py): prologue, then wait
+#define PDL_L2_GROUPS 8  // PDL: groups of its first tile each warp asks L2 for before the wait
 #define MAX_SHRINK 384   // t values SHRINK holds: three parts of rank 128
 #define SHRINK_WAIT_NS 100000ull  // how long a block waits for the grid's shares of t
 
@@ -113,6 +115,27 @@ __device__ __forceinline__ void load16(const unsigned *p, unsigned &a, unsigned 
       : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
 }
 
+// Programmatic dependent launch (pdl.py): `launch_dependents` lets the next kernel in the
+// stream become resident once every block of this one has called it; `wait` returns once the
+// kernel before has completed and its writes are visible. Nothing written by an earlier
+// kernel is read, and nothing is written, before the wait.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if PDL == 1
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if PDL == 1
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Ask L2 for the 128-byte line holding p (a weight group's bytes, read later in the K loop).
+__device__ __forceinline__ void prefetch_l2(const void *p) {
+  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+}
+
 __device__ __forceinline__ float half_to_float(unsigned short h) {
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -180,12 +203,16 @@ __device__ __forceinline__ void preload(const unsigned *w, const unsigned short 
   }
 }
 
-// LEAN: one group's words, x fragments and scales from running pointers (x already offset to
-// the lane's first pair, scales to row g).
-__device__ __forceinline__ void load_group(const unsigned *w, const unsigned short *s,
-                                           const unsigned *xp, int g, unsigned *u, unsigned *b,
-                                           unsigned short *sc) {
+// LEAN, PDL: a group's words and scales (constant: loadable before the wait) and its x
+// fragments (written by the kernel before: after it), the two halves of `load_group`.
+__device__ __forceinline__ void load_weights(const unsigned *w, const unsigned short *s,
+                                             unsigned *u, unsigned short *sc) {
   load16(w, u[0], u[1], u[2], u[3]);
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(sc[0]) : "l"(s));
+  asm("ld.global.nc.u16 %0, [%1];" : "=h"(sc[1]) : "l"(s + 8));
+}
+
+__device__ __forceinline__ void load_xs(const unsigned *xp, int g, unsigned *b) {
 #if KORDER == 1
   load32_cached(xp, b);
 #else
@@ -196,6 +223,15 @@ __device__ __forceinline__ void load_group(const unsigned *w, const unsigned sho
     for (int j = 0; j < 4; ++j) { b[2 * j] = xp[8 * j]; b[2 * j + 1] = xp[8 * j + 4]; }
   }
 #endif
+}
+
+// LEAN: one group's words, x fragments and scales from running pointers (x already offset to
+// the lane's first pair, scales to row g).
+__device__ __forceinline__ void load_group(const unsigned *w, const unsigned short *s,
+                                           const unsigned *xp, int g, unsigned *u, unsigned *b,
+                                           unsigned short *sc) {
+  load16(w, u[0], u[1], u[2], u[3]);
+  load_xs(xp, g, b);
   asm("ld.global.nc.u16 %0, [%1];" : "=h"(sc[0]) : "l"(s));
   asm("ld.global.nc.u16 %0, [%1];" : "=h"(sc[1]) : "l"(s + 8));
 }
@@ -328,6 +364,10 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   // A block serves tiles blockIdx.x, + gridDim.x, ...: with fewer blocks than tiles the
   // shared table is filled once for several tiles.
   int tile = blockIdx.x;
+  pdl_launch_dependents();
+#if PDL == 1 && (LEAN == 0 || SHRINK == 1)
+  pdl_wait();  // these builds read x from the start: no prologue to overlap
+#endif
   // DEPTH groups' words, x fragments and scales are loaded ahead of the group being
   // multiplied (more than one in flight cost occupancy and was slower on an H200); the
   // first tile's are on their way while the table fills.
@@ -339,10 +379,16 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   const long long w_step = (long long)WARPS * word_step;
   const long long s_step = (long long)WARPS * tiles * 16;
   const int x_lane = KORDER == 1 ? 8 * t : t;
+#if PDL == 1 && SHRINK == 0  // x is the previous kernel's output: its fragments after the wait
+  if (tile < tiles && warp < groups)
+    load_weights(words + ((long long)tile * 32 + lane) * 4 + warp * word_step,
+                 scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g, ua, sa);
+#else
   if (tile < tiles && warp < groups)
     load_group(words + ((long long)tile * 32 + lane) * 4 + warp * word_step,
                scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g,
                x + warp * 32 + x_lane, g, ua, ba, sa);
+#endif
 #else
   unsigned u[DEPTH][4], b[DEPTH][8];
   unsigned short sc[DEPTH][2];
@@ -371,6 +417,17 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   bool t_ready = false;
 #endif
   for (int i = threadIdx.x; i < TABLE_WORDS; i += WARPS * 32) table[i] = pairs[i >> TABLE_SHIFT];
+#if PDL == 1 && LEAN == 1 && SHRINK == 0
+  // While the kernel before finishes: the rest of this warp's groups of its first tile on
+  // their way to L2, then the wait, then the first group's x.
+  if (tile < tiles) {
+    const unsigned *ahead = words + ((long long)tile * 32 + lane) * 4 + warp * word_step;
+    for (int q = warp + WARPS, n = 0; q < groups && n < PDL_L2_GROUPS; q += WARPS, ++n)
+      prefetch_l2(ahead + (long long)(q - warp) * word_step);
+  }
+  pdl_wait();
+  if (tile < tiles && warp < groups) load_xs(x + warp * 32 + x_lane, g, ba);
+#endif
   __syncthreads();
   const unsigned *lut = DECODE == 2 ? table : table + lane;
 #if PREFETCH == 1

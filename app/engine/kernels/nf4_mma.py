@@ -51,7 +51,9 @@ B rows in registers when its K loop starts): 58.5 machine instructions per 512 b
 144 before (bench/nf4_mma_sass.py counts them without a card). Two more switches are not
 served: `SHRINK` (the grid computes LoRA's t = x A.T itself), measured slower serving (see
 `nf4_routing.GEMV_SHRINKS`), and `OCCUPY` (registers for two blocks an SM, 64 against 88), not
-yet measured.
+yet measured. `PDL` (on where `pdl.runs`) builds the GEMV to be launched as a programmatic
+dependent of the kernel before it: the decode table, the first group's weights and L2
+requests for the rest of its first tile go out before `griddepcontrol.wait`, x after.
 
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
@@ -69,6 +71,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.kernels import pdl
 from app.engine.kernels.availability import mma_available, sm_count
 from app.engine.kernels.nf4_format import (
     FP16_BIG,
@@ -313,23 +316,21 @@ def nf4_mma_gemv(
     variant = KernelVariant(
         warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch,
         shrink=int(shrink is not None), occupy=occupy, residual=int(residual is not None),
+        pdl=int(pdl.runs(x.device)),
     )  # fmt: skip
     a, t_sum, sync, shrink_rows = row, row, row, 0  # unread unless the kernel shrinks
     if shrink is not None:
         a, shrink_rows = shrink.a, shrink.a.shape[0]
         t_sum, sync = shrink_workspace(weight)
     kernel = _kernel(x.device.index or 0, variant)
-    kernel(
-        grid=(blocks, 1, 1),
-        block=(32 * warps, 1, 1),
-        shared_mem=_dynamic_shared(variant, warps * 16),
-        args=[
-            weight.words, weight.scales, row, out, weight.in_features // GROUP,
-            code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0,
-            gelu_from if gelu else weight.out_features, tiles,
-            split1, split2, a, t_sum, sync, shrink_rows, kept,
-        ],
-    )  # fmt: skip
+    args: list[torch.Tensor | int | float] = [
+        weight.words, weight.scales, row, out, weight.in_features // GROUP,
+        code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0,
+        gelu_from if gelu else weight.out_features, tiles,
+        split1, split2, a, t_sum, sync, shrink_rows, kept,
+    ]  # fmt: skip
+    launch = pdl.launch if variant.pdl else _torch_launch
+    launch(kernel, (blocks, 1, 1), (32 * warps, 1, 1), args, _dynamic_shared(variant, warps * 16))
     return out.reshape(*lead, weight.out_features)
 
 
@@ -415,6 +416,7 @@ class KernelVariant:
     shrink: int = 0
     occupy: int = 1
     residual: int = 0
+    pdl: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -440,6 +442,7 @@ def kernel_source(variant: KernelVariant) -> str:
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
         ("LEAN", variant.lean), ("PREFETCH", variant.prefetch), ("AHEAD", variant.ahead),
         ("SHRINK", variant.shrink), ("OCCUPY", variant.occupy), ("RESIDUAL", variant.residual),
+        ("PDL", variant.pdl),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"
@@ -452,6 +455,17 @@ def _kernel(device_index: int, variant: KernelVariant, name: str = "nf4_mma_gemv
         if variant.decode == 2:  # the 64 KB table is dynamic shared memory, over the 48 KB default
             _allow_shared_memory(kernel, WIDE_TABLE_BYTES + 32 * 1024)  # + the sums after it
         return kernel
+
+
+def _torch_launch(
+    kernel,  # noqa: ANN001 - torch.cuda._utils._CudaKernel, a private class
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    args: list[torch.Tensor | int | float],
+    shared_mem: int,
+) -> None:
+    """A plain launch through torch's launcher (`pdl.launch`'s signature)."""
+    kernel(grid=grid, block=block, args=args, shared_mem=shared_mem)
 
 
 def _allow_shared_memory(kernel, size: int) -> None:  # noqa: ANN001

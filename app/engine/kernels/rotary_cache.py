@@ -26,6 +26,8 @@ import os
 
 import torch
 
+from app.engine.kernels import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -62,7 +64,7 @@ def rotate_into_cache(
     _rotary_cache[(batch, n_heads + 2)](
         qkv, cos, sin, positions, q, k_cache, v_cache,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(2), H=n_heads, D=head_dim,
-        EXACT=os.environ.get("TRITON_INTERPRET") != "1",
+        EXACT=os.environ.get("TRITON_INTERPRET") != "1", **pdl.triton_options(qkv.device),
     )  # fmt: skip
     return q
 
@@ -101,6 +103,7 @@ def rotate_gqa_into_cache(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         H=heads, KV=kv, D=head_dim, EXACT=os.environ.get("TRITON_INTERPRET") != "1",
+        **pdl.triton_options(q.device),
     )  # fmt: skip
     return out
 
@@ -126,8 +129,9 @@ if triton is not None:
     def _rotary_cache(
         qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         stride_row, stride_slot, stride_pos, H: tl.constexpr, D: tl.constexpr,
-        EXACT: tl.constexpr,
+        EXACT: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        pdl.start(PDL)
         row = tl.program_id(0)
         head = tl.program_id(1)  # 0..H-1 queries, H the key, H + 1 the value
         pos = tl.load(pos_ptr + row)
@@ -168,7 +172,9 @@ if triton is not None:
         q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, kc_ptr, vc_ptr,
         sq_row, sq_head, sk_row, sk_head, sv_row, sv_head, s_slot, s_head, s_pos,
         H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, EXACT: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
+        pdl.start(PDL)
         row = tl.program_id(0)
         head = tl.program_id(1)  # 0..H-1 queries, then KV keys, then KV values
         pos = tl.load(pos_ptr + row)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.kernels import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -62,7 +64,10 @@ def _launch_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     block = triton.next_power_of_2(width)
     warps = max(1, min(16, block // 256))
     rows = x.numel() // width
-    _rms_norm_row[(rows,)](x.contiguous(), weight, out, width, eps, BLOCK=block, num_warps=warps)
+    _rms_norm_row[(rows,)](
+        x.contiguous(), weight, out, width, eps,
+        BLOCK=block, num_warps=warps, **pdl.triton_options(x.device),
+    )  # fmt: skip
     return out
 
 
@@ -73,34 +78,43 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: floa
     block = triton.next_power_of_2(width)
     warps = max(1, min(16, block // 256))
     row = x.contiguous()
-    _layer_norm_row[(1,)](row, weight, bias, out, width, eps, BLOCK=block, num_warps=warps)
+    _layer_norm_row[(1,)](
+        row, weight, bias, out, width, eps,
+        BLOCK=block, num_warps=warps, **pdl.triton_options(x.device),
+    )  # fmt: skip
     return out
 
 
 if triton is not None:
 
     @triton.jit
-    def _layer_norm_row(x_ptr, w_ptr, b_ptr, out_ptr, width, eps, BLOCK: tl.constexpr):
+    def _layer_norm_row(
+        x_ptr, w_ptr, b_ptr, out_ptr, width, eps, BLOCK: tl.constexpr, PDL: tl.constexpr
+    ):
+        pdl.launch_dependents(PDL)
         offs = tl.arange(0, BLOCK)
         mask = offs < width
+        weight = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # constant: before
+        bias = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # the wait
+        pdl.wait(PDL)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         mean = tl.sum(x, axis=0) / width
         centred = tl.where(mask, x - mean, 0.0)
         var = tl.sum(centred * centred, axis=0) / width
-        weight = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        bias = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = centred * tl.rsqrt(var + eps) * weight + bias
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rms_norm_row(x_ptr, w_ptr, out_ptr, width, eps, BLOCK: tl.constexpr):
+    def _rms_norm_row(x_ptr, w_ptr, out_ptr, width, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        pdl.launch_dependents(PDL)
         offs = tl.arange(0, BLOCK)
         mask = offs < width
+        weight = tl.load(w_ptr + offs, mask=mask, other=0.0)  # constant: before the wait
+        pdl.wait(PDL)
         start = tl.program_id(0).to(tl.int64) * width  # this program's row
         x = tl.load(x_ptr + start + offs, mask=mask, other=0.0)
         wide = x.to(tl.float32)
         variance = tl.sum(wide * wide, axis=0) / width
         normed = (wide * tl.rsqrt(variance + eps)).to(x.dtype)  # transformers' first rounding
-        weight = tl.load(w_ptr + offs, mask=mask, other=0.0)
         y = weight.to(tl.float32) * normed.to(tl.float32)
         tl.store(out_ptr + start + offs, y.to(out_ptr.dtype.element_ty), mask=mask)

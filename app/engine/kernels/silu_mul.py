@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from app.engine.kernels import pdl
 from app.engine.kernels.availability import triton_available
 
 try:
@@ -65,14 +66,20 @@ def _launch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     rows, width = g.shape
     out = torch.empty(rows, width, dtype=gate.dtype, device=gate.device)
     grid = (rows, triton.cdiv(width, BLOCK))
-    _silu_mul[grid](g, u, out, width, g.stride(0), u.stride(0), BLOCK=BLOCK, num_warps=4)
+    _silu_mul[grid](
+        g, u, out, width, g.stride(0), u.stride(0),
+        BLOCK=BLOCK, num_warps=4, **pdl.triton_options(gate.device),
+    )  # fmt: skip
     return out.view(gate.shape)
 
 
 if triton is not None:
 
     @triton.jit
-    def _silu_mul(g_ptr, u_ptr, out_ptr, width, g_stride, u_stride, BLOCK: tl.constexpr):
+    def _silu_mul(
+        g_ptr, u_ptr, out_ptr, width, g_stride, u_stride, BLOCK: tl.constexpr, PDL: tl.constexpr
+    ):
+        pdl.start(PDL)
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = cols < width
