@@ -2,7 +2,7 @@
 `bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
 calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
-    --variants mma,mma+shared17,mma+occupy2,mma+residual,mma+sdpa,mma+shrink
+    --variants mma,mma+shared17,mma+occupy2,mma+residual,mma+sdpa,mma+shrink,mma+fold
 
 - `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
   (`nf4_routing.SHARED_ROWS_FROM`);
@@ -13,12 +13,14 @@ calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 - `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`);
 - `residual`: the one-row epilogue adding the block's residual x
   (`nf4_routing.EPILOGUE_RESIDUAL`);
-- `silu`: Llama's `silu(gate) * up` in one Triton launch (`silu_mul.ENABLED`).
+- `silu`: Llama's `silu(gate) * up` in one Triton launch (`silu_mul.ENABLED`);
+- `fold`: a one-row norm and its group's low-rank `h A.T` in one Triton launch
+  (`norm_low_rank.ENABLED`).
 """
 
 from __future__ import annotations
 
-from app.engine.kernels import decode_attention, nf4_mma, nf4_routing, silu_mul
+from app.engine.kernels import decode_attention, nf4_mma, nf4_routing, norm_low_rank, silu_mul
 
 _DEFAULTS = {
     (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
@@ -27,7 +29,10 @@ _DEFAULTS = {
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     (decode_attention, "ENABLED"): decode_attention.ENABLED,
     (silu_mul, "ENABLED"): silu_mul.ENABLED,
+    (norm_low_rank, "ENABLED"): norm_low_rank.ENABLED,
 }
+SWITCHES = "sharedN, occupy2, sdpa, shrink, residual, silu, fold"
+"""Every switch `apply_variant` knows, for its error message."""
 
 
 def apply_variant(variant: str) -> str:
@@ -53,8 +58,8 @@ def apply_variant(variant: str) -> str:
             nf4_routing.EPILOGUE_RESIDUAL = True
         elif switch == "silu":
             silu_mul.ENABLED = True
+        elif switch == "fold":
+            norm_low_rank.ENABLED = True
         else:
-            raise ValueError(
-                f"unknown switch {switch!r} in {variant!r}: sharedN, occupy2, sdpa, shrink"
-            )
+            raise ValueError(f"unknown switch {switch!r} in {variant!r}: one of {SWITCHES}")
     return routing

@@ -4,7 +4,8 @@ The maths is `modeling_falcon`'s, op for op; slots, cache, steps and LoRA are
 `slot_batch.SlotBatch`'s. Only the Falcon-7B/40B-style block qualifies (`unsupported_reason`):
 rotary positions, one shared layer norm feeding parallel attention and MLP, no biases, no
 ALiBi. With one KV head (multi-query), the query heads and the key head sit side by side in
-the fused projection and rotate together.
+the fused projection and rotate together. The layer norm and the shared group's low-rank
+`h A.T` are one launch where `norm_low_rank` folds them (`BoundProjections.normed_group`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels import rotary_cache
 from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs
+from app.engine.kernels.norm_low_rank import RowNorm
 from app.engine.kernels.row_norm import layer_norm_row
 from app.engine.models.peft_layout import adapter_reason, base_model
 from app.engine.models.projections import BoundProjections, rotate
@@ -52,8 +54,7 @@ def unsupported_reason(model: Any) -> str | None:
 
 @dataclass
 class _Layer:
-    norm_weight: torch.Tensor
-    norm_bias: torch.Tensor
+    norm: RowNorm
 
 
 class FalconBlocks:
@@ -78,7 +79,9 @@ class FalconBlocks:
         self.groups: tuple[tuple[str, ...], ...] = (SHARED_INPUT,)
         self._blocks = transformer.h
         self.layers = [
-            _Layer(block.input_layernorm.weight, block.input_layernorm.bias)
+            _Layer(
+                RowNorm.layer(block.input_layernorm.weight, block.input_layernorm.bias, self.eps)
+            )
             for block in transformer.h
         ]
 
@@ -115,8 +118,7 @@ class FalconBlocks:
         """
         layer = self.layers[index]
         project = proj.project
-        h = layer_norm_row(x, layer.norm_weight, layer.norm_bias, self.eps)
-        qkv, mlp = proj.project_group(h, index, SHARED_INPUT, gelu_last=True)
+        qkv, mlp = proj.normed_group(x, layer.norm, index, SHARED_INPUT, gelu_last=True)
         attn = attend(index, qkv)  # (B, H, S, D)
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)

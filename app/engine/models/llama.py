@@ -6,7 +6,8 @@ attention with fewer KV heads than query heads, RMSNorm, a SwiGLU MLP
 (`down(silu(gate(h)) * up(h))`), each added to the residual stream. This module runs that
 block with the same ops in the same order as transformers' `modeling_llama`; slots, cache,
 steps and LoRA are `slot_batch.SlotBatch`'s. One row on one adapter goes through the GEMV's
-fused epilogue, and the low-rank `x A.T` of q/k/v (and of gate/up) comes from one launch.
+fused epilogue, and the low-rank `x A.T` of q/k/v (and of gate/up) comes from one launch,
+with the RMSNorm before it where `norm_low_rank` folds them (`BoundProjections.normed_group`).
 
 Decode attention folds the query heads that share a KV head into that head's "query length"
 ((B, H, 1, D) → (B, KV, H/KV, D)): the same arithmetic as grouped-query SDPA, but a plain
@@ -25,6 +26,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels import rotary_cache
 from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs
+from app.engine.kernels.norm_low_rank import RowNorm
 from app.engine.kernels.row_norm import rms_norm_rows
 from app.engine.kernels.silu_mul import silu_mul
 from app.engine.models.peft_layout import adapter_reason, base_model
@@ -73,8 +75,8 @@ def unsupported_reason(model: Any, max_tokens: int | None = None) -> str | None:
 
 @dataclass
 class _Layer:
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
+    input_norm: RowNorm
+    post_norm: RowNorm
 
 
 class LlamaBlocks:
@@ -100,7 +102,10 @@ class LlamaBlocks:
         self.groups: tuple[tuple[str, ...], ...] = (QKV, GATE_UP)
         self._blocks = inner.layers
         self.layers = [
-            _Layer(block.input_layernorm.weight, block.post_attention_layernorm.weight)
+            _Layer(
+                RowNorm(block.input_layernorm.weight, self.eps),
+                RowNorm(block.post_attention_layernorm.weight, self.eps),
+            )
             for block in inner.layers
         ]
 
@@ -125,13 +130,11 @@ class LlamaBlocks:
         output (B, S, H·D).
         """
         layer = self.layers[index]
-        h = self._norm(x, layer.input_norm)
-        q, k, v = proj.project_group(h, index, QKV)
+        q, k, v = proj.normed_group(x, layer.input_norm, index, QKV)
         q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
         attn = attend(index, q, k, v)  # (B, S, H*D)
         x = proj.project(attn, index, "o_proj", residual=x)
-        h = self._norm(x, layer.post_norm)
-        gate, up = proj.project_group(h, index, GATE_UP)
+        gate, up = proj.normed_group(x, layer.post_norm, index, GATE_UP)
         return proj.project(silu_mul(gate, up), index, "down_proj", residual=x)
 
     @staticmethod

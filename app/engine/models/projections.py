@@ -10,7 +10,9 @@ the prefill attention choice.
   read the same input from one launch, and `project_group` runs such projections (q, k, v) as
   one launch where the linear override can join their weights (`LinearOverride.join`); a
   CUDA step with a row mask then adds every part's update in two more launches
-  (`LoraBank.group_a`, `add_lora_expand`).
+  (`LoraBank.group_a`, `add_lora_expand`). `normed_group` runs a block's norm and then such
+  a group, the norm folded into the group's low-rank launch where one row on one adapter
+  takes the fused path (`norm_low_rank`).
 - `KVCache`: one preallocated tensor per layer for keys and one for values, a slot per
   running sequence; batch row `i` lives in slot `i`, so decode attends over a view.
 """
@@ -27,9 +29,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from app.engine.kernels import norm_low_rank
 from app.engine.kernels.lora_expand import add_lora_expand
 from app.engine.kernels.low_rank_row import low_rank_row
 from app.engine.kernels.nf4_mma import Shrink
+from app.engine.kernels.norm_low_rank import RowNorm
 from app.engine.models.lora_bank import LoraBank, expand_runs, per_row_mask
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
@@ -154,6 +158,7 @@ class Projections:
         mask: LoraRows,
         *,
         gelu_last: bool = False,
+        low: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Each of `names` (projections of the same input x) plus its LoRA update, the last
         one through GELU when `gelu_last` (Falcon's MLP up projection beside its q/k/v).
@@ -161,12 +166,18 @@ class Projections:
         Where the override joined them (`groups`), the base products are one launch, and one
         row on one adapter adds every part's update (and GELU) in that launch's epilogue.
         Otherwise each runs on its own, their low-rank activations still from one launch
-        (`shared_low`). The parts may be views of one output.
+        (`shared_low`). The parts may be views of one output. `low` is x times the group's
+        stacked A (`LoraBank.shared_a`) when the caller computed it (`normed_group`), for the
+        one-row path that would otherwise launch it here.
         """
         joined = self.joined[index].get(names)
         gelu = [gelu_last and i == len(names) - 1 for i in range(len(names))]
         if joined is None:
-            lows = self.shared_low(x, index, names, mask)
+            lows = (
+                self.shared_low(x, index, names, mask)
+                if low is None
+                else low.chunk(len(names), dim=-1)
+            )
             return tuple(
                 self.project(x, index, name, adapters, mask, gelu=g, low=low)
                 for name, low, g in zip(names, lows, gelu, strict=True)
@@ -175,7 +186,8 @@ class Projections:
         fused = getattr(joined, "fused", None)
         one_row = x.numel() == x.shape[-1] and adapters is None
         if fused is not None and one_row and not isinstance(mask, torch.Tensor):
-            lora = self._group_update(x, index, names, mask, getattr(fused, "shrinks", False))
+            shrinks = getattr(fused, "shrinks", False)
+            lora = self._group_update(x, index, names, mask, shrinks, low)
             if lora is not False:
                 starts = tuple(accumulate(sizes[:-1]))
                 out = fused(x, lora, starts, starts[-1] if gelu_last else None)
@@ -228,11 +240,12 @@ class Projections:
         names: tuple[str, ...],
         slot: int | None,
         shrinks: bool = False,
+        low: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | Shrink | None | Literal[False]:
-        """(t of every part, the group's B·scale) for a joined group's epilogue, or (every
-        part's A, B) as a `Shrink` when the kernel computes t itself (`shrinks`); None when
-        no adapter applies; False when the adapter set leaves a part untouched (then the
-        parts add their updates one by one)."""
+        """(t of every part, the group's B·scale) for a joined group's epilogue (t is `low`
+        when given), or (every part's A, B) as a `Shrink` when the kernel computes t itself
+        (`shrinks`); None when no adapter applies; False when the adapter set leaves a part
+        untouched (then the parts add their updates one by one)."""
         if slot is None:
             return None
         b = self.lora.group_b(index, names, slot)
@@ -240,7 +253,9 @@ class Projections:
         if b is None or stacked is None:
             touched = any(self.lora.slot_factors(index, n, slot) is not None for n in names)
             return False if touched else None
-        return Shrink(stacked, b) if shrinks else (low_rank_row(x, stacked), b)
+        if shrinks:
+            return Shrink(stacked, b)
+        return (low_rank_row(x, stacked) if low is None else low), b
 
     def _add_update(
         self,
@@ -278,6 +293,58 @@ class Projections:
         if low is None and shrinks:
             return Shrink(factors[0], factors[1])
         return (low_rank_row(x, factors[0]) if low is None else low), factors[1]
+
+    def normed_group(
+        self,
+        x: torch.Tensor,
+        norm: RowNorm,
+        index: int,
+        names: tuple[str, ...],
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+        *,
+        gelu_last: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """`project_group(norm(x), ...)`: a block's norm, then the projections that read it.
+
+        Where one row on one adapter would launch the group's low-rank `h A.T` on its own
+        (`group_low_rank`) and `norm_low_rank.fold_runs`, the norm and that product are one
+        launch, and t goes to `project_group` as `low`. Otherwise the norm runs on its own.
+        """
+        stacked = None
+        if norm_low_rank.ENABLED:  # off: not even the lookups
+            stacked = self.group_low_rank(x, index, names, adapters, mask)
+        if stacked is not None and norm_low_rank.fold_runs(x, stacked):
+            h, low = norm.fold(x, stacked)
+            return self.project_group(h, index, names, adapters, mask, gelu_last=gelu_last, low=low)
+        return self.project_group(norm(x), index, names, adapters, mask, gelu_last=gelu_last)
+
+    def group_low_rank(
+        self,
+        x: torch.Tensor,
+        index: int,
+        names: tuple[str, ...],
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+    ) -> torch.Tensor | None:
+        """The group's stacked A (`LoraBank.shared_a`) when `project_group` on a row like x
+        would compute `x A.T` with it in a launch of its own (`_group_update`, `shared_low`):
+        one row, one adapter's slot, linears with the one-row epilogue (and, joined, a group
+        B and no kernel computing t itself). None otherwise."""
+        if adapters is not None or not isinstance(mask, int) or x.numel() != x.shape[-1]:
+            return None
+        joined = self.joined[index].get(names)
+        if joined is None:
+            linears = self.linears[index]
+            if not all(hasattr(linears[n], "fused") for n in names):
+                return None
+        else:
+            fused = getattr(joined, "fused", None)
+            if fused is None or getattr(fused, "shrinks", False):
+                return None
+            if self.lora.group_b(index, names, mask) is None:
+                return None
+        return self.lora.shared_a(index, names, mask)
 
     def bind(self, adapters: Sequence[str | None] | None, mask: LoraRows) -> BoundProjections:
         """These projections with one step's way of adding LoRA (see `LoraRows`)."""
@@ -323,6 +390,21 @@ class BoundProjections:
         """`Projections.project_group` with this step's adapters and mask."""
         return self.projections.project_group(
             x, index, names, self.adapters, self.mask, gelu_last=gelu_last
+        )
+
+    def normed_group(
+        self,
+        x: torch.Tensor,
+        norm: RowNorm,
+        index: int,
+        names: tuple[str, ...],
+        *,
+        gelu_last: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """`Projections.normed_group` (norm(x), then the group that reads it) with this
+        step's adapters and mask."""
+        return self.projections.normed_group(
+            x, norm, index, names, self.adapters, self.mask, gelu_last=gelu_last
         )
 
 
