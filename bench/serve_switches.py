@@ -2,7 +2,7 @@
 `bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
 calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
-    --variants mma,mma+shared17,mma+occupy2,mma+residual,mma+sdpa,mma+shrink,mma+fold
+    --variants mma,mma+shared17,mma+occupy2,mma+residual,mma+sdpa,mma+shrink,mma+fold+pdl
 
 - `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
   (`nf4_routing.SHARED_ROWS_FROM`);
@@ -15,12 +15,21 @@ calls are not comparable: a slow host once capped one call at ~280 tokens/s).
   (`nf4_routing.EPILOGUE_RESIDUAL`);
 - `silu`: Llama's `silu(gate) * up` in one Triton launch (`silu_mul.ENABLED`);
 - `fold`: a one-row norm and its group's low-rank `h A.T` in one Triton launch
-  (`norm_low_rank.ENABLED`).
+  (`norm_low_rank.ENABLED`);
+- `pdl`: the one-row decode kernels launched as programmatic dependents, each starting
+  before the one it reads from ends (`pdl.ENABLED`).
 """
 
 from __future__ import annotations
 
-from app.engine.kernels import decode_attention, nf4_mma, nf4_routing, norm_low_rank, silu_mul
+from app.engine.kernels import (
+    decode_attention,
+    nf4_mma,
+    nf4_routing,
+    norm_low_rank,
+    pdl,
+    silu_mul,
+)
 
 _DEFAULTS = {
     (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
@@ -30,8 +39,9 @@ _DEFAULTS = {
     (decode_attention, "ENABLED"): decode_attention.ENABLED,
     (silu_mul, "ENABLED"): silu_mul.ENABLED,
     (norm_low_rank, "ENABLED"): norm_low_rank.ENABLED,
+    (pdl, "ENABLED"): pdl.ENABLED,
 }
-SWITCHES = "sharedN, occupy2, sdpa, shrink, residual, silu, fold"
+SWITCHES = "sharedN, occupy2, sdpa, shrink, residual, silu, fold, pdl"
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -60,6 +70,8 @@ def apply_variant(variant: str) -> str:
             silu_mul.ENABLED = True
         elif switch == "fold":
             norm_low_rank.ENABLED = True
+        elif switch == "pdl":
+            pdl.ENABLED = True
         else:
             raise ValueError(f"unknown switch {switch!r} in {variant!r}: one of {SWITCHES}")
     return routing

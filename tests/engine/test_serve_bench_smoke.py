@@ -30,12 +30,12 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
 
 
 def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
-    from app.engine.kernels import decode_attention, nf4_mma, nf4_routing, norm_low_rank
+    from app.engine.kernels import decode_attention, nf4_mma, nf4_routing, norm_low_rank, pdl
     from bench.serve_switches import apply_variant
 
     served = nf4_mma.CANDIDATE_GEMV
-    assert apply_variant("mma+shared17+occupy2+sdpa+fold") == "mma"
-    assert norm_low_rank.ENABLED is True
+    assert apply_variant("mma+shared17+occupy2+sdpa+fold+pdl") == "mma"
+    assert norm_low_rank.ENABLED is True and pdl.ENABLED is True
     assert nf4_routing.SHARED_ROWS_FROM == 17
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2)
     assert decode_attention.ENABLED is False
@@ -43,6 +43,6 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert nf4_routing.SHARED_ROWS_FROM is None
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
-    assert norm_low_rank.ENABLED is False
-    with pytest.raises(ValueError, match="unknown switch 'fast'.*silu, fold"):
+    assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
+    with pytest.raises(ValueError, match="unknown switch 'fast'.*fold, pdl"):
         apply_variant("mma+fast")
