@@ -8,6 +8,7 @@ calls are not comparable: a slow host once capped one call at ~280 tokens/s).
   (`nf4_routing.SHARED_ROWS_FROM`);
 - `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
   eighth value);
+- `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `sdpa`: decode attention through SDPA instead of the Triton kernel
   (`decode_attention.ENABLED`);
 - `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`);
@@ -41,8 +42,19 @@ _DEFAULTS = {
     (norm_low_rank, "ENABLED"): norm_low_rank.ENABLED,
     (pdl, "ENABLED"): pdl.ENABLED,
 }
-SWITCHES = "sharedN, occupy2, sdpa, shrink, residual, silu, fold, pdl"
+SWITCHES = "sharedN, occupy2, l2next, sdpa, shrink, residual, silu, fold, pdl"
 """Every switch `apply_variant` knows, for its error message."""
+
+
+def _gemv_with(switch: str) -> tuple[int, ...]:
+    """`CANDIDATE_GEMV` with its occupy (8th) or l2_next (9th) value set by `switch`."""
+    served = nf4_mma.CANDIDATE_GEMV
+    occupy, l2_next = (*served[7:], 1, 0)[:2]
+    if switch == "occupy2":
+        occupy = 2
+    else:
+        l2_next = 1
+    return (*served[:7], occupy, l2_next)
 
 
 def apply_variant(variant: str) -> str:
@@ -58,8 +70,8 @@ def apply_variant(variant: str) -> str:
     for switch in switches:
         if switch.startswith("shared") and switch[len("shared") :].isdigit():
             nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
-        elif switch == "occupy2":
-            nf4_mma.CANDIDATE_GEMV = (*nf4_mma.CANDIDATE_GEMV[:7], 2)
+        elif switch in ("occupy2", "l2next"):
+            nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch == "sdpa":
             decode_attention.ENABLED = False
         elif switch == "shrink":

@@ -16,6 +16,7 @@
 #define OCCUPY @OCCUPY@  // nf4_mma_gemv: blocks an SM its registers must leave room for
 #define RESIDUAL @RESIDUAL@  // nf4_mma_gemv: 1 adds a residual row in the epilogue
 #define PDL @PDL@        // nf4_mma_gemv: 1 launched as a dependent (pdl.py): prologue, then wait
+#define L2_NEXT @L2_NEXT@  // nf4_mma_gemv, LEAN: 1 asks L2 for the warp's groups of its next tile
 #define PDL_L2_GROUPS 8  // PDL: groups of its first tile each warp asks L2 for before the wait
 #define MAX_SHRINK 384   // t values SHRINK holds: three parts of rank 128
 #define SHRINK_WAIT_NS 100000ull  // how long a block waits for the grid's shares of t
@@ -461,6 +462,15 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
       const int r = warp + k * WARPS;
       if (holds && r < 16)
         load8(lora_b + (long long)(tile * 16 + r) * b_stride + 4 * lane, hb[k][0], hb[k][1]);
+    }
+#endif
+#if LEAN == 1 && L2_NEXT == 1
+    // The warp's share of the block's next tile on its way to L2 during this one: a tile's
+    // worth of requests in flight (16-32 KB a block) where the registers hold one group.
+    if (tile + gridDim.x < tiles) {
+      const unsigned *ahead =
+          words + ((long long)(tile + gridDim.x) * 32 + lane) * 4 + warp * word_step;
+      for (int q = warp; q < groups; q += WARPS, ahead += w_step) prefetch_l2(ahead);
     }
 #endif
 #if LEAN == 1

@@ -267,8 +267,9 @@ def nf4_mma_gemv(
             else that many blocks per SM each serving several tiles[, chain: 1 = a group's
             four mma into one accumulator[, lean: 1 = running pointers and two buffers in
             turn[, prefetch: 1 = the epilogue's t and B loaded before the K loop[, occupy:
-            blocks an SM the registers leave room for]]]]) for benchmarks; by default `WARPS`,
-            `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`, `LEAN`, `PREFETCH`, 1.
+            blocks an SM the registers leave room for[, l2_next: 1 = with lean, each tile
+            asks L2 for the block's next tile]]]]]) for benchmarks; by default `WARPS`,
+            `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`, `LEAN`, `PREFETCH`, 1, 0.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -279,7 +280,7 @@ def nf4_mma_gemv(
     if len(splits) > 2 or list(splits) != sorted(splits) or any(s % TILE_ROWS for s in splits):
         raise ValueError(f"splits are at most two ascending multiples of {TILE_ROWS}")
     row = x.reshape(-1)
-    warps, depth, decode, per_sm, chain, lean, prefetch, occupy = _gemv_settings(config)
+    warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next = _gemv_settings(config)
     shrink = None
     if isinstance(lora, Shrink):
         if _shrinks(x, weight, lora, per_sm, len(splits) + 1):
@@ -316,7 +317,7 @@ def nf4_mma_gemv(
     variant = KernelVariant(
         warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch,
         shrink=int(shrink is not None), occupy=occupy, residual=int(residual is not None),
-        pdl=int(pdl.runs(x.device)),
+        pdl=int(pdl.runs(x.device)), l2_next=l2_next,
     )  # fmt: skip
     a, t_sum, sync, shrink_rows = row, row, row, 0  # unread unless the kernel shrinks
     if shrink is not None:
@@ -378,17 +379,20 @@ def shrink_workspace(weight: MmaNF4) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _gemv_settings(
     config: tuple[int, ...] | None,
-) -> tuple[int, int, int, int, int, int, int, int]:
-    """(warps, depth, decode, per_sm, chain, lean, prefetch, occupy) from a GEMV `config`,
-    defaults filled in."""
-    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN, PREFETCH, 1)
+) -> tuple[int, int, int, int, int, int, int, int, int]:
+    """(warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next) from a GEMV
+    `config`, defaults filled in."""
+    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN, PREFETCH, 1, 0)
     given = tuple(config or ())
     if len(given) > len(defaults) or (given and len(given) < 4):
         raise ValueError(
-            "config is (warps, depth, decode, per_sm[, chain[, lean[, prefetch[, occupy]]]])"
+            "config is (warps, depth, decode, per_sm"
+            "[, chain[, lean[, prefetch[, occupy[, l2_next]]]]])"
         )
-    warps, depth, decode, per_sm, chain, lean, prefetch, occupy = given + defaults[len(given) :]
-    return warps, depth, decode, per_sm, chain, lean, prefetch, occupy
+    warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next = (
+        given + defaults[len(given) :]
+    )
+    return warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next
 
 
 def _dynamic_shared(variant: KernelVariant, sums: int) -> int:
@@ -417,6 +421,7 @@ class KernelVariant:
     occupy: int = 1
     residual: int = 0
     pdl: int = 0
+    l2_next: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -442,7 +447,7 @@ def kernel_source(variant: KernelVariant) -> str:
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
         ("LEAN", variant.lean), ("PREFETCH", variant.prefetch), ("AHEAD", variant.ahead),
         ("SHRINK", variant.shrink), ("OCCUPY", variant.occupy), ("RESIDUAL", variant.residual),
-        ("PDL", variant.pdl),
+        ("PDL", variant.pdl), ("L2_NEXT", variant.l2_next),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"

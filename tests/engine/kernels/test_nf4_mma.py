@@ -237,6 +237,9 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(4, tiles=2, chunks=2, korder=1),
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, occupy=2),
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, residual=1),
+        KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, pdl=1, l2_next=1),
+        KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, pdl=1, shrink=1),
+        KernelVariant(16, decode=1, pdl=1),
     ],
     ids=str,
 )

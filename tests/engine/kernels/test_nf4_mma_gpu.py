@@ -154,16 +154,17 @@ def test_rows_kernel_with_x_in_shared_memory_replays_in_a_cuda_graph(weight):
 
 
 def test_gemv_with_registers_for_two_blocks_an_sm_gives_what_it_gives_with_one(weight):
-    """`occupy` 2 (64 registers, the build the bench times beside the served one): the same
-    product and epilogue."""
+    """`occupy` 2 (64 registers, the build the bench times beside the served one) and
+    `l2_next` (L2 asked for the next tile): the same product and epilogue."""
     packed, dense = weight
     x = torch.randn(1, 640, device="cuda").bfloat16()
     t = torch.randn(1, 16, device="cuda").bfloat16()
     b = (torch.randn(dense.shape[0], 16, device="cuda") * 0.1).bfloat16()
     want = reference_row(x.float(), dense, (t, b), True)
-    for occupy in (1, 2):
-        out = nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=(*CANDIDATE_GEMV, occupy))
-        assert rel_err(out, want) < 5e-3, occupy
+    for occupy, l2_next in ((1, 0), (2, 0), (1, 1), (2, 1)):
+        config = (*CANDIDATE_GEMV, occupy, l2_next)
+        out = nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=config)
+        assert rel_err(out, want) < 5e-3, config
 
 
 @pytest.mark.parametrize("config", [CANDIDATE_GEMV, (WARPS, DEPTH, 1, PER_SM)], ids=str)
