@@ -28,6 +28,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -104,6 +105,14 @@ ROTATE_BYTES = 256 << 20
 WRONG = 2e-2  # bf16 results of a correct kernel are ~3e-3 from the float32 product
 
 
+class Plan(NamedTuple):
+    """What one run measures: row counts, k orders of the packing, rows with the sweep."""
+
+    rows: list[int]
+    orders: list[int]
+    sweep_rows: set[int]
+
+
 def registers(warps: int, tiles: int, chunks: int, korder: int, decode: int, ahead: int) -> int:
     """Registers per thread of one compiled rows-kernel variant."""
     tiles = tiles or TILES_BY_CHUNKS[chunks]
@@ -113,20 +122,21 @@ def registers(warps: int, tiles: int, chunks: int, korder: int, decode: int, ahe
     return kernel_registers(variant, "nf4_mma_rows")
 
 
-def measure_shape(k: int, n: int, device: str, timer: Timer, copy: float) -> dict:
+def measure_shape(k: int, n: int, device: str, timer: Timer, copy: float, plan: Plan) -> dict:
     copies = max(2, math.ceil(ROTATE_BYTES / (n * k // 2))) if timer.cuda else 2
     modules = [make_linear(n, k, device) for _ in range(copies)]
     import bitsandbytes as bnb
 
     probe = modules[0].weight
     dense = bnb.functional.dequantize_4bit(probe.data, probe.quant_state).float()
-    mma = {order: [pack_mma(m, k_order=order) for m in modules] for order in K_ORDERS}
+    mma = {order: [pack_mma(m, k_order=order) for m in modules] for order in plan.orders}
     triton = [pack_linear4bit(m) for m in modules] if timer.cuda else None
     weight_bytes = n * k // 2 + n * (k // 64) * 2
     row: dict = {"K": k, "N": n, "weight_bytes": weight_bytes, "copies": copies, "rows": {}}
-    for rows in ROWS:
+    for rows in plan.rows:
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
         kernels = Kernels(x, x.float() @ dense.T, weight_bytes + rows * (k + n) * 2, timer, copy)
+        kernels.sweep_rows = plan.sweep_rows
         row["rows"][str(rows)] = kernels.measure(mma, triton, modules)
     return row
 
@@ -136,6 +146,7 @@ class Kernels:
 
     def __init__(self, x: torch.Tensor, ref: torch.Tensor, moved: int, timer: Timer, copy: float):
         self.x, self.ref, self.moved, self.timer, self.copy = x, ref, moved, timer, copy
+        self.sweep_rows = SWEEP_ROWS
 
     def timed(self, run, packs: list, ref: torch.Tensor | None = None) -> dict:  # noqa: ANN001
         entry: dict = {}
@@ -175,7 +186,7 @@ class Kernels:
         if triton is not None:
             cell["nf4_matmul"] = self.timed(lambda p: nf4_matmul(x, p), triton)
             cell["bnb"] = self.timed(lambda m: bnb_gemv(x, m), modules)
-        if self.timer.cuda and rows in SWEEP_ROWS:
+        if self.timer.cuda and rows in self.sweep_rows:
             cell["sweep"] = []
             for order, packs in mma.items():
                 for config in SWEEP:
@@ -228,11 +239,13 @@ class Kernels:
         )
 
 
-def step_ms(shapes: list[dict], model_shapes: list[tuple[int, int]], layers: int) -> dict:
+def step_ms(
+    shapes: list[dict], model_shapes: list[tuple[int, int]], layers: int, rows_measured: list[int]
+) -> dict:
     """Projection time of one decode step per kernel and row count (best sweep config too)."""
     by_shape = {(s["K"], s["N"]): s for s in shapes}
     out: dict = {}
-    for rows in ROWS:
+    for rows in rows_measured:
         cells = [by_shape[shape]["rows"][str(rows)] for shape in model_shapes]
         totals: dict = {}
         names = {name for cell in cells for name in cell if name != "sweep"}
@@ -267,10 +280,19 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/nf4-mma-rows.json"))
     parser.add_argument("--commit", default="", help="the commit measured (default: git's HEAD)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Llama-3.1-8B's shapes at 1, 8 and 32 rows, k order 1, no sweep (a short call)",
+    )
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     timer = Timer(cuda=device == "cuda")
     models = SMOKE if args.smoke else MODELS
+    plan = Plan(ROWS, sorted(K_ORDERS), SWEEP_ROWS)
+    if args.quick:
+        models = {"llama-3.1-8b": MODELS["llama-3.1-8b"]} if not args.smoke else models
+        plan = Plan([1, 8, 32], [1], set())
     unique = sorted({shape for shapes, _ in models.values() for shape in shapes})
     copy = timer.copy_gbps()
     commit = (
@@ -281,7 +303,7 @@ def main() -> None:
     )
     shapes = []
     for k, n in unique:
-        shapes.append(measure_shape(k, n, device, timer, copy))
+        shapes.append(measure_shape(k, n, device, timer, copy, plan))
         if timer.cuda:
             torch.cuda.empty_cache()
     result: dict = {
@@ -289,11 +311,16 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if timer.cuda else "cpu (smoke)",
         "torch": torch.__version__,
         "commit": commit or None,
-        "settings": {"rows": ROWS, "sweep": SWEEP, "sweep_rows": sorted(SWEEP_ROWS)},
+        "settings": {
+            "rows": plan.rows,
+            "k_orders": plan.orders,
+            "sweep": SWEEP,
+            "sweep_rows": sorted(plan.sweep_rows),
+        },  # fmt: skip
         "copy_gbps": copy,
         "shapes": shapes,
         "decode_step_projections_ms": {
-            name: step_ms(shapes, model_shapes, layers)
+            name: step_ms(shapes, model_shapes, layers, plan.rows)
             for name, (model_shapes, layers) in models.items()
         },
     }
