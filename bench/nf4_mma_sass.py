@@ -63,6 +63,19 @@ GEMV = {  # name -> variant of nf4_mma_gemv
         8, DEPTH, 2, korder=1, chain=1, lean=1, prefetch=1
     ),
 }
+SERVED = dict(korder=1, chain=1, lean=1, prefetch=1)  # CANDIDATE_GEMV's build (the mma routing)
+GEMV |= {  # the served build and its switches, none of them served yet
+    "served": KernelVariant(WARPS, DEPTH, 2, **SERVED),
+    "served_pdl": KernelVariant(WARPS, DEPTH, 2, **SERVED, pdl=1),
+    "served_l2_next": KernelVariant(WARPS, DEPTH, 2, **SERVED, l2_next=1),
+    "served_pdl_l2_next_residual": KernelVariant(
+        WARPS, DEPTH, 2, **SERVED, pdl=1, l2_next=1, residual=1
+    ),
+    "served_occupy2": KernelVariant(WARPS, DEPTH, 2, **SERVED, occupy=2),
+    "served_occupy2_pdl_l2_next": KernelVariant(
+        WARPS, DEPTH, 2, **SERVED, occupy=2, pdl=1, l2_next=1
+    ),
+}
 ROWS = {  # name -> variant of nf4_mma_rows
     f"{chunks * 8}_rows{suffix}": KernelVariant(
         ROWS_CONFIG[0],
