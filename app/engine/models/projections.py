@@ -174,7 +174,7 @@ class Projections:
         gelu = [gelu_last and i == len(names) - 1 for i in range(len(names))]
         if joined is None:
             lows = (
-                self.shared_low(x, index, names, mask)
+                self.shared_low(x, index, names, adapters, mask)
                 if low is None
                 else low.chunk(len(names), dim=-1)
             )
@@ -351,19 +351,18 @@ class Projections:
         return BoundProjections(self, adapters, mask)
 
     def shared_low(
-        self, h: torch.Tensor, index: int, names: tuple[str, ...], mask: LoraRows
+        self,
+        h: torch.Tensor,
+        index: int,
+        names: tuple[str, ...],
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
     ) -> tuple[torch.Tensor | None, ...]:
-        """x A.T of the projections `names` that all read `h`, from one launch, when one row
-        on one adapter takes the fused path; else None for each."""
-        nothing = (None,) * len(names)
-        if not isinstance(mask, int) or h.numel() != h.shape[-1]:
-            return nothing
-        linears = self.linears[index]
-        if not all(hasattr(linears[n], "fused") for n in names):
-            return nothing
-        stacked = self.lora.shared_a(index, names, mask)
+        """x A.T of the unjoined projections `names` that all read `h`, from one launch, when
+        one row on one adapter takes the fused path (`group_low_rank`); else None for each."""
+        stacked = self.group_low_rank(h, index, names, adapters, mask)
         if stacked is None:
-            return nothing
+            return (None,) * len(names)
         return tuple(low_rank_row(h, stacked).chunk(len(names), dim=-1))
 
 
