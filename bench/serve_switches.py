@@ -23,6 +23,8 @@ calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from app.engine.kernels import (
     decode_attention,
     nf4_mma,
@@ -32,17 +34,21 @@ from app.engine.kernels import (
     silu_mul,
 )
 
+FLAGS: dict[str, tuple[ModuleType, str, bool]] = {
+    "sdpa": (decode_attention, "ENABLED", False),
+    "shrink": (nf4_routing, "GEMV_SHRINKS", True),
+    "residual": (nf4_routing, "EPILOGUE_RESIDUAL", True),
+    "silu": (silu_mul, "ENABLED", True),
+    "fold": (norm_low_rank, "ENABLED", True),
+    "pdl": (pdl, "ENABLED", True),
+}
+"""The switches that set one module flag: (module, name, the value the switch gives it)."""
 _DEFAULTS = {
     (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
-    (nf4_routing, "GEMV_SHRINKS"): nf4_routing.GEMV_SHRINKS,
-    (nf4_routing, "EPILOGUE_RESIDUAL"): nf4_routing.EPILOGUE_RESIDUAL,
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
-    (decode_attention, "ENABLED"): decode_attention.ENABLED,
-    (silu_mul, "ENABLED"): silu_mul.ENABLED,
-    (norm_low_rank, "ENABLED"): norm_low_rank.ENABLED,
-    (pdl, "ENABLED"): pdl.ENABLED,
+    **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
-SWITCHES = "sharedN, occupy2, l2next, sdpa, shrink, residual, silu, fold, pdl"
+SWITCHES = ", ".join(["sharedN", "occupy2", "l2next", *FLAGS])
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -72,18 +78,9 @@ def apply_variant(variant: str) -> str:
             nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
         elif switch in ("occupy2", "l2next"):
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
-        elif switch == "sdpa":
-            decode_attention.ENABLED = False
-        elif switch == "shrink":
-            nf4_routing.GEMV_SHRINKS = True
-        elif switch == "residual":
-            nf4_routing.EPILOGUE_RESIDUAL = True
-        elif switch == "silu":
-            silu_mul.ENABLED = True
-        elif switch == "fold":
-            norm_low_rank.ENABLED = True
-        elif switch == "pdl":
-            pdl.ENABLED = True
+        elif switch in FLAGS:
+            module, name, value = FLAGS[switch]
+            setattr(module, name, value)
         else:
             raise ValueError(f"unknown switch {switch!r} in {variant!r}: one of {SWITCHES}")
     return routing
