@@ -642,6 +642,14 @@ __device__ __forceinline__ void load_x_row(const unsigned *x, long long row_pair
   }
 }
 
+// A rows kernel warp's fp32 sums: TILES row tiles x CHUNKS 8-row chunks x its 4 values.
+__device__ __forceinline__ void zero_sums(float (&acc)[TILES][CHUNKS][4]) {
+#pragma unroll
+  for (int tt = 0; tt < TILES; ++tt)
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) acc[tt][c][0] = acc[tt][c][1] = acc[tt][c][2] = acc[tt][c][3] = 0.f;
+}
+
 // One group's packed words and scales of every tile in the warp's set (all loads first: TILES
 // in flight); a tile past the last re-reads the last, whose sums are never stored.
 __device__ __forceinline__ void load_rows_group(const unsigned *__restrict__ words,
@@ -689,10 +697,7 @@ nf4_mma_rows(const unsigned *__restrict__ words, const unsigned short *__restric
     for (int i = threadIdx.x; i < TILES * 16 * width; i += WARPS * 32) red[i] = 0.f;
     __syncthreads();  // the table (first set) and the zeroed sums are ready
     float acc[TILES][CHUNKS][4];
-#pragma unroll
-    for (int tt = 0; tt < TILES; ++tt)
-#pragma unroll
-      for (int c = 0; c < CHUNKS; ++c) acc[tt][c][0] = acc[tt][c][1] = acc[tt][c][2] = acc[tt][c][3] = 0.f;
+    zero_sums(acc);
 
     unsigned u[TILES][4];
     unsigned short sc[TILES][2];
@@ -858,10 +863,7 @@ nf4_mma_rows_shared(const unsigned *__restrict__ words, const unsigned short *__
     const int q0 = slice * per, q1 = q0 + per < groups ? q0 + per : groups;
     const int tile0 = set * set_tiles + warp * TILES;  // this warp's first tile
     float acc[TILES][CHUNKS][4];
-#pragma unroll
-    for (int tt = 0; tt < TILES; ++tt)
-#pragma unroll
-      for (int c = 0; c < CHUNKS; ++c) acc[tt][c][0] = acc[tt][c][1] = acc[tt][c][2] = acc[tt][c][3] = 0.f;
+    zero_sums(acc);
     unsigned u[TILES][4];
     unsigned short sc[TILES][2];
     __syncthreads();  // the table (first item), and no warp still reads xs from the last item
