@@ -73,6 +73,9 @@ SWEEP = [  # (warps, row tiles per warp, blocks per SM[, decode[, ahead]])
     (8, 0, 2, 1, 1), (8, 0, 2, 2, 1), (8, 1, 2, 1, 1), (16, 1, 2, 1, 1), (4, 1, 4, 1, 1),
     (8, 2, 3, 1, 1),
 ]  # fmt: skip
+SERVED_LOOP = CANDIDATE_GEMV[:7]
+"""The served GEMV's K loop and epilogue build (warps ... prefetch), before occupy and l2_next."""
+
 GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean[, prefetch]): as it serves,
     # then switches
     "mma_gemv": (WARPS, DEPTH, 1, PER_SM, 0, 0),
@@ -82,19 +85,20 @@ GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean[, prefetch]): as
     "mma_gemv_wide_lean_chain": (WARPS, DEPTH, 2, PER_SM, 1, 1),
     "mma_gemv_wide_lean_chain_8w3": (8, DEPTH, 2, 3, 1, 1),
     "mma_gemv_prefetch": (WARPS, DEPTH, 1, PER_SM, 0, 0, 1),  # no adapter: its cost alone
-    # as served (88 registers: one block an SM) and with registers for two blocks an SM
+    # as served (88 registers: one block an SM, the next tile asked of L2), without l2_next,
+    # and with registers for two blocks an SM
     "mma_gemv_served": CANDIDATE_GEMV,
-    "mma_gemv_served_occupy2": (*CANDIDATE_GEMV, 2),
-    "mma_gemv_served_l2next": (*CANDIDATE_GEMV, 1, 1),  # the next tile asked of L2
-    "mma_gemv_served_occupy2_l2next": (*CANDIDATE_GEMV, 2, 1),
+    "mma_gemv_served_no_l2next": (*SERVED_LOOP, 1, 0),
+    "mma_gemv_served_occupy2": (*SERVED_LOOP, 2, 0),
+    "mma_gemv_served_occupy2_l2next": (*SERVED_LOOP, 2, 1),
 }
 LORA_GEMV_VARIANTS = {  # the GEMV with a rank-`LORA_RANK` update in its epilogue (one row)
     "mma_gemv_lora": (WARPS, DEPTH, 1, PER_SM, 0, 0, 0),
     "mma_gemv_lora_prefetch": (WARPS, DEPTH, 1, PER_SM, 0, 0, 1),
     "mma_gemv_wide_lean_chain_lora": (WARPS, DEPTH, 2, PER_SM, 1, 1, 0),
     "mma_gemv_wide_lean_chain_lora_prefetch": (WARPS, DEPTH, 2, PER_SM, 1, 1, 1),
-    "mma_gemv_served_lora_occupy2": (*CANDIDATE_GEMV, 2),
-    "mma_gemv_served_lora_l2next": (*CANDIDATE_GEMV, 1, 1),
+    "mma_gemv_served_lora_occupy2": (*SERVED_LOOP, 2, 0),
+    "mma_gemv_served_lora_l2next": CANDIDATE_GEMV,
 }
 LORA_RANK = 64  # r of the adapters measured serving Llama-3.1-8B (every projection)
 SHARED_SWEEP = [SHARED_ROWS_CONFIG, (8, 2, 2), (4, 2, 2), (8, 1, 4), (16, 1, 2)]

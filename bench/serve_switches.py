@@ -2,16 +2,11 @@
 `bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
 calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
-    --variants mma,mma+shared17,mma+occupy2,mma+residual,mma+sdpa,mma+shrink,mma+fold+pdl
+    --variants mma,mma+nopdl,mma+nofold+noresidual+nosilu+nol2next,mma+shared17,mma+sdpa
 
-- `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
-  (`nf4_routing.SHARED_ROWS_FROM`);
-- `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
-  eighth value);
-- `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
-- `sdpa`: decode attention through SDPA instead of the Triton kernel
-  (`decode_attention.ENABLED`);
-- `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`);
+Served by default (each `noX` turns one off):
+- `l2next`: the served GEMV asking L2 for each block's next tile during this one
+  (`CANDIDATE_GEMV`'s ninth value);
 - `residual`: the one-row epilogue adding the block's residual x
   (`nf4_routing.EPILOGUE_RESIDUAL`);
 - `silu`: Llama's `silu(gate) * up` in one Triton launch (`silu_mul.ENABLED`);
@@ -19,6 +14,15 @@ calls are not comparable: a slow host once capped one call at ~280 tokens/s).
   (`norm_low_rank.ENABLED`);
 - `pdl`: the one-row decode kernels launched as programmatic dependents, each starting
   before the one it reads from ends (`pdl.ENABLED`).
+
+Not served (each `X` turns one on):
+- `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
+  (`nf4_routing.SHARED_ROWS_FROM`);
+- `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
+  eighth value);
+- `sdpa`: decode attention through SDPA instead of the Triton kernel
+  (`decode_attention.ENABLED`);
+- `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`).
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ from app.engine.kernels import (
     silu_mul,
 )
 
+_SERVED_FLAGS: dict[str, tuple[ModuleType, str]] = {
+    "residual": (nf4_routing, "EPILOGUE_RESIDUAL"),
+    "silu": (silu_mul, "ENABLED"),
+    "fold": (norm_low_rank, "ENABLED"),
+    "pdl": (pdl, "ENABLED"),
+}
 FLAGS: dict[str, tuple[ModuleType, str, bool]] = {
     "sdpa": (decode_attention, "ENABLED", False),
     "shrink": (nf4_routing, "GEMV_SHRINKS", True),
-    "residual": (nf4_routing, "EPILOGUE_RESIDUAL", True),
-    "silu": (silu_mul, "ENABLED", True),
-    "fold": (norm_low_rank, "ENABLED", True),
-    "pdl": (pdl, "ENABLED", True),
+    **{name: (module, flag, True) for name, (module, flag) in _SERVED_FLAGS.items()},
+    **{f"no{name}": (module, flag, False) for name, (module, flag) in _SERVED_FLAGS.items()},
 }
 """The switches that set one module flag: (module, name, the value the switch gives it)."""
 _DEFAULTS = {
@@ -48,7 +56,7 @@ _DEFAULTS = {
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
-SWITCHES = ", ".join(["sharedN", "occupy2", "l2next", *FLAGS])
+SWITCHES = ", ".join(["sharedN", "occupy2", "l2next", "nol2next", *FLAGS])
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -59,7 +67,7 @@ def _gemv_with(switch: str) -> tuple[int, ...]:
     if switch == "occupy2":
         occupy = 2
     else:
-        l2_next = 1
+        l2_next = int(switch == "l2next")
     return (*served[:7], occupy, l2_next)
 
 
@@ -76,7 +84,7 @@ def apply_variant(variant: str) -> str:
     for switch in switches:
         if switch.startswith("shared") and switch[len("shared") :].isdigit():
             nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
-        elif switch in ("occupy2", "l2next"):
+        elif switch in ("occupy2", "l2next", "nol2next"):
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch in FLAGS:
             module, name, value = FLAGS[switch]

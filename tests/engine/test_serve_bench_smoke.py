@@ -34,17 +34,18 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     from bench.serve_switches import apply_variant
 
     served = nf4_mma.CANDIDATE_GEMV
-    assert apply_variant("mma+shared17+occupy2+sdpa+fold+pdl") == "mma"
-    assert norm_low_rank.ENABLED is True and pdl.ENABLED is True
+    assert served[7:] == (1, 1)  # one block an SM, the next tile asked of L2
+    assert apply_variant("mma+shared17+occupy2+sdpa+nofold+nopdl") == "mma"
+    assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
     assert nf4_routing.SHARED_ROWS_FROM == 17
-    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 0)
-    assert decode_attention.ENABLED is False
-    apply_variant("mma+l2next+occupy2")
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1)
+    assert decode_attention.ENABLED is False
+    apply_variant("mma+nol2next+occupy2")
+    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 0)
     assert apply_variant("hybrid") == "hybrid"
     assert nf4_routing.SHARED_ROWS_FROM is None
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
-    assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
+    assert norm_low_rank.ENABLED is True and pdl.ENABLED is True
     with pytest.raises(ValueError, match="unknown switch 'fast'.*fold, pdl"):
         apply_variant("mma+fast")

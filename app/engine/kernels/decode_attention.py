@@ -141,13 +141,13 @@ def _launch(
         splits, HEADS=heads, G=groups, D=dim, G_PAD=g_pad, BLOCK_D=block_d, BLOCK_N=BLOCK_N,
         FP32_DOT=interpreting, STATIC_CHUNK=chunk if interpreting else 0,
         num_warps=8 if g_pad * block_d >= 8192 else 4,  # Falcon-7B's 128 x 64 tiles: 8
-        **pdl.triton_options(q.device),
+        **pdl.triton_options(q.device, batch),
     )  # fmt: skip
     out = torch.empty(batch, heads, dim, dtype=q.dtype, device=q.device)
     _combine[(batch, heads)](
         best, total, acc, out, out.stride(0), out.stride(1), splits,
         HEADS=heads, D=dim, SPLITS_PAD=max(2, triton.next_power_of_2(splits)),
-        BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2, **pdl.triton_options(q.device),
+        BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2, **pdl.triton_options(q.device, batch),
     )  # fmt: skip
     return out
 

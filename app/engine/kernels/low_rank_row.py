@@ -44,7 +44,7 @@ def _launch(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     _low_rank_row[(rank,)](
         x.contiguous(), a, out, width, a.stride(0),
         BLOCK=block, ITERS=triton.cdiv(width, block), num_warps=max(1, block // 1024),
-        **pdl.triton_options(x.device),
+        **pdl.triton_options(x.device, 1),
     )  # fmt: skip
     return out
 

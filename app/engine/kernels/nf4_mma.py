@@ -104,9 +104,10 @@ is read in the same one: order 1 lets each lane load its x with two 16-byte load
 takes eight 4-byte loads (and zeroing) per group, a fifth of the GEMV's instructions."""
 K_ORDER = 0  # `pack_mma`'s default; the `mma` routing packs in CANDIDATE_K_ORDER
 CANDIDATE_K_ORDER = 1
-CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1, 1)  # wide table, chained mma, lean loop,
-# epilogue prefetched: a Llama-3.1-8B decode step's GEMVs with LoRA in 2.78 ms instead of 3.05
-# (nf4-mma-rows-h100.json)
+CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1, 1, 1, 1)  # wide table, chained mma, lean
+# loop, epilogue prefetched: a Llama-3.1-8B decode step's GEMVs with LoRA in 2.78 ms instead of
+# 3.05 (nf4-mma-rows-h100.json); l2_next (served with the fused launches since
+# serve-gpu-llama-switches-h100.json)
 """The build the `mma` routing (the default where its copy fits) serves one row with: 58.5
 instead of 144 machine instructions per 512 bytes (bench/nf4_mma_sass.py); `bench/serve_gpu.py
 --variants hybrid,mma` measures it end to end."""

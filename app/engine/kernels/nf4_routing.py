@@ -42,10 +42,12 @@ Llama-3.1-8B against 16.1 for the plain one plus 2.4 for `low_rank_row`
 faster pair (nf4-mma-rows-shrink-h100.json: `lora_shrink` against `lora_two_launches`): its
 grid-wide wait sits on the first tile's critical path and it runs with 64 registers."""
 
-EPILOGUE_RESIDUAL = False
+EPILOGUE_RESIDUAL = True
 """Whether the `mma` routing's one-row epilogue also adds a block's residual x (`.fused`'s
 `residual`, `.fused.residual`): one launch fewer per residual add (two a Llama layer, one a
-Falcon layer), rounded once with the product. Off until measured on a card."""
+Falcon layer), rounded once with the product. On: with it, the folded norms, `silu_mul` and
+`l2_next`, one H100 run served one Llama-3.1-8B + LoRA stream 3 % faster and 32 streams 18 %
+(bench/results/serve-gpu-llama-switches-h100.json), one Falcon-7B stream 3 %."""
 
 SHARED_ROWS_FROM: int | None = None
 """Row count from which the `mma` routing's decode steps use `nf4_mma_rows_shared` (x staged

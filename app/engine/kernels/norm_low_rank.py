@@ -34,8 +34,10 @@ try:
 except ImportError:  # CPU installs: the unfused pair serves
     triton = None
 
-ENABLED = False
-"""Switch: True folds a one-row norm into its group's low-rank launch on CUDA."""
+ENABLED = True
+"""Switch: True folds a one-row norm into its group's low-rank launch on CUDA. On since one H100
+run served Llama-3.1-8B and Falcon-7B faster with it and the other fused launches
+(serve-gpu-*-switches-h100.json; `--variants mma,mma+nofold` compares again)."""
 
 
 def fold_runs(x: torch.Tensor, a: torch.Tensor) -> bool:
@@ -124,7 +126,7 @@ def _launch(
     _norm_low_rank[(rank,)](
         x.contiguous(), weight, weight if bias is None else bias, a, h, t,
         width, a.stride(0), eps,
-        RMS=rms, BLOCK=block, num_warps=warps, **pdl.triton_options(x.device),
+        RMS=rms, BLOCK=block, num_warps=warps, **pdl.triton_options(x.device, 1),
     )  # fmt: skip
     return h, t
 

@@ -64,7 +64,7 @@ def rotate_into_cache(
     _rotary_cache[(batch, n_heads + 2)](
         qkv, cos, sin, positions, q, k_cache, v_cache,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(2), H=n_heads, D=head_dim,
-        EXACT=os.environ.get("TRITON_INTERPRET") != "1", **pdl.triton_options(qkv.device),
+        EXACT=os.environ.get("TRITON_INTERPRET") != "1", **pdl.triton_options(qkv.device, batch),
     )  # fmt: skip
     return q
 
@@ -103,7 +103,7 @@ def rotate_gqa_into_cache(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         H=heads, KV=kv, D=head_dim, EXACT=os.environ.get("TRITON_INTERPRET") != "1",
-        **pdl.triton_options(q.device),
+        **pdl.triton_options(q.device, batch),
     )  # fmt: skip
     return out
 

@@ -66,7 +66,7 @@ def _launch_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     rows = x.numel() // width
     _rms_norm_row[(rows,)](
         x.contiguous(), weight, out, width, eps,
-        BLOCK=block, num_warps=warps, **pdl.triton_options(x.device),
+        BLOCK=block, num_warps=warps, **pdl.triton_options(x.device, rows),
     )  # fmt: skip
     return out
 
@@ -80,7 +80,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: floa
     row = x.contiguous()
     _layer_norm_row[(1,)](
         row, weight, bias, out, width, eps,
-        BLOCK=block, num_warps=warps, **pdl.triton_options(x.device),
+        BLOCK=block, num_warps=warps, **pdl.triton_options(x.device, 1),
     )  # fmt: skip
     return out
 

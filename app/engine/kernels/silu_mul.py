@@ -24,8 +24,10 @@ try:
 except ImportError:  # CPU installs: torch serves
     triton = None
 
-ENABLED = False
-"""Switch: True sends CUDA bf16 activations through the kernel."""
+ENABLED = True
+"""Switch: True sends CUDA bf16 activations through the kernel. On since one H100 run served
+Llama-3.1-8B faster with it and the other fused launches (serve-gpu-llama-switches-h100.json;
+`--variants mma,mma+nosilu` compares again)."""
 BLOCK = 1024
 """Features each program handles."""
 
@@ -68,7 +70,7 @@ def _launch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     grid = (rows, triton.cdiv(width, BLOCK))
     _silu_mul[grid](
         g, u, out, width, g.stride(0), u.stride(0),
-        BLOCK=BLOCK, num_warps=4, **pdl.triton_options(gate.device),
+        BLOCK=BLOCK, num_warps=4, **pdl.triton_options(gate.device, rows),
     )  # fmt: skip
     return out.view(gate.shape)
 

@@ -25,4 +25,11 @@ def test_no_pdl_off_a_card_even_when_enabled(monkeypatch):
     monkeypatch.setattr(pdl, "ENABLED", True)
     cpu = torch.device("cpu")
     assert not pdl.runs(cpu)
-    assert pdl.triton_options(cpu) == {"PDL": False}  # no launch_pdl for the interpreter
+    assert pdl.triton_options(cpu, 1) == {"PDL": False}  # no launch_pdl for the interpreter
+
+
+def test_only_one_row_steps_chain_on_a_card(monkeypatch):
+    monkeypatch.setattr(pdl, "runs", lambda device: True)
+    card = torch.device("cuda", 0)
+    assert pdl.triton_options(card, 1) == {"PDL": True, "launch_pdl": True}
+    assert pdl.triton_options(card, 32) == {"PDL": False}  # the rows kernels do not wait early
