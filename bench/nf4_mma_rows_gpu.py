@@ -287,15 +287,16 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="Llama-3.1-8B's shapes at 1, 8 and 32 rows, k order 1, no sweep (a short call)",
+        help="one model's shapes (--model) at 1, 8 and 32 rows, k order 1, no sweep (a short call)",
     )
+    parser.add_argument("--model", choices=sorted(MODELS), default="llama-3.1-8b")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     timer = Timer(cuda=device == "cuda")
     models = SMOKE if args.smoke else MODELS
     plan = Plan(ROWS, sorted(K_ORDERS), SWEEP_ROWS)
     if args.quick:
-        models = {"llama-3.1-8b": MODELS["llama-3.1-8b"]} if not args.smoke else models
+        models = {args.model: MODELS[args.model]} if not args.smoke else models
         plan = Plan([1, 8, 32], [1], set())
     unique = sorted({shape for shapes, _ in models.values() for shape in shapes})
     copy = timer.copy_gbps()

@@ -51,8 +51,15 @@ Falcon layer), rounded once with the product. On: with it, the folded norms, `si
 
 SHARED_ROWS_FROM: int | None = None
 """Row count from which the `mma` routing's decode steps use `nf4_mma_rows_shared` (x staged
-in shared memory) instead of `nf4_mma_rows`; None: never, until a card has measured it
-(`bench/nf4_mma_rows_gpu.py`'s `mma_rows_shared_*` rows)."""
+in shared memory) instead of `nf4_mma_rows`, for weights of at least `SHARED_MIN_OUT` outputs;
+None: never, until a serving run has measured it (`bench/serve_gpu.py --variants
+mma,mma+shared17`)."""
+
+SHARED_MIN_OUT = 8192
+"""The fewest outputs for which `SHARED_ROWS_FROM` applies. Replayed alone at 32 rows on an
+H100 (bench/results/nf4-mma-rows-quick-h100.json), the shared kernel took 51.8 us against the
+rows kernel's 61.9 for 14,336 outputs, tied at 4,096 and lost at 1,024 (26.6 against 22.0):
+narrow weights leave it too few row tiles to spread."""
 
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
@@ -353,7 +360,8 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
         rows_config,
     )
 
-    shared_from = SHARED_ROWS_FROM if packed.k_order == 1 else None
+    wide = packed.k_order == 1 and packed.out_features >= SHARED_MIN_OUT
+    shared_from = SHARED_ROWS_FROM if wide else None
     if shared_from is not None:
         prepare_rows_shared(packed)
 

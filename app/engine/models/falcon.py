@@ -122,8 +122,12 @@ class FalconBlocks:
         attn = attend(index, qkv)  # (B, H, S, D)
         batch, _, length, _ = attn.shape
         attn = attn.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
+        if proj.adds_residual(attn, index, "dense"):  # both adds in epilogues: no launch of its own
+            return project(
+                mlp, index, "dense_4h_to_h", residual=project(attn, index, "dense", residual=x)
+            )
         attn = project(attn, index, "dense")
-        return x + project(mlp, index, "dense_4h_to_h", residual=attn)  # x + (mlp + attn)
+        return x + project(mlp, index, "dense_4h_to_h", residual=attn)  # x + (mlp + attn), as HF
 
     def prompt_attention(self, step: PromptStep) -> Attend:
         cos, sin = step.cos.unsqueeze(1), step.sin.unsqueeze(1)  # (S, 1, D)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -136,18 +136,46 @@ class Projections:
         projections' (`shared_low`).
         """
         linear = self.linears[index][name]
-        fused = getattr(linear, "fused", None)
-        if fused is not None and adapters is None and not isinstance(mask, torch.Tensor):
-            if x.numel() == x.shape[-1]:
-                shrinks = getattr(fused, "shrinks", False)
-                lora = self._slot_update(x, index, name, mask, low, shrinks)
-                if residual is not None and getattr(fused, "residual", False):
-                    return fused(x, lora, gelu, residual=residual)
-                out = fused(x, lora, gelu)
-                return out if residual is None else out + residual
+        fused = self._one_row_fused(x, index, name, adapters, mask)
+        if fused is not None and not isinstance(mask, torch.Tensor):  # (a mask means no fused)
+            shrinks = getattr(fused, "shrinks", False)
+            lora = self._slot_update(x, index, name, mask, low, shrinks)
+            if residual is not None and getattr(fused, "residual", False):
+                return fused(x, lora, gelu, residual=residual)
+            out = fused(x, lora, gelu)
+            return out if residual is None else out + residual
         out = self._add_update(linear(x), x, index, name, adapters, mask)
         out = F.gelu(out) if gelu else out
         return out if residual is None else out + residual
+
+    def _one_row_fused(
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+    ) -> Any:  # noqa: ANN401 - the linear's `fused` epilogue, whatever kernel it belongs to
+        """The linear's one-row epilogue (`fused`) where `project` takes it: one row on one
+        adapter or none; else None."""
+        fused = getattr(self.linears[index][name], "fused", None)
+        one_row = x.numel() == x.shape[-1]
+        if fused is None or adapters is not None or isinstance(mask, torch.Tensor) or not one_row:
+            return None
+        return fused
+
+    def adds_residual(
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+    ) -> bool:
+        """Whether `project(x, ..., residual=r)` adds r in the kernel's epilogue (rounded once
+        with the product, no launch of its own)."""
+        fused = self._one_row_fused(x, index, name, adapters, mask)
+        return fused is not None and getattr(fused, "residual", False)
 
     def project_group(
         self,
@@ -382,6 +410,10 @@ class BoundProjections:
         input no other reads; those that share one go through `project_group`), plus
         `residual` when given."""
         return self.projections.project(x, index, name, self.adapters, self.mask, residual=residual)
+
+    def adds_residual(self, x: torch.Tensor, index: int, name: str) -> bool:
+        """`Projections.adds_residual` with this step's adapters and mask."""
+        return self.projections.adds_residual(x, index, name, self.adapters, self.mask)
 
     def project_group(
         self, x: torch.Tensor, index: int, names: tuple[str, ...], *, gelu_last: bool = False

@@ -291,6 +291,7 @@ def test_mma_routing_serves_rows_through_the_shared_x_kernel_when_asked(rows, mo
     from app.engine.kernels import nf4_routing
 
     monkeypatch.setattr(nf4_routing, "SHARED_ROWS_FROM", 2)
+    monkeypatch.setattr(nf4_routing, "SHARED_MIN_OUT", 1024)
     module = _linear4bit(1024, 512, True, seed=3)
     linear = nf4_routing._mma_every_row(module)
     assert linear is not None

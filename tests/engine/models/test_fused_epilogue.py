@@ -16,8 +16,9 @@ import torch.nn.functional as F  # noqa: N812
 from tests.engine.batch_reference import decode_both_ways, peft_model
 
 
-def reference_fused(calls: list) -> callable:
-    """A linear override whose callables carry `fused(x, lora, gelu)`, computed in torch."""
+def reference_fused(calls: list, residuals: list | None = None) -> callable:
+    """A linear override whose callables carry `fused(x, lora, gelu)`, computed in torch;
+    given `residuals`, the epilogue also adds a residual (`fused.residual`) and logs them."""
 
     def override(module: torch.nn.Module):  # noqa: ANN202
         weight = module.weight
@@ -25,24 +26,32 @@ def reference_fused(calls: list) -> callable:
         def forward(x: torch.Tensor) -> torch.Tensor:
             return F.linear(x, weight)
 
-        def fused(x: torch.Tensor, lora, gelu: bool) -> torch.Tensor:  # noqa: ANN001
+        def fused(x: torch.Tensor, lora, gelu: bool, residual=None) -> torch.Tensor:  # noqa: ANN001
             calls.append((tuple(weight.shape), lora is not None, gelu))
             out = F.linear(x, weight)
             if lora is not None:
                 out = out + F.linear(lora[0], lora[1])
-            return F.gelu(out) if gelu else out
+            out = F.gelu(out) if gelu else out
+            if residual is not None:
+                residuals.append(tuple(weight.shape))
+                out = out + residual
+            return out
 
         forward.fused = fused
+        fused.residual = residuals is not None
         return forward
 
     return override
 
 
-def fused_batch(tiny_falcon_dir: Path, packages: dict[str, Path], calls: list):  # noqa: ANN201
+def fused_batch(  # noqa: ANN201
+    tiny_falcon_dir: Path, packages: dict[str, Path], calls: list, residuals: list | None = None
+):
     from app.engine.models.falcon import FalconBatch
 
     model, _ = peft_model(tiny_falcon_dir, packages, device="cpu")
-    return FalconBatch(model, slots=2, max_tokens=64, linear_override=reference_fused(calls))
+    override = reference_fused(calls, residuals)
+    return FalconBatch(model, slots=2, max_tokens=64, linear_override=override)
 
 
 def test_one_row_on_one_adapter_goes_through_the_epilogue(
@@ -62,6 +71,21 @@ def test_one_row_on_one_adapter_goes_through_the_epilogue(
         # growth adapts all four; income only query_key_value, its other factors are the
         # stacked layout's zero padding (a no-op update through the same fixed shapes)
         assert all(has for _, has, _ in calls)
+
+
+def test_an_epilogue_that_adds_the_residual_takes_both_of_a_layers_adds(
+    tiny_falcon_dir: Path,
+    packages: dict[str, Path],
+) -> None:
+    residuals: list = []
+    batch = fused_batch(tiny_falcon_dir, packages, [], residuals)
+    slot = batch.lora.names.index("growth")
+    eager, fused = decode_both_ways(batch, ["growth"], lora_slot=slot)
+    assert torch.allclose(fused, eager, atol=1e-4, rtol=1e-4)
+    # dense adds x, dense_4h_to_h adds that: no separate add left in the block
+    width = batch.embed.shape[1]
+    dense, down = (width, width), (width, 4 * width)
+    assert residuals == [dense, down] * batch.n_layers
 
 
 def test_the_base_model_row_and_several_rows_keep_the_plain_path(
