@@ -91,6 +91,7 @@ GEMV_VARIANTS = {  # (warps, depth, decode, per_sm, chain, lean[, prefetch]): as
     "mma_gemv_served_no_l2next": (*SERVED_LOOP, 1, 0),
     "mma_gemv_served_occupy2": (*SERVED_LOOP, 2, 0),
     "mma_gemv_served_occupy2_l2next": (*SERVED_LOOP, 2, 1),
+    "mma_gemv_served_splitk": (*SERVED_LOOP, 1, 1, 1),  # stream-K where tiles divide unevenly
 }
 LORA_GEMV_VARIANTS = {  # the GEMV with a rank-`LORA_RANK` update in its epilogue (one row)
     "mma_gemv_lora": (WARPS, DEPTH, 1, PER_SM, 0, 0, 0),
@@ -99,6 +100,7 @@ LORA_GEMV_VARIANTS = {  # the GEMV with a rank-`LORA_RANK` update in its epilogu
     "mma_gemv_wide_lean_chain_lora_prefetch": (WARPS, DEPTH, 2, PER_SM, 1, 1, 1),
     "mma_gemv_served_lora_occupy2": (*SERVED_LOOP, 2, 0),
     "mma_gemv_served_lora_l2next": CANDIDATE_GEMV,
+    "mma_gemv_served_lora_splitk": (*SERVED_LOOP, 1, 1, 1),
 }
 LORA_RANK = 64  # r of the adapters measured serving Llama-3.1-8B (every projection)
 SHARED_SWEEP = [SHARED_ROWS_CONFIG, (8, 2, 2), (4, 2, 2), (8, 1, 4), (16, 1, 2)]

@@ -20,6 +20,8 @@ Not served (each `X` turns one on):
   (`nf4_routing.SHARED_ROWS_FROM`);
 - `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
   eighth value);
+- `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
+  unevenly among the SMs (its tenth value, `nf4_mma.splits_k`);
 - `sdpa`: decode attention through SDPA instead of the Triton kernel
   (`decode_attention.ENABLED`);
 - `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`).
@@ -56,19 +58,21 @@ _DEFAULTS = {
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
-SWITCHES = ", ".join(["sharedN", "occupy2", "l2next", "nol2next", *FLAGS])
+_GEMV_SWITCHES = {"occupy2": (7, 2), "l2next": (8, 1), "nol2next": (8, 0), "splitk": (9, 1)}
+"""Switches that set one value of `CANDIDATE_GEMV`: (its index, the value)."""
+
+
+SWITCHES = ", ".join(["sharedN", *_GEMV_SWITCHES, *FLAGS])
 """Every switch `apply_variant` knows, for its error message."""
 
 
 def _gemv_with(switch: str) -> tuple[int, ...]:
-    """`CANDIDATE_GEMV` with its occupy (8th) or l2_next (9th) value set by `switch`."""
+    """`CANDIDATE_GEMV`, its defaults filled in to all ten values, with `switch`'s one set."""
     served = nf4_mma.CANDIDATE_GEMV
-    occupy, l2_next = (*served[7:], 1, 0)[:2]
-    if switch == "occupy2":
-        occupy = 2
-    else:
-        l2_next = int(switch == "l2next")
-    return (*served[:7], occupy, l2_next)
+    full = [*served, *(1, 0, 0)[len(served) - 7 :]]  # occupy, l2_next, split_k
+    index, value = _GEMV_SWITCHES[switch]
+    full[index] = value
+    return tuple(full)
 
 
 def apply_variant(variant: str) -> str:
@@ -84,7 +88,7 @@ def apply_variant(variant: str) -> str:
     for switch in switches:
         if switch.startswith("shared") and switch[len("shared") :].isdigit():
             nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
-        elif switch in ("occupy2", "l2next", "nol2next"):
+        elif switch in _GEMV_SWITCHES:
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch in FLAGS:
             module, name, value = FLAGS[switch]

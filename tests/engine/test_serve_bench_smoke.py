@@ -38,10 +38,10 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert apply_variant("mma+shared17+occupy2+sdpa+nofold+nopdl") == "mma"
     assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
     assert nf4_routing.SHARED_ROWS_FROM == 17
-    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1)
+    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 0)
     assert decode_attention.ENABLED is False
-    apply_variant("mma+nol2next+occupy2")
-    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 0)
+    apply_variant("mma+nol2next+occupy2+splitk")
+    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 0, 1)
     assert apply_variant("hybrid") == "hybrid"
     assert nf4_routing.SHARED_ROWS_FROM is None
     assert nf4_mma.CANDIDATE_GEMV == served

@@ -17,6 +17,7 @@
 #define RESIDUAL @RESIDUAL@  // nf4_mma_gemv: 1 adds a residual row in the epilogue
 #define PDL @PDL@        // nf4_mma_gemv: 1 launched as a dependent (pdl.py): prologue, then wait
 #define L2_NEXT @L2_NEXT@  // nf4_mma_gemv, LEAN: 1 asks L2 for the warp's groups of its next tile
+#define SPLIT_K @SPLIT_K@  // nf4_mma_gemv, LEAN: 1 gives each block an equal run of K (stream-K)
 #define PDL_L2_GROUPS 8  // PDL: groups of its first tile each warp asks L2 for before the wait
 #define MAX_SHRINK 384   // t values SHRINK holds: three parts of rank 128
 #define SHRINK_WAIT_NS 100000ull  // how long a block waits for the grid's shares of t
@@ -135,6 +136,62 @@ __device__ __forceinline__ void pdl_wait() {
 // Ask L2 for the 128-byte line holding p (a weight group's bytes, read later in the K loop).
 __device__ __forceinline__ void prefetch_l2(const void *p) {
   asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+}
+
+// A block's work, one unit (a tile's groups [lo, hi)) at a time. SPLIT_K 0: tiles blockIdx.x,
+// + gridDim.x, ..., each whole. SPLIT_K 1 (stream-K): the (tile, group) pairs in tile-major
+// order, cut into gridDim.x equal runs [p0, p1), so every block streams the same number of
+// groups however the tiles divide among the SMs; a tile cut between blocks is finished by
+// the last of them to arrive (`tile_blocks`). Without it these fold to the plain tile loop.
+__device__ __forceinline__ bool first_unit(int tiles, int groups, long long &p1, int &tile,
+                                           int &lo, int &hi) {
+#if SPLIT_K == 1
+  const long long total = (long long)tiles * groups;
+  const long long p0 = blockIdx.x * total / gridDim.x;
+  p1 = (blockIdx.x + 1) * total / gridDim.x;
+  tile = (int)(p0 / groups);
+  lo = (int)(p0 - (long long)tile * groups);
+  hi = (int)min((long long)groups, p1 - (long long)tile * groups);
+  return p0 < p1;
+#else
+  p1 = 0;
+  tile = blockIdx.x;
+  lo = 0;
+  hi = groups;
+  return tile < tiles;
+#endif
+}
+
+__device__ __forceinline__ bool next_unit(int tiles, int groups, long long p1, int &tile, int &lo,
+                                          int &hi) {
+#if SPLIT_K == 1
+  tile += 1;
+  lo = 0;
+  hi = (int)min((long long)groups, p1 - (long long)tile * groups);
+  return (long long)tile * groups < p1;
+#else
+  tile += gridDim.x;
+  return tile < tiles;
+#endif
+}
+
+// SPLIT_K: the block whose run holds pair p, and the first block and count of those a tile's
+// groups are spread over.
+__device__ __forceinline__ int block_of(long long p, long long total) {
+  return (int)(((p + 1) * gridDim.x + total - 1) / total) - 1;
+}
+
+__device__ __forceinline__ void tile_blocks(int tile, int tiles, int groups, int &first,
+                                            int &count) {
+  const long long total = (long long)tiles * groups, start = (long long)tile * groups;
+  first = block_of(start, total);
+  count = block_of(start + groups - 1, total) - first + 1;
+}
+
+__device__ __forceinline__ float load_cg(const float *p) {  // from L2: another block wrote it
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
 }
 
 __device__ __forceinline__ float half_to_float(unsigned short h) {
@@ -261,6 +318,22 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Lane's share of row r's sum before the LoRA update: the warps' partial sums of the row, or
+// for a tile SPLIT_K spread over `parts` blocks their sums (lane 0, in block order: the same
+// sums whichever block finishes the tile).
+__device__ __forceinline__ float row_share(const float *partial, const float *k_sums, int parts,
+                                           int out_rows, int row, int r, int lane) {
+#if SPLIT_K == 1
+  if (parts > 1) {
+    float sum = 0.f;
+    if (lane == 0)
+      for (int j = 0; j < parts; ++j) sum += load_cg(k_sums + (long long)j * out_rows + row);
+    return sum;
+  }
+#endif
+  return lane < WARPS ? partial[lane * 16 + r] : 0.f;
+}
+
 // t as the epilogue reads it: a bf16 from the launch's t, or an fp32 the grid summed (SHRINK).
 __device__ __forceinline__ float t_value(unsigned short t) { return bf16_to_float(t); }
 __device__ __forceinline__ float t_value(float t) { return t; }
@@ -339,19 +412,28 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
              const unsigned short *__restrict__ lora_b, int rank, int b_stride, int gelu_from,
              int tiles, int split1, int split2, const unsigned short *__restrict__ lora_a,
              float *t_sum, unsigned *sync, int shrink_rows,
-             const unsigned short *__restrict__ residual) {
+             const unsigned short *__restrict__ residual, float *k_sums, unsigned *k_counts) {
   TABLE_DECL;  // byte -> bf16 pair, one copy per lane
+#if SPLIT_K == 1 && (LEAN == 0 || SHRINK == 1)
+#error "SPLIT_K needs the LEAN loop and no SHRINK"
+#endif
 #if DECODE == 2  // no static shared memory: the dynamic table starts the window, at 0
   float *partial = (float *)(wide_table + TABLE_WORDS);
 #if SHRINK == 1
   float *t_shared = partial + WARPS * 16;
   int *t_whole = (int *)(t_shared + MAX_SHRINK);
 #endif
+#if SPLIT_K == 1
+  int *k_last = (int *)(partial + WARPS * 16);
+#endif
 #else
   __shared__ float partial[WARPS * 16];
 #if SHRINK == 1
   __shared__ float t_shared[MAX_SHRINK];
   __shared__ int t_whole[1];
+#endif
+#if SPLIT_K == 1
+  __shared__ int k_last[1];
 #endif
 #endif
 #if SHRINK == 1
@@ -362,9 +444,10 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const long long word_step = (long long)tiles * 128;
-  // A block serves tiles blockIdx.x, + gridDim.x, ...: with fewer blocks than tiles the
-  // shared table is filled once for several tiles.
-  int tile = blockIdx.x;
+  // A block serves several units (`first_unit`): the shared table is filled once for them.
+  long long p1;
+  int tile, lo, hi;
+  bool has = first_unit(tiles, groups, p1, tile, lo, hi);
   pdl_launch_dependents();
 #if PDL == 1 && (LEAN == 0 || SHRINK == 1)
   pdl_wait();  // these builds read x from the start: no prologue to overlap
@@ -381,14 +464,14 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   const long long s_step = (long long)WARPS * tiles * 16;
   const int x_lane = KORDER == 1 ? 8 * t : t;
 #if PDL == 1 && SHRINK == 0  // x is the previous kernel's output: its fragments after the wait
-  if (tile < tiles && warp < groups)
-    load_weights(words + ((long long)tile * 32 + lane) * 4 + warp * word_step,
-                 scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g, ua, sa);
+  if (has && lo + warp < hi)
+    load_weights(words + ((long long)tile * 32 + lane) * 4 + (lo + warp) * word_step,
+                 scales + (long long)tile * 16 + (long long)(lo + warp) * tiles * 16 + g, ua, sa);
 #else
-  if (tile < tiles && warp < groups)
-    load_group(words + ((long long)tile * 32 + lane) * 4 + warp * word_step,
-               scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g,
-               x + warp * 32 + x_lane, g, ua, ba, sa);
+  if (has && lo + warp < hi)
+    load_group(words + ((long long)tile * 32 + lane) * 4 + (lo + warp) * word_step,
+               scales + (long long)tile * 16 + (long long)(lo + warp) * tiles * 16 + g,
+               x + (lo + warp) * 32 + x_lane, g, ua, ba, sa);
 #endif
 #else
   unsigned u[DEPTH][4], b[DEPTH][8];
@@ -421,13 +504,13 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
 #if PDL == 1 && LEAN == 1 && SHRINK == 0
   // While the kernel before finishes: the rest of this warp's groups of its first tile on
   // their way to L2, then the wait, then the first group's x.
-  if (tile < tiles) {
-    const unsigned *ahead = words + ((long long)tile * 32 + lane) * 4 + warp * word_step;
-    for (int q = warp + WARPS, n = 0; q < groups && n < PDL_L2_GROUPS; q += WARPS, ++n)
-      prefetch_l2(ahead + (long long)(q - warp) * word_step);
+  if (has) {
+    const unsigned *ahead = words + ((long long)tile * 32 + lane) * 4 + (lo + warp) * word_step;
+    for (int q = lo + warp + WARPS, n = 0; q < hi && n < PDL_L2_GROUPS; q += WARPS, ++n)
+      prefetch_l2(ahead + (long long)(q - lo - warp) * word_step);
   }
   pdl_wait();
-  if (tile < tiles && warp < groups) load_xs(x + warp * 32 + x_lane, g, ba);
+  if (has && lo + warp < hi) load_xs(x + (lo + warp) * 32 + x_lane, g, ba);
 #endif
   __syncthreads();
   const unsigned *lut = DECODE == 2 ? table : table + lane;
@@ -446,7 +529,7 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
   const bool holds = held && 4 * lane < rank;  // lanes past the rank hold zeros
 #endif
 
-  for (; tile < tiles; tile += gridDim.x) {
+  for (; has; has = next_unit(tiles, groups, p1, tile, lo, hi)) {
     float acc0 = 0.f, acc1 = 0.f;  // rows g and g + 8 (column 0 of the mma output)
 #if PREFETCH == 1
     unsigned ht0 = 0u, ht1 = 0u, hb[ROWS_PER_WARP][2];
@@ -467,32 +550,38 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
 #if LEAN == 1 && L2_NEXT == 1
     // The warp's share of the block's next tile on its way to L2 during this one: a tile's
     // worth of requests in flight (16-32 KB a block) where the registers hold one group.
-    if (tile + gridDim.x < tiles) {
-      const unsigned *ahead =
-          words + ((long long)(tile + gridDim.x) * 32 + lane) * 4 + warp * word_step;
-      for (int q = warp; q < groups; q += WARPS, ahead += w_step) prefetch_l2(ahead);
+    {
+      int ahead_tile = tile, ahead_lo = lo, ahead_hi = hi;
+      if (next_unit(tiles, groups, p1, ahead_tile, ahead_lo, ahead_hi)) {
+        const unsigned *ahead = words + ((long long)ahead_tile * 32 + lane) * 4 +
+                                (ahead_lo + warp) * word_step;
+        for (int q = ahead_lo + warp; q < ahead_hi; q += WARPS, ahead += w_step) prefetch_l2(ahead);
+      }
     }
 #endif
 #if LEAN == 1
-    const unsigned *wp = words + ((long long)tile * 32 + lane) * 4 + warp * word_step;
-    const unsigned short *sp = scales + (long long)tile * 16 + (long long)warp * tiles * 16 + g;
-    const unsigned *xp = x + warp * 32 + x_lane;
-    for (int q = warp; q < groups; q += 2 * WARPS) {  // group q is in buffer a
-      if (q + WARPS < groups) load_group(wp + w_step, sp + s_step, xp + WARPS * 32, g, ub, bb, sb);
+    const unsigned *wp = words + ((long long)tile * 32 + lane) * 4 + (lo + warp) * word_step;
+    const unsigned short *sp =
+        scales + (long long)tile * 16 + (long long)(lo + warp) * tiles * 16 + g;
+    const unsigned *xp = x + (lo + warp) * 32 + x_lane;
+    for (int q = lo + warp; q < hi; q += 2 * WARPS) {  // group q is in buffer a
+      if (q + WARPS < hi) load_group(wp + w_step, sp + s_step, xp + WARPS * 32, g, ub, bb, sb);
       group_product(ua, ba, sa, lut, acc0, acc1);
-      if (q + WARPS >= groups) break;
-      if (q + 2 * WARPS < groups)
+      if (q + WARPS >= hi) break;
+      if (q + 2 * WARPS < hi)
         load_group(wp + 2 * w_step, sp + 2 * s_step, xp + 2 * WARPS * 32, g, ua, ba, sa);
       group_product(ub, bb, sb, lut, acc0, acc1);
       wp += 2 * w_step;
       sp += 2 * s_step;
       xp += 2 * WARPS * 32;
     }
-    const int next = tile + gridDim.x;  // the next tile's first loads fly during the epilogue
-    if (next < tiles && warp < groups)
-      load_group(words + ((long long)next * 32 + lane) * 4 + warp * word_step,
-                 scales + (long long)next * 16 + (long long)warp * tiles * 16 + g,
-                 x + warp * 32 + x_lane, g, ua, ba, sa);
+    {  // the next unit's first loads fly during the epilogue
+      int next = tile, next_lo = lo, next_hi = hi;
+      if (next_unit(tiles, groups, p1, next, next_lo, next_hi) && next_lo + warp < next_hi)
+        load_group(words + ((long long)next * 32 + lane) * 4 + (next_lo + warp) * word_step,
+                   scales + (long long)next * 16 + (long long)(next_lo + warp) * tiles * 16 + g,
+                   x + (next_lo + warp) * 32 + x_lane, g, ua, ba, sa);
+    }
 #else
     const unsigned *w = words + ((long long)tile * 32 + lane) * 4;  // + q * tiles * 128
     const unsigned short *s = scales + tile * 16;  // + q * tiles * 16
@@ -568,6 +657,28 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     }
 #endif
     __syncthreads();
+    int parts = 1;  // blocks this tile's groups are spread over (SPLIT_K)
+#if SPLIT_K == 1
+    int first_block;
+    tile_blocks(tile, tiles, groups, first_block, parts);
+    if (parts > 1) {
+      // This block's sums of the tile's 16 rows go to the workspace; the last of the tile's
+      // blocks to arrive reads them all back, runs the epilogue and resets the tile's counter
+      // for the next launch.
+      for (int r = warp; r < 16; r += WARPS) {
+        const float share = warp_sum(lane < WARPS ? partial[lane * 16 + r] : 0.f);
+        if (lane == 0)
+          k_sums[(long long)(blockIdx.x - first_block) * tiles * 16 + tile * 16 + r] = share;
+      }
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) k_last[0] = atomicAdd(k_counts + tile, 1u) == (unsigned)parts - 1;
+      __syncthreads();
+      if (!k_last[0]) continue;  // the whole block: partial is free for the next unit
+      __threadfence();
+      if (threadIdx.x == 0) k_counts[tile] = 0u;
+    }
+#endif
     // Epilogue, a warp per row: the warps' partial sums, the LoRA update t . B[row] (scale
     // folded into B) and GELU (rows from gelu_from on), in fp32, rounded once. Rows from
     // split1 (and from split2) on belong to the next projection of a joined launch (q|k|v):
@@ -577,8 +688,8 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
     for (int k = 0; k < ROWS_PER_WARP; ++k) {
       const int r = warp + k * WARPS;
       if (r >= 16) break;
-      float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
       const int row = tile * 16 + r;
+      float sum = row_share(partial, k_sums, parts, tiles * 16, row, r, lane);
       if (held) {
 #if SHRINK == 1
         const int part = (row >= split1) + (row >= split2);
@@ -592,8 +703,8 @@ nf4_mma_gemv(const unsigned *__restrict__ words, const unsigned short *__restric
       }
 #else
     for (int r = warp; r < 16; r += WARPS) {
-      float sum = lane < WARPS ? partial[lane * 16 + r] : 0.f;
       const int row = tile * 16 + r;
+      float sum = row_share(partial, k_sums, parts, tiles * 16, row, r, lane);
       add_lora_row(sum, T_SOURCE + ((row >= split1) + (row >= split2)) * rank,
                    lora_b + (long long)row * b_stride, rank, lane);
 #endif

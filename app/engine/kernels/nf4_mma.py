@@ -269,8 +269,9 @@ def nf4_mma_gemv(
             four mma into one accumulator[, lean: 1 = running pointers and two buffers in
             turn[, prefetch: 1 = the epilogue's t and B loaded before the K loop[, occupy:
             blocks an SM the registers leave room for[, l2_next: 1 = with lean, each tile
-            asks L2 for the block's next tile]]]]]) for benchmarks; by default `WARPS`,
-            `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`, `LEAN`, `PREFETCH`, 1, 0.
+            asks L2 for the block's next tile[, split_k: 1 = with lean, stream-K where the
+            tiles divide unevenly among the SMs (`splits_k`)]]]]]]) for benchmarks; by
+            default `WARPS`, `DEPTH`, `DECODE`, `PER_SM`, `CHAIN`, `LEAN`, `PREFETCH`, 1, 0, 0.
 
     Raises:
         ValueError: x is not one row of in_features values.
@@ -281,7 +282,8 @@ def nf4_mma_gemv(
     if len(splits) > 2 or list(splits) != sorted(splits) or any(s % TILE_ROWS for s in splits):
         raise ValueError(f"splits are at most two ascending multiples of {TILE_ROWS}")
     row = x.reshape(-1)
-    warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next = _gemv_settings(config)
+    settings = _gemv_settings(config)
+    warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next, split_k = settings
     shrink = None
     if isinstance(lora, Shrink):
         if _shrinks(x, weight, lora, per_sm, len(splits) + 1):
@@ -315,10 +317,17 @@ def nf4_mma_gemv(
     split1, split2 = (*splits, weight.out_features, weight.out_features)[:2]
     tiles = weight.out_features // TILE_ROWS
     blocks = min(tiles, per_sm * sm_count(x.device)) if per_sm else tiles
+    resident = occupy * sm_count(x.device)  # blocks the registers let run at once
+    k_sums, k_counts = row, row  # unread unless the kernel splits K
+    streams = split_k and lean and shrink is None and splits_k(tiles, resident)
+    if streams and (workspace := split_k_workspace(weight, resident)) is not None:
+        blocks, (k_sums, k_counts) = resident, workspace
+    else:
+        streams = False
     variant = KernelVariant(
         warps, depth, decode, korder=weight.k_order, chain=chain, lean=lean, prefetch=prefetch,
         shrink=int(shrink is not None), occupy=occupy, residual=int(residual is not None),
-        pdl=int(pdl.runs(x.device)), l2_next=l2_next,
+        pdl=int(pdl.runs(x.device)), l2_next=l2_next, split_k=int(streams),
     )  # fmt: skip
     a, t_sum, sync, shrink_rows = row, row, row, 0  # unread unless the kernel shrinks
     if shrink is not None:
@@ -329,7 +338,7 @@ def nf4_mma_gemv(
         weight.words, weight.scales, row, out, weight.in_features // GROUP,
         code_tables(x.device)[1], t, b, rank, b.stride(0) if rank else 0,
         gelu_from if gelu else weight.out_features, tiles,
-        split1, split2, a, t_sum, sync, shrink_rows, kept,
+        split1, split2, a, t_sum, sync, shrink_rows, kept, k_sums, k_counts,
     ]  # fmt: skip
     launch = pdl.launch if variant.pdl else _torch_launch
     launch(kernel, (blocks, 1, 1), (32 * warps, 1, 1), args, _dynamic_shared(variant, warps * 16))
@@ -360,7 +369,48 @@ def _shrinks(x: torch.Tensor, weight: MmaNF4, shrink: Shrink, per_sm: int, parts
     )
 
 
+STREAM_K_BELOW = 0.9
+"""`splits_k`: the share of the last wave's SM time the tiles must leave unused for stream-K.
+Falcon-7B's dense and dense_4h_to_h (284 row tiles over 132 SMs, one block each at a time)
+keep 72 % of three waves busy; Llama-3.1-8B's weights 94-99 %."""
+
+
+def splits_k(tiles: int, resident: int) -> bool:
+    """Whether a `split_k` build streams K (each of `resident` blocks an equal run of the
+    (tile, group) pairs) rather than giving each block whole tiles: where whole tiles leave
+    the last wave of blocks mostly idle, below `STREAM_K_BELOW` of the waves' time busy."""
+    waves = -(-tiles // resident)
+    return tiles / (waves * resident) < STREAM_K_BELOW
+
+
+def split_parts(tiles: int, groups: int, blocks: int) -> int:
+    """The most blocks one tile's groups are spread over when `blocks` blocks each stream an
+    equal run of `tiles` x `groups` pairs (the rows of `split_k_workspace`'s sums)."""
+    run = tiles * groups // blocks  # every run holds at least this many pairs
+    return min(blocks, -(-(groups - 1) // max(1, run)) + 1)
+
+
 _WORKSPACES: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_SPLIT_WORKSPACES: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def split_k_workspace(weight: MmaNF4, blocks: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One packed weight's stream-K workspace for `blocks` blocks: the fp32 sums of each tile
+    from each block it is spread over, and a counter per tile (zero between launches: the
+    tile's last block resets it). Made on first use outside a graph capture (None during
+    one), so that no graph's private memory, freed with the graph, ever backs it."""
+    device = weight.words.device
+    key = (device.index or 0, weight.words.data_ptr(), blocks)
+    if key not in _SPLIT_WORKSPACES:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        tiles, groups = weight.out_features // TILE_ROWS, weight.in_features // GROUP
+        parts = split_parts(tiles, groups, blocks)
+        _SPLIT_WORKSPACES[key] = (
+            torch.zeros(parts * weight.out_features, dtype=torch.float32, device=device),
+            torch.zeros(tiles, dtype=torch.int32, device=device),
+        )
+    return _SPLIT_WORKSPACES[key]
 
 
 def shrink_workspace(weight: MmaNF4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,27 +430,27 @@ def shrink_workspace(weight: MmaNF4) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _gemv_settings(
     config: tuple[int, ...] | None,
-) -> tuple[int, int, int, int, int, int, int, int, int]:
-    """(warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next) from a GEMV
-    `config`, defaults filled in."""
-    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN, PREFETCH, 1, 0)
+) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+    """(warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next, split_k) from a
+    GEMV `config`, defaults filled in."""
+    defaults = (WARPS, DEPTH, DECODE, PER_SM, CHAIN, LEAN, PREFETCH, 1, 0, 0)
     given = tuple(config or ())
     if len(given) > len(defaults) or (given and len(given) < 4):
         raise ValueError(
             "config is (warps, depth, decode, per_sm"
-            "[, chain[, lean[, prefetch[, occupy[, l2_next]]]]])"
+            "[, chain[, lean[, prefetch[, occupy[, l2_next[, split_k]]]]]])"
         )
-    warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next = (
+    warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next, split_k = (
         given + defaults[len(given) :]
     )
-    return warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next
+    return warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next, split_k
 
 
 def _dynamic_shared(variant: KernelVariant, sums: int) -> int:
     """Dynamic shared memory a launch needs: decode 2's table and, after it, the `sums` fp32
     partial sums the kernel keeps there (it has no static shared memory then), and with
     `shrink` the t values and a flag."""
-    extra = MAX_SHRINK + 1 if variant.shrink else 0
+    extra = (MAX_SHRINK + 1 if variant.shrink else 0) + variant.split_k  # + split_k's flag
     return WIDE_TABLE_BYTES + 4 * (sums + extra) if variant.decode == 2 else 0
 
 
@@ -423,6 +473,7 @@ class KernelVariant:
     residual: int = 0
     pdl: int = 0
     l2_next: int = 0
+    split_k: int = 0
 
 
 def kernel_source(variant: KernelVariant) -> str:
@@ -448,7 +499,7 @@ def kernel_source(variant: KernelVariant) -> str:
         ("CHUNKS", variant.chunks), ("KORDER", variant.korder), ("CHAIN", variant.chain),
         ("LEAN", variant.lean), ("PREFETCH", variant.prefetch), ("AHEAD", variant.ahead),
         ("SHRINK", variant.shrink), ("OCCUPY", variant.occupy), ("RESIDUAL", variant.residual),
-        ("PDL", variant.pdl), ("L2_NEXT", variant.l2_next),
+        ("PDL", variant.pdl), ("L2_NEXT", variant.l2_next), ("SPLIT_K", variant.split_k),
     ):  # fmt: skip
         source = source.replace(f"@{name}@", str(value))
     return f"#define DECODE {variant.decode}\n{source}"

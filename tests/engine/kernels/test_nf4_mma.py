@@ -25,6 +25,8 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     mma_reason,
     nf4_mma_gemv,
     pack_mma,
+    split_parts,
+    splits_k,
 )
 from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
     MAX_ROWS,
@@ -240,6 +242,8 @@ def test_rows_compile_to_power_of_two_chunks():
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, pdl=1, l2_next=1),
         KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, pdl=1, shrink=1),
         KernelVariant(16, decode=1, pdl=1),
+        KernelVariant(16, decode=2, korder=1, chain=1, lean=1, prefetch=1, pdl=1, split_k=1),
+        KernelVariant(16, decode=1, lean=1, residual=1, l2_next=1, split_k=1),
     ],
     ids=str,
 )
@@ -249,6 +253,34 @@ def test_kernel_source_compiles_for_hopper(variant):
     if not nvrtc_available():
         pytest.fail("NVRTC is missing: `make test` installs nvidia-cuda-nvrtc-cu12")
     assert compile_errors(kernel_source(variant)) is None
+
+
+def test_stream_k_is_taken_where_whole_tiles_leave_the_last_wave_idle():
+    sms = 132  # an H100's, one GEMV block each at a time
+    assert splits_k(284, sms)  # Falcon-7B's dense and dense_4h_to_h: 2.15 of 3 waves busy
+    assert splits_k(64, sms)  # 1,024 outputs: half the SMs would idle
+    for tiles in (256, 384, 1428, 1792):  # Llama-3.1-8B's o/down, q|k|v, gate|up; Falcon's joined
+        assert not splits_k(tiles, sms), tiles
+
+
+@pytest.mark.parametrize(
+    ("tiles", "groups", "blocks"), [(284, 284, 132), (284, 71, 132), (49, 10, 132), (7, 3, 20)]
+)
+def test_stream_k_workspace_holds_every_block_a_tile_is_spread_over(tiles, groups, blocks):
+    """The kernel gives block b the pairs [b T / B, (b + 1) T / B) of the tile-major (tile,
+    group) order and finds a pair's block as ceil((p + 1) B / T) - 1; the workspace has a row
+    for each block one tile is spread over, for the most-spread tile."""
+    total = tiles * groups
+
+    def block_of(pair: int) -> int:
+        return -(-(pair + 1) * blocks // total) - 1
+
+    starts = [b * total // blocks for b in range(blocks)]
+    for pair in range(total):  # the kernel's formula inverts the runs
+        b = block_of(pair)
+        assert starts[b] <= pair and (b + 1 == blocks or pair < starts[b + 1])
+    spread = max(block_of(t * groups + groups - 1) - block_of(t * groups) + 1 for t in range(tiles))
+    assert spread <= split_parts(tiles, groups, blocks) <= spread + 1
 
 
 def test_rows_bench_smoke(tmp_path: Path):

@@ -27,6 +27,7 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     Shrink,
     nf4_mma_gemv,
     pack_mma,
+    splits_k,
 )
 from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
     nf4_mma_rows,
@@ -162,9 +163,49 @@ def test_gemv_with_registers_for_two_blocks_an_sm_gives_what_it_gives_with_one(w
     b = (torch.randn(dense.shape[0], 16, device="cuda") * 0.1).bfloat16()
     want = reference_row(x.float(), dense, (t, b), True)
     for occupy, l2_next in ((1, 0), (2, 0), (1, 1), (2, 1)):
-        config = (*CANDIDATE_GEMV, occupy, l2_next)
+        config = (*CANDIDATE_GEMV[:7], occupy, l2_next)
         out = nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=config)
         assert rel_err(out, want) < 5e-3, config
+
+
+@pytest.mark.parametrize("outputs", [784, 4544], ids=lambda n: f"{n // 16}_tiles")
+def test_stream_k_gemv_gives_what_whole_tiles_give(outputs):
+    """`split_k`: where whole tiles would leave the last wave of SMs idle, each block streams
+    an equal run of K and a tile cut between blocks is finished by the last to arrive. The
+    same product and epilogue (LoRA, GELU, residual) as whole tiles; the same bits launch
+    after launch, and replayed from a CUDA graph with new inputs (the counters reset)."""
+    from app.engine.kernels.availability import sm_count
+
+    module = make_linear4bit(outputs, 1024, double_quant=True, seed=5)
+    packed = pack_mma(module, k_order=1)
+    packed = dataclasses.replace(packed, words=packed.words.cuda(), scales=packed.scales.cuda())
+    dense = bnb_dense(module).cuda()
+    assert splits_k(outputs // 16, sm_count(torch.device("cuda")))
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(1, 1024, device="cuda", generator=gen).bfloat16()
+    t = torch.randn(1, 16, device="cuda", generator=gen).bfloat16()
+    b = (torch.randn(outputs, 16, device="cuda", generator=gen) * 0.1).bfloat16()
+    residual = (torch.randn(1, outputs, device="cuda", generator=gen) * 3).bfloat16()
+    streamed, whole = (*CANDIDATE_GEMV[:7], 1, 1, 1), (*CANDIDATE_GEMV[:7], 1, 1, 0)
+
+    def gemv(config: tuple[int, ...]) -> torch.Tensor:
+        return nf4_mma_gemv(x, packed, lora=(t, b), gelu=True, config=config, residual=residual)
+
+    want = reference_row(x.float(), dense, (t, b), True, residual=residual)
+    first = gemv(streamed)
+    assert rel_err(first, want) < 5e-3
+    assert rel_err(first, gemv(whole).float()) < 5e-3
+    assert torch.equal(gemv(streamed), first)  # block order, not arrival order, sums the parts
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gemv(streamed)
+    for _ in range(3):
+        x.copy_(torch.randn(x.shape, device="cuda", generator=gen))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = reference_row(x.float(), dense, (t, b), True, residual=residual)
+        assert rel_err(out, expected) < 5e-3
 
 
 @pytest.mark.parametrize("config", [CANDIDATE_GEMV, (WARPS, DEPTH, 1, PER_SM)], ids=str)
