@@ -64,7 +64,7 @@ GEMV = {  # name -> variant of nf4_mma_gemv
     ),
 }
 SERVED = dict(korder=1, chain=1, lean=1, prefetch=1)  # CANDIDATE_GEMV's build (the mma routing)
-GEMV |= {  # the served K loop and its switches: sm_90 serves `served_pdl_l2_next_residual`
+GEMV |= {  # the K loop and its switches: sm_90 serves `served_occupy2` with PDL and residual
     "served": KernelVariant(WARPS, DEPTH, 2, **SERVED),
     "served_pdl": KernelVariant(WARPS, DEPTH, 2, **SERVED, pdl=1),
     "served_l2_next": KernelVariant(WARPS, DEPTH, 2, **SERVED, l2_next=1),

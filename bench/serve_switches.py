@@ -2,11 +2,11 @@
 `bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
 calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
-    --variants mma,mma+nopdl,mma+nofold+noresidual+nosilu+nol2next,mma+shared17,mma+sdpa
+    --variants mma,mma+occupy1,mma+nopdl,mma+nofold+noresidual+nosilu,mma+shared17
 
 Served by default (each `noX` turns one off):
-- `l2next`: the served GEMV asking L2 for each block's next tile during this one
-  (`CANDIDATE_GEMV`'s ninth value);
+- `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
+  eighth value; `occupy1` builds it for one, 88 registers);
 - `residual`: the one-row epilogue adding the block's residual x
   (`nf4_routing.EPILOGUE_RESIDUAL`);
 - `silu`: Llama's `silu(gate) * up` in one Triton launch (`silu_mul.ENABLED`);
@@ -18,8 +18,7 @@ Served by default (each `noX` turns one off):
 Not served (each `X` turns one on):
 - `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
   (`nf4_routing.SHARED_ROWS_FROM`);
-- `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
-  eighth value);
+- `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
   unevenly among the SMs (its tenth value, `nf4_mma.splits_k`);
 - `sdpa`: decode attention through SDPA instead of the Triton kernel
@@ -58,7 +57,9 @@ _DEFAULTS = {
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
-_GEMV_SWITCHES = {"occupy2": (7, 2), "l2next": (8, 1), "nol2next": (8, 0), "splitk": (9, 1)}
+_GEMV_SWITCHES = {
+    "occupy1": (7, 1), "occupy2": (7, 2), "l2next": (8, 1), "nol2next": (8, 0), "splitk": (9, 1),
+}  # fmt: skip
 """Switches that set one value of `CANDIDATE_GEMV`: (its index, the value)."""
 
 

@@ -34,14 +34,14 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     from bench.serve_switches import apply_variant
 
     served = nf4_mma.CANDIDATE_GEMV
-    assert served[7:] == (1, 1)  # one block an SM, the next tile asked of L2
-    assert apply_variant("mma+shared17+occupy2+sdpa+nofold+nopdl") == "mma"
+    assert served[7:] == (2, 0)  # two blocks an SM, no L2 requests for the next tile
+    assert apply_variant("mma+shared17+occupy1+sdpa+nofold+nopdl") == "mma"
     assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
     assert nf4_routing.SHARED_ROWS_FROM == 17
-    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 0)
+    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 1, 0, 0)
     assert decode_attention.ENABLED is False
-    apply_variant("mma+nol2next+occupy2+splitk")
-    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 0, 1)
+    apply_variant("mma+l2next+splitk")
+    assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
     assert apply_variant("hybrid") == "hybrid"
     assert nf4_routing.SHARED_ROWS_FROM is None
     assert nf4_mma.CANDIDATE_GEMV == served

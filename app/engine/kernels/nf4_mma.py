@@ -50,10 +50,12 @@ four mma into one accumulator), `decode=2` (a 64 KB table whose address is one b
 B rows in registers when its K loop starts): 58.5 machine instructions per 512 bytes against
 144 before (bench/nf4_mma_sass.py counts them without a card). Two more switches are not
 served: `SHRINK` (the grid computes LoRA's t = x A.T itself), measured slower serving (see
-`nf4_routing.GEMV_SHRINKS`), and `OCCUPY` (registers for two blocks an SM, 64 against 88), not
-yet measured. `PDL` (on where `pdl.runs`) builds the GEMV to be launched as a programmatic
-dependent of the kernel before it: the decode table, the first group's weights and L2
-requests for the rest of its first tile go out before `griddepcontrol.wait`, x after.
+`nf4_routing.GEMV_SHRINKS`), and `SPLIT_K` (stream-K: each block an equal run of the (tile,
+group) pairs), no faster serving Falcon-7B. `OCCUPY` 2 (the served build) keeps the registers
+to 64, so that two blocks share each SM. `PDL` (on where `pdl.runs`) builds the GEMV to be
+launched as a programmatic dependent of the kernel before it: the decode table, the first
+group's weights and L2 requests for the rest of its first tile go out before
+`griddepcontrol.wait`, x after.
 
 The kernel source is compiled once per device with NVRTC through `torch.cuda._compile_kernel`
 (no nvcc, no headers: plain C++ and inline PTX). Off CUDA, `nf4_mma_gemv` dequantizes and
@@ -104,13 +106,17 @@ is read in the same one: order 1 lets each lane load its x with two 16-byte load
 takes eight 4-byte loads (and zeroing) per group, a fifth of the GEMV's instructions."""
 K_ORDER = 0  # `pack_mma`'s default; the `mma` routing packs in CANDIDATE_K_ORDER
 CANDIDATE_K_ORDER = 1
-CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1, 1, 1, 1)  # wide table, chained mma, lean
-# loop, epilogue prefetched: a Llama-3.1-8B decode step's GEMVs with LoRA in 2.78 ms instead of
-# 3.05 (nf4-mma-rows-h100.json); l2_next (served with the fused launches since
-# serve-gpu-llama-switches-h100.json)
-"""The build the `mma` routing (the default where its copy fits) serves one row with: 58.5
-instead of 144 machine instructions per 512 bytes (bench/nf4_mma_sass.py); `bench/serve_gpu.py
---variants hybrid,mma` measures it end to end."""
+CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1, 1, 2, 0)  # wide table, chained mma, lean
+# loop, epilogue prefetched (a Llama-3.1-8B decode step's GEMVs with LoRA in 2.78 ms instead of
+# 3.05, nf4-mma-rows-h100.json), registers for two blocks an SM, no l2_next
+"""The build the `mma` routing (the default where its copy fits) serves one row with: 60.0
+instead of 144 machine instructions per 512 bytes (bench/nf4_mma_sass.py), in 64 registers so
+that `PER_SM` blocks run on each SM at once. Later epilogue code had taken the build to 88
+registers, one block an SM: replayed alone on one H100, every Llama-3.1-8B and Falcon-7B
+weight took 20-27 % less time with two (nf4-mma-rows-quick-h100.json,
+nf4-mma-rows-falcon-h100.json: 17.3 against 22.8 us for 14,336 x 4,096, 28.6 against 35.1
+for 18,176 x 4,544); `l2_next` gained nothing on top. `bench/serve_gpu.py --variants
+mma,mma+occupy1` compares them end to end."""
 _SOURCE_FILE = Path(__file__).with_suffix(".cu")
 """The kernel's CUDA C++, a template `kernel_source` fills in."""
 

@@ -121,7 +121,8 @@ SHARED_ROWS_CONFIG = (8, 1, 2)
 """nf4_mma_rows_shared: (warps per block, row tiles per warp, work items per SM: sets of
 warps x tiles row tiles times slices of K, the slices chosen so the grid has about this many
 per SM). A first choice from the register counts (`bench/nf4_mma_sass.py`: 114 registers and
-no spills at 32 rows, 128 with two tiles a warp), not yet measured on a card."""
+no spills at 32 rows, 128 with two tiles a warp); the best of the configurations
+`bench/nf4_mma_rows_gpu.py` timed on an H100 for Llama-3.1-8B's widest weights."""
 
 
 def nf4_mma_rows_shared(
@@ -133,8 +134,9 @@ def nf4_mma_rows_shared(
     the weights they multiply. Slices of K spread narrow weights over every SM; their fp32
     partial sums meet in a workspace, added and rounded once by each set's last slice.
 
-    Not yet measured on a card, so no routing serves it; `bench/nf4_mma_rows_gpu.py` times
-    it beside the rows kernel and `tests/engine/kernels/test_nf4_mma_gpu.py` checks it.
+    Served only where `nf4_routing.SHARED_ROWS_FROM` says (None: measured serving 32 streams,
+    it helped Llama-3.1-8B and not Falcon-7B, bench/results/serve-gpu-*-shared-h100.json);
+    `bench/nf4_mma_rows_gpu.py` times it beside the rows kernel.
 
     Raises:
         ValueError: the rows or their width do not fit, or the weight is not in k order 1.

@@ -52,8 +52,9 @@ Falcon layer), rounded once with the product. On: with it, the folded norms, `si
 SHARED_ROWS_FROM: int | None = None
 """Row count from which the `mma` routing's decode steps use `nf4_mma_rows_shared` (x staged
 in shared memory) instead of `nf4_mma_rows`, for weights of at least `SHARED_MIN_OUT` outputs;
-None: never, until a serving run has measured it (`bench/serve_gpu.py --variants
-mma,mma+shared17`)."""
+None: never. From 17 rows, one H100 run each served 32 Llama-3.1-8B streams 8 % faster and 32
+Falcon-7B streams 2 % slower (bench/results/serve-gpu-*-shared-h100.json); `bench/serve_gpu.py
+--variants mma,mma+shared17` compares again."""
 
 SHARED_MIN_OUT = 8192
 """The fewest outputs for which `SHARED_ROWS_FROM` applies. Replayed alone at 32 rows on an
