@@ -23,7 +23,9 @@ Not served (each `X` turns one on):
   unevenly among the SMs (its tenth value, `nf4_mma.splits_k`);
 - `sdpa`: decode attention through SDPA instead of the Triton kernel
   (`decode_attention.ENABLED`);
-- `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`).
+- `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`);
+- `silufold`: Llama's one-row `silu(gate) * up` and the down projection's LoRA `h A.T` in
+  one Triton launch (`silu_mul.FOLD`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _SERVED_FLAGS: dict[str, tuple[ModuleType, str]] = {
 FLAGS: dict[str, tuple[ModuleType, str, bool]] = {
     "sdpa": (decode_attention, "ENABLED", False),
     "shrink": (nf4_routing, "GEMV_SHRINKS", True),
+    "silufold": (silu_mul, "FOLD", True),
     **{name: (module, flag, True) for name, (module, flag) in _SERVED_FLAGS.items()},
     **{f"no{name}": (module, flag, False) for name, (module, flag) in _SERVED_FLAGS.items()},
 }

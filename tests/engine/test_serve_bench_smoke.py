@@ -30,7 +30,14 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
 
 
 def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
-    from app.engine.kernels import decode_attention, nf4_mma, nf4_routing, norm_low_rank, pdl
+    from app.engine.kernels import (
+        decode_attention,
+        nf4_mma,
+        nf4_routing,
+        norm_low_rank,
+        pdl,
+        silu_mul,
+    )
     from bench.serve_switches import apply_variant
 
     served = nf4_mma.CANDIDATE_GEMV
@@ -40,12 +47,13 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert nf4_routing.SHARED_ROWS_FROM == 17
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 1, 0, 0)
     assert decode_attention.ENABLED is False
-    apply_variant("mma+l2next+splitk")
+    apply_variant("mma+l2next+splitk+silufold")
+    assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
     assert apply_variant("hybrid") == "hybrid"
     assert nf4_routing.SHARED_ROWS_FROM is None
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
-    assert norm_low_rank.ENABLED is True and pdl.ENABLED is True
+    assert norm_low_rank.ENABLED is True and pdl.ENABLED is True and silu_mul.FOLD is False
     with pytest.raises(ValueError, match="unknown switch 'fast'.*fold, pdl"):
         apply_variant("mma+fast")

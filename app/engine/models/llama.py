@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from app.engine.kernels import rotary_cache
+from app.engine.kernels import silu_mul as activation
 from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs
 from app.engine.kernels.norm_low_rank import RowNorm
 from app.engine.kernels.row_norm import rms_norm_rows
@@ -135,7 +136,11 @@ class LlamaBlocks:
         attn = attend(index, q, k, v)  # (B, S, H*D)
         x = proj.project(attn, index, "o_proj", residual=x)
         gate, up = proj.normed_group(x, layer.post_norm, index, GATE_UP)
-        return proj.project(silu_mul(gate, up), index, "down_proj", residual=x)
+        a = proj.low_rank_a(gate, index, "down_proj") if activation.FOLD else None
+        if a is None:
+            return proj.project(silu_mul(gate, up), index, "down_proj", residual=x)
+        h, low = activation.silu_mul_low_rank(gate, up, a)  # one launch where it runs
+        return proj.project(h, index, "down_proj", residual=x, low=low)
 
     @staticmethod
     def _rotate(

@@ -164,6 +164,23 @@ class Projections:
             return None
         return fused
 
+    def low_rank_a(
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        adapters: Sequence[str | None] | None,
+        mask: LoraRows,
+    ) -> torch.Tensor | None:
+        """The adapter's A (R, in) where `project(x, ...)` would launch `x A.T` on its own
+        (`low_rank_row`) before its fused epilogue, so that the kernel producing x can compute
+        it instead and hand it in as `low`; None otherwise."""
+        fused = self._one_row_fused(x, index, name, adapters, mask)
+        if fused is None or not isinstance(mask, int) or getattr(fused, "shrinks", False):
+            return None
+        factors = self.lora.slot_factors(index, name, mask)
+        return None if factors is None else factors[0]
+
     def adds_residual(
         self,
         x: torch.Tensor,
@@ -404,12 +421,24 @@ class BoundProjections:
     mask: LoraRows
 
     def project(
-        self, x: torch.Tensor, index: int, name: str, *, residual: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        index: int,
+        name: str,
+        *,
+        residual: torch.Tensor | None = None,
+        low: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`Projections.project` with this step's adapters and mask (a projection whose
         input no other reads; those that share one go through `project_group`), plus
-        `residual` when given."""
-        return self.projections.project(x, index, name, self.adapters, self.mask, residual=residual)
+        `residual` when given; `low` is x A.T where the caller computed it (`low_rank_a`)."""
+        return self.projections.project(
+            x, index, name, self.adapters, self.mask, residual=residual, low=low
+        )
+
+    def low_rank_a(self, x: torch.Tensor, index: int, name: str) -> torch.Tensor | None:
+        """`Projections.low_rank_a` with this step's adapters and mask."""
+        return self.projections.low_rank_a(x, index, name, self.adapters, self.mask)
 
     def adds_residual(self, x: torch.Tensor, index: int, name: str) -> bool:
         """`Projections.adds_residual` with this step's adapters and mask."""

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from app.engine.kernels.silu_mul import silu_mul
+from app.engine.kernels import silu_mul as module
+from app.engine.kernels.low_rank_row import low_rank_row
+from app.engine.kernels.silu_mul import silu_mul, silu_mul_low_rank
 from tests.subprocess_python import run_json
 
 CHECK = textwrap.dedent(
@@ -51,3 +53,46 @@ def test_torch_serves_off_cuda_bit_for_bit():
     assert torch.equal(silu_mul(gate, up), F.silu(gate) * up)
     with pytest.raises(ValueError, match="must match"):
         silu_mul(gate, up[..., :4])
+
+
+FOLD_CHECK = textwrap.dedent(
+    """
+    import json, torch
+    from app.engine.kernels.silu_mul import _launch, _launch_fold
+    torch.manual_seed(0)
+    report = {}
+    for width, rank in ((1024, 16), (2500, 24)):  # one block, and three with a ragged end
+        joined = (torch.randn(1, 1, 2 * width) * 3).bfloat16()
+        gate, up = joined[..., :width], joined[..., width:]
+        wider = (torch.randn(2 * rank, width + 40) / width**0.5).bfloat16()
+        a = wider[rank:, :width]  # rows of a wider layout: the row stride is not the width
+        h, t = _launch_fold(gate, up, a)
+        want_h = _launch(gate, up)
+        want_t = torch.nn.functional.linear(want_h.float(), a.float())
+        rel = ((t.float() - want_t).norm() / want_t.norm()).item()
+        report[f"{width}-{rank}"] = [torch.equal(h, want_h), rel, list(h.shape), list(t.shape)]
+    print(json.dumps(report))
+    """
+)
+
+
+def test_folded_kernel_gives_the_pairs_h_and_t_under_the_interpreter():
+    report = run_json(FOLD_CHECK, interpret=True)
+    assert len(report) == 2
+    for key, (h_equal, rel, h_shape, t_shape) in report.items():
+        width, rank = (int(v) for v in key.split("-"))
+        assert h_equal, key  # the same arithmetic as the unfused kernel, op for op
+        assert h_shape == [1, 1, width] and t_shape == [1, 1, rank], key
+        assert rel < 1e-2, (key, rel)  # t from the rounded h, fp32 sums in another order
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_the_pair_serves_off_cuda_and_for_several_rows(fold, monkeypatch):
+    monkeypatch.setattr(module, "FOLD", fold)
+    a = torch.randn(8, 16).bfloat16()
+    for rows in (1, 3):
+        joined = torch.randn(rows, 1, 32).bfloat16()
+        gate, up = joined[..., :16], joined[..., 16:]
+        assert not module.fold_runs(gate, up, a)
+        h, t = silu_mul_low_rank(gate, up, a)
+        assert torch.equal(h, F.silu(gate) * up) and torch.equal(t, low_rank_row(h, a))

@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from app.engine.kernels import norm_low_rank
+from app.engine.kernels import silu_mul as activation
 from app.engine.kernels.low_rank_row import low_rank_row
 from app.engine.kernels.norm_low_rank import RowNorm
 from app.engine.models.llama import GATE_UP, QKV, LlamaBatch
 from app.engine.models.projections import Projections
-from tests.engine.models.test_fused_epilogue import fused_batch
+from tests.engine.batch_reference import decode_both_ways
+from tests.engine.models.test_fused_epilogue import fused_batch, reference_fused
 from tests.engine.models.test_joined_projections import TorchJoin
 from tests.engine.models.test_llama_batch import adapted
 
@@ -84,3 +86,39 @@ def test_normed_group_off_cuda_is_the_norm_then_the_group(
     got = bound.normed_group(x, norm, 0, SHARED_INPUT, gelu_last=True)
     want = bound.project_group(norm(x), 0, SHARED_INPUT, gelu_last=True)
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+class FusedJoin(TorchJoin):
+    """`TorchJoin`'s joined groups, and a torch `fused` epilogue (residual too) on the
+    projections left apart (Llama's o_proj and down_proj), as the mma routing gives them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.singles = reference_fused([], [])
+
+    def __call__(self, module: torch.nn.Module):  # noqa: ANN204
+        return self.singles(module)
+
+
+def test_down_projections_t_from_the_activation_launch_changes_nothing(
+    tiny_model_dir, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    """`low_rank_a`: where `project` would launch `h A.T` on its own, the A that Llama's block
+    hands to `silu_mul_low_rank` (one launch on a card, the pair here); the logits are the
+    same either way."""
+    model = adapted(tiny_model_dir("llama"), tmp_path_factory.mktemp("fold-down"))
+    batch = LlamaBatch(model, slots=2, max_tokens=16, linear_override=FusedJoin())
+    slot = batch.lora.names.index("growth")
+    proj = batch.projections
+    width = batch.lora.slot_factors(0, "down_proj", slot)[0].shape[1]
+    h = torch.randn(1, 1, width)
+    a = proj.low_rank_a(h, 0, "down_proj", None, slot)
+    assert a is not None and torch.equal(a, batch.lora.slot_factors(0, "down_proj", slot)[0])
+    assert proj.low_rank_a(torch.randn(2, 1, width), 0, "down_proj", None, slot) is None
+    assert proj.low_rank_a(h, 0, "down_proj", ["growth"], None) is None  # PEFT's way
+    assert proj.low_rank_a(h, 0, "down_proj", None, None) is None  # the bare model
+    logits = []
+    for fold in (False, True):
+        monkeypatch.setattr(activation, "FOLD", fold)
+        logits.append(decode_both_ways(batch, ["growth"], lora_slot=slot)[1])
+    assert torch.equal(logits[0], logits[1])
