@@ -75,6 +75,13 @@ GEMV |= {  # the K loop and its switches: sm_90 serves `served_occupy2` with PDL
     "served_occupy2_pdl_l2_next": KernelVariant(
         WARPS, DEPTH, 2, **SERVED, occupy=2, pdl=1, l2_next=1
     ),
+    "served_occupy2_pdl_residual": KernelVariant(  # what sm_90 serves
+        WARPS, DEPTH, 2, **SERVED, occupy=2, pdl=1, residual=1
+    ),
+    "served_split_k": KernelVariant(WARPS, DEPTH, 2, **SERVED, split_k=1),
+    "served_occupy2_pdl_residual_split_k": KernelVariant(
+        WARPS, DEPTH, 2, **SERVED, occupy=2, pdl=1, residual=1, split_k=1
+    ),
 }
 ROWS = {  # name -> variant of nf4_mma_rows
     f"{chunks * 8}_rows{suffix}": KernelVariant(
