@@ -111,9 +111,9 @@ CANDIDATE_GEMV = (WARPS, DEPTH, 2, PER_SM, 1, 1, 1, 2, 0)  # wide table, chained
 # 3.05, nf4-mma-rows-h100.json), registers for two blocks an SM, no l2_next
 """The build the `mma` routing (the default where its copy fits) serves one row with: 60.0
 instead of 144 machine instructions per 512 bytes (bench/nf4_mma_sass.py), in 64 registers so
-that `PER_SM` blocks run on each SM at once. Later epilogue code had taken the build to 88
-registers, one block an SM: replayed alone on one H100, every Llama-3.1-8B and Falcon-7B
-weight took 20-27 % less time with two (nf4-mma-rows-quick-h100.json,
+that `PER_SM` blocks run on each SM at once. The SHRINK code (b066b7e) had taken the build
+from 64 to 88 registers, one block an SM: replayed alone on one H100, every Llama-3.1-8B and
+Falcon-7B weight took 20-27 % less time with two (nf4-mma-rows-quick-h100.json,
 nf4-mma-rows-falcon-h100.json: 17.3 against 22.8 us for 14,336 x 4,096, 28.6 against 35.1
 for 18,176 x 4,544); `l2_next` gained nothing on top. `bench/serve_gpu.py --variants
 mma,mma+occupy1` compares them end to end."""
