@@ -288,7 +288,7 @@ def nf4_mma_gemv(
     if len(splits) > 2 or list(splits) != sorted(splits) or any(s % TILE_ROWS for s in splits):
         raise ValueError(f"splits are at most two ascending multiples of {TILE_ROWS}")
     row = x.reshape(-1)
-    settings = _gemv_settings(config)
+    settings = gemv_settings(config)
     warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next, split_k = settings
     shrink = None
     if isinstance(lora, Shrink):
@@ -434,7 +434,7 @@ def shrink_workspace(weight: MmaNF4) -> tuple[torch.Tensor, torch.Tensor]:
     return _WORKSPACES[key]
 
 
-def _gemv_settings(
+def gemv_settings(
     config: tuple[int, ...] | None,
 ) -> tuple[int, int, int, int, int, int, int, int, int, int]:
     """(warps, depth, decode, per_sm, chain, lean, prefetch, occupy, l2_next, split_k) from a
