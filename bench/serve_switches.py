@@ -2,7 +2,7 @@
 `bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
 calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
-    --variants mma,mma+occupy1,mma+nopdl,mma+nofold+noresidual+nosilu,mma+shared17
+    --variants mma,mma+occupy1,mma+nopdl,mma+nofold+noresidual+nosilu,mma+noshared
 
 Served by default (each `noX` turns one off):
 - `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
@@ -13,11 +13,11 @@ Served by default (each `noX` turns one off):
 - `fold`: a one-row norm and its group's low-rank `h A.T` in one Triton launch
   (`norm_low_rank.ENABLED`);
 - `pdl`: the one-row decode kernels launched as programmatic dependents, each starting
-  before the one it reads from ends (`pdl.ENABLED`).
+  before the one it reads from ends (`pdl.ENABLED`);
+- `sharedN`: decode steps of N rows or more through `nf4_mma_rows_shared` on the weights
+  `nf4_routing` lets it serve (`SHARED_ROWS_FROM`, 17 by default; `noshared`: never).
 
 Not served (each `X` turns one on):
-- `sharedN`: 2-64-row decode steps from N rows on through `nf4_mma_rows_shared`
-  (`nf4_routing.SHARED_ROWS_FROM`);
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
   unevenly among the SMs (its tenth value, `nf4_mma.splits_k`);
@@ -66,7 +66,7 @@ _GEMV_SWITCHES = {
 """Switches that set one value of `CANDIDATE_GEMV`: (its index, the value)."""
 
 
-SWITCHES = ", ".join(["sharedN", *_GEMV_SWITCHES, *FLAGS])
+SWITCHES = ", ".join(["sharedN", "noshared", *_GEMV_SWITCHES, *FLAGS])
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -92,6 +92,8 @@ def apply_variant(variant: str) -> str:
     for switch in switches:
         if switch.startswith("shared") and switch[len("shared") :].isdigit():
             nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
+        elif switch == "noshared":
+            nf4_routing.SHARED_ROWS_FROM = None
         elif switch in _GEMV_SWITCHES:
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch in FLAGS:

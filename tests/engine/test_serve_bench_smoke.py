@@ -42,16 +42,18 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
 
     served = nf4_mma.CANDIDATE_GEMV
     assert served[7:] == (2, 0)  # two blocks an SM, no L2 requests for the next tile
-    assert apply_variant("mma+shared17+occupy1+sdpa+nofold+nopdl") == "mma"
-    assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
     assert nf4_routing.SHARED_ROWS_FROM == 17
+    assert apply_variant("mma+shared33+occupy1+sdpa+nofold+nopdl") == "mma"
+    assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
+    assert nf4_routing.SHARED_ROWS_FROM == 33
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 1, 0, 0)
     assert decode_attention.ENABLED is False
-    apply_variant("mma+l2next+splitk+silufold")
+    apply_variant("mma+l2next+splitk+silufold+noshared")
+    assert nf4_routing.SHARED_ROWS_FROM is None
     assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
     assert apply_variant("hybrid") == "hybrid"
-    assert nf4_routing.SHARED_ROWS_FROM is None
+    assert nf4_routing.SHARED_ROWS_FROM == 17
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
     assert norm_low_rank.ENABLED is True and pdl.ENABLED is True and silu_mul.FOLD is False

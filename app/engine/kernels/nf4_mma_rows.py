@@ -134,9 +134,9 @@ def nf4_mma_rows_shared(
     the weights they multiply. Slices of K spread narrow weights over every SM; their fp32
     partial sums meet in a workspace, added and rounded once by each set's last slice.
 
-    Served only where `nf4_routing.SHARED_ROWS_FROM` says (None: measured serving 32 streams,
-    it helped Llama-3.1-8B and not Falcon-7B, bench/results/serve-gpu-*-shared-h100.json);
-    `bench/nf4_mma_rows_gpu.py` times it beside the rows kernel.
+    Served where `nf4_routing.SHARED_ROWS_FROM` and the weight bounds beside it say (serving
+    32 streams it helped Llama-3.1-8B and not Falcon-7B, bench/results/
+    serve-gpu-*-shared-h100.json); `bench/nf4_mma_rows_gpu.py` times it beside the rows kernel.
 
     Raises:
         ValueError: the rows or their width do not fit, or the weight is not in k order 1.

@@ -49,18 +49,24 @@ Falcon layer), rounded once with the product. On: with it, the folded norms, `si
 `l2_next`, one H100 run served one Llama-3.1-8B + LoRA stream 3 % faster and 32 streams 18 %
 (bench/results/serve-gpu-llama-switches-h100.json), one Falcon-7B stream 3 %."""
 
-SHARED_ROWS_FROM: int | None = None
+SHARED_ROWS_FROM: int | None = 17
 """Row count from which the `mma` routing's decode steps use `nf4_mma_rows_shared` (x staged
-in shared memory) instead of `nf4_mma_rows`, for weights of at least `SHARED_MIN_OUT` outputs;
-None: never. From 17 rows, one H100 run each served 32 Llama-3.1-8B streams 8 % faster and 32
-Falcon-7B streams 2 % slower (bench/results/serve-gpu-*-shared-h100.json); `bench/serve_gpu.py
---variants mma,mma+shared17` compares again."""
+in shared memory) instead of `nf4_mma_rows`, for weights `SHARED_MIN_OUT` outputs or wider
+reading at most `SHARED_MAX_IN` inputs (None: never). One H100 run served 32 Llama-3.1-8B
+streams 8 % faster with it (bench/results/serve-gpu-llama-shared-h100.json);
+`bench/serve_gpu.py --variants mma,mma+noshared` compares again."""
 
 SHARED_MIN_OUT = 8192
 """The fewest outputs for which `SHARED_ROWS_FROM` applies. Replayed alone at 32 rows on an
 H100 (bench/results/nf4-mma-rows-quick-h100.json), the shared kernel took 51.8 us against the
 rows kernel's 61.9 for 14,336 outputs, tied at 4,096 and lost at 1,024 (26.6 against 22.0):
 narrow weights leave it too few row tiles to spread."""
+
+SHARED_MAX_IN = 4096
+"""The most inputs for which `SHARED_ROWS_FROM` applies: on Falcon-7B's 4,544-input MLP up
+projection its slices of K cost it (100.1 us against the rows kernel's 86.0 at 32 rows,
+nf4-mma-rows-falcon-h100.json), and serving 32 Falcon streams with it was 2 % slower
+(serve-gpu-falcon-shared-h100.json)."""
 
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
@@ -361,8 +367,8 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
         rows_config,
     )
 
-    wide = packed.k_order == 1 and packed.out_features >= SHARED_MIN_OUT
-    shared_from = SHARED_ROWS_FROM if wide else None
+    wide = packed.out_features >= SHARED_MIN_OUT and packed.in_features <= SHARED_MAX_IN
+    shared_from = SHARED_ROWS_FROM if wide and packed.k_order == 1 else None
     if shared_from is not None:
         prepare_rows_shared(packed)
 
