@@ -18,6 +18,8 @@ Served by default (each `noX` turns one off):
   `nf4_routing` lets it serve (`SHARED_ROWS_FROM`, 17 by default; `noshared`: never).
 
 Not served (each `X` turns one on):
+- `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
+  (`nf4_routing.NARROW_ROWS_FROM`), from a second packed copy;
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
   unevenly among the SMs (its tenth value, `nf4_mma.splits_k`);
@@ -57,6 +59,7 @@ FLAGS: dict[str, tuple[ModuleType, str, bool]] = {
 """The switches that set one module flag: (module, name, the value the switch gives it)."""
 _DEFAULTS = {
     (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
+    (nf4_routing, "NARROW_ROWS_FROM"): nf4_routing.NARROW_ROWS_FROM,
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
@@ -66,7 +69,7 @@ _GEMV_SWITCHES = {
 """Switches that set one value of `CANDIDATE_GEMV`: (its index, the value)."""
 
 
-SWITCHES = ", ".join(["sharedN", "noshared", *_GEMV_SWITCHES, *FLAGS])
+SWITCHES = ", ".join(["sharedN", "noshared", "narrowN", *_GEMV_SWITCHES, *FLAGS])
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -94,6 +97,8 @@ def apply_variant(variant: str) -> str:
             nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
         elif switch == "noshared":
             nf4_routing.SHARED_ROWS_FROM = None
+        elif switch.startswith("narrow") and switch[len("narrow") :].isdigit():
+            nf4_routing.NARROW_ROWS_FROM = int(switch[len("narrow") :])
         elif switch in _GEMV_SWITCHES:
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch in FLAGS:

@@ -48,12 +48,12 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert nf4_routing.SHARED_ROWS_FROM == 33
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 1, 0, 0)
     assert decode_attention.ENABLED is False
-    apply_variant("mma+l2next+splitk+silufold+noshared")
-    assert nf4_routing.SHARED_ROWS_FROM is None
+    apply_variant("mma+l2next+splitk+silufold+noshared+narrow17")
+    assert nf4_routing.SHARED_ROWS_FROM is None and nf4_routing.NARROW_ROWS_FROM == 17
     assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
     assert apply_variant("hybrid") == "hybrid"
-    assert nf4_routing.SHARED_ROWS_FROM == 17
+    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM is None
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
     assert norm_low_rank.ENABLED is True and pdl.ENABLED is True and silu_mul.FOLD is False

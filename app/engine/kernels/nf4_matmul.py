@@ -101,6 +101,30 @@ def pack_linear4bit(module) -> PackedNF4:
     return PackedNF4(packed, scales, out_features, in_features, blocksize)
 
 
+def concat_packed(parts: list[PackedNF4]) -> PackedNF4:
+    """Projections of one input packed side by side (their outputs in order), so that one
+    `nf4_matmul` launch computes them all, as the `mma` routing joins q/k/v.
+
+    Raises:
+        ValueError: the parts differ in inputs, group size or absmax block size.
+    """
+    first = parts[0]
+    if any(
+        (p.in_features, p.group_size, p.blocksize)
+        != (first.in_features, first.group_size, first.blocksize)
+        for p in parts
+    ):
+        raise ValueError("joined parts must share inputs, group size and absmax block size")
+    dtype = torch.float32 if any(p.scales.dtype == torch.float32 for p in parts) else None
+    return PackedNF4(
+        torch.cat([p.packed for p in parts], dim=1).contiguous(),
+        torch.cat([p.scales if dtype is None else p.scales.to(dtype) for p in parts], dim=1),
+        sum(p.out_features for p in parts),
+        first.in_features,
+        first.blocksize,
+    )
+
+
 def dequantize_packed(weight: PackedNF4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (out_features, in_features) weight the packed bytes stand for."""
     code = code_table(weight.packed.device, torch.float32)

@@ -22,6 +22,7 @@ from app.engine.loader import LoadedModel
 from app.engine.models.projections import Linear, LinearOverride
 
 if TYPE_CHECKING:
+    from app.engine.kernels.nf4_matmul import PackedNF4
     from app.engine.kernels.nf4_mma import MmaNF4
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,22 @@ SHARED_MAX_IN = 4096
 projection its slices of K cost it (100.1 us against the rows kernel's 86.0 at 32 rows,
 nf4-mma-rows-falcon-h100.json), and serving 32 Falcon streams with it was 2 % slower
 (serve-gpu-falcon-shared-h100.json)."""
+
+NARROW_ROWS_FROM: int | None = None
+"""Row count from which the `mma` routing's decode steps run narrow weights (at most
+`NARROW_MAX_OUT` outputs, joined parts together, and `NARROW_MAX_IN` inputs) through the
+Triton `nf4_matmul`, from a second packed copy (`nf4_matmul.pack_linear4bit`); None: never.
+Replayed alone at 32 rows on an H100 it beat the rows kernel on such weights (Falcon-7B's
+4,544 x 4,672: 25.1 against 33.5 us; Llama-3.1-8B's 4,096 x 4,096: 20.2 against 23.6,
+nf4-mma-rows-*-h100.json) and lost on Falcon's 18,176-input dense_4h_to_h. Off until serving
+measures it (`bench/serve_gpu.py --variants mma,mma+narrow17`): the copy costs memory (about
+0.7 GB for Llama-3.1-8B's q/k/v and o_proj)."""
+
+NARROW_MAX_OUT = 6144
+"""The most outputs `NARROW_ROWS_FROM` serves (Llama's joined q/k/v, Falcon's dense)."""
+
+NARROW_MAX_IN = 4544
+"""The most inputs `NARROW_ROWS_FROM` serves (not the MLP down projections)."""
 
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of
@@ -266,7 +283,7 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
     if GEMV_SHRINKS:
         shrink_workspace(packed)
     bias = typing.cast(torch.Tensor | None, module.bias)
-    forward = _mma_decode(packed, prompt, bias)
+    forward = _mma_decode(packed, prompt, bias, [module])
 
     def fused(x: torch.Tensor, lora, gelu: bool, residual=None) -> torch.Tensor:  # noqa: ANN001
         return nf4_mma_gemv(
@@ -335,7 +352,7 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
     def prompt(x: torch.Tensor) -> torch.Tensor:  # bnb_flat adds each part's bias itself
         return torch.cat([typing.cast(Linear, p)(x) for p in prompts], dim=-1)
 
-    forward = _mma_decode(packed, prompt, bias)
+    forward = _mma_decode(packed, prompt, bias, modules)
 
     def fused(x: torch.Tensor, lora, splits: tuple[int, ...], gelu_from: int | None):  # noqa: ANN001, ANN202
         gelu = gelu_from is not None
@@ -351,10 +368,13 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
     return forward
 
 
-def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Linear:
-    """The `mma` routing's forward over one packed weight: the GEMV for one row (the
-    `CANDIDATE_GEMV` variant), the rows kernel up to `MAX_ROWS` (`rows_config`), plus `bias`;
-    `prompt` (bitsandbytes, which adds the bias itself) above."""
+def _mma_decode(
+    packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None, modules: list[torch.nn.Module]
+) -> Linear:
+    """The `mma` routing's forward over one packed weight (of `modules`, joined): the GEMV for
+    one row (the `CANDIDATE_GEMV` variant), the rows kernel up to `MAX_ROWS` (`rows_config`;
+    x in shared memory or `nf4_matmul` where `SHARED_ROWS_FROM` or `NARROW_ROWS_FROM` say),
+    plus `bias`; `prompt` (bitsandbytes, which adds the bias itself) above."""
     from app.engine.kernels.nf4_mma import (
         CANDIDATE_GEMV,
         nf4_mma_gemv,
@@ -371,6 +391,10 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
     shared_from = SHARED_ROWS_FROM if wide and packed.k_order == 1 else None
     if shared_from is not None:
         prepare_rows_shared(packed)
+    narrow = _narrow_copy(modules, packed.out_features, packed.in_features)
+    narrow_from = NARROW_ROWS_FROM or MAX_ROWS + 1  # as packed: the switch may change later
+    if narrow is not None:
+        from app.engine.kernels.nf4_matmul import nf4_matmul
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
@@ -378,6 +402,9 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
             return prompt(x)
         if rows == 1:
             out = nf4_mma_gemv(x, packed, config=CANDIDATE_GEMV)
+        elif narrow is not None and rows >= narrow_from:
+            flat = nf4_matmul(x.reshape(rows, x.shape[-1]), narrow)
+            out = flat.view(*x.shape[:-1], narrow.out_features)
         elif shared_from is not None and rows >= shared_from:
             out = nf4_mma_rows_shared(x, packed)
         else:
@@ -386,6 +413,22 @@ def _mma_decode(packed: MmaNF4, prompt: Linear, bias: torch.Tensor | None) -> Li
         return out if bias is None else out + bias
 
     return forward
+
+
+def _narrow_copy(
+    modules: list[torch.nn.Module], out_features: int, in_features: int
+) -> PackedNF4 | None:
+    """`modules` (joined side by side) packed for `nf4_matmul` where `NARROW_ROWS_FROM`
+    serves them: a narrow weight, with Triton on its device; else None."""
+    if NARROW_ROWS_FROM is None or out_features > NARROW_MAX_OUT or in_features > NARROW_MAX_IN:
+        return None
+    from app.engine.kernels.availability import triton_available
+    from app.engine.kernels.nf4_matmul import concat_packed, pack_linear4bit
+
+    if not triton_available(typing.cast(torch.Tensor, modules[0].weight).device):
+        return None
+    parts = [pack_linear4bit(module) for module in modules]
+    return parts[0] if len(parts) == 1 else concat_packed(parts)
 
 
 def _plain_linear4bit(module: torch.nn.Module) -> bool:

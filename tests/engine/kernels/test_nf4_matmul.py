@@ -18,6 +18,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from app.engine.kernels.availability import triton_available  # noqa: E402
 from app.engine.kernels.nf4_matmul import (  # noqa: E402
+    concat_packed,
     dequantize_packed,
     nf4_matmul,
     pack_linear4bit,
@@ -39,6 +40,19 @@ def test_matches_bitsandbytes(double_quant: bool, m: int, k: int, n: int, dtype:
 
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-3)
+
+
+def test_projections_of_one_input_join_into_one_packed_weight():
+    """q, k, v side by side: one launch gives each part's own product, in order."""
+    parts = [make_linear4bit(n, 320, double_quant=True, seed=n) for n in (128, 32, 32)]
+    joined = concat_packed([pack_linear4bit(m) for m in parts])
+    assert joined.out_features == 192 and joined.in_features == 320
+    x = torch.randn(5, 320)
+    want = torch.cat([x @ bnb_dense(m).T for m in parts], dim=-1)
+    assert rel_err(nf4_matmul(x, joined), want) < 1e-3
+    other = pack_linear4bit(make_linear4bit(32, 256, double_quant=True, seed=4))
+    with pytest.raises(ValueError, match="share inputs"):
+        concat_packed([pack_linear4bit(parts[0]), other])
 
 
 @pytest.mark.parametrize(("k", "blocksize"), [(4544, 256), (192, 128), (128, 32)])

@@ -340,6 +340,24 @@ def test_mma_routing_serves_rows_through_the_shared_x_kernel_when_asked(rows, mo
     assert rel_err(linear(x), module(x).float()) < 1e-2
 
 
+@pytest.mark.parametrize("rows", [5, 32, 64])
+def test_mma_routing_serves_narrow_weights_through_nf4_matmul_when_asked(rows, monkeypatch):
+    """`NARROW_ROWS_FROM`: from that row count a narrow weight's decode steps run the Triton
+    `nf4_matmul` from its own copy, a joined group's parts side by side; what the modules
+    compute, bias added after."""
+    from app.engine.kernels import nf4_routing
+
+    monkeypatch.setattr(nf4_routing, "NARROW_ROWS_FROM", 2)
+    module = _linear4bit(1024, 512, True, seed=3)
+    linear = nf4_routing._mma_every_row(module)
+    x = torch.randn(rows, 1, 512, device="cuda").bfloat16()
+    assert rel_err(linear(x), module(x).float()) < 1e-2
+    parts = [_linear4bit(n, 512, False, seed=n) for n in (256, 64, 64)]
+    joined = nf4_routing.MmaRouting().join(parts)
+    want = torch.cat([m(x).float() for m in parts], dim=-1)
+    assert rel_err(joined(x), want) < 1e-2
+
+
 def _linear4bit(n: int, k: int, bias: bool, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     module = bnb.nn.Linear4bit(
