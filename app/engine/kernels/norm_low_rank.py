@@ -12,9 +12,9 @@ the norm's weights before it waits for the kernel before.
 
 h is bit-equal to the unfused kernels': the same loads, reductions (the same block and warp
 count, so the same summation tree) and roundings. t is computed from h rounded to its dtype,
-as the pair does, and differs from `low_rank_row` only in the order of its fp32 sums. Off
-until a card has measured it (`ENABLED`; `bench/serve_gpu.py --variants mma+fold`);
-elsewhere (CPU, several rows, no Triton) the unfused pair serves, bit for bit.
+as the pair does, and differs from `low_rank_row` only in the order of its fp32 sums. Served
+on CUDA (`ENABLED`; `bench/serve_gpu.py --variants mma,mma+nofold` compares); elsewhere (CPU,
+several rows, no Triton) the unfused pair serves, bit for bit.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ torch runs it as two kernels (SiLU, then the product), and on a joined gate/up o
 each a Llama-3.1-8B layer at 32 streams on an H100 (bench/results/
 profile-serve-llama-shrink-h100.txt). Here one program per row and block of features reads
 both halves and writes the product. The arithmetic is torch's: SiLU in fp32 rounded to the
-dtype, then the product in fp32 rounded once more. Off until a card has measured it
-(`ENABLED`; `bench/serve_gpu.py --variants mma+silu`); elsewhere (CPU, other dtypes, no
-Triton) torch's two ops serve. `silu_mul_low_rank` also computes the down projection's LoRA
+dtype, then the product in fp32 rounded once more. Served on CUDA (`ENABLED`; `bench/
+serve_gpu.py --variants mma,mma+nosilu` compares); elsewhere (CPU, other dtypes, no Triton)
+torch's two ops serve. `silu_mul_low_rank` also computes the down projection's LoRA
 `h A.T` in the same launch, for one row (`FOLD`).
 """
 
