@@ -152,17 +152,17 @@ async def measure_engine(
     out["ttft_512_ms"] = statistics.median(ttfts[1:])
     # Real prompts seldom repeat a length: time to first token over lengths not seen before,
     # with prefill attention as the engine picks it and with torch's own choice (cuDNN first).
-    from app.engine.models import projections
+    from app.engine.models import attention
 
-    chosen, lengths = projections.PREFILL_ATTENTION, iter(range(420, 520, 3))
+    chosen, lengths = attention.PREFILL_ATTENTION, iter(range(420, 520, 3))
     for key, backends in (("ttft_fresh_lengths_ms", chosen), ("ttft_fresh_torch_sdpa_ms", None)):
-        projections.PREFILL_ATTENTION, fresh = backends, []
+        attention.PREFILL_ATTENTION, fresh = backends, []
         for _ in range(5):
             prompt = prompt_ids(tok, next(lengths), shift=7)
             r = await one_stream(engine, text_request(tok, prompt, "a0", 1))
             fresh.append(1000 * r["ttft"])
         out[key] = statistics.median(fresh)
-    projections.PREFILL_ATTENTION = chosen
+    attention.PREFILL_ATTENTION = chosen
     out["concurrency"] = []
     for streams in args.levels:
         await concurrent(engine, tok, streams, args.concurrent_tokens)  # warm: graphs, buckets

@@ -20,8 +20,9 @@ from app.engine.kernels import rotary_cache
 from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs
 from app.engine.kernels.norm_low_rank import RowNorm
 from app.engine.kernels.row_norm import layer_norm_row
+from app.engine.models.attention import rotate
 from app.engine.models.peft_layout import adapter_reason, base_model
-from app.engine.models.projections import BoundProjections, rotate
+from app.engine.models.projections import BoundProjections
 from app.engine.models.slot_batch import (
     Attend,
     DecodeStep,

@@ -30,8 +30,9 @@ from app.engine.kernels.decode_attention import decode_attention, decode_kernel_
 from app.engine.kernels.norm_low_rank import RowNorm
 from app.engine.kernels.row_norm import rms_norm_rows
 from app.engine.kernels.silu_mul import silu_mul
+from app.engine.models.attention import rotate
 from app.engine.models.peft_layout import adapter_reason, base_model
-from app.engine.models.projections import BoundProjections, rotate
+from app.engine.models.projections import BoundProjections
 from app.engine.models.slot_batch import (
     Attend,
     DecodeStep,

@@ -1,5 +1,4 @@
-"""What every batched forward shares: base projections with each row's LoRA update, the KV cache,
-the prefill attention choice.
+"""What every batched forward shares: base projections with each row's LoRA update.
 
 - `Projections`: per layer, each projection's base (the module as loaded, or the faster
   NF4 kernel a linear override gives) plus the LoRA bank. `project` adds the update the
@@ -13,21 +12,19 @@ the prefill attention choice.
   (`LoraBank.group_a`, `add_lora_expand`). `normed_group` runs a block's norm and then such
   a group, the norm folded into the group's low-rank launch where one row on one adapter
   takes the fused path (`norm_low_rank`).
-- `KVCache`: one preallocated tensor per layer for keys and one for values, a slot per
-  running sequence; batch row `i` lives in slot `i`, so decode attends over a view.
+
+The KV cache, masks and rotary embedding are in `attention`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from app.engine.kernels import norm_low_rank
 from app.engine.kernels.lora_expand import add_lora_expand
@@ -47,24 +44,6 @@ GELU)."""
 LoraRows = torch.Tensor | int | None
 """How a step adds LoRA: a (B, 1, S*R) row mask, one adapter's slot for every row, or none
 (then `adapters` per row, the PEFT way, or the bare model)."""
-
-PREFILL_ATTENTION: tuple[SDPBackend, ...] | None = (
-    SDPBackend.FLASH_ATTENTION,
-    SDPBackend.EFFICIENT_ATTENTION,
-    SDPBackend.MATH,
-)
-"""SDPA kernels a prefill may use on CUDA (None: torch's own choice, cuDNN first on Hopper).
-cuDNN's attention builds an execution plan for every new sequence length; prompts rarely
-repeat a length, so a prefill would pay for a plan most times (bench/serve_gpu.py measures
-time to first token over fresh lengths both ways). Decode steps keep torch's choice: their
-shapes are fixed by the graph buckets."""
-
-
-def prefill_attention(device: torch.device) -> AbstractContextManager[None]:
-    """The SDPA kernels `PREFILL_ATTENTION` allows, on CUDA (CPU keeps torch's choice)."""
-    if device.type != "cuda" or PREFILL_ATTENTION is None:
-        return nullcontext()
-    return sdpa_kernel(list(PREFILL_ATTENTION))
 
 
 def base_linear(module: torch.nn.Module) -> torch.nn.Module:
@@ -136,7 +115,7 @@ class Projections:
         projections' (`shared_low`).
         """
         linear = self.linears[index][name]
-        fused = self._one_row_fused(x, index, name, adapters, mask)
+        fused = self.one_row_fused(x, index, name, adapters, mask)
         if fused is not None and not isinstance(mask, torch.Tensor):  # (a mask means no fused)
             shrinks = getattr(fused, "shrinks", False)
             lora = self._slot_update(x, index, name, mask, low, shrinks)
@@ -148,7 +127,7 @@ class Projections:
         out = F.gelu(out) if gelu else out
         return out if residual is None else out + residual
 
-    def _one_row_fused(
+    def one_row_fused(
         self,
         x: torch.Tensor,
         index: int,
@@ -163,36 +142,6 @@ class Projections:
         if fused is None or adapters is not None or isinstance(mask, torch.Tensor) or not one_row:
             return None
         return fused
-
-    def low_rank_a(
-        self,
-        x: torch.Tensor,
-        index: int,
-        name: str,
-        adapters: Sequence[str | None] | None,
-        mask: LoraRows,
-    ) -> torch.Tensor | None:
-        """The adapter's A (R, in) where `project(x, ...)` would launch `x A.T` on its own
-        (`low_rank_row`) before its fused epilogue, so that the kernel producing x can compute
-        it instead and hand it in as `low`; None otherwise."""
-        fused = self._one_row_fused(x, index, name, adapters, mask)
-        if fused is None or not isinstance(mask, int) or getattr(fused, "shrinks", False):
-            return None
-        factors = self.lora.slot_factors(index, name, mask)
-        return None if factors is None else factors[0]
-
-    def adds_residual(
-        self,
-        x: torch.Tensor,
-        index: int,
-        name: str,
-        adapters: Sequence[str | None] | None,
-        mask: LoraRows,
-    ) -> bool:
-        """Whether `project(x, ..., residual=r)` adds r in the kernel's epilogue (rounded once
-        with the product, no launch of its own)."""
-        fused = self._one_row_fused(x, index, name, adapters, mask)
-        return fused is not None and getattr(fused, "residual", False)
 
     def project_group(
         self,
@@ -437,12 +386,21 @@ class BoundProjections:
         )
 
     def low_rank_a(self, x: torch.Tensor, index: int, name: str) -> torch.Tensor | None:
-        """`Projections.low_rank_a` with this step's adapters and mask."""
-        return self.projections.low_rank_a(x, index, name, self.adapters, self.mask)
+        """The adapter's A (R, in) where `project(x, ...)` would launch `x A.T` on its own
+        (`low_rank_row`) before its fused epilogue, so that the kernel producing x can compute
+        it instead and hand it in as `low`; None otherwise."""
+        fused = self.projections.one_row_fused(x, index, name, self.adapters, self.mask)
+        slot = self.mask
+        if fused is None or not isinstance(slot, int) or getattr(fused, "shrinks", False):
+            return None
+        factors = self.projections.lora.slot_factors(index, name, slot)
+        return None if factors is None else factors[0]
 
     def adds_residual(self, x: torch.Tensor, index: int, name: str) -> bool:
-        """`Projections.adds_residual` with this step's adapters and mask."""
-        return self.projections.adds_residual(x, index, name, self.adapters, self.mask)
+        """Whether `project(x, ..., residual=r)` adds r in the kernel's epilogue (rounded once
+        with the product, no launch of its own)."""
+        fused = self.projections.one_row_fused(x, index, name, self.adapters, self.mask)
+        return fused is not None and getattr(fused, "residual", False)
 
     def project_group(
         self, x: torch.Tensor, index: int, names: tuple[str, ...], *, gelu_last: bool = False
@@ -468,30 +426,6 @@ class BoundProjections:
         )
 
 
-class KVCache:
-    """Keys and values of every running sequence: (layers, slots, KV heads, tokens, D) each."""
-
-    def __init__(
-        self,
-        *,
-        layers: int,
-        slots: int,
-        heads: int,
-        max_tokens: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        shape = (layers, slots, heads, max_tokens, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-
-    def move(self, source: int, target: int) -> None:
-        """Copy a sequence's cache from slot `source` to `target` (keeps rows contiguous)."""
-        self.k[:, target] = self.k[:, source]
-        self.v[:, target] = self.v[:, source]
-
-
 def _part(joined: Linear, group: tuple[str, ...], name: str) -> Linear:
     """One projection of a joined group on its own (its slice of the joined output), for a
     caller that asks for it by name: the group's weights are stored joined only."""
@@ -503,28 +437,3 @@ def _part(joined: Linear, group: tuple[str, ...], name: str) -> Linear:
         return joined(x)[..., start : start + sizes[position]]
 
     return forward
-
-
-def decode_visibility(positions: torch.Tensor, context: int) -> torch.Tensor:
-    """(B, 1, 1, T) mask of the cache entries each row's new token may attend to."""
-    visible = torch.arange(context, device=positions.device) <= positions.unsqueeze(1)
-    return visible.view(positions.shape[0], 1, 1, context)
-
-
-def prefill_visibility(lengths: torch.Tensor, longest: int) -> torch.Tensor:
-    """(N, 1, S, S) causal mask that also hides each right-padded prompt's padding keys."""
-    position = torch.arange(longest, device=lengths.device)
-    causal = position.view(1, longest, 1) >= position.view(1, 1, longest)  # (1, S, S)
-    real_key = position.view(1, 1, longest) < lengths.view(-1, 1, 1)  # (N, 1, S)
-    return (causal & real_key).unsqueeze(1)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The rotary embedding as transformers applies it (`apply_rotary_pos_emb`, one tensor);
-    cos/sin broadcast against x."""
-    return x * cos + rotate_half(x) * sin
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -30,17 +30,14 @@ from typing import Any, NotRequired, Protocol, TypedDict
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from app.engine.models.lora_bank import LoraBank, read_peft_factors
-from app.engine.models.projections import (
-    BoundProjections,
+from app.engine.models.attention import (
     KVCache,
-    LinearOverride,
-    LoraRows,
-    Projections,
     decode_visibility,
     prefill_attention,
     prefill_visibility,
 )
+from app.engine.models.lora_bank import LoraBank, read_peft_factors
+from app.engine.models.projections import BoundProjections, LinearOverride, LoraRows, Projections
 
 Attend = Callable[..., torch.Tensor]
 """One step's attention for layer `index`, as the family's block calls it (`attend(index,

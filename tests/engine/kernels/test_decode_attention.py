@@ -18,7 +18,7 @@ CHECK = textwrap.dedent(
     import json, torch
     import torch.nn.functional as F
     from app.engine.kernels.decode_attention import _launch, split_plan
-    from app.engine.models.projections import decode_visibility
+    from app.engine.models.attention import decode_visibility
     torch.manual_seed(0)
     report = {}
     # (KV, G, D, T, positions): Llama-like GQA and Falcon-like MQA; T=150 is no multiple of

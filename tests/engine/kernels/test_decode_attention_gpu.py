@@ -17,7 +17,7 @@ pytestmark = [
 
 from app.engine.kernels import decode_attention as kernel  # noqa: E402
 from app.engine.kernels.decode_attention import decode_attention, decode_kernel_runs  # noqa: E402
-from app.engine.models.projections import decode_visibility  # noqa: E402
+from app.engine.models.attention import decode_visibility  # noqa: E402
 
 SHAPES = {"llama-3.1-8b": (8, 4, 128), "falcon-7b": (1, 71, 64)}  # (KV, G, D)
 SPARE_SLOTS, SPARE_POSITIONS = 3, 64

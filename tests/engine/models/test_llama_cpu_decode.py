@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from app.engine.loader import load_base_model
+from app.engine.models.attention import rotate
 from app.engine.models.llama import LlamaBatch, rotation_matrices
-from app.engine.models.projections import rotate
 
 
 def test_rotation_matrices_rotate_as_transformers() -> None:

@@ -112,11 +112,11 @@ def test_down_projections_t_from_the_activation_launch_changes_nothing(
     proj = batch.projections
     width = batch.lora.slot_factors(0, "down_proj", slot)[0].shape[1]
     h = torch.randn(1, 1, width)
-    a = proj.low_rank_a(h, 0, "down_proj", None, slot)
+    a = proj.bind(None, slot).low_rank_a(h, 0, "down_proj")
     assert a is not None and torch.equal(a, batch.lora.slot_factors(0, "down_proj", slot)[0])
-    assert proj.low_rank_a(torch.randn(2, 1, width), 0, "down_proj", None, slot) is None
-    assert proj.low_rank_a(h, 0, "down_proj", ["growth"], None) is None  # PEFT's way
-    assert proj.low_rank_a(h, 0, "down_proj", None, None) is None  # the bare model
+    assert proj.bind(None, slot).low_rank_a(torch.randn(2, 1, width), 0, "down_proj") is None
+    assert proj.bind(["growth"], None).low_rank_a(h, 0, "down_proj") is None  # PEFT's way
+    assert proj.bind(None, None).low_rank_a(h, 0, "down_proj") is None  # the bare model
     logits = []
     for fold in (False, True):
         monkeypatch.setattr(activation, "FOLD", fold)
