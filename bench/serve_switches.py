@@ -22,7 +22,7 @@ Not served (each `X` turns one on):
   (`nf4_routing.NARROW_ROWS_FROM`), from a second packed copy;
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
-  unevenly among the SMs (its tenth value, `nf4_mma.splits_k`);
+  unevenly among the SMs (its tenth value, `gemv_grid.splits_k`);
 - `sdpa`: decode attention through SDPA instead of the Triton kernel
   (`decode_attention.ENABLED`);
 - `shrink`: the GEMV computing LoRA's t itself (`nf4_routing.GEMV_SHRINKS`);

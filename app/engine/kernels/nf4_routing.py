@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from app.engine.kernels.gemv_grid import shrink_workspace
 from app.engine.loader import LoadedModel
 from app.engine.models.projections import Linear, LinearOverride
 
@@ -270,7 +271,6 @@ def _mma_every_row(module: torch.nn.Module) -> Linear | None:
         CANDIDATE_K_ORDER,
         nf4_mma_gemv,
         pack_mma,
-        shrink_workspace,
     )
 
     prompt = flat_nf4_linear(module)
@@ -324,7 +324,6 @@ def _mma_joined(modules: list[torch.nn.Module]) -> Linear | None:
         concat_mma,
         nf4_mma_gemv,
         pack_mma,
-        shrink_workspace,
     )
 
     if not 2 <= len(modules) <= 3 or not all(_plain_linear4bit(m) for m in modules):

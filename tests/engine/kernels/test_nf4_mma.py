@@ -14,6 +14,7 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
+from app.engine.kernels.gemv_grid import split_parts, splits_k  # noqa: E402
 from app.engine.kernels.nf4_format import NF4_CODE  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
     CANDIDATE_GEMV,
@@ -28,8 +29,6 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     mma_reason,
     nf4_mma_gemv,
     pack_mma,
-    split_parts,
-    splits_k,
 )
 from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
     MAX_ROWS,

@@ -16,6 +16,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels"),
 ]
 
+from app.engine.kernels.gemv_grid import splits_k  # noqa: E402
 from app.engine.kernels.nf4_format import reference_row  # noqa: E402
 from app.engine.kernels.nf4_mma import (  # noqa: E402
     CANDIDATE_GEMV,
@@ -27,7 +28,6 @@ from app.engine.kernels.nf4_mma import (  # noqa: E402
     Shrink,
     nf4_mma_gemv,
     pack_mma,
-    splits_k,
 )
 from app.engine.kernels.nf4_mma_rows import (  # noqa: E402
     nf4_mma_rows,
