@@ -57,9 +57,10 @@ FLAGS: dict[str, tuple[ModuleType, str, bool]] = {
     **{f"no{name}": (module, flag, False) for name, (module, flag) in _SERVED_FLAGS.items()},
 }
 """The switches that set one module flag: (module, name, the value the switch gives it)."""
+_ROW_COUNTS = {"shared": "SHARED_ROWS_FROM", "narrow": "NARROW_ROWS_FROM"}
+"""Switches `<name>N` that set the row count from which a routing rule serves: N."""
 _DEFAULTS = {
-    (nf4_routing, "SHARED_ROWS_FROM"): nf4_routing.SHARED_ROWS_FROM,
-    (nf4_routing, "NARROW_ROWS_FROM"): nf4_routing.NARROW_ROWS_FROM,
+    **{(nf4_routing, name): getattr(nf4_routing, name) for name in _ROW_COUNTS.values()},
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
@@ -93,12 +94,11 @@ def apply_variant(variant: str) -> str:
         setattr(module, name, value)
     routing, *switches = variant.split("+")
     for switch in switches:
-        if switch.startswith("shared") and switch[len("shared") :].isdigit():
-            nf4_routing.SHARED_ROWS_FROM = int(switch[len("shared") :])
+        prefix = switch.rstrip("0123456789")
+        if prefix in _ROW_COUNTS and prefix != switch:
+            setattr(nf4_routing, _ROW_COUNTS[prefix], int(switch[len(prefix) :]))
         elif switch == "noshared":
             nf4_routing.SHARED_ROWS_FROM = None
-        elif switch.startswith("narrow") and switch[len("narrow") :].isdigit():
-            nf4_routing.NARROW_ROWS_FROM = int(switch[len("narrow") :])
         elif switch in _GEMV_SWITCHES:
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch in FLAGS:
