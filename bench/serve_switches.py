@@ -2,7 +2,7 @@
 `bench/serve_gpu.py` compares them end to end on the same host (one-stream figures from two
 calls are not comparable: a slow host once capped one call at ~280 tokens/s).
 
-    --variants mma,mma+occupy1,mma+nopdl,mma+nofold+noresidual+nosilu,mma+noshared
+    --variants mma,mma+occupy1,mma+nopdl,mma+nofold+noresidual+nosilu,mma+noshared+nonarrow
 
 Served by default (each `noX` turns one off):
 - `occupy2`: the served GEMV built with registers for two blocks an SM (`CANDIDATE_GEMV`'s
@@ -15,11 +15,11 @@ Served by default (each `noX` turns one off):
 - `pdl`: the one-row decode kernels launched as programmatic dependents, each starting
   before the one it reads from ends (`pdl.ENABLED`);
 - `sharedN`: decode steps of N rows or more through `nf4_mma_rows_shared` on the weights
-  `nf4_routing` lets it serve (`SHARED_ROWS_FROM`, 17 by default; `noshared`: never).
+  `nf4_routing` lets it serve (`SHARED_ROWS_FROM`, 17 by default; `noshared`: never);
+- `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
+  (`nf4_routing.NARROW_ROWS_FROM`, 17 by default; `nonarrow`: never), from a second packed copy.
 
 Not served (each `X` turns one on):
-- `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
-  (`nf4_routing.NARROW_ROWS_FROM`), from a second packed copy;
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
   unevenly among the SMs (its tenth value, `gemv_grid.splits_k`);
@@ -70,7 +70,7 @@ _GEMV_SWITCHES = {
 """Switches that set one value of `CANDIDATE_GEMV`: (its index, the value)."""
 
 
-SWITCHES = ", ".join(["sharedN", "noshared", "narrowN", *_GEMV_SWITCHES, *FLAGS])
+SWITCHES = ", ".join(["sharedN", "noshared", "narrowN", "nonarrow", *_GEMV_SWITCHES, *FLAGS])
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -97,8 +97,8 @@ def apply_variant(variant: str) -> str:
         prefix = switch.rstrip("0123456789")
         if prefix in _ROW_COUNTS and prefix != switch:
             setattr(nf4_routing, _ROW_COUNTS[prefix], int(switch[len(prefix) :]))
-        elif switch == "noshared":
-            nf4_routing.SHARED_ROWS_FROM = None
+        elif switch.startswith("no") and switch[2:] in _ROW_COUNTS:
+            setattr(nf4_routing, _ROW_COUNTS[switch[2:]], None)
         elif switch in _GEMV_SWITCHES:
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch in FLAGS:

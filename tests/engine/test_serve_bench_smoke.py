@@ -42,18 +42,20 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
 
     served = nf4_mma.CANDIDATE_GEMV
     assert served[7:] == (2, 0)  # two blocks an SM, no L2 requests for the next tile
-    assert nf4_routing.SHARED_ROWS_FROM == 17
+    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM == 17
     assert apply_variant("mma+shared33+occupy1+sdpa+nofold+nopdl") == "mma"
     assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
     assert nf4_routing.SHARED_ROWS_FROM == 33
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 1, 0, 0)
     assert decode_attention.ENABLED is False
-    apply_variant("mma+l2next+splitk+silufold+noshared+narrow17")
-    assert nf4_routing.SHARED_ROWS_FROM is None and nf4_routing.NARROW_ROWS_FROM == 17
+    apply_variant("mma+l2next+splitk+silufold+noshared+narrow9")
+    assert nf4_routing.SHARED_ROWS_FROM is None and nf4_routing.NARROW_ROWS_FROM == 9
     assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
+    apply_variant("mma+nonarrow")
+    assert nf4_routing.NARROW_ROWS_FROM is None and nf4_routing.SHARED_ROWS_FROM == 17
     assert apply_variant("hybrid") == "hybrid"
-    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM is None
+    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM == 17
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
     assert norm_low_rank.ENABLED is True and pdl.ENABLED is True and silu_mul.FOLD is False

@@ -70,21 +70,24 @@ projection its slices of K cost it (100.1 us against the rows kernel's 86.0 at 3
 nf4-mma-rows-falcon-h100.json), and serving 32 Falcon streams with it was 2 % slower
 (serve-gpu-falcon-shared-h100.json)."""
 
-NARROW_ROWS_FROM: int | None = None
+NARROW_ROWS_FROM: int | None = 17
 """Row count from which the `mma` routing's decode steps run narrow weights (at most
 `NARROW_MAX_OUT` outputs, joined parts together, and `NARROW_MAX_IN` inputs) through the
 Triton `nf4_matmul`, from a second packed copy (`nf4_matmul.pack_linear4bit`); None: never.
-Replayed alone at 32 rows on an H100 it beat the rows kernel on such weights (Falcon-7B's
-4,544 x 4,672: 25.1 against 33.5 us; Llama-3.1-8B's 4,096 x 4,096: 20.2 against 23.6,
-nf4-mma-rows-*-h100.json) and lost on Falcon's 18,176-input dense_4h_to_h. Off until serving
-measures it (`bench/serve_gpu.py --variants mma,mma+narrow17`): the copy costs memory (about
-0.7 GB for Llama-3.1-8B's q/k/v and o_proj)."""
+Replayed alone at 32 rows on an H100 it beat the rows kernel on such weights (Llama-3.1-8B's
+4,096 x 4,096: 20.2 against 23.6 us, nf4-mma-rows-quick-h100.json). Served: one H100 run
+served 32 Llama-3.1-8B + LoRA streams 4 % faster with it, one stream the same
+(bench/results/serve-gpu-llama-occupy2-h100.json). The copy costs about
+0.7 GB for Llama-3.1-8B's q/k/v and o_proj."""
 
 NARROW_MAX_OUT = 6144
-"""The most outputs `NARROW_ROWS_FROM` serves (Llama's joined q/k/v, Falcon's dense)."""
+"""The most outputs `NARROW_ROWS_FROM` serves (Llama's joined q/k/v)."""
 
-NARROW_MAX_IN = 4544
-"""The most inputs `NARROW_ROWS_FROM` serves (not the MLP down projections)."""
+NARROW_MAX_IN = 4096
+"""The most inputs `NARROW_ROWS_FROM` serves: not the MLP down projections, nor Falcon-7B's
+4,544-input weights, though replayed alone its q/k/v took 25.1 against 33.5 us
+(nf4-mma-rows-falcon-h100.json): serving 32 Falcon streams with them narrow was 2 % slower
+(bench/results/serve-gpu-falcon-occupy2-h100.json)."""
 
 HEADROOM_BYTES = 4 << 30
 """GPU memory kept free after repacking: KV cache (1 GiB at 64 slots x 2,048 tokens of

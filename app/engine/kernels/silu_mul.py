@@ -34,8 +34,8 @@ BLOCK = 1024
 """Features each program handles."""
 FOLD = False
 """Switch: True computes one row's h = silu(gate) * up and the down projection's LoRA
-`h A.T` in one launch (`silu_mul_low_rank`) instead of two; off until a card has measured it
-(`bench/serve_gpu.py --variants mma,mma+silufold`)."""
+`h A.T` in one launch (`silu_mul_low_rank`) instead of two. Off: one H100 run served one
+Llama-3.1-8B + LoRA stream 6 % slower with it (bench/results/serve-gpu-llama-occupy2-h100.json)."""
 FOLD_MAX_WIDTH = 32768
 """The widest activation the folded launch takes (each program walks it in `BLOCK` steps)."""
 
