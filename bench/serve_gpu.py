@@ -16,11 +16,11 @@ random, non-zero LoRA adapters (r=64, every linear module of the blocks) are sav
 - `teller`: `BatchEngine` in process, for each NF4 kernel variant (`bnb`, `bnb_flat`,
   `triton`, `hybrid`: see `app.engine.kernels.nf4_routing.nf4_override`): batch-1 decode with
   an adapter and without, TTFT for 512 prompt tokens, and 8/32/64 concurrent streams over the
-  4 adapters (aggregate output tokens/s, p50/p95 TTFT). Each level runs twice; the second
-  (warm) counts.
+  4 adapters (aggregate output tokens/s, p50/p95 TTFT). Each level runs once untimed (graphs,
+  buckets), then `--repeats` times: the median pass counts, every pass's tokens/s beside it.
 - `http`: the same engine behind the real app and uvicorn, 32 concurrent `/v1/chat/completions`
-  SSE streams over the 4 adapters (imported through the adapter registry), and its share of
-  the in-process figure at 32 streams.
+  SSE streams over the 4 adapters (imported through the adapter registry), timed the same
+  way, and its share of the in-process figure at 32 streams (median pass against median).
 - `correctness`: the lean forward's prefill logits against PEFT's (relative L2 error, same
   argmax), and how many of 32 greedy tokens Teller's graphed path shares with `generate`.
 - `floor`: measured device-to-device copy bandwidth and the bytes one decode step must read.
@@ -72,6 +72,7 @@ from bench.serve_gpu_setup import (  # noqa: E402
     run_baseline,
 )
 from bench.serve_switches import apply_variant  # noqa: E402
+from bench.sse_load import median_pass  # noqa: E402
 
 # ---- Teller's engine -----------------------------------------------------------------------
 
@@ -166,7 +167,11 @@ async def measure_engine(
     out["concurrency"] = []
     for streams in args.levels:
         await concurrent(engine, tok, streams, args.concurrent_tokens)  # warm: graphs, buckets
-        out["concurrency"].append(await concurrent(engine, tok, streams, args.concurrent_tokens))
+        passes = [
+            await concurrent(engine, tok, streams, args.concurrent_tokens)
+            for _ in range(args.repeats)
+        ]
+        out["concurrency"].append(median_pass(passes))
     return out
 
 
@@ -246,6 +251,8 @@ def run_http(
             "--models",
             models,
             "--warm",
+            "--repeats",
+            str(args.repeats),
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
@@ -354,6 +361,12 @@ def main() -> int:  # noqa: PLR0915
     )
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        help="timed passes of each concurrency level, in process and over HTTP; the median "
+        "pass is reported with every pass's tokens/s (default 3; --smoke 1)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="kernels of one-stream decode, a burst of 8 prompts and 32 streams: "
@@ -366,6 +379,7 @@ def main() -> int:  # noqa: PLR0915
     args.decode_tokens = 16 if args.smoke else 256
     args.concurrent_tokens = args.concurrent_tokens or (8 if args.smoke else 128)
     args.http_streams = 32
+    args.repeats = args.repeats or (1 if args.smoke else 3)
     args.check_rows = 4 if args.smoke else 32
     args.levels = args.levels or ([2, 4] if args.smoke else [8, 32, 64])
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -385,6 +399,7 @@ def main() -> int:  # noqa: PLR0915
             "max_context_tokens": 2048,
             "decode_tokens": args.decode_tokens,
             "concurrent_tokens": args.concurrent_tokens,
+            "repeats": args.repeats,
             "baseline_tokens": args.baseline_tokens,
             "http": not args.no_http,
         },
