@@ -34,6 +34,8 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     assert checked["one_row_same_argmax"] == checked["rows_same_argmax"] == 1.0
     http = results["http"]
     assert http["ok"] == http["streams"] == 32 and http["output_tokens"] > 0
+    fresh = http["new_connections_each_pass"]  # the same passes, a new client each
+    assert fresh["ok"] == 32 and len(fresh["passes_tok_s"]) == 2
     assert set(results["floor"]) == {"copy_gb_s", "bytes_per_token", "tok_s"}
 
 
