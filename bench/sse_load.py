@@ -18,6 +18,11 @@ import httpx
 QUESTION = "How does free cash flow differ from net income? Walk through the adjustments. "
 
 
+def question(index: int) -> str:
+    """The `index`th stream's question: three lengths in turn, each text its own."""
+    return f"({index}) " + QUESTION * (1 + index % 3)
+
+
 async def one_stream(client: httpx.AsyncClient, key: str, body: dict) -> dict:
     start, first, chunks, usage = time.perf_counter(), None, 0, None
     headers = {"Authorization": f"Bearer {key}"}
@@ -58,7 +63,7 @@ async def run_level(
             "temperature": 0,
             "max_tokens": tokens,
             "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": f"({i}) " + QUESTION * (1 + i % 3)}],
+            "messages": [{"role": "user", "content": question(i)}],
         }  # fmt: skip
         for i in range(streams)
     ]

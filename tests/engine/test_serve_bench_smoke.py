@@ -36,6 +36,11 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     assert http["ok"] == http["streams"] == 32 and http["output_tokens"] > 0
     fresh = http["new_connections_each_pass"]  # the same passes, a new client each
     assert fresh["ok"] == 32 and len(fresh["passes_tok_s"]) == 2
+    # the /v1 requests straight into the engine: as many prompt tokens as HTTP counted
+    alike = teller["same_requests_as_http"]
+    assert alike["streams"] == 32 and not alike["errors"]
+    assert alike["prompt_tokens"] == http["prompt_tokens"]
+    assert http["share_of_same_requests"] == http["aggregate_tok_s"] / alike["aggregate_tok_s"]
     assert set(results["floor"]) == {"copy_gb_s", "bytes_per_token", "tok_s"}
 
 
