@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import statistics
@@ -42,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +58,7 @@ from app.engine.types import (  # noqa: E402
     GenerationRequest,
     SamplingParams,
 )
+from bench.serve_gpu_http import http_share, run_http  # noqa: E402
 from bench.serve_gpu_setup import (  # noqa: E402
     ADAPTERS,
     MODELS,
@@ -262,98 +261,7 @@ def shared_prefix_tokens(tokenizer: Any, reference: list[int], text: str) -> int
     return count
 
 
-# ---- the real app over HTTP ----------------------------------------------------------------
-
-
-def run_http(
-    engine: BatchEngine, folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace
-) -> dict:
-    with serving_over_http(engine, folder, adapters, work, args.concurrent_tokens) as (url, key):
-        models = ",".join(f"bench{i}" for i in range(len(adapters)))
-        command = [
-            sys.executable,
-            str(REPO / "bench" / "sse_load.py"),
-            url,
-            key,
-            "--streams",
-            str(args.http_streams),
-            "--tokens",
-            str(args.concurrent_tokens),
-            "--models",
-            models,
-            "--warm",
-            "--repeats",
-            str(args.repeats),
-        ]
-        kept, fresh = (_sse_load([*command, *extra]) for extra in ([], ["--new-connections"]))
-        return kept if "failed" in kept else kept | {"new_connections_each_pass": fresh}
-
-
-def _sse_load(command: list[str]) -> dict:
-    """`bench/sse_load.py`'s JSON line, or why it failed."""
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        return {"failed": done.stderr[-500:]}
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-@contextlib.contextmanager
-def serving_over_http(
-    engine: Any, folder: Path, adapters: list[Path], work: Path, max_new_tokens: int
-) -> Iterator[tuple[str, str]]:
-    """The real app and uvicorn over `engine`, the adapters imported through the registry as
-    `bench0`, `bench1`, ...; yields (url, API key)."""
-    from app.adapters.service import registry_for
-    from app.auth import service as accounts
-    from app.config import Settings
-    from app.keys import service as keys
-    from app.main import create_app
-    from tests.live import live_server
-
-    settings = Settings(
-        data_dir=work / "data",
-        models_dir=work / "models",
-        base_model=str(folder),
-        max_new_tokens=max_new_tokens,
-        messages_per_minute=100_000,
-        max_concurrent_streams=1000,
-        log_format="text",
-        adapter_max_rank=64,
-    )
-    registry = registry_for(settings)
-    for path in adapters:
-        registry.import_path(path)
-    with live_server(create_app(settings, engine=engine), timeout=600) as live:
-        with live.app.state.session_factory() as session:
-            secret = "bench-password-1"  # noqa: S105 - a throwaway account in a temp database
-            user = accounts.create_user(session=session, username="bench", password=secret)
-            key = keys.create_key(session=session, user=user, name="bench").secret
-        yield live.url, key
-
-
 # ---- floor, table, main --------------------------------------------------------------------
-
-
-def http_share(http: dict, teller: dict) -> dict:
-    """HTTP's aggregate tokens/s as a share of the in-process engine's (the issue's target:
-    within 10%), where both were measured: against the level of as many streams
-    (`share_of_in_process`; its prompts shorter raw text), against the same requests
-    (`share_of_same_requests`), and with a new client each pass (`new_connections_share`)."""
-    if "aggregate_tok_s" not in http:
-        return {}
-    level = [c for c in teller.get("concurrency", []) if c["streams"] == http.get("streams")]
-    alike = teller.get("same_requests_as_http", {})
-    fresh = http.get("new_connections_each_pass", {})
-    pairs = {
-        "share_of_in_process": (http, level[0] if level else {}),
-        "share_of_same_requests": (http, alike),
-        "new_connections_share": (fresh, level[0] if level else {}),
-    }
-    return {
-        name: over["aggregate_tok_s"] / under["aggregate_tok_s"]
-        for name, (over, under) in pairs.items()
-        if "aggregate_tok_s" in over and "aggregate_tok_s" in under
-    }
 
 
 def print_table(results: dict) -> None:

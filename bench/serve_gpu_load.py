@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from app.engine.kernels.nf4_routing import nf4_override  # noqa: E402
 from app.engine.schedulers.batch import BatchEngine  # noqa: E402
-from bench.serve_gpu import _git_head, _save, serving_over_http  # noqa: E402
+from bench.serve_gpu import _git_head, _save  # noqa: E402
+from bench.serve_gpu_http import serving_over_http  # noqa: E402
 from bench.serve_gpu_setup import MODELS, build_model, lora_targets, make_adapters  # noqa: E402
 from bench.serve_load import make_workload  # noqa: E402
 

@@ -77,8 +77,9 @@ Triton `nf4_matmul`, from a second packed copy (`nf4_matmul.pack_linear4bit`); N
 Replayed alone at 32 rows on an H100 it beat the rows kernel on such weights (Llama-3.1-8B's
 4,096 x 4,096: 20.2 against 23.6 us, nf4-mma-rows-quick-h100.json). Served: one H100 run
 served 32 Llama-3.1-8B + LoRA streams 4 % faster with it, one stream the same
-(bench/results/serve-gpu-llama-occupy2-h100.json). The copy costs about
-0.7 GB for Llama-3.1-8B's q/k/v and o_proj."""
+(bench/results/serve-gpu-llama-occupy2-h100.json); the next, 2 % slower
+(serve-gpu-llama-narrow-h100.json), both one pass a level, within what a pass varies: to be
+settled with `--repeats`. The copy costs about 0.7 GB for Llama-3.1-8B's q/k/v and o_proj."""
 
 NARROW_MAX_OUT = 6144
 """The most outputs `NARROW_ROWS_FROM` serves (Llama's joined q/k/v)."""
