@@ -131,10 +131,13 @@ async def same_requests_as_http(engine: Any, streams: int, new: int) -> dict:
 
 
 async def timed_burst(engine: Any, requests: list[GenerationRequest]) -> dict:
-    """`requests` started together; aggregate output tokens/s and first-token percentiles."""
+    """`requests` started together; aggregate output tokens/s and first-token percentiles,
+    and the prompt forwards the engine ran for them."""
+    before = engine.prefills.batches
     start = time.perf_counter()
     results = await asyncio.gather(*(one_stream(engine, r) for r in requests))
     wall = time.perf_counter() - start
+    batches = engine.prefills.batches - before
     tokens = sum(r["finish"].completion_tokens for r in results)
     ttfts = sorted(1000 * r["ttft"] for r in results)
     errors = [r["finish"].error for r in results if r["finish"].reason == "error"]
@@ -142,6 +145,7 @@ async def timed_burst(engine: Any, requests: list[GenerationRequest]) -> dict:
         "streams": len(requests),
         "output_tokens": tokens,
         "prompt_tokens": sum(r["finish"].prompt_tokens for r in results),
+        "prefill_batches": batches,
         "wall_s": wall,
         "aggregate_tok_s": tokens / wall,
         "ttft_p50_ms": _percentile(ttfts, 50),

@@ -48,6 +48,15 @@ async def one_stream(client: httpx.AsyncClient, key: str, body: dict) -> dict:
     }
 
 
+async def prefill_batches(client: httpx.AsyncClient) -> int:
+    """The server's `teller_prefill_batches_total` now (-1 where `/metrics` does not say)."""
+    response = await client.get("/metrics")
+    for line in response.text.splitlines():
+        if line.startswith("teller_prefill_batches_total "):
+            return int(float(line.split()[1]))
+    return -1
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values) or [float("nan")]
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
@@ -67,9 +76,11 @@ async def run_level(
         }  # fmt: skip
         for i in range(streams)
     ]
+    before = await prefill_batches(client)
     start = time.perf_counter()
     results = await asyncio.gather(*(one_stream(client, key, b) for b in bodies))
     wall = time.perf_counter() - start
+    batches = await prefill_batches(client) - before
     ok = [r for r in results if "error" not in r]
     output = sum(r["tokens"] for r in ok)
     errors = [r["error"] for r in results if "error" in r]
@@ -77,6 +88,8 @@ async def run_level(
         "streams": streams, "ok": len(ok), "errors": errors[:3],
         "output_tokens": output, "wall_s": wall, "aggregate_tok_s": output / wall,
         "prompt_tokens": sum(r["prompt_tokens"] for r in ok),
+        # Prompt forwards the engine ran for them: one burst arrives in several over HTTP.
+        "prefill_batches": batches,
         # Text chunks per output token: below 1 when tokens that waited left together.
         "chunks_per_token": sum(r["chunks"] for r in ok) / max(1, output),
         "ttft_p50_ms": percentile([1000 * r["ttft"] for r in ok], 50),

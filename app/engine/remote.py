@@ -40,6 +40,7 @@ from app.engine.types import (
     FinishEvent,
     FinishReason,
     GenerationRequest,
+    PrefillCounts,
     TokenEvent,
     UpstreamError,
 )
@@ -130,6 +131,8 @@ class RemoteEngine:
         self.active_streams = 0
         self.queue_depth = 0
         """Requests wait upstream, not here."""
+        self.prefills = PrefillCounts()
+        """The upstream runs the prompts: none here."""
 
     @property
     def info(self) -> EngineInfo:

@@ -113,6 +113,20 @@ class EngineInfo:
     adapters: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PrefillCounts:
+    """Prompt forwards an engine ran since it started: `batches` forwards over `prompts`
+    prompts (one each where prompts are not batched). Few prompts a batch in a burst of
+    arrivals means each forward's fixed cost was paid again (`/metrics`, bench/serve_gpu.py).
+    Replaced whole on each prefill, so a reader never sees one count moved without the other."""
+
+    batches: int = 0
+    prompts: int = 0
+
+    def plus(self, batches: int, prompts: int) -> PrefillCounts:
+        return PrefillCounts(self.batches + batches, self.prompts + prompts)
+
+
 class Engine(Protocol):
     """Everything callers may use of an engine (local schedulers and the remote engine alike).
 
@@ -132,6 +146,11 @@ class Engine(Protocol):
     @property
     def active_streams(self) -> int:
         """Event streams a caller is reading now."""
+        ...
+
+    @property
+    def prefills(self) -> PrefillCounts:
+        """Prompt forwards run here since start (none for an engine whose upstream runs them)."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]: ...

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from app.engine.types import Engine, EngineError, OutOfMemory
+from app.engine.types import Engine, EngineError, OutOfMemory, PrefillCounts
 from app.ops.gpu import gpu_memory
 
 log = logging.getLogger("teller.answers")
@@ -140,6 +140,8 @@ class AppCollector(Collector):
         )
         gauge.add_metric([], float(active))
         yield gauge
+        if engine is not None:
+            yield from _prefill_counters(engine.prefills)
         try:
             info = engine.info if engine is not None else None
         except Exception:  # noqa: BLE001 - a scrape must not fail because the engine is odd
@@ -185,3 +187,15 @@ def registry_for(state: Any) -> CollectorRegistry:
         registry.register(metric)
     registry.register(AppCollector(state))
     return registry
+
+
+def _prefill_counters(counts: PrefillCounts) -> Iterator[Any]:
+    """Prompt forwards and the prompts they held: their ratio is how well arrivals batched."""
+    batches = CounterMetricFamily(
+        "teller_prefill_batches", "Prompt forwards the engine ran (each one or more prompts)."
+    )
+    batches.add_metric([], float(counts.batches))
+    yield batches
+    prompts = CounterMetricFamily("teller_prefilled_prompts", "Prompts those forwards held.")
+    prompts.add_metric([], float(counts.prompts))
+    yield prompts

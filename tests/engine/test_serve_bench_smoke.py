@@ -40,6 +40,8 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     alike = teller["same_requests_as_http"]
     assert alike["streams"] == 32 and not alike["errors"]
     assert alike["prompt_tokens"] == http["prompt_tokens"]
+    # how many prompt forwards each burst took, in process and read off the server's /metrics
+    assert 1 <= alike["prefill_batches"] <= 32 and 1 <= http["prefill_batches"] <= 32
     assert http["share_of_same_requests"] == http["aggregate_tok_s"] / alike["aggregate_tok_s"]
     assert set(results["floor"]) == {"copy_gb_s", "bytes_per_token", "tok_s"}
 

@@ -48,6 +48,8 @@ def test_metrics_count_real_traffic(client: Browserless, server: LiveServer) -> 
     assert delta("teller_tokens_generated_total", surface="chat") == 128
     assert delta("teller_time_to_first_token_seconds_count", surface="chat") == 2
     assert delta("teller_time_to_first_token_seconds_sum", surface="chat") > 0
+    # One prompt forward each: the answers came one after the other.
+    assert delta("teller_prefilled_prompts_total") == delta("teller_prefill_batches_total") == 2
     assert delta("teller_http_requests_total", method="GET", route=STREAM_ROUTE, status="200") == 2
     assert delta("teller_http_requests_total", method="POST", route="/c", status="303") == 2
     # Unknown paths are counted under one label, not one series per path.

@@ -10,7 +10,14 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from app.engine.stopping import StopStringFilter
-from app.engine.types import EngineInfo, Event, FinishEvent, GenerationRequest, TokenEvent
+from app.engine.types import (
+    EngineInfo,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    PrefillCounts,
+    TokenEvent,
+)
 
 
 class ScriptedEngine:
@@ -30,9 +37,12 @@ class ScriptedEngine:
         self.queue_depth = 0
         """Never holds a request back (`Engine.queue_depth`)."""
         self.active_streams = 0
+        self.prefills = PrefillCounts()
+        """One "prompt forward" per request, each alone, as the sequential scheduler counts."""
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self.requests.append(request)
+        self.prefills = self.prefills.plus(1, 1)
         self.active_streams += 1
         try:
             start = self._resume if request.continue_final else 0
@@ -78,6 +88,7 @@ class OneAtATimeEngine:
         )
         self.queue_depth = 0
         self.active_streams = 0
+        self.prefills = PrefillCounts()
         self.requests: list[GenerationRequest] = []
         self._turn: asyncio.Lock | None = None
 
@@ -93,6 +104,7 @@ class OneAtATimeEngine:
         try:
             async with self._turn:
                 self.queue_depth, waiting = self.queue_depth - 1, False
+                self.prefills = self.prefills.plus(1, 1)
                 for sent, chunk in enumerate(self.chunks):
                     if request.cancel.is_set():
                         yield FinishEvent("cancelled", "", 3, sent)

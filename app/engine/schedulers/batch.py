@@ -39,7 +39,13 @@ from app.engine.schedulers.host import SchedulerHost
 from app.engine.schedulers.launched_step import LaunchedStep
 from app.engine.schedulers.waiting import WaitingJobs
 from app.engine.schedulers.worker import Control, Job
-from app.engine.types import EngineError, EngineInfo, GenerationRequest, OutOfMemory
+from app.engine.types import (
+    EngineError,
+    EngineInfo,
+    GenerationRequest,
+    OutOfMemory,
+    PrefillCounts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +118,7 @@ class BatchEngine:
         self.steps = 0
         """Decode steps run, and how many of them were queued ahead (see `_step`)."""
         self.steps_ahead = 0
+        self._prefills = PrefillCounts()
         self._eos: set[int] = set()
         self._broken = ""
         self._outbox = Outbox()
@@ -135,6 +142,10 @@ class BatchEngine:
     @property
     def active_streams(self) -> int:
         return self.host.active_streams
+
+    @property
+    def prefills(self) -> PrefillCounts:
+        return self._prefills
 
     def count_tokens(self, text: str) -> int:
         return self.host.count_tokens(text)
@@ -268,7 +279,9 @@ class BatchEngine:
         # Rows join before their prefill runs, so a failed prefill fails them like any row.
         for decoder, prepared in starting:
             self._rows.append(_Row(decoder, prepared.adapter, len(prepared.prompt_ids)))
-        if self._batch_prefill and len(starting) > 1:
+        batched = self._batch_prefill and len(starting) > 1
+        self._prefills = self._prefills.plus(1 if batched else len(starting), len(starting))
+        if batched:
             logits = batch.prefill_many(
                 range(first, first + len(starting)),
                 [prepared.prompt_ids for _, prepared in starting],

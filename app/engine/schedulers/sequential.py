@@ -29,6 +29,7 @@ from app.engine.types import (
     FinishEvent,
     GenerationRequest,
     OutOfMemory,
+    PrefillCounts,
     SamplingParams,
 )
 
@@ -60,6 +61,7 @@ class SequentialEngine:
         self._fast: FastLlama | None = None
         self._fast_off: str | None = None
         """Built lazily on the worker thread; dropped whenever the adapter set changes."""
+        self._prefills = PrefillCounts()
         self.host.start(self._work, warm_up=self._warm_up, on_warm_up_failure=self._fast_failed)
 
     @property
@@ -78,6 +80,10 @@ class SequentialEngine:
     @property
     def active_streams(self) -> int:
         return self.host.active_streams
+
+    @property
+    def prefills(self) -> PrefillCounts:
+        return self._prefills
 
     def count_tokens(self, text: str) -> int:
         return self.host.count_tokens(text)
@@ -124,6 +130,7 @@ class SequentialEngine:
         prepared = job.admitted()
         if prepared is None:
             return
+        self._prefills = self._prefills.plus(1, 1)  # one answer at a time, its prompt alone
         try:
             stepper = self._stepper(prepared)
             run_generation(self.model, self.host.served.tokenizer, prepared, job.emit, stepper)

@@ -58,6 +58,11 @@ def test_mixed_adapters_in_one_batch_match_peft_alone(
     )  # fmt: skip
     results = answer_plan(engine, packages)
     assert (engine.steps_ahead > engine.steps // 2) if run_ahead else engine.steps_ahead == 0
+    # Every prompt prefilled once; batched, several share a forward (the fifth waits for a
+    # slot, so at least two forwards), else one forward each.
+    assert engine.prefills.prompts == len(PLAN)
+    batches = engine.prefills.batches
+    assert 2 <= batches <= len(PLAN) if batch_prefill else batches == len(PLAN)
     reference_model, tokenizer = peft_model(base, packages, device="cpu")
     assert_plan_matches_peft(engine, results, reference_model, tokenizer)
     # The adapters really change the answers, so the equality above is about the right one.
