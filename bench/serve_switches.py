@@ -20,6 +20,8 @@ Served by default (each `noX` turns one off):
   (`nf4_routing.NARROW_ROWS_FROM`, 17 by default; `nonarrow`: never), from a second packed copy.
 
 Not served (each `X` turns one on):
+- `deferN`: arrivals wait up to N decode steps while more keep arriving, so that a burst
+  shares one prefill (`batch.ADMIT_DEFER_STEPS`);
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
   unevenly among the SMs (its tenth value, `gemv_grid.splits_k`);
@@ -42,6 +44,7 @@ from app.engine.kernels import (
     pdl,
     silu_mul,
 )
+from app.engine.schedulers import batch
 
 _SERVED_FLAGS: dict[str, tuple[ModuleType, str]] = {
     "residual": (nf4_routing, "EPILOGUE_RESIDUAL"),
@@ -57,10 +60,15 @@ FLAGS: dict[str, tuple[ModuleType, str, bool]] = {
     **{f"no{name}": (module, flag, False) for name, (module, flag) in _SERVED_FLAGS.items()},
 }
 """The switches that set one module flag: (module, name, the value the switch gives it)."""
-_ROW_COUNTS = {"shared": "SHARED_ROWS_FROM", "narrow": "NARROW_ROWS_FROM"}
-"""Switches `<name>N` that set the row count from which a routing rule serves: N."""
+_COUNTS: dict[str, tuple[ModuleType, str, int | None]] = {
+    "shared": (nf4_routing, "SHARED_ROWS_FROM", None),
+    "narrow": (nf4_routing, "NARROW_ROWS_FROM", None),
+    "defer": (batch, "ADMIT_DEFER_STEPS", 0),
+}
+"""Switches `<name>N` that set a count to N (the row count from which a routing rule serves,
+the decode steps arrivals may wait), and `no<name>` its off value."""
 _DEFAULTS = {
-    **{(nf4_routing, name): getattr(nf4_routing, name) for name in _ROW_COUNTS.values()},
+    **{(module, name): getattr(module, name) for module, name, _ in _COUNTS.values()},
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
@@ -70,7 +78,7 @@ _GEMV_SWITCHES = {
 """Switches that set one value of `CANDIDATE_GEMV`: (its index, the value)."""
 
 
-SWITCHES = ", ".join(["sharedN", "noshared", "narrowN", "nonarrow", *_GEMV_SWITCHES, *FLAGS])
+SWITCHES = ", ".join([*(f"{name}N, no{name}" for name in _COUNTS), *_GEMV_SWITCHES, *FLAGS])
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -95,10 +103,12 @@ def apply_variant(variant: str) -> str:
     routing, *switches = variant.split("+")
     for switch in switches:
         prefix = switch.rstrip("0123456789")
-        if prefix in _ROW_COUNTS and prefix != switch:
-            setattr(nf4_routing, _ROW_COUNTS[prefix], int(switch[len(prefix) :]))
-        elif switch.startswith("no") and switch[2:] in _ROW_COUNTS:
-            setattr(nf4_routing, _ROW_COUNTS[switch[2:]], None)
+        if prefix in _COUNTS and prefix != switch:
+            module, name, _ = _COUNTS[prefix]
+            setattr(module, name, int(switch[len(prefix) :]))
+        elif switch.startswith("no") and switch[2:] in _COUNTS:
+            module, name, off = _COUNTS[switch[2:]]
+            setattr(module, name, off)
         elif switch in _GEMV_SWITCHES:
             nf4_mma.CANDIDATE_GEMV = _gemv_with(switch)
         elif switch in FLAGS:

@@ -55,6 +55,7 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
         pdl,
         silu_mul,
     )
+    from app.engine.schedulers import batch
     from bench.serve_switches import apply_variant
 
     served = nf4_mma.CANDIDATE_GEMV
@@ -69,10 +70,12 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert nf4_routing.SHARED_ROWS_FROM is None and nf4_routing.NARROW_ROWS_FROM == 9
     assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
-    apply_variant("mma+nonarrow")
+    apply_variant("mma+nonarrow+defer4")
     assert nf4_routing.NARROW_ROWS_FROM is None and nf4_routing.SHARED_ROWS_FROM == 17
+    assert batch.ADMIT_DEFER_STEPS == 4
     assert apply_variant("hybrid") == "hybrid"
     assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM == 17
+    assert batch.ADMIT_DEFER_STEPS == 0
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
     assert norm_low_rank.ENABLED is True and pdl.ENABLED is True and silu_mul.FOLD is False

@@ -18,6 +18,9 @@ class WaitingJobs:
     def __bool__(self) -> bool:
         return bool(self._jobs)
 
+    def __len__(self) -> int:
+        return len(self._jobs)
+
     def take(self, *, block: bool, run_control: Callable[[Control], None]) -> bool:
         """Move queued jobs here and run control actions; False once the queue says stop.
 
