@@ -333,6 +333,12 @@ def main() -> int:  # noqa: PLR0915
     )
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument(
+        "--http-each",
+        action="store_true",
+        help="/v1 for every variant (in its section, the last one's also as `http`), not "
+        "the last one's only",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         help="timed passes of each concurrency level, in process and over HTTP; the median "
@@ -439,6 +445,10 @@ def main() -> int:  # noqa: PLR0915
         except Exception as exc:  # noqa: BLE001 - keep the other variants' numbers
             section["failed"] = repr(exc)[:500]
         results["teller"][variant] = section
+        last = variant == args.variants.split(",")[-1]  # its /v1 runs after the checks below
+        if args.http_each and not args.no_http and not last and "failed" not in section:
+            section["http"] = measured_over_http(engine, folder, adapters, work / variant, args)
+            section["http"] |= http_share(section["http"], section)
         _save(args.out, results)
     if engine is not None:
         # Greedy agreement with plain generate, on the last variant's graphed path.
@@ -456,17 +466,27 @@ def main() -> int:  # noqa: PLR0915
             target = args.out.parent / f"profile-serve{suffix}-{variant}.txt"
             asyncio.run(profile_one_stream(engine, loaded, target))
         if not args.no_http:
-            for index in range(ADAPTERS):
-                asyncio.run(engine.unload_adapter(f"a{index}"))
-            try:
-                results["http"] = run_http(engine, folder, adapters, work, args)
-            except Exception as exc:  # noqa: BLE001
-                results["http"] = {"failed": repr(exc)[:500], "streams": args.http_streams}
+            results["http"] = measured_over_http(engine, folder, adapters, work, args)
             results["http"] |= http_share(results["http"], results["teller"][variant])
+            if args.http_each:
+                results["teller"][variant]["http"] = results["http"]
     _save(args.out, results)
     print_table(results)
     print(json.dumps(results["correctness"] if "correctness" in results else {}, indent=1))  # noqa: T201
     return 0
+
+
+def measured_over_http(
+    engine: BatchEngine, folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace
+) -> dict:
+    """`run_http` on `engine` once its own adapters are unloaded (the app imports them again
+    through the registry), or why it failed."""
+    for index in range(ADAPTERS):
+        asyncio.run(engine.unload_adapter(f"a{index}"))
+    try:
+        return run_http(engine, folder, adapters, work, args)
+    except Exception as exc:  # noqa: BLE001 - keep what the engine measured
+        return {"failed": repr(exc)[:500], "streams": args.http_streams}
 
 
 def _save(out: Path, results: dict) -> None:
