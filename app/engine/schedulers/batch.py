@@ -42,6 +42,7 @@ from app.engine.schedulers.worker import Control, Job
 from app.engine.types import (
     EngineError,
     EngineInfo,
+    FinishEvent,
     GenerationRequest,
     OutOfMemory,
     PrefillCounts,
@@ -299,7 +300,12 @@ class BatchEngine:
         starting: list[tuple[SequenceDecoder, PreparedRequest]] = []
         while self._waiting and len(self._rows) + len(starting) < self._max_batch and budget > 0:
             job = self._waiting.next()
-            ready = self._prepare_job(job)
+            try:
+                ready = self._prepare_job(job)
+            except Exception as exc:  # noqa: BLE001 - its own sampling failed: it alone ends
+                log.exception("a request could not start")
+                job.emit(FinishEvent("error", "", 0, 0, error=str(exc)))
+                continue
             if ready is not None:
                 starting.append(ready)
                 budget -= len(ready[1].prompt_ids)
