@@ -58,7 +58,7 @@ from app.engine.types import (  # noqa: E402
     GenerationRequest,
     SamplingParams,
 )
-from bench.serve_gpu_http import http_share, run_http  # noqa: E402
+from bench.serve_gpu_http import http_share, measured_over_http  # noqa: E402
 from bench.serve_gpu_setup import (  # noqa: E402
     ADAPTERS,
     MODELS,
@@ -75,7 +75,7 @@ from bench.serve_gpu_setup import (  # noqa: E402
     run_baseline,
 )
 from bench.serve_switches import apply_variant  # noqa: E402
-from bench.sse_load import median_pass, question  # noqa: E402
+from bench.sse_load import median_pass, percentile, question  # noqa: E402
 
 # ---- Teller's engine -----------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ async def timed_burst(engine: Any, requests: list[GenerationRequest]) -> dict:
     wall = time.perf_counter() - start
     batches = engine.prefills.batches - before
     tokens = sum(r["finish"].completion_tokens for r in results)
-    ttfts = sorted(1000 * r["ttft"] for r in results)
+    ttfts = [1000 * r["ttft"] for r in results]
     errors = [r["finish"].error for r in results if r["finish"].reason == "error"]
     return {
         "streams": len(requests),
@@ -148,15 +148,10 @@ async def timed_burst(engine: Any, requests: list[GenerationRequest]) -> dict:
         "prefill_batches": batches,
         "wall_s": wall,
         "aggregate_tok_s": tokens / wall,
-        "ttft_p50_ms": _percentile(ttfts, 50),
-        "ttft_p95_ms": _percentile(ttfts, 95),
+        "ttft_p50_ms": percentile(ttfts, 50),
+        "ttft_p95_ms": percentile(ttfts, 95),
         "errors": errors[:3],
     }
-
-
-def _percentile(sorted_values: list[float], pct: float) -> float:
-    index = min(len(sorted_values) - 1, round(pct / 100 * (len(sorted_values) - 1)))
-    return sorted_values[index]
 
 
 async def measure_engine(
@@ -474,19 +469,6 @@ def main() -> int:  # noqa: PLR0915
     print_table(results)
     print(json.dumps(results["correctness"] if "correctness" in results else {}, indent=1))  # noqa: T201
     return 0
-
-
-def measured_over_http(
-    engine: BatchEngine, folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace
-) -> dict:
-    """`run_http` on `engine` once its own adapters are unloaded (the app imports them again
-    through the registry), or why it failed."""
-    for index in range(ADAPTERS):
-        asyncio.run(engine.unload_adapter(f"a{index}"))
-    try:
-        return run_http(engine, folder, adapters, work, args)
-    except Exception as exc:  # noqa: BLE001 - keep what the engine measured
-        return {"failed": repr(exc)[:500], "streams": args.http_streams}
 
 
 def _save(out: Path, results: dict) -> None:

@@ -5,6 +5,7 @@ in-process figures. `bench/serve_gpu_load.py` serves its Poisson load through th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.serve_gpu_setup import ADAPTERS  # noqa: E402
 
 
 def run_http(
@@ -105,3 +109,16 @@ def http_share(http: dict, teller: dict) -> dict:
         for name, (over, under) in pairs.items()
         if "aggregate_tok_s" in over and "aggregate_tok_s" in under
     }
+
+
+def measured_over_http(
+    engine: Any, folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace
+) -> dict:
+    """`run_http` on `engine` once its own adapters are unloaded (the app imports them again
+    through the registry), or why it failed."""
+    for index in range(ADAPTERS):
+        asyncio.run(engine.unload_adapter(f"a{index}"))
+    try:
+        return run_http(engine, folder, adapters, work, args)
+    except Exception as exc:  # noqa: BLE001 - keep what the engine measured
+        return {"failed": repr(exc)[:500], "streams": args.http_streams}

@@ -49,6 +49,7 @@ from bench.side_by_side import (  # noqa: E402
     git,
     uncommitted_paths,
 )
+from bench.sse_load import percentile  # noqa: E402
 from bench.v1_request_measures import CpuMeter, profile_server, time_middleware  # noqa: E402
 
 QUESTION = "How does free cash flow differ from net income? Walk through the adjustments."
@@ -142,11 +143,6 @@ async def _engine_round(engine: Any, requests: int, tokens: int) -> list[dict]:
 # ---- one side: an app tree, its engine and server -------------------------------------------
 
 
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
-
-
 def _summary(results: list[dict], wall: float, cpu: CpuMeter, requests: int) -> dict:
     errors = [r["error"] for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
@@ -154,8 +150,8 @@ def _summary(results: list[dict], wall: float, cpu: CpuMeter, requests: int) -> 
     out["tokens"] = sum(r["tokens"] for r in ok)
     for name in ("ttft", "e2e"):
         values = [1000 * r[name] for r in ok] or [float("nan")]
-        out[f"{name}_p50_ms"] = round(_percentile(values, 50), 2)
-        out[f"{name}_p95_ms"] = round(_percentile(values, 95), 2)
+        out[f"{name}_p50_ms"] = round(percentile(values, 50), 2)
+        out[f"{name}_p95_ms"] = round(percentile(values, 95), 2)
     out["cpu_ms_per_request"] = {k: round(1000 * v / requests, 3) for k, v in cpu.by_kind.items()}
     out["process_cpu_ms_per_request"] = round(1000 * cpu.process / requests, 3)
     return out
