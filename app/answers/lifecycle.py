@@ -2,11 +2,13 @@
 
 An answer takes one of its user's generation slots (`reserve`, so a surface can turn "too
 many answers at once" into its own 429 before it streams), is registered where Stop,
-shutdown and disabling its owner reach it, writes its start row to the audit trail before the
-engine sees it (a crash cannot erase it), leases its adapter version (a newer version may load
-meanwhile; this answer keeps its own), streams the engine's events while checking every
-`OWNER_CHECK_SECONDS` that its owner may still have it, and on `close` — whatever ended it —
-gives back the slot and the lease and writes its end row and metrics exactly once.
+shutdown and disabling its owner reach it, writes its start row to the audit trail (while the
+engine already reads the prompt, so the write is off the first token's path, but committed
+before any of the answer is given out: a crash cannot erase an answer someone saw), leases its
+adapter version (a newer version may load meanwhile; this answer keeps its own), streams the
+engine's events while checking every `OWNER_CHECK_SECONDS` that its owner may still have it,
+and on `close` — whatever ended it — gives back the slot and the lease and writes its end row
+and metrics exactly once.
 
 Each surface keeps only its wire format (SSE fragments, OpenAI chunks, compare columns) and
 its storage (a chat message, nothing for `/v1`), given to the lifecycle as `details` for the
@@ -82,6 +84,8 @@ class Answer:
     _running: Running | None = None
     _events: AsyncIterator[Event] | None = None
     _first: Event | None = None
+    _audit_started: asyncio.Future[None] | None = None
+    """The write of the start row (`start`), which `close` lets finish before the end row."""
     _checked: float = field(default_factory=time.monotonic)
     _closed: bool = False
     _stop_reason: StopReason | None = None
@@ -202,19 +206,29 @@ class Answer:
         self._running = self.ctx.streams.register(
             Running(self.user_id, request.cancel, conversation_id, message_id)
         )
+        # The start row is written while the adapter is leased and the engine reads the
+        # prompt, and is committed before `start` returns, so before any event is given out.
+        self._audit_started = asyncio.ensure_future(asyncio.to_thread(self._audit_start, choice))
         try:
-            await asyncio.shield(asyncio.to_thread(self._audit_start, choice))
-            if fixed_answer is not None:
-                self._events = _fixed(fixed_answer)
-                return
-            if self.ctx.adapters is not None:
-                self.lease = await self.ctx.adapters.acquire(choice)
-                request.adapter = self.lease.engine_name
-            self._events = calculator_loop.generate(
-                self.ctx.engine, request, limit=self.ctx.settings.calculations_per_answer
-            )
+            try:
+                if fixed_answer is not None:
+                    self._events = _fixed(fixed_answer)
+                else:
+                    if self.ctx.adapters is not None:
+                        self.lease = await self.ctx.adapters.acquire(choice)
+                        request.adapter = self.lease.engine_name
+                    self._events = calculator_loop.generate(
+                        self.ctx.engine, request, limit=self.ctx.settings.calculations_per_answer
+                    )
+            finally:  # the start row is in, or its write failed, before anything goes on
+                await asyncio.wait({self._audit_started})
+            self._audit_started.result()
         except Exception as exc:
             self.error = str(exc)
+            written = self._audit_started
+            failed = written.exception() if written.done() and not written.cancelled() else None
+            if failed is not None and failed is not exc:  # raised for something else first
+                log.error("could not audit the start of an answer", exc_info=failed)
             raise
 
     async def first_event(self) -> Event:
@@ -335,8 +349,14 @@ class Answer:
         """Stop generating, give back slot and lease, then write the end row on a worker thread
         (shielded: a client that has gone cannot cancel the write). Idempotent."""
         if self._release():
-            await asyncio.shield(asyncio.to_thread(self._record))
+            await asyncio.shield(self._record_after_start())
         await self._close_engine_stream()
+
+    async def _record_after_start(self) -> None:
+        """The end row, after the start row's write (a caller may have left mid-`start`)."""
+        if self._audit_started is not None:
+            await asyncio.wait({self._audit_started})
+        await asyncio.to_thread(self._record)
 
     def close_now(self) -> None:
         """`close` for synchronous callers (a response's background task)."""
