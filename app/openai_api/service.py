@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.errors import AdapterError
@@ -309,7 +310,7 @@ async def open_call(
 
 
 def _as_openai_error(exc: BaseException) -> BaseException:
-    """An engine or adapter failure at the start of a call, as OpenAI's error."""
+    """An engine, adapter or database failure at the start of a call, as OpenAI's error."""
     if isinstance(exc, EngineBusy):
         return OpenAIError(
             503,
@@ -324,6 +325,16 @@ def _as_openai_error(exc: BaseException) -> BaseException:
         return OpenAIError(502, str(exc), type="server_error", code="upstream_error")
     if isinstance(exc, EngineError):
         return OpenAIError(500, str(exc), type="server_error")
+    if isinstance(exc, SQLAlchemyError):  # e.g. the start row refused: a full disk
+        return OpenAIError(
+            503,
+            "The server could not record this call in its audit trail (its database refused "
+            "the write), so nothing was answered. Retry shortly; if it keeps happening, tell "
+            "your administrator.",
+            type="server_error",
+            code="database_unavailable",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, KnowledgeUnavailable):
         return OpenAIError(
             503,
