@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.serve_gpu_setup import ADAPTERS  # noqa: E402
+from bench.sse_load import percentile  # noqa: E402
 
 
 def run_http(
@@ -26,7 +27,8 @@ def run_http(
     """`args.http_streams` streams through `/v1`, `args.repeats` passes, first with one client
     keeping its connections, then with a new client each pass; the first's median pass with
     the second's beside it (`new_connections_each_pass`)."""
-    with serving_over_http(engine, folder, adapters, work, args.concurrent_tokens) as (url, key):
+    serving = serving_over_http(engine, folder, adapters, work, args.concurrent_tokens)
+    with serving as (url, key, session_factory):
         models = ",".join(f"bench{i}" for i in range(len(adapters)))
         command = [
             sys.executable,
@@ -43,8 +45,48 @@ def run_http(
             "--repeats",
             str(args.repeats),
         ]
-        kept, fresh = (_sse_load([*command, *extra]) for extra in ([], ["--new-connections"]))
+        runs = []
+        for extra in ([], ["--new-connections"]):
+            run = _sse_load([*command, *extra])
+            if "failed" not in run:
+                run["server_view"] = server_view(session_factory, args.http_streams, args.repeats)
+            runs.append(run)
+        kept, fresh = runs
         return kept if "failed" in kept else kept | {"new_connections_each_pass": fresh}
+
+
+def server_view(session_factory: Any, streams: int, passes: int) -> dict:
+    """The last `passes` bursts of `streams` calls as the server saw them, from their audit
+    rows: how far apart the calls of each burst reached it (its start rows' times: each is
+    written as its call is taken, in groups), and each call's first token counted from there
+    (its end row's `first_token_ms`). The client's first token less the server's is what the
+    request spent before the server took it, and the first chunk on its way back."""
+    from sqlalchemy import select
+
+    from app.answers.kinds import API_CALL_STARTED
+    from app.audit.service import API_CALL
+    from app.store.models import AuditRecord
+
+    def rows(action: str) -> list[tuple[Any, dict]]:
+        query = (
+            select(AuditRecord.created_at, AuditRecord.details)
+            .where(AuditRecord.action == action)
+            .order_by(AuditRecord.id.desc())
+            .limit(streams * passes)
+        )
+        with session_factory() as session:
+            return [(at, json.loads(details)) for at, details in session.execute(query)]
+
+    first_token = {d["call_id"]: d.get("first_token_ms") for _, d in rows(API_CALL)}
+    started = sorted(rows(API_CALL_STARTED), key=lambda row: row[0])
+    spread, p50, p95 = [], [], []
+    for at in range(0, len(started) - streams + 1, streams):
+        burst = started[at : at + streams]
+        spread.append(round((burst[-1][0] - burst[0][0]).total_seconds() * 1000, 1))
+        times = [t for t in (first_token.get(d["call_id"]) for _, d in burst) if t is not None]
+        p50.append(percentile(times, 50))
+        p95.append(percentile(times, 95))
+    return {"arrival_spread_ms": spread, "first_token_p50_ms": p50, "first_token_p95_ms": p95}
 
 
 def _sse_load(command: list[str]) -> dict:
@@ -60,7 +102,7 @@ def serving_over_http(
     engine: Any, folder: Path, adapters: list[Path], work: Path, max_new_tokens: int
 ) -> Iterator[tuple[str, str]]:
     """The real app and uvicorn over `engine`, the adapters imported through the registry as
-    `bench0`, `bench1`, ...; yields (url, API key)."""
+    `bench0`, `bench1`, ...; yields (url, API key, the app's database sessions)."""
     from app.adapters.service import registry_for
     from app.auth import service as accounts
     from app.config import Settings
@@ -86,7 +128,7 @@ def serving_over_http(
             secret = "bench-password-1"  # noqa: S105 - a throwaway account in a temp database
             user = accounts.create_user(session=session, username="bench", password=secret)
             key = keys.create_key(session=session, user=user, name="bench").secret
-        yield live.url, key
+        yield live.url, key, live.app.state.session_factory
 
 
 def http_share(http: dict, teller: dict) -> dict:

@@ -103,7 +103,7 @@ def main() -> int:
     )
     engine.ready.wait(600)
     results["setup_s"] = time.perf_counter() - started
-    with serving_over_http(engine, folder, adapters, work, args.answer_tokens[1]) as (url, key):
+    with serving_over_http(engine, folder, adapters, work, args.answer_tokens[1]) as (url, key, _):
         # Each adapter's first request loads it (and captures its graphs): not in the timing.
         warm = work / "warm.json"
         warm.write_text(json.dumps(workload[: args.adapters]))

@@ -16,10 +16,10 @@ Served by default (each `noX` turns one off):
   before the one it reads from ends (`pdl.ENABLED`);
 - `sharedN`: decode steps of N rows or more through `nf4_mma_rows_shared` on the weights
   `nf4_routing` lets it serve (`SHARED_ROWS_FROM`, 17 by default; `noshared`: never);
-- `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
-  (`nf4_routing.NARROW_ROWS_FROM`, 17 by default; `nonarrow`: never), from a second packed copy.
 
 Not served (each `X` turns one on):
+- `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
+  (`nf4_routing.NARROW_ROWS_FROM`; `nonarrow`: never, as served), from a second packed copy;
 - `deferN`: arrivals wait up to N decode steps while more keep arriving, so that a burst
   shares one prefill (`batch.ADMIT_DEFER_STEPS`);
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);

@@ -66,7 +66,7 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
 
     served = nf4_mma.CANDIDATE_GEMV
     assert served[7:] == (2, 0)  # two blocks an SM, no L2 requests for the next tile
-    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM == 17
+    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM is None
     assert apply_variant("mma+shared33+occupy1+sdpa+nofold+nopdl") == "mma"
     assert norm_low_rank.ENABLED is False and pdl.ENABLED is False
     assert nf4_routing.SHARED_ROWS_FROM == 33
@@ -76,11 +76,11 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert nf4_routing.SHARED_ROWS_FROM is None and nf4_routing.NARROW_ROWS_FROM == 9
     assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
-    apply_variant("mma+nonarrow+defer4")
-    assert nf4_routing.NARROW_ROWS_FROM is None and nf4_routing.SHARED_ROWS_FROM == 17
+    apply_variant("mma+narrow17+defer4")
+    assert nf4_routing.NARROW_ROWS_FROM == 17 and nf4_routing.SHARED_ROWS_FROM == 17
     assert batch.ADMIT_DEFER_STEPS == 4
     assert apply_variant("hybrid") == "hybrid"
-    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM == 17
+    assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM is None
     assert batch.ADMIT_DEFER_STEPS == 0
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True

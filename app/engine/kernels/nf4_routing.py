@@ -70,16 +70,16 @@ projection its slices of K cost it (100.1 us against the rows kernel's 86.0 at 3
 nf4-mma-rows-falcon-h100.json), and serving 32 Falcon streams with it was 2 % slower
 (serve-gpu-falcon-shared-h100.json)."""
 
-NARROW_ROWS_FROM: int | None = 17
+NARROW_ROWS_FROM: int | None = None
 """Row count from which the `mma` routing's decode steps run narrow weights (at most
 `NARROW_MAX_OUT` outputs, joined parts together, and `NARROW_MAX_IN` inputs) through the
 Triton `nf4_matmul`, from a second packed copy (`nf4_matmul.pack_linear4bit`); None: never.
 Replayed alone at 32 rows on an H100 it beat the rows kernel on such weights (Llama-3.1-8B's
-4,096 x 4,096: 20.2 against 23.6 us, nf4-mma-rows-quick-h100.json). Served: one H100 run
-served 32 Llama-3.1-8B + LoRA streams 4 % faster with it, one stream the same
-(bench/results/serve-gpu-llama-occupy2-h100.json); the next, 2 % slower
-(serve-gpu-llama-narrow-h100.json), both one pass a level, within what a pass varies: to be
-settled with `--repeats`. The copy costs about 0.7 GB for Llama-3.1-8B's q/k/v and o_proj."""
+4,096 x 4,096: 20.2 against 23.6 us, nf4-mma-rows-quick-h100.json), but served it gained
+nothing: 32 Llama-3.1-8B + LoRA streams 3,018 tokens/s with it from 17 rows against 3,014
+without, median of three passes each in one H100 call (serve-gpu-llama-defer-h100.json;
+single passes before swung either way). Off, since the copy costs about 0.7 GB for
+Llama-3.1-8B's q/k/v and o_proj."""
 
 NARROW_MAX_OUT = 6144
 """The most outputs `NARROW_ROWS_FROM` serves (Llama's joined q/k/v)."""
