@@ -76,10 +76,10 @@ NARROW_ROWS_FROM: int | None = None
 Triton `nf4_matmul`, from a second packed copy (`nf4_matmul.pack_linear4bit`); None: never.
 Replayed alone at 32 rows on an H100 it beat the rows kernel on such weights (Llama-3.1-8B's
 4,096 x 4,096: 20.2 against 23.6 us, nf4-mma-rows-quick-h100.json), but served it gained
-nothing: 32 Llama-3.1-8B + LoRA streams 3,018 tokens/s with it from 17 rows against 3,014
-without, median of three passes each in one H100 call (serve-gpu-llama-defer-h100.json;
-single passes before swung either way). Off, since the copy costs about 0.7 GB for
-Llama-3.1-8B's q/k/v and o_proj."""
+nothing: 32 Llama-3.1-8B + LoRA streams as fast with it from 17 rows as without, median of
+three passes each in one H100 call (bench/results/serve-gpu-llama-defer-h100.json; single
+passes before swung either way). Off, since the copy costs about 0.7 GB for Llama-3.1-8B's
+q/k/v and o_proj."""
 
 NARROW_MAX_OUT = 6144
 """The most outputs `NARROW_ROWS_FROM` serves (Llama's joined q/k/v)."""
