@@ -20,6 +20,8 @@ Served by default (each `noX` turns one off):
 Not served (each `X` turns one on):
 - `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
   (`nf4_routing.NARROW_ROWS_FROM`; `nonarrow`: never, as served), from a second packed copy;
+- `gilN`: the longest a thread may hold the interpreter lock while the engine runs, N µs
+  (`batch.SWITCH_INTERVAL_S`; served: 1,000);
 - `deferN`: arrivals wait up to N decode steps while more keep arriving, so that a burst
   shares one prefill (`batch.ADMIT_DEFER_STEPS`);
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
@@ -67,8 +69,11 @@ _COUNTS: dict[str, tuple[ModuleType, str, int | None]] = {
 }
 """Switches `<name>N` that set a count to N (the row count from which a routing rule serves,
 the decode steps arrivals may wait), and `no<name>` its off value."""
+_MICROSECONDS: dict[str, tuple[ModuleType, str]] = {"gil": (batch, "SWITCH_INTERVAL_S")}
+"""Switches `<name>N` that set a time in seconds to N microseconds."""
 _DEFAULTS = {
     **{(module, name): getattr(module, name) for module, name, _ in _COUNTS.values()},
+    **{(module, name): getattr(module, name) for module, name in _MICROSECONDS.values()},
     (nf4_mma, "CANDIDATE_GEMV"): nf4_mma.CANDIDATE_GEMV,
     **{(module, name): getattr(module, name) for module, name, _ in FLAGS.values()},
 }
@@ -78,7 +83,10 @@ _GEMV_SWITCHES = {
 """Switches that set one value of `CANDIDATE_GEMV`: (its index, the value)."""
 
 
-SWITCHES = ", ".join([*(f"{name}N, no{name}" for name in _COUNTS), *_GEMV_SWITCHES, *FLAGS])
+SWITCHES = ", ".join(
+    [*(f"{name}N, no{name}" for name in _COUNTS), *(f"{n}N" for n in _MICROSECONDS)]
+    + [*_GEMV_SWITCHES, *FLAGS]
+)
 """Every switch `apply_variant` knows, for its error message."""
 
 
@@ -103,7 +111,10 @@ def apply_variant(variant: str) -> str:
     routing, *switches = variant.split("+")
     for switch in switches:
         prefix = switch.rstrip("0123456789")
-        if prefix in _COUNTS and prefix != switch:
+        if prefix in _MICROSECONDS and prefix != switch:
+            module, name = _MICROSECONDS[prefix]
+            setattr(module, name, int(switch[len(prefix) :]) / 1e6)
+        elif prefix in _COUNTS and prefix != switch:
             module, name, _ = _COUNTS[prefix]
             setattr(module, name, int(switch[len(prefix) :]))
         elif switch.startswith("no") and switch[2:] in _COUNTS:

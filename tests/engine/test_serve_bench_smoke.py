@@ -76,12 +76,12 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert nf4_routing.SHARED_ROWS_FROM is None and nf4_routing.NARROW_ROWS_FROM == 9
     assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
-    apply_variant("mma+narrow17+defer4")
+    apply_variant("mma+narrow17+defer4+gil200")
     assert nf4_routing.NARROW_ROWS_FROM == 17 and nf4_routing.SHARED_ROWS_FROM == 17
-    assert batch.ADMIT_DEFER_STEPS == 4
+    assert batch.ADMIT_DEFER_STEPS == 4 and batch.SWITCH_INTERVAL_S == 0.0002
     assert apply_variant("hybrid") == "hybrid"
     assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM is None
-    assert batch.ADMIT_DEFER_STEPS == 0
+    assert batch.ADMIT_DEFER_STEPS == 0 and batch.SWITCH_INTERVAL_S == 0.001
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
     assert norm_low_rank.ENABLED is True and pdl.ENABLED is True and silu_mul.FOLD is False
