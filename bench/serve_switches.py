@@ -20,10 +20,12 @@ Served by default (each `noX` turns one off):
 Not served (each `X` turns one on):
 - `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
   (`nf4_routing.NARROW_ROWS_FROM`; `nonarrow`: never, as served), from a second packed copy;
+- `gatherN`: an idle engine given a request waits for the next one N µs before its prefill
+  starts (`waiting.GATHER_QUIET_S`; served: 2,000; `gather0`: starts at once);
 - `gilN`: the longest a thread may hold the interpreter lock while the engine runs, N µs
   (`batch.SWITCH_INTERVAL_S`; served: 1,000);
 - `deferN`: arrivals wait up to N decode steps while more keep arriving, so that a burst
-  shares one prefill (`batch.ADMIT_DEFER_STEPS`);
+  shares one prefill (`waiting.ADMIT_DEFER_STEPS`);
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);
 - `splitk`: the served GEMV streaming K (each block an equal run of it) where the tiles divide
   unevenly among the SMs (its tenth value, `gemv_grid.splits_k`);
@@ -46,7 +48,7 @@ from app.engine.kernels import (
     pdl,
     silu_mul,
 )
-from app.engine.schedulers import batch
+from app.engine.schedulers import batch, waiting
 
 _SERVED_FLAGS: dict[str, tuple[ModuleType, str]] = {
     "residual": (nf4_routing, "EPILOGUE_RESIDUAL"),
@@ -65,11 +67,14 @@ FLAGS: dict[str, tuple[ModuleType, str, bool]] = {
 _COUNTS: dict[str, tuple[ModuleType, str, int | None]] = {
     "shared": (nf4_routing, "SHARED_ROWS_FROM", None),
     "narrow": (nf4_routing, "NARROW_ROWS_FROM", None),
-    "defer": (batch, "ADMIT_DEFER_STEPS", 0),
+    "defer": (waiting, "ADMIT_DEFER_STEPS", 0),
 }
 """Switches `<name>N` that set a count to N (the row count from which a routing rule serves,
 the decode steps arrivals may wait), and `no<name>` its off value."""
-_MICROSECONDS: dict[str, tuple[ModuleType, str]] = {"gil": (batch, "SWITCH_INTERVAL_S")}
+_MICROSECONDS: dict[str, tuple[ModuleType, str]] = {
+    "gil": (batch, "SWITCH_INTERVAL_S"),
+    "gather": (waiting, "GATHER_QUIET_S"),
+}
 """Switches `<name>N` that set a time in seconds to N microseconds."""
 _DEFAULTS = {
     **{(module, name): getattr(module, name) for module, name, _ in _COUNTS.values()},

@@ -58,15 +58,6 @@ while requests wait on the web server's loop."""
 PREFILL_TOKEN_BUDGET = 4096
 """Prompt tokens prefilled per loop iteration before running rows get their next step."""
 
-ADMIT_DEFER_STEPS = 0
-"""Decode steps newly arrived requests may wait while rows are decoding and more keep
-arriving, so that a burst coming in waves (the web server lets `/v1` calls through a few at a
-time) shares one prefill forward instead of one per wave, each pausing every row's decoding
-(TGI's router waits on arrivals the same way). A wave is admitted once a step passes with no
-new arrival, after this many steps, or when it would fill the batch. 0: admitted at once.
-Off until a card measures it (`bench/serve_gpu.py --variants mma,mma+defer4`, with each
-pass's `prefill_batches`)."""
-
 
 @dataclass
 class _Row:
@@ -129,10 +120,6 @@ class BatchEngine:
         """Decode steps run, and how many of them were queued ahead (see `_step`)."""
         self.steps_ahead = 0
         self._prefills = PrefillCounts()
-        self._waiting_seen = 0
-        """Requests waiting after the last turn (`_defer_admission` sees who arrived since)."""
-        self._deferred = 0
-        """Turns the waiting requests have been held back so far (`ADMIT_DEFER_STEPS`)."""
         self._eos: set[int] = set()
         self._broken = ""
         self._outbox = Outbox()
@@ -229,7 +216,10 @@ class BatchEngine:
     def _iterate(self) -> bool:
         """One turn of the loop: controls, admissions, one decode step; False on stop."""
         idle = not self._rows and not self._waiting
-        if not self._waiting.take(block=idle, run_control=self._run_control):
+        taken = self._waiting.take(block=idle, run_control=self._run_control)
+        if taken and idle and not self._rows:  # a burst reaching an idle engine: one prefill
+            taken = self._waiting.gather(up_to=self._max_batch, run_control=self._run_control)
+        if not taken:
             self._fail_all("the server is shutting down")
             return False
         if self._broken:
@@ -276,25 +266,9 @@ class BatchEngine:
         except Exception:  # noqa: BLE001 - they are captured on first use instead
             log.exception("capturing adapter graphs failed")
 
-    def _defer_admission(self) -> bool:
-        """Whether this turn's waiting requests wait one more decode step for those still
-        arriving (`ADMIT_DEFER_STEPS`)."""
-        waiting = len(self._waiting)
-        arriving, self._waiting_seen = waiting > self._waiting_seen, waiting
-        if (
-            arriving
-            and self._rows
-            and self._deferred < ADMIT_DEFER_STEPS
-            and len(self._rows) + waiting < self._max_batch
-        ):
-            self._deferred += 1
-            return True
-        self._deferred = 0
-        return False
-
     def _admit(self) -> None:
         """Prefill waiting requests into free slots, up to the token budget per iteration."""
-        if self._defer_admission():
+        if self._waiting.hold_back(running=len(self._rows), free=self._max_batch - len(self._rows)):
             return
         budget = PREFILL_TOKEN_BUDGET
         starting: list[tuple[SequenceDecoder, PreparedRequest]] = []
@@ -309,7 +283,6 @@ class BatchEngine:
             if ready is not None:
                 starting.append(ready)
                 budget -= len(ready[1].prompt_ids)
-        self._waiting_seen = len(self._waiting)  # those left for a later turn
         if not starting:
             return
         batch = self._ready_batch

@@ -265,10 +265,11 @@ class Worker:
             job.failure = FinishEvent("error", "", 0, 0, error=str(exc))
         self._queue.put_nowait(job)
 
-    def take(self, *, block: bool) -> Any:
-        """The next `Job`, `Control` or `STOP` from the queue; None when empty and not blocking."""
+    def take(self, *, block: bool, timeout: float | None = None) -> Any:
+        """The next `Job`, `Control` or `STOP` from the queue; None when empty and not blocking,
+        or when `timeout` seconds passed."""
         try:
-            return self._queue.get(block=block)
+            return self._queue.get(block=block, timeout=timeout)
         except queue.Empty:
             return None
 

@@ -1,7 +1,8 @@
-"""When the batch scheduler lets waiting requests in. A burst that keeps arriving while
-others decode may wait a few steps to share one prefill (`ADMIT_DEFER_STEPS`), but never past
-a step in which nobody new arrived, and it gets the same answers; a request that cannot start
-ends alone, the others going on."""
+"""When the batch scheduler lets waiting requests in. A burst reaching an idle engine over a
+few milliseconds shares one prefill (`GATHER_QUIET_S`); one that keeps arriving while others
+decode may wait a few steps to share one (`ADMIT_DEFER_STEPS`), but never past a step in which
+nobody new arrived; both get the same answers. A request that cannot start ends alone, the
+others going on."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ import pytest
 
 from app.contract import ChatMessage
 from app.engine.loader import load_base_model
-from app.engine.schedulers import batch
+from app.engine.schedulers import waiting
 from app.engine.schedulers.batch import BatchEngine
-from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from app.engine.types import (
+    FinishEvent,
+    GenerationRequest,
+    PrefillCounts,
+    SamplingParams,
+    TokenEvent,
+)
 from tests.engine.batch_reference import QUESTIONS, request
 
 
@@ -50,6 +57,51 @@ def answers_during_a_long_one(engine: BatchEngine) -> tuple[float, list[tuple[fl
     return asyncio.run(run())
 
 
+def answers_arriving_apart(engine: BatchEngine, gap_s: float) -> list[str]:
+    """Four questions reaching the idle engine `gap_s` apart (as `/v1` lets a burst through),
+    each one's whole text."""
+
+    async def run() -> list[str]:
+        async def answer(text: str) -> str:
+            return "".join(
+                event.text
+                for event in [e async for e in engine.generate(request(text, None, 6))]
+                if isinstance(event, TokenEvent)
+            )
+
+        asked = []
+        try:
+            for text in QUESTIONS[:4]:
+                asked.append(asyncio.ensure_future(answer(text)))
+                await asyncio.sleep(gap_s)
+            return list(await asyncio.gather(*asked))
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
+def test_a_burst_reaching_an_idle_engine_shares_one_prefill(
+    tiny_model_dir,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loaded = load_base_model(str(tiny_model_dir("llama")), device="cpu")
+
+    def engine() -> BatchEngine:
+        return BatchEngine(loaded, max_batch=8, max_context_tokens=256, batch_prefill=True)
+
+    # Gaps well inside the quiet window (generous, for a loaded CI machine).
+    monkeypatch.setattr(waiting, "GATHER_QUIET_S", 0.25)
+    monkeypatch.setattr(waiting, "GATHER_MOST_S", 5.0)
+    gathered = engine()
+    answers = answers_arriving_apart(gathered, gap_s=0.03)
+    assert gathered.prefills == PrefillCounts(batches=1, prompts=4)
+    monkeypatch.setattr(waiting, "GATHER_QUIET_S", 0.0)
+    at_once = engine()
+    assert answers_arriving_apart(at_once, gap_s=0.03) == answers
+    assert at_once.prefills.batches > 1  # the first started alone
+
+
 @pytest.mark.parametrize("defer_steps", [0, 1000])
 def test_a_deferred_burst_starts_while_others_decode_and_answers_the_same(
     tiny_model_dir,  # noqa: ANN001
@@ -59,7 +111,7 @@ def test_a_deferred_burst_starts_while_others_decode_and_answers_the_same(
     loaded = load_base_model(str(tiny_model_dir("llama")), device="cpu")
     alone = BatchEngine(loaded, max_batch=8, max_context_tokens=256, batch_prefill=True)
     _, expected = answers_during_a_long_one(alone)
-    monkeypatch.setattr(batch, "ADMIT_DEFER_STEPS", defer_steps)
+    monkeypatch.setattr(waiting, "ADMIT_DEFER_STEPS", defer_steps)
     engine = BatchEngine(loaded, max_batch=8, max_context_tokens=256, batch_prefill=True)
     ended, answers = answers_during_a_long_one(engine)
     # However long it may wait, a burst that stopped arriving starts beside the long answer.
