@@ -334,6 +334,11 @@ def main() -> int:  # noqa: PLR0915
         "the last one's only",
     )
     parser.add_argument(
+        "--http-also",
+        help="switches the engine reads as it runs (gather0,defer4): /v1 measured again with "
+        "each added to the variant, on the same server (`with_switches`)",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         help="timed passes of each concurrency level, in process and over HTTP; the median "
@@ -442,7 +447,9 @@ def main() -> int:  # noqa: PLR0915
         results["teller"][variant] = section
         last = variant == args.variants.split(",")[-1]  # its /v1 runs after the checks below
         if args.http_each and not args.no_http and not last and "failed" not in section:
-            section["http"] = measured_over_http(engine, folder, adapters, work / variant, args)
+            section["http"] = measured_over_http(
+                engine, folder, adapters, work / variant, args, variant
+            )
             section["http"] |= http_share(section["http"], section)
         _save(args.out, results)
     if engine is not None:
@@ -461,7 +468,7 @@ def main() -> int:  # noqa: PLR0915
             target = args.out.parent / f"profile-serve{suffix}-{variant}.txt"
             asyncio.run(profile_one_stream(engine, loaded, target))
         if not args.no_http:
-            results["http"] = measured_over_http(engine, folder, adapters, work, args)
+            results["http"] = measured_over_http(engine, folder, adapters, work, args, variant)
             results["http"] |= http_share(results["http"], results["teller"][variant])
             if args.http_each:
                 results["teller"][variant]["http"] = results["http"]

@@ -18,15 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.serve_gpu_setup import ADAPTERS  # noqa: E402
+from bench.serve_switches import apply_variant  # noqa: E402
 from bench.sse_load import percentile  # noqa: E402
 
 
 def run_http(
-    engine: Any, folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace
+    engine: Any,
+    folder: Path,
+    adapters: list[Path],
+    work: Path,
+    args: argparse.Namespace,
+    variant: str,
 ) -> dict:
     """`args.http_streams` streams through `/v1`, `args.repeats` passes, first with one client
     keeping its connections, then with a new client each pass; the first's median pass with
-    the second's beside it (`new_connections_each_pass`)."""
+    the second's beside it (`new_connections_each_pass`). Then the first again with each of
+    `args.http_also`'s switches added to `variant` (`with_switches`): an A/B on one server
+    and engine, for switches the engine reads as it runs (`gatherN`, `deferN`)."""
     serving = serving_over_http(engine, folder, adapters, work, args.concurrent_tokens)
     with serving as (url, key, session_factory):
         models = ",".join(f"bench{i}" for i in range(len(adapters)))
@@ -52,7 +60,20 @@ def run_http(
                 run["server_view"] = server_view(session_factory, args.http_streams, args.repeats)
             runs.append(run)
         kept, fresh = runs
-        return kept if "failed" in kept else kept | {"new_connections_each_pass": fresh}
+        if "failed" in kept:
+            return kept
+        also = {}
+        for switches in args.http_also.split(",") if args.http_also else []:
+            apply_variant(f"{variant}+{switches}")
+            try:
+                also[switches] = _sse_load(command)
+            finally:
+                apply_variant(variant)
+            if "failed" not in also[switches]:
+                view = server_view(session_factory, args.http_streams, args.repeats)
+                also[switches]["server_view"] = view
+        switched = {"with_switches": also} if also else {}
+        return kept | {"new_connections_each_pass": fresh} | switched
 
 
 def server_view(session_factory: Any, streams: int, passes: int) -> dict:
@@ -146,6 +167,8 @@ def http_share(http: dict, teller: dict) -> dict:
         "share_of_same_requests": (http, alike),
         "new_connections_share": (fresh, level[0] if level else {}),
     }
+    for switches, run in http.get("with_switches", {}).items():
+        pairs[f"share_with_{switches}"] = (run, level[0] if level else {})
     return {
         name: over["aggregate_tok_s"] / under["aggregate_tok_s"]
         for name, (over, under) in pairs.items()
@@ -154,13 +177,18 @@ def http_share(http: dict, teller: dict) -> dict:
 
 
 def measured_over_http(
-    engine: Any, folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace
+    engine: Any,
+    folder: Path,
+    adapters: list[Path],
+    work: Path,
+    args: argparse.Namespace,
+    variant: str,
 ) -> dict:
     """`run_http` on `engine` once its own adapters are unloaded (the app imports them again
     through the registry), or why it failed."""
     for index in range(ADAPTERS):
         asyncio.run(engine.unload_adapter(f"a{index}"))
     try:
-        return run_http(engine, folder, adapters, work, args)
+        return run_http(engine, folder, adapters, work, args, variant)
     except Exception as exc:  # noqa: BLE001 - keep what the engine measured
         return {"failed": repr(exc)[:500], "streams": args.http_streams}
