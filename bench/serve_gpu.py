@@ -335,7 +335,7 @@ def main() -> int:  # noqa: PLR0915
     )
     parser.add_argument(
         "--http-also",
-        help="switches the engine reads as it runs (gather0,defer4): /v1 measured again with "
+        help="switches the engine reads as it runs (gather2000,defer4): /v1 measured again with "
         "each added to the variant, on the same server (`with_switches`)",
     )
     parser.add_argument(

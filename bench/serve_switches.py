@@ -20,10 +20,10 @@ Served by default (each `noX` turns one off):
 Not served (each `X` turns one on):
 - `narrowN`: decode steps of N rows or more through the Triton `nf4_matmul` on narrow weights
   (`nf4_routing.NARROW_ROWS_FROM`; `nonarrow`: never, as served), from a second packed copy;
-- `gatherN`: an idle engine given a request waits for the next one N µs before its prefill
-  starts (`waiting.GATHER_QUIET_S`; served: 2,000; `gather0`: starts at once);
 - `gilN`: the longest a thread may hold the interpreter lock while the engine runs, N µs
   (`batch.SWITCH_INTERVAL_S`; served: 1,000);
+- `gatherN`: an idle engine given a request waits for the next one N µs before its prefill
+  starts (`waiting.GATHER_QUIET_S`; served: 0, at once);
 - `deferN`: arrivals wait up to N decode steps while more keep arriving, so that a burst
   shares one prefill (`waiting.ADMIT_DEFER_STEPS`);
 - `l2next`: the served GEMV asking L2 for each block's next tile during this one (its ninth);

@@ -76,14 +76,14 @@ def test_a_variant_names_engine_switches_that_the_next_one_resets() -> None:
     assert nf4_routing.SHARED_ROWS_FROM is None and nf4_routing.NARROW_ROWS_FROM == 9
     assert silu_mul.FOLD is True
     assert nf4_mma.CANDIDATE_GEMV == (*served[:7], 2, 1, 1)
-    apply_variant("mma+narrow17+defer4+gil200+gather0")
+    apply_variant("mma+narrow17+defer4+gil200+gather2000")
     assert nf4_routing.NARROW_ROWS_FROM == 17 and nf4_routing.SHARED_ROWS_FROM == 17
     assert waiting.ADMIT_DEFER_STEPS == 4 and batch.SWITCH_INTERVAL_S == 0.0002
-    assert waiting.GATHER_QUIET_S == 0
+    assert waiting.GATHER_QUIET_S == 0.002
     assert apply_variant("hybrid") == "hybrid"
     assert nf4_routing.SHARED_ROWS_FROM == 17 and nf4_routing.NARROW_ROWS_FROM is None
     assert waiting.ADMIT_DEFER_STEPS == 0 and batch.SWITCH_INTERVAL_S == 0.001
-    assert waiting.GATHER_QUIET_S == 0.002
+    assert waiting.GATHER_QUIET_S == 0
     assert nf4_mma.CANDIDATE_GEMV == served
     assert decode_attention.ENABLED is True
     assert norm_low_rank.ENABLED is True and pdl.ENABLED is True and silu_mul.FOLD is False

@@ -11,12 +11,15 @@ from collections.abc import Callable
 from app.engine.schedulers.worker import STOP, Control, Job, Worker
 from app.engine.types import FinishEvent
 
-GATHER_QUIET_S = 0.002
+GATHER_QUIET_S = 0.0
 """How long an idle engine, given a request, waits for the next one before its prefill starts
 (again after each that comes, `GATHER_MOST_S` in all). Calls through `/v1` reach the engine one
 by one as the web server takes them in; started at once, the first runs its prefill alone, and
 that forward's Python contends with the server's for the interpreter lock while the rest of
-the burst comes in and waits for it. A lone request pays this once. 0: start at once."""
+the burst comes in and waits for it. A lone request would pay this once. 0: start at once.
+Off until a card measures it: on the 2-core CPU box 0.002 changed nothing either way
+(bench/results/v1-request-overhead-cpu-gather.json); the A/B is `bench/serve_gpu.py --variants mma
+--http-also gather2000`."""
 
 GATHER_MOST_S = 0.02
 """The longest an idle engine gathers a burst (`GATHER_QUIET_S`)."""
