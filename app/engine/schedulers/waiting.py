@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from app.engine.schedulers.worker import STOP, Control, Job, Worker
 from app.engine.types import FinishEvent
@@ -59,12 +60,8 @@ class WaitingJobs:
             if item is None:
                 return True
             block = False
-            if item is STOP:
+            if not self._keep(item, run_control):
                 return False
-            if isinstance(item, Control):
-                run_control(item)
-            else:
-                self._jobs.append(item)
 
     def gather(self, *, up_to: int, run_control: Callable[[Control], None]) -> bool:
         """Take jobs while they keep arriving, each within `GATHER_QUIET_S` of the one before,
@@ -77,12 +74,18 @@ class WaitingJobs:
             item = self._worker.take(block=True, timeout=wait)
             if item is None:
                 return True  # a quiet moment: the burst is in
-            if item is STOP:
+            if not self._keep(item, run_control):
                 return False
-            if isinstance(item, Control):
-                run_control(item)
-            else:
-                self._jobs.append(item)
+        return True
+
+    def _keep(self, item: object, run_control: Callable[[Control], None]) -> bool:
+        """One item off the queue: a job waits here, a control action runs; False for STOP."""
+        if item is STOP:
+            return False
+        if isinstance(item, Control):
+            run_control(item)
+        else:
+            self._jobs.append(cast(Job, item))
         return True
 
     def hold_back(self, *, running: int, free: int) -> bool:
