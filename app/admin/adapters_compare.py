@@ -22,7 +22,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app.adapters.errors import AdapterError
 from app.admin.compare_jobs import CompareJob
 from app.answers.kinds import COMPARE
-from app.answers.lifecycle import Answer
+from app.answers.lifecycle import Answer, AnswerNotRecorded
 from app.contract import ChatMessage
 from app.deps import AdaptersDep, AdminUser, AnswersDep, CompareJobsDep, SettingsDep
 from app.engine.types import (
@@ -172,7 +172,7 @@ async def _side(
                     if event.reason != "error"
                     else f"failed: {event.error}"
                 )
-    except (AdapterError, EngineError) as exc:
+    except (AdapterError, EngineError, AnswerNotRecorded) as exc:
         outcome = f"failed: {exc}"
     finally:
         await answer.close()

@@ -45,6 +45,17 @@ from app.usage import service as usage
 log = logging.getLogger(__name__)
 
 
+NOT_RECORDED = (
+    "The server could not record this answer in its audit trail (its database refused the "
+    "write), so nothing was answered. Try again shortly; if it keeps happening, tell your "
+    "administrator."
+)
+
+
+class AnswerNotRecorded(Exception):  # noqa: N818 - says what happened, as LimitExceeded does
+    """The answer's start row could not be written: it is not given out (`NOT_RECORDED`)."""
+
+
 @dataclass
 class AnswerContext:
     """The long-lived things an answer needs, made once by the app's lifespan."""
@@ -195,6 +206,7 @@ class Answer:
         Raises:
             AdapterError: `choice` names nothing installed, or it cannot be loaded.
             EngineError: the engine refused the request (`EngineBusy`: its queue is full).
+            AnswerNotRecorded: the database refused the start row (a full disk, say).
         """
         self.request, self.details, self.checkpoint = request, details, checkpoint
         self._sampling = dataclasses.asdict(request.sampling)
@@ -222,12 +234,13 @@ class Answer:
                     )
             finally:  # the start row is in, or its write failed, before anything goes on
                 await asyncio.wait({self._audit_started})
-            self._audit_started.result()
+            if self._audit_started.exception() is not None:
+                raise AnswerNotRecorded(NOT_RECORDED) from self._audit_started.exception()
         except Exception as exc:
             self.error = str(exc)
             written = self._audit_started
             failed = written.exception() if written.done() and not written.cancelled() else None
-            if failed is not None and failed is not exc:  # raised for something else first
+            if failed is not None:
                 log.error("could not audit the start of an answer", exc_info=failed)
             raise
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.adapters.errors import AdapterError
 from app.adapters.service import AdapterService
 from app.answers.input_limits import newest_turns
-from app.answers.lifecycle import Answer
+from app.answers.lifecycle import Answer, AnswerNotRecorded
 from app.answers.streams import ActiveStreams
 from app.audit import service as audit
 from app.chat.history import title_from
@@ -352,7 +352,7 @@ async def stream_answer(
                         writing = True
                         yield StreamUpdate("state", text=WRITING)
                     yield StreamUpdate("token", text=event.text)
-        except (EngineError, AdapterError, KnowledgeUnavailable) as exc:
+        except (EngineError, AdapterError, KnowledgeUnavailable, AnswerNotRecorded) as exc:
             answer.error = str(exc)
         except (asyncio.CancelledError, GeneratorExit):
             answer.stop(StopReason.DISCONNECT)  # the page went away (a Stop said so first)

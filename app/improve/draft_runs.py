@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.errors import AdapterError
 from app.answers.kinds import DRAFT
-from app.answers.lifecycle import Answer, AnswerContext
+from app.answers.lifecycle import Answer, AnswerContext, AnswerNotRecorded
 from app.answers.limits import LimitExceeded
 from app.audit.service import record_event
 from app.engine.types import EngineError, GenerationRequest, SamplingParams
@@ -183,7 +183,7 @@ async def _one(ctx: AnswerContext, run: DraftRun, passage: DraftPassage, endpoin
         await answer.start(request, choice=None, details=details, log_prompt=details["prompt"])
         async for _ in answer.events():
             pass
-    except (AdapterError, EngineError) as exc:
+    except (AdapterError, EngineError, AnswerNotRecorded) as exc:
         answer.error = answer.error or str(exc)
     finally:
         await answer.close()

@@ -22,7 +22,7 @@ from app.adapters.errors import AdapterError
 from app.adapters.service import BASE_CHOICE, AdapterService
 from app.answers.input_limits import InputTooLong, TooManyMessages, check_input
 from app.answers.kinds import API
-from app.answers.lifecycle import Answer, AnswerContext
+from app.answers.lifecycle import NOT_RECORDED, Answer, AnswerContext, AnswerNotRecorded
 from app.answers.limits import LimitExceeded
 from app.config import Settings
 from app.contract import ChatMessage
@@ -325,12 +325,10 @@ def _as_openai_error(exc: BaseException) -> BaseException:
         return OpenAIError(502, str(exc), type="server_error", code="upstream_error")
     if isinstance(exc, EngineError):
         return OpenAIError(500, str(exc), type="server_error")
-    if isinstance(exc, SQLAlchemyError):  # e.g. the start row refused: a full disk
+    if isinstance(exc, (AnswerNotRecorded, SQLAlchemyError)):  # the start row, a quota read
         return OpenAIError(
             503,
-            "The server could not record this call in its audit trail (its database refused "
-            "the write), so nothing was answered. Retry shortly; if it keeps happening, tell "
-            "your administrator.",
+            NOT_RECORDED,
             type="server_error",
             code="database_unavailable",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
