@@ -356,7 +356,7 @@ def main() -> int:  # noqa: PLR0915
     args.baseline_tokens = 8 if args.smoke else 48
     args.decode_tokens = 16 if args.smoke else 256
     args.concurrent_tokens = args.concurrent_tokens or (8 if args.smoke else 128)
-    args.http_streams = 32
+    args.http_streams = 8 if args.smoke else 32
     args.repeats = args.repeats or (1 if args.smoke else 3)
     args.check_rows = 4 if args.smoke else 32
     args.levels = args.levels or ([2, 4] if args.smoke else [8, 32, 64])
