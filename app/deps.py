@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.adapters.service import AdapterService
 from app.admin.compare_jobs import CompareJobs
-from app.answers.lifecycle import AnswerContext, record_refusal
-from app.answers.limits import LimitExceeded, UserLimits
+from app.answers.lifecycle import AnswerContext
+from app.answers.limits import LimitExceeded, UserLimits, record_refusal
 from app.answers.streams import ActiveStreams
 from app.auth.access import NotSignedIn
 from app.auth.oidc import OidcProvider

@@ -31,7 +31,7 @@ from app.adapters.registry import AdapterVersion
 from app.adapters.service import AdapterService, Lease
 from app.answers import calculator_loop
 from app.answers.kinds import AnswerKind
-from app.answers.limits import LimitExceeded, StreamSlot, UserLimits
+from app.answers.limits import LimitExceeded, StreamSlot, UserLimits, audit_refusal
 from app.answers.owner import OWNER_CHECK_SECONDS, owner_disabled
 from app.answers.streams import ActiveStreams, Running
 from app.audit import service as audit
@@ -129,7 +129,7 @@ class Answer:
                 usage.check_quota(session=session, user_id=user_id)  # tokens per day / month
             return cls._take_slot(ctx, kind, user_id, count_message)
         except LimitExceeded as exc:
-            _audit_refusal(ctx, user_id, where, exc)
+            audit_refusal(ctx.session_factory, user_id, where, exc)
             raise
 
     @classmethod
@@ -159,7 +159,7 @@ class Answer:
             try:
                 return cls._take_slot(ctx, kind, user_id, count_message)
             except LimitExceeded as exc:
-                await asyncio.to_thread(_audit_refusal, ctx, user_id, where, exc)
+                await asyncio.to_thread(audit_refusal, ctx.session_factory, user_id, where, exc)
                 raise
         job = asyncio.ensure_future(
             asyncio.to_thread(
@@ -491,20 +491,3 @@ async def _fixed(text: str) -> AsyncIterator[Event]:
     """The events of an answer known before any model runs."""
     yield TokenEvent(text)
     yield FinishEvent("stop", text, 0, 0)
-
-
-def _audit_refusal(
-    ctx: AnswerContext, user_id: int, where: dict[str, Any], exc: LimitExceeded
-) -> None:
-    with ctx.session_factory() as session:
-        record_refusal(session=session, user_id=user_id, where=where, reason=exc.message)
-
-
-def record_refusal(*, session: Session, user_id: int, where: dict[str, Any], reason: str) -> None:
-    """The audit row of a request refused by a per-user limit."""
-    audit.record_event(
-        session=session,
-        action=audit.RATE_LIMITED,
-        actor_id=user_id,
-        details={**where, "reason": reason},
-    )

@@ -10,6 +10,11 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.audit import service as audit
 
 
 class LimitExceeded(Exception):  # noqa: N818 - the name callers already know
@@ -103,3 +108,21 @@ class UserLimits:
     def active_streams(self, user_id: int) -> int:
         with self._lock:
             return self._streams.get(user_id, 0)
+
+
+def record_refusal(*, session: Session, user_id: int, where: dict[str, Any], reason: str) -> None:
+    """The audit row of a request refused by a per-user limit."""
+    audit.record_event(
+        session=session,
+        action=audit.RATE_LIMITED,
+        actor_id=user_id,
+        details={**where, "reason": reason},
+    )
+
+
+def audit_refusal(
+    session_factory: sessionmaker[Session], user_id: int, where: dict[str, Any], exc: LimitExceeded
+) -> None:
+    """`record_refusal` in its own session."""
+    with session_factory() as session:
+        record_refusal(session=session, user_id=user_id, where=where, reason=exc.message)

@@ -46,10 +46,9 @@ from app.openai_api.schemas import (
     completion_id,
     now,
 )
-from app.openai_api.service import Caller
+from app.openai_api.service import Caller, unavailable
 from app.ops.body_limit import BodyTooLarge
 from app.ops.oom import MESSAGE as OUT_OF_MEMORY_MESSAGE
-from app.ops.oom import RETRY_AFTER_SECONDS
 from app.ops.requests import client_ip
 from app.store.models import User
 
@@ -240,13 +239,7 @@ async def _collect(request: Request, call: Answer) -> None:
         return
     answer.result()
     if isinstance(call.failure, OutOfMemory):
-        raise OpenAIError(
-            503,
-            OUT_OF_MEMORY_MESSAGE,
-            type="server_error",
-            code="out_of_memory",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        raise unavailable(OUT_OF_MEMORY_MESSAGE, "out_of_memory")
     if call.error:
         raise OpenAIError(500, f"Generation failed: {call.error}", type="server_error")
 

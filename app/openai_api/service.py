@@ -295,18 +295,24 @@ async def open_call(
             if isinstance(first.failure, OutOfMemory):
                 # Nothing was sent yet: the caller gets a retryable 503, the server keeps on.
                 answer.finish, answer.error = first, first.error
-                raise OpenAIError(
-                    503,
-                    OUT_OF_MEMORY_MESSAGE,
-                    type="server_error",
-                    code="out_of_memory",
-                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                )
+                raise unavailable(OUT_OF_MEMORY_MESSAGE, "out_of_memory")
     except BaseException as exc:
         answer.error = answer.error or str(exc)
         await answer.close()
         raise _as_openai_error(exc) from None
     return answer, grounding
+
+
+def unavailable(message: str, code: str) -> OpenAIError:
+    """A 503 the caller may retry after `RETRY_AFTER_SECONDS` (out of memory, the database or
+    the knowledge search unavailable)."""
+    return OpenAIError(
+        503,
+        message,
+        type="server_error",
+        code=code,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _as_openai_error(exc: BaseException) -> BaseException:
@@ -326,21 +332,9 @@ def _as_openai_error(exc: BaseException) -> BaseException:
     if isinstance(exc, EngineError):
         return OpenAIError(500, str(exc), type="server_error")
     if isinstance(exc, (AnswerNotRecorded, SQLAlchemyError)):  # the start row, a quota read
-        return OpenAIError(
-            503,
-            NOT_RECORDED,
-            type="server_error",
-            code="database_unavailable",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return unavailable(NOT_RECORDED, "database_unavailable")
     if isinstance(exc, KnowledgeUnavailable):
-        return OpenAIError(
-            503,
-            str(exc),
-            type="server_error",
-            code="knowledge_unavailable",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return unavailable(str(exc), "knowledge_unavailable")
     return exc
 
 
