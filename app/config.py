@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     adapter_max_loaded: int = Field(8, ge=1)
     """Adapters kept loaded at once; the least recently used idle ones are unloaded first."""
     engine: Literal["local", "remote"] = "local"
+    engine_process: Literal["auto", "on", "off"] = "auto"
+    """Run a local engine in a process of its own beside the web server (`on`), in the
+    server's process (`off`), or `auto`: its own process where the model runs on CUDA."""
     remote_url: str = ""
     """OpenAI-compatible upstream for `engine=remote` (vLLM or another Teller), e.g.
     `http://gpu-host:8000` (see docs/remote-engine.md)."""

@@ -339,6 +339,11 @@ def main() -> int:  # noqa: PLR0915
         "each added to the variant, on the same server (`with_switches`)",
     )
     parser.add_argument(
+        "--http-process",
+        action="store_true",
+        help="/v1 again with the engine in a process of its own (`engine_process`)",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         help="timed passes of each concurrency level, in process and over HTTP; the median "

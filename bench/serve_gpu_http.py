@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,7 @@ def http_share(http: dict, teller: dict) -> dict:
     }
     for switches, run in http.get("with_switches", {}).items():
         pairs[f"share_with_{switches}"] = (run, level[0] if level else {})
+    pairs["engine_process_share"] = (http.get("engine_process", {}), level[0] if level else {})
     return {
         name: over["aggregate_tok_s"] / under["aggregate_tok_s"]
         for name, (over, under) in pairs.items()
@@ -189,6 +192,39 @@ def measured_over_http(
     for index in range(ADAPTERS):
         asyncio.run(engine.unload_adapter(f"a{index}"))
     try:
-        return run_http(engine, folder, adapters, work, args, variant)
+        measured = run_http(engine, folder, adapters, work, args, variant)
     except Exception as exc:  # noqa: BLE001 - keep what the engine measured
         return {"failed": repr(exc)[:500], "streams": args.http_streams}
+    if args.http_process:
+        measured["engine_process"] = over_engine_process(folder, adapters, work, args, variant)
+    return measured
+
+
+def over_engine_process(
+    folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace, variant: str
+) -> dict:
+    """`run_http` with the same engine built again in an engine process of its own
+    (`app.engine.process`, as `TELLER_ENGINE_PROCESS` serves), or why it failed. Without
+    `--http-also`: those switches are set in this process, not the engine's."""
+    from app.config import Settings
+    from app.engine.process.proxy import EngineProcess
+    from bench.serve_gpu_setup import engine_in_child
+
+    child_work = work / "engine-process"
+    settings = Settings(data_dir=child_work, max_queue=512, log_format="text")
+    build = functools.partial(
+        engine_in_child, args.model, variant, max(args.levels), args.smoke, str(child_work)
+    )
+    started = time.perf_counter()
+    try:
+        engine = EngineProcess(settings, build=build)
+    except Exception as exc:  # noqa: BLE001 - keep what the in-process server measured
+        return {"failed": repr(exc)[:500], "streams": args.http_streams}
+    ready_s = time.perf_counter() - started
+    try:
+        plain = argparse.Namespace(**{**vars(args), "http_also": ""})
+        return {"ready_s": ready_s} | run_http(engine, folder, adapters, child_work, plain, variant)
+    except Exception as exc:  # noqa: BLE001 - keep what the in-process server measured
+        return {"failed": repr(exc)[:500], "streams": args.http_streams}
+    finally:
+        asyncio.run(engine.close())

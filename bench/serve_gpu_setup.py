@@ -358,3 +358,24 @@ def decode_bytes(model: Any, adapter: Path) -> int:
         elif isinstance(module, torch.nn.Linear) or "Norm" in type(module).__name__:
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
     return total + (adapter / "adapter_model.safetensors").stat().st_size
+
+
+def engine_in_child(model: str, variant: str, max_batch: int, smoke: bool, work: str) -> Any:
+    """The engine `bench/serve_gpu.py` measures, built again inside an engine process
+    (`EngineProcess(build=partial(engine_in_child, ...))`): the same random-weight model (same
+    seed), routing and switches, with no weights file to load."""
+    from app.engine.kernels.nf4_routing import nf4_override
+    from app.engine.schedulers.batch import BatchEngine
+    from bench.serve_switches import apply_variant
+
+    routing = apply_variant(variant)
+    loaded, _ = build_model(smoke, Path(work), model)
+    engine = BatchEngine(
+        loaded,
+        max_batch=max_batch,
+        max_queue=512,
+        max_context_tokens=2048,
+        linear_override=nf4_override(loaded, routing),
+    )
+    engine.ready.wait(600)
+    return engine

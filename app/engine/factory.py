@@ -17,6 +17,9 @@ from app.engine.types import Engine
 
 if TYPE_CHECKING:
     from app.engine.kernels.cpu_int4_batch import Int4Projections
+    from app.engine.schedulers.batch import BatchEngine
+
+    LocalEngine = BatchEngine | SequentialEngine
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,37 @@ def configure_cpu_threads(requested: int) -> None:
 
 
 def build_engine(settings: Settings) -> Engine:
-    """Load the base model (and a startup adapter) into a local engine.
+    """The configured engine: remote, local in a process of its own, or local in this one.
 
     Raises:
         ModelLoadError: the model is missing or cannot be loaded as configured.
     """
     if settings.engine == "remote":
         return build_remote_engine(settings)
+    if engine_in_own_process(settings):
+        from app.engine.process.proxy import EngineProcess
+
+        log.info("the engine runs in a process of its own (TELLER_ENGINE_PROCESS)")
+        return EngineProcess(settings)
+    return build_local_engine(settings)
+
+
+def engine_in_own_process(settings: Settings) -> bool:
+    """`on`, or `auto` where the model will run on CUDA: there the engine's step loop is fast
+    enough that sharing the interpreter lock with the web server costs it (and `/v1`) a
+    tenth or more of its tokens/s. On CPU the forward itself is the limit and one process
+    keeps memory and start-up lower."""
+    if settings.engine_process != "auto":
+        return settings.engine_process == "on"
+    return settings.device != "cpu" and torch.cuda.is_available()
+
+
+def build_local_engine(settings: Settings) -> LocalEngine:
+    """Load the base model (and a startup adapter) into a local engine in this process.
+
+    Raises:
+        ModelLoadError: the model is missing or cannot be loaded as configured.
+    """
     configure_cpu_threads(settings.cpu_threads)
     loaded = load_base_model(
         settings.resolved_base_model,
