@@ -171,7 +171,10 @@ def http_share(http: dict, teller: dict) -> dict:
     }
     for switches, run in http.get("with_switches", {}).items():
         pairs[f"share_with_{switches}"] = (run, level[0] if level else {})
-    pairs["engine_process_share"] = (http.get("engine_process", {}), level[0] if level else {})
+    process = http.get("engine_process", {})
+    pairs["engine_process_share"] = (process, level[0] if level else {})
+    for switches, run in process.get("with_switches", {}).items():
+        pairs[f"engine_process_share_with_{switches}"] = (run, level[0] if level else {})
     return {
         name: over["aggregate_tok_s"] / under["aggregate_tok_s"]
         for name, (over, under) in pairs.items()
@@ -188,14 +191,15 @@ def measured_over_http(
     variant: str,
 ) -> dict:
     """`run_http` on `engine` once its own adapters are unloaded (the app imports them again
-    through the registry), or why it failed."""
+    through the registry), or why it failed; with `--http-process`, for the last variant,
+    also over the same engine in an engine process (`engine_process`)."""
     for index in range(ADAPTERS):
         asyncio.run(engine.unload_adapter(f"a{index}"))
     try:
         measured = run_http(engine, folder, adapters, work, args, variant)
     except Exception as exc:  # noqa: BLE001 - keep what the engine measured
         return {"failed": repr(exc)[:500], "streams": args.http_streams}
-    if args.http_process:
+    if args.http_process and variant == args.variants.split(",")[-1]:
         measured["engine_process"] = over_engine_process(folder, adapters, work, args, variant)
     return measured
 
@@ -204,16 +208,36 @@ def over_engine_process(
     folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace, variant: str
 ) -> dict:
     """`run_http` with the same engine built again in an engine process of its own
-    (`app.engine.process`, as `TELLER_ENGINE_PROCESS` serves), or why it failed. Without
-    `--http-also`: those switches are set in this process, not the engine's."""
+    (`app.engine.process`, as `TELLER_ENGINE_PROCESS` serves), then again for each of
+    `--http-also`'s switches (`with_switches`; a new engine process each, as they are set
+    where the engine runs)."""
+    also = args.http_also.split(",") if args.http_also else []
+    plain = argparse.Namespace(**{**vars(args), "http_also": ""})
+    runs = {
+        switches: _one_engine_process(
+            folder,
+            adapters,
+            work / f"engine-process{switches}",
+            plain,
+            "+".join([variant, switches] if switches else [variant]),
+        )
+        for switches in ["", *also]
+    }
+    measured = runs.pop("")
+    return measured | ({"with_switches": runs} if runs else {})
+
+
+def _one_engine_process(
+    folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace, variant: str
+) -> dict:
+    """`run_http` over an engine process built with `variant`, or why it failed."""
     from app.config import Settings
     from app.engine.process.proxy import EngineProcess
     from bench.serve_gpu_setup import engine_in_child
 
-    child_work = work / "engine-process"
-    settings = Settings(data_dir=child_work, max_queue=512, log_format="text")
+    settings = Settings(data_dir=work, max_queue=512, log_format="text")
     build = functools.partial(
-        engine_in_child, args.model, variant, max(args.levels), args.smoke, str(child_work)
+        engine_in_child, args.model, variant, max(args.levels), args.smoke, str(work)
     )
     started = time.perf_counter()
     try:
@@ -222,8 +246,7 @@ def over_engine_process(
         return {"failed": repr(exc)[:500], "streams": args.http_streams}
     ready_s = time.perf_counter() - started
     try:
-        plain = argparse.Namespace(**{**vars(args), "http_also": ""})
-        return {"ready_s": ready_s} | run_http(engine, folder, adapters, child_work, plain, variant)
+        return {"ready_s": ready_s} | run_http(engine, folder, adapters, work, args, variant)
     except Exception as exc:  # noqa: BLE001 - keep what the in-process server measured
         return {"failed": repr(exc)[:500], "streams": args.http_streams}
     finally:
