@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +226,45 @@ def test_the_app_serves_v1_over_an_engine_process_and_stops_it(
         )
         assert plain.choices[0].message.content == text  # greedy: the same answer
     assert child.wait(timeout=30) == 0  # the app's shutdown stopped the engine process
+
+
+SERVER = """
+import sys, time
+from pathlib import Path
+from app.config import Settings
+from app.engine.process.proxy import EngineProcess
+settings = Settings(data_dir=Path(sys.argv[2]), base_model=sys.argv[1], device="cpu",
+                    scheduler="batch", max_context_tokens=256, engine_process="on")
+engine = EngineProcess(settings)
+print(engine._child.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_server_leaves_no_engine_process_behind(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """The engine process holds the GPU's memory: it must not outlive its server."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(tiny_llama_dir), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert server.stdout is not None
+    child = int(server.stdout.readline())
+    server.kill()
+    server.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and running(child):
+        time.sleep(0.1)
+    assert not running(child)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` still runs (an exited one its new parent has not reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
