@@ -29,7 +29,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
-ROOTS = ("teller", "openai")  # openai: the /v1 tests and the remote engine's tests
+ROOTS = ("teller", "openai", "aiohttp")  # openai: the /v1 tests; aiohttp: bench/sse_load.py
 IMAGE_HAS = set(
     "accelerate annotated-doc anyio certifi charset-normalizer click filelock fsspec h11 hf-xet "
     "httpcore httpx huggingface-hub idna jinja2 lxml markdown-it-py markupsafe mdurl mpmath "

@@ -1,7 +1,11 @@
 """Concurrent `/v1/chat/completions` SSE streams against a running Teller, from its own process.
 
 Run by `serve_gpu.py` as a subprocess so the load generator never shares the server's Python
-interpreter lock (it would slow the server it measures); usable by hand too:
+interpreter lock (it would slow the server it measures); usable by hand too. The client is
+aiohttp, as vLLM's serving benchmark uses: httpx's pool, reusing 32 kept connections, let a
+burst out over 150-200 ms against a server that answers at once, where aiohttp sends it in
+about 1 ms (bench/client_spread.py, `client-spread-cpu.json`), so the server was measured
+against a trickle instead of a burst.
 
     python bench/sse_load.py http://127.0.0.1:8000 KEY --streams 32 --models finance
 """
@@ -13,7 +17,7 @@ import asyncio
 import json
 import time
 
-import httpx
+import aiohttp
 
 QUESTION = "How does free cash flow differ from net income? Walk through the adjustments. "
 
@@ -23,16 +27,16 @@ def question(index: int) -> str:
     return f"({index}) " + QUESTION * (1 + index % 3)
 
 
-async def one_stream(client: httpx.AsyncClient, key: str, body: dict) -> dict:
+async def one_stream(session: aiohttp.ClientSession, key: str, body: dict) -> dict:
     start, first, chunks, usage = time.perf_counter(), None, 0, None
     headers = {"Authorization": f"Bearer {key}"}
-    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
-        if r.status_code != 200:
-            return {"error": f"{r.status_code} {(await r.aread())[:160]!r}"}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
+    async with session.post("/v1/chat/completions", json=body, headers=headers) as r:
+        if r.status != 200:
+            return {"error": f"{r.status} {(await r.read())[:160]!r}"}
+        async for line in r.content:  # one SSE line at a time
+            if not line.startswith(b"data: {"):
                 continue
-            chunk = json.loads(line.removeprefix("data: "))
+            chunk = json.loads(line[6:])
             usage = chunk.get("usage") or usage
             choices = chunk.get("choices") or []
             if choices and choices[0]["delta"].get("content"):
@@ -48,10 +52,11 @@ async def one_stream(client: httpx.AsyncClient, key: str, body: dict) -> dict:
     }
 
 
-async def prefill_batches(client: httpx.AsyncClient) -> int:
+async def prefill_batches(session: aiohttp.ClientSession) -> int:
     """The server's `teller_prefill_batches_total` now (-1 where `/metrics` does not say)."""
-    response = await client.get("/metrics")
-    for line in response.text.splitlines():
+    async with session.get("/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
         if line.startswith("teller_prefill_batches_total "):
             return int(float(line.split()[1]))
     return -1
@@ -63,7 +68,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 async def run_level(
-    client: httpx.AsyncClient, key: str, streams: int, models: list[str], tokens: int
+    client: aiohttp.ClientSession, key: str, streams: int, models: list[str], tokens: int
 ) -> dict:
     bodies = [
         {
@@ -110,10 +115,13 @@ async def measure(args: argparse.Namespace, models: list[str]) -> list[dict]:
     """The timed passes at `--streams`, after the warm-up ones when asked. One client keeps its
     connections open from pass to pass, as the `openai` client does (`--new-connections`: a
     new client, so 32 new TCP connections, every pass)."""
-    limits = httpx.Limits(max_connections=args.streams + 4)
 
-    def client() -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=args.url, timeout=600, limits=limits)
+    def client() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            args.url,
+            connector=aiohttp.TCPConnector(limit=args.streams + 4),
+            timeout=aiohttp.ClientTimeout(total=600),
+        )
 
     passes = []
     async with client() as shared:
