@@ -171,10 +171,7 @@ def http_share(http: dict, teller: dict) -> dict:
     }
     for switches, run in http.get("with_switches", {}).items():
         pairs[f"share_with_{switches}"] = (run, level[0] if level else {})
-    process = http.get("engine_process", {})
-    pairs["engine_process_share"] = (process, level[0] if level else {})
-    for switches, run in process.get("with_switches", {}).items():
-        pairs[f"engine_process_share_with_{switches}"] = (run, level[0] if level else {})
+    pairs["engine_process_share"] = (http.get("engine_process", {}), level[0] if level else {})
     return {
         name: over["aggregate_tok_s"] / under["aggregate_tok_s"]
         for name, (over, under) in pairs.items()
@@ -200,7 +197,11 @@ def measured_over_http(
     except Exception as exc:  # noqa: BLE001 - keep what the engine measured
         return {"failed": repr(exc)[:500], "streams": args.http_streams}
     if args.http_process and variant == args.variants.split(",")[-1]:
-        measured["engine_process"] = over_engine_process(folder, adapters, work, args, variant)
+        plain = argparse.Namespace(**{**vars(args), "http_also": ""})
+        process_work = work / "engine-process"
+        measured["engine_process"] = over_engine_process(
+            folder, adapters, process_work, plain, variant
+        )
     return measured
 
 
@@ -208,29 +209,9 @@ def over_engine_process(
     folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace, variant: str
 ) -> dict:
     """`run_http` with the same engine built again in an engine process of its own
-    (`app.engine.process`, as `TELLER_ENGINE_PROCESS` serves), then again for each of
-    `--http-also`'s switches (`with_switches`; a new engine process each, as they are set
-    where the engine runs)."""
-    also = args.http_also.split(",") if args.http_also else []
-    plain = argparse.Namespace(**{**vars(args), "http_also": ""})
-    runs = {
-        switches: _one_engine_process(
-            folder,
-            adapters,
-            work / f"engine-process{switches}",
-            plain,
-            "+".join([variant, switches] if switches else [variant]),
-        )
-        for switches in ["", *also]
-    }
-    measured = runs.pop("")
-    return measured | ({"with_switches": runs} if runs else {})
-
-
-def _one_engine_process(
-    folder: Path, adapters: list[Path], work: Path, args: argparse.Namespace, variant: str
-) -> dict:
-    """`run_http` over an engine process built with `variant`, or why it failed."""
+    (`app.engine.process`, as `TELLER_ENGINE_PROCESS` serves), or why it failed. Without
+    `--http-also`'s switches: they are set in this process, not the engine's (one H100 call
+    built one with `gather2000` too, which did not help: `serve-gpu-llama-process-h100.json`)."""
     from app.config import Settings
     from app.engine.process.proxy import EngineProcess
     from bench.serve_gpu_setup import engine_in_child

@@ -58,12 +58,11 @@ def test_serving_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     deferred = results["teller"]["bnb+defer2"]["http"]
     assert deferred["ok"] == 8 and 0 < deferred["share_of_same_requests"]
     assert "engine_process" not in deferred  # --http-process: the last variant's only
-    # --http-process: /v1 again over the same engine in a process of its own, and again in
-    # another one built with each --http-also switch
+    # --http-process: /v1 again over the same engine in a process of its own
     process = http["engine_process"]
     assert process["ok"] == 8 and process["ready_s"] > 0 and not process["errors"]
     assert process["prompt_tokens"] == http["prompt_tokens"]  # the same requests
-    assert process["with_switches"]["gather2000"]["ok"] == 8
+    assert "with_switches" not in process  # those are set in this process, not the engine's
     assert set(results["floor"]) == {"copy_gb_s", "bytes_per_token", "tok_s"}
 
 
