@@ -67,6 +67,10 @@ class _Stream:
     cancel_sent: bool = False
 
 
+_Delivery = tuple[int, _Stream, Event]
+"""A stream's id, the stream and one of its events, on their way to the stream's loop."""
+
+
 @dataclass
 class _Child:
     """One started engine process and its end of the socket."""
@@ -276,11 +280,11 @@ class EngineProcess:
     def _receive(self, message: tuple[Any, ...]) -> None:
         if message[0] == "events":
             _, items, self._stats = message
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Event]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
             for rid, fields in items:
                 stream = self._streams.get(rid)
                 if stream is not None:
-                    by_loop.setdefault(stream.loop, []).append((stream, event_from(fields)))
+                    by_loop.setdefault(stream.loop, []).append((rid, stream, event_from(fields)))
             for loop, events in by_loop.items():
                 _call_soon(loop, self._deliver, events)
         elif message[0] == "reply":
@@ -290,12 +294,15 @@ class EngineProcess:
                 error = failure_from(failure) if failure is not None else None
                 _call_soon(call[0], _settle, call[1], error)
 
-    def _deliver(self, events: list[tuple[_Stream, Event]]) -> None:
-        """On the caller's loop: put each event on its stream's queue."""
-        for stream, event in events:
+    def _deliver(self, events: list[_Delivery]) -> None:
+        """On the caller's loop: put each event on its stream's queue (a finished stream is
+        forgotten here too, so one its caller never reads does not stay)."""
+        for rid, stream, event in events:
             if not stream.started:
                 stream.started = True
                 self._waiting -= 1
+            if isinstance(event, FinishEvent):
+                self._streams.pop(rid, None)
             stream.queue.put_nowait(event)
 
     def _forward_cancels(self) -> None:
@@ -312,9 +319,9 @@ class EngineProcess:
         reason = STOPPED.format(status)
         log.error("%s", reason)
         failure = EngineError(reason)
-        for stream in list(self._streams.values()):
+        for rid, stream in list(self._streams.items()):
             event = FinishEvent("error", "", 0, 0, error=reason, failure=failure)
-            _call_soon(stream.loop, self._deliver, [(stream, event)])
+            _call_soon(stream.loop, self._deliver, [(rid, stream, event)])
         for loop, done in list(self._calls.values()):
             _call_soon(loop, _settle, done, failure)
         child.conn.close()
