@@ -24,7 +24,8 @@ random, non-zero LoRA adapters (r=64, every linear module of the blocks) are sav
   also against the same requests in process (`same_requests_as_http`: the chat messages and
   prompt format of `/v1`, where the level's prompts are shorter raw text);
   the client keeps its connections from pass to pass, as the `openai` client does
-  (`new_connections_each_pass`: the same with a new client each pass).
+  (`new_connections_each_pass`: the same with a new client each pass); `--http-process`:
+  again with the engine in a process of its own (`engine_process`; `only`: that alone).
 - `correctness`: the lean forward's prefill logits against PEFT's (relative L2 error, same
   argmax), and how many of 32 greedy tokens Teller's graphed path shares with `generate`.
 - `floor`: measured device-to-device copy bandwidth and the bytes one decode step must read.
@@ -53,11 +54,7 @@ from app.contract import ChatMessage, PromptFormat  # noqa: E402
 from app.engine.kernels.nf4_routing import nf4_override  # noqa: E402
 from app.engine.loader import LoadedModel  # noqa: E402
 from app.engine.schedulers.batch import BatchEngine  # noqa: E402
-from app.engine.types import (  # noqa: E402
-    FinishEvent,
-    GenerationRequest,
-    SamplingParams,
-)
+from app.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
 from bench.serve_gpu_http import http_share, measured_over_http  # noqa: E402
 from bench.serve_gpu_setup import (  # noqa: E402
     ADAPTERS,
@@ -264,7 +261,7 @@ def shared_prefix_tokens(tokenizer: Any, reference: list[int], text: str) -> int
 
 
 def print_table(results: dict) -> None:
-    base, floor = results["baseline"], results["floor"]
+    base, floor = results.get("baseline", {}), results["floor"]
     gb = floor["bytes_per_token"] / 1e9
     print(
         f"\n{results['device']['name']}  (floor {floor['tok_s']:.0f} tok/s at "  # noqa: T201
@@ -297,11 +294,7 @@ def print_table(results: dict) -> None:
                 if (alike := h.get("share_of_same_requests"))
                 else ""
             )
-            + (
-                f" ({fresh:.0%} with new connections)"
-                if (fresh := h.get("new_connections_share"))
-                else ""
-            )
+            + (f" ({f:.0%} with new connections)" if (f := h.get("new_connections_share")) else "")
         )  # noqa: T201
 
 
@@ -340,9 +333,13 @@ def main() -> int:  # noqa: PLR0915
     )
     parser.add_argument(
         "--http-process",
-        action="store_true",
-        help="/v1 again with the engine in a process of its own (`engine_process`)",
+        nargs="?",
+        const="also",
+        choices=["also", "only"],
+        help="/v1 again with the engine in a process of its own (`engine_process`); `only`: "
+        "not with the engine in the server's process",
     )
+    parser.add_argument("--no-baseline", action="store_true", help="no transformers + PEFT")
     parser.add_argument(
         "--repeats",
         type=int,
@@ -385,6 +382,7 @@ def main() -> int:  # noqa: PLR0915
             "repeats": args.repeats,
             "baseline_tokens": args.baseline_tokens,
             "http": not args.no_http,
+            "http_process": args.http_process,
         },
     }
     t0 = time.perf_counter()
@@ -398,7 +396,7 @@ def main() -> int:  # noqa: PLR0915
         "bytes_per_token": per_token,
         "tok_s": bandwidth / per_token if per_token else 0.0,
     }
-    results["baseline"] = run_baseline(loaded, adapters[0], args)
+    results["baseline"] = run_baseline(loaded, adapters[0], args) if not args.no_baseline else {}
     _save(args.out, results)  # what is measured so far survives a run cut short
     # The ids the engine itself gets from the prompt text (decode and encode need not
     # round-trip a slice cut mid-word), so the reference answers the same prompt.

@@ -159,9 +159,10 @@ def http_share(http: dict, teller: dict) -> dict:
     within 10%), where both were measured: against the level of as many streams
     (`share_of_in_process`; its prompts shorter raw text), against the same requests
     (`share_of_same_requests`), and with a new client each pass (`new_connections_share`)."""
-    if "aggregate_tok_s" not in http:
+    if "aggregate_tok_s" not in http and "engine_process" not in http:
         return {}
-    level = [c for c in teller.get("concurrency", []) if c["streams"] == http.get("streams")]
+    streams = http.get("streams") or http.get("engine_process", {}).get("streams")
+    level = [c for c in teller.get("concurrency", []) if c["streams"] == streams]
     alike = teller.get("same_requests_as_http", {})
     fresh = http.get("new_connections_each_pass", {})
     pairs = {
@@ -192,11 +193,13 @@ def measured_over_http(
     also over the same engine in an engine process (`engine_process`)."""
     for index in range(ADAPTERS):
         asyncio.run(engine.unload_adapter(f"a{index}"))
+    last = variant == args.variants.split(",")[-1]
     try:
-        measured = run_http(engine, folder, adapters, work, args, variant)
+        alone = args.http_process == "only" and last
+        measured = {} if alone else run_http(engine, folder, adapters, work, args, variant)
     except Exception as exc:  # noqa: BLE001 - keep what the engine measured
         return {"failed": repr(exc)[:500], "streams": args.http_streams}
-    if args.http_process and variant == args.variants.split(",")[-1]:
+    if args.http_process and last:
         plain = argparse.Namespace(**{**vars(args), "http_also": ""})
         process_work = work / "engine-process"
         measured["engine_process"] = over_engine_process(
