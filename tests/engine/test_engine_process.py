@@ -57,12 +57,7 @@ def ask(text: str, adapter: str | None = None, tokens: int = 12) -> GenerationRe
 
 
 async def answer(engine: object, request: GenerationRequest) -> tuple[str, FinishEvent]:
-    texts = []
-    async for event in engine.generate(request):  # type: ignore[attr-defined]
-        if isinstance(event, FinishEvent):
-            return "".join(texts), event
-        texts.append(event.text)
-    raise AssertionError("the stream ended without a FinishEvent")
+    return await drain(engine.generate(request))  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
