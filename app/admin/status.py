@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request, Response
 
 from app.deps import AdminUser
+from app.engine.gpu_memory import GpuMemory
 from app.engine.types import Engine
-from app.ops.gpu import GpuMemory, gpu_memory
+from app.ops.gpu import engine_gpu_memory
 from app.web.templating import render
 
 router = APIRouter(prefix="/admin/status")
@@ -50,7 +51,7 @@ def server_status(state: object) -> ServerStatus:
         registry_adapters=tuple(sorted(adapters.loaded)) if adapters is not None else (),
         active_streams=int(active),
         queue_depth=engine.queue_depth if engine is not None else 0,
-        gpus=gpu_memory(),
+        gpus=engine_gpu_memory(engine),
         loading=engine is None,
     )
 

@@ -1,44 +1,15 @@
-"""What the GPU holds, for /metrics and the admin status page.
-
-Asks torch only when CUDA is already in use by this process: reading memory must never create
-a CUDA context (hundreds of MB) in a server that serves from the CPU or a remote engine.
-"""
+"""What the GPU holds where the engine runs, for /metrics and the admin status page."""
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
+from app.engine.gpu_memory import GpuMemory, gpu_memory
+from app.engine.process.proxy import EngineProcess
+from app.engine.types import Engine
 
 
-@dataclass(frozen=True)
-class GpuMemory:
-    index: int
-    name: str
-    used_bytes: int
-    """In use on the device by every process (total minus free), as nvidia-smi shows it."""
-    total_bytes: int
-    allocated_bytes: int
-    """Held by this process's tensors."""
-    reserved_bytes: int
-    """Held by this process's caching allocator (allocated plus cached blocks)."""
-
-
-def gpu_memory() -> list[GpuMemory]:
-    """One entry per visible GPU that this process uses; empty on CPU-only servers."""
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return []
-    found = []
-    for index in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(index)
-        found.append(
-            GpuMemory(
-                index=index,
-                name=torch.cuda.get_device_name(index),
-                used_bytes=total - free,
-                total_bytes=total,
-                allocated_bytes=torch.cuda.memory_allocated(index),
-                reserved_bytes=torch.cuda.memory_reserved(index),
-            )
-        )
-    return found
+def engine_gpu_memory(engine: Engine | None) -> list[GpuMemory]:
+    """This process's reading, or, where the engine runs in a process of its own, what that
+    process last reported (this one never touches CUDA then)."""
+    if isinstance(engine, EngineProcess):
+        return engine.gpu_memory
+    return gpu_memory()

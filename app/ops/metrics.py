@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from app.engine.types import Engine, EngineError, OutOfMemory, PrefillCounts
-from app.ops.gpu import gpu_memory
+from app.ops.gpu import engine_gpu_memory
 
 log = logging.getLogger("teller.answers")
 
@@ -173,7 +173,7 @@ class AppCollector(Collector):
             "GPU memory held by this process's allocator.",
             labels=["gpu"],
         )
-        for gpu in gpu_memory():
+        for gpu in engine_gpu_memory(engine):
             used.add_metric([str(gpu.index)], float(gpu.used_bytes))
             total.add_metric([str(gpu.index)], float(gpu.total_bytes))
             mine.add_metric([str(gpu.index)], float(gpu.reserved_bytes))

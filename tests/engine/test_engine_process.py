@@ -30,6 +30,7 @@ from app.engine.types import (
     TokenEvent,
 )
 from tests.adapters.packages import make_package
+from tests.ops.promtext import scrape, value
 from tests.support.api import settings_for, start_api
 
 
@@ -220,6 +221,8 @@ def test_the_app_serves_v1_over_an_engine_process_and_stops_it(
             model=model, messages=[{"role": "user", "content": "What is a bond?"}], max_tokens=10
         )
         assert plain.choices[0].message.content == text  # greedy: the same answer
+        # the engine's counters reach /metrics from its process
+        assert value(scrape(api.live.url), "teller_prefilled_prompts_total") >= 2
     assert child.wait(timeout=30) == 0  # the app's shutdown stopped the engine process
 
 

@@ -18,10 +18,10 @@ import types
 import torch
 from prometheus_client import generate_latest
 
+from app.engine.gpu_memory import gpu_memory
 from app.engine.loader import load_base_model
 from app.engine.schedulers.sequential import SequentialEngine
 from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from app.ops.gpu import gpu_memory
 from app.ops.metrics import registry_for
 
 

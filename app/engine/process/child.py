@@ -15,10 +15,12 @@ import logging
 import logging.config
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from app.engine.gpu_memory import GpuMemory, gpu_memory
 from app.engine.process.wire import Stats, event_fields, failure_fields
 from app.engine.types import EngineError, FinishEvent, GenerationRequest
 
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
     from app.engine.factory import LocalEngine
 
 log = logging.getLogger(__name__)
+
+STATS_EVERY_S = 2.0
+"""How often the counters go to the server when no events carry them."""
+GPU_READ_EVERY_S = 1.0
+"""How often the GPU's memory is read for them (a driver call per device)."""
 
 
 class Serving:
@@ -39,14 +46,23 @@ class Serving:
         self._outgoing: list[tuple[int, tuple[Any, ...]]] = []
         self._flush_due = False
         self._send_lock = threading.Lock()
+        self._gpus: tuple[GpuMemory, ...] = ()
+        self._gpus_read_at = -GPU_READ_EVERY_S
 
     async def run(self) -> None:
         """Serve until the server says `close` or its end of the socket goes away."""
         self._loop = asyncio.get_running_loop()
         self._closed = self._loop.create_future()
         threading.Thread(target=self._read, name="engine-socket", daemon=True).start()
+        heartbeat = self._loop.create_task(self._send_stats_while_idle())
         await self._closed
+        heartbeat.cancel()
         await self._engine.close()
+
+    async def _send_stats_while_idle(self) -> None:
+        while True:
+            self._flush()
+            await asyncio.sleep(STATS_EVERY_S)
 
     def _read(self) -> None:
         """On the reader thread: hand each message to the loop (the server gone: close)."""
@@ -113,7 +129,10 @@ class Serving:
         """Every event this turn of the loop made, in one message."""
         self._flush_due = False
         items, self._outgoing = self._outgoing, []
-        stats = Stats(queue_depth=self._engine.queue_depth, prefills=self._engine.prefills)
+        now = time.monotonic()
+        if now - self._gpus_read_at >= GPU_READ_EVERY_S:
+            self._gpus, self._gpus_read_at = tuple(gpu_memory()), now
+        stats = Stats(self._engine.queue_depth, self._engine.prefills, self._gpus)
         self._send(("events", items, stats))
 
     def _send(self, message: tuple[Any, ...]) -> None:

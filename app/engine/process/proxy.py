@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
 from app.contract import PromptFormat
+from app.engine.gpu_memory import GpuMemory
 from app.engine.loader import ModelLoadError
 from app.engine.process.wire import Stats, event_from, failure_from, request_fields
 from app.engine.schedulers.worker import joined
@@ -127,6 +128,11 @@ class EngineProcess:
     @property
     def prefills(self) -> PrefillCounts:
         return self._stats.prefills
+
+    @property
+    def gpu_memory(self) -> list[GpuMemory]:
+        """What the GPU holds, as the engine's process last read it."""
+        return list(self._stats.gpus)
 
     def count_tokens(self, text: str) -> int:
         return len(self._child.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -252,7 +258,7 @@ class EngineProcess:
             child = _Child(process, conn, info=ready[1], tokenizer=ready[2])
             for cid, (name, (path, prompt_format)) in enumerate(self._adapters.items()):
                 conn.send(("call", -1 - cid, "load_adapter", (name, path, prompt_format)))
-                reply = _first_reply(conn, process)
+                reply = _first_reply(conn, process, skip="events")  # its counters go on
                 if reply[2] is not None:
                     log.error("adapter %s did not load again: %s", name, reply[2][1])
         except BaseException:
@@ -334,20 +340,26 @@ class EngineProcess:
             self._restarting = False
 
 
-def _first_reply(conn: Connection, process: subprocess.Popen[bytes]) -> tuple[Any, ...]:
-    """The child's next message, waiting as long as it runs (a model may load for minutes).
+def _first_reply(
+    conn: Connection, process: subprocess.Popen[bytes], *, skip: str = ""
+) -> tuple[Any, ...]:
+    """The child's next message not of kind `skip`, waiting as long as the child runs (a model
+    may load for minutes).
 
     Raises:
         ModelLoadError: the child exited without answering.
     """
-    while not conn.poll(0.5):
-        if process.poll() is not None:
-            raise ModelLoadError(f"the model process exited (status {process.returncode})")
-    try:
-        return tuple(conn.recv())
-    except EOFError:
-        status = process.wait()
-        raise ModelLoadError(f"the model process exited (status {status})") from None
+    while True:
+        while not conn.poll(0.5):
+            if process.poll() is not None:
+                raise ModelLoadError(f"the model process exited (status {process.returncode})")
+        try:
+            message = tuple(conn.recv())
+        except EOFError:
+            status = process.wait()
+            raise ModelLoadError(f"the model process exited (status {status})") from None
+        if message[0] != skip:
+            return message
 
 
 def _settle(done: asyncio.Future[None], error: EngineError | None) -> None:

@@ -7,7 +7,8 @@ are spelled out rather than pickled as objects: an exception pickles by its mess
 
 Server to engine: `("generate", id, request fields)`, `("cancel", id)`,
 `("call", call id, method, args)`, `("close",)`.
-Engine to server: `("events", [(id, event), ...], stats)` once per event-loop turn,
+Engine to server: `("events", [(id, event), ...], stats)` once per event-loop turn (and with
+no events every `child.STATS_EVERY_S`, so the server's `/metrics` stays current while idle),
 `("reply", call id, failure or None)`, and at start `("ready", info, tokenizer)` or
 `("failed", why)`.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.engine.gpu_memory import GpuMemory
 from app.engine.types import (
     EngineBusy,
     EngineError,
@@ -35,10 +37,12 @@ Failure = tuple[str, str, int]
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """The engine's counters, sent with every batch of events."""
+    """The engine's counters, sent with every batch of events and every few seconds."""
 
     queue_depth: int = 0
     prefills: PrefillCounts = PrefillCounts()
+    gpus: tuple[GpuMemory, ...] = ()
+    """What the GPU holds, read in the engine's process (at most once a second)."""
 
 
 def request_fields(request: GenerationRequest) -> dict[str, Any]:
