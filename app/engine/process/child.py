@@ -16,7 +16,7 @@ import logging.config
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,8 @@ class Serving:
         self._send_lock = threading.Lock()
         self._gpus: tuple[GpuMemory, ...] = ()
         self._gpus_read_at = -GPU_READ_EVERY_S
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Answers and calls under way (the loop itself keeps only weak references)."""
 
     async def run(self) -> None:
         """Serve until the server says `close` or its end of the socket goes away."""
@@ -84,7 +86,7 @@ class Serving:
             if request is not None:
                 request.cancel.set()
         elif kind == "call":
-            self._loop.create_task(self._call(*message[1:]))
+            self._keep(self._call(*message[1:]))
         elif kind == "close" and not self._closed.done():
             self._closed.set_result(None)
 
@@ -95,7 +97,12 @@ class Serving:
             self._out(rid, FinishEvent("error", "", 0, 0, error=str(exc), failure=exc))
             return
         self._requests[rid] = request
-        self._loop.create_task(self._pump(rid, stream))
+        self._keep(self._pump(rid, stream))
+
+    def _keep(self, work: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _pump(self, rid: int, stream: AsyncIterator[Any]) -> None:
         try:
