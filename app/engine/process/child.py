@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.gpu_memory import GpuMemory, gpu_memory
 from app.engine.process.wire import Stats, event_fields, failure_fields
-from app.engine.types import EngineError, FinishEvent, GenerationRequest
+from app.engine.types import EngineError, Event, FinishEvent, GenerationRequest
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -56,12 +56,12 @@ class Serving:
         self._loop = asyncio.get_running_loop()
         self._closed = self._loop.create_future()
         threading.Thread(target=self._read, name="engine-socket", daemon=True).start()
-        heartbeat = self._loop.create_task(self._send_stats_while_idle())
+        heartbeat = self._loop.create_task(self._send_stats_every_few_seconds())
         await self._closed
         heartbeat.cancel()
         await self._engine.close()
 
-    async def _send_stats_while_idle(self) -> None:
+    async def _send_stats_every_few_seconds(self) -> None:
         while True:
             self._flush()
             await asyncio.sleep(STATS_EVERY_S)
@@ -104,7 +104,7 @@ class Serving:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, rid: int, stream: AsyncIterator[Any]) -> None:
+    async def _pump(self, rid: int, stream: AsyncIterator[Event]) -> None:
         try:
             async for event in stream:
                 self._out(rid, event)
@@ -126,7 +126,7 @@ class Serving:
             failure = ("error", str(exc) or type(exc).__name__, 0)
         self._send(("reply", cid, failure))
 
-    def _out(self, rid: int, event: Any) -> None:
+    def _out(self, rid: int, event: Event) -> None:
         self._outgoing.append((rid, event_fields(event)))
         if not self._flush_due:
             self._flush_due = True

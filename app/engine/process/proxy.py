@@ -32,7 +32,7 @@ from app.contract import PromptFormat
 from app.engine.gpu_memory import GpuMemory
 from app.engine.loader import ModelLoadError
 from app.engine.process.wire import Stats, event_from, failure_from, request_fields
-from app.engine.schedulers.worker import joined
+from app.engine.schedulers.worker import next_joined
 from app.engine.types import (
     EngineBusy,
     EngineError,
@@ -41,7 +41,6 @@ from app.engine.types import (
     FinishEvent,
     GenerationRequest,
     PrefillCounts,
-    TokenEvent,
 )
 
 if TYPE_CHECKING:
@@ -164,10 +163,7 @@ class EngineProcess:
         finished = False
         try:
             while True:
-                event = held if held is not None else await stream.queue.get()
-                held = None
-                if type(event) is TokenEvent and not stream.queue.empty():
-                    event, held = joined(event, stream.queue)
+                event, held = await next_joined(stream.queue, held)
                 finished = isinstance(event, FinishEvent)
                 yield event
                 if finished:
@@ -198,8 +194,7 @@ class EngineProcess:
         """Stop the engine process: it ends what runs, then exits (killed after a minute)."""
         self._closing = True
         child = self._child
-        with contextlib.suppress(OSError):
-            self._send(("close",))
+        self._send(("close",))
         try:
             await asyncio.to_thread(child.process.wait, 60)
         except subprocess.TimeoutExpired:

@@ -298,10 +298,7 @@ class Worker:
         held: Event | None = None
         try:
             while True:
-                event = held if held is not None else await events.get()
-                held = None
-                if type(event) is TokenEvent and not events.empty():
-                    event, held = joined(event, events)
+                event, held = await next_joined(events, held)
                 yield event
                 if isinstance(event, FinishEvent):
                     return
@@ -315,6 +312,17 @@ class Worker:
         self._queue.put_nowait(STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+
+
+async def next_joined(
+    events: asyncio.Queue[Event], held: Event | None
+) -> tuple[Event, Event | None]:
+    """The next event for a reader (`held`, the one the last join stopped at, else the queue's
+    next), joined with the token events already queued behind it; and the new `held`."""
+    event = held if held is not None else await events.get()
+    if type(event) is TokenEvent and not events.empty():
+        return joined(event, events)
+    return event, None
 
 
 def joined(first: TokenEvent, events: asyncio.Queue[Event]) -> tuple[TokenEvent, Event | None]:
