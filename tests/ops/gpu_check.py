@@ -5,7 +5,10 @@ model folder at hand (`python -m tests.ops.gpu_check models/tiny-random-llama`).
 without any stand-in, what the CPU tests can only simulate: CUDA raises `OutOfMemoryError`
 inside a forward pass (a 1 TiB allocation), the engine turns it into `FinishEvent("error",
 "out of GPU memory")`, the next request on the same engine completes, and `/metrics`' collector
-and the status page read the device's memory.
+and the status page read the device's memory. First, before this process touches CUDA, the
+engine runs in a process of its own (`TELLER_ENGINE_PROCESS=on`, the default on CUDA): this
+process must stay off CUDA, and the GPU memory `/metrics` shows is what the engine's process
+reports.
 """
 
 from __future__ import annotations
@@ -13,19 +16,26 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
+import time
 import types
+from pathlib import Path
 
 import torch
 from prometheus_client import generate_latest
 
+from app.config import Settings
+from app.engine.factory import build_engine
 from app.engine.gpu_memory import gpu_memory
 from app.engine.loader import load_base_model
+from app.engine.process.proxy import EngineProcess
 from app.engine.schedulers.sequential import SequentialEngine
-from app.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from app.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from app.ops.gpu import engine_gpu_memory
 from app.ops.metrics import registry_for
 
 
-async def answer(engine: SequentialEngine) -> tuple[str, FinishEvent]:
+async def answer(engine: Engine) -> tuple[str, FinishEvent]:
     request = GenerationRequest(
         prompt="Net present value is", sampling=SamplingParams(temperature=0, max_new_tokens=16)
     )
@@ -38,7 +48,50 @@ async def answer(engine: SequentialEngine) -> tuple[str, FinishEvent]:
     raise AssertionError("no finish event")
 
 
+def gpu_lines(engine: Engine) -> list[str]:
+    state = types.SimpleNamespace(engine=engine, streams=None)
+    scraped = generate_latest(registry_for(state)).decode()
+    return [line for line in scraped.splitlines() if "gpu_memory" in line]
+
+
+async def engine_process_reading(model_dir: str) -> dict:
+    """The engine in its own process answers; this process reads its GPU memory from it."""
+    with tempfile.TemporaryDirectory() as root:
+        settings = Settings(
+            data_dir=Path(root) / "data",
+            models_dir=Path(root) / "models",
+            base_model=model_dir,
+            device="cuda",
+            quantization="none",
+            dtype="bfloat16",
+            scheduler="batch",
+        )
+        engine = build_engine(settings)
+        try:
+            text, finish = await answer(engine)
+            deadline = time.monotonic() + 10
+            while not engine_gpu_memory(engine) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            gpus = engine_gpu_memory(engine)
+            lines = gpu_lines(engine)
+        finally:
+            await engine.close()
+    result = {
+        "own_process": isinstance(engine, EngineProcess),
+        "cuda_in_this_process": torch.cuda.is_initialized(),
+        "answer": {"reason": finish.reason, "tokens": finish.completion_tokens, "text": text},
+        "gpu_memory": [g.__dict__ for g in gpus],
+        "metrics_gpu_lines": lines,
+    }
+    assert result["own_process"] and not result["cuda_in_this_process"], result
+    assert finish.reason == "length" and finish.completion_tokens == 16, result
+    assert gpus and gpus[0].total_bytes > gpus[0].used_bytes > 0, result
+    assert any(line.startswith("teller_gpu_memory_used_bytes{") for line in lines), result
+    return result
+
+
 async def main(model_dir: str) -> dict:
+    in_own_process = await engine_process_reading(model_dir)
     loaded = load_base_model(model_dir, device="cuda", quantization="none", dtype="bfloat16")
     engine = SequentialEngine(loaded)
     armed = {"on": True}
@@ -51,8 +104,7 @@ async def main(model_dir: str) -> dict:
     failed_text, failed = await answer(engine)
     ok_text, ok = await answer(engine)
     handle.remove()
-    state = types.SimpleNamespace(engine=engine, streams=None)
-    scraped = generate_latest(registry_for(state)).decode()
+    lines = gpu_lines(engine)
     gpus = gpu_memory()
     await engine.close()
     result = {
@@ -60,12 +112,13 @@ async def main(model_dir: str) -> dict:
         "oom": {"reason": failed.reason, "error": failed.error, "text": failed_text},
         "next": {"reason": ok.reason, "tokens": ok.completion_tokens, "text": ok_text},
         "gpu_memory": [g.__dict__ for g in gpus],
-        "metrics_gpu_lines": [line for line in scraped.splitlines() if "gpu_memory" in line],
+        "metrics_gpu_lines": lines,
+        "engine_process": in_own_process,
     }
     assert failed.reason == "error" and failed.error == "out of GPU memory", result
     assert ok.reason == "length" and ok.completion_tokens == 16, result
     assert gpus and gpus[0].total_bytes > gpus[0].used_bytes > 0, result
-    assert any(line.startswith("teller_gpu_memory_total_bytes{") for line in scraped.splitlines())
+    assert any(line.startswith("teller_gpu_memory_total_bytes{") for line in lines), result
     return result
 
 
