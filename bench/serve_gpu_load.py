@@ -13,11 +13,15 @@ the batch scheduler. `serve_load.py` replays one workload (`--requests` requests
 log-uniform over `--prompt-tokens`, answers uniform over `--answer-tokens`, adapters
 round-robin) at each of `--rates`, from its own process, and reports what vLLM's serving
 benchmark reports: output tokens/s, requests/s, TTFT and time per output token at p50/p95.
+The engine runs in a process of its own, as Teller serves on CUDA (`TELLER_ENGINE_PROCESS`);
+`--engine-in-server` keeps it in the web server's process.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import json
 import subprocess
 import sys
@@ -31,11 +35,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.config import Settings  # noqa: E402
 from app.engine.kernels.nf4_routing import nf4_override  # noqa: E402
+from app.engine.process.proxy import EngineProcess  # noqa: E402
 from app.engine.schedulers.batch import BatchEngine  # noqa: E402
 from bench.serve_gpu import _git_head, _save  # noqa: E402
 from bench.serve_gpu_http import serving_over_http  # noqa: E402
-from bench.serve_gpu_setup import MODELS, build_model, lora_targets, make_adapters  # noqa: E402
+from bench.serve_gpu_setup import (  # noqa: E402
+    MODELS,
+    build_model,
+    engine_in_child,
+    lora_targets,
+    make_adapters,
+)
 from bench.serve_load import make_workload  # noqa: E402
 
 
@@ -57,6 +69,9 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--out", type=Path, help="default bench/results/serve-load-MODEL.json")
     parser.add_argument("--commit", default="", help="the commit measured (default: git's HEAD)")
+    parser.add_argument(
+        "--engine-in-server", action="store_true", help="the engine in the web server's process"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.requests, args.rates, args.adapters = 12, "2,8", 2
@@ -77,6 +92,7 @@ def main() -> int:
             "rates": args.rates, "prompt_tokens": args.prompt_tokens,
             "answer_tokens": args.answer_tokens, "max_batch": args.max_batch,
             "max_context_tokens": max_context, "arrivals": "Poisson", "through": "HTTP /v1",
+            "engine": "server's process" if args.engine_in_server else "own process",
         },
     }  # fmt: skip
     started = time.perf_counter()
@@ -94,6 +110,37 @@ def main() -> int:
     )
     workload_file = work / "workload.json"
     workload_file.write_text(json.dumps(workload))
+    if not args.engine_in_server:  # the engine's process builds its own copy
+        loaded = None
+        torch.cuda.empty_cache()
+    engine = serving_engine(args, loaded, work, max_context)
+    results["setup_s"] = time.perf_counter() - started
+    try:
+        done = replay(engine, folder, adapters, work, args, workload)
+    finally:
+        if isinstance(engine, EngineProcess):
+            asyncio.run(engine.close())
+    if done.returncode != 0:
+        results["failed"] = done.stderr[-800:]
+    else:
+        results["load"] = json.loads(done.stdout.strip().splitlines()[-1])
+    _save(args.out, results)
+    report(results)
+    return 0
+
+
+def serving_engine(
+    args: argparse.Namespace, loaded: Any, work: Path, max_context: int
+) -> BatchEngine | EngineProcess:
+    """The batch scheduler over the model, in a process of its own (built again there: the same
+    random weights) or, with `--engine-in-server`, in this one."""
+    if not args.engine_in_server:
+        build = functools.partial(
+            engine_in_child, args.model, "auto", args.max_batch, args.smoke, str(work),
+            max_context, args.requests + 8,
+        )  # fmt: skip
+        settings = Settings(data_dir=work, max_queue=args.requests + 8, log_format="text")
+        return EngineProcess(settings, build=build)
     engine = BatchEngine(
         loaded,
         max_batch=args.max_batch,
@@ -102,7 +149,18 @@ def main() -> int:
         linear_override=nf4_override(loaded) if not args.smoke else None,
     )
     engine.ready.wait(600)
-    results["setup_s"] = time.perf_counter() - started
+    return engine
+
+
+def replay(
+    engine: Any,
+    folder: Path,
+    adapters: list[Path],
+    work: Path,
+    args: argparse.Namespace,
+    workload: list[dict],
+) -> subprocess.CompletedProcess[str]:
+    """`serve_load.py`, in its own process, against the real app over `engine`."""
     with serving_over_http(engine, folder, adapters, work, args.answer_tokens[1]) as (url, key, _):
         # Each adapter's first request loads it (and captures its graphs): not in the timing.
         warm = work / "warm.json"
@@ -110,15 +168,13 @@ def main() -> int:
         command = [sys.executable, str(REPO / "bench" / "serve_load.py"), url, key]
         subprocess.run([*command, "--workload", str(warm), "--rates", "100"], check=False,
                        capture_output=True, timeout=1800)  # fmt: skip
-        done = subprocess.run(
-            [*command, "--workload", str(workload_file), "--rates", args.rates],
+        return subprocess.run(
+            [*command, "--workload", str(work / "workload.json"), "--rates", args.rates],
             capture_output=True, text=True, timeout=3600, check=False,
         )  # fmt: skip
-    if done.returncode != 0:
-        results["failed"] = done.stderr[-800:]
-    else:
-        results["load"] = json.loads(done.stdout.strip().splitlines()[-1])
-    _save(args.out, results)
+
+
+def report(results: dict[str, Any]) -> None:
     for level in results.get("load", {}).get("levels", []):
         print(  # noqa: T201
             f"{level['rate_rps']:5.1f} req/s offered: {level['requests_per_s']:5.2f} req/s, "
@@ -130,7 +186,6 @@ def main() -> int:
         print(f"p95 TTFT < 1 s up to {results['load']['highest_rate_within_slo_rps']} req/s")  # noqa: T201
     else:
         print(results.get("failed"))  # noqa: T201
-    return 0
 
 
 if __name__ == "__main__":

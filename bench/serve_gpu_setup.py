@@ -360,10 +360,18 @@ def decode_bytes(model: Any, adapter: Path) -> int:
     return total + (adapter / "adapter_model.safetensors").stat().st_size
 
 
-def engine_in_child(model: str, variant: str, max_batch: int, smoke: bool, work: str) -> Any:
-    """The engine `bench/serve_gpu.py` measures, built again inside an engine process
-    (`EngineProcess(build=partial(engine_in_child, ...))`): the same random-weight model (same
-    seed), routing and switches, with no weights file to load."""
+def engine_in_child(
+    model: str,
+    variant: str,
+    max_batch: int,
+    smoke: bool,
+    work: str,
+    max_context_tokens: int = 2048,
+    max_queue: int = 512,
+) -> Any:
+    """The engine `bench/serve_gpu.py` (and `serve_gpu_load.py`) measures, built again inside an
+    engine process (`EngineProcess(build=partial(engine_in_child, ...))`): the same
+    random-weight model (same seed), routing and switches, with no weights file to load."""
     from app.engine.kernels.nf4_routing import nf4_override
     from app.engine.schedulers.batch import BatchEngine
     from bench.serve_switches import apply_variant
@@ -373,8 +381,8 @@ def engine_in_child(model: str, variant: str, max_batch: int, smoke: bool, work:
     engine = BatchEngine(
         loaded,
         max_batch=max_batch,
-        max_queue=512,
-        max_context_tokens=2048,
+        max_queue=max_queue,
+        max_context_tokens=max_context_tokens,
         linear_override=nf4_override(loaded, routing),
     )
     engine.ready.wait(600)

@@ -4,7 +4,8 @@ serving benchmark measures (output tokens/s, requests/s, time to first token and
 output token at p50/p95).
 
 Run by `serve_gpu_load.py` in its own process (a load generator sharing the server's
-interpreter lock would slow the server it measures); usable by hand against any Teller:
+interpreter lock would slow the server it measures), sending with aiohttp as `sse_load.py`
+does (whose stream reader it shares); usable by hand against any Teller:
 
     python bench/serve_load.py http://127.0.0.1:8000 KEY --workload load.json --rates 1,2,4,8
 
@@ -20,11 +21,16 @@ import argparse
 import asyncio
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.sse_load import one_stream, percentile  # noqa: E402
 
 TEXT = (
     "The quarterly filing reports revenue growth in the services segment, a decline in hardware "
@@ -72,7 +78,7 @@ def make_workload(
     return workload
 
 
-async def one_request(client: httpx.AsyncClient, key: str, request: dict) -> dict:
+async def one_request(session: aiohttp.ClientSession, key: str, request: dict) -> dict:
     body = {
         "model": request["model"],
         "messages": request["messages"],
@@ -81,41 +87,20 @@ async def one_request(client: httpx.AsyncClient, key: str, request: dict) -> dic
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    start = time.perf_counter()
-    first: float | None = None
-    usage: dict | None = None
-    chunks = 0
-    headers = {"Authorization": f"Bearer {key}"}
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
-            if r.status_code != 200:
-                return {"error": f"{r.status_code} {(await r.aread())[:160]!r}"}
-            async for line in r.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line.removeprefix("data: "))
-                usage = chunk.get("usage") or usage
-                choices = chunk.get("choices") or []
-                if choices and choices[0]["delta"].get("content"):
-                    first = first or time.perf_counter()
-                    chunks += 1
-    except httpx.HTTPError as exc:
+        done = await one_stream(session, key, body)
+    except (aiohttp.ClientError, TimeoutError) as exc:
         return {"error": repr(exc)[:160]}
-    end = time.perf_counter()
-    tokens = usage["completion_tokens"] if usage else chunks
-    first = first or end
+    if "error" in done:
+        return done
+    tokens = done["tokens"]
     return {
-        "ttft_s": first - start,
-        "tpot_s": (end - first) / (tokens - 1) if tokens > 1 else None,
-        "latency_s": end - start,
+        "ttft_s": done["ttft"],
+        "tpot_s": (done["latency"] - done["ttft"]) / (tokens - 1) if tokens > 1 else None,
+        "latency_s": done["latency"],
         "output_tokens": tokens,
-        "prompt_tokens": usage["prompt_tokens"] if usage else None,
+        "prompt_tokens": done["prompt_tokens"] or None,
     }
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values) or [float("nan")]
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 async def run_rate(
@@ -123,8 +108,9 @@ async def run_rate(
 ) -> dict[str, Any]:
     """Send every request of `workload`, arrivals a Poisson process of `rate` per second."""
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=len(workload) + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=1800, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=len(workload) + 4)
+    timeout = aiohttp.ClientTimeout(total=1800)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
 
         async def arrive(delay: float, request: dict) -> dict:
             await asyncio.sleep(delay)

@@ -42,10 +42,12 @@ async def one_stream(session: aiohttp.ClientSession, key: str, body: dict) -> di
             if choices and choices[0]["delta"].get("content"):
                 first = first or time.perf_counter()
                 chunks += 1
+    end = time.perf_counter()
     tokens = usage["completion_tokens"] if usage else chunks
     prompt = usage["prompt_tokens"] if usage else 0
     return {
-        "ttft": (first or time.perf_counter()) - start,
+        "ttft": (first or end) - start,
+        "latency": end - start,
         "chunks": chunks,
         "tokens": tokens,
         "prompt_tokens": prompt,
