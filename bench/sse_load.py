@@ -3,7 +3,7 @@
 Run by `serve_gpu.py` as a subprocess so the load generator never shares the server's Python
 interpreter lock (it would slow the server it measures); usable by hand too. The client is
 aiohttp, as vLLM's serving benchmark uses: httpx's pool, reusing 32 kept connections, let a
-burst out over 150-200 ms against a server that answers at once, where aiohttp sends it in
+burst out over 90-150 ms against a server that answers at once, where aiohttp sends it in
 about 1 ms (bench/client_spread.py, `client-spread-cpu.json`), so the server was measured
 against a trickle instead of a burst.
 

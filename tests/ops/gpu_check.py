@@ -6,7 +6,7 @@ without any stand-in, what the CPU tests can only simulate: CUDA raises `OutOfMe
 inside a forward pass (a 1 TiB allocation), the engine turns it into `FinishEvent("error",
 "out of GPU memory")`, the next request on the same engine completes, and `/metrics`' collector
 and the status page read the device's memory. First, before this process touches CUDA, the
-engine runs in a process of its own (`TELLER_ENGINE_PROCESS=on`, the default on CUDA): this
+engine runs in a process of its own (`TELLER_ENGINE_PROCESS=auto`'s choice on CUDA): this
 process must stay off CUDA, and the GPU memory `/metrics` shows is what the engine's process
 reports.
 """
