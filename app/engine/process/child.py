@@ -139,7 +139,7 @@ class Serving:
         now = time.monotonic()
         if now - self._gpus_read_at >= GPU_READ_EVERY_S:
             self._gpus, self._gpus_read_at = tuple(gpu_memory()), now
-        stats = Stats(self._engine.queue_depth, self._engine.prefills, self._gpus)
+        stats = Stats(self._engine.prefills, self._gpus)
         self._send(("events", items, stats))
 
     def _send(self, message: tuple[Any, ...]) -> None:

@@ -63,7 +63,7 @@ class _Stream:
     queue: asyncio.Queue[Event]
     request: GenerationRequest
     started: bool = False
-    """An event came back: the engine took it (it no longer counts as waiting)."""
+    """It no longer counts as waiting: an event came back, or its caller left first."""
     cancel_sent: bool = False
 
 
@@ -172,7 +172,8 @@ class EngineProcess:
             self._active -= 1
             stream.request.cancel.set()
             self._streams.pop(rid, None)
-            if not stream.started:
+            if not stream.started:  # events already on their way must not count it again
+                stream.started = True
                 self._waiting -= 1
             if not finished and not stream.cancel_sent:
                 self._send(("cancel", rid))
@@ -251,7 +252,8 @@ class EngineProcess:
             if ready[0] == "failed":
                 raise ModelLoadError(ready[1])
             child = _Child(process, conn, info=ready[1], tokenizer=ready[2])
-            for cid, (name, (path, prompt_format)) in enumerate(self._adapters.items()):
+            # A copy: on a restart this runs on the reader thread while callers may unload.
+            for cid, (name, (path, prompt_format)) in enumerate(list(self._adapters.items())):
                 conn.send(("call", -1 - cid, "load_adapter", (name, path, prompt_format)))
                 reply = _first_reply(conn, process, skip="events")  # its counters go on
                 if reply[2] is not None:

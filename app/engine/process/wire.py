@@ -37,9 +37,9 @@ Failure = tuple[str, str, int]
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """The engine's counters, sent with every batch of events and every few seconds."""
+    """The engine's counters, sent with every batch of events and every few seconds (the
+    queue's depth is not among them: the server counts what it sent and has not heard of)."""
 
-    queue_depth: int = 0
     prefills: PrefillCounts = PrefillCounts()
     gpus: tuple[GpuMemory, ...] = ()
     """What the GPU holds, read in the engine's process (at most once a second)."""
